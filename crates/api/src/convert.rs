@@ -1,0 +1,100 @@
+//! Conversions between domain types and protobuf messages. Each one
+//! destructures its source completely, so a new field breaks the build here
+//! instead of being silently dropped.
+
+use std::time::Duration;
+
+use rouse_core::{Scaling, Service};
+
+use crate::error::ApiError;
+use crate::pb;
+
+pub fn duration_to_pb(d: Duration) -> prost_types::Duration {
+    prost_types::Duration {
+        seconds: i64::try_from(d.as_secs()).unwrap_or(i64::MAX),
+        nanos: i32::try_from(d.subsec_nanos()).unwrap_or(0),
+    }
+}
+
+/// A protobuf duration as a std one; negative or malformed ones are the
+/// caller's mistake and name the field.
+pub fn duration_from_pb(field: &str, d: &prost_types::Duration) -> Result<Duration, ApiError> {
+    Duration::try_from(*d).map_err(|_| {
+        ApiError::InvalidArgument(format!(
+            "{field} {}s {}ns is not a valid duration; it must not be negative",
+            d.seconds, d.nanos
+        ))
+    })
+}
+
+pub fn scaling_to_pb(s: &Scaling) -> pb::Scaling {
+    let Scaling {
+        min_instances,
+        max_instances,
+        concurrency,
+        idle_timeout,
+        wake_timeout,
+        request_timeout,
+    } = *s;
+    pb::Scaling {
+        min_instances,
+        max_instances,
+        concurrency,
+        idle_timeout: Some(duration_to_pb(idle_timeout)),
+        wake_timeout: Some(duration_to_pb(wake_timeout)),
+        request_timeout: Some(duration_to_pb(request_timeout)),
+    }
+}
+
+pub fn service_to_pb(s: &Service) -> pb::Service {
+    let Service {
+        project,
+        name,
+        uuid,
+        status,
+        scaling,
+        env,
+        generation,
+        created_at,
+        updated_at,
+    } = s;
+    let sruid = s.sruid();
+    pb::Service {
+        project: project.to_string(),
+        name: name.to_string(),
+        uuid: uuid.to_string(),
+        topic: s.topic_id(),
+        subscription: s.subscription_id(),
+        sruid_namespace: sruid.namespace,
+        sruid_name: sruid.name,
+        context_root: s.context_root(),
+        scaling: Some(scaling_to_pb(scaling)),
+        env: env
+            .as_map()
+            .iter()
+            .map(|(k, v)| (k.clone(), v.clone()))
+            .collect(),
+        status: status.to_string(),
+        create_time: Some((*created_at).into()),
+        update_time: Some((*updated_at).into()),
+        generation: *generation,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn durations_round_trip_and_negative_is_refused() {
+        let d = Duration::from_millis(1500);
+        let pb = duration_to_pb(d);
+        assert_eq!(duration_from_pb("idle_timeout", &pb).expect("valid"), d);
+        let neg = prost_types::Duration {
+            seconds: -1,
+            nanos: 0,
+        };
+        let err = duration_from_pb("idle_timeout", &neg).expect_err("negative");
+        assert!(err.to_string().contains("idle_timeout -1s"), "{err}");
+    }
+}

@@ -1,0 +1,369 @@
+//! The `Services` API: create, get, list, update and delete services.
+//!
+//! Create is "record, then provision": the record goes in first with status
+//! `provisioning` (its unique key makes concurrent creates of one name
+//! collide cleanly), then the topic and subscription are created, then the
+//! status becomes `created`. If provisioning fails, whatever was created is
+//! removed again and the record deleted, so a failed create leaves nothing
+//! behind; if the server dies half-way, the reconciliation at start finishes
+//! the job.
+
+use std::sync::Arc;
+use std::time::SystemTime;
+
+use rouse_core::{ProjectName, Service, ServiceName, ServiceStatus};
+use rouse_pubsub::{Ensured, SubscriptionSpec};
+use rouse_store::{Store, StoreError};
+use tonic::{Request, Response, Status};
+use uuid::Uuid;
+
+use crate::convert::{duration_from_pb, service_to_pb};
+use crate::error::ApiError;
+use crate::messaging::Messaging;
+use crate::pb;
+
+/// How often an update is retried when another update won the race.
+const UPDATE_ATTEMPTS: usize = 5;
+
+#[derive(Clone)]
+pub struct ServicesApi {
+    store: Arc<dyn Store>,
+    messaging: Arc<dyn Messaging>,
+}
+
+impl ServicesApi {
+    pub fn new(store: Arc<dyn Store>, messaging: Arc<dyn Messaging>) -> Self {
+        Self { store, messaging }
+    }
+
+    fn names(project: &str, name: &str) -> Result<(ProjectName, ServiceName), ApiError> {
+        let invalid = |e: rouse_core::NameError| ApiError::InvalidArgument(e.to_string());
+        let project = ProjectName::parse(project).map_err(invalid)?;
+        let name = ServiceName::parse(&project, name).map_err(invalid)?;
+        Ok((project, name))
+    }
+
+    async fn find(&self, project: &str, name: &str) -> Result<Service, ApiError> {
+        let (project, name) = Self::names(project, name)?;
+        self.store
+            .get_service(&project, &name)
+            .await?
+            .ok_or_else(|| {
+                ApiError::NotFound(format!(
+                    "service `{name}` does not exist in project `{project}`; `rouse services list --project {project}` shows those that do"
+                ))
+            })
+    }
+
+    pub async fn create(&self, project: &str, name: &str) -> Result<Service, ApiError> {
+        let (project, name) = Self::names(project, name)?;
+        let mut service = Service::new(project, name, Uuid::new_v4(), SystemTime::now());
+        self.store.insert_service(&service).await?;
+        if let Err(e) = self.provision(&service).await {
+            if let Err(cleanup) = self.store.delete_service(service.uuid).await {
+                tracing::error!(uuid = %service.uuid, error = %cleanup, "could not remove the record of a failed create");
+            }
+            return Err(e);
+        }
+        service.status = ServiceStatus::Created;
+        service.updated_at = SystemTime::now();
+        let service = self.store.update_service(&service).await?;
+        tracing::info!(service = %service.qualified_name(), uuid = %service.uuid, topic = %service.topic_id(), "service created");
+        Ok(service)
+    }
+
+    /// Creates the topic and the subscription, undoing the topic if the
+    /// subscription cannot be created.
+    async fn provision(&self, service: &Service) -> Result<(), ApiError> {
+        let topic = service.topic_id();
+        let created = self.messaging.ensure_topic(&topic).await?;
+        let subscribed = self
+            .messaging
+            .ensure_subscription(
+                &service.subscription_id(),
+                &topic,
+                &SubscriptionSpec::dispatcher(),
+            )
+            .await;
+        if let Err(e) = subscribed {
+            if created == Ensured::Created {
+                if let Err(cleanup) = self.messaging.delete_topic(&topic).await {
+                    tracing::error!(%topic, error = %cleanup, "could not remove the topic of a failed create");
+                }
+            }
+            return Err(e.into());
+        }
+        Ok(())
+    }
+
+    pub async fn update(&self, req: &pb::UpdateServiceRequest) -> Result<Service, ApiError> {
+        for _ in 0..UPDATE_ATTEMPTS {
+            let mut service = self.find(&req.project, &req.name).await?;
+            apply_update(&mut service, req)?;
+            service.updated_at = SystemTime::now();
+            match self.store.update_service(&service).await {
+                Ok(stored) => return Ok(stored),
+                Err(StoreError::Conflict { .. }) => continue,
+                Err(e) => return Err(e.into()),
+            }
+        }
+        Err(ApiError::Aborted(format!(
+            "service `{}` kept changing under this update; try again",
+            req.name
+        )))
+    }
+
+    pub async fn delete(&self, project: &str, name: &str) -> Result<Service, ApiError> {
+        let service = self.find(project, name).await?;
+        self.messaging
+            .delete_subscription(&service.subscription_id())
+            .await?;
+        self.messaging.delete_topic(&service.topic_id()).await?;
+        self.store.delete_service(service.uuid).await?;
+        tracing::info!(service = %service.qualified_name(), uuid = %service.uuid, "service deleted");
+        Ok(service)
+    }
+}
+
+/// Applies an update request to a service: clear, remove, then set env; then
+/// scaling fields that are present. Validates the result.
+pub fn apply_update(service: &mut Service, req: &pb::UpdateServiceRequest) -> Result<(), ApiError> {
+    let invalid = |e: &dyn std::fmt::Display| ApiError::InvalidArgument(e.to_string());
+    if req.clear_env {
+        service.env.clear();
+    }
+    for name in &req.remove_env {
+        service.env.remove(name);
+    }
+    for (k, v) in &req.set_env {
+        service
+            .env
+            .set(k.clone(), v.clone())
+            .map_err(|e| invalid(&e))?;
+    }
+    let s = &mut service.scaling;
+    if let Some(v) = req.min_instances {
+        s.min_instances = v;
+    }
+    if let Some(v) = req.max_instances {
+        s.max_instances = v;
+    }
+    if let Some(v) = req.concurrency {
+        s.concurrency = v;
+    }
+    if let Some(d) = &req.idle_timeout {
+        s.idle_timeout = duration_from_pb("idle_timeout", d)?;
+    }
+    if let Some(d) = &req.wake_timeout {
+        s.wake_timeout = duration_from_pb("wake_timeout", d)?;
+    }
+    if let Some(d) = &req.request_timeout {
+        s.request_timeout = duration_from_pb("request_timeout", d)?;
+    }
+    s.validate().map_err(|e| invalid(&e))
+}
+
+#[tonic::async_trait]
+impl pb::services_server::Services for ServicesApi {
+    async fn create_service(
+        &self,
+        request: Request<pb::CreateServiceRequest>,
+    ) -> Result<Response<pb::Service>, Status> {
+        let pb::CreateServiceRequest { project, name } = request.into_inner();
+        let service = self.create(&project, &name).await?;
+        Ok(Response::new(service_to_pb(&service)))
+    }
+
+    async fn get_service(
+        &self,
+        request: Request<pb::GetServiceRequest>,
+    ) -> Result<Response<pb::Service>, Status> {
+        let pb::GetServiceRequest { project, name } = request.into_inner();
+        let service = self.find(&project, &name).await?;
+        Ok(Response::new(service_to_pb(&service)))
+    }
+
+    async fn list_services(
+        &self,
+        request: Request<pb::ListServicesRequest>,
+    ) -> Result<Response<pb::ListServicesResponse>, Status> {
+        let pb::ListServicesRequest { project } = request.into_inner();
+        let project = if project.is_empty() {
+            None
+        } else {
+            Some(
+                ProjectName::parse(&project)
+                    .map_err(|e| ApiError::InvalidArgument(e.to_string()))?,
+            )
+        };
+        let services = self
+            .store
+            .list_services(project.as_ref())
+            .await
+            .map_err(ApiError::from)?;
+        Ok(Response::new(pb::ListServicesResponse {
+            services: services.iter().map(service_to_pb).collect(),
+        }))
+    }
+
+    async fn update_service(
+        &self,
+        request: Request<pb::UpdateServiceRequest>,
+    ) -> Result<Response<pb::Service>, Status> {
+        let service = self.update(request.get_ref()).await?;
+        Ok(Response::new(service_to_pb(&service)))
+    }
+
+    async fn delete_service(
+        &self,
+        request: Request<pb::DeleteServiceRequest>,
+    ) -> Result<Response<pb::DeleteServiceResponse>, Status> {
+        let pb::DeleteServiceRequest { project, name } = request.into_inner();
+        let service = self.delete(&project, &name).await?;
+        Ok(Response::new(pb::DeleteServiceResponse {
+            uuid: service.uuid.to_string(),
+        }))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::collections::BTreeSet;
+    use std::sync::Mutex;
+
+    use async_trait::async_trait;
+    use rouse_pubsub::{PubSubError, Removed};
+    use rouse_store::SqliteStore;
+
+    use super::*;
+
+    /// An in-memory broker that can be told to refuse subscriptions.
+    #[derive(Default)]
+    struct FakeBroker {
+        topics: Mutex<BTreeSet<String>>,
+        subscriptions: Mutex<BTreeSet<String>>,
+        refuse_subscriptions: bool,
+    }
+
+    fn refused(op: &'static str, resource: &str) -> PubSubError {
+        PubSubError::Call {
+            op,
+            resource: resource.to_owned(),
+            endpoint: "the fake".into(),
+            code: None,
+            message: "refused".into(),
+        }
+    }
+
+    #[async_trait]
+    impl Messaging for FakeBroker {
+        async fn ensure_topic(&self, topic_id: &str) -> Result<Ensured, PubSubError> {
+            let new = self
+                .topics
+                .lock()
+                .expect("lock")
+                .insert(topic_id.to_owned());
+            Ok(if new {
+                Ensured::Created
+            } else {
+                Ensured::Existed
+            })
+        }
+        async fn ensure_subscription(
+            &self,
+            subscription_id: &str,
+            _topic_id: &str,
+            _spec: &SubscriptionSpec,
+        ) -> Result<Ensured, PubSubError> {
+            if self.refuse_subscriptions {
+                return Err(refused("create subscription", subscription_id));
+            }
+            self.subscriptions
+                .lock()
+                .expect("lock")
+                .insert(subscription_id.to_owned());
+            Ok(Ensured::Created)
+        }
+        async fn delete_topic(&self, topic_id: &str) -> Result<Removed, PubSubError> {
+            let had = self.topics.lock().expect("lock").remove(topic_id);
+            Ok(if had {
+                Removed::Deleted
+            } else {
+                Removed::Missing
+            })
+        }
+        async fn delete_subscription(&self, id: &str) -> Result<Removed, PubSubError> {
+            let had = self.subscriptions.lock().expect("lock").remove(id);
+            Ok(if had {
+                Removed::Deleted
+            } else {
+                Removed::Missing
+            })
+        }
+    }
+
+    fn api(broker: Arc<FakeBroker>) -> (ServicesApi, tempfile::TempDir) {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let store = SqliteStore::open(&dir.path().join("rouse.db")).expect("store");
+        (ServicesApi::new(Arc::new(store), broker), dir)
+    }
+
+    #[tokio::test]
+    async fn failed_subscription_leaves_nothing_behind() {
+        let broker = Arc::new(FakeBroker {
+            refuse_subscriptions: true,
+            ..FakeBroker::default()
+        });
+        let (api, _dir) = api(broker.clone());
+        let err = api.create("p", "svc").await.expect_err("must fail");
+        assert!(err.to_string().contains("create subscription"), "{err}");
+        assert!(
+            broker.topics.lock().expect("lock").is_empty(),
+            "topic was left behind"
+        );
+        assert!(
+            api.store
+                .list_services(None)
+                .await
+                .expect("list")
+                .is_empty()
+        );
+    }
+
+    #[tokio::test]
+    async fn create_update_delete() {
+        let broker = Arc::new(FakeBroker::default());
+        let (api, _dir) = api(broker.clone());
+        let s = api.create("experiment_2", "hpc").await.expect("create");
+        assert_eq!(s.status, ServiceStatus::Created);
+        assert!(broker.topics.lock().expect("lock").contains(&s.topic_id()));
+        let dup = api
+            .create("experiment_2", "hpc")
+            .await
+            .expect_err("duplicate");
+        assert!(matches!(dup, ApiError::AlreadyExists(_)), "{dup}");
+
+        let req = pb::UpdateServiceRequest {
+            project: "experiment_2".into(),
+            name: "hpc".into(),
+            max_instances: Some(5),
+            set_env: [("K".to_owned(), "V".to_owned())].into(),
+            ..Default::default()
+        };
+        let updated = api.update(&req).await.expect("update");
+        assert_eq!(updated.scaling.max_instances, 5);
+        assert_eq!(updated.env.as_map().get("K").map(String::as_str), Some("V"));
+
+        let bad = pb::UpdateServiceRequest {
+            min_instances: Some(9),
+            ..req.clone()
+        };
+        let err = api.update(&bad).await.expect_err("min > max");
+        assert!(matches!(err, ApiError::InvalidArgument(_)), "{err}");
+
+        api.delete("experiment_2", "hpc").await.expect("delete");
+        assert!(broker.topics.lock().expect("lock").is_empty());
+        let gone = api.delete("experiment_2", "hpc").await.expect_err("gone");
+        assert!(matches!(gone, ApiError::NotFound(_)), "{gone}");
+    }
+}

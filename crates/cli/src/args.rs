@@ -1,0 +1,52 @@
+//! Top-level command line. Global flags are also read from the environment.
+
+use clap::{Parser, Subcommand, ValueEnum};
+
+use crate::commands::{server::ServerArgs, services::ServicesCommand};
+
+#[derive(Debug, Parser)]
+#[command(
+    name = "rouse",
+    version,
+    about = "Event-driven serverless deployer on Google Cloud Pub/Sub"
+)]
+pub struct Cli {
+    #[command(subcommand)]
+    pub command: Command,
+    /// Log output: `human` (default) or `json`.
+    #[arg(long, global = true, env = "ROUSE_LOG_FORMAT", value_enum)]
+    pub log_format: Option<LogFormat>,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Run the platform (control plane API on an embedded store, talking to Pub/Sub).
+    Server(ServerArgs),
+    /// Create, inspect, change and delete services.
+    #[command(subcommand)]
+    Services(ServicesCommand),
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum, serde::Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum LogFormat {
+    Human,
+    Json,
+}
+
+/// Flags every client command shares.
+#[derive(Debug, Clone, clap::Args)]
+pub struct ClientArgs {
+    /// URL of the Rouse API.
+    #[arg(long, env = "ROUSE_ENDPOINT", default_value = "http://127.0.0.1:7070")]
+    pub endpoint: String,
+}
+
+/// Output format of `list`, `describe` and `get`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, ValueEnum)]
+pub enum Format {
+    #[default]
+    Table,
+    Json,
+    Yaml,
+}

@@ -1,0 +1,237 @@
+//! `rouse services …`: create, list, describe, update and delete services.
+
+use std::time::Duration;
+
+use rouse_api::pb;
+
+use crate::args::{ClientArgs, Format};
+use crate::exit::CliError;
+use crate::output::{self, ServiceView};
+
+#[derive(Debug, clap::Subcommand)]
+pub enum ServicesCommand {
+    /// Create a service: allocates its uuid, topic `octue.services.<uuid>` and dispatcher subscription.
+    Create {
+        name: String,
+        #[command(flatten)]
+        project: ProjectArg,
+        #[arg(long, value_enum, default_value_t)]
+        format: Format,
+        #[command(flatten)]
+        client: ClientArgs,
+    },
+    /// List services, of one project or of all.
+    List {
+        /// Only this project's services [env: ROUSE_PROJECT].
+        #[arg(long, env = "ROUSE_PROJECT")]
+        project: Option<String>,
+        #[arg(long, value_enum, default_value_t)]
+        format: Format,
+        #[command(flatten)]
+        client: ClientArgs,
+    },
+    /// Show everything Rouse records about a service.
+    Describe {
+        name: String,
+        #[command(flatten)]
+        project: ProjectArg,
+        #[arg(long, value_enum, default_value_t)]
+        format: Format,
+        #[command(flatten)]
+        client: ClientArgs,
+    },
+    /// Change scaling settings and environment variables.
+    Update(UpdateArgs),
+    /// Delete a service with its topic and subscription.
+    Delete {
+        name: String,
+        #[command(flatten)]
+        project: ProjectArg,
+        #[command(flatten)]
+        client: ClientArgs,
+    },
+}
+
+#[derive(Debug, Clone, clap::Args)]
+pub struct ProjectArg {
+    /// The service's project.
+    #[arg(long, env = "ROUSE_PROJECT")]
+    pub project: String,
+}
+
+#[derive(Debug, clap::Args)]
+pub struct UpdateArgs {
+    name: String,
+    #[command(flatten)]
+    project: ProjectArg,
+    /// Instances kept running with nothing to do (0 = scale to zero).
+    #[arg(long)]
+    min_instances: Option<u32>,
+    /// Most instances running at once.
+    #[arg(long)]
+    max_instances: Option<u32>,
+    /// Questions one instance handles at once.
+    #[arg(long)]
+    concurrency: Option<u32>,
+    /// How long an idle instance lives, e.g. 60s, 5m.
+    #[arg(long, value_parser = humantime::parse_duration)]
+    idle_timeout: Option<Duration>,
+    /// How long a waking instance may take to become ready.
+    #[arg(long, value_parser = humantime::parse_duration)]
+    wake_timeout: Option<Duration>,
+    /// How long one question may run.
+    #[arg(long, value_parser = humantime::parse_duration)]
+    request_timeout: Option<Duration>,
+    /// Set an environment variable (repeatable): KEY=VALUE.
+    #[arg(long = "env", value_name = "KEY=VALUE", value_parser = parse_env)]
+    env: Vec<(String, String)>,
+    /// Remove an environment variable (repeatable).
+    #[arg(long = "remove-env", value_name = "KEY")]
+    remove_env: Vec<String>,
+    /// Remove every environment variable first.
+    #[arg(long)]
+    clear_env: bool,
+    #[arg(long, value_enum, default_value_t)]
+    format: Format,
+    #[command(flatten)]
+    client: ClientArgs,
+}
+
+fn parse_env(s: &str) -> Result<(String, String), String> {
+    match s.split_once('=') {
+        Some((k, v)) if !k.is_empty() => Ok((k.to_owned(), v.to_owned())),
+        _ => Err(format!("`{s}` must have the form KEY=VALUE")),
+    }
+}
+
+fn status(endpoint: &str) -> impl Fn(tonic::Status) -> CliError + '_ {
+    move |s| CliError::from_status(&s, endpoint)
+}
+
+pub async fn run(cmd: ServicesCommand) -> Result<(), CliError> {
+    match cmd {
+        ServicesCommand::Create {
+            name,
+            project,
+            format,
+            client,
+        } => {
+            let mut api = super::connect(&client).await?;
+            let s = api
+                .create_service(pb::CreateServiceRequest {
+                    project: project.project,
+                    name,
+                })
+                .await
+                .map_err(status(&client.endpoint))?
+                .into_inner();
+            output::print_one(&ServiceView::from(&s), format)
+        }
+        ServicesCommand::List {
+            project,
+            format,
+            client,
+        } => {
+            let mut api = super::connect(&client).await?;
+            let list = api
+                .list_services(pb::ListServicesRequest {
+                    project: project.unwrap_or_default(),
+                })
+                .await
+                .map_err(status(&client.endpoint))?
+                .into_inner();
+            let views: Vec<_> = list.services.iter().map(ServiceView::from).collect();
+            output::print_list(&views, format)
+        }
+        ServicesCommand::Describe {
+            name,
+            project,
+            format,
+            client,
+        } => {
+            let mut api = super::connect(&client).await?;
+            let s = api
+                .get_service(pb::GetServiceRequest {
+                    project: project.project,
+                    name,
+                })
+                .await
+                .map_err(status(&client.endpoint))?
+                .into_inner();
+            output::print_one(&ServiceView::from(&s), format)
+        }
+        ServicesCommand::Update(args) => update(args).await,
+        ServicesCommand::Delete {
+            name,
+            project,
+            client,
+        } => {
+            let mut api = super::connect(&client).await?;
+            let project = project.project;
+            let gone = api
+                .delete_service(pb::DeleteServiceRequest {
+                    project: project.clone(),
+                    name: name.clone(),
+                })
+                .await
+                .map_err(status(&client.endpoint))?
+                .into_inner();
+            eprintln!(
+                "deleted service `{name}` of project `{project}` (uuid {})",
+                gone.uuid
+            );
+            Ok(())
+        }
+    }
+}
+
+async fn update(args: UpdateArgs) -> Result<(), CliError> {
+    let UpdateArgs {
+        name,
+        project,
+        min_instances,
+        max_instances,
+        concurrency,
+        idle_timeout,
+        wake_timeout,
+        request_timeout,
+        env,
+        remove_env,
+        clear_env,
+        format,
+        client,
+    } = args;
+    let nothing = min_instances.is_none()
+        && max_instances.is_none()
+        && concurrency.is_none()
+        && idle_timeout.is_none()
+        && wake_timeout.is_none()
+        && request_timeout.is_none()
+        && env.is_empty()
+        && remove_env.is_empty()
+        && !clear_env;
+    if nothing {
+        return Err(CliError::usage(
+            "nothing to update: pass at least one of --min-instances, --max-instances, --concurrency, --idle-timeout, --wake-timeout, --request-timeout, --env, --remove-env, --clear-env",
+        ));
+    }
+    let mut api = super::connect(&client).await?;
+    let s = api
+        .update_service(pb::UpdateServiceRequest {
+            project: project.project,
+            name,
+            min_instances,
+            max_instances,
+            concurrency,
+            idle_timeout: idle_timeout.map(rouse_api::convert::duration_to_pb),
+            wake_timeout: wake_timeout.map(rouse_api::convert::duration_to_pb),
+            request_timeout: request_timeout.map(rouse_api::convert::duration_to_pb),
+            set_env: env.into_iter().collect(),
+            remove_env,
+            clear_env,
+        })
+        .await
+        .map_err(status(&client.endpoint))?
+        .into_inner();
+    output::print_one(&ServiceView::from(&s), format)
+}

@@ -1,0 +1,258 @@
+//! `rouse server` configuration: flags > environment > TOML file > defaults.
+//!
+//! Clap resolves flags and environment variables; the file fills what they
+//! left unset; [`ServerConfig::resolve`] applies the defaults. Unknown keys in
+//! the file are errors naming the key.
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use serde::Deserialize;
+
+use crate::args::LogFormat;
+use crate::commands::server::ServerArgs;
+
+/// The default API address: loopback only, since the API is the control plane.
+pub const DEFAULT_API_LISTEN: &str = "127.0.0.1:7070";
+/// The Google Cloud project used with the emulator when none is given.
+pub const DEFAULT_EMULATOR_PROJECT: &str = "rouse-local";
+/// The Octue network topic (PROTOCOL.md).
+pub const DEFAULT_NETWORK_TOPIC: &str = "octue.services";
+
+/// The TOML file, every key optional.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct FileConfig {
+    pub data_dir: Option<PathBuf>,
+    pub api_listen: Option<SocketAddr>,
+    pub log_format: Option<LogFormat>,
+    #[serde(default)]
+    pub store: StoreSection,
+    #[serde(default)]
+    pub pubsub: PubSubSection,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct StoreSection {
+    pub path: Option<PathBuf>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct PubSubSection {
+    pub project: Option<String>,
+    pub emulator_host: Option<String>,
+    pub network_topic: Option<String>,
+    #[serde(default, with = "humantime_serde_opt")]
+    pub call_timeout: Option<Duration>,
+}
+
+/// `call_timeout = "10s"` in TOML.
+mod humantime_serde_opt {
+    use std::time::Duration;
+
+    use serde::{Deserialize, Deserializer};
+
+    pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Option<Duration>, D::Error> {
+        let s = Option::<String>::deserialize(d)?;
+        s.map(|s| {
+            humantime::parse_duration(&s).map_err(|e| {
+                serde::de::Error::custom(format!(
+                    "`{s}` is not a duration ({e}); write e.g. \"10s\""
+                ))
+            })
+        })
+        .transpose()
+    }
+}
+
+/// Everything the server needs, resolved.
+#[derive(Debug, Clone, PartialEq)]
+pub struct ServerConfig {
+    pub data_dir: PathBuf,
+    pub api_listen: SocketAddr,
+    pub store_path: PathBuf,
+    pub log_format: LogFormat,
+    pub pubsub: rouse_pubsub::PubSubConfig,
+    pub network_topic: String,
+}
+
+impl FileConfig {
+    pub fn load(path: &Path) -> Result<Self, String> {
+        let text = std::fs::read_to_string(path)
+            .map_err(|e| format!("cannot read config file {}: {e}", path.display()))?;
+        toml::from_str(&text).map_err(|e| {
+            format!(
+                "config file {} is invalid: {}",
+                path.display(),
+                e.to_string().trim_end()
+            )
+        })
+    }
+}
+
+/// `$XDG_DATA_HOME/rouse`, else `~/.local/share/rouse`.
+pub fn default_data_dir() -> Result<PathBuf, String> {
+    if let Some(xdg) = std::env::var_os("XDG_DATA_HOME").filter(|v| !v.is_empty()) {
+        return Ok(PathBuf::from(xdg).join("rouse"));
+    }
+    match std::env::var_os("HOME").filter(|v| !v.is_empty()) {
+        Some(home) => Ok(PathBuf::from(home).join(".local/share/rouse")),
+        None => Err("neither XDG_DATA_HOME nor HOME is set; pass --data-dir".into()),
+    }
+}
+
+fn check_topic_id(topic: &str) -> Result<(), String> {
+    // Pub/Sub's rule for resource ids.
+    let ok = topic.len() >= 3
+        && topic.len() <= 255
+        && topic.starts_with(|c: char| c.is_ascii_alphabetic())
+        && !topic.starts_with("goog")
+        && topic
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || "-_.~+%".contains(c));
+    if ok {
+        Ok(())
+    } else {
+        Err(format!(
+            "network topic `{topic}` is not a valid Pub/Sub topic id: 3-255 characters, starting with a letter, of letters, digits and `-_.~+%`, not starting with `goog`"
+        ))
+    }
+}
+
+impl ServerConfig {
+    pub fn resolve(args: &ServerArgs, global_log: Option<LogFormat>) -> Result<Self, String> {
+        let file = match &args.config {
+            Some(path) => FileConfig::load(path)?,
+            None => FileConfig::default(),
+        };
+        let data_dir = match args.data_dir.clone().or(file.data_dir) {
+            Some(d) => d,
+            None => default_data_dir()?,
+        };
+        let api_listen = match args.api_listen.or(file.api_listen) {
+            Some(a) => a,
+            None => DEFAULT_API_LISTEN
+                .parse()
+                .map_err(|e| format!("bad built-in address: {e}"))?,
+        };
+        let store_path = args
+            .store
+            .clone()
+            .or(file.store.path)
+            .unwrap_or_else(|| data_dir.join("rouse.db"));
+        let emulator_host = args
+            .pubsub_emulator_host
+            .clone()
+            .or(file.pubsub.emulator_host)
+            .filter(|h| !h.is_empty());
+        let project = match args.pubsub_project.clone().or(file.pubsub.project) {
+            Some(p) => p,
+            None if emulator_host.is_some() => DEFAULT_EMULATOR_PROJECT.to_owned(),
+            None => {
+                return Err(
+                    "no Google Cloud project for Pub/Sub: pass --pubsub-project or set GOOGLE_CLOUD_PROJECT (or PUBSUB_EMULATOR_HOST to use the emulator)".into(),
+                );
+            }
+        };
+        let network_topic = args
+            .network_topic
+            .clone()
+            .or(file.pubsub.network_topic)
+            .unwrap_or_else(|| DEFAULT_NETWORK_TOPIC.to_owned());
+        check_topic_id(&network_topic)?;
+        Ok(Self {
+            data_dir,
+            api_listen,
+            store_path,
+            log_format: global_log.or(file.log_format).unwrap_or(LogFormat::Human),
+            pubsub: rouse_pubsub::PubSubConfig {
+                project,
+                emulator_host,
+                call_timeout: args
+                    .pubsub_timeout
+                    .or(file.pubsub.call_timeout)
+                    .unwrap_or(rouse_pubsub::PubSubConfig::DEFAULT_CALL_TIMEOUT),
+            },
+            network_topic,
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use clap::Parser;
+
+    use super::*;
+    use crate::args::{Cli, Command};
+
+    fn server_args(argv: &[&str]) -> (ServerArgs, Option<LogFormat>) {
+        let cli = Cli::try_parse_from(argv).expect("parse");
+        match cli.command {
+            Command::Server(a) => (a, cli.log_format),
+            _ => panic!("not server"),
+        }
+    }
+
+    #[test]
+    fn unknown_keys_are_named() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let path = dir.path().join("rouse.toml");
+        std::fs::write(&path, "[pubsub]\nemulator_hots = \"x\"\n").expect("write");
+        let err = FileConfig::load(&path).expect_err("unknown key");
+        assert!(err.contains("emulator_hots"), "{err}");
+        assert!(err.contains(&path.display().to_string()), "{err}");
+        std::fs::write(&path, "[pubsub]\ncall_timeout = \"ten\"\n").expect("write");
+        let err = FileConfig::load(&path).expect_err("bad duration");
+        assert!(err.contains("`ten` is not a duration"), "{err}");
+    }
+
+    #[test]
+    fn flags_beat_file_beats_defaults() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let path = dir.path().join("rouse.toml");
+        std::fs::write(
+            &path,
+            "data_dir = \"/from/file\"\napi_listen = \"127.0.0.1:9000\"\n[pubsub]\nemulator_host = \"127.0.0.1:1\"\nnetwork_topic = \"main.octue.twined.services\"\n",
+        )
+        .expect("write");
+        let p = path.to_str().expect("utf-8");
+        let (args, log) = server_args(&[
+            "rouse",
+            "server",
+            "--config",
+            p,
+            "--api-listen",
+            "127.0.0.1:9001",
+        ]);
+        let cfg = ServerConfig::resolve(&args, log).expect("resolve");
+        assert_eq!(cfg.api_listen.port(), 9001, "flag beats file");
+        assert_eq!(
+            cfg.data_dir,
+            PathBuf::from("/from/file"),
+            "file beats default"
+        );
+        assert_eq!(cfg.store_path, PathBuf::from("/from/file/rouse.db"));
+        assert_eq!(cfg.pubsub.project, DEFAULT_EMULATOR_PROJECT);
+        assert_eq!(cfg.network_topic, "main.octue.twined.services");
+        assert_eq!(cfg.log_format, LogFormat::Human);
+    }
+
+    #[test]
+    fn bad_network_topic_is_refused() {
+        let (args, log) = server_args(&[
+            "rouse",
+            "server",
+            "--data-dir",
+            "/x",
+            "--pubsub-emulator-host",
+            "127.0.0.1:1",
+            "--network-topic",
+            "goog.x",
+        ]);
+        let err = ServerConfig::resolve(&args, log).expect_err("bad topic");
+        assert!(err.contains("`goog.x`"), "{err}");
+    }
+}

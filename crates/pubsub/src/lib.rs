@@ -1,0 +1,379 @@
+//! Rouse's Pub/Sub adapter, over the official `google-cloud-pubsub` client.
+//!
+//! The crate does not read `PUBSUB_EMULATOR_HOST` itself, so [`PubSubConfig`]
+//! does: with an emulator host every client gets `http://HOST:PORT` (plaintext)
+//! and anonymous credentials; without one, Google's endpoint and application
+//! default credentials. Every administrative call is bounded by
+//! [`PubSubConfig::call_timeout`]: the client would otherwise retry for a minute
+//! against an endpoint that is down (PUBSUB-NOTES.md).
+//!
+//! Only what the control plane needs lives here so far: topics and the
+//! dispatcher's subscriptions, created idempotently and deleted idempotently.
+
+use std::fmt;
+use std::future::Future;
+use std::time::Duration;
+
+use google_cloud_gax::error::rpc::Code;
+use google_cloud_gax::options::RequestOptionsBuilder;
+use google_cloud_gax::retry_policy::{Aip194Strict, NeverRetry, RetryPolicyExt};
+use google_cloud_pubsub::client::{SubscriptionAdmin, TopicAdmin};
+
+/// How to reach Pub/Sub.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PubSubConfig {
+    /// The Google Cloud project that owns topics and subscriptions.
+    pub project: String,
+    /// `HOST:PORT` of an emulator; `None` means Google Cloud Pub/Sub.
+    pub emulator_host: Option<String>,
+    /// Upper bound on one administrative call, retries included.
+    pub call_timeout: Duration,
+}
+
+impl PubSubConfig {
+    /// The default bound on an administrative call: long enough for Google's
+    /// retries to ride out a blip, short enough that a CLI user is not left waiting.
+    pub const DEFAULT_CALL_TIMEOUT: Duration = Duration::from_secs(10);
+
+    /// The endpoint URL clients are given.
+    pub fn endpoint_url(&self) -> String {
+        match &self.emulator_host {
+            Some(host) if host.contains("://") => host.clone(),
+            Some(host) => format!("http://{host}"),
+            None => "https://pubsub.googleapis.com".to_owned(),
+        }
+    }
+}
+
+impl fmt::Display for PubSubConfig {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match &self.emulator_host {
+            Some(_) => write!(
+                f,
+                "the Pub/Sub emulator at {} (project `{}`)",
+                self.endpoint_url(),
+                self.project
+            ),
+            None => write!(f, "Google Cloud Pub/Sub (project `{}`)", self.project),
+        }
+    }
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum PubSubError {
+    #[error("cannot create a Pub/Sub client for {endpoint}: {message}")]
+    Client { endpoint: String, message: String },
+    #[error("{op} `{resource}` failed on {endpoint}: {message}")]
+    Call {
+        op: &'static str,
+        resource: String,
+        endpoint: String,
+        code: Option<Code>,
+        message: String,
+    },
+    #[error(
+        "{op} `{resource}` got no answer from {endpoint} within {timeout:?}; is it running and reachable?"
+    )]
+    Timeout {
+        op: &'static str,
+        resource: String,
+        endpoint: String,
+        timeout: Duration,
+    },
+}
+
+impl PubSubError {
+    /// True when Pub/Sub could not be reached at all (as opposed to refusing the call).
+    pub fn is_unavailable(&self) -> bool {
+        match self {
+            Self::Timeout { .. } | Self::Client { .. } => true,
+            Self::Call { code, .. } => {
+                matches!(
+                    code,
+                    None | Some(Code::Unavailable | Code::DeadlineExceeded)
+                )
+            }
+        }
+    }
+}
+
+/// What an `ensure_*` call found.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Ensured {
+    /// It was there already, as wanted.
+    Existed,
+    /// It was missing and has been created.
+    Created,
+    /// It was there but wrong (a subscription whose topic was deleted) and has
+    /// been replaced.
+    Replaced,
+}
+
+/// What a `delete_*` call found.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Removed {
+    Deleted,
+    /// It was not there; deleting is idempotent.
+    Missing,
+}
+
+/// Settings of a subscription Rouse creates.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SubscriptionSpec {
+    pub ack_deadline_seconds: i32,
+    pub message_ordering: bool,
+    /// A Pub/Sub filter expression, or empty. The emulator stores it but does
+    /// not apply it, so consumers filter again on their side.
+    pub filter: String,
+}
+
+impl SubscriptionSpec {
+    /// The dispatcher's subscription on a service topic: the longest ack deadline
+    /// Pub/Sub allows (600 s) and ordering on, since every event of a question
+    /// carries the question uuid as its ordering key.
+    pub fn dispatcher() -> Self {
+        Self {
+            ack_deadline_seconds: 600,
+            message_ordering: true,
+            filter: String::new(),
+        }
+    }
+}
+
+/// Administrative access to topics and subscriptions.
+#[derive(Clone)]
+pub struct PubSub {
+    config: PubSubConfig,
+    endpoint: String,
+    topics: TopicAdmin,
+    subscriptions: SubscriptionAdmin,
+}
+
+impl fmt::Debug for PubSub {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("PubSub")
+            .field("config", &self.config)
+            .finish()
+    }
+}
+
+/// The retry policy for administrative calls: Google's recommended one, cut
+/// off at the call timeout.
+fn retry_policy(limit: Duration) -> impl google_cloud_gax::retry_policy::RetryPolicy {
+    Aip194Strict.with_time_limit(limit)
+}
+
+impl PubSub {
+    /// Builds the clients. Nothing is sent yet; call [`Self::check`] to find
+    /// out whether Pub/Sub answers.
+    pub async fn connect(config: PubSubConfig) -> Result<Self, PubSubError> {
+        let endpoint = config.to_string();
+        let client_err = |e: &dyn fmt::Display| PubSubError::Client {
+            endpoint: endpoint.clone(),
+            message: e.to_string(),
+        };
+        let mut topics = TopicAdmin::builder().with_endpoint(config.endpoint_url());
+        let mut subscriptions = SubscriptionAdmin::builder().with_endpoint(config.endpoint_url());
+        if config.emulator_host.is_some() {
+            // Without explicit anonymous credentials the first call hangs while
+            // auth looks for a metadata server (PUBSUB-NOTES.md).
+            let anonymous = google_cloud_auth::credentials::anonymous::Builder::new().build();
+            topics = topics.with_credentials(anonymous.clone());
+            subscriptions = subscriptions.with_credentials(anonymous);
+        }
+        let topics = topics.build().await.map_err(|e| client_err(&e))?;
+        let subscriptions = subscriptions.build().await.map_err(|e| client_err(&e))?;
+        Ok(Self {
+            config,
+            endpoint,
+            topics,
+            subscriptions,
+        })
+    }
+
+    pub fn config(&self) -> &PubSubConfig {
+        &self.config
+    }
+
+    pub fn topic_path(&self, topic_id: &str) -> String {
+        format!("projects/{}/topics/{topic_id}", self.config.project)
+    }
+
+    pub fn subscription_path(&self, subscription_id: &str) -> String {
+        format!(
+            "projects/{}/subscriptions/{subscription_id}",
+            self.config.project
+        )
+    }
+
+    /// One cheap call without retries: does Pub/Sub answer at all?
+    pub async fn check(&self) -> Result<(), PubSubError> {
+        let project = format!("projects/{}", self.config.project);
+        let call = self
+            .topics
+            .list_topics()
+            .set_project(project.clone())
+            .set_page_size(1)
+            .with_retry_policy(NeverRetry)
+            .send();
+        self.bounded("list topics in", &project, call)
+            .await
+            .map(drop)
+    }
+
+    /// Creates the topic unless it exists.
+    pub async fn ensure_topic(&self, topic_id: &str) -> Result<Ensured, PubSubError> {
+        let path = self.topic_path(topic_id);
+        let call = self
+            .topics
+            .create_topic()
+            .set_name(path.clone())
+            .with_retry_policy(retry_policy(self.config.call_timeout))
+            .send();
+        match self.bounded("create topic", &path, call).await {
+            Ok(_) => Ok(Ensured::Created),
+            Err(e) if code(&e) == Some(Code::AlreadyExists) => Ok(Ensured::Existed),
+            Err(e) => Err(e),
+        }
+    }
+
+    pub async fn topic_exists(&self, topic_id: &str) -> Result<bool, PubSubError> {
+        let path = self.topic_path(topic_id);
+        let call = self
+            .topics
+            .get_topic()
+            .set_topic(path.clone())
+            .with_retry_policy(retry_policy(self.config.call_timeout))
+            .send();
+        match self.bounded("get topic", &path, call).await {
+            Ok(_) => Ok(true),
+            Err(e) if code(&e) == Some(Code::NotFound) => Ok(false),
+            Err(e) => Err(e),
+        }
+    }
+
+    /// Deletes the topic; a topic that is already gone is fine.
+    pub async fn delete_topic(&self, topic_id: &str) -> Result<Removed, PubSubError> {
+        let path = self.topic_path(topic_id);
+        let call = self
+            .topics
+            .delete_topic()
+            .set_topic(path.clone())
+            .with_retry_policy(retry_policy(self.config.call_timeout))
+            .send();
+        match self.bounded("delete topic", &path, call).await {
+            Ok(()) => Ok(Removed::Deleted),
+            Err(e) if code(&e) == Some(Code::NotFound) => Ok(Removed::Missing),
+            Err(e) => Err(e),
+        }
+    }
+
+    /// The topic path a subscription is attached to, or `None` if the
+    /// subscription does not exist. A subscription whose topic was deleted
+    /// reports `_deleted-topic_`.
+    pub async fn subscription_topic(
+        &self,
+        subscription_id: &str,
+    ) -> Result<Option<String>, PubSubError> {
+        let path = self.subscription_path(subscription_id);
+        let call = self
+            .subscriptions
+            .get_subscription()
+            .set_subscription(path.clone())
+            .with_retry_policy(retry_policy(self.config.call_timeout))
+            .send();
+        match self.bounded("get subscription", &path, call).await {
+            Ok(sub) => Ok(Some(sub.topic)),
+            Err(e) if code(&e) == Some(Code::NotFound) => Ok(None),
+            Err(e) => Err(e),
+        }
+    }
+
+    /// Makes sure the subscription exists and is attached to `topic_id`: a
+    /// subscription left behind by a deleted topic receives nothing from the
+    /// topic's successor, so it is replaced.
+    pub async fn ensure_subscription(
+        &self,
+        subscription_id: &str,
+        topic_id: &str,
+        spec: &SubscriptionSpec,
+    ) -> Result<Ensured, PubSubError> {
+        let topic = self.topic_path(topic_id);
+        let replaced = match self.subscription_topic(subscription_id).await? {
+            Some(current) if current == topic => return Ok(Ensured::Existed),
+            Some(_) => {
+                self.delete_subscription(subscription_id).await?;
+                true
+            }
+            None => false,
+        };
+        let path = self.subscription_path(subscription_id);
+        let call = self
+            .subscriptions
+            .create_subscription()
+            .set_name(path.clone())
+            .set_topic(topic)
+            .set_ack_deadline_seconds(spec.ack_deadline_seconds)
+            .set_enable_message_ordering(spec.message_ordering)
+            .set_filter(spec.filter.clone())
+            .with_retry_policy(retry_policy(self.config.call_timeout))
+            .send();
+        match self.bounded("create subscription", &path, call).await {
+            Ok(_) if replaced => Ok(Ensured::Replaced),
+            Ok(_) => Ok(Ensured::Created),
+            // Created concurrently by someone else, on the right topic by now.
+            Err(e) if code(&e) == Some(Code::AlreadyExists) => Ok(Ensured::Existed),
+            Err(e) => Err(e),
+        }
+    }
+
+    /// Deletes the subscription; one that is already gone is fine.
+    pub async fn delete_subscription(&self, subscription_id: &str) -> Result<Removed, PubSubError> {
+        let path = self.subscription_path(subscription_id);
+        let call = self
+            .subscriptions
+            .delete_subscription()
+            .set_subscription(path.clone())
+            .with_retry_policy(retry_policy(self.config.call_timeout))
+            .send();
+        match self.bounded("delete subscription", &path, call).await {
+            Ok(()) => Ok(Removed::Deleted),
+            Err(e) if code(&e) == Some(Code::NotFound) => Ok(Removed::Missing),
+            Err(e) => Err(e),
+        }
+    }
+
+    /// Runs one call under the call timeout and names what failed.
+    async fn bounded<T>(
+        &self,
+        op: &'static str,
+        resource: &str,
+        call: impl Future<Output = google_cloud_pubsub::Result<T>>,
+    ) -> Result<T, PubSubError> {
+        match tokio::time::timeout(self.config.call_timeout, call).await {
+            Ok(Ok(v)) => Ok(v),
+            Ok(Err(e)) => Err(PubSubError::Call {
+                op,
+                resource: resource.to_owned(),
+                endpoint: self.endpoint.clone(),
+                code: e.status().map(|s| s.code),
+                message: e
+                    .status()
+                    .map_or_else(|| e.to_string(), |s| s.message.clone()),
+            }),
+            Err(_) => Err(PubSubError::Timeout {
+                op,
+                resource: resource.to_owned(),
+                endpoint: self.endpoint.clone(),
+                timeout: self.config.call_timeout,
+            }),
+        }
+    }
+}
+
+fn code(e: &PubSubError) -> Option<Code> {
+    match e {
+        PubSubError::Call { code, .. } => *code,
+        _ => None,
+    }
+}

@@ -1,0 +1,498 @@
+//! The embedded store: one SQLite file in WAL mode.
+//!
+//! One connection behind a mutex, used from `spawn_blocking`: SQLite serialises
+//! writers anyway, and a single connection keeps every method one transaction
+//! without a pool. Schema changes are migrations numbered by `PRAGMA user_version`.
+
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use async_trait::async_trait;
+use rouse_core::{EnvVars, ProjectName, Scaling, Service, ServiceName, ServiceStatus};
+use rusqlite::{Connection, OptionalExtension, Row, params};
+use uuid::Uuid;
+
+use crate::{Store, StoreError};
+
+/// Schema migrations, applied in order; the index + 1 is the schema version.
+/// Never edit one that has shipped: add another.
+const MIGRATIONS: &[&str] = &[r#"
+CREATE TABLE projects (
+    name          TEXT PRIMARY KEY,
+    namespace     TEXT NOT NULL UNIQUE,
+    created_at_us INTEGER NOT NULL
+);
+CREATE TABLE services (
+    uuid               TEXT PRIMARY KEY,
+    project            TEXT NOT NULL REFERENCES projects(name),
+    name               TEXT NOT NULL,
+    status             TEXT NOT NULL,
+    min_instances      INTEGER NOT NULL,
+    max_instances      INTEGER NOT NULL,
+    concurrency        INTEGER NOT NULL,
+    idle_timeout_ms    INTEGER NOT NULL,
+    wake_timeout_ms    INTEGER NOT NULL,
+    request_timeout_ms INTEGER NOT NULL,
+    env                TEXT NOT NULL,
+    generation         INTEGER NOT NULL,
+    created_at_us      INTEGER NOT NULL,
+    updated_at_us      INTEGER NOT NULL,
+    UNIQUE (project, name)
+);
+"#];
+
+/// How long a statement waits for a lock held by another process (another
+/// `rouse` on the same file) before failing.
+const BUSY_TIMEOUT: Duration = Duration::from_secs(5);
+
+#[derive(Clone)]
+pub struct SqliteStore {
+    conn: Arc<Mutex<Connection>>,
+    path: PathBuf,
+}
+
+impl std::fmt::Debug for SqliteStore {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("SqliteStore")
+            .field("path", &self.path)
+            .finish()
+    }
+}
+
+impl SqliteStore {
+    /// Opens (creating if needed) the store at `path` and migrates it.
+    pub fn open(path: &Path) -> Result<Self, StoreError> {
+        let open_err = |source: Box<dyn std::error::Error + Send + Sync>| StoreError::Open {
+            path: path.display().to_string(),
+            source,
+        };
+        if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
+            std::fs::create_dir_all(dir).map_err(|e| open_err(e.into()))?;
+        }
+        let mut conn = Connection::open(path).map_err(|e| open_err(e.into()))?;
+        configure(&mut conn).map_err(|e| open_err(e.into()))?;
+        migrate(&mut conn).map_err(|e| open_err(e.into()))?;
+        Ok(Self {
+            conn: Arc::new(Mutex::new(conn)),
+            path: path.to_owned(),
+        })
+    }
+
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+
+    /// Runs `f` on the connection off the async runtime.
+    async fn with<T, F>(&self, f: F) -> Result<T, StoreError>
+    where
+        T: Send + 'static,
+        F: FnOnce(&mut Connection) -> Result<T, StoreError> + Send + 'static,
+    {
+        let conn = self.conn.clone();
+        tokio::task::spawn_blocking(move || {
+            let mut guard = conn
+                .lock()
+                .map_err(|_| StoreError::Task("store connection poisoned".into()))?;
+            f(&mut guard)
+        })
+        .await
+        .map_err(|e| StoreError::Task(e.to_string()))?
+    }
+}
+
+fn configure(conn: &mut Connection) -> rusqlite::Result<()> {
+    conn.busy_timeout(BUSY_TIMEOUT)?;
+    // WAL: readers never block the writer. synchronous=FULL: a committed
+    // transaction survives power loss, which the dispatcher's "acknowledge only
+    // after it is recorded" rule relies on.
+    conn.pragma_update(None, "journal_mode", "WAL")?;
+    conn.pragma_update(None, "synchronous", "FULL")?;
+    conn.pragma_update(None, "foreign_keys", "ON")?;
+    Ok(())
+}
+
+fn migrate(conn: &mut Connection) -> Result<(), StoreError> {
+    let current: usize = conn.pragma_query_value(None, "user_version", |r| r.get(0))?;
+    if current > MIGRATIONS.len() {
+        return Err(StoreError::Corrupt(format!(
+            "schema version {current} is newer than this rouse knows ({}); upgrade rouse",
+            MIGRATIONS.len()
+        )));
+    }
+    for (i, sql) in MIGRATIONS.iter().enumerate().skip(current) {
+        let tx = conn.transaction()?;
+        tx.execute_batch(sql)?;
+        tx.pragma_update(None, "user_version", i + 1)?;
+        tx.commit()?;
+        tracing::info!(version = i + 1, "applied store migration");
+    }
+    Ok(())
+}
+
+fn micros(t: SystemTime) -> i64 {
+    t.duration_since(UNIX_EPOCH)
+        .map(|d| i64::try_from(d.as_micros()).unwrap_or(i64::MAX))
+        .unwrap_or(0)
+}
+
+fn from_micros(us: i64) -> SystemTime {
+    UNIX_EPOCH + Duration::from_micros(u64::try_from(us).unwrap_or(0))
+}
+
+fn millis(d: Duration) -> i64 {
+    i64::try_from(d.as_millis()).unwrap_or(i64::MAX)
+}
+
+fn from_millis(ms: i64) -> Duration {
+    Duration::from_millis(u64::try_from(ms).unwrap_or(0))
+}
+
+const SERVICE_COLUMNS: &str = "uuid, project, name, status, min_instances, max_instances, concurrency, \
+     idle_timeout_ms, wake_timeout_ms, request_timeout_ms, env, generation, created_at_us, updated_at_us";
+
+/// The raw columns of a `services` row; turned into a [`Service`] outside the
+/// row callback so that validation errors stay typed.
+struct ServiceRow {
+    uuid: String,
+    project: String,
+    name: String,
+    status: String,
+    scaling: [i64; 6],
+    env: String,
+    generation: i64,
+    created_at_us: i64,
+    updated_at_us: i64,
+}
+
+impl ServiceRow {
+    fn read(row: &Row<'_>) -> rusqlite::Result<Self> {
+        Ok(Self {
+            uuid: row.get(0)?,
+            project: row.get(1)?,
+            name: row.get(2)?,
+            status: row.get(3)?,
+            scaling: [
+                row.get(4)?,
+                row.get(5)?,
+                row.get(6)?,
+                row.get(7)?,
+                row.get(8)?,
+                row.get(9)?,
+            ],
+            env: row.get(10)?,
+            generation: row.get(11)?,
+            created_at_us: row.get(12)?,
+            updated_at_us: row.get(13)?,
+        })
+    }
+
+    fn into_service(self) -> Result<Service, StoreError> {
+        let corrupt = |what: &str, e: &dyn std::fmt::Display| {
+            StoreError::Corrupt(format!("service {}: {what}: {e}", self.uuid))
+        };
+        let project = ProjectName::parse(&self.project).map_err(|e| corrupt("project", &e))?;
+        let name = ServiceName::parse(&project, &self.name).map_err(|e| corrupt("name", &e))?;
+        let uuid = Uuid::parse_str(&self.uuid).map_err(|e| corrupt("uuid", &e))?;
+        let status =
+            ServiceStatus::parse(&self.status).ok_or_else(|| corrupt("status", &self.status))?;
+        let count = |v: i64| u32::try_from(v).map_err(|e| corrupt("scaling", &e));
+        let [min, max, conc, idle, wake, request] = self.scaling;
+        let scaling = Scaling {
+            min_instances: count(min)?,
+            max_instances: count(max)?,
+            concurrency: count(conc)?,
+            idle_timeout: from_millis(idle),
+            wake_timeout: from_millis(wake),
+            request_timeout: from_millis(request),
+        };
+        let env = serde_json::from_str(&self.env).map_err(|e| corrupt("env", &e))?;
+        let env = EnvVars::from_map(env).map_err(|e| corrupt("env", &e))?;
+        Ok(Service {
+            project,
+            name,
+            uuid,
+            status,
+            scaling,
+            env,
+            generation: u64::try_from(self.generation).map_err(|e| corrupt("generation", &e))?,
+            created_at: from_micros(self.created_at_us),
+            updated_at: from_micros(self.updated_at_us),
+        })
+    }
+}
+
+fn env_json(service: &Service) -> String {
+    // A map of strings always serialises.
+    serde_json::to_string(service.env.as_map()).unwrap_or_else(|_| "{}".into())
+}
+
+#[async_trait]
+impl Store for SqliteStore {
+    async fn insert_service(&self, service: &Service) -> Result<(), StoreError> {
+        let s = service.clone();
+        self.with(move |conn| {
+            let tx = conn.transaction()?;
+            let namespace = s.project.namespace();
+            let existing: Option<String> = tx
+                .query_row(
+                    "SELECT name FROM projects WHERE namespace = ?1",
+                    [&namespace],
+                    |r| r.get(0),
+                )
+                .optional()?;
+            match existing {
+                Some(existing) if existing != s.project.as_str() => {
+                    return Err(StoreError::NamespaceTaken {
+                        project: s.project.to_string(),
+                        namespace,
+                        existing,
+                    });
+                }
+                Some(_) => {}
+                None => {
+                    tx.execute(
+                        "INSERT INTO projects (name, namespace, created_at_us) VALUES (?1, ?2, ?3)",
+                        params![s.project.as_str(), namespace, micros(s.created_at)],
+                    )?;
+                }
+            }
+            let taken: bool = tx.query_row(
+                "SELECT EXISTS (SELECT 1 FROM services WHERE project = ?1 AND name = ?2)",
+                params![s.project.as_str(), s.name.as_str()],
+                |r| r.get(0),
+            )?;
+            if taken {
+                return Err(StoreError::AlreadyExists {
+                    project: s.project.to_string(),
+                    name: s.name.to_string(),
+                });
+            }
+            tx.execute(
+                &format!(
+                    "INSERT INTO services ({SERVICE_COLUMNS}) \
+                     VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14)"
+                ),
+                params![
+                    s.uuid.to_string(),
+                    s.project.as_str(),
+                    s.name.as_str(),
+                    s.status.as_str(),
+                    s.scaling.min_instances,
+                    s.scaling.max_instances,
+                    s.scaling.concurrency,
+                    millis(s.scaling.idle_timeout),
+                    millis(s.scaling.wake_timeout),
+                    millis(s.scaling.request_timeout),
+                    env_json(&s),
+                    i64::try_from(s.generation).unwrap_or(i64::MAX),
+                    micros(s.created_at),
+                    micros(s.updated_at),
+                ],
+            )?;
+            tx.commit()?;
+            Ok(())
+        })
+        .await
+    }
+
+    async fn get_service(
+        &self,
+        project: &ProjectName,
+        name: &ServiceName,
+    ) -> Result<Option<Service>, StoreError> {
+        let (project, name) = (project.to_string(), name.to_string());
+        self.with(move |conn| {
+            conn.query_row(
+                &format!("SELECT {SERVICE_COLUMNS} FROM services WHERE project = ?1 AND name = ?2"),
+                params![project, name],
+                ServiceRow::read,
+            )
+            .optional()?
+            .map(ServiceRow::into_service)
+            .transpose()
+        })
+        .await
+    }
+
+    async fn list_services(
+        &self,
+        project: Option<&ProjectName>,
+    ) -> Result<Vec<Service>, StoreError> {
+        let project = project.map(ToString::to_string);
+        self.with(move |conn| {
+            let mut stmt = conn.prepare_cached(&format!(
+                "SELECT {SERVICE_COLUMNS} FROM services \
+                 WHERE ?1 IS NULL OR project = ?1 ORDER BY project, name"
+            ))?;
+            let rows = stmt.query_map([project], ServiceRow::read)?;
+            rows.map(|r| {
+                r.map_err(StoreError::from)
+                    .and_then(ServiceRow::into_service)
+            })
+            .collect()
+        })
+        .await
+    }
+
+    async fn update_service(&self, service: &Service) -> Result<Service, StoreError> {
+        let mut s = service.clone();
+        self.with(move |conn| {
+            let expected = s.generation;
+            s.generation += 1;
+            let changed = conn.execute(
+                "UPDATE services SET status = ?3, min_instances = ?4, max_instances = ?5, \
+                 concurrency = ?6, idle_timeout_ms = ?7, wake_timeout_ms = ?8, \
+                 request_timeout_ms = ?9, env = ?10, generation = ?11, updated_at_us = ?12 \
+                 WHERE uuid = ?1 AND generation = ?2",
+                params![
+                    s.uuid.to_string(),
+                    i64::try_from(expected).unwrap_or(i64::MAX),
+                    s.status.as_str(),
+                    s.scaling.min_instances,
+                    s.scaling.max_instances,
+                    s.scaling.concurrency,
+                    millis(s.scaling.idle_timeout),
+                    millis(s.scaling.wake_timeout),
+                    millis(s.scaling.request_timeout),
+                    env_json(&s),
+                    i64::try_from(s.generation).unwrap_or(i64::MAX),
+                    micros(s.updated_at),
+                ],
+            )?;
+            if changed == 1 {
+                return Ok(s);
+            }
+            let exists: bool = conn.query_row(
+                "SELECT EXISTS (SELECT 1 FROM services WHERE uuid = ?1)",
+                [s.uuid.to_string()],
+                |r| r.get(0),
+            )?;
+            Err(if exists {
+                StoreError::Conflict {
+                    uuid: s.uuid,
+                    expected,
+                }
+            } else {
+                StoreError::NotFound { uuid: s.uuid }
+            })
+        })
+        .await
+    }
+
+    async fn delete_service(&self, uuid: Uuid) -> Result<bool, StoreError> {
+        self.with(move |conn| {
+            let n = conn.execute("DELETE FROM services WHERE uuid = ?1", [uuid.to_string()])?;
+            Ok(n == 1)
+        })
+        .await
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn service(project: &str, name: &str) -> Service {
+        let p = ProjectName::parse(project).expect("valid project");
+        let n = ServiceName::parse(&p, name).expect("valid name");
+        Service::new(p, n, Uuid::new_v4(), SystemTime::now())
+    }
+
+    fn open(dir: &tempfile::TempDir) -> SqliteStore {
+        SqliteStore::open(&dir.path().join("nested/rouse.db")).expect("open")
+    }
+
+    #[tokio::test]
+    async fn round_trip_survives_reopen() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let mut s = service("experiment_2", "hpc-preprocessor");
+        s.env.set("A".into(), "1".into()).expect("valid env");
+        s.scaling.idle_timeout = Duration::from_millis(1500);
+        {
+            let store = open(&dir);
+            store.insert_service(&s).await.expect("insert");
+        }
+        let store = open(&dir);
+        let got = store
+            .get_service(&s.project, &s.name)
+            .await
+            .expect("get")
+            .expect("present");
+        // Timestamps are kept to the microsecond.
+        assert_eq!(got.uuid, s.uuid);
+        assert_eq!(got.scaling, s.scaling);
+        assert_eq!(got.env, s.env);
+        assert_eq!(micros(got.created_at), micros(s.created_at));
+        let mode: String = store
+            .with(|c| Ok(c.pragma_query_value(None, "journal_mode", |r| r.get(0))?))
+            .await
+            .expect("pragma");
+        assert_eq!(mode, "wal");
+    }
+
+    #[tokio::test]
+    async fn duplicates_and_namespace_collisions_are_refused() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let store = open(&dir);
+        store
+            .insert_service(&service("experiment_2", "a"))
+            .await
+            .expect("first");
+        let dup = store.insert_service(&service("experiment_2", "a")).await;
+        assert!(
+            matches!(dup, Err(StoreError::AlreadyExists { .. })),
+            "{dup:?}"
+        );
+        let clash = store.insert_service(&service("experiment-2", "b")).await;
+        let msg = clash.expect_err("namespace clash").to_string();
+        assert!(
+            msg.contains("`experiment-2`") && msg.contains("`experiment_2`"),
+            "{msg}"
+        );
+        // The failed inserts left nothing behind.
+        assert_eq!(store.list_services(None).await.expect("list").len(), 1);
+    }
+
+    #[tokio::test]
+    async fn stale_updates_conflict() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let store = open(&dir);
+        let s = service("p", "svc");
+        store.insert_service(&s).await.expect("insert");
+        let mut a = s.clone();
+        a.scaling.max_instances = 7;
+        let stored = store.update_service(&a).await.expect("first update");
+        assert_eq!(stored.generation, 2);
+        let mut b = s.clone();
+        b.scaling.concurrency = 9;
+        let err = store.update_service(&b).await.expect_err("stale");
+        assert!(
+            matches!(err, StoreError::Conflict { expected: 1, .. }),
+            "{err}"
+        );
+        assert!(store.delete_service(s.uuid).await.expect("delete"));
+        let gone = store.update_service(&stored).await.expect_err("deleted");
+        assert!(matches!(gone, StoreError::NotFound { .. }), "{gone}");
+        assert!(!store.delete_service(s.uuid).await.expect("delete again"));
+    }
+
+    #[tokio::test]
+    async fn list_filters_by_project() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let store = open(&dir);
+        for (p, n) in [("b", "x"), ("a", "z"), ("a", "y")] {
+            store.insert_service(&service(p, n)).await.expect("insert");
+        }
+        let all: Vec<_> = store
+            .list_services(None)
+            .await
+            .expect("list")
+            .into_iter()
+            .map(|s| s.qualified_name())
+            .collect();
+        assert_eq!(all, ["a-y", "a-z", "b-x"]);
+        let a = ProjectName::parse("a").expect("valid");
+        assert_eq!(store.list_services(Some(&a)).await.expect("list").len(), 2);
+    }
+}
