@@ -1,1 +1,340 @@
-//! placeholder
+//! Test harness shared by Rouse's integration and end-to-end tests.
+//!
+//! - [`Emulator`]: the official Pub/Sub emulator (`gcloud beta emulators pubsub
+//!   start`) on a free port, in its own process group, stopped by its process
+//!   id when dropped (even when the test panics).
+//! - [`Server`]: the real `rouse server` binary against an emulator, with its
+//!   log captured; [`rouse`] runs a client command of the same binary.
+//!
+//! The binary is found next to the test executable (`target/<profile>/rouse`);
+//! the Justfile's `test` recipe builds it before running the tests.
+
+use std::io::{BufRead, BufReader};
+use std::net::{SocketAddr, TcpListener, TcpStream};
+use std::os::unix::process::CommandExt as _;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, ExitStatus, Stdio};
+use std::sync::mpsc;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+/// How long the emulator may take to answer after it was started (it takes
+/// about 2 s on these machines; CI runners are slower and busy compiling).
+const EMULATOR_START_TIMEOUT: Duration = Duration::from_secs(60);
+/// How long `rouse server` may take to log that it is ready.
+const SERVER_START_TIMEOUT: Duration = Duration::from_secs(30);
+/// How long a stopped process may take to exit before it is killed.
+const STOP_GRACE: Duration = Duration::from_secs(10);
+
+/// A port nobody listens on right now.
+pub fn free_port() -> u16 {
+    TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .map(|a| a.port())
+        .expect("bind an ephemeral port")
+}
+
+fn signal(pid: u32, sig: &str, group: bool) {
+    let target = if group {
+        format!("-{pid}")
+    } else {
+        pid.to_string()
+    };
+    let _ = Command::new("kill")
+        .args([&format!("-{sig}"), "--", &target])
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .status();
+}
+
+/// Waits for `child` to exit, up to `timeout`.
+fn wait_for(child: &mut Child, timeout: Duration) -> Option<ExitStatus> {
+    let deadline = Instant::now() + timeout;
+    loop {
+        if let Ok(Some(status)) = child.try_wait() {
+            return Some(status);
+        }
+        if Instant::now() >= deadline {
+            return None;
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+/// The official Pub/Sub emulator, running until dropped.
+pub struct Emulator {
+    child: Child,
+    host: String,
+    _dir: tempfile::TempDir,
+}
+
+impl Emulator {
+    /// Starts an emulator on a free port and waits until it answers.
+    pub fn start() -> Self {
+        let dir = tempfile::tempdir().expect("emulator data dir");
+        let port = free_port();
+        let host = format!("127.0.0.1:{port}");
+        let log = std::fs::File::create(dir.path().join("emulator.log")).expect("emulator log");
+        let child = std::process::Command::new("gcloud")
+            .args([
+                "beta",
+                "emulators",
+                "pubsub",
+                "start",
+                &format!("--host-port={host}"),
+                &format!("--data-dir={}", dir.path().display()),
+                "--quiet",
+            ])
+            .stdin(Stdio::null())
+            .stdout(log.try_clone().expect("log handle"))
+            .stderr(log)
+            // Its own process group: gcloud runs the Java emulator as a child,
+            // and stopping the group stops both.
+            .process_group(0)
+            .spawn()
+            .unwrap_or_else(|e| {
+                panic!("cannot run `gcloud beta emulators pubsub start` ({e}); the Google Cloud SDK with the Pub/Sub emulator must be installed (`.ci/setup` does it)")
+            });
+        let mut emulator = Self {
+            child,
+            host,
+            _dir: dir,
+        };
+        emulator.wait_ready();
+        emulator
+    }
+
+    fn wait_ready(&mut self) {
+        let deadline = Instant::now() + EMULATOR_START_TIMEOUT;
+        let addr: SocketAddr = self.host.parse().expect("socket address");
+        while Instant::now() < deadline {
+            if let Ok(Some(status)) = self.child.try_wait() {
+                panic!("the emulator exited at start ({status}):\n{}", self.log());
+            }
+            if TcpStream::connect_timeout(&addr, Duration::from_millis(200)).is_ok() {
+                return;
+            }
+            std::thread::sleep(Duration::from_millis(100));
+        }
+        panic!(
+            "the emulator did not listen on {} within {EMULATOR_START_TIMEOUT:?}:\n{}",
+            self.host,
+            self.log()
+        );
+    }
+
+    /// `HOST:PORT`, the value of `PUBSUB_EMULATOR_HOST`.
+    pub fn host(&self) -> &str {
+        &self.host
+    }
+
+    pub fn log(&self) -> String {
+        std::fs::read_to_string(self._dir.path().join("emulator.log")).unwrap_or_default()
+    }
+
+    /// Stops the emulator (it keeps no state: everything on it is lost).
+    pub fn stop(mut self) {
+        self.shutdown();
+    }
+
+    fn shutdown(&mut self) {
+        let pid = self.child.id();
+        signal(pid, "TERM", true);
+        if wait_for(&mut self.child, STOP_GRACE).is_none() {
+            signal(pid, "KILL", true);
+            let _ = self.child.wait();
+        }
+        // The Java child may outlive gcloud by a moment; make sure it is gone.
+        signal(pid, "KILL", true);
+    }
+}
+
+impl Drop for Emulator {
+    fn drop(&mut self) {
+        self.shutdown();
+    }
+}
+
+/// The `rouse` binary built for this test run.
+pub fn rouse_bin() -> PathBuf {
+    if let Some(p) = std::env::var_os("ROUSE_BIN") {
+        return PathBuf::from(p);
+    }
+    // Test executables live in target/<profile>/deps; the binary one level up.
+    let exe = std::env::current_exe().expect("current exe");
+    let bin = exe
+        .parent()
+        .and_then(Path::parent)
+        .map(|d| d.join("rouse"))
+        .expect("target directory");
+    assert!(
+        bin.exists(),
+        "{} does not exist: build it first with `cargo build -p rouse-cli` (`just test` does)",
+        bin.display()
+    );
+    bin
+}
+
+/// What a finished `rouse` command printed.
+#[derive(Debug)]
+pub struct Output {
+    pub code: i32,
+    pub stdout: String,
+    pub stderr: String,
+}
+
+impl Output {
+    /// Asserts success and returns stdout.
+    pub fn ok(&self) -> &str {
+        assert_eq!(self.code, 0, "rouse failed: {}", self.stderr);
+        &self.stdout
+    }
+
+    pub fn json(&self) -> serde_json::Value {
+        serde_json::from_str(self.ok())
+            .unwrap_or_else(|e| panic!("stdout is not one JSON document ({e}):\n{}", self.stdout))
+    }
+}
+
+/// Runs `rouse ARGS` against `endpoint` with no stdin and a clean environment
+/// for Rouse's own variables.
+pub fn rouse(endpoint: &str, args: &[&str]) -> Output {
+    let out = Command::new(rouse_bin())
+        .args(args)
+        .env("ROUSE_ENDPOINT", endpoint)
+        .env_remove("ROUSE_PROJECT")
+        .env_remove("RUST_LOG")
+        .stdin(Stdio::null())
+        .output()
+        .expect("run rouse");
+    Output {
+        code: out.status.code().unwrap_or(-1),
+        stdout: String::from_utf8_lossy(&out.stdout).into_owned(),
+        stderr: String::from_utf8_lossy(&out.stderr).into_owned(),
+    }
+}
+
+/// A running `rouse server`.
+pub struct Server {
+    child: Child,
+    endpoint: String,
+    log: Arc<Mutex<String>>,
+}
+
+impl Server {
+    /// Starts `rouse server` on a free port with its state in `data_dir`,
+    /// talking to `emulator`, and waits for its ready line. `extra` adds flags.
+    pub fn start(emulator: &Emulator, data_dir: &Path, extra: &[&str]) -> Self {
+        Self::try_start(emulator.host(), data_dir, extra).unwrap_or_else(|log| {
+            panic!("rouse server did not become ready:\n{log}");
+        })
+    }
+
+    /// Like [`Self::start`]; on failure returns the server's log.
+    pub fn try_start(pubsub_host: &str, data_dir: &Path, extra: &[&str]) -> Result<Self, String> {
+        let mut child = Command::new(rouse_bin())
+            .arg("server")
+            .arg("--data-dir")
+            .arg(data_dir)
+            .args(["--api-listen", "127.0.0.1:0"])
+            .args(extra)
+            .env("PUBSUB_EMULATOR_HOST", pubsub_host)
+            .env("RUST_LOG", "warn,rouse=debug")
+            .env_remove("ROUSE_LOG_FORMAT")
+            .env_remove("ROUSE_CONFIG")
+            .env_remove("GOOGLE_CLOUD_PROJECT")
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("spawn rouse server");
+        let log = Arc::new(Mutex::new(String::new()));
+        let (ready_tx, ready_rx) = mpsc::channel();
+        let stderr = child.stderr.take().expect("piped stderr");
+        let sink = log.clone();
+        std::thread::spawn(move || {
+            for line in BufReader::new(stderr).lines().map_while(Result::ok) {
+                if let Some(addr) = line
+                    .contains("rouse server ready")
+                    .then(|| field(&line, "api="))
+                    .flatten()
+                {
+                    let _ = ready_tx.send(addr);
+                }
+                let mut l = sink.lock().expect("log lock");
+                l.push_str(&line);
+                l.push('\n');
+            }
+        });
+        let deadline = Instant::now() + SERVER_START_TIMEOUT;
+        loop {
+            match ready_rx.recv_timeout(Duration::from_millis(50)) {
+                Ok(addr) => {
+                    return Ok(Self {
+                        child,
+                        endpoint: format!("http://{addr}"),
+                        log,
+                    });
+                }
+                Err(mpsc::RecvTimeoutError::Timeout) if Instant::now() < deadline => {
+                    if let Ok(Some(status)) = child.try_wait() {
+                        std::thread::sleep(Duration::from_millis(100));
+                        let log = log.lock().expect("log lock").clone();
+                        return Err(format!("exited with {status}:\n{log}"));
+                    }
+                }
+                Err(_) => {
+                    let _ = child.kill();
+                    let _ = child.wait();
+                    let log = log.lock().expect("log lock").clone();
+                    return Err(format!(
+                        "no ready line within {SERVER_START_TIMEOUT:?}:\n{log}"
+                    ));
+                }
+            }
+        }
+    }
+
+    pub fn endpoint(&self) -> &str {
+        &self.endpoint
+    }
+
+    /// Runs a client command against this server.
+    pub fn rouse(&self, args: &[&str]) -> Output {
+        rouse(&self.endpoint, args)
+    }
+
+    /// Everything the server logged so far.
+    pub fn log(&self) -> String {
+        self.log.lock().expect("log lock").clone()
+    }
+
+    /// SIGTERM, and waits for a clean exit.
+    pub fn stop(mut self) -> ExitStatus {
+        signal(self.child.id(), "TERM", false);
+        let status = wait_for(&mut self.child, STOP_GRACE);
+        status.unwrap_or_else(|| panic!("rouse server ignored SIGTERM:\n{}", self.log()))
+    }
+
+    /// SIGKILL: a crash, with no chance to clean up.
+    pub fn kill9(mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+impl Drop for Server {
+    fn drop(&mut self) {
+        if let Ok(None) = self.child.try_wait() {
+            let _ = self.child.kill();
+            let _ = self.child.wait();
+        }
+    }
+}
+
+/// The value of `key` (e.g. `api=`) in a log line, up to the next space.
+fn field(line: &str, key: &str) -> Option<String> {
+    let start = line.find(key)? + key.len();
+    let rest = &line[start..];
+    Some(rest.split_whitespace().next()?.to_owned())
+}

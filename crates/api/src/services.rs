@@ -86,10 +86,10 @@ impl ServicesApi {
             )
             .await;
         if let Err(e) = subscribed {
-            if created == Ensured::Created {
-                if let Err(cleanup) = self.messaging.delete_topic(&topic).await {
-                    tracing::error!(%topic, error = %cleanup, "could not remove the topic of a failed create");
-                }
+            if created == Ensured::Created
+                && let Err(cleanup) = self.messaging.delete_topic(&topic).await
+            {
+                tracing::error!(%topic, error = %cleanup, "could not remove the topic of a failed create");
             }
             return Err(e.into());
         }

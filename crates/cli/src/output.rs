@@ -59,7 +59,7 @@ fn timestamp(t: Option<&prost_types::Timestamp>) -> String {
 
 impl From<&pb::Service> for ServiceView {
     fn from(s: &pb::Service) -> Self {
-        let scaling = s.scaling.clone().unwrap_or_default();
+        let scaling = s.scaling.unwrap_or_default();
         Self {
             project: s.project.clone(),
             name: s.name.clone(),

@@ -282,7 +282,9 @@ mod tests {
             }
         }
         assert!(ProjectName::parse(&"a".repeat(30)).is_ok());
-        let long = ProjectName::parse(&"a".repeat(31)).unwrap_err().to_string();
+        let long = ProjectName::parse(&"a".repeat(31))
+            .expect_err("must be refused")
+            .to_string();
         assert!(long.contains("31 characters; at most 30"), "{long}");
     }
 }

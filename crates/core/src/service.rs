@@ -332,7 +332,7 @@ mod tests {
         };
         assert!(
             bad.validate()
-                .unwrap_err()
+                .expect_err("must be refused")
                 .to_string()
                 .contains("max_instances 3")
         );
@@ -342,7 +342,7 @@ mod tests {
         };
         assert!(
             zero.validate()
-                .unwrap_err()
+                .expect_err("must be refused")
                 .to_string()
                 .contains("concurrency 0")
         );
@@ -352,7 +352,7 @@ mod tests {
         };
         assert!(
             idle.validate()
-                .unwrap_err()
+                .expect_err("must be refused")
                 .to_string()
                 .contains("idle_timeout 10ms")
         );

@@ -72,13 +72,11 @@ impl Sruid {
                 });
             }
         }
-        if let Some(tag) = tag {
-            if !is_revision_tag(tag) {
-                return Err(SruidError::BadTag {
-                    value: value.to_owned(),
-                    tag: tag.to_owned(),
-                });
-            }
+        if let Some(tag) = tag.filter(|t| !is_revision_tag(t)) {
+            return Err(SruidError::BadTag {
+                value: value.to_owned(),
+                tag: tag.to_owned(),
+            });
         }
         Ok(Self {
             namespace: namespace.to_owned(),
