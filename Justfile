@@ -1,0 +1,34 @@
+# Rouse's tasks. On a fresh machine run them through `.ci/just` (it installs
+# `just` first); afterwards plain `just` works too.
+
+set shell := ["bash", "-euo", "pipefail", "-c"]
+
+# List the recipes.
+default:
+    @just --list
+
+# Check (and install where possible) what building and testing need.
+setup:
+    .ci/setup
+
+# Build everything once (debug), tests included.
+build:
+    cargo build --workspace --all-targets --locked
+
+# Formatting and lints, as CI runs them.
+lint:
+    cargo fmt --all --check
+    cargo clippy --workspace --all-targets --locked -- -D warnings
+
+# Every test: unit, integration and end-to-end (the real emulator, the real binary).
+test: setup lint build
+    if cargo nextest --version >/dev/null 2>&1; then \
+        cargo nextest run --workspace --locked --no-fail-fast; \
+    else \
+        cargo test --workspace --locked --no-fail-fast; \
+    fi
+
+# The main job on embedded defaults: the platform on the emulator, with a service.
+demo: setup
+    cargo build --locked -p rouse-cli
+    .ci/demo
