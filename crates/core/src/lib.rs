@@ -9,6 +9,8 @@
 //! known to be well formed wherever it travels.
 
 pub mod names;
+pub mod protocol;
+pub mod revision;
 pub mod service;
 pub mod sruid;
 

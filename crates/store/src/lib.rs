@@ -6,9 +6,16 @@
 //! callers: every method is one transaction, and conflicts are reported as typed
 //! errors rather than left to the caller to detect.
 
+mod dispatch;
 mod sqlite;
 
 use async_trait::async_trait;
+use std::time::SystemTime;
+
+use rouse_core::protocol::Attributes;
+use rouse_core::revision::{
+    DeliveryMode, EventRecord, Execution, ExecutionStatus, Revision, RevisionSource,
+};
 use rouse_core::{ProjectName, Service, ServiceName};
 use uuid::Uuid;
 
@@ -69,4 +76,105 @@ pub trait Store: Send + Sync + 'static {
 
     /// Deletes the record; `false` if there was none.
     async fn delete_service(&self, uuid: Uuid) -> Result<bool, StoreError>;
+}
+
+/// An event about to be recorded.
+#[derive(Debug, Clone, PartialEq)]
+pub struct NewEvent {
+    /// The event's `uuid` attribute: recording the same event twice is a no-op.
+    pub event_uuid: String,
+    pub question_uuid: String,
+    pub retry_count: Option<u32>,
+    pub kind: String,
+    pub attributes: Attributes,
+    pub data: Vec<u8>,
+}
+
+/// What a new revision is made of.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct NewRevision {
+    pub source: RevisionSource,
+    pub mode: DeliveryMode,
+    pub probe_path: Option<String>,
+}
+
+/// The dispatcher's state: revisions, executions and the event store.
+///
+/// Executions are keyed by `(question_uuid, retry_count)`: inserting one that
+/// exists reports `false`, which is how duplicates and redeliveries are
+/// recognised. Events the dispatcher emits are recorded unpublished in the
+/// same transaction as the state change they report (an outbox), so a crash
+/// between the two cannot lose a result or send it twice.
+#[async_trait]
+pub trait DispatchStore: Send + Sync + 'static {
+    /// Adds the service's next revision (it serves from now on) and marks the
+    /// service `ready`.
+    async fn insert_revision(
+        &self,
+        service: &Service,
+        revision: &NewRevision,
+        now: SystemTime,
+    ) -> Result<Revision, StoreError>;
+
+    /// The service's revisions, newest first.
+    async fn list_revisions(&self, service_uuid: Uuid) -> Result<Vec<Revision>, StoreError>;
+
+    /// Records a new execution; `false` if `(question_uuid, retry_count)` exists.
+    async fn insert_execution(&self, execution: &Execution) -> Result<bool, StoreError>;
+
+    /// Updates an execution's status, revision, instance and timings, and
+    /// records `event` (unpublished) in the same transaction. Returns the
+    /// event's id, or `None` if there was no event or it was already recorded.
+    async fn update_execution(
+        &self,
+        execution: &Execution,
+        event: Option<&NewEvent>,
+    ) -> Result<Option<i64>, StoreError>;
+
+    /// The execution of a question (its highest retry).
+    async fn get_execution(&self, question_uuid: &str) -> Result<Option<Execution>, StoreError>;
+
+    /// Executions, newest first.
+    async fn list_executions(
+        &self,
+        service_uuid: Option<Uuid>,
+        status: Option<ExecutionStatus>,
+        limit: u32,
+    ) -> Result<Vec<Execution>, StoreError>;
+
+    /// Executions not yet finished, oldest first: what a restart resumes.
+    async fn unfinished_executions(&self) -> Result<Vec<Execution>, StoreError>;
+
+    /// Records an event seen on Pub/Sub (or emitted and already published).
+    /// `None` if an event with that uuid was recorded before.
+    async fn record_event(&self, event: &NewEvent, published: bool)
+    -> Result<Option<i64>, StoreError>;
+
+    async fn mark_published(&self, event_id: i64) -> Result<(), StoreError>;
+
+    /// Emitted events that have not reached Pub/Sub yet, oldest first.
+    async fn unpublished_events(&self) -> Result<Vec<EventRecord>, StoreError>;
+
+    /// A question's events with an id above `after`, in order.
+    async fn events_after(
+        &self,
+        question_uuid: &str,
+        after: i64,
+    ) -> Result<Vec<EventRecord>, StoreError>;
+
+    /// Whether a `result` or `exception` for this question and retry was recorded.
+    async fn has_terminal_event(
+        &self,
+        question_uuid: &str,
+        retry_count: u32,
+    ) -> Result<bool, StoreError>;
+
+    /// Keeps a message that could not be handled and could not be answered.
+    async fn dead_letter(
+        &self,
+        source: &str,
+        reason: &str,
+        attributes: &Attributes,
+        data: &[u8],
+    ) -> Result<(), StoreError>;
 }

@@ -40,6 +40,61 @@ CREATE TABLE services (
     updated_at_us      INTEGER NOT NULL,
     UNIQUE (project, name)
 );
+"#, r#"
+CREATE TABLE revisions (
+    name          TEXT PRIMARY KEY,
+    service_uuid  TEXT NOT NULL REFERENCES services(uuid) ON DELETE CASCADE,
+    seq           INTEGER NOT NULL,
+    runtime       TEXT NOT NULL,
+    image         TEXT,
+    program       TEXT,
+    args          TEXT,
+    workdir       TEXT,
+    mode          TEXT NOT NULL,
+    probe_path    TEXT,
+    created_at_us INTEGER NOT NULL,
+    UNIQUE (service_uuid, seq)
+);
+CREATE TABLE executions (
+    question_uuid    TEXT NOT NULL,
+    retry_count      INTEGER NOT NULL,
+    service_uuid     TEXT NOT NULL,
+    status           TEXT NOT NULL,
+    revision         TEXT,
+    instance         TEXT,
+    cold_start       INTEGER,
+    reason           TEXT,
+    attributes       TEXT NOT NULL,
+    data             BLOB NOT NULL,
+    received_at_us   INTEGER NOT NULL,
+    ready_at_us      INTEGER,
+    delivered_at_us  INTEGER,
+    finished_at_us   INTEGER,
+    PRIMARY KEY (question_uuid, retry_count)
+);
+CREATE INDEX executions_unfinished ON executions (status) WHERE status IN ('queued', 'waking', 'running');
+CREATE INDEX executions_by_service ON executions (service_uuid, received_at_us);
+CREATE TABLE events (
+    id             INTEGER PRIMARY KEY AUTOINCREMENT,
+    event_uuid     TEXT NOT NULL UNIQUE,
+    question_uuid  TEXT NOT NULL,
+    retry_count    INTEGER,
+    kind           TEXT NOT NULL,
+    attributes     TEXT NOT NULL,
+    data           BLOB NOT NULL,
+    published      INTEGER NOT NULL,
+    recorded_at_us INTEGER NOT NULL
+);
+CREATE INDEX events_by_question ON events (question_uuid, id);
+CREATE INDEX events_unpublished ON events (published) WHERE published = 0;
+CREATE TABLE dead_letters (
+    id             INTEGER PRIMARY KEY AUTOINCREMENT,
+    source         TEXT NOT NULL,
+    reason         TEXT NOT NULL,
+    attributes     TEXT NOT NULL,
+    data           BLOB NOT NULL,
+    recorded_at_us INTEGER NOT NULL
+);
 "#];
 
 /// How long a statement waits for a lock held by another process (another
@@ -84,7 +139,7 @@ impl SqliteStore {
     }
 
     /// Runs `f` on the connection off the async runtime.
-    async fn with<T, F>(&self, f: F) -> Result<T, StoreError>
+    pub(crate) async fn with<T, F>(&self, f: F) -> Result<T, StoreError>
     where
         T: Send + 'static,
         F: FnOnce(&mut Connection) -> Result<T, StoreError> + Send + 'static,
@@ -130,13 +185,13 @@ fn migrate(conn: &mut Connection) -> Result<(), StoreError> {
     Ok(())
 }
 
-fn micros(t: SystemTime) -> i64 {
+pub(crate) fn micros(t: SystemTime) -> i64 {
     t.duration_since(UNIX_EPOCH)
         .map(|d| i64::try_from(d.as_micros()).unwrap_or(i64::MAX))
         .unwrap_or(0)
 }
 
-fn from_micros(us: i64) -> SystemTime {
+pub(crate) fn from_micros(us: i64) -> SystemTime {
     UNIX_EPOCH + Duration::from_micros(u64::try_from(us).unwrap_or(0))
 }
 

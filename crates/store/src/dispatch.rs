@@ -1,0 +1,586 @@
+//! [`DispatchStore`] on SQLite: revisions, executions, the event store and
+//! dead letters.
+
+use std::path::PathBuf;
+use std::time::SystemTime;
+
+use async_trait::async_trait;
+use rouse_core::protocol::{Attributes, is_terminal_kind};
+use rouse_core::revision::{
+    DeliveryMode, EventRecord, Execution, ExecutionStatus, Revision, RevisionSource,
+};
+use rouse_core::{Service, ServiceStatus};
+use rusqlite::{Connection, OptionalExtension, Row, params};
+use uuid::Uuid;
+
+use crate::sqlite::{from_micros, micros};
+use crate::{DispatchStore, NewEvent, NewRevision, SqliteStore, StoreError};
+
+fn corrupt(what: &str, e: impl std::fmt::Display) -> StoreError {
+    StoreError::Corrupt(format!("{what}: {e}"))
+}
+
+fn attrs_json(a: &Attributes) -> String {
+    serde_json::to_string(a).unwrap_or_else(|_| "{}".into())
+}
+
+fn attrs_from(s: &str) -> Result<Attributes, StoreError> {
+    serde_json::from_str(s).map_err(|e| corrupt("attributes", e))
+}
+
+fn opt_micros(t: Option<SystemTime>) -> Option<i64> {
+    t.map(micros)
+}
+
+const REVISION_COLUMNS: &str =
+    "name, service_uuid, seq, runtime, image, program, args, workdir, mode, probe_path, created_at_us";
+
+fn read_revision(row: &Row<'_>) -> rusqlite::Result<Result<Revision, StoreError>> {
+    let name: String = row.get(0)?;
+    let service_uuid: String = row.get(1)?;
+    let seq: i64 = row.get(2)?;
+    let runtime: String = row.get(3)?;
+    let image: Option<String> = row.get(4)?;
+    let program: Option<String> = row.get(5)?;
+    let args: Option<String> = row.get(6)?;
+    let workdir: Option<String> = row.get(7)?;
+    let mode: String = row.get(8)?;
+    let probe_path: Option<String> = row.get(9)?;
+    let created: i64 = row.get(10)?;
+    Ok((|| {
+        let source = match (runtime.as_str(), image, program) {
+            ("docker", Some(image), _) => RevisionSource::Image(image),
+            ("process", _, Some(program)) => RevisionSource::Command {
+                program,
+                args: serde_json::from_str(args.as_deref().unwrap_or("[]"))
+                    .map_err(|e| corrupt("revision args", e))?,
+                workdir: PathBuf::from(workdir.unwrap_or_default()),
+            },
+            (other, _, _) => return Err(corrupt("revision runtime", other)),
+        };
+        Ok(Revision {
+            name,
+            service_uuid: Uuid::parse_str(&service_uuid).map_err(|e| corrupt("revision service", e))?,
+            seq: u32::try_from(seq).map_err(|e| corrupt("revision seq", e))?,
+            source,
+            mode: DeliveryMode::parse(&mode).ok_or_else(|| corrupt("revision mode", &mode))?,
+            probe_path,
+            created_at: from_micros(created),
+        })
+    })())
+}
+
+const EXECUTION_COLUMNS: &str = "question_uuid, retry_count, service_uuid, status, revision, instance, \
+     cold_start, reason, attributes, data, received_at_us, ready_at_us, delivered_at_us, finished_at_us";
+
+fn read_execution(row: &Row<'_>) -> rusqlite::Result<Result<Execution, StoreError>> {
+    let question_uuid: String = row.get(0)?;
+    let retry: i64 = row.get(1)?;
+    let service: String = row.get(2)?;
+    let status: String = row.get(3)?;
+    let revision: Option<String> = row.get(4)?;
+    let instance: Option<String> = row.get(5)?;
+    let cold_start: Option<bool> = row.get(6)?;
+    let reason: Option<String> = row.get(7)?;
+    let attributes: String = row.get(8)?;
+    let data: Vec<u8> = row.get(9)?;
+    let received: i64 = row.get(10)?;
+    let ready: Option<i64> = row.get(11)?;
+    let delivered: Option<i64> = row.get(12)?;
+    let finished: Option<i64> = row.get(13)?;
+    Ok((|| {
+        Ok(Execution {
+            retry_count: u32::try_from(retry).map_err(|e| corrupt("retry_count", e))?,
+            service_uuid: Uuid::parse_str(&service).map_err(|e| corrupt("execution service", e))?,
+            status: ExecutionStatus::parse(&status)
+                .ok_or_else(|| corrupt("execution status", &status))?,
+            question_uuid,
+            revision,
+            instance,
+            cold_start,
+            reason,
+            attributes: attrs_from(&attributes)?,
+            data,
+            received_at: from_micros(received),
+            ready_at: ready.map(from_micros),
+            delivered_at: delivered.map(from_micros),
+            finished_at: finished.map(from_micros),
+        })
+    })())
+}
+
+const EVENT_COLUMNS: &str = "id, question_uuid, kind, attributes, data, published, recorded_at_us";
+
+fn read_event(row: &Row<'_>) -> rusqlite::Result<Result<EventRecord, StoreError>> {
+    let id: i64 = row.get(0)?;
+    let question_uuid: String = row.get(1)?;
+    let kind: String = row.get(2)?;
+    let attributes: String = row.get(3)?;
+    let data: Vec<u8> = row.get(4)?;
+    let published: bool = row.get(5)?;
+    let recorded: i64 = row.get(6)?;
+    Ok(attrs_from(&attributes).map(|attributes| EventRecord {
+        id,
+        question_uuid,
+        kind,
+        attributes,
+        data,
+        published,
+        recorded_at: from_micros(recorded),
+    }))
+}
+
+/// Runs a query whose rows read into `Result<T, StoreError>`.
+fn collect<T>(
+    conn: &Connection,
+    sql: &str,
+    params: impl rusqlite::Params,
+    read: fn(&Row<'_>) -> rusqlite::Result<Result<T, StoreError>>,
+) -> Result<Vec<T>, StoreError> {
+    let mut stmt = conn.prepare_cached(sql)?;
+    let rows = stmt.query_map(params, read)?;
+    rows.map(|r| r.map_err(StoreError::from).and_then(|x| x))
+        .collect()
+}
+
+fn insert_event(
+    conn: &Connection,
+    event: &NewEvent,
+    published: bool,
+) -> Result<Option<i64>, StoreError> {
+    let n = conn.execute(
+        "INSERT OR IGNORE INTO events (event_uuid, question_uuid, retry_count, kind, attributes, data, published, recorded_at_us) \
+         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8)",
+        params![
+            event.event_uuid,
+            event.question_uuid,
+            event.retry_count,
+            event.kind,
+            attrs_json(&event.attributes),
+            event.data,
+            published,
+            micros(SystemTime::now()),
+        ],
+    )?;
+    Ok((n == 1).then(|| conn.last_insert_rowid()))
+}
+
+#[async_trait]
+impl DispatchStore for SqliteStore {
+    async fn insert_revision(
+        &self,
+        service: &Service,
+        revision: &NewRevision,
+        now: SystemTime,
+    ) -> Result<Revision, StoreError> {
+        let (uuid, service_name) = (service.uuid, service.name.to_string());
+        let new = revision.clone();
+        self.with(move |conn| {
+            let tx = conn.transaction()?;
+            let exists: bool = tx.query_row(
+                "SELECT EXISTS (SELECT 1 FROM services WHERE uuid = ?1)",
+                [uuid.to_string()],
+                |r| r.get(0),
+            )?;
+            if !exists {
+                return Err(StoreError::NotFound { uuid });
+            }
+            let last: Option<i64> = tx.query_row(
+                "SELECT MAX(seq) FROM revisions WHERE service_uuid = ?1",
+                [uuid.to_string()],
+                |r| r.get(0),
+            )?;
+            let seq = u32::try_from(last.unwrap_or(0) + 1).map_err(|e| corrupt("revision seq", e))?;
+            let revision = Revision {
+                name: Revision::name_for(&service_name, seq),
+                service_uuid: uuid,
+                seq,
+                source: new.source,
+                mode: new.mode,
+                probe_path: new.probe_path,
+                // As stored: to the microsecond.
+                created_at: from_micros(micros(now)),
+            };
+            let (image, program, args, workdir) = match &revision.source {
+                RevisionSource::Image(image) => (Some(image.clone()), None, None, None),
+                RevisionSource::Command { program, args, workdir } => (
+                    None,
+                    Some(program.clone()),
+                    Some(serde_json::to_string(args).unwrap_or_else(|_| "[]".into())),
+                    Some(workdir.display().to_string()),
+                ),
+            };
+            tx.execute(
+                &format!("INSERT INTO revisions ({REVISION_COLUMNS}) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11)"),
+                params![
+                    revision.name,
+                    uuid.to_string(),
+                    seq,
+                    revision.source.runtime(),
+                    image,
+                    program,
+                    args,
+                    workdir,
+                    revision.mode.as_str(),
+                    revision.probe_path,
+                    micros(now),
+                ],
+            )?;
+            tx.execute(
+                "UPDATE services SET status = ?2, generation = generation + 1, updated_at_us = ?3 WHERE uuid = ?1",
+                params![uuid.to_string(), ServiceStatus::Ready.as_str(), micros(now)],
+            )?;
+            tx.commit()?;
+            Ok(revision)
+        })
+        .await
+    }
+
+    async fn list_revisions(&self, service_uuid: Uuid) -> Result<Vec<Revision>, StoreError> {
+        self.with(move |conn| {
+            collect(
+                conn,
+                &format!("SELECT {REVISION_COLUMNS} FROM revisions WHERE service_uuid = ?1 ORDER BY seq DESC"),
+                [service_uuid.to_string()],
+                read_revision,
+            )
+        })
+        .await
+    }
+
+    async fn insert_execution(&self, e: &Execution) -> Result<bool, StoreError> {
+        let e = e.clone();
+        self.with(move |conn| {
+            let n = conn.execute(
+                &format!(
+                    "INSERT OR IGNORE INTO executions ({EXECUTION_COLUMNS}) \
+                     VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14)"
+                ),
+                params![
+                    e.question_uuid,
+                    e.retry_count,
+                    e.service_uuid.to_string(),
+                    e.status.as_str(),
+                    e.revision,
+                    e.instance,
+                    e.cold_start,
+                    e.reason,
+                    attrs_json(&e.attributes),
+                    e.data,
+                    micros(e.received_at),
+                    opt_micros(e.ready_at),
+                    opt_micros(e.delivered_at),
+                    opt_micros(e.finished_at),
+                ],
+            )?;
+            Ok(n == 1)
+        })
+        .await
+    }
+
+    async fn update_execution(
+        &self,
+        e: &Execution,
+        event: Option<&NewEvent>,
+    ) -> Result<Option<i64>, StoreError> {
+        let (e, event) = (e.clone(), event.cloned());
+        self.with(move |conn| {
+            let tx = conn.transaction()?;
+            tx.execute(
+                "UPDATE executions SET status = ?3, revision = ?4, instance = ?5, cold_start = ?6, \
+                 reason = ?7, ready_at_us = ?8, delivered_at_us = ?9, finished_at_us = ?10 \
+                 WHERE question_uuid = ?1 AND retry_count = ?2",
+                params![
+                    e.question_uuid,
+                    e.retry_count,
+                    e.status.as_str(),
+                    e.revision,
+                    e.instance,
+                    e.cold_start,
+                    e.reason,
+                    opt_micros(e.ready_at),
+                    opt_micros(e.delivered_at),
+                    opt_micros(e.finished_at),
+                ],
+            )?;
+            let id = match &event {
+                Some(ev) => insert_event(&tx, ev, false)?,
+                None => None,
+            };
+            tx.commit()?;
+            Ok(id)
+        })
+        .await
+    }
+
+    async fn get_execution(&self, question_uuid: &str) -> Result<Option<Execution>, StoreError> {
+        let q = question_uuid.to_owned();
+        self.with(move |conn| {
+            conn.query_row(
+                &format!(
+                    "SELECT {EXECUTION_COLUMNS} FROM executions WHERE question_uuid = ?1 \
+                     ORDER BY retry_count DESC LIMIT 1"
+                ),
+                [q],
+                read_execution,
+            )
+            .optional()?
+            .transpose()
+        })
+        .await
+    }
+
+    async fn list_executions(
+        &self,
+        service_uuid: Option<Uuid>,
+        status: Option<ExecutionStatus>,
+        limit: u32,
+    ) -> Result<Vec<Execution>, StoreError> {
+        self.with(move |conn| {
+            collect(
+                conn,
+                &format!(
+                    "SELECT {EXECUTION_COLUMNS} FROM executions \
+                     WHERE (?1 IS NULL OR service_uuid = ?1) AND (?2 IS NULL OR status = ?2) \
+                     ORDER BY received_at_us DESC LIMIT ?3"
+                ),
+                params![
+                    service_uuid.map(|u| u.to_string()),
+                    status.map(ExecutionStatus::as_str),
+                    limit
+                ],
+                read_execution,
+            )
+        })
+        .await
+    }
+
+    async fn unfinished_executions(&self) -> Result<Vec<Execution>, StoreError> {
+        self.with(move |conn| {
+            collect(
+                conn,
+                &format!(
+                    "SELECT {EXECUTION_COLUMNS} FROM executions \
+                     WHERE status IN ('queued', 'waking', 'running') ORDER BY received_at_us"
+                ),
+                [],
+                read_execution,
+            )
+        })
+        .await
+    }
+
+    async fn record_event(
+        &self,
+        event: &NewEvent,
+        published: bool,
+    ) -> Result<Option<i64>, StoreError> {
+        let event = event.clone();
+        self.with(move |conn| insert_event(conn, &event, published)).await
+    }
+
+    async fn mark_published(&self, event_id: i64) -> Result<(), StoreError> {
+        self.with(move |conn| {
+            conn.execute("UPDATE events SET published = 1 WHERE id = ?1", [event_id])?;
+            Ok(())
+        })
+        .await
+    }
+
+    async fn unpublished_events(&self) -> Result<Vec<EventRecord>, StoreError> {
+        self.with(move |conn| {
+            collect(
+                conn,
+                &format!("SELECT {EVENT_COLUMNS} FROM events WHERE published = 0 ORDER BY id"),
+                [],
+                read_event,
+            )
+        })
+        .await
+    }
+
+    async fn events_after(
+        &self,
+        question_uuid: &str,
+        after: i64,
+    ) -> Result<Vec<EventRecord>, StoreError> {
+        let q = question_uuid.to_owned();
+        self.with(move |conn| {
+            collect(
+                conn,
+                &format!(
+                    "SELECT {EVENT_COLUMNS} FROM events WHERE question_uuid = ?1 AND id > ?2 ORDER BY id"
+                ),
+                params![q, after],
+                read_event,
+            )
+        })
+        .await
+    }
+
+    async fn has_terminal_event(
+        &self,
+        question_uuid: &str,
+        retry_count: u32,
+    ) -> Result<bool, StoreError> {
+        let q = question_uuid.to_owned();
+        self.with(move |conn| {
+            let kinds: Vec<String> = {
+                let mut stmt = conn.prepare_cached(
+                    "SELECT kind FROM events WHERE question_uuid = ?1 AND retry_count = ?2",
+                )?;
+                let rows = stmt.query_map(params![q, retry_count], |r| r.get(0))?;
+                rows.collect::<rusqlite::Result<_>>()?
+            };
+            Ok(kinds.iter().any(|k| is_terminal_kind(k)))
+        })
+        .await
+    }
+
+    async fn dead_letter(
+        &self,
+        source: &str,
+        reason: &str,
+        attributes: &Attributes,
+        data: &[u8],
+    ) -> Result<(), StoreError> {
+        let (source, reason, attributes, data) = (
+            source.to_owned(),
+            reason.to_owned(),
+            attrs_json(attributes),
+            data.to_vec(),
+        );
+        self.with(move |conn| {
+            conn.execute(
+                "INSERT INTO dead_letters (source, reason, attributes, data, recorded_at_us) VALUES (?1, ?2, ?3, ?4, ?5)",
+                params![source, reason, attributes, data, micros(SystemTime::now())],
+            )?;
+            Ok(())
+        })
+        .await
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use rouse_core::{ProjectName, ServiceName};
+
+    use super::*;
+    use crate::Store;
+
+    async fn store_with_service() -> (SqliteStore, Service, tempfile::TempDir) {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let store = SqliteStore::open(&dir.path().join("rouse.db")).expect("open");
+        let p = ProjectName::parse("p").expect("valid");
+        let n = ServiceName::parse(&p, "svc").expect("valid");
+        let s = Service::new(p, n, Uuid::new_v4(), SystemTime::now());
+        store.insert_service(&s).await.expect("insert");
+        (store, s, dir)
+    }
+
+    fn execution(service: Uuid, q: &str, retry: u32) -> Execution {
+        Execution {
+            question_uuid: q.into(),
+            retry_count: retry,
+            service_uuid: service,
+            status: ExecutionStatus::Queued,
+            revision: None,
+            instance: None,
+            cold_start: None,
+            reason: None,
+            attributes: [("question_uuid".to_owned(), q.to_owned())].into(),
+            data: br#"{"kind":"question"}"#.to_vec(),
+            received_at: SystemTime::now(),
+            ready_at: None,
+            delivered_at: None,
+            finished_at: None,
+        }
+    }
+
+    fn event(uuid: &str, q: &str, kind: &str) -> NewEvent {
+        NewEvent {
+            event_uuid: uuid.into(),
+            question_uuid: q.into(),
+            retry_count: Some(0),
+            kind: kind.into(),
+            attributes: Attributes::new(),
+            data: format!(r#"{{"kind":"{kind}"}}"#).into_bytes(),
+        }
+    }
+
+    #[tokio::test]
+    async fn revisions_are_numbered_and_make_the_service_ready() {
+        let (store, s, _dir) = store_with_service().await;
+        let new = NewRevision {
+            source: RevisionSource::Command {
+                program: "python3".into(),
+                args: vec!["service.py".into()],
+                workdir: "/srv".into(),
+            },
+            mode: DeliveryMode::Server,
+            probe_path: Some("/healthz".into()),
+        };
+        let r1 = store.insert_revision(&s, &new, SystemTime::now()).await.expect("r1");
+        let r2 = store
+            .insert_revision(
+                &s,
+                &NewRevision {
+                    source: RevisionSource::Image("rouse/echo:latest".into()),
+                    ..new.clone()
+                },
+                SystemTime::now(),
+            )
+            .await
+            .expect("r2");
+        assert_eq!((r1.name.as_str(), r2.name.as_str()), ("svc-00001", "svc-00002"));
+        let list = store.list_revisions(s.uuid).await.expect("list");
+        assert_eq!(list, vec![r2, r1], "newest first, round-tripped");
+        let svc = store.get_service(&s.project, &s.name).await.expect("get").expect("present");
+        assert_eq!(svc.status, ServiceStatus::Ready);
+    }
+
+    #[tokio::test]
+    async fn executions_are_recorded_once_per_question_and_retry() {
+        let (store, s, _dir) = store_with_service().await;
+        assert!(store.insert_execution(&execution(s.uuid, "q1", 0)).await.expect("insert"));
+        assert!(!store.insert_execution(&execution(s.uuid, "q1", 0)).await.expect("dup"));
+        assert!(store.insert_execution(&execution(s.uuid, "q1", 1)).await.expect("retry"));
+        let got = store.get_execution("q1").await.expect("get").expect("present");
+        assert_eq!(got.retry_count, 1, "the latest retry");
+        assert_eq!(store.unfinished_executions().await.expect("unfinished").len(), 2);
+
+        let mut done = got.clone();
+        done.status = ExecutionStatus::Succeeded;
+        done.finished_at = Some(SystemTime::now());
+        let id = store
+            .update_execution(&done, Some(&event("e1", "q1", "result")))
+            .await
+            .expect("finish");
+        assert!(id.is_some());
+        assert_eq!(store.unfinished_executions().await.expect("unfinished").len(), 1);
+        assert_eq!(store.unpublished_events().await.expect("outbox").len(), 1);
+        store.mark_published(id.expect("id")).await.expect("mark");
+        assert!(store.unpublished_events().await.expect("outbox").is_empty());
+        assert!(store.has_terminal_event("q1", 0).await.expect("terminal"));
+        assert!(!store.has_terminal_event("q1", 1).await.expect("terminal"));
+        let listed = store
+            .list_executions(Some(s.uuid), Some(ExecutionStatus::Succeeded), 10)
+            .await
+            .expect("list");
+        assert_eq!(listed.len(), 1);
+    }
+
+    #[tokio::test]
+    async fn events_are_deduplicated_by_uuid_and_followed_by_id() {
+        let (store, _s, _dir) = store_with_service().await;
+        let a = store.record_event(&event("e1", "q", "heartbeat"), true).await.expect("a");
+        assert!(store.record_event(&event("e1", "q", "heartbeat"), true).await.expect("dup").is_none());
+        let b = store.record_event(&event("e2", "q", "result"), true).await.expect("b");
+        let all = store.events_after("q", 0).await.expect("all");
+        assert_eq!(all.len(), 2);
+        let after_a = store.events_after("q", a.expect("id")).await.expect("after");
+        assert_eq!(after_a.len(), 1);
+        assert_eq!(Some(after_a[0].id), b);
+        store.dead_letter("test", "bad", &Attributes::new(), b"x").await.expect("dead letter");
+    }
+}
