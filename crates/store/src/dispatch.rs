@@ -418,21 +418,21 @@ impl DispatchStore for SqliteStore {
         .await
     }
 
-    async fn has_terminal_event(
+    async fn terminal_event(
         &self,
         question_uuid: &str,
         retry_count: u32,
-    ) -> Result<bool, StoreError> {
+    ) -> Result<Option<String>, StoreError> {
         let q = question_uuid.to_owned();
         self.with(move |conn| {
             let kinds: Vec<String> = {
                 let mut stmt = conn.prepare_cached(
-                    "SELECT kind FROM events WHERE question_uuid = ?1 AND retry_count = ?2",
+                    "SELECT kind FROM events WHERE question_uuid = ?1 AND retry_count = ?2 ORDER BY id",
                 )?;
                 let rows = stmt.query_map(params![q, retry_count], |r| r.get(0))?;
                 rows.collect::<rusqlite::Result<_>>()?
             };
-            Ok(kinds.iter().any(|k| is_terminal_kind(k)))
+            Ok(kinds.into_iter().find(|k| is_terminal_kind(k)))
         })
         .await
     }
@@ -561,8 +561,11 @@ mod tests {
         assert_eq!(store.unpublished_events().await.expect("outbox").len(), 1);
         store.mark_published(id.expect("id")).await.expect("mark");
         assert!(store.unpublished_events().await.expect("outbox").is_empty());
-        assert!(store.has_terminal_event("q1", 0).await.expect("terminal"));
-        assert!(!store.has_terminal_event("q1", 1).await.expect("terminal"));
+        assert_eq!(
+            store.terminal_event("q1", 0).await.expect("terminal").as_deref(),
+            Some("result")
+        );
+        assert_eq!(store.terminal_event("q1", 1).await.expect("terminal"), None);
         let listed = store
             .list_executions(Some(s.uuid), Some(ExecutionStatus::Succeeded), 10)
             .await

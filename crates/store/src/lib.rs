@@ -162,12 +162,13 @@ pub trait DispatchStore: Send + Sync + 'static {
         after: i64,
     ) -> Result<Vec<EventRecord>, StoreError>;
 
-    /// Whether a `result` or `exception` for this question and retry was recorded.
-    async fn has_terminal_event(
+    /// The kind (`result` or `exception`) of the first terminal event recorded
+    /// for this question and retry, if any.
+    async fn terminal_event(
         &self,
         question_uuid: &str,
         retry_count: u32,
-    ) -> Result<bool, StoreError>;
+    ) -> Result<Option<String>, StoreError>;
 
     /// Keeps a message that could not be handled and could not be answered.
     async fn dead_letter(

@@ -1,0 +1,433 @@
+//! Intake: streaming pull on every service topic and on the network topic.
+//!
+//! For each question: parse → record in the store (the execution's key
+//! `(question_uuid, retry_count)` makes a duplicate a no-op) → acknowledge to
+//! Pub/Sub → `delivery_acknowledgement` → hand to the service's worker. The
+//! hand-off waits while the worker's queue is full, and each stream holds at
+//! most [`MAX_OUTSTANDING`] unacknowledged messages, so a full queue stops the
+//! pulling instead of dropping or nacking in a loop.
+//!
+//! A message that is not a valid question gets an `exception` event when its
+//! asker can be addressed (and a failed execution), else a dead letter. The
+//! emulator ignores subscription filters, so the network intake filters here:
+//! questions (`sender_type = PARENT`) are routed by `recipient`; replies
+//! (`CHILD`) to questions Rouse knows are recorded in the event store.
+
+use std::sync::Arc;
+use std::time::{Duration, SystemTime};
+
+use rouse_core::Service;
+use rouse_core::protocol::{Attributes, Question, Reply};
+use rouse_core::revision::{Execution, ExecutionStatus};
+use rouse_core::sruid::Sruid;
+use rouse_pubsub::{Handler, Message, Subscriber, SubscriptionSpec};
+use rouse_store::NewEvent;
+use tokio::sync::mpsc;
+use tokio_util::sync::CancellationToken;
+use uuid::Uuid;
+
+use crate::replies::build_event;
+use crate::worker::WorkerMsg;
+use crate::{NETWORK_SUBSCRIPTION, Shared};
+
+/// Unacknowledged messages one stream may hold. Small: a question is
+/// acknowledged as soon as it is recorded, so only a stalled store or a full
+/// worker queue lets them pile up, and then Pub/Sub should hold the rest.
+pub const MAX_OUTSTANDING: i64 = 100;
+/// Pause before re-subscribing after a stream ended (emulator restart, network).
+const RESUBSCRIBE_BACKOFF: Duration = Duration::from_secs(1);
+
+fn attributes(msg: &Message) -> Attributes {
+    msg.attributes
+        .iter()
+        .map(|(k, v)| (k.clone(), v.clone()))
+        .collect()
+}
+
+fn ack(handler: Handler) {
+    if let Handler::AtLeastOnce(h) = handler {
+        h.ack();
+    }
+}
+
+fn nack(handler: Handler) {
+    if let Handler::AtLeastOnce(h) = handler {
+        h.nack();
+    }
+}
+
+/// Pulls `subscription_id` until `shutdown`, calling `on_message` for each message.
+async fn pull<F, Fut>(
+    shared: &Arc<Shared>,
+    subscriber: &Subscriber,
+    subscription_id: &str,
+    topic_id: &str,
+    shutdown: &CancellationToken,
+    mut on_message: F,
+) where
+    F: FnMut(Message, Handler) -> Fut,
+    Fut: std::future::Future<Output = ()>,
+{
+    loop {
+        let mut stream =
+            rouse_pubsub::subscribe(subscriber, &shared.pubsub, subscription_id, MAX_OUTSTANDING);
+        loop {
+            let next = tokio::select! {
+                _ = shutdown.cancelled() => {
+                    stream.shutdown_token().shutdown().await;
+                    return;
+                }
+                next = stream.next() => next,
+            };
+            match next {
+                Some(Ok((msg, handler))) => on_message(msg, handler).await,
+                Some(Err(e)) => {
+                    tracing::warn!(subscription = subscription_id, error = %e, "streaming pull failed; re-subscribing");
+                    break;
+                }
+                None => break,
+            }
+        }
+        tokio::select! {
+            _ = shutdown.cancelled() => return,
+            _ = tokio::time::sleep(RESUBSCRIBE_BACKOFF) => {}
+        }
+        // The emulator may have restarted and lost everything.
+        if let Err(e) = shared.pubsub.ensure_topic(topic_id).await {
+            tracing::warn!(topic = topic_id, error = %e, "cannot ensure topic");
+            continue;
+        }
+        if let Err(e) = shared
+            .pubsub
+            .ensure_subscription(subscription_id, topic_id, &SubscriptionSpec::dispatcher())
+            .await
+        {
+            tracing::warn!(subscription = subscription_id, error = %e, "cannot ensure subscription");
+        }
+    }
+}
+
+/// Intake on one service's topic.
+pub async fn service(
+    shared: Arc<Shared>,
+    subscriber: Arc<Subscriber>,
+    service: Service,
+    tx: mpsc::Sender<WorkerMsg>,
+    shutdown: CancellationToken,
+) {
+    let (sub, topic) = (service.subscription_id(), service.topic_id());
+    let target = Target {
+        uuid: service.uuid,
+        sender: service.sruid().to_string(),
+    };
+    pull(
+        &shared,
+        &subscriber,
+        &sub,
+        &topic,
+        &shutdown,
+        |msg, handler| {
+            let (shared, tx, target) = (&shared, &tx, &target);
+            async move { accept(shared, target, tx, msg, handler).await }
+        },
+    )
+    .await;
+}
+
+/// The service a question is for, and who its replies come from.
+struct Target {
+    uuid: Uuid,
+    sender: String,
+}
+
+/// Records, acknowledges and hands on one question for `target`.
+async fn accept(
+    shared: &Arc<Shared>,
+    target: &Target,
+    tx: &mpsc::Sender<WorkerMsg>,
+    msg: Message,
+    handler: Handler,
+) {
+    let attrs = attributes(&msg);
+    let question = match Question::parse(attrs.clone(), &msg.data) {
+        Ok(q) => q,
+        Err(e) => {
+            reject(
+                shared,
+                Some(target.uuid),
+                &target.sender,
+                &attrs,
+                &msg.data,
+                &e.to_string(),
+            )
+            .await;
+            ack(handler);
+            return;
+        }
+    };
+    let execution = Execution {
+        question_uuid: question.question_uuid.clone(),
+        retry_count: question.retry_count,
+        service_uuid: target.uuid,
+        status: ExecutionStatus::Queued,
+        revision: None,
+        instance: None,
+        cold_start: None,
+        reason: None,
+        attributes: attrs,
+        data: msg.data.to_vec(),
+        received_at: SystemTime::now(),
+        ready_at: None,
+        delivered_at: None,
+        finished_at: None,
+    };
+    match shared.store.insert_execution(&execution).await {
+        Ok(true) => {}
+        Ok(false) => {
+            tracing::debug!(question = %execution.question_uuid, retry = execution.retry_count, "duplicate question dropped");
+            ack(handler);
+            return;
+        }
+        Err(e) => {
+            // Not recorded, so not ours yet: Pub/Sub redelivers it.
+            tracing::error!(question = %execution.question_uuid, error = %e, "cannot record a question; leaving it to Pub/Sub");
+            nack(handler);
+            tokio::time::sleep(RESUBSCRIBE_BACKOFF).await;
+            return;
+        }
+    }
+    ack(handler);
+    let replier = shared.replier.clone();
+    let ack_event = build_event(
+        &execution.attributes,
+        &target.sender,
+        &Reply::DeliveryAcknowledgement,
+    );
+    tokio::spawn(async move { replier.send_now(ack_event).await });
+    if tx.send(WorkerMsg::Run(Box::new(execution))).await.is_err() {
+        tracing::warn!(
+            "the service's worker stopped; the question stays recorded and resumes at the next start"
+        );
+    }
+}
+
+/// Answers a message that cannot run: an exception to its asker and a failed
+/// execution where the asker can be addressed, a dead letter otherwise.
+async fn reject(
+    shared: &Arc<Shared>,
+    service: Option<Uuid>,
+    sender: &str,
+    attrs: &Attributes,
+    data: &[u8],
+    reason: &str,
+) {
+    let addressable = attrs.get("question_uuid").is_some_and(|q| !q.is_empty())
+        && attrs.get("sender").is_some_and(|s| !s.is_empty());
+    tracing::warn!(question = attrs.get("question_uuid").map(String::as_str).unwrap_or("?"), %reason, "refused a message");
+    if !addressable {
+        if let Err(e) = shared
+            .store
+            .dead_letter("intake", reason, attrs, data)
+            .await
+        {
+            tracing::error!(error = %e, "cannot record a dead letter");
+        }
+        return;
+    }
+    let mut reply_attrs = attrs.clone();
+    reply_attrs
+        .entry("retry_count".into())
+        .or_insert_with(|| "0".into());
+    let exception_type = if reason.starts_with("no service") {
+        "ServiceNotFound"
+    } else {
+        "InvalidQuestion"
+    };
+    let reply = Reply::exception(exception_type, reason);
+    match service {
+        Some(service_uuid) => {
+            let execution = Execution {
+                question_uuid: attrs.get("question_uuid").cloned().unwrap_or_default(),
+                retry_count: reply_attrs
+                    .get("retry_count")
+                    .and_then(|r| r.parse().ok())
+                    .unwrap_or(0),
+                service_uuid,
+                status: ExecutionStatus::Failed,
+                revision: None,
+                instance: None,
+                cold_start: None,
+                reason: None,
+                attributes: reply_attrs,
+                data: data.to_vec(),
+                received_at: SystemTime::now(),
+                ready_at: None,
+                delivered_at: None,
+                finished_at: None,
+            };
+            match shared.store.insert_execution(&execution).await {
+                Ok(true) => {
+                    shared
+                        .finish(execution, reply, ExecutionStatus::Failed, sender)
+                        .await;
+                }
+                Ok(false) => {}
+                Err(e) => tracing::error!(error = %e, "cannot record a refused question"),
+            }
+        }
+        None => {
+            if let Err(e) = shared
+                .store
+                .dead_letter("network", reason, attrs, data)
+                .await
+            {
+                tracing::error!(error = %e, "cannot record a dead letter");
+            }
+            shared
+                .replier
+                .send_now(build_event(&reply_attrs, sender, &reply))
+                .await;
+        }
+    }
+}
+
+/// Intake on the network topic.
+pub async fn network(
+    shared: Arc<Shared>,
+    subscriber: Arc<Subscriber>,
+    shutdown: CancellationToken,
+) {
+    let topic = shared.config.network_topic.clone();
+    pull(
+        &shared,
+        &subscriber,
+        NETWORK_SUBSCRIPTION,
+        &topic,
+        &shutdown,
+        |msg, handler| {
+            let shared = &shared;
+            async move { on_network(shared, msg, handler).await }
+        },
+    )
+    .await;
+}
+
+async fn on_network(shared: &Arc<Shared>, msg: Message, handler: Handler) {
+    let attrs = attributes(&msg);
+    match attrs.get("sender_type").map(String::as_str) {
+        Some("PARENT") => route(shared, attrs, msg, handler).await,
+        Some("CHILD") => {
+            record_reply(shared, attrs, &msg.data).await;
+            ack(handler);
+        }
+        _ => ack(handler),
+    }
+}
+
+/// The tag that always names the serving revision (stock Octue askers must
+/// name a tag; they cannot know the serving revision's name in advance).
+pub const LATEST_TAG: &str = "latest";
+
+/// Routes a question on the network topic by its `recipient` SRUID: a name
+/// without a tag, with the serving revision's tag, or with `latest` reaches
+/// the serving revision.
+async fn route(shared: &Arc<Shared>, attrs: Attributes, msg: Message, handler: Handler) {
+    const RECIPIENT_UNKNOWN: &str = "rouse/network";
+    let recipient = attrs.get("recipient").cloned().unwrap_or_default();
+    let parsed = Sruid::parse(&recipient);
+    let found = parsed
+        .as_ref()
+        .ok()
+        .and_then(|s| shared.route(&s.namespace, &s.name).map(|u| (s, u)));
+    let Some((sruid, uuid)) = found else {
+        // Not one of ours: another dispatcher or an Octue service may serve it
+        // on a shared network topic only if it is not in our namespaces.
+        let reason = match &parsed {
+            Ok(s) => format!(
+                "no service `{}/{}` is registered with Rouse",
+                s.namespace, s.name
+            ),
+            Err(e) => format!("no service can be found for recipient: {e}"),
+        };
+        let ours = parsed
+            .as_ref()
+            .is_ok_and(|s| shared.knows_namespace(&s.namespace));
+        if ours || parsed.is_err() {
+            reject(
+                shared,
+                None,
+                if recipient.is_empty() {
+                    RECIPIENT_UNKNOWN
+                } else {
+                    &recipient
+                },
+                &attrs,
+                &msg.data,
+                &reason,
+            )
+            .await;
+        }
+        ack(handler);
+        return;
+    };
+    let Some((tx, revision)) = shared.worker(uuid) else {
+        ack(handler);
+        return;
+    };
+    let serving = revision.as_ref().map(|r| r.name.as_str());
+    if let Some(tag) = &sruid.revision_tag
+        && tag != LATEST_TAG
+        && Some(tag.as_str()) != serving
+    {
+        let reason = format!(
+            "no service `{recipient}`: `{}/{}` has no revision tagged `{tag}`{}",
+            sruid.namespace,
+            sruid.name,
+            serving
+                .map(|s| format!(" (it serves `{s}`)"))
+                .unwrap_or_default()
+        );
+        reject(shared, Some(uuid), &recipient, &attrs, &msg.data, &reason).await;
+        ack(handler);
+        return;
+    }
+    let target = Target {
+        uuid,
+        sender: match serving {
+            Some(tag) => format!("{}/{}:{tag}", sruid.namespace, sruid.name),
+            None => format!("{}/{}", sruid.namespace, sruid.name),
+        },
+    };
+    accept(shared, &target, &tx, msg, handler).await;
+}
+
+/// Records a reply event for a question Rouse knows (the event store).
+async fn record_reply(shared: &Arc<Shared>, attrs: Attributes, data: &[u8]) {
+    let (Some(question_uuid), Some(event_uuid)) = (attrs.get("question_uuid"), attrs.get("uuid"))
+    else {
+        return;
+    };
+    match shared.store.get_execution(question_uuid).await {
+        Ok(Some(_)) => {}
+        Ok(None) => return,
+        Err(e) => {
+            tracing::warn!(error = %e, "cannot look up a reply's question");
+            return;
+        }
+    }
+    let kind = serde_json::from_slice::<serde_json::Value>(data)
+        .ok()
+        .and_then(|v| v.get("kind").and_then(|k| k.as_str()).map(str::to_owned))
+        .unwrap_or_default();
+    let event = NewEvent {
+        event_uuid: event_uuid.clone(),
+        question_uuid: question_uuid.clone(),
+        retry_count: attrs.get("retry_count").and_then(|r| r.parse().ok()),
+        kind,
+        attributes: attrs,
+        data: data.to_vec(),
+    };
+    if let Err(e) = shared.store.record_event(&event, true).await {
+        tracing::warn!(error = %e, "cannot record a reply event");
+    }
+}

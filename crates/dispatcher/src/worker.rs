@@ -1,0 +1,683 @@
+//! One worker per service: its queue, its instances and its executions.
+//!
+//! The worker is an actor. Intake sends it recorded questions through a
+//! bounded channel; it stops receiving while its queue is full, which stops
+//! intake, which stops pulling from Pub/Sub (flow control, nothing dropped).
+//! Everything slow (starting an instance, a delivery, stopping) runs in
+//! spawned tasks that report back on an internal channel, so the worker's loop
+//! only ever makes decisions: after every change it asks [`scale::decide`]
+//! what to start and stop, and sleeps until the next event or idle deadline.
+
+use std::collections::{HashMap, VecDeque};
+use std::sync::Arc;
+use std::time::{Duration, SystemTime};
+
+use rouse_core::Service;
+use rouse_core::protocol::{Question, Reply};
+use rouse_core::revision::{DeliveryMode, Execution, ExecutionStatus, Revision, RevisionSource};
+use rouse_runtime::{Instance, InstanceSpec, Probe, Source};
+use tokio::sync::{mpsc, oneshot};
+use tokio::task::JoinHandle;
+use tokio::time::Instant;
+
+use crate::Shared;
+use crate::deliver::{self, Outcome};
+use crate::replies::build_event;
+use crate::scale::{self, InstanceView};
+
+/// Messages to a worker.
+pub enum WorkerMsg {
+    /// A recorded execution to run (new, or resumed after a restart).
+    Run(Box<Execution>),
+    /// The service's settings or serving revision changed.
+    Update(Box<Service>, Option<Box<Revision>>),
+    Cancel {
+        question_uuid: String,
+        done: oneshot::Sender<bool>,
+    },
+}
+
+/// Reports from the worker's own tasks.
+enum Internal {
+    Started(u64, Result<Arc<Instance>, String>),
+    Exited(u64, String),
+    Finished { key: Key, slot: u64 },
+}
+
+type Key = (String, u32);
+
+fn key(e: &Execution) -> Key {
+    (e.question_uuid.clone(), e.retry_count)
+}
+
+struct Slot {
+    instance: Option<Arc<Instance>>,
+    ready: bool,
+    in_flight: u32,
+    idle_since: Option<Instant>,
+    revision: String,
+    /// Executions waiting for this instance to wake (cold starts).
+    waking: Vec<Key>,
+}
+
+struct Running {
+    execution: Execution,
+    slot: u64,
+    task: JoinHandle<()>,
+}
+
+pub struct Worker {
+    shared: Arc<Shared>,
+    service: Service,
+    revision: Option<Revision>,
+    queue: VecDeque<Execution>,
+    slots: HashMap<u64, Slot>,
+    running: HashMap<Key, Running>,
+    next_slot: u64,
+    internal_tx: mpsc::UnboundedSender<Internal>,
+    internal_rx: mpsc::UnboundedReceiver<Internal>,
+}
+
+impl Worker {
+    pub fn new(shared: Arc<Shared>, service: Service, revision: Option<Revision>) -> Self {
+        let (internal_tx, internal_rx) = mpsc::unbounded_channel();
+        Self {
+            shared,
+            service,
+            revision,
+            queue: VecDeque::new(),
+            slots: HashMap::new(),
+            running: HashMap::new(),
+            next_slot: 1,
+            internal_tx,
+            internal_rx,
+        }
+    }
+
+    fn mode(&self) -> DeliveryMode {
+        self.revision
+            .as_ref()
+            .map_or(DeliveryMode::Server, |r| r.mode)
+    }
+
+    /// The SRUID the service's replies are sent as.
+    fn sender(&self) -> String {
+        let mut sruid = self.service.sruid();
+        sruid.revision_tag = self.revision.as_ref().map(|r| r.name.clone());
+        sruid.to_string()
+    }
+
+    /// Runs until `rx` closes (the service was deleted or the dispatcher stops),
+    /// then stops every instance.
+    pub async fn run(mut self, mut rx: mpsc::Receiver<WorkerMsg>) {
+        let mut heartbeat = tokio::time::interval(self.shared.config.heartbeat_interval);
+        heartbeat.tick().await;
+        let capacity = self.shared.config.queue_capacity;
+        loop {
+            let wake_at = self.reconcile();
+            let sleep = async {
+                match wake_at {
+                    Some(at) => tokio::time::sleep_until(at).await,
+                    None => std::future::pending().await,
+                }
+            };
+            tokio::select! {
+                msg = rx.recv(), if self.queue.len() < capacity => match msg {
+                    Some(msg) => self.on_message(msg).await,
+                    None => break,
+                },
+                Some(report) = self.internal_rx.recv() => self.on_internal(report).await,
+                _ = heartbeat.tick() => self.heartbeats(),
+                _ = sleep => {}
+            }
+        }
+        self.shutdown().await;
+    }
+
+    async fn on_message(&mut self, msg: WorkerMsg) {
+        match msg {
+            WorkerMsg::Run(execution) => {
+                if self.revision.is_none() {
+                    let reason = format!(
+                        "service `{}` has no revision to run yet; register one with `rouse revisions create {} --project {}`",
+                        self.service.qualified_name(),
+                        self.service.name,
+                        self.service.project
+                    );
+                    self.finish(*execution, Reply::exception("ServiceNotDeployed", reason))
+                        .await;
+                } else {
+                    self.queue.push_back(*execution);
+                }
+            }
+            WorkerMsg::Update(service, revision) => {
+                self.service = *service;
+                if let Some(r) = revision {
+                    self.revision = Some(*r);
+                }
+            }
+            WorkerMsg::Cancel {
+                question_uuid,
+                done,
+            } => {
+                let cancelled = self.cancel(&question_uuid).await;
+                let _ = done.send(cancelled);
+            }
+        }
+    }
+
+    async fn cancel(&mut self, question_uuid: &str) -> bool {
+        let reply = || Reply::exception("QuestionCancelled", "the question was cancelled");
+        if let Some(pos) = self
+            .queue
+            .iter()
+            .position(|e| e.question_uuid == question_uuid)
+            && let Some(execution) = self.queue.remove(pos)
+        {
+            self.finish_as(execution, reply(), ExecutionStatus::Cancelled)
+                .await;
+            return true;
+        }
+        let key = self.running.keys().find(|k| k.0 == question_uuid).cloned();
+        let Some(key) = key else { return false };
+        let Some(run) = self.running.remove(&key) else {
+            return false;
+        };
+        run.task.abort();
+        if self.mode() == DeliveryMode::Job {
+            if let Some(slot) = self.slots.remove(&run.slot) {
+                self.stop_instance(slot);
+            }
+        } else {
+            self.release(run.slot);
+        }
+        self.finish_as(run.execution, reply(), ExecutionStatus::Cancelled)
+            .await;
+        true
+    }
+
+    async fn on_internal(&mut self, report: Internal) {
+        match report {
+            Internal::Started(id, Ok(instance)) => {
+                let now = Instant::now();
+                match self.slots.get_mut(&id) {
+                    Some(slot) => {
+                        slot.ready = true;
+                        slot.idle_since = Some(now);
+                        slot.instance = Some(instance.clone());
+                        let waking = std::mem::take(&mut slot.waking);
+                        let ready_at = SystemTime::now();
+                        for e in self.queue.iter_mut().filter(|e| waking.contains(&key(e))) {
+                            e.ready_at = Some(ready_at);
+                        }
+                        let tx = self.internal_tx.clone();
+                        tokio::spawn(async move {
+                            let exit = instance.exited().await;
+                            let _ = tx.send(Internal::Exited(id, exit.description));
+                        });
+                    }
+                    // Stopped while starting (service deleted, revision changed).
+                    None => {
+                        tokio::spawn(async move { instance.stop(STOP_GRACE).await });
+                    }
+                }
+            }
+            Internal::Started(id, Err(reason)) => {
+                let waking = self.slots.remove(&id).map(|s| s.waking).unwrap_or_default();
+                tracing::warn!(service = %self.service.qualified_name(), %reason, "instance failed to wake");
+                // With nothing else alive, every queued question fails: retrying a
+                // start that just failed would loop. Otherwise only those that
+                // were waiting for this instance do.
+                let nothing_else = self.slots.is_empty();
+                let failed: Vec<Execution> = if nothing_else {
+                    self.queue.drain(..).collect()
+                } else {
+                    let (failed, kept): (VecDeque<_>, VecDeque<_>) =
+                        self.queue.drain(..).partition(|e| waking.contains(&key(e)));
+                    self.queue = kept;
+                    failed.into()
+                };
+                for e in failed {
+                    self.finish(e, Reply::exception("ServiceWakeFailed", reason.clone()))
+                        .await;
+                }
+            }
+            Internal::Exited(id, description) => {
+                if let Some(slot) = self.slots.remove(&id)
+                    && self.mode() == DeliveryMode::Server
+                {
+                    let instance = slot.instance.as_ref().map(|i| i.id().to_owned());
+                    tracing::warn!(service = %self.service.qualified_name(), instance = instance.unwrap_or_default(), %description, "instance exited");
+                }
+            }
+            Internal::Finished { key, slot } => {
+                self.running.remove(&key);
+                if self.mode() == DeliveryMode::Job {
+                    self.slots.remove(&slot);
+                } else {
+                    self.release(slot);
+                }
+            }
+        }
+    }
+
+    fn release(&mut self, slot: u64) {
+        if let Some(s) = self.slots.get_mut(&slot) {
+            s.in_flight = s.in_flight.saturating_sub(1);
+            if s.in_flight == 0 {
+                s.idle_since = Some(Instant::now());
+            }
+        }
+    }
+
+    /// Applies the scaling decision and assigns queued questions to instances
+    /// with room. Returns when to look again.
+    fn reconcile(&mut self) -> Option<Instant> {
+        let revision = self.revision.clone()?;
+        // Idle instances of an older revision go at once: new work uses the new one.
+        let stale: Vec<u64> = self
+            .slots
+            .iter()
+            .filter(|(_, s)| s.revision != revision.name && s.ready && s.in_flight == 0)
+            .map(|(id, _)| *id)
+            .collect();
+        for id in stale {
+            if let Some(slot) = self.slots.remove(&id) {
+                self.stop_instance(slot);
+            }
+        }
+        let now = Instant::now();
+        let views: Vec<InstanceView> = self
+            .slots
+            .iter()
+            .map(|(id, s)| InstanceView {
+                id: *id,
+                ready: s.ready,
+                in_flight: s.in_flight,
+                idle_since: s.idle_since,
+            })
+            .collect();
+        let decision = scale::decide(
+            &self.service.scaling,
+            revision.mode,
+            self.queue.len(),
+            &views,
+            now,
+        );
+        for id in decision.stop {
+            if let Some(slot) = self.slots.remove(&id) {
+                tracing::info!(service = %self.service.qualified_name(), instance = %slot.instance.as_ref().map(|i| i.id().to_owned()).unwrap_or_default(), "stopping idle instance");
+                self.stop_instance(slot);
+            }
+        }
+        match revision.mode {
+            DeliveryMode::Server => {
+                for _ in 0..decision.start {
+                    self.start_server_instance(&revision);
+                }
+                self.assign(&revision);
+            }
+            DeliveryMode::Job => {
+                for _ in 0..decision.start {
+                    if let Some(execution) = self.queue.pop_front() {
+                        self.start_job(&revision, execution);
+                    }
+                }
+            }
+        }
+        decision.wake_at
+    }
+
+    fn new_slot(&mut self, revision: &Revision) -> (u64, String) {
+        let id = self.next_slot;
+        self.next_slot += 1;
+        let instance_id = format!(
+            "{}-{}",
+            self.service.qualified_name().replace('_', "-"),
+            &uuid::Uuid::new_v4().simple().to_string()[..8]
+        );
+        self.slots.insert(
+            id,
+            Slot {
+                instance: None,
+                ready: false,
+                in_flight: 0,
+                idle_since: None,
+                revision: revision.name.clone(),
+                waking: Vec::new(),
+            },
+        );
+        (id, instance_id)
+    }
+
+    fn spec(
+        &self,
+        revision: &Revision,
+        instance_id: &str,
+        listen: bool,
+        extra: Vec<String>,
+    ) -> InstanceSpec {
+        let source = match &revision.source {
+            RevisionSource::Image(image) => Source::Image(image.clone()),
+            RevisionSource::Command {
+                program,
+                args,
+                workdir,
+            } => Source::Command {
+                program: program.clone(),
+                args: args.clone(),
+                workdir: workdir.clone(),
+            },
+        };
+        let mut env = self.service.env.as_map().clone();
+        let sruid = self.service.sruid();
+        let c = &self.shared.config;
+        env.insert("CONTEXT_ROOT".into(), self.service.context_root());
+        env.insert("ROUSE_SERVICE".into(), self.service.qualified_name());
+        env.insert("ROUSE_INSTANCE".into(), instance_id.to_owned());
+        env.insert("OCTUE_SERVICE_NAMESPACE".into(), sruid.namespace);
+        env.insert("OCTUE_SERVICE_NAME".into(), sruid.name);
+        env.insert("OCTUE_SERVICE_REVISION_TAG".into(), revision.name.clone());
+        env.insert("GOOGLE_CLOUD_PROJECT".into(), c.pubsub_project.clone());
+        env.insert("TWINED_SERVICES_TOPIC_NAME".into(), c.network_topic.clone());
+        if let Some(host) = &c.emulator_host {
+            env.insert("PUBSUB_EMULATOR_HOST".into(), host.clone());
+        }
+        InstanceSpec {
+            instance_id: instance_id.to_owned(),
+            source,
+            env,
+            extra_args: extra,
+            log_path: c
+                .logs_dir
+                .join(self.service.uuid.to_string())
+                .join(format!("{instance_id}.log")),
+            listen,
+        }
+    }
+
+    fn start_server_instance(&mut self, revision: &Revision) {
+        let (id, instance_id) = self.new_slot(revision);
+        // The oldest queued questions not already waiting for an instance wait for this one.
+        let waiting: std::collections::HashSet<Key> = self
+            .slots
+            .values()
+            .flat_map(|s| s.waking.iter().cloned())
+            .collect();
+        let concurrency = self.service.scaling.concurrency as usize;
+        let mut mine = Vec::new();
+        for e in self
+            .queue
+            .iter_mut()
+            .filter(|e| !waiting.contains(&key(e)))
+            .take(concurrency)
+        {
+            e.cold_start = Some(true);
+            e.status = ExecutionStatus::Waking;
+            mine.push(key(e));
+        }
+        for e in self.queue.iter().filter(|e| mine.contains(&key(e))) {
+            let (store, e) = (self.shared.store.clone(), e.clone());
+            tokio::spawn(async move {
+                if let Err(err) = store.update_execution(&e, None).await {
+                    tracing::warn!(error = %err, "could not record an execution waking");
+                }
+            });
+        }
+        if let Some(slot) = self.slots.get_mut(&id) {
+            slot.waking = mine;
+        }
+        let spec = self.spec(revision, &instance_id, true, Vec::new());
+        let runtime = self.shared.runtime_for(&revision.source);
+        let probe = revision.probe_path.clone().map_or(Probe::Tcp, Probe::Http);
+        let wake_timeout = self.service.scaling.wake_timeout;
+        let tx = self.internal_tx.clone();
+        tracing::info!(service = %self.service.qualified_name(), instance = %instance_id, revision = %revision.name, "waking an instance");
+        tokio::spawn(async move {
+            let result = match runtime {
+                Err(e) => Err(e),
+                Ok(runtime) => match runtime.start(spec).await {
+                    Err(e) => Err(e.to_string()),
+                    Ok(instance) => {
+                        let instance = Arc::new(instance);
+                        match instance.wait_ready(&probe, wake_timeout).await {
+                            Ok(_) => Ok(instance),
+                            Err(e) => {
+                                instance.stop(STOP_GRACE).await;
+                                Err(e.to_string())
+                            }
+                        }
+                    }
+                },
+            };
+            let _ = tx.send(Internal::Started(id, result));
+        });
+    }
+
+    /// Delivers queued questions to ready instances with room, least loaded first.
+    fn assign(&mut self, revision: &Revision) {
+        let concurrency = self.service.scaling.concurrency;
+        while !self.queue.is_empty() {
+            let best = self
+                .slots
+                .iter()
+                .filter(|(_, s)| {
+                    s.ready && s.in_flight < concurrency && s.revision == revision.name
+                })
+                .min_by_key(|(_, s)| s.in_flight)
+                .map(|(id, _)| *id);
+            let Some(slot_id) = best else { return };
+            let Some(mut execution) = self.queue.pop_front() else {
+                return;
+            };
+            let Some(slot) = self.slots.get_mut(&slot_id) else {
+                return;
+            };
+            slot.in_flight += 1;
+            slot.idle_since = None;
+            let Some(instance) = slot.instance.clone() else {
+                return;
+            };
+            execution.status = ExecutionStatus::Running;
+            execution.cold_start.get_or_insert(false);
+            execution.revision = Some(revision.name.clone());
+            execution.instance = Some(instance.id().to_owned());
+            execution.delivered_at = Some(SystemTime::now());
+            let task = self.spawn_delivery(execution.clone(), slot_id, instance);
+            self.running.insert(
+                key(&execution),
+                Running {
+                    execution,
+                    slot: slot_id,
+                    task,
+                },
+            );
+        }
+    }
+
+    fn spawn_delivery(
+        &self,
+        execution: Execution,
+        slot: u64,
+        instance: Arc<Instance>,
+    ) -> JoinHandle<()> {
+        let shared = self.shared.clone();
+        let tx = self.internal_tx.clone();
+        let timeout = self.service.scaling.request_timeout;
+        let subscription = format!(
+            "projects/{}/subscriptions/{}",
+            shared.config.pubsub_project,
+            self.service.subscription_id()
+        );
+        let sender = self.sender();
+        tokio::spawn(async move {
+            if let Err(e) = shared.store.update_execution(&execution, None).await {
+                tracing::warn!(error = %e, "could not record a delivery");
+            }
+            let outcome = match instance.addr() {
+                Some(addr) => {
+                    let envelope = deliver::push_envelope(
+                        &execution.attributes,
+                        &execution.data,
+                        &execution.question_uuid,
+                        &subscription,
+                    );
+                    let log_path = instance.log_path().to_owned();
+                    deliver::post(&shared.http, addr, &envelope, timeout, || {
+                        rouse_runtime::tail_lines(&log_path, 20)
+                    })
+                    .await
+                }
+                None => Outcome::Reply(Reply::exception(
+                    "ServiceCrashed",
+                    "the instance has no address to deliver to",
+                )),
+            };
+            let k = key(&execution);
+            shared.complete(execution, outcome, &sender).await;
+            let _ = tx.send(Internal::Finished { key: k, slot });
+        })
+    }
+
+    fn start_job(&mut self, revision: &Revision, mut execution: Execution) {
+        let (slot_id, instance_id) = self.new_slot(revision);
+        if let Some(slot) = self.slots.get_mut(&slot_id) {
+            slot.ready = true;
+            slot.in_flight = 1;
+        }
+        let input = Question::from_stored(execution.attributes.clone(), &execution.data)
+            .map(|q| q.input_values().clone())
+            .unwrap_or(serde_json::Value::Null);
+        let mut spec = self.spec(
+            revision,
+            &instance_id,
+            false,
+            deliver::job_args(&execution.attributes, &input),
+        );
+        spec.env.insert(
+            "ROUSE_QUESTION".into(),
+            String::from_utf8_lossy(&execution.data).into_owned(),
+        );
+        spec.env.insert(
+            "ROUSE_QUESTION_ATTRIBUTES".into(),
+            serde_json::to_string(&execution.attributes).unwrap_or_default(),
+        );
+        execution.status = ExecutionStatus::Running;
+        execution.cold_start = Some(true);
+        execution.revision = Some(revision.name.clone());
+        execution.instance = Some(instance_id.clone());
+        let shared = self.shared.clone();
+        let tx = self.internal_tx.clone();
+        let runtime = shared.runtime_for(&revision.source);
+        let timeout = self.service.scaling.request_timeout;
+        let sender = self.sender();
+        let exec = execution.clone();
+        let task = tokio::spawn(async move {
+            let mut execution = exec;
+            let k = key(&execution);
+            let outcome = match runtime {
+                Err(e) => Outcome::Reply(Reply::exception("ServiceWakeFailed", e)),
+                Ok(runtime) => match runtime.start(spec).await {
+                    Err(e) => Outcome::Reply(Reply::exception("ServiceWakeFailed", e.to_string())),
+                    Ok(instance) => {
+                        let now = SystemTime::now();
+                        execution.ready_at = Some(now);
+                        execution.delivered_at = Some(now);
+                        if let Err(e) = shared.store.update_execution(&execution, None).await {
+                            tracing::warn!(error = %e, "could not record a job start");
+                        }
+                        match tokio::time::timeout(timeout, instance.exited()).await {
+                            Ok(exit) => {
+                                let logs = rouse_runtime::tail_lines(instance.log_path(), 50);
+                                deliver::job_outcome(exit.code, &exit.description, &logs)
+                            }
+                            Err(_) => {
+                                instance.stop(STOP_GRACE).await;
+                                Outcome::Reply(Reply::exception(
+                                    "QuestionTimeout",
+                                    format!(
+                                        "the job did not finish within its request timeout of {}s",
+                                        timeout.as_secs()
+                                    ),
+                                ))
+                            }
+                        }
+                    }
+                },
+            };
+            shared.complete(execution, outcome, &sender).await;
+            let _ = tx.send(Internal::Finished {
+                key: k,
+                slot: slot_id,
+            });
+        });
+        self.running.insert(
+            key(&execution),
+            Running {
+                execution,
+                slot: slot_id,
+                task,
+            },
+        );
+    }
+
+    fn stop_instance(&self, slot: Slot) {
+        if let Some(instance) = slot.instance {
+            tokio::spawn(async move { instance.stop(STOP_GRACE).await });
+        }
+    }
+
+    fn heartbeats(&self) {
+        let sender = self.sender();
+        let events: Vec<_> = self
+            .queue
+            .iter()
+            .chain(self.running.values().map(|r| &r.execution))
+            .map(|e| build_event(&e.attributes, &sender, &Reply::Heartbeat))
+            .collect();
+        if events.is_empty() {
+            return;
+        }
+        let replier = self.shared.replier.clone();
+        tokio::spawn(async move {
+            for event in events {
+                replier.send_now(event).await;
+            }
+        });
+    }
+
+    async fn finish(&self, execution: Execution, reply: Reply) {
+        let status = match reply {
+            Reply::Result { .. } => ExecutionStatus::Succeeded,
+            _ => ExecutionStatus::Failed,
+        };
+        self.finish_as(execution, reply, status).await;
+    }
+
+    async fn finish_as(&self, execution: Execution, reply: Reply, status: ExecutionStatus) {
+        self.shared
+            .finish(execution, reply, status, &self.sender())
+            .await;
+    }
+
+    /// The service is gone or the dispatcher stops: stop every instance.
+    /// Questions still queued or running stay recorded as unfinished, so a
+    /// restart resumes them.
+    async fn shutdown(&mut self) {
+        for (_, run) in self.running.drain() {
+            run.task.abort();
+        }
+        let stops: Vec<_> = self
+            .slots
+            .drain()
+            .filter_map(|(_, s)| s.instance)
+            .map(|i| tokio::spawn(async move { i.stop(STOP_GRACE).await }))
+            .collect();
+        for s in stops {
+            let _ = s.await;
+        }
+    }
+}
+
+/// How long an instance gets to exit after SIGTERM / `docker stop`.
+pub const STOP_GRACE: Duration = Duration::from_secs(5);
