@@ -5,7 +5,11 @@ use std::path::PathBuf;
 
 fn main() -> Result<(), Box<dyn std::error::Error>> {
     let root = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../proto");
-    let files = ["rouse/v1/services.proto"];
+    let files = [
+        "rouse/v1/services.proto",
+        "rouse/v1/revisions.proto",
+        "rouse/v1/executions.proto",
+    ];
     for f in &files {
         println!("cargo:rerun-if-changed={}", root.join(f).display());
     }

@@ -1,26 +1,33 @@
 //! Rouse's control plane: the gRPC API of `proto/rouse/v1`, served with tonic.
 //!
 //! - [`pb`]: the generated messages, server and client (the CLI uses the client).
-//! - [`services`]: the `Services` API, over a [`rouse_store::Store`] and a
-//!   [`Messaging`] backend that owns topics and subscriptions.
+//! - [`services`], [`revisions`], [`executions`]: the APIs, all over one
+//!   [`Backend`]: the store, a [`Messaging`] backend that owns topics and
+//!   subscriptions, and [`DispatchHooks`] into the dispatcher.
 //! - [`reconcile`]: run at start, brings Pub/Sub back in line with the store.
 //! - [`error`]: the one place where errors become gRPC statuses.
 //!
 //! Protobuf stays here: domain types (`rouse_core`) never see prost; the
 //! conversions live in [`convert`].
 
+pub mod backend;
 pub mod convert;
 pub mod error;
+pub mod executions;
+pub mod hooks;
 pub mod messaging;
 pub mod reconcile;
+pub mod revisions;
 pub mod services;
 
 use std::future::Future;
 
 use tokio::net::TcpListener;
 
+pub use backend::{ApiStore, Backend};
 pub use error::ApiError;
-pub use messaging::Messaging;
+pub use hooks::{DispatchHooks, NoDispatcher};
+pub use messaging::{Messaging, PubSubMessaging};
 pub use services::ServicesApi;
 
 /// Generated code for `rouse.v1`.
@@ -33,11 +40,22 @@ pub mod pb {
 /// flight finish.
 pub async fn serve(
     listener: TcpListener,
-    services: ServicesApi,
+    backend: Backend,
     shutdown: impl Future<Output = ()> + Send,
 ) -> Result<(), tonic::transport::Error> {
     tonic::transport::Server::builder()
-        .add_service(pb::services_server::ServicesServer::new(services))
+        .add_service(pb::services_server::ServicesServer::new(ServicesApi::new(
+            backend.clone(),
+        )))
+        .add_service(pb::revisions_server::RevisionsServer::new(
+            revisions::RevisionsApi::new(backend.clone()),
+        ))
+        .add_service(pb::executions_server::ExecutionsServer::new(
+            executions::ExecutionsApi::new(backend.clone()),
+        ))
+        .add_service(pb::logs_server::LogsServer::new(executions::LogsApi::new(
+            backend,
+        )))
         .serve_with_incoming_shutdown(
             tokio_stream::wrappers::TcpListenerStream::new(listener),
             shutdown,

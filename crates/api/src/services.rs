@@ -8,18 +8,17 @@
 //! behind; if the server dies half-way, the reconciliation at start finishes
 //! the job.
 
-use std::sync::Arc;
 use std::time::SystemTime;
 
-use rouse_core::{ProjectName, Service, ServiceName, ServiceStatus};
+use rouse_core::{ProjectName, Service, ServiceStatus};
 use rouse_pubsub::{Ensured, SubscriptionSpec};
-use rouse_store::{Store, StoreError};
+use rouse_store::StoreError;
 use tonic::{Request, Response, Status};
 use uuid::Uuid;
 
+use crate::backend::Backend;
 use crate::convert::{duration_from_pb, service_to_pb};
 use crate::error::ApiError;
-use crate::messaging::Messaging;
 use crate::pb;
 
 /// How often an update is retried when another update won the race.
@@ -27,47 +26,32 @@ const UPDATE_ATTEMPTS: usize = 5;
 
 #[derive(Clone)]
 pub struct ServicesApi {
-    store: Arc<dyn Store>,
-    messaging: Arc<dyn Messaging>,
+    backend: Backend,
 }
 
 impl ServicesApi {
-    pub fn new(store: Arc<dyn Store>, messaging: Arc<dyn Messaging>) -> Self {
-        Self { store, messaging }
-    }
-
-    fn names(project: &str, name: &str) -> Result<(ProjectName, ServiceName), ApiError> {
-        let invalid = |e: rouse_core::NameError| ApiError::InvalidArgument(e.to_string());
-        let project = ProjectName::parse(project).map_err(invalid)?;
-        let name = ServiceName::parse(&project, name).map_err(invalid)?;
-        Ok((project, name))
+    pub fn new(backend: Backend) -> Self {
+        Self { backend }
     }
 
     async fn find(&self, project: &str, name: &str) -> Result<Service, ApiError> {
-        let (project, name) = Self::names(project, name)?;
-        self.store
-            .get_service(&project, &name)
-            .await?
-            .ok_or_else(|| {
-                ApiError::NotFound(format!(
-                    "service `{name}` does not exist in project `{project}`; `rouse services list --project {project}` shows those that do"
-                ))
-            })
+        self.backend.find_service(project, name).await
     }
 
     pub async fn create(&self, project: &str, name: &str) -> Result<Service, ApiError> {
-        let (project, name) = Self::names(project, name)?;
+        let (project, name) = Backend::names(project, name)?;
         let mut service = Service::new(project, name, Uuid::new_v4(), SystemTime::now());
-        self.store.insert_service(&service).await?;
+        self.backend.store.insert_service(&service).await?;
         if let Err(e) = self.provision(&service).await {
-            if let Err(cleanup) = self.store.delete_service(service.uuid).await {
+            if let Err(cleanup) = self.backend.store.delete_service(service.uuid).await {
                 tracing::error!(uuid = %service.uuid, error = %cleanup, "could not remove the record of a failed create");
             }
             return Err(e);
         }
         service.status = ServiceStatus::Created;
         service.updated_at = SystemTime::now();
-        let service = self.store.update_service(&service).await?;
+        let service = self.backend.store.update_service(&service).await?;
+        self.backend.hooks.services_changed();
         tracing::info!(service = %service.qualified_name(), uuid = %service.uuid, topic = %service.topic_id(), "service created");
         Ok(service)
     }
@@ -76,8 +60,9 @@ impl ServicesApi {
     /// subscription cannot be created.
     async fn provision(&self, service: &Service) -> Result<(), ApiError> {
         let topic = service.topic_id();
-        let created = self.messaging.ensure_topic(&topic).await?;
+        let created = self.backend.messaging.ensure_topic(&topic).await?;
         let subscribed = self
+            .backend
             .messaging
             .ensure_subscription(
                 &service.subscription_id(),
@@ -87,7 +72,7 @@ impl ServicesApi {
             .await;
         if let Err(e) = subscribed {
             if created == Ensured::Created
-                && let Err(cleanup) = self.messaging.delete_topic(&topic).await
+                && let Err(cleanup) = self.backend.messaging.delete_topic(&topic).await
             {
                 tracing::error!(%topic, error = %cleanup, "could not remove the topic of a failed create");
             }
@@ -101,8 +86,11 @@ impl ServicesApi {
             let mut service = self.find(&req.project, &req.name).await?;
             apply_update(&mut service, req)?;
             service.updated_at = SystemTime::now();
-            match self.store.update_service(&service).await {
-                Ok(stored) => return Ok(stored),
+            match self.backend.store.update_service(&service).await {
+                Ok(stored) => {
+                    self.backend.hooks.services_changed();
+                    return Ok(stored);
+                }
                 Err(StoreError::Conflict { .. }) => continue,
                 Err(e) => return Err(e.into()),
             }
@@ -115,11 +103,16 @@ impl ServicesApi {
 
     pub async fn delete(&self, project: &str, name: &str) -> Result<Service, ApiError> {
         let service = self.find(project, name).await?;
-        self.messaging
+        self.backend
+            .messaging
             .delete_subscription(&service.subscription_id())
             .await?;
-        self.messaging.delete_topic(&service.topic_id()).await?;
-        self.store.delete_service(service.uuid).await?;
+        self.backend
+            .messaging
+            .delete_topic(&service.topic_id())
+            .await?;
+        self.backend.store.delete_service(service.uuid).await?;
+        self.backend.hooks.services_changed();
         tracing::info!(service = %service.qualified_name(), uuid = %service.uuid, "service deleted");
         Ok(service)
     }
@@ -197,6 +190,7 @@ impl pb::services_server::Services for ServicesApi {
             )
         };
         let services = self
+            .backend
             .store
             .list_services(project.as_ref())
             .await
@@ -231,11 +225,15 @@ mod tests {
     use std::collections::BTreeSet;
     use std::sync::Mutex;
 
+    use std::sync::Arc;
+
     use async_trait::async_trait;
-    use rouse_pubsub::{PubSubError, Removed};
+    use rouse_pubsub::{Outgoing, PubSubError, Removed};
     use rouse_store::SqliteStore;
 
     use super::*;
+    use crate::hooks::NoDispatcher;
+    use crate::messaging::Messaging;
 
     /// An in-memory broker that can be told to refuse subscriptions.
     #[derive(Default)]
@@ -300,12 +298,21 @@ mod tests {
                 Removed::Missing
             })
         }
+        async fn publish(&self, topic_id: &str, _m: Outgoing) -> Result<String, PubSubError> {
+            Err(refused("publish to", topic_id))
+        }
     }
 
     fn api(broker: Arc<FakeBroker>) -> (ServicesApi, tempfile::TempDir) {
         let dir = tempfile::tempdir().expect("tempdir");
         let store = SqliteStore::open(&dir.path().join("rouse.db")).expect("store");
-        (ServicesApi::new(Arc::new(store), broker), dir)
+        let backend = Backend {
+            store: Arc::new(store),
+            messaging: broker,
+            hooks: Arc::new(NoDispatcher),
+            logs_dir: dir.path().join("logs"),
+        };
+        (ServicesApi::new(backend), dir)
     }
 
     #[tokio::test]
@@ -322,7 +329,8 @@ mod tests {
             "topic was left behind"
         );
         assert!(
-            api.store
+            api.backend
+                .store
                 .list_services(None)
                 .await
                 .expect("list")

@@ -2,6 +2,10 @@
 
 use clap::{Parser, Subcommand, ValueEnum};
 
+use crate::commands::ask::AskArgs;
+use crate::commands::executions::ExecutionsCommand;
+use crate::commands::logs::LogsArgs;
+use crate::commands::revisions::RevisionsCommand;
 use crate::commands::{server::ServerArgs, services::ServicesCommand};
 
 #[derive(Debug, Parser)]
@@ -25,6 +29,16 @@ pub enum Command {
     /// Create, inspect, change and delete services.
     #[command(subcommand)]
     Services(ServicesCommand),
+    /// Register and list revisions (what runs when a service wakes).
+    #[command(subcommand)]
+    Revisions(RevisionsCommand),
+    /// Ask a service a question, synchronously (--wait) or not.
+    Ask(AskArgs),
+    /// Inspect and cancel executions (one per question).
+    #[command(subcommand)]
+    Executions(ExecutionsCommand),
+    /// Read a service's instance logs.
+    Logs(LogsArgs),
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum, serde::Deserialize)]

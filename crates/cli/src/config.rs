@@ -31,6 +31,16 @@ pub struct FileConfig {
     pub store: StoreSection,
     #[serde(default)]
     pub pubsub: PubSubSection,
+    #[serde(default)]
+    pub dispatcher: DispatcherSection,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct DispatcherSection {
+    #[serde(default, with = "humantime_serde_opt")]
+    pub heartbeat_interval: Option<Duration>,
+    pub queue_capacity: Option<usize>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -77,6 +87,49 @@ pub struct ServerConfig {
     pub log_format: LogFormat,
     pub pubsub: rouse_pubsub::PubSubConfig,
     pub network_topic: String,
+    pub roles: Roles,
+    pub heartbeat_interval: Duration,
+    pub queue_capacity: usize,
+}
+
+/// Which roles this process runs.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Roles {
+    pub api: bool,
+    pub dispatcher: bool,
+}
+
+impl Roles {
+    pub fn parse(s: &str) -> Result<Self, String> {
+        let mut roles = Self {
+            api: false,
+            dispatcher: false,
+        };
+        for role in s.split(',').map(str::trim).filter(|r| !r.is_empty()) {
+            match role {
+                "all" => {
+                    roles.api = true;
+                    roles.dispatcher = true;
+                }
+                "api" => roles.api = true,
+                "dispatcher" => roles.dispatcher = true,
+                "builder" | "ingress" => {
+                    return Err(format!(
+                        "role `{role}` is not built yet; use `api`, `dispatcher` or `all`"
+                    ));
+                }
+                other => {
+                    return Err(format!(
+                        "unknown role `{other}` in --roles `{s}`; use a comma-separated list of api, dispatcher, or all"
+                    ));
+                }
+            }
+        }
+        if !roles.api && !roles.dispatcher {
+            return Err(format!("--roles `{s}` names no role; use e.g. `all`"));
+        }
+        Ok(roles)
+    }
 }
 
 impl FileConfig {
@@ -163,7 +216,28 @@ impl ServerConfig {
             .or(file.pubsub.network_topic)
             .unwrap_or_else(|| DEFAULT_NETWORK_TOPIC.to_owned());
         check_topic_id(&network_topic)?;
+        let roles = Roles::parse(&args.roles)?;
+        let queue_capacity = file
+            .dispatcher
+            .queue_capacity
+            .unwrap_or(rouse_dispatcher::DispatcherConfig::DEFAULT_QUEUE_CAPACITY);
+        if queue_capacity == 0 {
+            return Err("[dispatcher] queue_capacity must be at least 1".into());
+        }
+        let heartbeat_interval = args
+            .heartbeat_interval
+            .or(file.dispatcher.heartbeat_interval)
+            .unwrap_or(rouse_dispatcher::DispatcherConfig::DEFAULT_HEARTBEAT);
+        if heartbeat_interval.is_zero() || heartbeat_interval > Duration::from_secs(300) {
+            return Err(format!(
+                "heartbeat interval {} is out of range; use 1s..=5m (Octue askers give up after 6m without one)",
+                humantime::format_duration(heartbeat_interval)
+            ));
+        }
         Ok(Self {
+            roles,
+            heartbeat_interval,
+            queue_capacity,
             data_dir,
             api_listen,
             store_path,

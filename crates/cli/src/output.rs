@@ -51,7 +51,7 @@ fn duration(d: Option<&prost_types::Duration>) -> String {
         .unwrap_or_default()
 }
 
-fn timestamp(t: Option<&prost_types::Timestamp>) -> String {
+pub fn timestamp(t: Option<&prost_types::Timestamp>) -> String {
     t.and_then(|t| SystemTime::try_from(*t).ok())
         .map(|t| humantime::format_rfc3339_micros(t).to_string())
         .unwrap_or_default()
@@ -100,6 +100,17 @@ fn emit(text: &str) -> Result<(), CliError> {
     }
 }
 
+/// Something the CLI shows: a key/value description for `describe` and a
+/// row for `list`, besides its JSON/YAML form.
+pub trait View: Serialize {
+    /// Column headers of `list`.
+    const COLUMNS: &'static [&'static str];
+    /// What `list` prints when there is nothing.
+    const NONE: &'static str;
+    fn row(&self) -> Vec<String>;
+    fn describe(&self) -> Vec<(&'static str, String)>;
+}
+
 /// Renders `value` in `format`; `table` draws the human view.
 fn render<T: Serialize + ?Sized>(
     value: &T,
@@ -116,41 +127,16 @@ fn render<T: Serialize + ?Sized>(
     }
 }
 
-pub fn print_one(s: &ServiceView, format: Format) -> Result<(), CliError> {
-    emit(&render(s, format, || describe_table(s))?)
+pub fn print_one<V: View>(v: &V, format: Format) -> Result<(), CliError> {
+    emit(&render(v, format, || describe_table(&v.describe()))?)
 }
 
-pub fn print_list(list: &[ServiceView], format: Format) -> Result<(), CliError> {
+pub fn print_list<V: View>(list: &[V], format: Format) -> Result<(), CliError> {
     emit(&render(list, format, || list_table(list))?)
 }
 
 /// Key/value lines, like `gcloud … describe`.
-fn describe_table(s: &ServiceView) -> String {
-    let mut rows: Vec<(&str, String)> = vec![
-        ("project", s.project.clone()),
-        ("name", s.name.clone()),
-        ("status", s.status.clone()),
-        ("uuid", s.uuid.clone()),
-        ("topic", s.topic.clone()),
-        ("subscription", s.subscription.clone()),
-        ("sruid", format!("{}/{}", s.sruid.namespace, s.sruid.name)),
-        ("context root", s.context_root.clone()),
-        ("min instances", s.scaling.min_instances.to_string()),
-        ("max instances", s.scaling.max_instances.to_string()),
-        ("concurrency", s.scaling.concurrency.to_string()),
-        ("idle timeout", s.scaling.idle_timeout.clone()),
-        ("wake timeout", s.scaling.wake_timeout.clone()),
-        ("request timeout", s.scaling.request_timeout.clone()),
-    ];
-    if s.env.is_empty() {
-        rows.push(("env", "(none)".into()));
-    }
-    for (k, v) in &s.env {
-        rows.push(("env", format!("{k}={v}")));
-    }
-    rows.push(("created", s.create_time.clone()));
-    rows.push(("updated", s.update_time.clone()));
-    rows.push(("generation", s.generation.to_string()));
+fn describe_table(rows: &[(&str, String)]) -> String {
     let width = rows.iter().map(|(k, _)| k.len()).max().unwrap_or(0);
     let mut out = String::new();
     for (k, v) in rows {
@@ -160,34 +146,12 @@ fn describe_table(s: &ServiceView) -> String {
 }
 
 /// Aligned columns with a header, like `gcloud … list`.
-fn list_table(list: &[ServiceView]) -> String {
+fn list_table<V: View>(list: &[V]) -> String {
     if list.is_empty() {
-        return "no services\n".into();
+        return format!("{}\n", V::NONE);
     }
-    let header = [
-        "PROJECT",
-        "NAME",
-        "STATUS",
-        "SRUID",
-        "INSTANCES",
-        "CONCURRENCY",
-        "UUID",
-    ];
-    let rows: Vec<[String; 7]> = list
-        .iter()
-        .map(|s| {
-            [
-                s.project.clone(),
-                s.name.clone(),
-                s.status.clone(),
-                format!("{}/{}", s.sruid.namespace, s.sruid.name),
-                format!("{}-{}", s.scaling.min_instances, s.scaling.max_instances),
-                s.scaling.concurrency.to_string(),
-                s.uuid.clone(),
-            ]
-        })
-        .collect();
-    let mut widths = header.map(str::len);
+    let rows: Vec<Vec<String>> = list.iter().map(View::row).collect();
+    let mut widths: Vec<usize> = V::COLUMNS.iter().map(|h| h.len()).collect();
     for row in &rows {
         for (w, cell) in widths.iter_mut().zip(row) {
             *w = (*w).max(cell.chars().count());
@@ -196,15 +160,281 @@ fn list_table(list: &[ServiceView]) -> String {
     let mut out = String::new();
     let mut line = |cells: &mut dyn Iterator<Item = &str>| {
         let mut l = String::new();
-        for (cell, w) in cells.zip(widths) {
+        for (cell, w) in cells.zip(&widths) {
             let _ = write!(l, "{cell:w$}  ");
         }
         out.push_str(l.trim_end());
         out.push('\n');
     };
-    line(&mut header.iter().copied());
+    line(&mut V::COLUMNS.iter().copied());
     for row in &rows {
         line(&mut row.iter().map(String::as_str));
     }
     out
+}
+
+impl View for ServiceView {
+    const COLUMNS: &'static [&'static str] = &[
+        "PROJECT",
+        "NAME",
+        "STATUS",
+        "SRUID",
+        "INSTANCES",
+        "CONCURRENCY",
+        "UUID",
+    ];
+    const NONE: &'static str = "no services";
+
+    fn row(&self) -> Vec<String> {
+        vec![
+            self.project.clone(),
+            self.name.clone(),
+            self.status.clone(),
+            format!("{}/{}", self.sruid.namespace, self.sruid.name),
+            format!(
+                "{}-{}",
+                self.scaling.min_instances, self.scaling.max_instances
+            ),
+            self.scaling.concurrency.to_string(),
+            self.uuid.clone(),
+        ]
+    }
+
+    fn describe(&self) -> Vec<(&'static str, String)> {
+        let s = self;
+        let mut rows: Vec<(&str, String)> = vec![
+            ("project", s.project.clone()),
+            ("name", s.name.clone()),
+            ("status", s.status.clone()),
+            ("uuid", s.uuid.clone()),
+            ("topic", s.topic.clone()),
+            ("subscription", s.subscription.clone()),
+            ("sruid", format!("{}/{}", s.sruid.namespace, s.sruid.name)),
+            ("context root", s.context_root.clone()),
+            ("min instances", s.scaling.min_instances.to_string()),
+            ("max instances", s.scaling.max_instances.to_string()),
+            ("concurrency", s.scaling.concurrency.to_string()),
+            ("idle timeout", s.scaling.idle_timeout.clone()),
+            ("wake timeout", s.scaling.wake_timeout.clone()),
+            ("request timeout", s.scaling.request_timeout.clone()),
+        ];
+        if s.env.is_empty() {
+            rows.push(("env", "(none)".into()));
+        }
+        for (k, v) in &s.env {
+            rows.push(("env", format!("{k}={v}")));
+        }
+        rows.push(("created", s.create_time.clone()));
+        rows.push(("updated", s.update_time.clone()));
+        rows.push(("generation", s.generation.to_string()));
+        rows
+    }
+}
+
+/// A revision as the CLI shows it.
+#[derive(Debug, Serialize)]
+pub struct RevisionView {
+    pub name: String,
+    pub project: String,
+    pub service: String,
+    pub serving: bool,
+    pub runtime: String,
+    #[serde(skip_serializing_if = "String::is_empty")]
+    pub image: String,
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub command: Vec<String>,
+    #[serde(skip_serializing_if = "String::is_empty")]
+    pub workdir: String,
+    pub mode: String,
+    #[serde(skip_serializing_if = "String::is_empty")]
+    pub probe_path: String,
+    pub create_time: String,
+}
+
+impl From<&pb::Revision> for RevisionView {
+    fn from(r: &pb::Revision) -> Self {
+        let command = r.command.clone().unwrap_or_default();
+        Self {
+            name: r.name.clone(),
+            project: r.project.clone(),
+            service: r.service.clone(),
+            serving: r.serving,
+            runtime: r.runtime.clone(),
+            image: r.image.clone(),
+            command: command.argv,
+            workdir: command.workdir,
+            mode: r.mode.clone(),
+            probe_path: r.probe_path.clone(),
+            create_time: timestamp(r.create_time.as_ref()),
+        }
+    }
+}
+
+impl RevisionView {
+    fn source(&self) -> String {
+        if self.image.is_empty() {
+            self.command.join(" ")
+        } else {
+            self.image.clone()
+        }
+    }
+}
+
+impl View for RevisionView {
+    const COLUMNS: &'static [&'static str] =
+        &["NAME", "SERVING", "RUNTIME", "MODE", "SOURCE", "CREATED"];
+    const NONE: &'static str = "no revisions";
+
+    fn row(&self) -> Vec<String> {
+        vec![
+            self.name.clone(),
+            if self.serving { "yes" } else { "" }.into(),
+            self.runtime.clone(),
+            self.mode.clone(),
+            self.source(),
+            self.create_time.clone(),
+        ]
+    }
+
+    fn describe(&self) -> Vec<(&'static str, String)> {
+        let mut rows = vec![
+            ("name", self.name.clone()),
+            ("service", format!("{}/{}", self.project, self.service)),
+            ("serving", self.serving.to_string()),
+            ("runtime", self.runtime.clone()),
+            ("mode", self.mode.clone()),
+            ("source", self.source()),
+        ];
+        if !self.workdir.is_empty() {
+            rows.push(("workdir", self.workdir.clone()));
+        }
+        rows.push((
+            "readiness",
+            if self.probe_path.is_empty() {
+                "TCP port".into()
+            } else {
+                format!("HTTP GET {}", self.probe_path)
+            },
+        ));
+        rows.push(("created", self.create_time.clone()));
+        rows
+    }
+}
+
+/// An event as the CLI shows it.
+#[derive(Debug, Serialize)]
+pub struct EventView {
+    pub id: i64,
+    pub kind: String,
+    pub time: String,
+    pub sender: String,
+    pub data: serde_json::Value,
+}
+
+impl From<&pb::Event> for EventView {
+    fn from(e: &pb::Event) -> Self {
+        Self {
+            id: e.id,
+            kind: e.kind.clone(),
+            time: timestamp(e.record_time.as_ref()),
+            sender: e.attributes.get("sender").cloned().unwrap_or_default(),
+            data: serde_json::from_str(&e.data_json).unwrap_or(serde_json::Value::Null),
+        }
+    }
+}
+
+/// An execution as the CLI shows it.
+#[derive(Debug, Serialize)]
+pub struct ExecutionView {
+    pub id: String,
+    pub retry_count: u32,
+    pub project: String,
+    pub service: String,
+    pub status: String,
+    pub asker: String,
+    pub revision: String,
+    pub instance: String,
+    pub cold_start: Option<bool>,
+    #[serde(skip_serializing_if = "String::is_empty")]
+    pub reason: String,
+    pub receive_time: String,
+    pub ready_time: String,
+    pub deliver_time: String,
+    pub finish_time: String,
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub events: Vec<EventView>,
+}
+
+impl From<&pb::Execution> for ExecutionView {
+    fn from(e: &pb::Execution) -> Self {
+        Self {
+            id: e.id.clone(),
+            retry_count: e.retry_count,
+            project: e.project.clone(),
+            service: e.service.clone(),
+            status: e.status.clone(),
+            asker: e.asker.clone(),
+            revision: e.revision.clone(),
+            instance: e.instance.clone(),
+            cold_start: e.cold_start,
+            reason: e.reason.clone(),
+            receive_time: timestamp(e.receive_time.as_ref()),
+            ready_time: timestamp(e.ready_time.as_ref()),
+            deliver_time: timestamp(e.deliver_time.as_ref()),
+            finish_time: timestamp(e.finish_time.as_ref()),
+            events: e.events.iter().map(EventView::from).collect(),
+        }
+    }
+}
+
+impl View for ExecutionView {
+    const COLUMNS: &'static [&'static str] =
+        &["ID", "SERVICE", "STATUS", "COLD", "RECEIVED", "REASON"];
+    const NONE: &'static str = "no executions";
+
+    fn row(&self) -> Vec<String> {
+        let mut reason = self.reason.clone();
+        if reason.chars().count() > 60 {
+            reason = reason.chars().take(59).collect::<String>() + "…";
+        }
+        vec![
+            self.id.clone(),
+            format!("{}/{}", self.project, self.service),
+            self.status.clone(),
+            match self.cold_start {
+                Some(true) => "yes".into(),
+                Some(false) => "no".into(),
+                None => String::new(),
+            },
+            self.receive_time.clone(),
+            reason.replace('\n', " "),
+        ]
+    }
+
+    fn describe(&self) -> Vec<(&'static str, String)> {
+        let mut rows = vec![
+            ("id", self.id.clone()),
+            ("retry", self.retry_count.to_string()),
+            ("service", format!("{}/{}", self.project, self.service)),
+            ("status", self.status.clone()),
+            ("asker", self.asker.clone()),
+            ("revision", self.revision.clone()),
+            ("instance", self.instance.clone()),
+            (
+                "cold start",
+                self.cold_start.map(|c| c.to_string()).unwrap_or_default(),
+            ),
+            ("received", self.receive_time.clone()),
+            ("ready", self.ready_time.clone()),
+            ("delivered", self.deliver_time.clone()),
+            ("finished", self.finish_time.clone()),
+        ];
+        if !self.reason.is_empty() {
+            rows.push(("reason", self.reason.clone()));
+        }
+        for e in &self.events {
+            rows.push(("event", format!("{} {} from {}", e.time, e.kind, e.sender)));
+        }
+        rows
+    }
 }

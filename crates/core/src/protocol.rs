@@ -26,7 +26,9 @@ pub enum ProtocolError {
     NotJson(String),
     #[error("message data is JSON but not an object with a string `kind`")]
     NoKind,
-    #[error("event kind `{0}` is not a question; the dispatcher accepts only `question` on a service topic")]
+    #[error(
+        "event kind `{0}` is not a question; the dispatcher accepts only `question` on a service topic"
+    )]
     NotAQuestion(String),
     #[error("required attribute `{0}` is missing")]
     MissingAttribute(&'static str),
@@ -80,11 +82,13 @@ impl Question {
         let question_uuid = get("question_uuid")?.clone();
         let sender = get("sender")?.clone();
         let retry = get("retry_count")?;
-        let retry_count = retry.parse::<u32>().map_err(|_| ProtocolError::BadAttribute {
-            name: "retry_count",
-            value: retry.clone(),
-            expected: "it must be a non-negative integer such as \"0\"",
-        })?;
+        let retry_count = retry
+            .parse::<u32>()
+            .map_err(|_| ProtocolError::BadAttribute {
+                name: "retry_count",
+                value: retry.clone(),
+                expected: "it must be a non-negative integer such as \"0\"",
+            })?;
         let forward_logs = match get("forward_logs")?.as_str() {
             "1" | "true" | "True" => true,
             "0" | "false" | "False" => false,
@@ -103,7 +107,10 @@ impl Question {
                 expected: "a question's sender_type must be \"PARENT\"",
             });
         }
-        let recipient = attributes.get("recipient").filter(|v| !v.is_empty()).cloned();
+        let recipient = attributes
+            .get("recipient")
+            .filter(|v| !v.is_empty())
+            .cloned();
         Ok(Self {
             question_uuid,
             retry_count,
@@ -233,7 +240,10 @@ mod tests {
     use super::*;
 
     fn attrs(pairs: &[(&str, &str)]) -> Attributes {
-        pairs.iter().map(|(k, v)| ((*k).into(), (*v).into())).collect()
+        pairs
+            .iter()
+            .map(|(k, v)| ((*k).into(), (*v).into()))
+            .collect()
     }
 
     fn question_attrs() -> Attributes {
@@ -251,8 +261,11 @@ mod tests {
 
     #[test]
     fn parses_a_question() {
-        let q = Question::parse(question_attrs(), br#"{"kind": "question", "input_values": {"n": 1}}"#)
-            .expect("valid");
+        let q = Question::parse(
+            question_attrs(),
+            br#"{"kind": "question", "input_values": {"n": 1}}"#,
+        )
+        .expect("valid");
         assert_eq!(q.retry_count, 0);
         assert!(q.forward_logs);
         assert_eq!(q.input_values()["n"], 1);
@@ -264,7 +277,11 @@ mod tests {
         let cases: &[(Attributes, &[u8], &str)] = &[
             (question_attrs(), b"not json", "not UTF-8 JSON"),
             (question_attrs(), b"[1]", "string `kind`"),
-            (question_attrs(), br#"{"kind":"result"}"#, "`result` is not a question"),
+            (
+                question_attrs(),
+                br#"{"kind":"result"}"#,
+                "`result` is not a question",
+            ),
             (
                 {
                     let mut a = question_attrs();

@@ -18,11 +18,11 @@ use std::time::Duration;
 use google_cloud_gax::error::rpc::Code;
 use google_cloud_gax::options::RequestOptionsBuilder;
 use google_cloud_gax::retry_policy::{Aip194Strict, NeverRetry, RetryPolicyExt};
+pub use google_cloud_pubsub::client::Subscriber;
 use google_cloud_pubsub::client::{Publisher, SubscriptionAdmin, TopicAdmin};
 pub use google_cloud_pubsub::model::Message;
-pub use google_cloud_pubsub::subscriber::handler::Handler;
-pub use google_cloud_pubsub::client::Subscriber;
 pub use google_cloud_pubsub::subscriber::MessageStream;
+pub use google_cloud_pubsub::subscriber::handler::Handler;
 
 /// How to reach Pub/Sub.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -438,7 +438,9 @@ pub struct TopicPublisher {
 
 impl fmt::Debug for TopicPublisher {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("TopicPublisher").field("topic", &self.topic).finish()
+        f.debug_struct("TopicPublisher")
+            .field("topic", &self.topic)
+            .finish()
     }
 }
 

@@ -32,8 +32,7 @@ fn opt_micros(t: Option<SystemTime>) -> Option<i64> {
     t.map(micros)
 }
 
-const REVISION_COLUMNS: &str =
-    "name, service_uuid, seq, runtime, image, program, args, workdir, mode, probe_path, created_at_us";
+const REVISION_COLUMNS: &str = "name, service_uuid, seq, runtime, image, program, args, workdir, mode, probe_path, created_at_us";
 
 fn read_revision(row: &Row<'_>) -> rusqlite::Result<Result<Revision, StoreError>> {
     let name: String = row.get(0)?;
@@ -60,7 +59,8 @@ fn read_revision(row: &Row<'_>) -> rusqlite::Result<Result<Revision, StoreError>
         };
         Ok(Revision {
             name,
-            service_uuid: Uuid::parse_str(&service_uuid).map_err(|e| corrupt("revision service", e))?,
+            service_uuid: Uuid::parse_str(&service_uuid)
+                .map_err(|e| corrupt("revision service", e))?,
             seq: u32::try_from(seq).map_err(|e| corrupt("revision seq", e))?,
             source,
             mode: DeliveryMode::parse(&mode).ok_or_else(|| corrupt("revision mode", &mode))?,
@@ -376,7 +376,8 @@ impl DispatchStore for SqliteStore {
         published: bool,
     ) -> Result<Option<i64>, StoreError> {
         let event = event.clone();
-        self.with(move |conn| insert_event(conn, &event, published)).await
+        self.with(move |conn| insert_event(conn, &event, published))
+            .await
     }
 
     async fn mark_published(&self, event_id: i64) -> Result<(), StoreError> {
@@ -520,7 +521,10 @@ mod tests {
             mode: DeliveryMode::Server,
             probe_path: Some("/healthz".into()),
         };
-        let r1 = store.insert_revision(&s, &new, SystemTime::now()).await.expect("r1");
+        let r1 = store
+            .insert_revision(&s, &new, SystemTime::now())
+            .await
+            .expect("r1");
         let r2 = store
             .insert_revision(
                 &s,
@@ -532,22 +536,55 @@ mod tests {
             )
             .await
             .expect("r2");
-        assert_eq!((r1.name.as_str(), r2.name.as_str()), ("svc-00001", "svc-00002"));
+        assert_eq!(
+            (r1.name.as_str(), r2.name.as_str()),
+            ("svc-00001", "svc-00002")
+        );
         let list = store.list_revisions(s.uuid).await.expect("list");
         assert_eq!(list, vec![r2, r1], "newest first, round-tripped");
-        let svc = store.get_service(&s.project, &s.name).await.expect("get").expect("present");
+        let svc = store
+            .get_service(&s.project, &s.name)
+            .await
+            .expect("get")
+            .expect("present");
         assert_eq!(svc.status, ServiceStatus::Ready);
     }
 
     #[tokio::test]
     async fn executions_are_recorded_once_per_question_and_retry() {
         let (store, s, _dir) = store_with_service().await;
-        assert!(store.insert_execution(&execution(s.uuid, "q1", 0)).await.expect("insert"));
-        assert!(!store.insert_execution(&execution(s.uuid, "q1", 0)).await.expect("dup"));
-        assert!(store.insert_execution(&execution(s.uuid, "q1", 1)).await.expect("retry"));
-        let got = store.get_execution("q1").await.expect("get").expect("present");
+        assert!(
+            store
+                .insert_execution(&execution(s.uuid, "q1", 0))
+                .await
+                .expect("insert")
+        );
+        assert!(
+            !store
+                .insert_execution(&execution(s.uuid, "q1", 0))
+                .await
+                .expect("dup")
+        );
+        assert!(
+            store
+                .insert_execution(&execution(s.uuid, "q1", 1))
+                .await
+                .expect("retry")
+        );
+        let got = store
+            .get_execution("q1")
+            .await
+            .expect("get")
+            .expect("present");
         assert_eq!(got.retry_count, 1, "the latest retry");
-        assert_eq!(store.unfinished_executions().await.expect("unfinished").len(), 2);
+        assert_eq!(
+            store
+                .unfinished_executions()
+                .await
+                .expect("unfinished")
+                .len(),
+            2
+        );
 
         let mut done = got.clone();
         done.status = ExecutionStatus::Succeeded;
@@ -557,12 +594,23 @@ mod tests {
             .await
             .expect("finish");
         assert!(id.is_some());
-        assert_eq!(store.unfinished_executions().await.expect("unfinished").len(), 1);
+        assert_eq!(
+            store
+                .unfinished_executions()
+                .await
+                .expect("unfinished")
+                .len(),
+            1
+        );
         assert_eq!(store.unpublished_events().await.expect("outbox").len(), 1);
         store.mark_published(id.expect("id")).await.expect("mark");
         assert!(store.unpublished_events().await.expect("outbox").is_empty());
         assert_eq!(
-            store.terminal_event("q1", 0).await.expect("terminal").as_deref(),
+            store
+                .terminal_event("q1", 0)
+                .await
+                .expect("terminal")
+                .as_deref(),
             Some("result")
         );
         assert_eq!(store.terminal_event("q1", 1).await.expect("terminal"), None);
@@ -576,14 +624,32 @@ mod tests {
     #[tokio::test]
     async fn events_are_deduplicated_by_uuid_and_followed_by_id() {
         let (store, _s, _dir) = store_with_service().await;
-        let a = store.record_event(&event("e1", "q", "heartbeat"), true).await.expect("a");
-        assert!(store.record_event(&event("e1", "q", "heartbeat"), true).await.expect("dup").is_none());
-        let b = store.record_event(&event("e2", "q", "result"), true).await.expect("b");
+        let a = store
+            .record_event(&event("e1", "q", "heartbeat"), true)
+            .await
+            .expect("a");
+        assert!(
+            store
+                .record_event(&event("e1", "q", "heartbeat"), true)
+                .await
+                .expect("dup")
+                .is_none()
+        );
+        let b = store
+            .record_event(&event("e2", "q", "result"), true)
+            .await
+            .expect("b");
         let all = store.events_after("q", 0).await.expect("all");
         assert_eq!(all.len(), 2);
-        let after_a = store.events_after("q", a.expect("id")).await.expect("after");
+        let after_a = store
+            .events_after("q", a.expect("id"))
+            .await
+            .expect("after");
         assert_eq!(after_a.len(), 1);
         assert_eq!(Some(after_a[0].id), b);
-        store.dead_letter("test", "bad", &Attributes::new(), b"x").await.expect("dead letter");
+        store
+            .dead_letter("test", "bad", &Attributes::new(), b"x")
+            .await
+            .expect("dead letter");
     }
 }

@@ -63,6 +63,8 @@ pub trait Store: Send + Sync + 'static {
         name: &ServiceName,
     ) -> Result<Option<Service>, StoreError>;
 
+    async fn get_service_by_uuid(&self, uuid: Uuid) -> Result<Option<Service>, StoreError>;
+
     /// Every service, or those of one project, ordered by project then name.
     async fn list_services(
         &self,
@@ -147,8 +149,11 @@ pub trait DispatchStore: Send + Sync + 'static {
 
     /// Records an event seen on Pub/Sub (or emitted and already published).
     /// `None` if an event with that uuid was recorded before.
-    async fn record_event(&self, event: &NewEvent, published: bool)
-    -> Result<Option<i64>, StoreError>;
+    async fn record_event(
+        &self,
+        event: &NewEvent,
+        published: bool,
+    ) -> Result<Option<i64>, StoreError>;
 
     async fn mark_published(&self, event_id: i64) -> Result<(), StoreError>;
 

@@ -17,7 +17,8 @@ use crate::{Store, StoreError};
 
 /// Schema migrations, applied in order; the index + 1 is the schema version.
 /// Never edit one that has shipped: add another.
-const MIGRATIONS: &[&str] = &[r#"
+const MIGRATIONS: &[&str] = &[
+    r#"
 CREATE TABLE projects (
     name          TEXT PRIMARY KEY,
     namespace     TEXT NOT NULL UNIQUE,
@@ -40,7 +41,8 @@ CREATE TABLE services (
     updated_at_us      INTEGER NOT NULL,
     UNIQUE (project, name)
 );
-"#, r#"
+"#,
+    r#"
 CREATE TABLE revisions (
     name          TEXT PRIMARY KEY,
     service_uuid  TEXT NOT NULL REFERENCES services(uuid) ON DELETE CASCADE,
@@ -95,7 +97,8 @@ CREATE TABLE dead_letters (
     data           BLOB NOT NULL,
     recorded_at_us INTEGER NOT NULL
 );
-"#];
+"#,
+];
 
 /// How long a statement waits for a lock held by another process (another
 /// `rouse` on the same file) before failing.
@@ -361,6 +364,20 @@ impl Store for SqliteStore {
             conn.query_row(
                 &format!("SELECT {SERVICE_COLUMNS} FROM services WHERE project = ?1 AND name = ?2"),
                 params![project, name],
+                ServiceRow::read,
+            )
+            .optional()?
+            .map(ServiceRow::into_service)
+            .transpose()
+        })
+        .await
+    }
+
+    async fn get_service_by_uuid(&self, uuid: Uuid) -> Result<Option<Service>, StoreError> {
+        self.with(move |conn| {
+            conn.query_row(
+                &format!("SELECT {SERVICE_COLUMNS} FROM services WHERE uuid = ?1"),
+                [uuid.to_string()],
                 ServiceRow::read,
             )
             .optional()?

@@ -1,11 +1,14 @@
 //! One module per top-level command.
 
+pub mod ask;
+pub mod executions;
+pub mod logs;
+pub mod revisions;
 pub mod server;
 pub mod services;
 
 use std::time::Duration;
 
-use rouse_api::pb::services_client::ServicesClient;
 use tonic::transport::{Channel, Endpoint};
 
 use crate::args::{Cli, ClientArgs, Command, LogFormat};
@@ -14,9 +17,16 @@ use crate::exit::CliError;
 pub async fn run(cli: Cli) -> Result<(), CliError> {
     match cli.command {
         Command::Server(args) => server::run(args, cli.log_format).await,
-        Command::Services(cmd) => {
+        other => {
             init_tracing(cli.log_format.unwrap_or(LogFormat::Human), "warn");
-            services::run(cmd).await
+            match other {
+                Command::Services(cmd) => services::run(cmd).await,
+                Command::Revisions(cmd) => revisions::run(cmd).await,
+                Command::Ask(args) => ask::run(args).await,
+                Command::Executions(cmd) => executions::run(cmd).await,
+                Command::Logs(args) => logs::run(args).await,
+                Command::Server(_) => Ok(()),
+            }
         }
     }
 }
@@ -44,7 +54,8 @@ const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
 /// calls, each bounded by the server's own (10 s default) timeout.
 const CALL_TIMEOUT: Duration = Duration::from_secs(60);
 
-pub async fn connect(args: &ClientArgs) -> Result<ServicesClient<Channel>, CliError> {
+/// A channel to the API, or a clear error naming the endpoint.
+pub async fn connect(args: &ClientArgs) -> Result<Channel, CliError> {
     let endpoint = Endpoint::from_shared(args.endpoint.clone())
         .map_err(|e| {
             CliError::usage(format!(
@@ -54,11 +65,15 @@ pub async fn connect(args: &ClientArgs) -> Result<ServicesClient<Channel>, CliEr
         })?
         .connect_timeout(CONNECT_TIMEOUT)
         .timeout(CALL_TIMEOUT);
-    let channel = endpoint
+    endpoint
         .connect()
         .await
-        .map_err(|e| CliError::unreachable(&args.endpoint, &source_chain(&e)))?;
-    Ok(ServicesClient::new(channel))
+        .map_err(|e| CliError::unreachable(&args.endpoint, &source_chain(&e)))
+}
+
+/// Maps an error answer of the API at `endpoint` to the CLI's error.
+pub fn status(endpoint: &str) -> impl Fn(tonic::Status) -> CliError + '_ {
+    move |s| CliError::from_status(&s, endpoint)
 }
 
 /// An error and its causes on one line: transport errors hide the useful part

@@ -1,15 +1,19 @@
-//! `rouse server`: runs the platform. For now, the control-plane API on the
-//! embedded SQLite store, talking to Pub/Sub (the emulator or Google).
+//! `rouse server`: runs the platform. The control-plane API (role `api`) on
+//! the embedded SQLite store, and the dispatcher (role `dispatcher`) with the
+//! process runtime and, where an engine answers, the Docker runtime.
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
 
-use rouse_api::ServicesApi;
+use rouse_api::{Backend, DispatchHooks, NoDispatcher, PubSubMessaging};
+use rouse_dispatcher::{Dispatcher, DispatcherConfig, Parts};
 use rouse_pubsub::PubSub;
+use rouse_runtime::{DockerRuntime, ProcessRuntime, Runtime};
 use rouse_store::SqliteStore;
 use tokio::net::TcpListener;
+use tokio_util::sync::CancellationToken;
 
 use crate::args::LogFormat;
 use crate::config::ServerConfig;
@@ -20,6 +24,9 @@ pub struct ServerArgs {
     /// TOML configuration file; flags and environment variables override it.
     #[arg(long, env = "ROUSE_CONFIG")]
     pub config: Option<PathBuf>,
+    /// Roles to run: all, or a comma-separated list of api, dispatcher.
+    #[arg(long, env = "ROUSE_ROLES", default_value = "all")]
+    pub roles: String,
     /// Where Rouse keeps its state [default: $XDG_DATA_HOME/rouse, else ~/.local/share/rouse].
     #[arg(long, env = "ROUSE_DATA_DIR")]
     pub data_dir: Option<PathBuf>,
@@ -41,25 +48,44 @@ pub struct ServerArgs {
     /// Bound on one Pub/Sub administrative call, retries included [default: 10s].
     #[arg(long, env = "ROUSE_PUBSUB_TIMEOUT", value_parser = humantime::parse_duration)]
     pub pubsub_timeout: Option<Duration>,
+    /// Heartbeat interval while a question waits or runs [default: 60s].
+    #[arg(long, env = "ROUSE_HEARTBEAT_INTERVAL", value_parser = humantime::parse_duration)]
+    pub heartbeat_interval: Option<Duration>,
+}
+
+/// How long the dispatcher gets to stop its instances at shutdown.
+const DRAIN_DEADLINE: Duration = Duration::from_secs(20);
+
+struct Hooks(Dispatcher);
+
+#[async_trait::async_trait]
+impl DispatchHooks for Hooks {
+    fn services_changed(&self) {
+        self.0.services_changed();
+    }
+    async fn cancel(&self, service_uuid: uuid::Uuid, question_uuid: &str) -> bool {
+        self.0.cancel(service_uuid, question_uuid).await
+    }
 }
 
 pub async fn run(args: ServerArgs, log_format: Option<LogFormat>) -> Result<(), CliError> {
     let config = ServerConfig::resolve(&args, log_format).map_err(CliError::usage)?;
     super::init_tracing(config.log_format, "warn,rouse=info");
+    let internal = |e: &dyn std::fmt::Display| CliError::internal(e.to_string());
 
-    let store =
-        SqliteStore::open(&config.store_path).map_err(|e| CliError::internal(e.to_string()))?;
+    let store = SqliteStore::open(&config.store_path).map_err(|e| internal(&e))?;
     let pubsub = PubSub::connect(config.pubsub.clone())
         .await
-        .map_err(|e| CliError::internal(e.to_string()))?;
+        .map_err(|e| internal(&e))?;
     pubsub
         .check()
         .await
         .map_err(|e| CliError::internal(format!("Pub/Sub is not usable: {e}")))?;
-    let (store, pubsub) = (Arc::new(store), Arc::new(pubsub));
+    let store = Arc::new(store);
+    let messaging = Arc::new(PubSubMessaging::new(pubsub.clone()));
 
     let report =
-        rouse_api::reconcile::reconcile(store.as_ref(), pubsub.as_ref(), &config.network_topic)
+        rouse_api::reconcile::reconcile(store.as_ref(), messaging.as_ref(), &config.network_topic)
             .await
             .map_err(|e| CliError::internal(format!("reconciliation failed: {e}")))?;
     tracing::info!(
@@ -70,53 +96,120 @@ pub async fn run(args: ServerArgs, log_format: Option<LogFormat>) -> Result<(), 
         "reconciled Pub/Sub with the store"
     );
 
-    let listener = TcpListener::bind(config.api_listen).await.map_err(|e| {
-        CliError::internal(format!(
-            "cannot listen on {} ({e}); choose another with --api-listen or ROUSE_API_LISTEN",
-            config.api_listen
-        ))
-    })?;
-    let api_addr = listener
-        .local_addr()
-        .map_err(|e| CliError::internal(format!("cannot read the listening address: {e}")))?;
+    let shutdown = CancellationToken::new();
+    let logs_dir = config.data_dir.join("logs");
+    let (hooks, dispatcher): (Arc<dyn DispatchHooks>, _) = if config.roles.dispatcher {
+        let docker: Option<Arc<dyn Runtime>> = match DockerRuntime::connect() {
+            Ok(d) => {
+                match d.remove_stale().await {
+                    Ok(0) => {}
+                    Ok(n) => {
+                        tracing::info!(containers = n, "removed instances left by an earlier run")
+                    }
+                    Err(e) => {
+                        tracing::warn!(error = %e, "cannot list containers left by an earlier run")
+                    }
+                }
+                Some(Arc::new(d))
+            }
+            Err(e) => {
+                tracing::warn!(error = %e, "no Docker engine: image revisions cannot run, command revisions can");
+                None
+            }
+        };
+        let parts = Parts {
+            config: DispatcherConfig {
+                network_topic: config.network_topic.clone(),
+                pubsub_project: config.pubsub.project.clone(),
+                emulator_host: config.pubsub.emulator_host.clone(),
+                logs_dir: logs_dir.clone(),
+                heartbeat_interval: config.heartbeat_interval,
+                queue_capacity: config.queue_capacity,
+                resync_interval: DispatcherConfig::DEFAULT_RESYNC,
+            },
+            store: store.clone(),
+            pubsub: pubsub.clone(),
+            process: Arc::new(ProcessRuntime::new()),
+            docker,
+        };
+        let (d, handle) = Dispatcher::start(parts, shutdown.clone())
+            .await
+            .map_err(|e| CliError::internal(format!("the dispatcher cannot start: {e}")))?;
+        (Arc::new(Hooks(d)), Some(handle))
+    } else {
+        (Arc::new(NoDispatcher), None)
+    };
+
+    let signal_token = shutdown.clone();
+    tokio::spawn(async move {
+        shutdown_signal().await;
+        signal_token.cancel();
+    });
+
+    if config.roles.api {
+        let listener = TcpListener::bind(config.api_listen).await.map_err(|e| {
+            CliError::internal(format!(
+                "cannot listen on {} ({e}); choose another with --api-listen or ROUSE_API_LISTEN",
+                config.api_listen
+            ))
+        })?;
+        let api_addr = listener
+            .local_addr()
+            .map_err(|e| CliError::internal(format!("cannot read the listening address: {e}")))?;
+        log_ready(&config, Some(api_addr));
+        let backend = Backend {
+            store: store.clone(),
+            messaging,
+            hooks,
+            logs_dir,
+        };
+        rouse_api::serve(listener, backend, shutdown.clone().cancelled_owned())
+            .await
+            .map_err(|e| CliError::internal(format!("the API server failed: {e}")))?;
+    } else {
+        log_ready(&config, None);
+        shutdown.cancelled().await;
+    }
+    shutdown.cancel();
+    if let Some(handle) = dispatcher {
+        if tokio::time::timeout(DRAIN_DEADLINE, handle).await.is_err() {
+            tracing::warn!("the dispatcher did not stop within {DRAIN_DEADLINE:?}");
+        }
+    }
+    tracing::info!("rouse server stopped");
+    Ok(())
+}
+
+fn log_ready(config: &ServerConfig, api: Option<SocketAddr>) {
+    let roles = match (config.roles.api, config.roles.dispatcher) {
+        (true, true) => "api,dispatcher",
+        (true, false) => "api",
+        _ => "dispatcher",
+    };
     tracing::info!(
-        api = %api_addr,
+        api = %api.map(|a| a.to_string()).unwrap_or_else(|| "-".into()),
+        roles,
         store = %config.store_path.display(),
         pubsub = %config.pubsub,
         network_topic = %config.network_topic,
         "rouse server ready"
     );
-
-    let api = ServicesApi::new(store, pubsub);
-    rouse_api::serve(listener, api, shutdown_signal())
-        .await
-        .map_err(|e| CliError::internal(format!("the API server failed: {e}")))?;
-    tracing::info!("rouse server stopped");
-    Ok(())
 }
 
 /// Completes on Ctrl-C or SIGTERM.
 async fn shutdown_signal() {
     let ctrl_c = tokio::signal::ctrl_c();
-    #[cfg(unix)]
-    {
-        let mut term =
-            match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
-                Ok(s) => s,
-                Err(e) => {
-                    tracing::warn!(error = %e, "cannot watch SIGTERM; stop with Ctrl-C");
-                    let _ = ctrl_c.await;
-                    return;
-                }
-            };
-        tokio::select! {
-            _ = ctrl_c => {},
-            _ = term.recv() => {},
+    let mut term = match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+        Ok(s) => s,
+        Err(e) => {
+            tracing::warn!(error = %e, "cannot watch SIGTERM; stop with Ctrl-C");
+            let _ = ctrl_c.await;
+            return;
         }
-    }
-    #[cfg(not(unix))]
-    {
-        let _ = ctrl_c.await;
+    };
+    tokio::select! {
+        _ = ctrl_c => {},
+        _ = term.recv() => {},
     }
     tracing::info!("shutting down");
 }

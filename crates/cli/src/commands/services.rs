@@ -3,7 +3,9 @@
 use std::time::Duration;
 
 use rouse_api::pb;
+use rouse_api::pb::services_client::ServicesClient;
 
+use super::status;
 use crate::args::{ClientArgs, Format};
 use crate::exit::CliError;
 use crate::output::{self, ServiceView};
@@ -104,10 +106,6 @@ fn parse_env(s: &str) -> Result<(String, String), String> {
     }
 }
 
-fn status(endpoint: &str) -> impl Fn(tonic::Status) -> CliError + '_ {
-    move |s| CliError::from_status(&s, endpoint)
-}
-
 pub async fn run(cmd: ServicesCommand) -> Result<(), CliError> {
     match cmd {
         ServicesCommand::Create {
@@ -116,7 +114,7 @@ pub async fn run(cmd: ServicesCommand) -> Result<(), CliError> {
             format,
             client,
         } => {
-            let mut api = super::connect(&client).await?;
+            let mut api = ServicesClient::new(super::connect(&client).await?);
             let s = api
                 .create_service(pb::CreateServiceRequest {
                     project: project.project,
@@ -132,7 +130,7 @@ pub async fn run(cmd: ServicesCommand) -> Result<(), CliError> {
             format,
             client,
         } => {
-            let mut api = super::connect(&client).await?;
+            let mut api = ServicesClient::new(super::connect(&client).await?);
             let list = api
                 .list_services(pb::ListServicesRequest {
                     project: project.unwrap_or_default(),
@@ -149,7 +147,7 @@ pub async fn run(cmd: ServicesCommand) -> Result<(), CliError> {
             format,
             client,
         } => {
-            let mut api = super::connect(&client).await?;
+            let mut api = ServicesClient::new(super::connect(&client).await?);
             let s = api
                 .get_service(pb::GetServiceRequest {
                     project: project.project,
@@ -166,7 +164,7 @@ pub async fn run(cmd: ServicesCommand) -> Result<(), CliError> {
             project,
             client,
         } => {
-            let mut api = super::connect(&client).await?;
+            let mut api = ServicesClient::new(super::connect(&client).await?);
             let project = project.project;
             let gone = api
                 .delete_service(pb::DeleteServiceRequest {
@@ -215,7 +213,7 @@ async fn update(args: UpdateArgs) -> Result<(), CliError> {
             "nothing to update: pass at least one of --min-instances, --max-instances, --concurrency, --idle-timeout, --wake-timeout, --request-timeout, --env, --remove-env, --clear-env",
         ));
     }
-    let mut api = super::connect(&client).await?;
+    let mut api = ServicesClient::new(super::connect(&client).await?);
     let s = api
         .update_service(pb::UpdateServiceRequest {
             project: project.project,

@@ -1,0 +1,47 @@
+//! What every API service is built on: the store, messaging, the dispatcher
+//! hooks and where instance logs are.
+
+use std::path::PathBuf;
+use std::sync::Arc;
+
+use rouse_core::{ProjectName, Service, ServiceName};
+use rouse_store::{DispatchStore, Store};
+
+use crate::error::ApiError;
+use crate::hooks::DispatchHooks;
+use crate::messaging::Messaging;
+
+/// Everything the API's store must do.
+pub trait ApiStore: Store + DispatchStore {}
+impl<T: Store + DispatchStore> ApiStore for T {}
+
+#[derive(Clone)]
+pub struct Backend {
+    pub store: Arc<dyn ApiStore>,
+    pub messaging: Arc<dyn Messaging>,
+    pub hooks: Arc<dyn DispatchHooks>,
+    /// `<logs_dir>/<service uuid>/<instance>.log`
+    pub logs_dir: PathBuf,
+}
+
+impl Backend {
+    pub fn names(project: &str, name: &str) -> Result<(ProjectName, ServiceName), ApiError> {
+        let invalid = |e: rouse_core::NameError| ApiError::InvalidArgument(e.to_string());
+        let project = ProjectName::parse(project).map_err(invalid)?;
+        let name = ServiceName::parse(&project, name).map_err(invalid)?;
+        Ok((project, name))
+    }
+
+    /// The service, or NOT_FOUND saying how to list the existing ones.
+    pub async fn find_service(&self, project: &str, name: &str) -> Result<Service, ApiError> {
+        let (project, name) = Self::names(project, name)?;
+        self.store
+            .get_service(&project, &name)
+            .await?
+            .ok_or_else(|| {
+                ApiError::NotFound(format!(
+                    "service `{name}` does not exist in project `{project}`; `rouse services list --project {project}` shows those that do"
+                ))
+            })
+    }
+}

@@ -1,0 +1,118 @@
+//! `rouse ask`: publish a question to a service's topic; with `--wait`,
+//! follow its events and print the answer.
+
+use std::io::IsTerminal as _;
+use std::time::{Duration, Instant};
+
+use rouse_api::pb;
+use rouse_api::pb::executions_client::ExecutionsClient;
+
+use super::services::ProjectArg;
+use super::status;
+use crate::args::ClientArgs;
+use crate::exit::CliError;
+
+#[derive(Debug, clap::Args)]
+pub struct AskArgs {
+    service: String,
+    #[command(flatten)]
+    project: ProjectArg,
+    /// The question's input values, as JSON.
+    #[arg(long, default_value = "null")]
+    input: String,
+    /// Wait for the answer and print it (otherwise print the execution id).
+    #[arg(long)]
+    wait: bool,
+    /// How long --wait waits.
+    #[arg(long, default_value = "60s", value_parser = humantime::parse_duration)]
+    timeout: Duration,
+    /// Ask the service to forward its log records; --wait prints them on stderr.
+    #[arg(long)]
+    forward_logs: bool,
+    #[command(flatten)]
+    client: ClientArgs,
+}
+
+pub async fn run(args: AskArgs) -> Result<(), CliError> {
+    if let Err(e) = serde_json::from_str::<serde_json::Value>(&args.input) {
+        return Err(CliError::usage(format!(
+            "--input `{}` is not JSON ({e}); write e.g. --input '{{\"n\": 1}}'",
+            args.input
+        )));
+    }
+    let channel = super::connect(&args.client).await?;
+    let mut api = ExecutionsClient::new(channel);
+    let started = Instant::now();
+    let id = api
+        .ask(pb::AskRequest {
+            project: args.project.project,
+            service: args.service,
+            input_json: args.input,
+            forward_logs: args.forward_logs,
+        })
+        .await
+        .map_err(status(&args.client.endpoint))?
+        .into_inner()
+        .id;
+    if !args.wait {
+        println!("{id}");
+        return Ok(());
+    }
+    let progress = std::io::stderr().is_terminal();
+    let watch = async {
+        let mut stream = api
+            .watch_execution(pb::WatchExecutionRequest {
+                id: id.clone(),
+                after_event_id: 0,
+            })
+            .await
+            .map_err(status(&args.client.endpoint))?
+            .into_inner();
+        while let Some(event) = stream
+            .message()
+            .await
+            .map_err(status(&args.client.endpoint))?
+        {
+            let data: serde_json::Value =
+                serde_json::from_str(&event.data_json).unwrap_or_default();
+            match event.kind.as_str() {
+                "result" => {
+                    if progress {
+                        eprintln!("answered in {:.2?}", started.elapsed());
+                    }
+                    let output = data.get("output_values").cloned().unwrap_or_default();
+                    let text = serde_json::to_string_pretty(&output).unwrap_or_default();
+                    println!("{text}");
+                    return Ok(());
+                }
+                "exception" => {
+                    let kind = data["exception_type"].as_str().unwrap_or("Exception");
+                    let message = data["exception_message"].as_str().unwrap_or("");
+                    return Err(CliError::internal(format!(
+                        "{kind}: {message} (execution {id})"
+                    )));
+                }
+                "log_record" => {
+                    let record = &data["log_record"];
+                    eprintln!(
+                        "[{}] {}",
+                        record["levelname"].as_str().unwrap_or("LOG"),
+                        record["msg"].as_str().unwrap_or_default()
+                    );
+                }
+                other if progress => eprintln!("{:>8.2?}  {other}", started.elapsed()),
+                _ => {}
+            }
+        }
+        Err(CliError::internal(format!(
+            "the event stream of execution {id} ended without an answer; see `rouse executions get {id}`"
+        )))
+    };
+    match tokio::time::timeout(args.timeout, watch).await {
+        Ok(result) => result,
+        Err(_) => Err(CliError::internal(format!(
+            "no answer within {}; the question goes on: `rouse executions get {id}`",
+            humantime::format_duration(args.timeout)
+        ))),
+    }
+}

@@ -1,0 +1,591 @@
+//! [`DockerRuntime`]: instances as containers in the local Docker engine.
+//!
+//! A container is named `rouse-<instance id>` and labelled
+//! `managed-by=rouse` and `rouse.instance=<id>` (plus `rouse.owner=<owner>`
+//! when the runtime has one), so that [`DockerRuntime::remove_stale`] can
+//! clean up after a crash. Its port 8080 (`PORT=8080` inside) is published on
+//! `127.0.0.1` at a port the engine picks. It runs with Docker's init
+//! (`--init`) as PID 1, so that `docker stop`'s SIGTERM reaches servers that
+//! install no signal handler (PID 1 ignores unhandled signals) and zombies
+//! are reaped. Images are never pulled: they are built or loaded locally.
+//!
+//! Output is followed through the engine's log API into the log file; a wait
+//! on the container yields its exit; stopping is `docker stop` then a forced
+//! removal (with its anonymous volumes).
+
+use std::collections::HashMap;
+use std::io::{Read, Write};
+use std::net::{IpAddr, SocketAddr};
+use std::os::unix::net::UnixStream;
+use std::time::Duration;
+
+use bollard::errors::Error as DockerError;
+use bollard::models::{ContainerCreateBody, ContainerInspectResponse, HostConfig, PortBinding};
+use bollard::query_parameters::{
+    CreateContainerOptionsBuilder, InspectContainerOptions, ListContainersOptionsBuilder,
+    LogsOptionsBuilder, RemoveContainerOptionsBuilder, StopContainerOptionsBuilder,
+    WaitContainerOptionsBuilder,
+};
+use bollard::{ClientVersion, Docker};
+use futures::StreamExt;
+use tokio::sync::watch;
+
+use crate::instance::{self, Instance, Parts};
+use crate::logs::{self, LogWriter};
+use crate::process::signal_name;
+use crate::{ExitInfo, InstanceSpec, Runtime, RuntimeError, Source, validate_instance_id};
+
+/// The port services listen on inside their container (`PORT`).
+pub const CONTAINER_PORT: u16 = 8080;
+/// Label on every container Rouse starts.
+pub const MANAGED_BY_LABEL: &str = "managed-by";
+/// Its value.
+pub const MANAGED_BY: &str = "rouse";
+/// Label carrying the instance id.
+pub const INSTANCE_LABEL: &str = "rouse.instance";
+/// Label carrying the runtime's owner (see [`DockerRuntime::with_owner`]).
+pub const OWNER_LABEL: &str = "rouse.owner";
+
+const PORT_KEY: &str = "8080/tcp";
+const DEFAULT_SOCKET: &str = "/var/run/docker.sock";
+/// Bound on the start-up check of the engine: a local socket answers in
+/// milliseconds; a hung engine must not hang the platform's start.
+const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
+/// Bound on the engine's answer to one request (headers; streams such as
+/// logs are not cut). Creating a container from a large image takes seconds.
+const REQUEST_TIMEOUT_SECS: u64 = 120;
+/// `docker stop` waits for the grace period inside one request, so the grace
+/// is capped below the request timeout.
+const MAX_GRACE_SECS: u64 = 100;
+/// As for processes: how long the exit waits for the last output to reach
+/// the log, so errors quoting it are complete.
+const LOG_DRAIN_TIMEOUT: Duration = Duration::from_millis(250);
+/// How long `stop` waits for the exit to be seen after the removal.
+const EXIT_WAIT: Duration = Duration::from_secs(5);
+/// When the wait on a container breaks off (engine restart), it is asked
+/// again after this pause, and given up after this many failures in a row.
+const WAIT_RETRY: Duration = Duration::from_millis(500);
+const WAIT_MAX_FAILURES: u32 = 20;
+
+/// Runs instances as containers of the local Docker engine. Runs
+/// [`Source::Image`] only.
+#[derive(Debug, Clone)]
+pub struct DockerRuntime {
+    docker: Docker,
+    owner: Option<String>,
+}
+
+impl DockerRuntime {
+    /// Connects to the local engine (`$DOCKER_HOST` if it is a `unix://`
+    /// socket, else `/var/run/docker.sock`) and checks that it answers,
+    /// agreeing on the API version. Blocks for at most 5 seconds: call it at
+    /// start-up.
+    pub fn connect() -> Result<Self, RuntimeError> {
+        let socket = std::env::var("DOCKER_HOST")
+            .ok()
+            .and_then(|host| host.strip_prefix("unix://").map(str::to_owned))
+            .unwrap_or_else(|| DEFAULT_SOCKET.to_owned());
+        Self::connect_to(&socket)
+    }
+
+    /// As [`connect`](Self::connect), to the engine listening on the unix
+    /// socket at `socket` (a path, or `unix://<path>`).
+    pub fn connect_to(socket: &str) -> Result<Self, RuntimeError> {
+        let socket = socket.strip_prefix("unix://").unwrap_or(socket).to_owned();
+        let unreachable = |reason: String| RuntimeError::EngineUnreachable {
+            socket: socket.clone(),
+            reason,
+        };
+        let engine_version = engine_api_version(&socket).map_err(unreachable)?;
+        let version = if engine_version < *bollard::API_DEFAULT_VERSION {
+            engine_version
+        } else {
+            *bollard::API_DEFAULT_VERSION
+        };
+        let docker = Docker::connect_with_unix(&socket, REQUEST_TIMEOUT_SECS, &version)
+            .map_err(|err| unreachable(err.to_string()))?;
+        tracing::debug!(%socket, api = %version, "connected to the Docker engine");
+        Ok(Self {
+            docker,
+            owner: None,
+        })
+    }
+
+    /// Labels the containers this runtime starts with `rouse.owner=<owner>`
+    /// and limits [`remove_stale`](Self::remove_stale) to them, so that
+    /// several platforms (or test runs) can share one engine.
+    pub fn with_owner(mut self, owner: impl Into<String>) -> Self {
+        self.owner = Some(owner.into());
+        self
+    }
+
+    /// The name of the container of an instance.
+    pub fn container_name(instance_id: &str) -> String {
+        format!("rouse-{instance_id}")
+    }
+
+    /// Force-removes, running or not, every container this runtime could
+    /// have started: labelled `managed-by=rouse` and with this runtime's
+    /// owner (or, for a runtime without one, with no owner label). That is
+    /// what a crashed platform left behind; call it at start-up, before
+    /// starting anything. Returns how many were removed; tries them all
+    /// before reporting the first failure.
+    pub async fn remove_stale(&self) -> Result<usize, RuntimeError> {
+        let mut labels = vec![format!("{MANAGED_BY_LABEL}={MANAGED_BY}")];
+        if let Some(owner) = &self.owner {
+            labels.push(format!("{OWNER_LABEL}={owner}"));
+        }
+        let target = labels.join(",");
+        let options = ListContainersOptionsBuilder::default()
+            .all(true)
+            .filters(&HashMap::from([("label".to_owned(), labels)]))
+            .build();
+        let containers = self
+            .docker
+            .list_containers(Some(options))
+            .await
+            .map_err(|source| RuntimeError::Docker {
+                action: "list",
+                target: format!("containers labelled {target}"),
+                source,
+            })?;
+        let owner_matches = |labels: Option<&HashMap<String, String>>| {
+            self.owner.is_some() || labels.is_none_or(|labels| !labels.contains_key(OWNER_LABEL))
+        };
+        let mut removed = 0;
+        let mut first_error = None;
+        for id in containers
+            .into_iter()
+            .filter(|c| owner_matches(c.labels.as_ref()))
+            .filter_map(|c| c.id)
+        {
+            match force_remove(&self.docker, &id).await {
+                Ok(()) => removed += 1,
+                Err(source) => {
+                    first_error.get_or_insert(RuntimeError::Docker {
+                        action: "remove",
+                        target: id,
+                        source,
+                    });
+                }
+            }
+        }
+        if removed > 0 {
+            tracing::info!(removed, labels = %target, "removed stale containers");
+        }
+        first_error.map_or(Ok(removed), Err)
+    }
+
+    fn labels(&self, instance_id: &str) -> HashMap<String, String> {
+        let mut labels = HashMap::from([
+            (MANAGED_BY_LABEL.to_owned(), MANAGED_BY.to_owned()),
+            (INSTANCE_LABEL.to_owned(), instance_id.to_owned()),
+        ]);
+        if let Some(owner) = &self.owner {
+            labels.insert(OWNER_LABEL.to_owned(), owner.clone());
+        }
+        labels
+    }
+}
+
+#[async_trait::async_trait]
+impl Runtime for DockerRuntime {
+    fn kind(&self) -> &'static str {
+        "docker"
+    }
+
+    async fn start(&self, spec: InstanceSpec) -> Result<Instance, RuntimeError> {
+        let InstanceSpec {
+            instance_id,
+            source,
+            env,
+            extra_args,
+            log_path,
+            listen,
+        } = spec;
+        validate_instance_id(&instance_id)?;
+        let image = match source {
+            Source::Image(image) => image,
+            Source::Command { program, .. } => {
+                return Err(RuntimeError::Unsupported {
+                    runtime: "docker",
+                    what: format!(
+                        "host command `{program}`: it runs images; use the process runtime"
+                    ),
+                });
+            }
+        };
+        let container = Self::container_name(&instance_id);
+        let log = LogWriter::new(logs::open_append(&log_path).await?);
+        let docker_error = |action, source| RuntimeError::Docker {
+            action,
+            target: container.clone(),
+            source,
+        };
+
+        let mut env: Vec<String> = env
+            .iter()
+            .filter(|(name, _)| !(listen && name.as_str() == "PORT"))
+            .map(|(name, value)| format!("{name}={value}"))
+            .collect();
+        if listen {
+            env.push(format!("PORT={CONTAINER_PORT}"));
+        }
+        let port_bindings = listen.then(|| {
+            HashMap::from([(
+                PORT_KEY.to_owned(),
+                Some(vec![PortBinding {
+                    host_ip: Some("127.0.0.1".to_owned()),
+                    // Empty: the engine picks a free port.
+                    host_port: Some(String::new()),
+                }]),
+            )])
+        });
+        let body = ContainerCreateBody {
+            image: Some(image.clone()),
+            env: Some(env),
+            cmd: (!extra_args.is_empty()).then_some(extra_args),
+            labels: Some(self.labels(&instance_id)),
+            exposed_ports: listen.then(|| vec![PORT_KEY.to_owned()]),
+            host_config: Some(HostConfig {
+                init: Some(true),
+                port_bindings,
+                ..Default::default()
+            }),
+            ..Default::default()
+        };
+        let options = CreateContainerOptionsBuilder::default()
+            .name(&container)
+            .build();
+        match self.docker.create_container(Some(options), body).await {
+            Ok(_) => {}
+            Err(DockerError::DockerResponseServerError {
+                status_code: 404, ..
+            }) => return Err(RuntimeError::ImageNotFound { image }),
+            Err(DockerError::DockerResponseServerError {
+                status_code: 409, ..
+            }) => return Err(RuntimeError::ContainerExists { container }),
+            Err(source) => return Err(docker_error("create", source)),
+        }
+        // From here on a failure must not leave the container behind.
+        if let Err(source) = self.docker.start_container(&container, None).await {
+            let _ = force_remove(&self.docker, &container).await;
+            return Err(docker_error("start", source));
+        }
+        let (addr, direct_addr) = if listen {
+            match self
+                .docker
+                .inspect_container(&container, None::<InspectContainerOptions>)
+                .await
+            {
+                Ok(info) => published_addrs(&info),
+                Err(source) => {
+                    let _ = force_remove(&self.docker, &container).await;
+                    return Err(docker_error("inspect", source));
+                }
+            }
+        } else {
+            (None, None)
+        };
+        tracing::debug!(instance = %instance_id, %image, ?addr, "container started");
+
+        let log_task = tokio::spawn(copy_logs(self.docker.clone(), container.clone(), log));
+        let (exit_tx, exit_rx) = watch::channel(None);
+        let (docker, name) = (self.docker.clone(), container.clone());
+        tokio::spawn(async move {
+            let exit = wait_for_exit(&docker, &name).await;
+            let _ = tokio::time::timeout(LOG_DRAIN_TIMEOUT, log_task).await;
+            tracing::debug!(container = %name, exit = %exit.description, "container exited");
+            exit_tx.send_replace(Some(exit));
+        });
+
+        Ok(Instance::new(Parts {
+            id: instance_id,
+            listen,
+            addr,
+            proxied: true,
+            direct_addr,
+            log_path,
+            exit: exit_rx,
+            control: instance::Control::Docker(Control {
+                docker: self.docker.clone(),
+                container,
+            }),
+        }))
+    }
+}
+
+/// The host address of the published port, and the container's own
+/// address on its network, from an inspection of the running container.
+/// Both are missing if it already stopped.
+fn published_addrs(info: &ContainerInspectResponse) -> (Option<SocketAddr>, Option<SocketAddr>) {
+    let settings = info.network_settings.as_ref();
+    let published = settings
+        .and_then(|s| s.ports.as_ref())
+        .and_then(|ports| ports.get(PORT_KEY))
+        .and_then(Option::as_ref)
+        .and_then(|bindings| {
+            bindings
+                .iter()
+                .find_map(|b| b.host_port.as_deref()?.parse::<u16>().ok())
+        })
+        .map(|port| SocketAddr::from(([127, 0, 0, 1], port)));
+    let direct = settings
+        .and_then(|s| s.networks.as_ref())
+        .and_then(|networks| {
+            networks
+                .values()
+                .find_map(|n| n.ip_address.as_deref()?.parse::<IpAddr>().ok())
+        })
+        .map(|ip| SocketAddr::new(ip, CONTAINER_PORT));
+    (published, direct)
+}
+
+/// Follows the container's output into its log until the container stops.
+async fn copy_logs(docker: Docker, container: String, mut log: LogWriter) {
+    let options = LogsOptionsBuilder::default()
+        .follow(true)
+        .stdout(true)
+        .stderr(true)
+        .build();
+    let mut output = docker.logs(&container, Some(options));
+    while let Some(frame) = output.next().await {
+        match frame {
+            Ok(frame) => log.write(&frame.into_bytes()).await,
+            Err(err) => {
+                tracing::debug!(%container, error = %err, "log stream ended");
+                break;
+            }
+        }
+    }
+}
+
+/// Waits for the container to stop and says how it ended. A wait that breaks
+/// off (the engine restarted, the connection dropped) is resumed after
+/// asking the engine directly.
+async fn wait_for_exit(docker: &Docker, container: &str) -> ExitInfo {
+    let mut failures = 0;
+    loop {
+        let options = WaitContainerOptionsBuilder::default()
+            .condition("not-running")
+            .build();
+        let waited = docker.wait_container(container, Some(options)).next().await;
+        let code = match waited {
+            Some(Ok(response)) => Some(response.status_code),
+            Some(Err(DockerError::DockerContainerWaitError { code, .. })) => Some(code),
+            Some(Err(DockerError::DockerResponseServerError {
+                status_code: 404, ..
+            })) => return removed(),
+            Some(Err(_)) | None => None,
+        };
+        if let Some(code) = code {
+            return exit_info(code, out_of_memory(docker, container).await);
+        }
+        match docker
+            .inspect_container(container, None::<InspectContainerOptions>)
+            .await
+        {
+            Ok(info) => {
+                let state = info.state.unwrap_or_default();
+                if state.running != Some(true) {
+                    return exit_info(
+                        state.exit_code.unwrap_or(-1),
+                        state.oom_killed == Some(true),
+                    );
+                }
+                failures = 0;
+            }
+            Err(DockerError::DockerResponseServerError {
+                status_code: 404, ..
+            }) => return removed(),
+            Err(err) => {
+                failures += 1;
+                if failures >= WAIT_MAX_FAILURES {
+                    return ExitInfo {
+                        code: None,
+                        description: format!("lost contact with the Docker engine: {err}"),
+                    };
+                }
+            }
+        }
+        tokio::time::sleep(WAIT_RETRY).await;
+    }
+}
+
+async fn out_of_memory(docker: &Docker, container: &str) -> bool {
+    docker
+        .inspect_container(container, None::<InspectContainerOptions>)
+        .await
+        .ok()
+        .and_then(|info| info.state?.oom_killed)
+        .unwrap_or(false)
+}
+
+fn exit_info(code: i64, out_of_memory: bool) -> ExitInfo {
+    let mut description = format!("exited with code {code}");
+    // Shells and Docker's init report death by signal N as 128 + N.
+    if let Some(signal) = code
+        .checked_sub(128)
+        .filter(|s| (1..=64).contains(s))
+        .and_then(|s| i32::try_from(s).ok())
+    {
+        match signal_name(signal) {
+            Some(name) => description.push_str(&format!(" (killed by signal {signal}, {name})")),
+            None => description.push_str(&format!(" (killed by signal {signal})")),
+        }
+    }
+    if out_of_memory {
+        description.push_str(", out of memory");
+    }
+    ExitInfo {
+        code: Some(code),
+        description,
+    }
+}
+
+fn removed() -> ExitInfo {
+    ExitInfo {
+        code: None,
+        description: "container removed".to_owned(),
+    }
+}
+
+async fn force_remove(docker: &Docker, container: &str) -> Result<(), DockerError> {
+    let options = RemoveContainerOptionsBuilder::default()
+        .force(true)
+        .v(true)
+        .build();
+    match docker.remove_container(container, Some(options)).await {
+        Ok(())
+        | Err(DockerError::DockerResponseServerError {
+            status_code: 404, ..
+        }) => Ok(()),
+        // 409: a removal is already in progress.
+        Err(DockerError::DockerResponseServerError {
+            status_code: 409, ..
+        }) => Ok(()),
+        Err(err) => Err(err),
+    }
+}
+
+/// How a container instance is stopped.
+pub(crate) struct Control {
+    docker: Docker,
+    container: String,
+}
+
+impl Control {
+    pub(crate) async fn stop(&self, instance: &Instance, grace: Duration) {
+        if instance.exit().is_none() {
+            let seconds = grace.as_secs_f64().ceil().min(MAX_GRACE_SECS as f64) as i32;
+            let options = StopContainerOptionsBuilder::default().t(seconds).build();
+            match self
+                .docker
+                .stop_container(&self.container, Some(options))
+                .await
+            {
+                Ok(())
+                | Err(DockerError::DockerResponseServerError {
+                    status_code: 304 | 404,
+                    ..
+                }) => {}
+                Err(err) => {
+                    tracing::warn!(container = %self.container, error = %err, "docker stop failed; removing the container by force");
+                }
+            }
+        }
+        if let Err(err) = force_remove(&self.docker, &self.container).await {
+            tracing::warn!(container = %self.container, error = %err, "cannot remove the container");
+        }
+        if tokio::time::timeout(EXIT_WAIT, instance.exited())
+            .await
+            .is_err()
+        {
+            tracing::warn!(container = %self.container, "container still not seen to exit after its removal");
+        }
+    }
+
+    /// The last handle was dropped without a stop: remove the container in
+    /// the background if a tokio runtime is still there to do it.
+    pub(crate) fn abandon(&self, id: &str) {
+        match tokio::runtime::Handle::try_current() {
+            Ok(runtime) => {
+                tracing::debug!(instance = id, container = %self.container, "instance handle dropped; removing its container");
+                let (docker, container) = (self.docker.clone(), self.container.clone());
+                runtime.spawn(async move {
+                    if let Err(err) = force_remove(&docker, &container).await {
+                        tracing::warn!(%container, error = %err, "cannot remove an abandoned container");
+                    }
+                });
+            }
+            Err(_) => tracing::warn!(
+                instance = id,
+                container = %self.container,
+                "instance handle dropped outside a tokio runtime; its container stays until DockerRuntime::remove_stale"
+            ),
+        }
+    }
+}
+
+/// Asks the engine for its API version over a plain HTTP/1.0 request on its
+/// socket: blocking, bounded, and without a tokio runtime.
+fn engine_api_version(socket: &str) -> Result<ClientVersion, String> {
+    let mut stream = UnixStream::connect(socket).map_err(|err| err.to_string())?;
+    stream
+        .set_read_timeout(Some(CONNECT_TIMEOUT))
+        .and_then(|()| stream.set_write_timeout(Some(CONNECT_TIMEOUT)))
+        .and_then(|()| stream.write_all(b"GET /version HTTP/1.0\r\nHost: docker\r\n\r\n"))
+        .map_err(|err| err.to_string())?;
+    let mut response = Vec::new();
+    // A version document is a few hundred bytes.
+    stream
+        .take(1024 * 1024)
+        .read_to_end(&mut response)
+        .map_err(|err| format!("no answer to GET /version: {err}"))?;
+    let response = String::from_utf8_lossy(&response);
+    let (head, body) = response
+        .split_once("\r\n\r\n")
+        .ok_or("malformed answer to GET /version")?;
+    let status = head.lines().next().unwrap_or_default();
+    if status.split_whitespace().nth(1) != Some("200") {
+        return Err(format!("GET /version answered `{status}`"));
+    }
+    let version: serde_json::Value =
+        serde_json::from_str(body).map_err(|err| format!("unreadable /version: {err}"))?;
+    let api = version
+        .get("ApiVersion")
+        .and_then(serde_json::Value::as_str)
+        .ok_or("/version has no ApiVersion")?;
+    parse_api_version(api).ok_or_else(|| format!("unreadable API version `{api}`"))
+}
+
+fn parse_api_version(text: &str) -> Option<ClientVersion> {
+    let (major, minor) = text.split_once('.')?;
+    Some(ClientVersion {
+        major_version: major.parse().ok()?,
+        minor_version: minor.parse().ok()?,
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn exit_codes_are_described() {
+        assert_eq!(exit_info(0, false).description, "exited with code 0");
+        assert_eq!(
+            exit_info(137, true).description,
+            "exited with code 137 (killed by signal 9, SIGKILL), out of memory"
+        );
+        assert_eq!(exit_info(3, false).code, Some(3));
+    }
+
+    #[test]
+    fn api_versions_are_parsed() {
+        let version = parse_api_version("1.41").expect("a version");
+        assert_eq!((version.major_version, version.minor_version), (1, 41));
+        assert!(parse_api_version("1").is_none());
+        assert!(parse_api_version("one.two").is_none());
+    }
+}

@@ -1,0 +1,229 @@
+//! [`Instance`]: the handle to one started instance, whatever runs it.
+//!
+//! The runtime's background task owns the running thing (the child process,
+//! or the wait on the container) and publishes its [`ExitInfo`] on a watch
+//! channel; handles only read that channel and know how to stop it. Handles
+//! are clones of one `Arc`; the background tasks hold none, so dropping the
+//! last handle is noticed (see [`Inner`]'s `Drop`).
+
+use std::fmt;
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Duration;
+
+use tokio::sync::{Mutex, watch};
+use tokio::time::Instant;
+
+use crate::probe::Prober;
+use crate::{ExitInfo, Probe, WAKE_ERROR_LOG_LINES, WakeError, docker, process, tail_lines};
+
+/// A started instance. Cheap to clone; all clones are the same instance.
+#[derive(Clone)]
+pub struct Instance {
+    inner: Arc<Inner>,
+}
+
+/// How to reach and stop the thing that runs.
+pub(crate) enum Control {
+    Process(process::Control),
+    Docker(docker::Control),
+}
+
+pub(crate) struct Inner {
+    id: String,
+    listen: bool,
+    addr: Option<SocketAddr>,
+    /// `addr` is a port published through Docker's proxy.
+    proxied: bool,
+    /// Where a TCP probe should connect first when that is not `addr`
+    /// (the container's own address behind Docker's port proxy).
+    direct_addr: Option<SocketAddr>,
+    log_path: PathBuf,
+    exit: watch::Receiver<Option<ExitInfo>>,
+    control: Control,
+    /// Set once a stop has completed; the lock makes concurrent stops wait
+    /// for the first.
+    stopped: Mutex<bool>,
+}
+
+pub(crate) struct Parts {
+    pub id: String,
+    pub listen: bool,
+    pub addr: Option<SocketAddr>,
+    pub proxied: bool,
+    pub direct_addr: Option<SocketAddr>,
+    pub log_path: PathBuf,
+    pub exit: watch::Receiver<Option<ExitInfo>>,
+    pub control: Control,
+}
+
+/// How often readiness is probed: cold starts are measured in tens of
+/// milliseconds, and a refused connect to a local port costs microseconds.
+pub(crate) const POLL_INTERVAL: Duration = Duration::from_millis(5);
+
+impl Instance {
+    pub(crate) fn new(parts: Parts) -> Self {
+        let Parts {
+            id,
+            listen,
+            addr,
+            proxied,
+            direct_addr,
+            log_path,
+            exit,
+            control,
+        } = parts;
+        Self {
+            inner: Arc::new(Inner {
+                id,
+                listen,
+                addr,
+                proxied,
+                direct_addr,
+                log_path,
+                exit,
+                control,
+                stopped: Mutex::new(false),
+            }),
+        }
+    }
+
+    /// The instance id it was started with.
+    pub fn id(&self) -> &str {
+        &self.inner.id
+    }
+
+    /// Host-side address the instance listens on (`127.0.0.1:<port>`);
+    /// `None` if it was started with `listen: false` (or, for a container,
+    /// if it died before its port could be read).
+    pub fn addr(&self) -> Option<SocketAddr> {
+        self.inner.addr
+    }
+
+    /// The log file its output is appended to.
+    pub fn log_path(&self) -> &std::path::Path {
+        &self.inner.log_path
+    }
+
+    /// `Some` once the instance has exited (within a second of the exit;
+    /// normally within milliseconds).
+    pub fn exit(&self) -> Option<ExitInfo> {
+        self.inner.exit.borrow().clone()
+    }
+
+    /// Completes when the instance has exited. Cancel-safe; any number of
+    /// tasks may wait.
+    pub async fn exited(&self) -> ExitInfo {
+        let mut exit = self.inner.exit.clone();
+        match exit.wait_for(Option::is_some).await {
+            Ok(info) => info.clone().unwrap_or_else(lost),
+            // The background task is gone without saying how it ended: it
+            // panicked, or the tokio runtime is shutting down.
+            Err(_) => lost(),
+        }
+    }
+
+    /// Waits until the instance accepts connections on its port
+    /// ([`Probe::Tcp`]) or answers the HTTP probe, polling every 5 ms.
+    /// Fails at once if the instance exits first, or after `timeout`; both
+    /// errors carry the last log lines. Returns how long it waited.
+    pub async fn wait_ready(
+        &self,
+        probe: &Probe,
+        timeout: Duration,
+    ) -> Result<Duration, WakeError> {
+        let started = Instant::now();
+        let deadline = started + timeout;
+        let Some(addr) = self.inner.addr else {
+            if self.inner.listen {
+                // A container that died before its port was known: its exit
+                // is on the way.
+                return match tokio::time::timeout_at(deadline, self.exited()).await {
+                    Ok(exit) => Err(self.exited_error(exit)),
+                    Err(_) => Err(self.timeout_error(timeout)),
+                };
+            }
+            return Err(WakeError::NoPort {
+                instance_id: self.inner.id.clone(),
+            });
+        };
+        let mut prober = Prober::new(probe, addr, self.inner.proxied, self.inner.direct_addr);
+        let probing = async {
+            loop {
+                if prober.is_ready(deadline).await {
+                    return;
+                }
+                tokio::time::sleep(POLL_INTERVAL).await;
+            }
+        };
+        tokio::select! {
+            biased;
+            exit = self.exited() => Err(self.exited_error(exit)),
+            () = probing => Ok(started.elapsed()),
+            () = tokio::time::sleep_until(deadline) => Err(self.timeout_error(timeout)),
+        }
+    }
+
+    /// Stops the instance: SIGTERM to its process group (process) or
+    /// `docker stop` (docker), a kill after `grace`, then removal of the
+    /// container. Idempotent; returns once it has exited (or it could not be
+    /// helped: errors are logged, there is nothing else to do with them).
+    pub async fn stop(&self, grace: Duration) {
+        let mut stopped = self.inner.stopped.lock().await;
+        if *stopped {
+            return;
+        }
+        match &self.inner.control {
+            Control::Process(control) => control.stop(self, grace).await,
+            Control::Docker(control) => control.stop(self, grace).await,
+        }
+        *stopped = true;
+    }
+
+    fn exited_error(&self, exit: ExitInfo) -> WakeError {
+        WakeError::Exited {
+            exit,
+            last_logs: tail_lines(&self.inner.log_path, WAKE_ERROR_LOG_LINES),
+        }
+    }
+
+    fn timeout_error(&self, after: Duration) -> WakeError {
+        WakeError::Timeout {
+            after,
+            last_logs: tail_lines(&self.inner.log_path, WAKE_ERROR_LOG_LINES),
+        }
+    }
+}
+
+fn lost() -> ExitInfo {
+    ExitInfo {
+        code: None,
+        description: "the runtime lost track of the instance".to_owned(),
+    }
+}
+
+impl Drop for Inner {
+    /// The last handle is gone: nobody can stop the instance any more, so
+    /// it is killed (and its container removed) now.
+    fn drop(&mut self) {
+        if *self.stopped.get_mut() {
+            return;
+        }
+        let exited = self.exit.borrow().is_some();
+        match &self.control {
+            Control::Process(control) => control.abandon(&self.id, exited),
+            Control::Docker(control) => control.abandon(&self.id),
+        }
+    }
+}
+
+impl fmt::Debug for Instance {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Instance")
+            .field("id", &self.inner.id)
+            .field("addr", &self.inner.addr)
+            .field("exit", &*self.inner.exit.borrow())
+            .finish_non_exhaustive()
+    }
+}

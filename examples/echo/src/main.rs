@@ -1,0 +1,281 @@
+//! `echo`: the smallest service Rouse can run, used by the runtime and
+//! end-to-end tests and as a template.
+//!
+//! It speaks the two contracts a Rouse service can choose:
+//!
+//! - **server mode** (default): HTTP/1.1 on `0.0.0.0:$PORT` (8080 without
+//!   `PORT`). `POST /` takes a Pub/Sub push envelope whose `message.data` is
+//!   the base64 of an Octue question (`{"kind":"question","input_values":…}`)
+//!   and answers `200 {"echo": <input_values>, "instance": "<name>"}`.
+//!   `GET /healthz` answers `200 ok`.
+//! - **job mode**: `echo --attributes <json> --input-values <json>` prints
+//!   `{"echo": <input_values>}` as one JSON line and exits 0.
+//!
+//! Inputs that make it misbehave on purpose, for tests: `{"sleep_ms": N}`
+//! answers after N ms, `{"fail": "msg"}` answers 500 with `msg`,
+//! `{"crash": true}` exits with code 3 without answering. In server mode,
+//! `ECHO_STARTUP_DELAY_MS` delays listening (to test readiness probes).
+//!
+//! Only std, serde_json and base64, so that it builds quickly and links
+//! statically into a `FROM scratch` image.
+
+use std::io::{BufRead, BufReader, Write};
+use std::net::{TcpListener, TcpStream};
+use std::time::Duration;
+
+use base64::Engine as _;
+use serde_json::{Value, json};
+
+/// Exit code of a deliberate crash, so tests can tell it from other failures.
+const CRASH_EXIT_CODE: i32 = 3;
+/// Largest request head or body accepted; a push envelope is far smaller.
+const MAX_REQUEST_BYTES: usize = 10 * 1024 * 1024;
+/// A client that sends nothing for this long is dropped, so that stuck
+/// connections do not pin threads forever.
+const READ_TIMEOUT: Duration = Duration::from_secs(30);
+
+fn main() {
+    let args: Vec<String> = std::env::args().skip(1).collect();
+    if args.iter().any(|a| a == "--input-values") {
+        std::process::exit(run_job(&args));
+    }
+    if let Err(err) = serve() {
+        eprintln!("echo: {err}");
+        std::process::exit(1);
+    }
+}
+
+/// Job mode: answer one question given on the command line and exit.
+fn run_job(args: &[String]) -> i32 {
+    let mut input_values = Value::Null;
+    let mut iter = args.iter();
+    while let Some(arg) = iter.next() {
+        let value = match arg.as_str() {
+            "--attributes" | "--input-values" => iter.next(),
+            other => {
+                eprintln!("echo: unexpected argument `{other}`");
+                return 2;
+            }
+        };
+        let Some(value) = value else {
+            eprintln!("echo: `{arg}` needs a JSON value");
+            return 2;
+        };
+        let parsed: Value = match serde_json::from_str(value) {
+            Ok(parsed) => parsed,
+            Err(err) => {
+                eprintln!("echo: `{arg}` is not JSON: {err}");
+                return 2;
+            }
+        };
+        if arg == "--input-values" {
+            input_values = parsed;
+        }
+    }
+    if input_values.get("crash") == Some(&Value::Bool(true)) {
+        eprintln!("echo: crashing as asked");
+        return CRASH_EXIT_CODE;
+    }
+    println!("{}", json!({ "echo": input_values }));
+    0
+}
+
+fn serve() -> Result<(), String> {
+    if let Some(delay) = std::env::var("ECHO_STARTUP_DELAY_MS")
+        .ok()
+        .and_then(|ms| ms.parse::<u64>().ok())
+    {
+        println!("echo: waiting {delay} ms before listening");
+        std::thread::sleep(Duration::from_millis(delay));
+    }
+    let port = match std::env::var("PORT") {
+        Ok(port) => port
+            .parse::<u16>()
+            .map_err(|_| format!("PORT `{port}` is not a port number"))?,
+        Err(_) => 8080,
+    };
+    let listener = TcpListener::bind(("0.0.0.0", port))
+        .map_err(|err| format!("cannot listen on 0.0.0.0:{port}: {err}"))?;
+    println!("echo: listening on 0.0.0.0:{port}");
+    let instance = instance_name();
+    for stream in listener.incoming() {
+        match stream {
+            Ok(stream) => {
+                let instance = instance.clone();
+                std::thread::spawn(move || handle(stream, &instance));
+            }
+            Err(err) => eprintln!("echo: accept failed: {err}"),
+        }
+    }
+    Ok(())
+}
+
+fn instance_name() -> String {
+    ["ROUSE_INSTANCE", "HOSTNAME"]
+        .iter()
+        .find_map(|name| std::env::var(name).ok().filter(|v| !v.is_empty()))
+        .or_else(|| {
+            std::fs::read_to_string("/etc/hostname")
+                .ok()
+                .map(|h| h.trim().to_owned())
+                .filter(|h| !h.is_empty())
+        })
+        .unwrap_or_else(|| format!("pid-{}", std::process::id()))
+}
+
+struct Response {
+    status: u16,
+    content_type: &'static str,
+    body: String,
+}
+
+impl Response {
+    fn text(status: u16, body: impl Into<String>) -> Self {
+        Self {
+            status,
+            content_type: "text/plain; charset=utf-8",
+            body: body.into(),
+        }
+    }
+}
+
+/// One request per connection, answered with `Connection: close`.
+fn handle(stream: TcpStream, instance: &str) {
+    // Best effort: without the timeout a silent client only costs a thread.
+    let _ = stream.set_read_timeout(Some(READ_TIMEOUT));
+    let mut reader = BufReader::new(&stream);
+    let response = match read_request(&mut reader) {
+        Ok((method, path, body)) => route(&method, &path, &body, instance),
+        Err(reason) => Response::text(400, reason),
+    };
+    let mut stream = &stream;
+    let head = format!(
+        "HTTP/1.1 {} {}\r\nContent-Type: {}\r\nContent-Length: {}\r\nConnection: close\r\n\r\n",
+        response.status,
+        reason_phrase(response.status),
+        response.content_type,
+        response.body.len(),
+    );
+    // The client may have gone; there is nobody to tell.
+    let _ = stream
+        .write_all(head.as_bytes())
+        .and_then(|()| stream.write_all(response.body.as_bytes()))
+        .and_then(|()| stream.flush());
+}
+
+fn read_request(reader: &mut impl BufRead) -> Result<(String, String, Vec<u8>), String> {
+    let mut line = String::new();
+    read_line(reader, &mut line)?;
+    let mut parts = line.split_whitespace();
+    let (Some(method), Some(target)) = (parts.next(), parts.next()) else {
+        return Err(format!("malformed request line `{}`", line.trim_end()));
+    };
+    let (method, path) = (method.to_owned(), target.to_owned());
+    let mut content_length = 0usize;
+    let mut head_bytes = line.len();
+    loop {
+        line.clear();
+        read_line(reader, &mut line)?;
+        head_bytes += line.len();
+        if head_bytes > MAX_REQUEST_BYTES {
+            return Err("request head too large".to_owned());
+        }
+        let header = line.trim_end();
+        if header.is_empty() {
+            break;
+        }
+        if let Some((name, value)) = header.split_once(':')
+            && name.trim().eq_ignore_ascii_case("content-length")
+        {
+            content_length = value
+                .trim()
+                .parse()
+                .map_err(|_| format!("bad Content-Length `{}`", value.trim()))?;
+        }
+    }
+    if content_length > MAX_REQUEST_BYTES {
+        return Err(format!("body of {content_length} bytes is too large"));
+    }
+    let mut body = vec![0; content_length];
+    reader
+        .read_exact(&mut body)
+        .map_err(|err| format!("cannot read body: {err}"))?;
+    Ok((method, path, body))
+}
+
+fn read_line(reader: &mut impl BufRead, line: &mut String) -> Result<(), String> {
+    match reader.read_line(line) {
+        Ok(0) => Err("connection closed before the request was complete".to_owned()),
+        Ok(_) => Ok(()),
+        Err(err) => Err(format!("cannot read request: {err}")),
+    }
+}
+
+fn route(method: &str, path: &str, body: &[u8], instance: &str) -> Response {
+    match (method, path) {
+        ("GET", "/healthz") => Response::text(200, "ok"),
+        ("POST", "/") => answer(body, instance),
+        (_, "/" | "/healthz") => Response::text(405, format!("{method} is not allowed on {path}")),
+        _ => Response::text(404, format!("no route for {path}")),
+    }
+}
+
+fn answer(body: &[u8], instance: &str) -> Response {
+    let input_values = match question_inputs(body) {
+        Ok(input_values) => input_values,
+        Err(reason) => return Response::text(400, reason),
+    };
+    if let Some(ms) = input_values.get("sleep_ms").and_then(Value::as_u64) {
+        std::thread::sleep(Duration::from_millis(ms));
+    }
+    if input_values.get("crash") == Some(&Value::Bool(true)) {
+        eprintln!("echo: crashing as asked");
+        std::process::exit(CRASH_EXIT_CODE);
+    }
+    if let Some(fail) = input_values.get("fail") {
+        let message = fail
+            .as_str()
+            .map_or_else(|| fail.to_string(), str::to_owned);
+        eprintln!("echo: failing as asked: {message}");
+        return Response::text(500, message);
+    }
+    println!("echo: answered a question");
+    Response {
+        status: 200,
+        content_type: "application/json",
+        body: json!({ "echo": input_values, "instance": instance }).to_string(),
+    }
+}
+
+/// The question's `input_values` out of a Pub/Sub push envelope.
+fn question_inputs(body: &[u8]) -> Result<Value, String> {
+    let envelope: Value =
+        serde_json::from_slice(body).map_err(|err| format!("envelope is not JSON: {err}"))?;
+    let data = envelope
+        .pointer("/message/data")
+        .and_then(Value::as_str)
+        .ok_or("envelope has no string `message.data`")?;
+    let data = base64::engine::general_purpose::STANDARD
+        .decode(data)
+        .map_err(|err| format!("`message.data` is not base64: {err}"))?;
+    let mut question: Value = serde_json::from_slice(&data)
+        .map_err(|err| format!("`message.data` is not JSON: {err}"))?;
+    if question.get("kind").and_then(Value::as_str) != Some("question") {
+        return Err("`message.data` is not a question (`kind` must be \"question\")".to_owned());
+    }
+    Ok(question
+        .get_mut("input_values")
+        .map(Value::take)
+        .unwrap_or(Value::Null))
+}
+
+fn reason_phrase(status: u16) -> &'static str {
+    match status {
+        200 => "OK",
+        400 => "Bad Request",
+        404 => "Not Found",
+        405 => "Method Not Allowed",
+        500 => "Internal Server Error",
+        _ => "",
+    }
+}
