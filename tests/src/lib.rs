@@ -324,10 +324,15 @@ impl Server {
 }
 
 impl Drop for Server {
+    /// A graceful stop, so that the server stops its instances; SIGKILL
+    /// only if it does not exit in time.
     fn drop(&mut self) {
         if let Ok(None) = self.child.try_wait() {
-            let _ = self.child.kill();
-            let _ = self.child.wait();
+            signal(self.child.id(), "TERM", false);
+            if wait_for(&mut self.child, STOP_GRACE).is_none() {
+                let _ = self.child.kill();
+                let _ = self.child.wait();
+            }
         }
     }
 }
@@ -338,3 +343,16 @@ fn field(line: &str, key: &str) -> Option<String> {
     let rest = &line[start..];
     Some(rest.split_whitespace().next()?.to_owned())
 }
+
+/// A binary of the workspace built for this test run (`echo`, …).
+pub fn workspace_bin(name: &str) -> PathBuf {
+    let bin = rouse_bin().with_file_name(name);
+    assert!(
+        bin.exists(),
+        "{} does not exist: build the workspace first with `cargo build --workspace --all-targets` (`just test` does)",
+        bin.display()
+    );
+    bin
+}
+
+pub mod asker;

@@ -149,14 +149,11 @@ impl DockerRuntime {
                 target: format!("containers labelled {target}"),
                 source,
             })?;
-        let owner_matches = |labels: Option<&HashMap<String, String>>| {
-            self.owner.is_some() || labels.is_none_or(|labels| !labels.contains_key(OWNER_LABEL))
-        };
         let mut removed = 0;
         let mut first_error = None;
         for id in containers
             .into_iter()
-            .filter(|c| owner_matches(c.labels.as_ref()))
+            .filter(|c| owned_by(c.labels.as_ref(), self.owner.as_deref()))
             .filter_map(|c| c.id)
         {
             match force_remove(&self.docker, &id).await {
@@ -313,6 +310,14 @@ impl Runtime for DockerRuntime {
             }),
         }))
     }
+}
+
+/// Whether a container's labels name `owner` (`None`: no owner label).
+fn owned_by(labels: Option<&HashMap<String, String>>, owner: Option<&str>) -> bool {
+    labels
+        .and_then(|labels| labels.get(OWNER_LABEL))
+        .map(String::as_str)
+        == owner
 }
 
 /// The host address of the published port, and the container's own
@@ -579,6 +584,18 @@ mod tests {
             "exited with code 137 (killed by signal 9, SIGKILL), out of memory"
         );
         assert_eq!(exit_info(3, false).code, Some(3));
+    }
+
+    #[test]
+    fn runtimes_own_only_their_containers() {
+        let owned = HashMap::from([(OWNER_LABEL.to_owned(), "a".to_owned())]);
+        let unowned = HashMap::from([(MANAGED_BY_LABEL.to_owned(), MANAGED_BY.to_owned())]);
+        assert!(owned_by(Some(&owned), Some("a")));
+        assert!(!owned_by(Some(&owned), Some("b")));
+        assert!(!owned_by(Some(&owned), None));
+        assert!(owned_by(Some(&unowned), None));
+        assert!(owned_by(None, None));
+        assert!(!owned_by(Some(&unowned), Some("a")));
     }
 
     #[test]

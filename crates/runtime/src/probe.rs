@@ -3,10 +3,12 @@
 //! A TCP probe through Docker's userland port proxy cannot be a plain
 //! connect: the proxy accepts every connection on the host port and closes
 //! it only after failing to reach the container. So for containers the TCP
-//! probe connects to the container's own address when the host can reach it
-//! (a refusal there is definite), and otherwise connects through the proxy
-//! and counts the connection only if it survives a short read window. HTTP
-//! probes always go through `addr`: a response proves the whole path.
+//! probe first connects to the container's own address, which is exact where
+//! the host can reach it (rootful Linux engines). Where it cannot (Docker
+//! Desktop, rootless engines, filtered bridges), a connection through the
+//! proxy counts only if it survives a short read window, several attempts in
+//! a row, so that one slow close under load is not taken for readiness.
+//! HTTP probes always go through `addr`: a response proves the whole path.
 
 use std::net::SocketAddr;
 use std::time::Duration;
@@ -24,6 +26,9 @@ const DIRECT_CONNECT_TIMEOUT: Duration = Duration::from_millis(100);
 /// How long a connection through Docker's proxy must stay open to count:
 /// the proxy closes it well within a millisecond when the container refuses.
 const PROXY_READ_WINDOW: Duration = Duration::from_millis(10);
+/// How many attempts in a row a proxied connection must survive when the
+/// container's own address gave no answer to trust.
+const PROXY_CONFIRMATIONS: u32 = 3;
 /// Longest single attempt, so that one stuck connection does not hold up
 /// the next poll for long.
 const ATTEMPT_TIMEOUT: Duration = Duration::from_secs(1);
@@ -39,6 +44,8 @@ enum Kind {
         direct: Option<SocketAddr>,
         /// Connections to `addr` pass a proxy (containers).
         proxied: bool,
+        /// Proxied connections that survived the window, in a row.
+        survived: u32,
     },
     /// The whole request, formatted once.
     Http(Vec<u8>),
@@ -54,7 +61,11 @@ impl Prober {
         direct: Option<SocketAddr>,
     ) -> Self {
         let kind = match probe {
-            Probe::Tcp => Kind::Tcp { direct, proxied },
+            Probe::Tcp => Kind::Tcp {
+                direct,
+                proxied,
+                survived: 0,
+            },
             Probe::Http(path) => {
                 let path = if path.starts_with('/') {
                     path.clone()
@@ -82,15 +93,19 @@ impl Prober {
 
     async fn attempt(&mut self) -> bool {
         match &mut self.kind {
-            Kind::Tcp { direct, proxied } => {
+            Kind::Tcp {
+                direct,
+                proxied,
+                survived,
+            } => {
                 if let Some(target) = *direct {
                     match tokio::time::timeout(DIRECT_CONNECT_TIMEOUT, TcpStream::connect(target))
                         .await
                     {
                         Ok(Ok(_)) => return true,
-                        Ok(Err(err)) if err.kind() == std::io::ErrorKind::ConnectionRefused => {
-                            return false;
-                        }
+                        // Normally "not listening yet"; but a filter can
+                        // refuse too, so the proxy gets asked as well.
+                        Ok(Err(err)) if err.kind() == std::io::ErrorKind::ConnectionRefused => {}
                         Ok(Err(_)) | Err(_) => {
                             tracing::debug!(%target, "container address unreachable; probing through the published port");
                             *direct = None;
@@ -98,19 +113,23 @@ impl Prober {
                     }
                 }
                 let Ok(mut stream) = TcpStream::connect(self.addr).await else {
+                    *survived = 0;
                     return false;
                 };
                 if !*proxied {
                     return true;
                 }
                 let mut byte = [0u8; 1];
-                match tokio::time::timeout(PROXY_READ_WINDOW, stream.read(&mut byte)).await {
-                    // Still open: the proxy reached the instance.
-                    Err(_) => true,
-                    // The instance spoke first.
-                    Ok(Ok(n)) => n > 0,
-                    Ok(Err(_)) => false,
-                }
+                let open =
+                    match tokio::time::timeout(PROXY_READ_WINDOW, stream.read(&mut byte)).await {
+                        // Still open: the proxy seems to have reached the instance.
+                        Err(_) => true,
+                        // The instance spoke first.
+                        Ok(Ok(n)) => n > 0,
+                        Ok(Err(_)) => false,
+                    };
+                *survived = if open { *survived + 1 } else { 0 };
+                *survived >= PROXY_CONFIRMATIONS
             }
             Kind::Http(request) => http_status_below_500(self.addr, request).await,
         }
@@ -150,6 +169,57 @@ fn parse_status(head: &[u8; 12]) -> Option<u16> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// A stand-in for Docker's port proxy: accepts every connection, then
+    /// closes it at once (nothing behind it) or holds it (a server behind).
+    async fn proxy(backend_up: bool) -> SocketAddr {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+            .await
+            .expect("bind");
+        let addr = listener.local_addr().expect("address");
+        tokio::spawn(async move {
+            let mut held = Vec::new();
+            while let Ok((stream, _)) = listener.accept().await {
+                if backend_up {
+                    held.push(stream);
+                }
+            }
+        });
+        addr
+    }
+
+    #[tokio::test]
+    async fn tcp_probes_through_a_proxy_are_not_fooled_by_its_accept() {
+        // TEST-NET-1: never routed, so the direct attempt fails, times out or
+        // is refused by a filter, and the proxied port decides.
+        let unreachable = Some(SocketAddr::from(([192, 0, 2, 1], 8080)));
+        let deadline = Instant::now() + Duration::from_secs(5);
+
+        let mut down = Prober::new(&Probe::Tcp, proxy(false).await, true, unreachable);
+        for _ in 0..2 * PROXY_CONFIRMATIONS {
+            assert!(!down.is_ready(deadline).await);
+        }
+
+        let mut up = Prober::new(&Probe::Tcp, proxy(true).await, true, unreachable);
+        for _ in 1..PROXY_CONFIRMATIONS {
+            assert!(!up.is_ready(deadline).await, "confirmed too early");
+        }
+        assert!(up.is_ready(deadline).await);
+    }
+
+    #[tokio::test]
+    async fn tcp_probes_connect_directly_when_they_can() {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+            .await
+            .expect("bind");
+        let direct = listener.local_addr().expect("address");
+        let deadline = Instant::now() + Duration::from_secs(5);
+        // The proxy would say no; the direct address decides.
+        let mut prober = Prober::new(&Probe::Tcp, proxy(false).await, true, Some(direct));
+        assert!(prober.is_ready(deadline).await);
+        drop(listener);
+        assert!(!prober.is_ready(deadline).await);
+    }
 
     #[test]
     fn status_lines_are_parsed() {

@@ -31,12 +31,12 @@ const LOG_DRAIN_TIMEOUT: Duration = Duration::from_millis(250);
 const KILL_WAIT: Duration = Duration::from_secs(5);
 
 /// Runs instances as host processes. Runs [`Source::Command`] only.
-#[derive(Debug, Default, Clone)]
-pub struct ProcessRuntime {}
+#[derive(Debug, Default, Clone, Copy)]
+pub struct ProcessRuntime;
 
 impl ProcessRuntime {
     pub fn new() -> Self {
-        Self {}
+        Self
     }
 }
 

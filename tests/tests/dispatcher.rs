@@ -1,0 +1,389 @@
+//! End-to-end: the dispatcher on the real emulator, with the real binary and
+//! real instances (the `echo` example under the process runtime).
+
+use std::collections::{HashMap, HashSet};
+use std::time::Duration;
+
+use rouse_tests::asker::{ASKER, Asker, question_attributes};
+use rouse_tests::{Emulator, Server, workspace_bin};
+use serde_json::{Value, json};
+
+const NETWORK: &str = "octue.services";
+const ANSWER: Duration = Duration::from_secs(60);
+
+struct Platform {
+    emulator: Emulator,
+    server: Server,
+    data: tempfile::TempDir,
+}
+
+fn platform(extra: &[&str]) -> Platform {
+    let emulator = Emulator::start();
+    let data = tempfile::tempdir().expect("tempdir");
+    let server = Server::start(&emulator, data.path(), extra);
+    Platform {
+        emulator,
+        server,
+        data,
+    }
+}
+
+/// Creates service `name` in project `p` with `settings`, and an echo revision
+/// (`revision` adds flags). Returns the service's JSON.
+fn echo_service(server: &Server, name: &str, settings: &[&str], revision: &[&str]) -> Value {
+    let created = server
+        .rouse(&["services", "create", name, "--project", "p", "--format", "json"])
+        .json();
+    if !settings.is_empty() {
+        let mut args = vec!["services", "update", name, "--project", "p"];
+        args.extend_from_slice(settings);
+        server.rouse(&args).ok();
+    }
+    let echo = workspace_bin("echo");
+    let mut args = vec![
+        "revisions",
+        "create",
+        name,
+        "--project",
+        "p",
+        "--command",
+        echo.to_str().expect("utf-8 path"),
+        "--workdir",
+        "/tmp",
+    ];
+    args.extend_from_slice(revision);
+    server.rouse(&args).ok();
+    created
+}
+
+fn topic(service: &Value) -> String {
+    service["topic"].as_str().expect("topic").to_owned()
+}
+
+fn execution(server: &Server, id: &str) -> Value {
+    server.rouse(&["executions", "get", id, "--format", "json"]).json()
+}
+
+#[tokio::test]
+async fn cold_start_warm_path_and_scale_to_zero() {
+    let p = platform(&[]);
+    let svc = echo_service(&p.server, "echo", &["--idle-timeout", "2s"], &[]);
+    let mut asker = Asker::new(p.emulator.host(), NETWORK).await;
+
+    let q1 = asker.ask(&topic(&svc), "p/echo", json!({"n": 1})).await;
+    let a1 = asker.answer(&q1, ANSWER).await;
+    assert_eq!(a1.kind, "result", "{:?}", a1.data);
+    assert_eq!(a1.data["output_values"]["echo"], json!({"n": 1}));
+    // Replies carry exactly the protocol's attributes.
+    let attrs = &a1.attributes;
+    assert_eq!(attrs["sender_type"], "CHILD");
+    assert_eq!(attrs["recipient"], ASKER);
+    assert_eq!(attrs["sender"], "p/echo:echo-00001");
+    assert_eq!(attrs["question_uuid"], q1);
+    assert_eq!(attrs["retry_count"], "0");
+    assert!(attrs["datetime"].ends_with("+00:00"), "{}", attrs["datetime"]);
+    assert_ne!(attrs["uuid"], q1);
+    let kinds: Vec<_> = asker.events_after(&q1, Duration::ZERO).await.iter().map(|e| e.kind.clone()).collect();
+    assert_eq!(kinds.first().map(String::as_str), Some("delivery_acknowledgement"), "{kinds:?}");
+
+    let e1 = execution(&p.server, &q1);
+    assert_eq!(e1["status"], "succeeded");
+    assert_eq!(e1["cold_start"], true);
+    let first_instance = a1.data["output_values"]["instance"].clone();
+
+    // Warm: the same instance answers, no cold start.
+    let q2 = asker.ask(&topic(&svc), "p/echo", json!(2)).await;
+    let a2 = asker.answer(&q2, ANSWER).await;
+    assert_eq!(a2.data["output_values"]["instance"], first_instance);
+    assert_eq!(execution(&p.server, &q2)["cold_start"], false);
+
+    // Idle for longer than idle_timeout: the instance is stopped, the next
+    // question wakes a new one.
+    tokio::time::sleep(Duration::from_secs(4)).await;
+    assert!(p.server.log().contains("stopping idle instance"), "{}", p.server.log());
+    let q3 = asker.ask(&topic(&svc), "p/echo", json!(3)).await;
+    let a3 = asker.answer(&q3, ANSWER).await;
+    assert_ne!(a3.data["output_values"]["instance"], first_instance);
+    assert_eq!(execution(&p.server, &q3)["cold_start"], true);
+}
+
+#[tokio::test]
+async fn min_instances_keeps_one_warm() {
+    let p = platform(&[]);
+    let svc = echo_service(&p.server, "warm", &["--idle-timeout", "1s", "--min-instances", "1"], &[]);
+    let mut asker = Asker::new(p.emulator.host(), NETWORK).await;
+    // Well past the idle timeout: the one warm instance is still there.
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    let q = asker.ask(&topic(&svc), "p/warm", json!(1)).await;
+    assert_eq!(asker.answer(&q, ANSWER).await.kind, "result");
+    assert_eq!(execution(&p.server, &q)["cold_start"], false, "min_instances=1 keeps one warm");
+}
+
+/// Largest number of intervals of one instance open at once.
+fn max_overlap(intervals: &[(String, String)]) -> usize {
+    let mut points: Vec<(&str, i32)> = Vec::new();
+    for (start, end) in intervals {
+        points.push((start, 1));
+        points.push((end, -1));
+    }
+    // RFC 3339 with fixed precision sorts as text; ends before starts at a tie.
+    points.sort();
+    let (mut open, mut max) = (0i32, 0i32);
+    for (_, d) in points {
+        open += d;
+        max = max.max(open);
+    }
+    usize::try_from(max).unwrap_or(0)
+}
+
+#[tokio::test]
+async fn burst_respects_concurrency_and_max_instances() {
+    let p = platform(&[]);
+    let svc = echo_service(
+        &p.server,
+        "burst",
+        &["--max-instances", "3", "--concurrency", "2", "--idle-timeout", "30s"],
+        &[],
+    );
+    let mut asker = Asker::new(p.emulator.host(), NETWORK).await;
+    let mut questions = Vec::new();
+    for i in 0..50 {
+        questions.push(asker.ask(&topic(&svc), "p/burst", json!({"sleep_ms": 100, "i": i})).await);
+    }
+    let mut instances = HashSet::new();
+    for (i, q) in questions.iter().enumerate() {
+        let a = asker.answer(q, ANSWER).await;
+        assert_eq!(a.kind, "result", "{:?}", a.data);
+        assert_eq!(a.data["output_values"]["echo"]["i"], i);
+        instances.insert(a.data["output_values"]["instance"].as_str().unwrap_or_default().to_owned());
+    }
+    assert!(instances.len() <= 3, "max_instances=3 but {} instances answered", instances.len());
+    assert!(instances.len() >= 2, "a burst of 50 should scale out, got {instances:?}");
+
+    let mut per_instance: HashMap<String, Vec<(String, String)>> = HashMap::new();
+    for q in &questions {
+        let e = execution(&p.server, q);
+        per_instance
+            .entry(e["instance"].as_str().unwrap_or_default().to_owned())
+            .or_default()
+            .push((
+                e["deliver_time"].as_str().unwrap_or_default().to_owned(),
+                e["finish_time"].as_str().unwrap_or_default().to_owned(),
+            ));
+    }
+    for (instance, intervals) in &per_instance {
+        let overlap = max_overlap(intervals);
+        assert!(overlap <= 2, "{instance} ran {overlap} questions at once with concurrency=2");
+    }
+}
+
+#[tokio::test]
+async fn job_mode_runs_one_instance_per_question() {
+    let p = platform(&[]);
+    let svc = echo_service(&p.server, "job", &[], &["--mode", "job"]);
+    let mut asker = Asker::new(p.emulator.host(), NETWORK).await;
+    let q = asker.ask(&topic(&svc), "p/job", json!({"x": [1, 2]})).await;
+    let a = asker.answer(&q, ANSWER).await;
+    assert_eq!(a.kind, "result", "{:?}", a.data);
+    assert_eq!(a.data["output_values"]["echo"], json!({"x": [1, 2]}));
+    let q = asker.ask(&topic(&svc), "p/job", json!({"crash": true})).await;
+    let a = asker.answer(&q, ANSWER).await;
+    assert_eq!(a.kind, "exception");
+    assert!(a.data["exception_message"].as_str().unwrap_or_default().contains("exited with code 3"), "{:?}", a.data);
+}
+
+#[tokio::test]
+async fn network_topic_questions_are_routed_by_recipient() {
+    let p = platform(&[]);
+    echo_service(&p.server, "routed", &[], &[]);
+    let mut asker = Asker::new(p.emulator.host(), NETWORK).await;
+    for recipient in ["p/routed", "p/routed:latest", "p/routed:routed-00001"] {
+        let q = asker.ask(NETWORK, recipient, json!(recipient)).await;
+        let a = asker.answer(&q, ANSWER).await;
+        assert_eq!(a.kind, "result", "{recipient}: {:?}", a.data);
+        assert_eq!(a.data["output_values"]["echo"], json!(recipient));
+    }
+    for (recipient, needle) in [
+        ("p/routed:routed-00009", "no revision tagged `routed-00009`"),
+        ("p/nobody", "no service `p/nobody`"),
+    ] {
+        let q = asker.ask(NETWORK, recipient, json!(1)).await;
+        let a = asker.answer(&q, ANSWER).await;
+        assert_eq!(a.kind, "exception", "{recipient}");
+        let msg = a.data["exception_message"].as_str().unwrap_or_default();
+        assert!(msg.contains(needle), "{recipient}: {msg}");
+    }
+}
+
+#[tokio::test]
+async fn the_same_question_three_times_runs_once() {
+    let p = platform(&[]);
+    let svc = echo_service(&p.server, "dedup", &[], &[]);
+    let mut asker = Asker::new(p.emulator.host(), NETWORK).await;
+    let q = uuid::Uuid::new_v4().to_string();
+    let attrs = question_attributes(&q, "p/dedup");
+    for _ in 0..3 {
+        asker
+            .publish(&topic(&svc), attrs.clone(), json!({"kind": "question", "input_values": "once"}))
+            .await;
+    }
+    asker.answer(&q, ANSWER).await;
+    let events = asker.events_after(&q, Duration::from_secs(2)).await;
+    let results = events.iter().filter(|e| e.kind == "result").count();
+    assert_eq!(results, 1, "{events:?}");
+    let listed = p.server.rouse(&["executions", "list", "--format", "json"]).json();
+    assert_eq!(listed.as_array().map(Vec::len), Some(1), "{listed}");
+    let log = p.server.rouse(&["logs", "dedup", "--project", "p"]);
+    assert_eq!(log.ok().matches("answered a question").count(), 1, "{}", log.stdout);
+}
+
+#[tokio::test]
+async fn malformed_questions_get_exceptions_and_the_dispatcher_goes_on() {
+    let p = platform(&[]);
+    let svc = echo_service(&p.server, "strict", &[], &[]);
+    let mut asker = Asker::new(p.emulator.host(), NETWORK).await;
+    let cases: [(&str, Box<dyn Fn(&mut std::collections::BTreeMap<String, String>)>, Value, &str); 3] = [
+        ("not json", Box::new(|_| {}), Value::Null, "not UTF-8 JSON"),
+        ("no retry_count", Box::new(|a| {
+            a.remove("retry_count");
+        }), json!({"kind": "question"}), "`retry_count` is missing"),
+        ("bad forward_logs", Box::new(|a| {
+            a.insert("forward_logs".into(), "maybe".into());
+        }), json!({"kind": "question"}), "`forward_logs` is `maybe`"),
+    ];
+    for (name, edit, data, needle) in cases {
+        let q = uuid::Uuid::new_v4().to_string();
+        let mut attrs = question_attributes(&q, "p/strict");
+        edit(&mut attrs);
+        if data.is_null() {
+            // Raw bytes that are not JSON.
+            let publisher = asker.pubsub.publisher(&topic(&svc)).await.expect("publisher");
+            publisher
+                .publish(rouse_pubsub::Outgoing {
+                    data: b"{not json".to_vec(),
+                    attributes: attrs,
+                    ordering_key: q.clone(),
+                })
+                .await
+                .expect("publish");
+        } else {
+            asker.publish(&topic(&svc), attrs, data).await;
+        }
+        let a = asker.answer(&q, ANSWER).await;
+        assert_eq!(a.kind, "exception", "{name}");
+        let msg = a.data["exception_message"].as_str().unwrap_or_default();
+        assert!(msg.contains(needle), "{name}: {msg}");
+        assert_eq!(execution(&p.server, &q)["status"], "failed", "{name}");
+    }
+    // An unaddressable message (no sender) becomes a dead letter, silently.
+    let mut attrs = question_attributes("x", "p/strict");
+    attrs.remove("sender");
+    asker.publish(&topic(&svc), attrs, json!({"kind": "question"})).await;
+    // And the next good question is answered.
+    let q = asker.ask(&topic(&svc), "p/strict", json!("fine")).await;
+    assert_eq!(asker.answer(&q, ANSWER).await.kind, "result");
+}
+
+#[tokio::test]
+async fn failures_end_as_exceptions_with_a_reason() {
+    let p = platform(&[]);
+    let svc = echo_service(&p.server, "fragile", &["--request-timeout", "2s"], &[]);
+    let mut asker = Asker::new(p.emulator.host(), NETWORK).await;
+    for (input, kind, needle) in [
+        (json!({"fail": "boom"}), "ServiceError", "boom"),
+        (json!({"sleep_ms": 5000}), "QuestionTimeout", "request timeout"),
+        (json!({"crash": true}), "ServiceCrashed", "crashing as asked"),
+    ] {
+        let q = asker.ask(&topic(&svc), "p/fragile", input.clone()).await;
+        let a = asker.answer(&q, ANSWER).await;
+        assert_eq!(a.kind, "exception", "{input}");
+        assert_eq!(a.data["exception_type"], kind, "{input}: {:?}", a.data);
+        let msg = a.data["exception_message"].as_str().unwrap_or_default();
+        assert!(msg.contains(needle), "{input}: {msg}");
+        assert!(a.data["exception_traceback"].is_array());
+    }
+
+    // A command that exits at once, and one that never becomes ready.
+    let dead = p.server.rouse(&["services", "create", "dead", "--project", "p", "--format", "json"]).json();
+    p.server
+        .rouse(&["revisions", "create", "dead", "--project", "p", "--command", "sh -c 'echo bye; exit 7'", "--workdir", "/tmp"])
+        .ok();
+    let q = asker.ask(&topic(&dead), "p/dead", json!(1)).await;
+    let a = asker.answer(&q, ANSWER).await;
+    assert_eq!(a.data["exception_type"], "ServiceWakeFailed", "{:?}", a.data);
+    assert!(a.data["exception_message"].as_str().unwrap_or_default().contains("bye"), "{:?}", a.data);
+
+    let slow = echo_service(&p.server, "slow", &["--wake-timeout", "2s", "--env", "ECHO_STARTUP_DELAY_MS=60000"], &[]);
+    let q = asker.ask(&topic(&slow), "p/slow", json!(1)).await;
+    let a = asker.answer(&q, ANSWER).await;
+    assert_eq!(a.data["exception_type"], "ServiceWakeFailed", "{:?}", a.data);
+
+    // A service without a revision.
+    let bare = p.server.rouse(&["services", "create", "bare", "--project", "p", "--format", "json"]).json();
+    let q = asker.ask(&topic(&bare), "p/bare", json!(1)).await;
+    let a = asker.answer(&q, ANSWER).await;
+    assert_eq!(a.data["exception_type"], "ServiceNotDeployed", "{:?}", a.data);
+    assert!(a.data["exception_message"].as_str().unwrap_or_default().contains("rouse revisions create"));
+}
+
+#[tokio::test]
+async fn heartbeats_flow_while_a_question_runs_and_cancel_stops_it() {
+    let p = platform(&["--heartbeat-interval", "1s"]);
+    let svc = echo_service(&p.server, "beat", &[], &[]);
+    let mut asker = Asker::new(p.emulator.host(), NETWORK).await;
+    let q = asker.ask(&topic(&svc), "p/beat", json!({"sleep_ms": 2500})).await;
+    let a = asker.answer(&q, ANSWER).await;
+    assert_eq!(a.kind, "result");
+    let events = asker.events_after(&q, Duration::ZERO).await;
+    let beats = events.iter().filter(|e| e.kind == "heartbeat" && e.received < a.received).count();
+    assert!(beats >= 1, "no heartbeat during a 2.5 s run: {events:?}");
+
+    let q = asker.ask(&topic(&svc), "p/beat", json!({"sleep_ms": 30000})).await;
+    tokio::time::sleep(Duration::from_millis(800)).await;
+    p.server.rouse(&["executions", "cancel", &q]).ok();
+    let a = asker.answer(&q, ANSWER).await;
+    assert_eq!(a.data["exception_type"], "QuestionCancelled", "{:?}", a.data);
+    assert_eq!(execution(&p.server, &q)["status"], "cancelled");
+    let again = p.server.rouse(&["executions", "cancel", &q]);
+    assert_eq!(again.code, 1, "{again:?}");
+    assert!(again.stderr.contains("already been cancelled"), "{}", again.stderr);
+}
+
+#[tokio::test]
+async fn kill_9_with_questions_in_flight_loses_none_and_answers_each_once() {
+    let p = platform(&[]);
+    let svc = echo_service(&p.server, "durable", &["--max-instances", "2"], &[]);
+    let mut asker = Asker::new(p.emulator.host(), NETWORK).await;
+    let mut questions = Vec::new();
+    for i in 0..20 {
+        questions.push(asker.ask(&topic(&svc), "p/durable", json!({"sleep_ms": 200, "i": i})).await);
+    }
+    // Some are answered, some run, most are queued: crash.
+    tokio::time::sleep(Duration::from_millis(1200)).await;
+    let Platform {
+        emulator,
+        server,
+        data,
+    } = p;
+    server.kill9();
+    let server = Server::start(&emulator, data.path(), &[]);
+    for q in &questions {
+        let a = asker.answer(q, Duration::from_secs(120)).await;
+        assert_eq!(a.kind, "result", "{q}: {:?}", a.data);
+    }
+    // Exactly one result each, even for those running at the crash.
+    let all = asker.all().clone();
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    let all_later = asker.all().clone();
+    for q in &questions {
+        let uuids: HashSet<_> = all_later[q]
+            .iter()
+            .filter(|e| e.kind == "result")
+            .map(|e| e.attributes["uuid"].clone())
+            .collect();
+        assert_eq!(uuids.len(), 1, "{q}: {:?}", all[q]);
+    }
+    assert!(server.log().contains("resuming unfinished executions"), "{}", server.log());
+    drop(data);
+}
+
