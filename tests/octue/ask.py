@@ -39,9 +39,9 @@ import uuid
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 
-# Where the recovered service-communication schema lives on the build machines;
+# The recovered service-communication schema, kept beside this script;
 # override with --schema or ROUSE_OCTUE_SCHEMA.
-DEFAULT_SCHEMA_PATH = "/work/shared/octue/service-communication-0.15.0.json"
+DEFAULT_SCHEMA_PATH = os.path.join(os.path.dirname(os.path.abspath(__file__)), "service-communication-0.15.0.json")
 
 # Octue's own default for an asker that is not itself a service revision
 # (`Child(internal_sruid="local/local:local")`); the CLI uses it too.

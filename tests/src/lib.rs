@@ -13,6 +13,7 @@ use std::io::{BufRead, BufReader};
 use std::net::{SocketAddr, TcpListener, TcpStream};
 use std::os::unix::process::CommandExt as _;
 use std::path::{Path, PathBuf};
+
 use std::process::{Child, Command, ExitStatus, Stdio};
 use std::sync::mpsc;
 use std::sync::{Arc, Mutex};
@@ -160,13 +161,14 @@ pub fn rouse_bin() -> PathBuf {
     if let Some(p) = std::env::var_os("ROUSE_BIN") {
         return PathBuf::from(p);
     }
-    // Test executables live in target/<profile>/deps; the binary one level up.
+    // Test executables live in target/<profile>/deps, the binaries one level
+    // up; the bench binary lives beside them.
     let exe = std::env::current_exe().expect("current exe");
-    let bin = exe
-        .parent()
-        .and_then(Path::parent)
-        .map(|d| d.join("rouse"))
-        .expect("target directory");
+    let mut dir = exe.parent().expect("target directory");
+    if dir.ends_with("deps") {
+        dir = dir.parent().expect("target directory");
+    }
+    let bin = dir.join("rouse");
     assert!(
         bin.exists(),
         "{} does not exist: build it first with `cargo build -p rouse-cli` (`just test` does)",

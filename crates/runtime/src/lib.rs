@@ -29,7 +29,9 @@ use std::collections::BTreeMap;
 use std::path::PathBuf;
 use std::time::Duration;
 
-pub use docker::DockerRuntime;
+pub use docker::{
+    CONTAINER_PORT, DockerRuntime, INSTANCE_LABEL, MANAGED_BY, MANAGED_BY_LABEL, OWNER_LABEL,
+};
 pub use instance::Instance;
 pub use logs::tail_lines;
 pub use process::ProcessRuntime;
