@@ -10,6 +10,11 @@ default:
 # Check (and install where possible) what building and testing need.
 setup:
     .ci/setup
+    .ci/octue-venv >/dev/null
+
+# The echo example as a static binary, for `FROM scratch` test images.
+static-echo:
+    RUSTFLAGS="-C target-feature=+crt-static" cargo build --locked --release -p rouse-example-echo --target x86_64-unknown-linux-gnu
 
 # Build everything once (debug), tests included.
 build:
@@ -21,12 +26,17 @@ lint:
     cargo clippy --workspace --all-targets --locked -- -D warnings
 
 # Every test: unit, integration and end-to-end (the real emulator, the real binary).
-test: setup lint build
+test: setup lint build static-echo
     if cargo nextest --version >/dev/null 2>&1; then \
         cargo nextest run --workspace --locked --no-fail-fast; \
     else \
         cargo test --workspace --locked --no-fail-fast; \
     fi
+
+# Speed and memory figures next to floors measured in the same run (release build).
+bench: setup
+    cargo build --locked --release -p rouse-cli -p rouse-tests -p rouse-example-echo
+    target/release/bench
 
 # The main job on embedded defaults: the platform on the emulator, with a service.
 demo: setup

@@ -148,7 +148,7 @@ impl Asker {
 
     /// Waits until `question` has a `result` or `exception` and returns it.
     pub async fn answer(&mut self, question: &str, timeout: Duration) -> Event {
-        let deadline = Instant::now() + timeout;
+        let deadline = tokio::time::Instant::now() + timeout;
         loop {
             self.drain();
             if let Some(e) = self
@@ -158,13 +158,26 @@ impl Asker {
             {
                 return e.clone();
             }
-            assert!(
-                Instant::now() < deadline,
-                "no answer to {question} within {timeout:?}; events so far: {:?}",
-                self.seen.get(question)
-            );
-            tokio::time::sleep(Duration::from_millis(5)).await;
+            match tokio::time::timeout_at(deadline, self.events.recv()).await {
+                Ok(Some(e)) => {
+                    let q = e.attributes.get("question_uuid").cloned().unwrap_or_default();
+                    self.seen.entry(q).or_default().push(e);
+                }
+                _ => panic!(
+                    "no answer to {question} within {timeout:?}; events so far: {:?}",
+                    self.seen.get(question)
+                ),
+            }
         }
+    }
+
+    /// Waits until every one of `questions` has a `result` or `exception`.
+    pub async fn answers(&mut self, questions: &[String], timeout: Duration) -> Vec<Event> {
+        let mut out = Vec::with_capacity(questions.len());
+        for q in questions {
+            out.push(self.answer(q, timeout).await);
+        }
+        out
     }
 
     /// Collects events for `wait`, then returns those of `question`.

@@ -301,6 +301,10 @@ impl Server {
         &self.endpoint
     }
 
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
     /// Runs a client command against this server.
     pub fn rouse(&self, args: &[&str]) -> Output {
         rouse(&self.endpoint, args)

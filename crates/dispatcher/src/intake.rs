@@ -56,7 +56,10 @@ fn nack(handler: Handler) {
     }
 }
 
-/// Pulls `subscription_id` until `shutdown`, calling `on_message` for each message.
+/// Pulls `subscription_id` until `shutdown`, handling each message in a
+/// task of its own so that their store writes are committed together. At
+/// most [`MAX_OUTSTANDING`] are handled at once: when they are stuck (a full
+/// worker queue), pulling stops.
 async fn pull<F, Fut>(
     shared: &Arc<Shared>,
     subscriber: &Subscriber,
@@ -66,8 +69,9 @@ async fn pull<F, Fut>(
     mut on_message: F,
 ) where
     F: FnMut(Message, Handler) -> Fut,
-    Fut: std::future::Future<Output = ()>,
+    Fut: std::future::Future<Output = ()> + Send + 'static,
 {
+    let permits = Arc::new(tokio::sync::Semaphore::new(MAX_OUTSTANDING as usize));
     loop {
         let mut stream =
             rouse_pubsub::subscribe(subscriber, &shared.pubsub, subscription_id, MAX_OUTSTANDING);
@@ -80,7 +84,16 @@ async fn pull<F, Fut>(
                 next = stream.next() => next,
             };
             match next {
-                Some(Ok((msg, handler))) => on_message(msg, handler).await,
+                Some(Ok((msg, handler))) => {
+                    let Ok(permit) = permits.clone().acquire_owned().await else {
+                        return;
+                    };
+                    let work = on_message(msg, handler);
+                    tokio::spawn(async move {
+                        work.await;
+                        drop(permit);
+                    });
+                }
                 Some(Err(e)) => {
                     tracing::warn!(subscription = subscription_id, error = %e, "streaming pull failed; re-subscribing");
                     break;
@@ -116,10 +129,10 @@ pub async fn service(
     shutdown: CancellationToken,
 ) {
     let (sub, topic) = (service.subscription_id(), service.topic_id());
-    let target = Target {
+    let target = Arc::new(Target {
         uuid: service.uuid,
         sender: service.sruid().to_string(),
-    };
+    });
     pull(
         &shared,
         &subscriber,
@@ -127,8 +140,8 @@ pub async fn service(
         &topic,
         &shutdown,
         |msg, handler| {
-            let (shared, tx, target) = (&shared, &tx, &target);
-            async move { accept(shared, target, tx, msg, handler).await }
+            let (shared, tx, target) = (shared.clone(), tx.clone(), target.clone());
+            async move { accept(&shared, &target, &tx, msg, handler).await }
         },
     )
     .await;
@@ -305,8 +318,8 @@ pub async fn network(
         &topic,
         &shutdown,
         |msg, handler| {
-            let shared = &shared;
-            async move { on_network(shared, msg, handler).await }
+            let shared = shared.clone();
+            async move { on_network(&shared, msg, handler).await }
         },
     )
     .await;

@@ -175,8 +175,8 @@ impl DispatchStore for SqliteStore {
     ) -> Result<Revision, StoreError> {
         let (uuid, service_name) = (service.uuid, service.name.to_string());
         let new = revision.clone();
-        self.with(move |conn| {
-            let tx = conn.transaction()?;
+        self.write(move |conn| {
+            let tx = conn;
             let exists: bool = tx.query_row(
                 "SELECT EXISTS (SELECT 1 FROM services WHERE uuid = ?1)",
                 [uuid.to_string()],
@@ -230,7 +230,6 @@ impl DispatchStore for SqliteStore {
                 "UPDATE services SET status = ?2, generation = generation + 1, updated_at_us = ?3 WHERE uuid = ?1",
                 params![uuid.to_string(), ServiceStatus::Ready.as_str(), micros(now)],
             )?;
-            tx.commit()?;
             Ok(revision)
         })
         .await
@@ -250,7 +249,7 @@ impl DispatchStore for SqliteStore {
 
     async fn insert_execution(&self, e: &Execution) -> Result<bool, StoreError> {
         let e = e.clone();
-        self.with(move |conn| {
+        self.write(move |conn| {
             let n = conn.execute(
                 &format!(
                     "INSERT OR IGNORE INTO executions ({EXECUTION_COLUMNS}) \
@@ -284,8 +283,8 @@ impl DispatchStore for SqliteStore {
         event: Option<&NewEvent>,
     ) -> Result<Option<i64>, StoreError> {
         let (e, event) = (e.clone(), event.cloned());
-        self.with(move |conn| {
-            let tx = conn.transaction()?;
+        self.write(move |conn| {
+            let tx = conn;
             tx.execute(
                 "UPDATE executions SET status = ?3, revision = ?4, instance = ?5, cold_start = ?6, \
                  reason = ?7, ready_at_us = ?8, delivered_at_us = ?9, finished_at_us = ?10 \
@@ -304,10 +303,9 @@ impl DispatchStore for SqliteStore {
                 ],
             )?;
             let id = match &event {
-                Some(ev) => insert_event(&tx, ev, false)?,
+                Some(ev) => insert_event(tx, ev, false)?,
                 None => None,
             };
-            tx.commit()?;
             Ok(id)
         })
         .await
@@ -376,12 +374,12 @@ impl DispatchStore for SqliteStore {
         published: bool,
     ) -> Result<Option<i64>, StoreError> {
         let event = event.clone();
-        self.with(move |conn| insert_event(conn, &event, published))
+        self.write(move |conn| insert_event(conn, &event, published))
             .await
     }
 
     async fn mark_published(&self, event_id: i64) -> Result<(), StoreError> {
-        self.with(move |conn| {
+        self.write(move |conn| {
             conn.execute("UPDATE events SET published = 1 WHERE id = ?1", [event_id])?;
             Ok(())
         })
@@ -451,7 +449,7 @@ impl DispatchStore for SqliteStore {
             attrs_json(attributes),
             data.to_vec(),
         );
-        self.with(move |conn| {
+        self.write(move |conn| {
             conn.execute(
                 "INSERT INTO dead_letters (source, reason, attributes, data, recorded_at_us) VALUES (?1, ?2, ?3, ?4, ?5)",
                 params![source, reason, attributes, data, micros(SystemTime::now())],

@@ -1,0 +1,391 @@
+//! `just bench`: Rouse's speed and memory figures, each next to a floor
+//! measured in the same run on the same machine (the emulator's own latency
+//! ticks make absolute numbers meaningless without one).
+//!
+//! | figure | floor |
+//! |---|---|
+//! | warm round trip (publish question → result received) | two publish → receive hops through a bare relay, no dispatcher |
+//! | cold start, process runtime | spawning the same process to ready + the warm round trip |
+//! | cold start, Docker runtime | `docker run` of the same image to ready + the warm round trip |
+//! | questions per second at saturation | the bare relay's own throughput |
+//! | RSS with 1,000 idle services | RSS with none |
+//!
+//! Prints a table and writes `target/bench/report.json`. Nothing here passes
+//! or fails: misses are reported, not hidden.
+
+use std::collections::BTreeMap;
+use std::net::TcpStream;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use rouse_pubsub::{Handler, Outgoing, PubSub, SubscriptionSpec};
+use rouse_tests::asker::{ASKER, Asker, pubsub_config, question_attributes};
+use rouse_tests::{Emulator, Server, free_port, workspace_bin};
+use serde_json::{Value, json};
+
+const NETWORK: &str = "octue.services";
+const WARM_N: usize = 200;
+const COLD_N: usize = 10;
+const FLOOR_N: usize = 10;
+const THROUGHPUT_N: usize = 1000;
+const IDLE_SERVICES: usize = 1000;
+const ANSWER: Duration = Duration::from_secs(120);
+
+fn ms(d: Duration) -> f64 {
+    d.as_secs_f64() * 1000.0
+}
+
+fn percentile(samples: &[f64], p: f64) -> f64 {
+    if samples.is_empty() {
+        return f64::NAN;
+    }
+    let mut s = samples.to_vec();
+    s.sort_by(f64::total_cmp);
+    let rank = ((p / 100.0) * (s.len() - 1) as f64).round() as usize;
+    s[rank.min(s.len() - 1)]
+}
+
+#[derive(Default)]
+struct Report {
+    rows: Vec<(String, String, String, String, String)>,
+    json: BTreeMap<String, Value>,
+}
+
+impl Report {
+    fn row(&mut self, name: &str, value: String, floor: String, overhead: String, target: String) {
+        println!("  {name:<34} {value:>14}   floor {floor:>14}   {overhead:>22}   {target}");
+        self.rows.push((name.into(), value, floor, overhead, target));
+    }
+}
+
+/// A bare relay: what arrives on `bench.relay` goes straight back to the
+/// asker as a `result` on the network topic: two hops, no dispatcher.
+async fn start_relay(pubsub: &PubSub) -> (String, tokio::task::JoinHandle<()>) {
+    let topic = "bench.relay".to_owned();
+    pubsub.ensure_topic(&topic).await.expect("relay topic");
+    pubsub
+        .ensure_subscription("bench.relay.sub", &topic, &SubscriptionSpec::dispatcher())
+        .await
+        .expect("relay subscription");
+    let subscriber = pubsub.subscriber().await.expect("subscriber");
+    let publisher = pubsub.publisher(NETWORK).await.expect("publisher");
+    let ps = pubsub.clone();
+    let task = tokio::spawn(async move {
+        let mut stream = rouse_pubsub::subscribe(&subscriber, &ps, "bench.relay.sub", 1000);
+        while let Some(Ok((msg, handler))) = stream.next().await {
+            if let Handler::AtLeastOnce(h) = handler {
+                h.ack();
+            }
+            let mut attributes: BTreeMap<String, String> =
+                msg.attributes.iter().map(|(k, v)| (k.clone(), v.clone())).collect();
+            attributes.insert("recipient".into(), ASKER.into());
+            attributes.insert("sender_type".into(), "CHILD".into());
+            attributes.insert("uuid".into(), uuid::Uuid::new_v4().to_string());
+            let p = publisher.clone();
+            let ordering_key = msg.ordering_key.clone();
+            tokio::spawn(async move {
+                let _ = p
+                    .publish(Outgoing {
+                        data: br#"{"kind": "result", "output_values": null}"#.to_vec(),
+                        attributes,
+                        ordering_key,
+                    })
+                    .await;
+            });
+        }
+    });
+    (topic, task)
+}
+
+/// Sequential round trips: publish → answer, `n` times. Milliseconds.
+async fn round_trips(asker: &mut Asker, topic: &str, recipient: &str, n: usize) -> Vec<f64> {
+    let mut out = Vec::with_capacity(n);
+    for i in 0..n {
+        let start = Instant::now();
+        let q = asker.ask(topic, recipient, json!({"i": i})).await;
+        let a = asker.answer(&q, ANSWER).await;
+        assert_eq!(a.kind, "result", "{:?}", a.data);
+        out.push(ms(a.received.duration_since(start)));
+    }
+    out
+}
+
+/// Publishes `n` questions at once and waits for every answer. Questions/s.
+async fn saturate(asker: &mut Asker, topic: &str, recipient: &str, n: usize) -> f64 {
+    let publisher = Arc::new(asker.pubsub.publisher(topic).await.expect("publisher"));
+    let start = Instant::now();
+    let mut tasks = tokio::task::JoinSet::new();
+    let mut questions = Vec::with_capacity(n);
+    for i in 0..n {
+        let q = uuid::Uuid::new_v4().to_string();
+        let attributes = question_attributes(&q, recipient);
+        questions.push(q.clone());
+        let p = publisher.clone();
+        tasks.spawn(async move {
+            p.publish(Outgoing {
+                data: serde_json::to_vec(&json!({"kind": "question", "input_values": {"i": i}}))
+                    .expect("json"),
+                attributes,
+                ordering_key: q,
+            })
+            .await
+            .expect("publish");
+        });
+    }
+    while tasks.join_next().await.is_some() {}
+    let answers = asker.answers(&questions, ANSWER).await;
+    let last = answers.iter().map(|a| a.received).max().unwrap_or_else(Instant::now);
+    n as f64 / last.duration_since(start).as_secs_f64()
+}
+
+/// Spawning a command to ready (it accepts TCP on $PORT). Milliseconds.
+fn spawn_to_ready(program: &Path) -> f64 {
+    let port = free_port();
+    let start = Instant::now();
+    let mut child = Command::new(program)
+        .env("PORT", port.to_string())
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("spawn");
+    let addr = format!("127.0.0.1:{port}").parse().expect("addr");
+    while TcpStream::connect_timeout(&addr, Duration::from_millis(50)).is_err() {
+        std::thread::sleep(Duration::from_micros(200));
+    }
+    let took = ms(start.elapsed());
+    let _ = child.kill();
+    let _ = child.wait();
+    took
+}
+
+/// `docker run` of `image` (host network, as Rouse runs it) to ready. Milliseconds.
+fn docker_run_to_ready(image: &str) -> Option<f64> {
+    let port = free_port();
+    let name = format!("rouse-bench-{port}");
+    let start = Instant::now();
+    let ok = Command::new("docker")
+        .args(["run", "-d", "--rm", "--network", "host", "--name", &name])
+        .args(["-e", &format!("PORT={port}"), image])
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .status()
+        .ok()?
+        .success();
+    if !ok {
+        return None;
+    }
+    let addr = format!("127.0.0.1:{port}").parse().ok()?;
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while TcpStream::connect_timeout(&addr, Duration::from_millis(50)).is_err() {
+        if Instant::now() > deadline {
+            return None;
+        }
+        std::thread::sleep(Duration::from_micros(200));
+    }
+    let took = ms(start.elapsed());
+    let _ = Command::new("docker").args(["rm", "-f", &name]).stdout(Stdio::null()).stderr(Stdio::null()).status();
+    Some(took)
+}
+
+/// Builds the FROM-scratch echo image if the static binary exists.
+fn echo_image(root: &Path) -> Option<String> {
+    let binary = root.join("target/x86_64-unknown-linux-gnu/release/echo");
+    if !binary.exists() {
+        eprintln!("(no static echo at {}: `just static-echo` builds it; Docker figures skipped)", binary.display());
+        return None;
+    }
+    let tag = format!("rouse-bench/echo:{}", std::process::id());
+    let dir = tempfile::tempdir().ok()?;
+    std::fs::copy(&binary, dir.path().join("echo")).ok()?;
+    std::fs::copy(root.join("examples/echo/Dockerfile"), dir.path().join("Dockerfile")).ok()?;
+    let ok = Command::new("docker")
+        .args(["build", "-q", "-t", &tag])
+        .arg(dir.path())
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .status()
+        .ok()?
+        .success();
+    ok.then_some(tag)
+}
+
+fn rss_kib(pid: u32) -> Option<u64> {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
+    status
+        .lines()
+        .find_map(|l| l.strip_prefix("VmRSS:"))
+        .and_then(|v| v.split_whitespace().next()?.parse().ok())
+}
+
+/// Waits until the service's instance has been stopped for idleness.
+async fn wait_idle_stop(server: &Server, stops_before: usize) {
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while server.log().matches("stopping idle instance").count() <= stops_before {
+        assert!(Instant::now() < deadline, "the instance was not stopped for idleness");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    // Let the stop complete before waking it again.
+    tokio::time::sleep(Duration::from_millis(200)).await;
+}
+
+fn create(server: &Server, name: &str, settings: &[&str], revision: &[&str]) -> String {
+    let svc = server.rouse(&["services", "create", name, "--project", "bench", "--format", "json"]).json();
+    let mut args = vec!["services", "update", name, "--project", "bench"];
+    args.extend_from_slice(settings);
+    server.rouse(&args).ok();
+    let mut args = vec!["revisions", "create", name, "--project", "bench"];
+    args.extend_from_slice(revision);
+    server.rouse(&args).ok();
+    svc["topic"].as_str().expect("topic").to_owned()
+}
+
+async fn cold_starts(server: &Server, asker: &mut Asker, topic: &str, recipient: &str, n: usize) -> Vec<f64> {
+    let mut out = Vec::new();
+    // The first question wakes it; then each wait ends with a stop.
+    let q = asker.ask(topic, recipient, json!("warm-up")).await;
+    asker.answer(&q, ANSWER).await;
+    for _ in 0..n {
+        let stops = server.log().matches("stopping idle instance").count();
+        wait_idle_stop(server, stops).await;
+        let start = Instant::now();
+        let q = asker.ask(topic, recipient, json!("cold")).await;
+        let a = asker.answer(&q, ANSWER).await;
+        assert_eq!(a.kind, "result", "{:?}", a.data);
+        out.push(ms(a.received.duration_since(start)));
+    }
+    out
+}
+
+fn fmt_ms(v: f64) -> String {
+    format!("{v:.2} ms")
+}
+
+#[tokio::main]
+async fn main() {
+    let root = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("..");
+    let echo = workspace_bin("echo");
+    let emulator = Emulator::start();
+    let data = tempfile::tempdir().expect("tempdir");
+    let server = Server::start(&emulator, data.path(), &[]);
+    let baseline_rss = rss_kib(server.pid());
+    let pubsub = PubSub::connect(pubsub_config(emulator.host())).await.expect("pubsub");
+    let mut asker = Asker::new(emulator.host(), NETWORK).await;
+    let (relay_topic, _relay) = start_relay(&pubsub).await;
+    let mut report = Report::default();
+    println!("Rouse benchmark ({} warm round trips, {} cold starts, {} questions at saturation, {} idle services)", WARM_N, COLD_N, THROUGHPUT_N, IDLE_SERVICES);
+
+    // Warm round trip vs two bare hops.
+    let echo_cmd = echo.to_str().expect("utf-8").to_owned();
+    let warm_topic = create(
+        &server,
+        "warm",
+        &["--min-instances", "1", "--concurrency", "8", "--idle-timeout", "1h"],
+        &["--command", &echo_cmd, "--workdir", "/tmp"],
+    );
+    round_trips(&mut asker, &relay_topic, "bench/relay", 10).await;
+    round_trips(&mut asker, &warm_topic, "bench/warm", 10).await;
+    // Interleave the two so that drift on the machine affects both alike.
+    let (mut floor, mut warm) = (Vec::new(), Vec::new());
+    for _ in 0..WARM_N / 10 {
+        floor.extend(round_trips(&mut asker, &relay_topic, "bench/relay", 10).await);
+        warm.extend(round_trips(&mut asker, &warm_topic, "bench/warm", 10).await);
+    }
+    let (floor50, warm50) = (percentile(&floor, 50.0), percentile(&warm, 50.0));
+    println!();
+    report.row("warm round trip p50", fmt_ms(warm50), fmt_ms(floor50), format!("overhead {:+.2} ms", warm50 - floor50), "≤ 2 ms".into());
+    report.row(
+        "warm round trip p99",
+        fmt_ms(percentile(&warm, 99.0)),
+        fmt_ms(percentile(&floor, 99.0)),
+        format!("overhead {:+.2} ms", percentile(&warm, 99.0) - percentile(&floor, 99.0)),
+        String::new(),
+    );
+    report.json.insert("warm_round_trip_ms".into(), json!({"p50": warm50, "p99": percentile(&warm, 99.0), "floor_p50": floor50, "floor_p99": percentile(&floor, 99.0), "overhead_p50": warm50 - floor50, "target_overhead_p50": 2.0}));
+
+    // Cold start, process runtime.
+    let spawn: Vec<f64> = (0..FLOOR_N).map(|_| spawn_to_ready(&echo)).collect();
+    let cold_topic = create(&server, "cold", &["--idle-timeout", "1s"], &["--command", &echo_cmd, "--workdir", "/tmp"]);
+    let cold = cold_starts(&server, &mut asker, &cold_topic, "bench/cold", COLD_N).await;
+    let cold_floor = percentile(&spawn, 50.0) + warm50;
+    let cold50 = percentile(&cold, 50.0);
+    report.row("cold start p50 (process)", fmt_ms(cold50), fmt_ms(cold_floor), format!("overhead {:+.2} ms", cold50 - cold_floor), "≤ 20 ms".into());
+    report.json.insert("cold_start_process_ms".into(), json!({"p50": cold50, "samples": cold, "spawn_to_ready_p50": percentile(&spawn, 50.0), "floor_p50": cold_floor, "overhead_p50": cold50 - cold_floor, "target_overhead_p50": 20.0}));
+
+    // Cold start, Docker runtime.
+    match echo_image(&root) {
+        Some(image) => {
+            let runs: Vec<f64> = (0..FLOOR_N).filter_map(|_| docker_run_to_ready(&image)).collect();
+            let topic = create(&server, "docker", &["--idle-timeout", "1s"], &["--image", &image]);
+            let cold = cold_starts(&server, &mut asker, &topic, "bench/docker", COLD_N).await;
+            let floor = percentile(&runs, 50.0) + warm50;
+            let c50 = percentile(&cold, 50.0);
+            report.row("cold start p50 (docker)", fmt_ms(c50), fmt_ms(floor), format!("overhead {:+.2} ms", c50 - floor), "≤ 50 ms".into());
+            report.json.insert("cold_start_docker_ms".into(), json!({"p50": c50, "samples": cold, "docker_run_to_ready_p50": percentile(&runs, 50.0), "floor_p50": floor, "overhead_p50": c50 - floor, "target_overhead_p50": 50.0}));
+            let _ = Command::new("docker").args(["rmi", "-f", &image]).stdout(Stdio::null()).stderr(Stdio::null()).status();
+        }
+        None => report.row("cold start p50 (docker)", "skipped".into(), "-".into(), "no static echo / engine".into(), "≤ 50 ms".into()),
+    }
+
+    // Throughput at saturation.
+    let transport = saturate(&mut asker, &relay_topic, "bench/relay", THROUGHPUT_N).await;
+    let tput_topic = create(
+        &server,
+        "tput",
+        &["--min-instances", "2", "--max-instances", "2", "--concurrency", "200", "--idle-timeout", "1h"],
+        &["--command", &echo_cmd, "--workdir", "/tmp"],
+    );
+    round_trips(&mut asker, &tput_topic, "bench/tput", 5).await;
+    let rouse = saturate(&mut asker, &tput_topic, "bench/tput", THROUGHPUT_N).await;
+    report.row("questions/s at saturation", format!("{rouse:.0}/s"), format!("{transport:.0}/s"), format!("{:.0}% of the transport", 100.0 * rouse / transport), "≥ 80%".into());
+    report.json.insert("throughput_per_s".into(), json!({"rouse": rouse, "transport": transport, "ratio": rouse / transport, "target_ratio": 0.8}));
+
+    // Memory with 1,000 idle services.
+    let before = rss_kib(server.pid()).unwrap_or(0);
+    let endpoint = server.endpoint().to_owned();
+    let bin = rouse_tests::rouse_bin();
+    let created = tokio::task::spawn_blocking(move || {
+        let mut handles = Vec::new();
+        for worker in 0..4 {
+            let (endpoint, bin) = (endpoint.clone(), bin.clone());
+            handles.push(std::thread::spawn(move || {
+                for i in (worker..IDLE_SERVICES).step_by(4) {
+                    let ok = Command::new(&bin)
+                        .args(["services", "create", &format!("idle-{i}"), "--project", "mem"])
+                        .env("ROUSE_ENDPOINT", &endpoint)
+                        .stdout(Stdio::null())
+                        .stderr(Stdio::null())
+                        .status()
+                        .map(|s| s.success())
+                        .unwrap_or(false);
+                    assert!(ok, "creating idle-{i} failed");
+                }
+            }));
+        }
+        handles.into_iter().for_each(|h| h.join().expect("creator"));
+        IDLE_SERVICES
+    })
+    .await
+    .expect("create services");
+    // Let the dispatcher subscribe to all of them.
+    tokio::time::sleep(Duration::from_secs(10)).await;
+    let after = rss_kib(server.pid()).unwrap_or(0);
+    let mib = |k: u64| k as f64 / 1024.0;
+    report.row(
+        &format!("RSS with {created} idle services"),
+        format!("{:.1} MiB", mib(after)),
+        format!("{:.1} MiB", mib(before)),
+        format!("{:+.1} MiB for the services", mib(after) - mib(before)),
+        "≤ 150 MB".into(),
+    );
+    report.json.insert("rss_mib".into(), json!({"with_idle_services": mib(after), "services": created, "before": mib(before), "at_start": baseline_rss.map(mib), "target": 150.0 * 1_000_000.0 / 1_048_576.0}));
+
+    let out = root.join("target/bench");
+    let _ = std::fs::create_dir_all(&out);
+    let path = out.join("report.json");
+    let doc = serde_json::to_string_pretty(&report.json).expect("json");
+    std::fs::write(&path, doc + "\n").expect("write report");
+    println!("\nreport: {}", path.display());
+    drop(server);
+}
