@@ -40,5 +40,5 @@ bench: setup
 
 # The main job on embedded defaults: the platform on the emulator, with a service.
 demo: setup
-    cargo build --locked -p rouse-cli
+    cargo build --locked -p rouse-cli -p rouse-example-echo
     .ci/demo

@@ -6,7 +6,9 @@
 use std::collections::{BTreeMap, HashMap};
 use std::time::{Duration, Instant, SystemTime};
 
-use rouse_pubsub::{Handler, Outgoing, PubSub, PubSubConfig, Subscriber, SubscriptionSpec, TopicPublisher};
+use rouse_pubsub::{
+    Handler, Outgoing, PubSub, PubSubConfig, Subscriber, SubscriptionSpec, TopicPublisher,
+};
 use serde_json::{Value, json};
 use tokio::sync::mpsc;
 
@@ -65,7 +67,10 @@ impl Asker {
     /// Subscribes to `network_topic` on the emulator at `host`.
     pub async fn new(host: &str, network_topic: &str) -> Self {
         let pubsub = PubSub::connect(pubsub_config(host)).await.expect("pubsub");
-        pubsub.ensure_topic(network_topic).await.expect("network topic");
+        pubsub
+            .ensure_topic(network_topic)
+            .await
+            .expect("network topic");
         let sub_id = format!("tests.answers.{}", uuid::Uuid::new_v4().simple());
         let spec = SubscriptionSpec {
             ack_deadline_seconds: 600,
@@ -87,8 +92,11 @@ impl Asker {
                 if let Handler::AtLeastOnce(h) = handler {
                     h.ack();
                 }
-                let attributes: BTreeMap<String, String> =
-                    msg.attributes.iter().map(|(k, v)| (k.clone(), v.clone())).collect();
+                let attributes: BTreeMap<String, String> = msg
+                    .attributes
+                    .iter()
+                    .map(|(k, v)| (k.clone(), v.clone()))
+                    .collect();
                 // The emulator ignores the filter: apply it here.
                 if attributes.get("recipient").map(String::as_str) != Some(ASKER)
                     || attributes.get("sender_type").map(String::as_str) != Some("CHILD")
@@ -115,7 +123,12 @@ impl Asker {
     }
 
     /// Publishes a question message to `topic`; returns when Pub/Sub took it.
-    pub async fn publish(&mut self, topic: &str, attributes: BTreeMap<String, String>, data: Value) {
+    pub async fn publish(
+        &mut self,
+        topic: &str,
+        attributes: BTreeMap<String, String>,
+        data: Value,
+    ) {
         if !self.publishers.contains_key(topic) {
             let p = self.pubsub.publisher(topic).await.expect("publisher");
             self.publishers.insert(topic.to_owned(), p);
@@ -134,14 +147,22 @@ impl Asker {
     /// Asks `input` of the service at `topic` (addressed to `recipient`); returns the question uuid.
     pub async fn ask(&mut self, topic: &str, recipient: &str, input: Value) -> String {
         let q = uuid::Uuid::new_v4().to_string();
-        self.publish(topic, question_attributes(&q, recipient), json!({"kind": "question", "input_values": input}))
-            .await;
+        self.publish(
+            topic,
+            question_attributes(&q, recipient),
+            json!({"kind": "question", "input_values": input}),
+        )
+        .await;
         q
     }
 
     fn drain(&mut self) {
         while let Ok(e) = self.events.try_recv() {
-            let q = e.attributes.get("question_uuid").cloned().unwrap_or_default();
+            let q = e
+                .attributes
+                .get("question_uuid")
+                .cloned()
+                .unwrap_or_default();
             self.seen.entry(q).or_default().push(e);
         }
     }
@@ -151,16 +172,19 @@ impl Asker {
         let deadline = tokio::time::Instant::now() + timeout;
         loop {
             self.drain();
-            if let Some(e) = self
-                .seen
-                .get(question)
-                .and_then(|evs| evs.iter().find(|e| e.kind == "result" || e.kind == "exception"))
-            {
+            if let Some(e) = self.seen.get(question).and_then(|evs| {
+                evs.iter()
+                    .find(|e| e.kind == "result" || e.kind == "exception")
+            }) {
                 return e.clone();
             }
             match tokio::time::timeout_at(deadline, self.events.recv()).await {
                 Ok(Some(e)) => {
-                    let q = e.attributes.get("question_uuid").cloned().unwrap_or_default();
+                    let q = e
+                        .attributes
+                        .get("question_uuid")
+                        .cloned()
+                        .unwrap_or_default();
                     self.seen.entry(q).or_default().push(e);
                 }
                 _ => panic!(

@@ -32,7 +32,15 @@ fn platform(extra: &[&str]) -> Platform {
 /// (`revision` adds flags). Returns the service's JSON.
 fn echo_service(server: &Server, name: &str, settings: &[&str], revision: &[&str]) -> Value {
     let created = server
-        .rouse(&["services", "create", name, "--project", "p", "--format", "json"])
+        .rouse(&[
+            "services",
+            "create",
+            name,
+            "--project",
+            "p",
+            "--format",
+            "json",
+        ])
         .json();
     if !settings.is_empty() {
         let mut args = vec!["services", "update", name, "--project", "p"];
@@ -61,7 +69,9 @@ fn topic(service: &Value) -> String {
 }
 
 fn execution(server: &Server, id: &str) -> Value {
-    server.rouse(&["executions", "get", id, "--format", "json"]).json()
+    server
+        .rouse(&["executions", "get", id, "--format", "json"])
+        .json()
 }
 
 #[tokio::test]
@@ -81,10 +91,23 @@ async fn cold_start_warm_path_and_scale_to_zero() {
     assert_eq!(attrs["sender"], "p/echo:echo-00001");
     assert_eq!(attrs["question_uuid"], q1);
     assert_eq!(attrs["retry_count"], "0");
-    assert!(attrs["datetime"].ends_with("+00:00"), "{}", attrs["datetime"]);
+    assert!(
+        attrs["datetime"].ends_with("+00:00"),
+        "{}",
+        attrs["datetime"]
+    );
     assert_ne!(attrs["uuid"], q1);
-    let kinds: Vec<_> = asker.events_after(&q1, Duration::ZERO).await.iter().map(|e| e.kind.clone()).collect();
-    assert_eq!(kinds.first().map(String::as_str), Some("delivery_acknowledgement"), "{kinds:?}");
+    let kinds: Vec<_> = asker
+        .events_after(&q1, Duration::ZERO)
+        .await
+        .iter()
+        .map(|e| e.kind.clone())
+        .collect();
+    assert_eq!(
+        kinds.first().map(String::as_str),
+        Some("delivery_acknowledgement"),
+        "{kinds:?}"
+    );
 
     let e1 = execution(&p.server, &q1);
     assert_eq!(e1["status"], "succeeded");
@@ -100,7 +123,11 @@ async fn cold_start_warm_path_and_scale_to_zero() {
     // Idle for longer than idle_timeout: the instance is stopped, the next
     // question wakes a new one.
     tokio::time::sleep(Duration::from_secs(4)).await;
-    assert!(p.server.log().contains("stopping idle instance"), "{}", p.server.log());
+    assert!(
+        p.server.log().contains("stopping idle instance"),
+        "{}",
+        p.server.log()
+    );
     let q3 = asker.ask(&topic(&svc), "p/echo", json!(3)).await;
     let a3 = asker.answer(&q3, ANSWER).await;
     assert_ne!(a3.data["output_values"]["instance"], first_instance);
@@ -110,13 +137,22 @@ async fn cold_start_warm_path_and_scale_to_zero() {
 #[tokio::test]
 async fn min_instances_keeps_one_warm() {
     let p = platform(&[]);
-    let svc = echo_service(&p.server, "warm", &["--idle-timeout", "1s", "--min-instances", "1"], &[]);
+    let svc = echo_service(
+        &p.server,
+        "warm",
+        &["--idle-timeout", "1s", "--min-instances", "1"],
+        &[],
+    );
     let mut asker = Asker::new(p.emulator.host(), NETWORK).await;
     // Well past the idle timeout: the one warm instance is still there.
     tokio::time::sleep(Duration::from_secs(3)).await;
     let q = asker.ask(&topic(&svc), "p/warm", json!(1)).await;
     assert_eq!(asker.answer(&q, ANSWER).await.kind, "result");
-    assert_eq!(execution(&p.server, &q)["cold_start"], false, "min_instances=1 keeps one warm");
+    assert_eq!(
+        execution(&p.server, &q)["cold_start"],
+        false,
+        "min_instances=1 keeps one warm"
+    );
 }
 
 /// Largest number of intervals of one instance open at once.
@@ -142,23 +178,46 @@ async fn burst_respects_concurrency_and_max_instances() {
     let svc = echo_service(
         &p.server,
         "burst",
-        &["--max-instances", "3", "--concurrency", "2", "--idle-timeout", "30s"],
+        &[
+            "--max-instances",
+            "3",
+            "--concurrency",
+            "2",
+            "--idle-timeout",
+            "30s",
+        ],
         &[],
     );
     let mut asker = Asker::new(p.emulator.host(), NETWORK).await;
     let mut questions = Vec::new();
     for i in 0..50 {
-        questions.push(asker.ask(&topic(&svc), "p/burst", json!({"sleep_ms": 100, "i": i})).await);
+        questions.push(
+            asker
+                .ask(&topic(&svc), "p/burst", json!({"sleep_ms": 100, "i": i}))
+                .await,
+        );
     }
     let mut instances = HashSet::new();
     for (i, q) in questions.iter().enumerate() {
         let a = asker.answer(q, ANSWER).await;
         assert_eq!(a.kind, "result", "{:?}", a.data);
         assert_eq!(a.data["output_values"]["echo"]["i"], i);
-        instances.insert(a.data["output_values"]["instance"].as_str().unwrap_or_default().to_owned());
+        instances.insert(
+            a.data["output_values"]["instance"]
+                .as_str()
+                .unwrap_or_default()
+                .to_owned(),
+        );
     }
-    assert!(instances.len() <= 3, "max_instances=3 but {} instances answered", instances.len());
-    assert!(instances.len() >= 2, "a burst of 50 should scale out, got {instances:?}");
+    assert!(
+        instances.len() <= 3,
+        "max_instances=3 but {} instances answered",
+        instances.len()
+    );
+    assert!(
+        instances.len() >= 2,
+        "a burst of 50 should scale out, got {instances:?}"
+    );
 
     let mut per_instance: HashMap<String, Vec<(String, String)>> = HashMap::new();
     for q in &questions {
@@ -173,7 +232,10 @@ async fn burst_respects_concurrency_and_max_instances() {
     }
     for (instance, intervals) in &per_instance {
         let overlap = max_overlap(intervals);
-        assert!(overlap <= 2, "{instance} ran {overlap} questions at once with concurrency=2");
+        assert!(
+            overlap <= 2,
+            "{instance} ran {overlap} questions at once with concurrency=2"
+        );
     }
 }
 
@@ -186,10 +248,19 @@ async fn job_mode_runs_one_instance_per_question() {
     let a = asker.answer(&q, ANSWER).await;
     assert_eq!(a.kind, "result", "{:?}", a.data);
     assert_eq!(a.data["output_values"]["echo"], json!({"x": [1, 2]}));
-    let q = asker.ask(&topic(&svc), "p/job", json!({"crash": true})).await;
+    let q = asker
+        .ask(&topic(&svc), "p/job", json!({"crash": true}))
+        .await;
     let a = asker.answer(&q, ANSWER).await;
     assert_eq!(a.kind, "exception");
-    assert!(a.data["exception_message"].as_str().unwrap_or_default().contains("exited with code 3"), "{:?}", a.data);
+    assert!(
+        a.data["exception_message"]
+            .as_str()
+            .unwrap_or_default()
+            .contains("exited with code 3"),
+        "{:?}",
+        a.data
+    );
 }
 
 #[tokio::test]
@@ -224,17 +295,29 @@ async fn the_same_question_three_times_runs_once() {
     let attrs = question_attributes(&q, "p/dedup");
     for _ in 0..3 {
         asker
-            .publish(&topic(&svc), attrs.clone(), json!({"kind": "question", "input_values": "once"}))
+            .publish(
+                &topic(&svc),
+                attrs.clone(),
+                json!({"kind": "question", "input_values": "once"}),
+            )
             .await;
     }
     asker.answer(&q, ANSWER).await;
     let events = asker.events_after(&q, Duration::from_secs(2)).await;
     let results = events.iter().filter(|e| e.kind == "result").count();
     assert_eq!(results, 1, "{events:?}");
-    let listed = p.server.rouse(&["executions", "list", "--format", "json"]).json();
+    let listed = p
+        .server
+        .rouse(&["executions", "list", "--format", "json"])
+        .json();
     assert_eq!(listed.as_array().map(Vec::len), Some(1), "{listed}");
     let log = p.server.rouse(&["logs", "dedup", "--project", "p"]);
-    assert_eq!(log.ok().matches("answered a question").count(), 1, "{}", log.stdout);
+    assert_eq!(
+        log.ok().matches("answered a question").count(),
+        1,
+        "{}",
+        log.stdout
+    );
 }
 
 #[tokio::test]
@@ -242,14 +325,25 @@ async fn malformed_questions_get_exceptions_and_the_dispatcher_goes_on() {
     let p = platform(&[]);
     let svc = echo_service(&p.server, "strict", &[], &[]);
     let mut asker = Asker::new(p.emulator.host(), NETWORK).await;
-    let cases: [(&str, Box<dyn Fn(&mut std::collections::BTreeMap<String, String>)>, Value, &str); 3] = [
+    type Edit = Box<dyn Fn(&mut std::collections::BTreeMap<String, String>)>;
+    let cases: [(&str, Edit, Value, &str); 3] = [
         ("not json", Box::new(|_| {}), Value::Null, "not UTF-8 JSON"),
-        ("no retry_count", Box::new(|a| {
-            a.remove("retry_count");
-        }), json!({"kind": "question"}), "`retry_count` is missing"),
-        ("bad forward_logs", Box::new(|a| {
-            a.insert("forward_logs".into(), "maybe".into());
-        }), json!({"kind": "question"}), "`forward_logs` is `maybe`"),
+        (
+            "no retry_count",
+            Box::new(|a| {
+                a.remove("retry_count");
+            }),
+            json!({"kind": "question"}),
+            "`retry_count` is missing",
+        ),
+        (
+            "bad forward_logs",
+            Box::new(|a| {
+                a.insert("forward_logs".into(), "maybe".into());
+            }),
+            json!({"kind": "question"}),
+            "`forward_logs` is `maybe`",
+        ),
     ];
     for (name, edit, data, needle) in cases {
         let q = uuid::Uuid::new_v4().to_string();
@@ -257,7 +351,11 @@ async fn malformed_questions_get_exceptions_and_the_dispatcher_goes_on() {
         edit(&mut attrs);
         if data.is_null() {
             // Raw bytes that are not JSON.
-            let publisher = asker.pubsub.publisher(&topic(&svc)).await.expect("publisher");
+            let publisher = asker
+                .pubsub
+                .publisher(&topic(&svc))
+                .await
+                .expect("publisher");
             publisher
                 .publish(rouse_pubsub::Outgoing {
                     data: b"{not json".to_vec(),
@@ -278,7 +376,9 @@ async fn malformed_questions_get_exceptions_and_the_dispatcher_goes_on() {
     // An unaddressable message (no sender) becomes a dead letter, silently.
     let mut attrs = question_attributes("x", "p/strict");
     attrs.remove("sender");
-    asker.publish(&topic(&svc), attrs, json!({"kind": "question"})).await;
+    asker
+        .publish(&topic(&svc), attrs, json!({"kind": "question"}))
+        .await;
     // And the next good question is answered.
     let q = asker.ask(&topic(&svc), "p/strict", json!("fine")).await;
     assert_eq!(asker.answer(&q, ANSWER).await.kind, "result");
@@ -291,8 +391,16 @@ async fn failures_end_as_exceptions_with_a_reason() {
     let mut asker = Asker::new(p.emulator.host(), NETWORK).await;
     for (input, kind, needle) in [
         (json!({"fail": "boom"}), "ServiceError", "boom"),
-        (json!({"sleep_ms": 5000}), "QuestionTimeout", "request timeout"),
-        (json!({"crash": true}), "ServiceCrashed", "crashing as asked"),
+        (
+            json!({"sleep_ms": 5000}),
+            "QuestionTimeout",
+            "request timeout",
+        ),
+        (
+            json!({"crash": true}),
+            "ServiceCrashed",
+            "crashing as asked",
+        ),
     ] {
         let q = asker.ask(&topic(&svc), "p/fragile", input.clone()).await;
         let a = asker.answer(&q, ANSWER).await;
@@ -304,26 +412,92 @@ async fn failures_end_as_exceptions_with_a_reason() {
     }
 
     // A command that exits at once, and one that never becomes ready.
-    let dead = p.server.rouse(&["services", "create", "dead", "--project", "p", "--format", "json"]).json();
+    let dead = p
+        .server
+        .rouse(&[
+            "services",
+            "create",
+            "dead",
+            "--project",
+            "p",
+            "--format",
+            "json",
+        ])
+        .json();
     p.server
-        .rouse(&["revisions", "create", "dead", "--project", "p", "--command", "sh -c 'echo bye; exit 7'", "--workdir", "/tmp"])
+        .rouse(&[
+            "revisions",
+            "create",
+            "dead",
+            "--project",
+            "p",
+            "--command",
+            "sh -c 'echo bye; exit 7'",
+            "--workdir",
+            "/tmp",
+        ])
         .ok();
     let q = asker.ask(&topic(&dead), "p/dead", json!(1)).await;
     let a = asker.answer(&q, ANSWER).await;
-    assert_eq!(a.data["exception_type"], "ServiceWakeFailed", "{:?}", a.data);
-    assert!(a.data["exception_message"].as_str().unwrap_or_default().contains("bye"), "{:?}", a.data);
+    assert_eq!(
+        a.data["exception_type"], "ServiceWakeFailed",
+        "{:?}",
+        a.data
+    );
+    assert!(
+        a.data["exception_message"]
+            .as_str()
+            .unwrap_or_default()
+            .contains("bye"),
+        "{:?}",
+        a.data
+    );
 
-    let slow = echo_service(&p.server, "slow", &["--wake-timeout", "2s", "--env", "ECHO_STARTUP_DELAY_MS=60000"], &[]);
+    let slow = echo_service(
+        &p.server,
+        "slow",
+        &[
+            "--wake-timeout",
+            "2s",
+            "--env",
+            "ECHO_STARTUP_DELAY_MS=60000",
+        ],
+        &[],
+    );
     let q = asker.ask(&topic(&slow), "p/slow", json!(1)).await;
     let a = asker.answer(&q, ANSWER).await;
-    assert_eq!(a.data["exception_type"], "ServiceWakeFailed", "{:?}", a.data);
+    assert_eq!(
+        a.data["exception_type"], "ServiceWakeFailed",
+        "{:?}",
+        a.data
+    );
 
     // A service without a revision.
-    let bare = p.server.rouse(&["services", "create", "bare", "--project", "p", "--format", "json"]).json();
+    let bare = p
+        .server
+        .rouse(&[
+            "services",
+            "create",
+            "bare",
+            "--project",
+            "p",
+            "--format",
+            "json",
+        ])
+        .json();
     let q = asker.ask(&topic(&bare), "p/bare", json!(1)).await;
     let a = asker.answer(&q, ANSWER).await;
-    assert_eq!(a.data["exception_type"], "ServiceNotDeployed", "{:?}", a.data);
-    assert!(a.data["exception_message"].as_str().unwrap_or_default().contains("rouse revisions create"));
+    assert_eq!(
+        a.data["exception_type"], "ServiceNotDeployed",
+        "{:?}",
+        a.data
+    );
+    assert!(
+        a.data["exception_message"]
+            .as_str()
+            .unwrap_or_default()
+            .contains("rouse revisions create")
+    );
 }
 
 #[tokio::test]
@@ -331,22 +505,37 @@ async fn heartbeats_flow_while_a_question_runs_and_cancel_stops_it() {
     let p = platform(&["--heartbeat-interval", "1s"]);
     let svc = echo_service(&p.server, "beat", &[], &[]);
     let mut asker = Asker::new(p.emulator.host(), NETWORK).await;
-    let q = asker.ask(&topic(&svc), "p/beat", json!({"sleep_ms": 2500})).await;
+    let q = asker
+        .ask(&topic(&svc), "p/beat", json!({"sleep_ms": 2500}))
+        .await;
     let a = asker.answer(&q, ANSWER).await;
     assert_eq!(a.kind, "result");
     let events = asker.events_after(&q, Duration::ZERO).await;
-    let beats = events.iter().filter(|e| e.kind == "heartbeat" && e.received < a.received).count();
+    let beats = events
+        .iter()
+        .filter(|e| e.kind == "heartbeat" && e.received < a.received)
+        .count();
     assert!(beats >= 1, "no heartbeat during a 2.5 s run: {events:?}");
 
-    let q = asker.ask(&topic(&svc), "p/beat", json!({"sleep_ms": 30000})).await;
+    let q = asker
+        .ask(&topic(&svc), "p/beat", json!({"sleep_ms": 30000}))
+        .await;
     tokio::time::sleep(Duration::from_millis(800)).await;
     p.server.rouse(&["executions", "cancel", &q]).ok();
     let a = asker.answer(&q, ANSWER).await;
-    assert_eq!(a.data["exception_type"], "QuestionCancelled", "{:?}", a.data);
+    assert_eq!(
+        a.data["exception_type"], "QuestionCancelled",
+        "{:?}",
+        a.data
+    );
     assert_eq!(execution(&p.server, &q)["status"], "cancelled");
     let again = p.server.rouse(&["executions", "cancel", &q]);
     assert_eq!(again.code, 1, "{again:?}");
-    assert!(again.stderr.contains("already been cancelled"), "{}", again.stderr);
+    assert!(
+        again.stderr.contains("already been cancelled"),
+        "{}",
+        again.stderr
+    );
 }
 
 #[tokio::test]
@@ -356,7 +545,11 @@ async fn kill_9_with_questions_in_flight_loses_none_and_answers_each_once() {
     let mut asker = Asker::new(p.emulator.host(), NETWORK).await;
     let mut questions = Vec::new();
     for i in 0..20 {
-        questions.push(asker.ask(&topic(&svc), "p/durable", json!({"sleep_ms": 200, "i": i})).await);
+        questions.push(
+            asker
+                .ask(&topic(&svc), "p/durable", json!({"sleep_ms": 200, "i": i}))
+                .await,
+        );
     }
     // Some are answered, some run, most are queued: crash.
     tokio::time::sleep(Duration::from_millis(1200)).await;
@@ -383,7 +576,10 @@ async fn kill_9_with_questions_in_flight_loses_none_and_answers_each_once() {
             .collect();
         assert_eq!(uuids.len(), 1, "{q}: {:?}", all[q]);
     }
-    assert!(server.log().contains("resuming unfinished executions"), "{}", server.log());
+    assert!(
+        server.log().contains("resuming unfinished executions"),
+        "{}",
+        server.log()
+    );
     drop(data);
 }
-

@@ -28,7 +28,12 @@ fn octue_python() -> String {
 fn octue_ask(python: &str, emulator: &Emulator, sruid: &str, input: &Value) -> (i32, Value) {
     let out = Command::new(python)
         .arg(repo().join("tests/octue/ask.py"))
-        .args(["--project", "rouse-local", "--services-topic", "octue.services"])
+        .args([
+            "--project",
+            "rouse-local",
+            "--services-topic",
+            "octue.services",
+        ])
         .args(["--service-topic-or-sruid", sruid])
         .args(["--input-values", &input.to_string(), "--timeout", "90"])
         .env("PUBSUB_EMULATOR_HOST", emulator.host())
@@ -53,12 +58,21 @@ fn a_stock_octue_client_gets_results_and_remote_exceptions() {
     let emulator = Emulator::start();
     let data = tempfile::tempdir().expect("tempdir");
     let server = Server::start(&emulator, data.path(), &[]);
-    server.rouse(&["services", "create", "echo", "--project", "experiment_2"]).ok();
+    server
+        .rouse(&["services", "create", "echo", "--project", "experiment_2"])
+        .ok();
     let echo = workspace_bin("echo");
     server
         .rouse(&[
-            "revisions", "create", "echo", "--project", "experiment_2",
-            "--command", echo.to_str().expect("utf-8"), "--workdir", "/tmp",
+            "revisions",
+            "create",
+            "echo",
+            "--project",
+            "experiment_2",
+            "--command",
+            echo.to_str().expect("utf-8"),
+            "--workdir",
+            "/tmp",
         ])
         .ok();
 
@@ -66,12 +80,27 @@ fn a_stock_octue_client_gets_results_and_remote_exceptions() {
     for sruid in ["experiment-2/echo:echo-00001", "experiment-2/echo:latest"] {
         let (code, answer) = octue_ask(&python, &emulator, sruid, &json!({"x": 1}));
         assert_eq!(code, 0, "{sruid}: {answer}\n{}", server.log());
-        assert_eq!(answer["output_values"]["echo"], json!({"x": 1}), "{sruid}: {answer}");
+        assert_eq!(
+            answer["output_values"]["echo"],
+            json!({"x": 1}),
+            "{sruid}: {answer}"
+        );
     }
 
     // A failing service: octue raises with the remote message.
-    let (code, answer) = octue_ask(&python, &emulator, "experiment-2/echo:latest", &json!({"fail": "kaput"}));
+    let (code, answer) = octue_ask(
+        &python,
+        &emulator,
+        "experiment-2/echo:latest",
+        &json!({"fail": "kaput"}),
+    );
     assert_eq!(code, 1, "{answer}");
     assert_eq!(answer["exception_type"], "ServiceError", "{answer}");
-    assert!(answer["exception_message"].as_str().unwrap_or_default().contains("kaput"), "{answer}");
+    assert!(
+        answer["exception_message"]
+            .as_str()
+            .unwrap_or_default()
+            .contains("kaput"),
+        "{answer}"
+    );
 }

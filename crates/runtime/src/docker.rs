@@ -3,11 +3,39 @@
 //! A container is named `rouse-<instance id>` and labelled
 //! `managed-by=rouse` and `rouse.instance=<id>` (plus `rouse.owner=<owner>`
 //! when the runtime has one), so that [`DockerRuntime::remove_stale`] can
-//! clean up after a crash. Its port 8080 (`PORT=8080` inside) is published on
-//! `127.0.0.1` at a port the engine picks. It runs with Docker's init
-//! (`--init`) as PID 1, so that `docker stop`'s SIGTERM reaches servers that
-//! install no signal handler (PID 1 ignores unhandled signals) and zombies
-//! are reaped. Images are never pulled: they are built or loaded locally.
+//! clean up after a crash. It runs with Docker's init (`--init`) as PID 1,
+//! so that `docker stop`'s SIGTERM reaches servers that install no signal
+//! handler (PID 1 ignores unhandled signals) and zombies are reaped. Images
+//! are never pulled: they are built or loaded locally.
+//!
+//! # Networking: the host's
+//!
+//! Containers run in the host's network namespace (`--network host`), as
+//! host processes of the process runtime do, and for the same reasons:
+//!
+//! - **Everything local is reachable.** Instances are told
+//!   `PUBSUB_EMULATOR_HOST=127.0.0.1:<port>`; in a bridge network that is
+//!   the container itself, and the host's bridge address does not help
+//!   either, since the emulator listens on loopback only. With the host's
+//!   network, an Octue service in a container publishes its own events.
+//! - **Readiness is exact and cold starts are short.** A listening instance
+//!   gets `PORT=<p>`, a port found free on `127.0.0.1` just before the start
+//!   (the instance binds it itself; another process taking it in between
+//!   makes the start fail, visibly), and [`Instance::addr`] is
+//!   `127.0.0.1:<p>`. Nothing is published: no userland proxy accepts
+//!   connections for a server that is not listening yet, so a plain connect
+//!   (or HTTP GET) is the readiness probe, and starting needs no inspection
+//!   of the container to learn its port. No bridge endpoint or NAT rules are
+//!   set up either, which was about half of a container's start-to-ready.
+//!
+//! The price is isolation: an instance sees every port on the host, and one
+//! that listens on `0.0.0.0` (as most servers do) is reachable from other
+//! machines unless a firewall says otherwise: as with the process runtime.
+//! Host networking needs an engine that shares the platform's network
+//! namespace: a rootful engine on the same Linux host. Rootless engines and
+//! Docker Desktop run containers in another namespace (a user-mode network
+//! or a VM), where `127.0.0.1` is not the platform's loopback; instances
+//! there never become ready.
 //!
 //! Output is followed through the engine's log API into the log file; a wait
 //! on the container yields its exit; stopping is `docker stop` then a forced
@@ -15,12 +43,12 @@
 
 use std::collections::HashMap;
 use std::io::{Read, Write};
-use std::net::{IpAddr, SocketAddr};
+use std::net::SocketAddr;
 use std::os::unix::net::UnixStream;
 use std::time::Duration;
 
 use bollard::errors::Error as DockerError;
-use bollard::models::{ContainerCreateBody, ContainerInspectResponse, HostConfig, PortBinding};
+use bollard::models::{ContainerCreateBody, HostConfig};
 use bollard::query_parameters::{
     CreateContainerOptionsBuilder, InspectContainerOptions, ListContainersOptionsBuilder,
     LogsOptionsBuilder, RemoveContainerOptionsBuilder, StopContainerOptionsBuilder,
@@ -35,7 +63,9 @@ use crate::logs::{self, LogWriter};
 use crate::process::signal_name;
 use crate::{ExitInfo, InstanceSpec, Runtime, RuntimeError, Source, validate_instance_id};
 
-/// The port services listen on inside their container (`PORT`).
+/// The port a service image conventionally listens on when `PORT` is unset
+/// (Cloud Run's default, and the echo example's). Containers share the
+/// host's network, so Rouse always sets `PORT` to a free host port instead.
 pub const CONTAINER_PORT: u16 = 8080;
 /// Label on every container Rouse starts.
 pub const MANAGED_BY_LABEL: &str = "managed-by";
@@ -46,7 +76,6 @@ pub const INSTANCE_LABEL: &str = "rouse.instance";
 /// Label carrying the runtime's owner (see [`DockerRuntime::with_owner`]).
 pub const OWNER_LABEL: &str = "rouse.owner";
 
-const PORT_KEY: &str = "8080/tcp";
 const DEFAULT_SOCKET: &str = "/var/run/docker.sock";
 /// Bound on the start-up check of the engine: a local socket answers in
 /// milliseconds; a hung engine must not hang the platform's start.
@@ -220,33 +249,24 @@ impl Runtime for DockerRuntime {
             source,
         };
 
+        let port = if listen { Some(free_port()?) } else { None };
         let mut env: Vec<String> = env
             .iter()
             .filter(|(name, _)| !(listen && name.as_str() == "PORT"))
             .map(|(name, value)| format!("{name}={value}"))
             .collect();
-        if listen {
-            env.push(format!("PORT={CONTAINER_PORT}"));
+        if let Some(port) = port {
+            env.push(format!("PORT={port}"));
         }
-        let port_bindings = listen.then(|| {
-            HashMap::from([(
-                PORT_KEY.to_owned(),
-                Some(vec![PortBinding {
-                    host_ip: Some("127.0.0.1".to_owned()),
-                    // Empty: the engine picks a free port.
-                    host_port: Some(String::new()),
-                }]),
-            )])
-        });
         let body = ContainerCreateBody {
             image: Some(image.clone()),
             env: Some(env),
             cmd: (!extra_args.is_empty()).then_some(extra_args),
             labels: Some(self.labels(&instance_id)),
-            exposed_ports: listen.then(|| vec![PORT_KEY.to_owned()]),
             host_config: Some(HostConfig {
                 init: Some(true),
-                port_bindings,
+                // See the module docs.
+                network_mode: Some("host".to_owned()),
                 ..Default::default()
             }),
             ..Default::default()
@@ -269,21 +289,7 @@ impl Runtime for DockerRuntime {
             let _ = force_remove(&self.docker, &container).await;
             return Err(docker_error("start", source));
         }
-        let (addr, direct_addr) = if listen {
-            match self
-                .docker
-                .inspect_container(&container, None::<InspectContainerOptions>)
-                .await
-            {
-                Ok(info) => published_addrs(&info),
-                Err(source) => {
-                    let _ = force_remove(&self.docker, &container).await;
-                    return Err(docker_error("inspect", source));
-                }
-            }
-        } else {
-            (None, None)
-        };
+        let addr = port.map(|port| SocketAddr::from(([127, 0, 0, 1], port)));
         tracing::debug!(instance = %instance_id, %image, ?addr, "container started");
 
         let log_task = tokio::spawn(copy_logs(self.docker.clone(), container.clone(), log));
@@ -300,8 +306,8 @@ impl Runtime for DockerRuntime {
             id: instance_id,
             listen,
             addr,
-            proxied: true,
-            direct_addr,
+            proxied: false,
+            direct_addr: None,
             log_path,
             exit: exit_rx,
             control: instance::Control::Docker(Control {
@@ -320,30 +326,13 @@ fn owned_by(labels: Option<&HashMap<String, String>>, owner: Option<&str>) -> bo
         == owner
 }
 
-/// The host address of the published port, and the container's own
-/// address on its network, from an inspection of the running container.
-/// Both are missing if it already stopped.
-fn published_addrs(info: &ContainerInspectResponse) -> (Option<SocketAddr>, Option<SocketAddr>) {
-    let settings = info.network_settings.as_ref();
-    let published = settings
-        .and_then(|s| s.ports.as_ref())
-        .and_then(|ports| ports.get(PORT_KEY))
-        .and_then(Option::as_ref)
-        .and_then(|bindings| {
-            bindings
-                .iter()
-                .find_map(|b| b.host_port.as_deref()?.parse::<u16>().ok())
-        })
-        .map(|port| SocketAddr::from(([127, 0, 0, 1], port)));
-    let direct = settings
-        .and_then(|s| s.networks.as_ref())
-        .and_then(|networks| {
-            networks
-                .values()
-                .find_map(|n| n.ip_address.as_deref()?.parse::<IpAddr>().ok())
-        })
-        .map(|ip| SocketAddr::new(ip, CONTAINER_PORT));
-    (published, direct)
+/// A port that was free a moment ago. Another process could take it before
+/// the instance binds it; the instance then fails to start, visibly.
+fn free_port() -> Result<u16, RuntimeError> {
+    std::net::TcpListener::bind(("127.0.0.1", 0))
+        .and_then(|listener| listener.local_addr())
+        .map(|addr| addr.port())
+        .map_err(RuntimeError::Port)
 }
 
 /// Follows the container's output into its log until the container stops.

@@ -3,8 +3,9 @@
 //! One small trait, [`Runtime`], with two adapters:
 //!
 //! - [`DockerRuntime`]: a container from an image in the local Docker engine
-//!   (never pulled), its port 8080 published on `127.0.0.1`, labelled so a
-//!   restarted platform can find and remove what it left behind.
+//!   (never pulled), in the host's network with `PORT` set to a free host
+//!   port (so it reaches a loopback-only emulator), labelled so a restarted
+//!   platform can find and remove what it left behind.
 //! - [`ProcessRuntime`]: a host command in its own process group, for
 //!   machines without an engine and for local development.
 //!

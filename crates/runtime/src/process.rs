@@ -9,13 +9,23 @@
 //! The child inherits the platform's environment, then gets the spec's
 //! variables and `PORT` (a port found free on 127.0.0.1 just before the
 //! start; the child binds it itself).
+//!
+//! Instances outlive a platform killed with SIGKILL: nothing is left to stop
+//! them, and they are reparented to init holding their ports. With a state
+//! directory ([`ProcessRuntime::with_state_dir`]) every running instance has
+//! a pid file there, `<instance_id>.pid`, written when it starts and removed
+//! once it has exited and been reaped; [`ProcessRuntime::remove_stale`], at
+//! the next start, kills the process groups the files name. Without one
+//! ([`ProcessRuntime::new`]) nothing is recorded and nothing can be cleaned
+//! up after a crash.
 
+use std::io::Write as _;
 use std::os::unix::process::ExitStatusExt;
 use std::path::{Path, PathBuf};
 use std::process::{ExitStatus, Stdio};
 use std::time::Duration;
 
-use rustix::process::{Pid, Signal, kill_process_group};
+use rustix::process::{Pid, Signal, getpid, kill_process_group};
 use tokio::sync::watch;
 
 use crate::instance::{self, Instance, Parts};
@@ -29,14 +39,118 @@ const LOG_DRAIN_TIMEOUT: Duration = Duration::from_millis(250);
 /// How long to wait for the exit after SIGKILL: the kernel delivers it at
 /// once, unless the process is stuck in uninterruptible I/O.
 const KILL_WAIT: Duration = Duration::from_secs(5);
+/// How long [`ProcessRuntime::remove_stale`] gives the groups it found to
+/// end after SIGTERM before it kills them: enough for a server to close its
+/// connections, short enough not to hold up the platform's start (all groups
+/// share this one wait).
+const STALE_GRACE: Duration = Duration::from_secs(2);
+/// How often `remove_stale` looks whether they have ended; reading
+/// `/proc/<pid>/stat` costs microseconds.
+const STALE_POLL: Duration = Duration::from_millis(20);
+/// Suffix of pid files in the state directory.
+const PID_SUFFIX: &str = ".pid";
+/// Suffix of a pid file being written; one is left only by a crash between
+/// the write and the rename, and is handled like a pid file.
+const TMP_SUFFIX: &str = ".pid.tmp";
 
 /// Runs instances as host processes. Runs [`Source::Command`] only.
-#[derive(Debug, Default, Clone, Copy)]
-pub struct ProcessRuntime;
+#[derive(Debug, Default, Clone)]
+pub struct ProcessRuntime {
+    /// Where pid files are kept; `None`: nowhere.
+    state_dir: Option<PathBuf>,
+}
 
 impl ProcessRuntime {
+    /// A runtime that keeps no record of its instances: if the platform is
+    /// killed, they run on and nothing finds them again.
     pub fn new() -> Self {
-        Self
+        Self::default()
+    }
+
+    /// A runtime that records every running instance in `dir` (created when
+    /// needed) as `<instance_id>.pid`, holding `<pid> <starttime>\n`: the
+    /// process id (which is also its process group id) and its start time
+    /// (field 22 of `/proc/<pid>/stat`, in clock ticks since boot). The file
+    /// is written before [`Runtime::start`] returns (a start that cannot
+    /// write it fails) and removed once the process has exited and been
+    /// reaped. Give each platform its own directory: see
+    /// [`remove_stale`](Self::remove_stale).
+    pub fn with_state_dir(dir: impl Into<PathBuf>) -> Self {
+        Self {
+            state_dir: Some(dir.into()),
+        }
+    }
+
+    /// Kills the process groups of instances that a previous run of the
+    /// platform left running, as recorded in the state directory, and
+    /// removes every pid file there (files it cannot read are logged and
+    /// removed too). Call it at start-up, before starting anything: it would
+    /// kill this runtime's own instances as well.
+    ///
+    /// A group is only signalled if its leader is still the process that was
+    /// recorded (same pid *and* start time). Each gets SIGTERM; after up to
+    /// 2 s (for all of them together) the groups get SIGKILL. Returns how
+    /// many groups were found running and signalled. Idempotent; `Ok(0)`
+    /// without a state directory or if it does not exist. Problems with
+    /// single files (unreadable, cannot be removed, not ours to signal) are
+    /// logged and do not stop the others.
+    pub async fn remove_stale(&self) -> Result<usize, RuntimeError> {
+        let Some(dir) = self.state_dir.clone() else {
+            return Ok(0);
+        };
+        let found = tokio::task::spawn_blocking(move || scan_state_dir(&dir))
+            .await
+            .unwrap_or_else(|err| {
+                tracing::warn!(error = %err, "cannot scan the process runtime's state directory");
+                Vec::new()
+            });
+
+        let mut signalled = Vec::new();
+        for (path, record) in &found {
+            let Some(record) = record else { continue };
+            // The leader was checked a moment ago (see `PidRecord::is_running`);
+            // its pid cannot have been freed and handed out again since.
+            match kill_process_group(record.pgid, Signal::TERM) {
+                Ok(()) => {
+                    tracing::info!(
+                        pid_file = %path.display(),
+                        pgid = record.pgid.as_raw_pid(),
+                        "stopping a process group left by an earlier run"
+                    );
+                    signalled.push(record);
+                }
+                Err(err) => tracing::warn!(
+                    pid_file = %path.display(),
+                    pgid = record.pgid.as_raw_pid(),
+                    error = %err,
+                    "cannot signal a process group left by an earlier run"
+                ),
+            }
+        }
+        let deadline = tokio::time::Instant::now() + STALE_GRACE;
+        while signalled.iter().any(|record| record.is_running())
+            && tokio::time::Instant::now() < deadline
+        {
+            tokio::time::sleep(STALE_POLL).await;
+        }
+        for record in &signalled {
+            // Also reaches members that outlived their leader. The leader was
+            // running a moment ago, or its group still has members, so the
+            // group id has not been handed out again (Linux gives out pids
+            // in a cycle, not the one just freed).
+            let ignored_term = record.is_running();
+            if kill_process_group(record.pgid, Signal::KILL).is_ok() && ignored_term {
+                tracing::warn!(
+                    pgid = record.pgid.as_raw_pid(),
+                    grace = ?STALE_GRACE,
+                    "process group ignored SIGTERM; killed it"
+                );
+            }
+        }
+        for (path, _) in &found {
+            remove_pid_file(path);
+        }
+        Ok(signalled.len())
     }
 }
 
@@ -122,6 +236,30 @@ impl Runtime for ProcessRuntime {
                 workdir: workdir.clone(),
                 source: std::io::Error::other("the child has no process id"),
             })?;
+        let pid_file = match &self.state_dir {
+            Some(dir) => {
+                let (dir, id) = (dir.clone(), instance_id.clone());
+                let written = tokio::task::spawn_blocking(move || write_pid_file(&dir, &id, pgid))
+                    .await
+                    .unwrap_or_else(|err| Err(std::io::Error::other(err)));
+                match written {
+                    Ok(path) => Some(path),
+                    Err(source) => {
+                        // Not started after all: an instance without a
+                        // record is what the record is there to prevent.
+                        // (The child itself is killed and reaped when it is
+                        // dropped.)
+                        let _ = kill_process_group(pgid, Signal::KILL);
+                        return Err(RuntimeError::Spawn {
+                            program,
+                            workdir,
+                            source,
+                        });
+                    }
+                }
+            }
+            None => None,
+        };
         tracing::debug!(instance = %instance_id, %program, pid = pgid.as_raw_pid(), ?port, "process started");
 
         let mut copiers = Vec::with_capacity(2);
@@ -139,6 +277,12 @@ impl Runtime for ProcessRuntime {
             // The leader was just reaped, so the group id cannot have been
             // reused yet.
             let _ = kill_process_group(pgid, Signal::KILL);
+            // Reaped: nothing is left to clean up after a crash. Removed
+            // before the exit is published, so whoever sees the exit sees
+            // no pid file.
+            if let Some(path) = &pid_file {
+                remove_pid_file(path);
+            }
             let _ =
                 tokio::time::timeout(LOG_DRAIN_TIMEOUT, futures::future::join_all(copiers)).await;
             let exit = match status {
@@ -163,6 +307,169 @@ impl Runtime for ProcessRuntime {
             control: instance::Control::Process(Control { pgid }),
         }))
     }
+}
+
+/// A pid file's content: the process group of an instance and when its
+/// leader started.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+struct PidRecord {
+    pgid: Pid,
+    starttime: u64,
+}
+
+impl PidRecord {
+    fn parse(content: &str) -> Option<Self> {
+        let mut fields = content.split_ascii_whitespace();
+        let pid: u32 = fields.next()?.parse().ok()?;
+        let starttime = fields.next()?.parse().ok()?;
+        if fields.next().is_some() {
+            return None;
+        }
+        let pgid = Pid::from_raw(i32::try_from(pid).ok()?)?;
+        Some(Self { pgid, starttime })
+    }
+
+    /// Whether the recorded process is still there (a zombie is not: it has
+    /// ended and only waits to be reaped).
+    ///
+    /// Pids are reused: after a reboot, or once the counter wraps, the
+    /// recorded pid may belong to an unrelated process (even a group
+    /// leader), which must never be signalled. The pair (pid, start time)
+    /// identifies one process for the life of the system.
+    fn is_running(&self) -> bool {
+        matches!(
+            proc_stat(self.pgid),
+            Some(stat) if stat.starttime == self.starttime && !stat.ended
+        )
+    }
+}
+
+/// What `remove_stale` needs out of `/proc/<pid>/stat`.
+struct ProcStat {
+    /// State `Z` (zombie) or `X` (dead).
+    ended: bool,
+    /// Field 22: clock ticks after boot at which the process started.
+    starttime: u64,
+}
+
+/// Reads `/proc/<pid>/stat`; `None` if there is no such process.
+fn proc_stat(pid: Pid) -> Option<ProcStat> {
+    let stat = std::fs::read_to_string(format!("/proc/{}/stat", pid.as_raw_pid())).ok()?;
+    parse_proc_stat(&stat)
+}
+
+/// `pid (comm) state ppid …`: `comm` may hold spaces and parentheses, so the
+/// fields are counted after its last `)`, where field 3 (state) comes first.
+fn parse_proc_stat(stat: &str) -> Option<ProcStat> {
+    let mut fields = stat.rsplit_once(')')?.1.split_ascii_whitespace();
+    let state = fields.next()?;
+    let starttime = fields.nth(22 - 4)?.parse().ok()?;
+    Some(ProcStat {
+        ended: matches!(state, "Z" | "X"),
+        starttime,
+    })
+}
+
+/// Records a just-started instance in `dir`: `<id>.pid`, written to a
+/// temporary file and renamed so that a crash never leaves half a record
+/// under the real name. Not synced to disk: it guards against the platform
+/// being killed, not the machine (which takes the processes with it).
+fn write_pid_file(dir: &Path, instance_id: &str, pgid: Pid) -> std::io::Result<PathBuf> {
+    let context = |path: &Path, err: std::io::Error| {
+        std::io::Error::new(
+            err.kind(),
+            format!("cannot record its process in `{}`: {err}", path.display()),
+        )
+    };
+    // The child has not been waited for, so even if it already exited its
+    // entry is still there.
+    let stat = proc_stat(pgid).ok_or_else(|| {
+        std::io::Error::other(format!(
+            "cannot read /proc/{}/stat to record its start time",
+            pgid.as_raw_pid()
+        ))
+    })?;
+    std::fs::create_dir_all(dir).map_err(|err| context(dir, err))?;
+    let path = dir.join(format!("{instance_id}{PID_SUFFIX}"));
+    let tmp = dir.join(format!("{instance_id}{TMP_SUFFIX}"));
+    let content = format!("{} {}\n", pgid.as_raw_pid(), stat.starttime);
+    let written = std::fs::File::create(&tmp)
+        .and_then(|mut file| file.write_all(content.as_bytes()))
+        .map_err(|err| context(&tmp, err))
+        .and_then(|()| std::fs::rename(&tmp, &path).map_err(|err| context(&path, err)));
+    if let Err(err) = written {
+        let _ = std::fs::remove_file(&tmp);
+        return Err(err);
+    }
+    Ok(path)
+}
+
+/// Removes a pid file; one already gone is fine (`remove_stale` and the
+/// instance's own exit may both get there).
+fn remove_pid_file(path: &Path) {
+    match std::fs::remove_file(path) {
+        Ok(()) => {}
+        Err(err) if err.kind() == std::io::ErrorKind::NotFound => {}
+        Err(err) => {
+            tracing::warn!(pid_file = %path.display(), error = %err, "cannot remove pid file");
+        }
+    }
+}
+
+/// The pid files (and leftover temporary ones) in `dir`, each with its
+/// record if that names a process that is still running. Files that do not
+/// are logged here; other files are left alone.
+fn scan_state_dir(dir: &Path) -> Vec<(PathBuf, Option<PidRecord>)> {
+    let entries = match std::fs::read_dir(dir) {
+        Ok(entries) => entries,
+        Err(err) if err.kind() == std::io::ErrorKind::NotFound => return Vec::new(),
+        Err(err) => {
+            tracing::warn!(
+                state_dir = %dir.display(),
+                error = %err,
+                "cannot list the process runtime's state directory; no stale instances removed"
+            );
+            return Vec::new();
+        }
+    };
+    let own_pid = getpid();
+    let mut found = Vec::new();
+    for entry in entries.flatten() {
+        let path = entry.path();
+        let is_pid_file = path
+            .file_name()
+            .and_then(|name| name.to_str())
+            .is_some_and(|name| name.ends_with(PID_SUFFIX) || name.ends_with(TMP_SUFFIX));
+        if !is_pid_file {
+            continue;
+        }
+        let content = std::fs::read_to_string(&path);
+        let record = match content.as_deref().map(PidRecord::parse) {
+            Ok(Some(record)) if record.pgid == own_pid || record.pgid.as_raw_pid() == 1 => {
+                tracing::warn!(pid_file = %path.display(), pid = record.pgid.as_raw_pid(), "pid file names this process or init; removing it");
+                None
+            }
+            Ok(Some(record)) if record.is_running() => Some(record),
+            Ok(Some(record)) => {
+                tracing::warn!(
+                    pid_file = %path.display(),
+                    pid = record.pgid.as_raw_pid(),
+                    "stale pid file: its process is gone (or the pid now belongs to another process); removing it"
+                );
+                None
+            }
+            Ok(None) => {
+                tracing::warn!(pid_file = %path.display(), "garbled pid file; removing it");
+                None
+            }
+            Err(err) => {
+                tracing::warn!(pid_file = %path.display(), error = %err, "unreadable pid file; removing it");
+                None
+            }
+        };
+        found.push((path, record));
+    }
+    found
 }
 
 /// A relative path with a `/` is relative to the working directory (std
@@ -289,5 +596,38 @@ mod tests {
         assert_eq!(resolve("bin/app", workdir), Path::new("/srv/app/bin/app"));
         assert_eq!(resolve("python3", workdir), Path::new("python3"));
         assert_eq!(resolve("/usr/bin/env", workdir), Path::new("/usr/bin/env"));
+    }
+
+    #[test]
+    fn proc_stat_fields_are_counted_after_the_command_name() {
+        // Field 22 is the start time; the name may hold ") " itself.
+        let stat =
+            "4242 (odd) name) S 1 4242 4242 0 -1 4194560 100 0 0 0 1 2 0 0 20 0 1 0 987654 1000 50";
+        let parsed = parse_proc_stat(stat).expect("parses");
+        assert_eq!(parsed.starttime, 987_654);
+        assert!(!parsed.ended);
+        let zombie = stat.replace(") S ", ") Z ");
+        assert!(parse_proc_stat(&zombie).expect("parses").ended);
+        assert!(parse_proc_stat("4242 (truncated) S 1").is_none());
+        let own = proc_stat(getpid()).expect("this process has a stat");
+        assert!(!own.ended);
+    }
+
+    #[test]
+    fn pid_records_are_two_numbers() {
+        let record = PidRecord::parse("123 456\n").expect("parses");
+        assert_eq!(record.pgid.as_raw_pid(), 123);
+        assert_eq!(record.starttime, 456);
+        for bad in [
+            "",
+            "123",
+            "123 456 789",
+            "0 456",
+            "-5 456",
+            "abc 456",
+            "4294967295 1",
+        ] {
+            assert!(PidRecord::parse(bad).is_none(), "{bad:?} accepted");
+        }
     }
 }

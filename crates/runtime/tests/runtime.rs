@@ -622,7 +622,7 @@ async fn docker_runtime_runs_the_echo_image() {
         "docker: start() {started:?} + wait_ready {waited:?} = start-to-ready {:?}",
         begun.elapsed()
     );
-    let addr = instance.addr().expect("a published port");
+    let addr = instance.addr().expect("an address");
     assert!(addr.ip().is_loopback());
     let (status, body) = ask(&instance, &json!({ "in": "a container" })).await;
     assert_eq!(status, 200, "{body}");
@@ -632,7 +632,10 @@ async fn docker_runtime_runs_the_echo_image() {
         json!({ "echo": { "in": "a container" }, "instance": id })
     );
     let log = wait_for_log(&instance, "answered a question").await;
-    assert!(log.contains("echo: listening on 0.0.0.0:8080\n"), "{log}");
+    assert!(
+        log.contains(&format!("echo: listening on 0.0.0.0:{}\n", addr.port())),
+        "{log}"
+    );
     assert!(log.contains("echo: answered a question\n"), "{log}");
 
     // A crash is noticed within a second; stop removes the container.
@@ -677,8 +680,7 @@ async fn docker_runtime_runs_the_echo_image() {
     }
     doomed.stop(GRACE).await;
 
-    // Not listening yet: Docker's port proxy accepts connections anyway,
-    // and neither probe may be fooled by it.
+    // Not listening yet: neither probe may say it is ready.
     let mut slow = spec(&unique_id("slow"), source(), dir.path(), true);
     slow.env
         .insert("ECHO_STARTUP_DELAY_MS".to_owned(), "60000".to_owned());
@@ -781,4 +783,259 @@ fn unreachable_engine_is_a_clear_error() {
     );
     let message = err.to_string();
     assert!(message.contains("/nonexistent/docker.sock"), "{message}");
+}
+
+// ------------------------------------- process runtime: stale instances
+
+fn pid_file(state: &Path, id: &str) -> PathBuf {
+    state.join(format!("{id}.pid"))
+}
+
+/// The `<pid> <starttime>` of a pid file.
+fn read_pid_file(path: &Path) -> (u32, u64) {
+    let content = std::fs::read_to_string(path)
+        .unwrap_or_else(|err| panic!("cannot read {}: {err}", path.display()));
+    let (pid, starttime) = content
+        .trim_end()
+        .split_once(' ')
+        .unwrap_or_else(|| panic!("not `<pid> <starttime>`: {content:?}"));
+    (
+        pid.parse().expect("a pid"),
+        starttime.parse().expect("a start time"),
+    )
+}
+
+/// Field 22 of `/proc/<pid>/stat`.
+fn starttime(pid: u32) -> u64 {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).expect("a running process");
+    let after_comm = stat.rsplit_once(')').expect("a stat line").1;
+    after_comm
+        .split_whitespace()
+        .nth(22 - 3)
+        .and_then(|field| field.parse().ok())
+        .expect("a start time")
+}
+
+fn files_in(dir: &Path) -> Vec<String> {
+    let mut names: Vec<String> = std::fs::read_dir(dir)
+        .map(|entries| {
+            entries
+                .map(|entry| {
+                    entry
+                        .expect("an entry")
+                        .file_name()
+                        .to_string_lossy()
+                        .into_owned()
+                })
+                .collect()
+        })
+        .unwrap_or_default();
+    names.sort();
+    names
+}
+
+#[tokio::test]
+async fn process_pid_files_live_as_long_as_their_instance() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let state = dir.path().join("state");
+    let runtime = ProcessRuntime::with_state_dir(&state);
+
+    // A server: recorded while it runs, with its start time.
+    let server_id = unique_id("recorded");
+    let server = runtime
+        .start(spec(&server_id, echo_command(dir.path()), dir.path(), true))
+        .await
+        .expect("echo starts");
+    let (pid, recorded) = read_pid_file(&pid_file(&state, &server_id));
+    assert!(alive(pid));
+    assert_eq!(recorded, starttime(pid));
+    assert_eq!(files_in(&state), [format!("{server_id}.pid")]);
+
+    // A job that ends by itself leaves nothing behind.
+    let mut job = spec(
+        &unique_id("job"),
+        echo_command(dir.path()),
+        dir.path(),
+        false,
+    );
+    job.extra_args = ["--attributes", "{}", "--input-values", r#"{"x":1}"#]
+        .map(str::to_owned)
+        .to_vec();
+    let job = runtime.start(job).await.expect("echo starts");
+    let exit = tokio::time::timeout(EXIT_NOTICE, job.exited())
+        .await
+        .expect("the job ends");
+    assert_eq!(exit.code, Some(0));
+    assert!(!pid_file(&state, job.id()).exists(), "the job's pid file");
+
+    // So does a stopped one, and a crashed one.
+    server.stop(GRACE).await;
+    assert!(
+        !pid_file(&state, &server_id).exists(),
+        "stopped, still recorded"
+    );
+    let crashing = runtime
+        .start(spec(
+            &unique_id("crashing"),
+            echo_command(dir.path()),
+            dir.path(),
+            true,
+        ))
+        .await
+        .expect("echo starts");
+    crashing
+        .wait_ready(&Probe::Tcp, READY_TIMEOUT)
+        .await
+        .expect("echo becomes ready");
+    crash(&crashing).await;
+    assert!(files_in(&state).is_empty(), "{:?}", files_in(&state));
+
+    // Nothing is left to remove.
+    assert_eq!(runtime.remove_stale().await.expect("nothing to do"), 0);
+}
+
+#[tokio::test]
+async fn process_remove_stale_kills_what_a_crashed_owner_left() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let state = dir.path().join("state");
+    let id = unique_id("orphan");
+    let instance = ProcessRuntime::with_state_dir(&state)
+        .start(spec(&id, echo_command(dir.path()), dir.path(), true))
+        .await
+        .expect("echo starts");
+    instance
+        .wait_ready(&Probe::Tcp, READY_TIMEOUT)
+        .await
+        .expect("echo becomes ready");
+    let (pid, _) = read_pid_file(&pid_file(&state, &id));
+    // The owner "crashes": nobody stops the instance, nor drops its handle
+    // (which would kill it).
+    std::mem::forget(instance);
+    assert!(alive(pid));
+
+    // The next run of the platform, on the same state directory.
+    let restarted = ProcessRuntime::with_state_dir(&state);
+    let begun = Instant::now();
+    let removed = restarted.remove_stale().await.expect("stale instances go");
+    println!("process: remove_stale took {:?}", begun.elapsed());
+    assert_eq!(removed, 1);
+    assert!(!alive(pid), "echo {pid} survived remove_stale");
+    assert!(
+        begun.elapsed() < GRACE,
+        "echo ends on SIGTERM: no kill needed"
+    );
+    assert!(files_in(&state).is_empty(), "{:?}", files_in(&state));
+    assert_eq!(restarted.remove_stale().await.expect("idempotent"), 0);
+}
+
+#[tokio::test]
+async fn process_remove_stale_kills_groups_that_ignore_sigterm() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let state = dir.path().join("state");
+    let script = "trap '' TERM; sleep 300 & echo \"child $!\"; wait";
+    let instance = ProcessRuntime::with_state_dir(&state)
+        .start(spec(
+            &unique_id("stubborn"),
+            shell(script, dir.path()),
+            dir.path(),
+            false,
+        ))
+        .await
+        .expect("sh starts");
+    let child = pid_after(&wait_for_log(&instance, "child ").await, "child ");
+    let (leader, _) = read_pid_file(&pid_file(&state, instance.id()));
+    std::mem::forget(instance);
+
+    let begun = Instant::now();
+    let removed = ProcessRuntime::with_state_dir(&state)
+        .remove_stale()
+        .await
+        .expect("stale instances go");
+    assert_eq!(removed, 1);
+    assert!(
+        begun.elapsed() >= Duration::from_secs(1),
+        "SIGTERM was ignored"
+    );
+    // SIGKILL was sent; the kernel delivers it at once.
+    let deadline = Instant::now() + EXIT_NOTICE;
+    while (alive(leader) || alive(child)) && Instant::now() < deadline {
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    assert!(!alive(leader), "the leader {leader} survived");
+    assert!(!alive(child), "the group's child {child} survived");
+    assert!(files_in(&state).is_empty(), "{:?}", files_in(&state));
+}
+
+#[tokio::test]
+async fn process_remove_stale_spares_reused_pids_and_drops_bad_files() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let state = dir.path().join("state");
+    std::fs::create_dir(&state).expect("state dir");
+
+    use std::os::unix::process::CommandExt as _;
+
+    // An unrelated group leader whose pid a stale file happens to name:
+    // same pid, another start time.
+    let mut unrelated = std::process::Command::new("sleep")
+        .arg("300")
+        .process_group(0)
+        .spawn()
+        .expect("sleep starts");
+    let pid = unrelated.id();
+    std::fs::write(
+        state.join("reused.pid"),
+        format!("{pid} {}\n", starttime(pid) + 1),
+    )
+    .expect("write");
+    // A process that is gone.
+    let mut ended = std::process::Command::new("true")
+        .spawn()
+        .expect("true starts");
+    let ended_pid = ended.id();
+    let ended_start = starttime(ended_pid);
+    ended.wait().expect("true ends");
+    std::fs::write(
+        state.join("gone.pid"),
+        format!("{ended_pid} {ended_start}\n"),
+    )
+    .expect("write");
+    // Garbage, and a half-written record.
+    std::fs::write(state.join("garbled.pid"), "not a pid\n").expect("write");
+    std::fs::write(state.join("torn.pid.tmp"), "12").expect("write");
+    // Not ours: left alone.
+    std::fs::write(state.join("notes.txt"), "keep me").expect("write");
+
+    let runtime = ProcessRuntime::with_state_dir(&state);
+    assert_eq!(runtime.remove_stale().await.expect("bad files go"), 0);
+    assert!(alive(pid), "an unrelated process {pid} was killed");
+    assert_eq!(files_in(&state), ["notes.txt"]);
+    assert_eq!(runtime.remove_stale().await.expect("idempotent"), 0);
+    unrelated.kill().expect("kill sleep");
+    unrelated.wait().expect("reap sleep");
+
+    // No state directory (yet), or none at all: nothing to do.
+    let missing = ProcessRuntime::with_state_dir(dir.path().join("never-created"));
+    assert_eq!(missing.remove_stale().await.expect("no directory"), 0);
+    assert_eq!(ProcessRuntime::new().remove_stale().await.expect("none"), 0);
+}
+
+#[tokio::test]
+async fn process_start_fails_when_it_cannot_be_recorded() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let blocker = dir.path().join("a-file");
+    std::fs::write(&blocker, "").expect("write");
+    let state = blocker.join("state");
+    let err = ProcessRuntime::with_state_dir(&state)
+        .start(spec(
+            &unique_id("unrecorded"),
+            echo_command(dir.path()),
+            dir.path(),
+            true,
+        ))
+        .await
+        .expect_err("no state directory can be made under a file");
+    assert!(matches!(err, RuntimeError::Spawn { .. }), "{err:?}");
+    let message = err.to_string();
+    assert!(message.contains("cannot record"), "{message}");
+    assert!(message.contains(&state.display().to_string()), "{message}");
 }

@@ -175,7 +175,9 @@ impl SqliteStore {
         let (done, result) = tokio::sync::oneshot::channel();
         let job: Job = Box::new(move |conn: Option<&Connection>| -> Completion {
             let outcome = match conn {
-                None => Err(StoreError::Task("the store could not begin a transaction".into())),
+                None => Err(StoreError::Task(
+                    "the store could not begin a transaction".into(),
+                )),
                 Some(c) => in_savepoint(c, f),
             };
             Box::new(move |commit: Result<(), String>| {

@@ -99,7 +99,20 @@ pub async fn run(args: ServerArgs, log_format: Option<LogFormat>) -> Result<(), 
     let shutdown = CancellationToken::new();
     let logs_dir = config.data_dir.join("logs");
     let (hooks, dispatcher): (Arc<dyn DispatchHooks>, _) = if config.roles.dispatcher {
-        let docker: Option<Arc<dyn Runtime>> = match DockerRuntime::connect() {
+        // Instances a crashed earlier run left behind are stopped before
+        // anything starts. The data dir names this platform, so several
+        // platforms on one engine leave each other's containers alone.
+        let process = ProcessRuntime::with_state_dir(config.data_dir.join("instances"));
+        match process.remove_stale().await {
+            Ok(0) => {}
+            Ok(n) => tracing::info!(processes = n, "stopped instances left by an earlier run"),
+            Err(e) => {
+                tracing::warn!(error = %e, "cannot check for instances left by an earlier run")
+            }
+        }
+        let docker: Option<Arc<dyn Runtime>> = match DockerRuntime::connect()
+            .map(|d| d.with_owner(config.data_dir.display().to_string()))
+        {
             Ok(d) => {
                 match d.remove_stale().await {
                     Ok(0) => {}
@@ -129,7 +142,7 @@ pub async fn run(args: ServerArgs, log_format: Option<LogFormat>) -> Result<(), 
             },
             store: store.clone(),
             pubsub: pubsub.clone(),
-            process: Arc::new(ProcessRuntime::new()),
+            process: Arc::new(process),
             docker,
         };
         let (d, handle) = Dispatcher::start(parts, shutdown.clone())
