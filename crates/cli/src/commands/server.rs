@@ -184,10 +184,10 @@ pub async fn run(args: ServerArgs, log_format: Option<LogFormat>) -> Result<(), 
         shutdown.cancelled().await;
     }
     shutdown.cancel();
-    if let Some(handle) = dispatcher {
-        if tokio::time::timeout(DRAIN_DEADLINE, handle).await.is_err() {
-            tracing::warn!("the dispatcher did not stop within {DRAIN_DEADLINE:?}");
-        }
+    if let Some(handle) = dispatcher
+        && tokio::time::timeout(DRAIN_DEADLINE, handle).await.is_err()
+    {
+        tracing::warn!("the dispatcher did not stop within {DRAIN_DEADLINE:?}");
     }
     tracing::info!("rouse server stopped");
     Ok(())
