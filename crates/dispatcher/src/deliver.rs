@@ -25,6 +25,10 @@ pub enum Outcome {
     /// The service publishes its own events. If its terminal event has not
     /// been seen within the grace period, `fallback` is sent instead.
     SelfReported { fallback: Reply, grace: Duration },
+    /// The connection failed or broke off: the instance probably died. The
+    /// caller waits briefly for its exit, so that the asker hears how it
+    /// ended and its last log lines.
+    Crashed { detail: String },
 }
 
 /// How long to wait for an Octue service's own result after it answered the
@@ -73,7 +77,6 @@ pub async fn post(
     addr: SocketAddr,
     envelope: &Value,
     timeout: Duration,
-    logs: impl Fn() -> String,
 ) -> Outcome {
     let url = format!("http://{addr}/");
     let sent = client
@@ -94,26 +97,18 @@ pub async fn post(
             ));
         }
         Err(e) => {
-            return Outcome::Reply(Reply::exception(
-                "ServiceCrashed",
-                format!(
-                    "the service's instance failed while answering ({e}); its last log lines:\n{}",
-                    quote(&logs())
-                ),
-            ));
+            return Outcome::Crashed {
+                detail: format!("the service's instance failed while answering ({e})"),
+            };
         }
     };
     let status = response.status();
     let body = match tokio::time::timeout(timeout, response.bytes()).await {
         Ok(Ok(b)) => b,
         Ok(Err(e)) => {
-            return Outcome::Reply(Reply::exception(
-                "ServiceCrashed",
-                format!(
-                    "the service's answer broke off ({e}); its last log lines:\n{}",
-                    quote(&logs())
-                ),
-            ));
+            return Outcome::Crashed {
+                detail: format!("the service's answer broke off ({e})"),
+            };
         }
         Err(_) => {
             return Outcome::Reply(Reply::exception(
@@ -149,6 +144,17 @@ pub async fn post(
     let output_values = serde_json::from_slice(&body)
         .unwrap_or_else(|_| Value::String(String::from_utf8_lossy(&body).into_owned()));
     Outcome::Reply(Reply::Result { output_values })
+}
+
+/// The exception for a crashed instance: how it ended, and its last words.
+pub fn crashed(detail: &str, exit: Option<&str>, logs: &str) -> Reply {
+    let ended = exit
+        .map(|e| format!("; the instance {e}"))
+        .unwrap_or_default();
+    Reply::exception(
+        "ServiceCrashed",
+        format!("{detail}{ended}; its last log lines:\n{}", quote(logs)),
+    )
 }
 
 /// Arguments appended to a job's command.

@@ -141,6 +141,7 @@ impl Shared {
     pub async fn complete(&self, execution: Execution, outcome: Outcome, sender: &str) {
         let reply = match outcome {
             Outcome::Reply(reply) => reply,
+            Outcome::Crashed { detail } => deliver::crashed(&detail, None, ""),
             Outcome::SelfReported { fallback, grace } => {
                 let deadline = tokio::time::Instant::now() + grace;
                 loop {

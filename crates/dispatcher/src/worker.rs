@@ -522,11 +522,22 @@ impl Worker {
                         &execution.question_uuid,
                         &subscription,
                     );
-                    let log_path = instance.log_path().to_owned();
-                    deliver::post(&shared.http, addr, &envelope, timeout, || {
-                        rouse_runtime::tail_lines(&log_path, 20)
-                    })
-                    .await
+                    match deliver::post(&shared.http, addr, &envelope, timeout).await {
+                        deliver::Outcome::Crashed { detail } => {
+                            // Its exit and last words reach us a moment after
+                            // the connection broke.
+                            let exit = tokio::time::timeout(CRASH_NOTICE, instance.exited())
+                                .await
+                                .ok();
+                            let logs = rouse_runtime::tail_lines(instance.log_path(), 20);
+                            Outcome::Reply(deliver::crashed(
+                                &detail,
+                                exit.as_ref().map(|e| e.description.as_str()),
+                                &logs,
+                            ))
+                        }
+                        other => other,
+                    }
                 }
                 None => Outcome::Reply(Reply::exception(
                     "ServiceCrashed",
@@ -678,6 +689,10 @@ impl Worker {
         }
     }
 }
+
+/// How long a delivery that lost its connection waits for the instance's
+/// exit before reporting the crash (exits are noticed within a second).
+const CRASH_NOTICE: Duration = Duration::from_secs(1);
 
 /// How long an instance gets to exit after SIGTERM / `docker stop`.
 pub const STOP_GRACE: Duration = Duration::from_secs(5);

@@ -380,7 +380,24 @@ async fn process_stop_kills_the_whole_group_after_the_grace() {
     assert!(took < grace + EXIT_NOTICE, "stop took {took:?}");
     let exit = instance.exit().expect("stopped");
     assert_eq!(exit.description, "killed by signal 9 (SIGKILL)");
-    assert!(!alive(child), "the group's child {child} survived the stop");
+    // SIGKILL is delivered asynchronously: on a busy machine the child may
+    // still be scheduled for a moment after the leader's exit was seen.
+    assert!(
+        gone_within(child, Duration::from_secs(2)).await,
+        "the group's child {child} survived the stop"
+    );
+}
+
+/// Whether `pid` ends within `limit`.
+async fn gone_within(pid: u32, limit: Duration) -> bool {
+    let deadline = Instant::now() + limit;
+    while alive(pid) {
+        if Instant::now() > deadline {
+            return false;
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    true
 }
 
 #[tokio::test]
