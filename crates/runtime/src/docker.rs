@@ -306,8 +306,6 @@ impl Runtime for DockerRuntime {
             id: instance_id,
             listen,
             addr,
-            proxied: false,
-            direct_addr: None,
             log_path,
             exit: exit_rx,
             control: instance::Control::Docker(Control {

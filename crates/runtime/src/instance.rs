@@ -34,11 +34,6 @@ pub(crate) struct Inner {
     id: String,
     listen: bool,
     addr: Option<SocketAddr>,
-    /// `addr` is a port published through Docker's proxy.
-    proxied: bool,
-    /// Where a TCP probe should connect first when that is not `addr`
-    /// (the container's own address behind Docker's port proxy).
-    direct_addr: Option<SocketAddr>,
     log_path: PathBuf,
     exit: watch::Receiver<Option<ExitInfo>>,
     control: Control,
@@ -51,8 +46,6 @@ pub(crate) struct Parts {
     pub id: String,
     pub listen: bool,
     pub addr: Option<SocketAddr>,
-    pub proxied: bool,
-    pub direct_addr: Option<SocketAddr>,
     pub log_path: PathBuf,
     pub exit: watch::Receiver<Option<ExitInfo>>,
     pub control: Control,
@@ -68,8 +61,6 @@ impl Instance {
             id,
             listen,
             addr,
-            proxied,
-            direct_addr,
             log_path,
             exit,
             control,
@@ -79,8 +70,6 @@ impl Instance {
                 id,
                 listen,
                 addr,
-                proxied,
-                direct_addr,
                 log_path,
                 exit,
                 control,
@@ -148,7 +137,7 @@ impl Instance {
                 instance_id: self.inner.id.clone(),
             });
         };
-        let mut prober = Prober::new(probe, addr, self.inner.proxied, self.inner.direct_addr);
+        let mut prober = Prober::new(probe, addr);
         let probing = async {
             loop {
                 if prober.is_ready(deadline).await {

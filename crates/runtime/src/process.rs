@@ -300,8 +300,6 @@ impl Runtime for ProcessRuntime {
             id: instance_id,
             listen,
             addr: port.map(|port| ([127, 0, 0, 1], port).into()),
-            proxied: false,
-            direct_addr: None,
             log_path,
             exit: exit_rx,
             control: instance::Control::Process(Control { pgid }),
