@@ -317,6 +317,11 @@ fn fmt_ms(v: f64) -> String {
     format!("{v:.2} ms")
 }
 
+/// `ROUSE_BENCH=warm,cold,docker,throughput,memory` runs only those parts.
+fn wanted(part: &str) -> bool {
+    std::env::var("ROUSE_BENCH").map_or(true, |v| v.split(',').any(|p| p.trim() == part))
+}
+
 #[tokio::main]
 async fn main() {
     let root = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("..");
@@ -356,7 +361,12 @@ async fn main() {
     round_trips(&mut asker, &warm_topic, "bench/warm", 10).await;
     // Interleave the two so that drift on the machine affects both alike.
     let (mut floor, mut warm) = (Vec::new(), Vec::new());
-    for _ in 0..WARM_N / 10 {
+    let rounds = if wanted("warm") || wanted("cold") || wanted("docker") {
+        WARM_N / 10
+    } else {
+        1
+    };
+    for _ in 0..rounds {
         floor.extend(round_trips(&mut asker, &relay_topic, "bench/relay", 10).await);
         warm.extend(round_trips(&mut asker, &warm_topic, "bench/warm", 10).await);
     }
@@ -382,27 +392,29 @@ async fn main() {
     report.json.insert("warm_round_trip_ms".into(), json!({"p50": warm50, "p99": percentile(&warm, 99.0), "floor_p50": floor50, "floor_p99": percentile(&floor, 99.0), "overhead_p50": warm50 - floor50, "target_overhead_p50": 2.0}));
 
     // Cold start, process runtime.
-    let spawn: Vec<f64> = (0..FLOOR_N).map(|_| spawn_to_ready(&echo)).collect();
-    let cold_topic = create(
-        &server,
-        "cold",
-        &["--idle-timeout", "1s"],
-        &["--command", &echo_cmd, "--workdir", "/tmp"],
-    );
-    let cold = cold_starts(&server, &mut asker, &cold_topic, "bench/cold", COLD_N).await;
-    let cold_floor = percentile(&spawn, 50.0) + warm50;
-    let cold50 = percentile(&cold, 50.0);
-    report.row(
-        "cold start p50 (process)",
-        fmt_ms(cold50),
-        fmt_ms(cold_floor),
-        format!("overhead {:+.2} ms", cold50 - cold_floor),
-        "≤ 20 ms".into(),
-    );
-    report.json.insert("cold_start_process_ms".into(), json!({"p50": cold50, "samples": cold, "spawn_to_ready_p50": percentile(&spawn, 50.0), "floor_p50": cold_floor, "overhead_p50": cold50 - cold_floor, "target_overhead_p50": 20.0}));
+    if wanted("cold") {
+        let spawn: Vec<f64> = (0..FLOOR_N).map(|_| spawn_to_ready(&echo)).collect();
+        let cold_topic = create(
+            &server,
+            "cold",
+            &["--idle-timeout", "1s"],
+            &["--command", &echo_cmd, "--workdir", "/tmp"],
+        );
+        let cold = cold_starts(&server, &mut asker, &cold_topic, "bench/cold", COLD_N).await;
+        let cold_floor = percentile(&spawn, 50.0) + warm50;
+        let cold50 = percentile(&cold, 50.0);
+        report.row(
+            "cold start p50 (process)",
+            fmt_ms(cold50),
+            fmt_ms(cold_floor),
+            format!("overhead {:+.2} ms", cold50 - cold_floor),
+            "≤ 20 ms".into(),
+        );
+        report.json.insert("cold_start_process_ms".into(), json!({"p50": cold50, "samples": cold, "spawn_to_ready_p50": percentile(&spawn, 50.0), "floor_p50": cold_floor, "overhead_p50": cold50 - cold_floor, "target_overhead_p50": 20.0}));
+    }
 
     // Cold start, Docker runtime.
-    match echo_image(&root) {
+    match echo_image(&root).filter(|_| wanted("docker")) {
         Some(image) => {
             let runs: Vec<f64> = (0..FLOOR_N)
                 .filter_map(|_| docker_run_to_ready(&image))
@@ -439,88 +451,126 @@ async fn main() {
         ),
     }
 
-    // Throughput at saturation. The floor answers each question with the same
-    // two events the dispatcher must send; the one-event relay is reported too.
-    let one_event = saturate(&mut asker, &relay_topic, "bench/relay", THROUGHPUT_N).await;
-    let transport = saturate(&mut asker, &ack_relay_topic, "bench/relay", THROUGHPUT_N).await;
-    let tput_topic = create(
-        &server,
-        "tput",
-        &[
-            "--min-instances",
-            "2",
-            "--max-instances",
-            "2",
-            "--concurrency",
-            "200",
-            "--idle-timeout",
-            "1h",
-        ],
-        &["--command", &echo_cmd, "--workdir", "/tmp"],
-    );
-    round_trips(&mut asker, &tput_topic, "bench/tput", 5).await;
-    let rouse = saturate(&mut asker, &tput_topic, "bench/tput", THROUGHPUT_N).await;
-    report.row(
-        "questions/s at saturation",
-        format!("{rouse:.0}/s"),
-        format!("{transport:.0}/s"),
-        format!("{:.0}% of the transport", 100.0 * rouse / transport),
-        "≥ 80%".into(),
-    );
-    report.row(
-        "  (relay sending one event only)",
-        String::new(),
-        format!("{one_event:.0}/s"),
-        format!("{:.0}% of that", 100.0 * rouse / one_event),
-        String::new(),
-    );
-    report.json.insert("throughput_per_s".into(), json!({"rouse": rouse, "transport": transport, "transport_one_event": one_event, "ratio": rouse / transport, "target_ratio": 0.8}));
+    if wanted("throughput") {
+        // Throughput at saturation. The floor answers each question with the same
+        // two events the dispatcher must send; the one-event relay is reported too.
+        let one_event = saturate(&mut asker, &relay_topic, "bench/relay", THROUGHPUT_N).await;
+        let transport = saturate(&mut asker, &ack_relay_topic, "bench/relay", THROUGHPUT_N).await;
+        let tput_topic = create(
+            &server,
+            "tput",
+            &[
+                "--min-instances",
+                "2",
+                "--max-instances",
+                "2",
+                "--concurrency",
+                "200",
+                "--idle-timeout",
+                "1h",
+            ],
+            &["--command", &echo_cmd, "--workdir", "/tmp"],
+        );
+        round_trips(&mut asker, &tput_topic, "bench/tput", 5).await;
+        let rouse = saturate(&mut asker, &tput_topic, "bench/tput", THROUGHPUT_N).await;
+        report.row(
+            "questions/s at saturation",
+            format!("{rouse:.0}/s"),
+            format!("{transport:.0}/s"),
+            format!("{:.0}% of the transport", 100.0 * rouse / transport),
+            "≥ 80%".into(),
+        );
+        report.row(
+            "  (relay sending one event only)",
+            String::new(),
+            format!("{one_event:.0}/s"),
+            format!("{:.0}% of that", 100.0 * rouse / one_event),
+            String::new(),
+        );
+        // Where the time went, from the executions' own timestamps.
+        let listed = server
+            .rouse(&[
+                "executions",
+                "list",
+                "--project",
+                "bench",
+                "--service",
+                "tput",
+                "--limit",
+                "1000",
+                "--format",
+                "json",
+            ])
+            .json();
+        let at = |e: &Value, k: &str| e[k].as_str().and_then(|t| humantime::parse_rfc3339(t).ok());
+        let (mut queued, mut running) = (Vec::new(), Vec::new());
+        for e in listed.as_array().into_iter().flatten() {
+            if let (Some(r), Some(d), Some(f)) = (
+                at(e, "receive_time"),
+                at(e, "deliver_time"),
+                at(e, "finish_time"),
+            ) {
+                queued.push(ms(d.duration_since(r).unwrap_or_default()));
+                running.push(ms(f.duration_since(d).unwrap_or_default()));
+            }
+        }
+        println!(
+            "  (saturation: received→delivered p50 {:.1} ms p99 {:.1} ms; delivered→finished p50 {:.1} ms p99 {:.1} ms)",
+            percentile(&queued, 50.0),
+            percentile(&queued, 99.0),
+            percentile(&running, 50.0),
+            percentile(&running, 99.0)
+        );
+        report.json.insert("throughput_per_s".into(), json!({"rouse": rouse, "transport": transport, "transport_one_event": one_event, "ratio": rouse / transport, "target_ratio": 0.8}));
+    }
 
     // Memory with 1,000 idle services.
-    let before = rss_kib(server.pid()).unwrap_or(0);
-    let endpoint = server.endpoint().to_owned();
-    let bin = rouse_tests::rouse_bin();
-    let created = tokio::task::spawn_blocking(move || {
-        let mut handles = Vec::new();
-        for worker in 0..4 {
-            let (endpoint, bin) = (endpoint.clone(), bin.clone());
-            handles.push(std::thread::spawn(move || {
-                for i in (worker..IDLE_SERVICES).step_by(4) {
-                    let ok = Command::new(&bin)
-                        .args([
-                            "services",
-                            "create",
-                            &format!("idle-{i}"),
-                            "--project",
-                            "mem",
-                        ])
-                        .env("ROUSE_ENDPOINT", &endpoint)
-                        .stdout(Stdio::null())
-                        .stderr(Stdio::null())
-                        .status()
-                        .map(|s| s.success())
-                        .unwrap_or(false);
-                    assert!(ok, "creating idle-{i} failed");
-                }
-            }));
-        }
-        handles.into_iter().for_each(|h| h.join().expect("creator"));
-        IDLE_SERVICES
-    })
-    .await
-    .expect("create services");
-    // Let the dispatcher subscribe to all of them.
-    tokio::time::sleep(Duration::from_secs(10)).await;
-    let after = rss_kib(server.pid()).unwrap_or(0);
-    let mib = |k: u64| k as f64 / 1024.0;
-    report.row(
-        &format!("RSS with {created} idle services"),
-        format!("{:.1} MiB", mib(after)),
-        format!("{:.1} MiB", mib(before)),
-        format!("{:+.1} MiB for the services", mib(after) - mib(before)),
-        "≤ 150 MB".into(),
-    );
-    report.json.insert("rss_mib".into(), json!({"with_idle_services": mib(after), "services": created, "before": mib(before), "at_start": baseline_rss.map(mib), "target": 150.0 * 1_000_000.0 / 1_048_576.0}));
+    if wanted("memory") {
+        let before = rss_kib(server.pid()).unwrap_or(0);
+        let endpoint = server.endpoint().to_owned();
+        let bin = rouse_tests::rouse_bin();
+        let created = tokio::task::spawn_blocking(move || {
+            let mut handles = Vec::new();
+            for worker in 0..4 {
+                let (endpoint, bin) = (endpoint.clone(), bin.clone());
+                handles.push(std::thread::spawn(move || {
+                    for i in (worker..IDLE_SERVICES).step_by(4) {
+                        let ok = Command::new(&bin)
+                            .args([
+                                "services",
+                                "create",
+                                &format!("idle-{i}"),
+                                "--project",
+                                "mem",
+                            ])
+                            .env("ROUSE_ENDPOINT", &endpoint)
+                            .stdout(Stdio::null())
+                            .stderr(Stdio::null())
+                            .status()
+                            .map(|s| s.success())
+                            .unwrap_or(false);
+                        assert!(ok, "creating idle-{i} failed");
+                    }
+                }));
+            }
+            handles.into_iter().for_each(|h| h.join().expect("creator"));
+            IDLE_SERVICES
+        })
+        .await
+        .expect("create services");
+        // Let the dispatcher subscribe to all of them.
+        tokio::time::sleep(Duration::from_secs(10)).await;
+        let after = rss_kib(server.pid()).unwrap_or(0);
+        let mib = |k: u64| k as f64 / 1024.0;
+        report.row(
+            &format!("RSS with {created} idle services"),
+            format!("{:.1} MiB", mib(after)),
+            format!("{:.1} MiB", mib(before)),
+            format!("{:+.1} MiB for the services", mib(after) - mib(before)),
+            "≤ 150 MB".into(),
+        );
+        report.json.insert("rss_mib".into(), json!({"with_idle_services": mib(after), "services": created, "before": mib(before), "at_start": baseline_rss.map(mib), "target": 150.0 * 1_000_000.0 / 1_048_576.0}));
+    }
 
     let out = root.join("target/bench");
     let _ = std::fs::create_dir_all(&out);
