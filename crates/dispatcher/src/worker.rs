@@ -649,10 +649,20 @@ impl Worker {
         if events.is_empty() {
             return;
         }
-        let replier = self.shared.replier.clone();
+        let shared = self.shared.clone();
         tokio::spawn(async move {
             for event in events {
-                replier.send_now(event).await;
+                // A question that ended (or was cancelled) since the tick gets
+                // no heartbeat after its terminal event.
+                let retry = event.retry_count.unwrap_or(0);
+                if let Ok(Some(_)) = shared
+                    .store
+                    .terminal_event(&event.question_uuid, retry)
+                    .await
+                {
+                    continue;
+                }
+                shared.replier.send_now(event).await;
             }
         });
     }
