@@ -157,6 +157,35 @@ pub struct Execution {
     pub finished_at: Option<SystemTime>,
 }
 
+impl Execution {
+    /// A question just received for `service_uuid`, queued.
+    pub fn received(
+        question_uuid: String,
+        retry_count: u32,
+        service_uuid: Uuid,
+        attributes: Attributes,
+        data: Vec<u8>,
+        now: SystemTime,
+    ) -> Self {
+        Self {
+            question_uuid,
+            retry_count,
+            service_uuid,
+            status: ExecutionStatus::Queued,
+            revision: None,
+            instance: None,
+            cold_start: None,
+            reason: None,
+            attributes,
+            data,
+            received_at: now,
+            ready_at: None,
+            delivered_at: None,
+            finished_at: None,
+        }
+    }
+}
+
 /// One event seen for a question (the event store).
 #[derive(Debug, Clone, PartialEq)]
 pub struct EventRecord {

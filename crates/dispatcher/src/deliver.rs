@@ -92,7 +92,7 @@ pub async fn post(
                 "QuestionTimeout",
                 format!(
                     "the service did not answer within its request timeout of {}",
-                    humantime_like(timeout)
+                    humantime::format_duration(timeout)
                 ),
             ));
         }
@@ -115,7 +115,7 @@ pub async fn post(
                 "QuestionTimeout",
                 format!(
                     "the service's answer did not complete within {}",
-                    humantime_like(timeout)
+                    humantime::format_duration(timeout)
                 ),
             ));
         }
@@ -135,7 +135,7 @@ pub async fn post(
                 "NoResult",
                 format!(
                     "the service answered HTTP {status} without a body but published no result within {}",
-                    humantime_like(SELF_REPORT_GRACE)
+                    humantime::format_duration(SELF_REPORT_GRACE)
                 ),
             ),
             grace: SELF_REPORT_GRACE,
@@ -192,16 +192,6 @@ pub fn job_outcome(exit_code: Option<i64>, exit_description: &str, logs: &str) -
             ),
             grace: JOB_REPORT_GRACE,
         }
-    }
-}
-
-/// `90s` → `1m 30s`, without pulling humantime into this crate's API.
-fn humantime_like(d: Duration) -> String {
-    let secs = d.as_secs();
-    match (secs / 60, secs % 60) {
-        (0, s) => format!("{s}s"),
-        (m, 0) => format!("{m}m"),
-        (m, s) => format!("{m}m {s}s"),
     }
 }
 

@@ -178,22 +178,14 @@ async fn accept(
             return;
         }
     };
-    let execution = Execution {
-        question_uuid: question.question_uuid.clone(),
-        retry_count: question.retry_count,
-        service_uuid: target.uuid,
-        status: ExecutionStatus::Queued,
-        revision: None,
-        instance: None,
-        cold_start: None,
-        reason: None,
-        attributes: attrs,
-        data: msg.data.to_vec(),
-        received_at: SystemTime::now(),
-        ready_at: None,
-        delivered_at: None,
-        finished_at: None,
-    };
+    let execution = Execution::received(
+        question.question_uuid.clone(),
+        question.retry_count,
+        target.uuid,
+        attrs,
+        msg.data.to_vec(),
+        SystemTime::now(),
+    );
     match shared.store.insert_execution(&execution).await {
         Ok(true) => {}
         Ok(false) => {
@@ -259,25 +251,18 @@ async fn reject(
     let reply = Reply::exception(exception_type, reason);
     match service {
         Some(service_uuid) => {
-            let execution = Execution {
-                question_uuid: attrs.get("question_uuid").cloned().unwrap_or_default(),
-                retry_count: reply_attrs
+            let mut execution = Execution::received(
+                attrs.get("question_uuid").cloned().unwrap_or_default(),
+                reply_attrs
                     .get("retry_count")
                     .and_then(|r| r.parse().ok())
                     .unwrap_or(0),
                 service_uuid,
-                status: ExecutionStatus::Failed,
-                revision: None,
-                instance: None,
-                cold_start: None,
-                reason: None,
-                attributes: reply_attrs,
-                data: data.to_vec(),
-                received_at: SystemTime::now(),
-                ready_at: None,
-                delivered_at: None,
-                finished_at: None,
-            };
+                reply_attrs,
+                data.to_vec(),
+                SystemTime::now(),
+            );
+            execution.status = ExecutionStatus::Failed;
             match shared.store.insert_execution(&execution).await {
                 Ok(true) => {
                     shared
