@@ -29,7 +29,10 @@ pub enum ApiError {
 impl From<StoreError> for ApiError {
     fn from(e: StoreError) -> Self {
         match e {
-            StoreError::AlreadyExists { .. } => Self::AlreadyExists(e.to_string()),
+            StoreError::AlreadyExists { .. } | StoreError::Duplicate { .. } => {
+                Self::AlreadyExists(e.to_string())
+            }
+            StoreError::EtagMismatch { .. } => Self::Aborted(e.to_string()),
             StoreError::NamespaceTaken { .. } => Self::FailedPrecondition(e.to_string()),
             StoreError::NotFound { .. } => Self::NotFound(e.to_string()),
             StoreError::Conflict { .. } => {

@@ -7,6 +7,7 @@
 //! errors rather than left to the caller to detect.
 
 mod dispatch;
+mod iam;
 mod sqlite;
 
 use async_trait::async_trait;
@@ -19,6 +20,9 @@ use rouse_core::revision::{
 use rouse_core::{ProjectName, Service, ServiceName};
 use uuid::Uuid;
 
+pub use iam::{
+    AuditEntry, AuditFilter, IamStore, PublicKeyRecord, ServiceAccountRecord, StoredPolicy,
+};
 pub use sqlite::SqliteStore;
 
 #[derive(Debug, thiserror::Error)]
@@ -37,6 +41,12 @@ pub enum StoreError {
     NotFound { uuid: Uuid },
     #[error("service {uuid} was changed concurrently (generation {expected} is stale)")]
     Conflict { uuid: Uuid, expected: u64 },
+    #[error("{what} `{name}` already exists")]
+    Duplicate { what: &'static str, name: String },
+    #[error(
+        "the policy of `{resource}` changed since it was read (etag `{expected}` is stale); read the policy again, apply your change to it and set it again"
+    )]
+    EtagMismatch { resource: String, expected: String },
     #[error("the store holds a record it cannot read: {0}")]
     Corrupt(String),
     #[error("cannot open the store at {path}: {source}")]

@@ -103,6 +103,49 @@ CREATE TABLE dead_letters (
     recorded_at_us INTEGER NOT NULL
 );
 "#,
+    r#"
+CREATE TABLE policies (
+    resource      TEXT PRIMARY KEY,
+    document      TEXT NOT NULL,
+    etag          TEXT NOT NULL,
+    updated_at_us INTEGER NOT NULL
+);
+CREATE TABLE service_accounts (
+    email         TEXT PRIMARY KEY,
+    project       TEXT NOT NULL,
+    display_name  TEXT NOT NULL,
+    description   TEXT NOT NULL,
+    disabled      INTEGER NOT NULL,
+    created_at_us INTEGER NOT NULL
+);
+CREATE TABLE principal_keys (
+    key_id        TEXT PRIMARY KEY,
+    principal     TEXT NOT NULL,
+    public_key    TEXT NOT NULL,
+    created_at_us INTEGER NOT NULL
+);
+CREATE INDEX principal_keys_by_principal ON principal_keys (principal);
+CREATE TABLE custom_roles (
+    name          TEXT PRIMARY KEY,
+    document      TEXT NOT NULL,
+    updated_at_us INTEGER NOT NULL
+);
+CREATE TABLE project_settings (
+    project                TEXT PRIMARY KEY,
+    trust_sender_attribute INTEGER NOT NULL
+);
+CREATE TABLE audit (
+    id         INTEGER PRIMARY KEY AUTOINCREMENT,
+    at_us      INTEGER NOT NULL,
+    principal  TEXT NOT NULL,
+    action     TEXT NOT NULL,
+    resource   TEXT NOT NULL,
+    permission TEXT NOT NULL,
+    decision   TEXT NOT NULL,
+    detail     TEXT NOT NULL
+);
+CREATE INDEX audit_by_time ON audit (at_us);
+"#,
 ];
 
 /// How long a statement waits for a lock held by another process (another

@@ -1,0 +1,630 @@
+//! [`IamStore`] on SQLite: policies, service accounts, public keys, custom
+//! roles, per-project settings and the audit log.
+//!
+//! The store keeps policy and role documents as the JSON the IAM engine
+//! (`rouse-iam`) reads and writes; it does not interpret them. Setting a
+//! policy is a compare-and-swap on its etag, so of two concurrent
+//! `set-iam-policy` calls based on the same read exactly one wins.
+
+use std::time::SystemTime;
+
+use async_trait::async_trait;
+use rusqlite::{OptionalExtension, Row, params};
+
+use crate::sqlite::{from_micros, micros};
+use crate::{SqliteStore, StoreError};
+
+/// A policy document as stored.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct StoredPolicy {
+    /// `projects/P` or `projects/P/services/S` (or `rouse` for the root).
+    pub resource: String,
+    pub document: String,
+    pub etag: String,
+    pub updated_at: SystemTime,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ServiceAccountRecord {
+    /// `NAME@PROJECT.rouse`
+    pub email: String,
+    pub project: String,
+    pub display_name: String,
+    pub description: String,
+    pub disabled: bool,
+    pub created_at: SystemTime,
+}
+
+/// A principal's public key: only the public half is ever stored.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PublicKeyRecord {
+    pub key_id: String,
+    /// `serviceAccount:…` or `user:…`
+    pub principal: String,
+    /// The encoded public key, as the identity crate writes it.
+    pub public_key: String,
+    pub created_at: SystemTime,
+}
+
+/// One audit entry: an administrative change, or a granted or denied call.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct AuditEntry {
+    /// Store-assigned; 0 when appending.
+    pub id: i64,
+    pub at: SystemTime,
+    pub principal: String,
+    /// The API method or `question`.
+    pub action: String,
+    pub resource: String,
+    pub permission: String,
+    /// `granted`, `denied` or `changed`.
+    pub decision: String,
+    /// JSON: before/after for changes, the reason for denials.
+    pub detail: String,
+}
+
+/// Which audit entries to list.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct AuditFilter {
+    pub since: Option<SystemTime>,
+    pub principal: Option<String>,
+    /// Entries whose resource starts with this.
+    pub resource_prefix: Option<String>,
+    pub decision: Option<String>,
+    pub limit: u32,
+}
+
+#[async_trait]
+pub trait IamStore: Send + Sync + 'static {
+    async fn get_policy(&self, resource: &str) -> Result<Option<StoredPolicy>, StoreError>;
+    /// Replaces the policy if its current etag is `expected_etag` (`None`:
+    /// there must be no policy yet, or the caller does not care when
+    /// `force`). Fails with [`StoreError::EtagMismatch`] otherwise.
+    async fn set_policy(
+        &self,
+        policy: &StoredPolicy,
+        expected_etag: Option<&str>,
+        force: bool,
+    ) -> Result<(), StoreError>;
+    /// Every policy, for the evaluator's cache.
+    async fn list_policies(&self) -> Result<Vec<StoredPolicy>, StoreError>;
+
+    async fn insert_service_account(
+        &self,
+        account: &ServiceAccountRecord,
+    ) -> Result<(), StoreError>;
+    async fn get_service_account(
+        &self,
+        email: &str,
+    ) -> Result<Option<ServiceAccountRecord>, StoreError>;
+    async fn list_service_accounts(
+        &self,
+        project: Option<&str>,
+    ) -> Result<Vec<ServiceAccountRecord>, StoreError>;
+    async fn set_service_account_disabled(
+        &self,
+        email: &str,
+        disabled: bool,
+    ) -> Result<bool, StoreError>;
+    /// Deletes the account and every key of it; `false` if there was none.
+    async fn delete_service_account(&self, email: &str) -> Result<bool, StoreError>;
+
+    async fn insert_key(&self, key: &PublicKeyRecord) -> Result<(), StoreError>;
+    async fn get_key(&self, key_id: &str) -> Result<Option<PublicKeyRecord>, StoreError>;
+    async fn list_keys(&self, principal: &str) -> Result<Vec<PublicKeyRecord>, StoreError>;
+    async fn delete_key(&self, key_id: &str) -> Result<bool, StoreError>;
+
+    async fn put_role(&self, name: &str, document: &str) -> Result<(), StoreError>;
+    async fn get_role(&self, name: &str) -> Result<Option<String>, StoreError>;
+    async fn list_roles(&self) -> Result<Vec<(String, String)>, StoreError>;
+    async fn delete_role(&self, name: &str) -> Result<bool, StoreError>;
+
+    async fn set_trust_sender_attribute(
+        &self,
+        project: &str,
+        trust: bool,
+    ) -> Result<(), StoreError>;
+    async fn trusts_sender_attribute(&self, project: &str) -> Result<bool, StoreError>;
+
+    async fn append_audit(&self, entry: &AuditEntry) -> Result<i64, StoreError>;
+    /// Newest first.
+    async fn list_audit(&self, filter: &AuditFilter) -> Result<Vec<AuditEntry>, StoreError>;
+}
+
+fn read_policy(r: &Row<'_>) -> rusqlite::Result<StoredPolicy> {
+    Ok(StoredPolicy {
+        resource: r.get(0)?,
+        document: r.get(1)?,
+        etag: r.get(2)?,
+        updated_at: from_micros(r.get(3)?),
+    })
+}
+
+fn read_account(r: &Row<'_>) -> rusqlite::Result<ServiceAccountRecord> {
+    Ok(ServiceAccountRecord {
+        email: r.get(0)?,
+        project: r.get(1)?,
+        display_name: r.get(2)?,
+        description: r.get(3)?,
+        disabled: r.get(4)?,
+        created_at: from_micros(r.get(5)?),
+    })
+}
+
+fn read_key(r: &Row<'_>) -> rusqlite::Result<PublicKeyRecord> {
+    Ok(PublicKeyRecord {
+        key_id: r.get(0)?,
+        principal: r.get(1)?,
+        public_key: r.get(2)?,
+        created_at: from_micros(r.get(3)?),
+    })
+}
+
+fn read_audit(r: &Row<'_>) -> rusqlite::Result<AuditEntry> {
+    Ok(AuditEntry {
+        id: r.get(0)?,
+        at: from_micros(r.get(1)?),
+        principal: r.get(2)?,
+        action: r.get(3)?,
+        resource: r.get(4)?,
+        permission: r.get(5)?,
+        decision: r.get(6)?,
+        detail: r.get(7)?,
+    })
+}
+
+const ACCOUNT_COLUMNS: &str = "email, project, display_name, description, disabled, created_at_us";
+const KEY_COLUMNS: &str = "key_id, principal, public_key, created_at_us";
+const AUDIT_COLUMNS: &str = "id, at_us, principal, action, resource, permission, decision, detail";
+
+#[async_trait]
+impl IamStore for SqliteStore {
+    async fn get_policy(&self, resource: &str) -> Result<Option<StoredPolicy>, StoreError> {
+        let resource = resource.to_owned();
+        self.with(move |c| {
+            Ok(c.query_row(
+                "SELECT resource, document, etag, updated_at_us FROM policies WHERE resource = ?1",
+                [resource],
+                read_policy,
+            )
+            .optional()?)
+        })
+        .await
+    }
+
+    async fn set_policy(
+        &self,
+        policy: &StoredPolicy,
+        expected_etag: Option<&str>,
+        force: bool,
+    ) -> Result<(), StoreError> {
+        let (p, expected) = (policy.clone(), expected_etag.map(str::to_owned));
+        self.write(move |c| {
+            let current: Option<String> = c
+                .query_row("SELECT etag FROM policies WHERE resource = ?1", [&p.resource], |r| r.get(0))
+                .optional()?;
+            if !force && current != expected {
+                return Err(StoreError::EtagMismatch {
+                    resource: p.resource.clone(),
+                    expected: expected.unwrap_or_default(),
+                });
+            }
+            c.execute(
+                "INSERT INTO policies (resource, document, etag, updated_at_us) VALUES (?1, ?2, ?3, ?4) \
+                 ON CONFLICT (resource) DO UPDATE SET document = ?2, etag = ?3, updated_at_us = ?4",
+                params![p.resource, p.document, p.etag, micros(p.updated_at)],
+            )?;
+            Ok(())
+        })
+        .await
+    }
+
+    async fn list_policies(&self) -> Result<Vec<StoredPolicy>, StoreError> {
+        self.with(move |c| {
+            let mut stmt =
+                c.prepare_cached("SELECT resource, document, etag, updated_at_us FROM policies")?;
+            let rows = stmt.query_map([], read_policy)?;
+            Ok(rows.collect::<rusqlite::Result<_>>()?)
+        })
+        .await
+    }
+
+    async fn insert_service_account(&self, a: &ServiceAccountRecord) -> Result<(), StoreError> {
+        let a = a.clone();
+        self.write(move |c| {
+            let n = c.execute(
+                &format!("INSERT OR IGNORE INTO service_accounts ({ACCOUNT_COLUMNS}) VALUES (?1, ?2, ?3, ?4, ?5, ?6)"),
+                params![a.email, a.project, a.display_name, a.description, a.disabled, micros(a.created_at)],
+            )?;
+            if n == 0 {
+                return Err(StoreError::Duplicate {
+                    what: "service account",
+                    name: a.email.clone(),
+                });
+            }
+            Ok(())
+        })
+        .await
+    }
+
+    async fn get_service_account(
+        &self,
+        email: &str,
+    ) -> Result<Option<ServiceAccountRecord>, StoreError> {
+        let email = email.to_owned();
+        self.with(move |c| {
+            Ok(c.query_row(
+                &format!("SELECT {ACCOUNT_COLUMNS} FROM service_accounts WHERE email = ?1"),
+                [email],
+                read_account,
+            )
+            .optional()?)
+        })
+        .await
+    }
+
+    async fn list_service_accounts(
+        &self,
+        project: Option<&str>,
+    ) -> Result<Vec<ServiceAccountRecord>, StoreError> {
+        let project = project.map(str::to_owned);
+        self.with(move |c| {
+            let mut stmt = c.prepare_cached(&format!(
+                "SELECT {ACCOUNT_COLUMNS} FROM service_accounts WHERE ?1 IS NULL OR project = ?1 ORDER BY email"
+            ))?;
+            let rows = stmt.query_map([project], read_account)?;
+            Ok(rows.collect::<rusqlite::Result<_>>()?)
+        })
+        .await
+    }
+
+    async fn set_service_account_disabled(
+        &self,
+        email: &str,
+        disabled: bool,
+    ) -> Result<bool, StoreError> {
+        let email = email.to_owned();
+        self.write(move |c| {
+            Ok(c.execute(
+                "UPDATE service_accounts SET disabled = ?2 WHERE email = ?1",
+                params![email, disabled],
+            )? == 1)
+        })
+        .await
+    }
+
+    async fn delete_service_account(&self, email: &str) -> Result<bool, StoreError> {
+        let email = email.to_owned();
+        self.write(move |c| {
+            c.execute(
+                "DELETE FROM principal_keys WHERE principal = ?1",
+                [format!("serviceAccount:{email}")],
+            )?;
+            Ok(c.execute("DELETE FROM service_accounts WHERE email = ?1", [email])? == 1)
+        })
+        .await
+    }
+
+    async fn insert_key(&self, k: &PublicKeyRecord) -> Result<(), StoreError> {
+        let k = k.clone();
+        self.write(move |c| {
+            c.execute(
+                &format!("INSERT INTO principal_keys ({KEY_COLUMNS}) VALUES (?1, ?2, ?3, ?4)"),
+                params![k.key_id, k.principal, k.public_key, micros(k.created_at)],
+            )?;
+            Ok(())
+        })
+        .await
+    }
+
+    async fn get_key(&self, key_id: &str) -> Result<Option<PublicKeyRecord>, StoreError> {
+        let key_id = key_id.to_owned();
+        self.with(move |c| {
+            Ok(c.query_row(
+                &format!("SELECT {KEY_COLUMNS} FROM principal_keys WHERE key_id = ?1"),
+                [key_id],
+                read_key,
+            )
+            .optional()?)
+        })
+        .await
+    }
+
+    async fn list_keys(&self, principal: &str) -> Result<Vec<PublicKeyRecord>, StoreError> {
+        let principal = principal.to_owned();
+        self.with(move |c| {
+            let mut stmt = c.prepare_cached(&format!(
+                "SELECT {KEY_COLUMNS} FROM principal_keys WHERE principal = ?1 ORDER BY created_at_us"
+            ))?;
+            let rows = stmt.query_map([principal], read_key)?;
+            Ok(rows.collect::<rusqlite::Result<_>>()?)
+        })
+        .await
+    }
+
+    async fn delete_key(&self, key_id: &str) -> Result<bool, StoreError> {
+        let key_id = key_id.to_owned();
+        self.write(move |c| {
+            Ok(c.execute("DELETE FROM principal_keys WHERE key_id = ?1", [key_id])? == 1)
+        })
+        .await
+    }
+
+    async fn put_role(&self, name: &str, document: &str) -> Result<(), StoreError> {
+        let (name, document) = (name.to_owned(), document.to_owned());
+        self.write(move |c| {
+            c.execute(
+                "INSERT INTO custom_roles (name, document, updated_at_us) VALUES (?1, ?2, ?3) \
+                 ON CONFLICT (name) DO UPDATE SET document = ?2, updated_at_us = ?3",
+                params![name, document, micros(SystemTime::now())],
+            )?;
+            Ok(())
+        })
+        .await
+    }
+
+    async fn get_role(&self, name: &str) -> Result<Option<String>, StoreError> {
+        let name = name.to_owned();
+        self.with(move |c| {
+            Ok(c.query_row(
+                "SELECT document FROM custom_roles WHERE name = ?1",
+                [name],
+                |r| r.get(0),
+            )
+            .optional()?)
+        })
+        .await
+    }
+
+    async fn list_roles(&self) -> Result<Vec<(String, String)>, StoreError> {
+        self.with(move |c| {
+            let mut stmt =
+                c.prepare_cached("SELECT name, document FROM custom_roles ORDER BY name")?;
+            let rows = stmt.query_map([], |r| Ok((r.get(0)?, r.get(1)?)))?;
+            Ok(rows.collect::<rusqlite::Result<_>>()?)
+        })
+        .await
+    }
+
+    async fn delete_role(&self, name: &str) -> Result<bool, StoreError> {
+        let name = name.to_owned();
+        self.write(move |c| Ok(c.execute("DELETE FROM custom_roles WHERE name = ?1", [name])? == 1))
+            .await
+    }
+
+    async fn set_trust_sender_attribute(
+        &self,
+        project: &str,
+        trust: bool,
+    ) -> Result<(), StoreError> {
+        let project = project.to_owned();
+        self.write(move |c| {
+            c.execute(
+                "INSERT INTO project_settings (project, trust_sender_attribute) VALUES (?1, ?2) \
+                 ON CONFLICT (project) DO UPDATE SET trust_sender_attribute = ?2",
+                params![project, trust],
+            )?;
+            Ok(())
+        })
+        .await
+    }
+
+    async fn trusts_sender_attribute(&self, project: &str) -> Result<bool, StoreError> {
+        let project = project.to_owned();
+        self.with(move |c| {
+            Ok(c.query_row(
+                "SELECT trust_sender_attribute FROM project_settings WHERE project = ?1",
+                [project],
+                |r| r.get(0),
+            )
+            .optional()?
+            .unwrap_or(false))
+        })
+        .await
+    }
+
+    async fn append_audit(&self, e: &AuditEntry) -> Result<i64, StoreError> {
+        let e = e.clone();
+        self.write(move |c| {
+            c.execute(
+                "INSERT INTO audit (at_us, principal, action, resource, permission, decision, detail) \
+                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)",
+                params![micros(e.at), e.principal, e.action, e.resource, e.permission, e.decision, e.detail],
+            )?;
+            Ok(c.last_insert_rowid())
+        })
+        .await
+    }
+
+    async fn list_audit(&self, f: &AuditFilter) -> Result<Vec<AuditEntry>, StoreError> {
+        let f = f.clone();
+        self.with(move |c| {
+            let mut stmt = c.prepare_cached(&format!(
+                "SELECT {AUDIT_COLUMNS} FROM audit \
+                 WHERE (?1 IS NULL OR at_us >= ?1) AND (?2 IS NULL OR principal = ?2) \
+                 AND (?3 IS NULL OR substr(resource, 1, length(?3)) = ?3) AND (?4 IS NULL OR decision = ?4) \
+                 ORDER BY id DESC LIMIT ?5"
+            ))?;
+            let limit = if f.limit == 0 { 100 } else { f.limit };
+            let rows = stmt.query_map(
+                params![f.since.map(micros), f.principal, f.resource_prefix, f.decision, limit],
+                read_audit,
+            )?;
+            Ok(rows.collect::<rusqlite::Result<_>>()?)
+        })
+        .await
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::time::Duration;
+
+    use super::*;
+
+    fn open(dir: &tempfile::TempDir) -> SqliteStore {
+        SqliteStore::open(&dir.path().join("rouse.db")).expect("open")
+    }
+
+    fn policy(resource: &str, etag: &str) -> StoredPolicy {
+        StoredPolicy {
+            resource: resource.into(),
+            document: format!(r#"{{"version":1,"bindings":[],"etag":"{etag}"}}"#),
+            etag: etag.into(),
+            updated_at: SystemTime::now(),
+        }
+    }
+
+    #[tokio::test]
+    async fn concurrent_set_policy_exactly_one_wins() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let store = open(&dir);
+        store
+            .set_policy(&policy("projects/p", "e1"), None, false)
+            .await
+            .expect("first");
+        // Both based on e1: one wins, the other sees a stale etag.
+        let (pa, pb) = (policy("projects/p", "e2a"), policy("projects/p", "e2b"));
+        let (a, b) = tokio::join!(
+            store.set_policy(&pa, Some("e1"), false),
+            store.set_policy(&pb, Some("e1"), false),
+        );
+        assert!(a.is_ok() ^ b.is_ok(), "{a:?} {b:?}");
+        let lost = a.err().or(b.err()).expect("one lost");
+        assert!(matches!(lost, StoreError::EtagMismatch { .. }), "{lost}");
+        assert!(lost.to_string().contains("read the policy again"), "{lost}");
+        let stored = store
+            .get_policy("projects/p")
+            .await
+            .expect("get")
+            .expect("present");
+        assert!(stored.etag == "e2a" || stored.etag == "e2b");
+        assert_eq!(store.list_policies().await.expect("list").len(), 1);
+    }
+
+    #[tokio::test]
+    async fn accounts_keys_roles_settings_and_audit() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let store = open(&dir);
+        let account = ServiceAccountRecord {
+            email: "a@p.rouse".into(),
+            project: "p".into(),
+            display_name: "A".into(),
+            description: String::new(),
+            disabled: false,
+            created_at: SystemTime::now(),
+        };
+        store
+            .insert_service_account(&account)
+            .await
+            .expect("insert");
+        let dup = store
+            .insert_service_account(&account)
+            .await
+            .expect_err("duplicate");
+        assert!(dup.to_string().contains("a@p.rouse"), "{dup}");
+        assert!(
+            store
+                .set_service_account_disabled("a@p.rouse", true)
+                .await
+                .expect("disable")
+        );
+        assert!(
+            store
+                .get_service_account("a@p.rouse")
+                .await
+                .expect("get")
+                .expect("present")
+                .disabled
+        );
+        let key = PublicKeyRecord {
+            key_id: "k1".into(),
+            principal: "serviceAccount:a@p.rouse".into(),
+            public_key: "pk".into(),
+            created_at: SystemTime::now(),
+        };
+        store.insert_key(&key).await.expect("key");
+        assert_eq!(
+            store
+                .list_keys("serviceAccount:a@p.rouse")
+                .await
+                .expect("keys")
+                .len(),
+            1
+        );
+        // Deleting the account revokes its keys at once.
+        assert!(
+            store
+                .delete_service_account("a@p.rouse")
+                .await
+                .expect("delete")
+        );
+        assert_eq!(store.get_key("k1").await.expect("get key"), None);
+        assert!(
+            store
+                .list_service_accounts(Some("p"))
+                .await
+                .expect("list")
+                .is_empty()
+        );
+
+        store
+            .put_role("projects/p/roles/asker", "{}")
+            .await
+            .expect("role");
+        assert_eq!(store.list_roles().await.expect("roles").len(), 1);
+        assert!(
+            store
+                .delete_role("projects/p/roles/asker")
+                .await
+                .expect("delete role")
+        );
+
+        assert!(!store.trusts_sender_attribute("p").await.expect("trust"));
+        store
+            .set_trust_sender_attribute("p", true)
+            .await
+            .expect("set trust");
+        assert!(store.trusts_sender_attribute("p").await.expect("trust"));
+
+        let t0 = SystemTime::now();
+        for (principal, decision) in [
+            ("user:a", "granted"),
+            ("user:b", "denied"),
+            ("user:a", "denied"),
+        ] {
+            store
+                .append_audit(&AuditEntry {
+                    id: 0,
+                    at: t0 + Duration::from_millis(1),
+                    principal: principal.into(),
+                    action: "question".into(),
+                    resource: "projects/p/services/s".into(),
+                    permission: "services.ask".into(),
+                    decision: decision.into(),
+                    detail: "{}".into(),
+                })
+                .await
+                .expect("audit");
+        }
+        let denied = store
+            .list_audit(&AuditFilter {
+                decision: Some("denied".into()),
+                resource_prefix: Some("projects/p".into()),
+                ..AuditFilter::default()
+            })
+            .await
+            .expect("list");
+        assert_eq!(denied.len(), 2);
+        assert_eq!(denied[0].principal, "user:a", "newest first");
+        let by_a = store
+            .list_audit(&AuditFilter {
+                principal: Some("user:a".into()),
+                since: Some(t0),
+                ..AuditFilter::default()
+            })
+            .await
+            .expect("list");
+        assert_eq!(by_a.len(), 2);
+    }
+}
