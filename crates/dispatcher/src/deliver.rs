@@ -172,13 +172,26 @@ pub fn job_args(attributes: &Attributes, input_values: &Value) -> Vec<String> {
 /// Octue job's own events win.
 pub fn job_outcome(exit_code: Option<i64>, exit_description: &str, logs: &str) -> Outcome {
     if exit_code == Some(0) {
-        let output_values = logs
+        let last = logs
             .lines()
             .rev()
             .find_map(|l| serde_json::from_str::<Value>(l.trim()).ok())
             .unwrap_or(Value::Null);
+        // An Octue job (`octue twined question ask-local`) prints the result
+        // event it published: its own event is on its way, so wait for it as
+        // long as for a server's, and fall back to the same output.
+        if last.get("kind").and_then(Value::as_str) == Some("result") {
+            return Outcome::SelfReported {
+                fallback: Reply::Result {
+                    output_values: last.get("output_values").cloned().unwrap_or(Value::Null),
+                },
+                grace: SELF_REPORT_GRACE,
+            };
+        }
         Outcome::SelfReported {
-            fallback: Reply::Result { output_values },
+            fallback: Reply::Result {
+                output_values: last,
+            },
             grace: JOB_REPORT_GRACE,
         }
     } else {
@@ -225,6 +238,20 @@ mod tests {
                 ..
             } => {
                 assert_eq!(output_values["echo"], 1);
+            }
+            other => panic!("{other:?}"),
+        }
+        match job_outcome(
+            Some(0),
+            "exited with code 0",
+            "{\"kind\": \"result\", \"output_values\": {\"doubled\": 42}}",
+        ) {
+            Outcome::SelfReported {
+                fallback: Reply::Result { output_values },
+                grace,
+            } => {
+                assert_eq!(output_values["doubled"], 42, "an Octue job's printed event");
+                assert_eq!(grace, SELF_REPORT_GRACE);
             }
             other => panic!("{other:?}"),
         }
