@@ -362,3 +362,4 @@ pub fn workspace_bin(name: &str) -> PathBuf {
 }
 
 pub mod asker;
+pub mod echo_image;

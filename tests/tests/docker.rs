@@ -11,39 +11,19 @@
 //! other's instances. That includes the servers of the other end-to-end
 //! tests, until the server labels its containers with an owner of its own.
 
-use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::time::{Duration, Instant};
 
 use rouse_tests::asker::Asker;
+use rouse_tests::echo_image::EchoImage;
 use rouse_tests::{Emulator, Server, free_port};
 use serde_json::{Value, json};
 
 const NETWORK: &str = "octue.services";
 const ANSWER: Duration = Duration::from_secs(60);
-const STATIC_BUILD: &str = "RUSTFLAGS=\"-C target-feature=+crt-static\" cargo build --release -p rouse-example-echo --target x86_64-unknown-linux-gnu";
 /// How long the `docker run` floor may take to answer: it takes about a
 /// tenth of a second; this only bounds a broken run.
 const FLOOR_TIMEOUT: Duration = Duration::from_secs(10);
-
-/// `target/` of this build: test executables live in `target/debug/deps`.
-fn target_dir() -> PathBuf {
-    let exe = std::env::current_exe().expect("path of the test executable");
-    exe.ancestors()
-        .nth(3)
-        .expect("the test executable lives in <target>/debug/deps")
-        .to_owned()
-}
-
-fn static_echo_binary() -> PathBuf {
-    let path = target_dir().join("x86_64-unknown-linux-gnu/release/echo");
-    assert!(
-        path.is_file(),
-        "the static echo is not built at `{}`: run `{STATIC_BUILD}` first (the Justfile does)",
-        path.display()
-    );
-    path
-}
 
 /// Runs the docker CLI; returns stdout, panicking with stderr on failure.
 fn docker(args: &[&str]) -> String {
@@ -60,77 +40,20 @@ fn docker(args: &[&str]) -> String {
     String::from_utf8_lossy(&output.stdout).into_owned()
 }
 
-/// The echo image, tagged for this test run; removed with every container
-/// made from it when dropped, even when the test fails.
-struct EchoImage {
-    tag: String,
-}
-
-impl EchoImage {
-    /// Builds the image out of examples/echo/Dockerfile and the static
-    /// binary, from a tar context, as examples/echo/README.md says.
-    fn build() -> Self {
-        let binary = static_echo_binary();
-        let release = binary.parent().expect("the binary's directory");
-        let example = Path::new(env!("CARGO_MANIFEST_DIR")).join("../examples/echo");
-        let image = Self {
-            tag: format!("rouse-test/echo:e2e-{}", std::process::id()),
-        };
-        let script = "set -o pipefail; tar -cf - -C \"$1\" Dockerfile -C \"$2\" echo | docker build -q -t \"$3\" -";
-        let output = Command::new("bash")
-            .args(["-c", script, "build"])
-            .arg(&example)
-            .arg(release)
-            .arg(&image.tag)
-            .output()
-            .expect("bash runs");
-        assert!(
-            output.status.success(),
-            "docker build of {} failed:\n{}",
-            image.tag,
-            String::from_utf8_lossy(&output.stderr)
-        );
-        image
-    }
-
-    /// Containers made from this image and labelled as Rouse's, running
-    /// or not.
-    fn rouse_containers(&self) -> Vec<String> {
-        let ancestor = format!("ancestor={}", self.tag);
-        docker(&[
-            "ps",
-            "-aq",
-            "--filter",
-            &ancestor,
-            "--filter",
-            "label=managed-by=rouse",
-        ])
-        .split_whitespace()
-        .map(str::to_owned)
-        .collect()
-    }
-}
-
-impl Drop for EchoImage {
-    fn drop(&mut self) {
-        let filter = format!("ancestor={}", self.tag);
-        if let Ok(listed) = Command::new("docker")
-            .args(["ps", "-aq", "--filter", &filter])
-            .output()
-        {
-            let ids = String::from_utf8_lossy(&listed.stdout);
-            let ids: Vec<&str> = ids.split_whitespace().collect();
-            if !ids.is_empty() {
-                let _ = Command::new("docker")
-                    .args(["rm", "-f", "-v"])
-                    .args(&ids)
-                    .output();
-            }
-        }
-        let _ = Command::new("docker")
-            .args(["rmi", "-f", &self.tag])
-            .output();
-    }
+/// Containers made from `image` and labelled as Rouse's, running or not.
+fn rouse_containers(image: &EchoImage) -> Vec<String> {
+    let ancestor = format!("ancestor={}", image.tag);
+    docker(&[
+        "ps",
+        "-aq",
+        "--filter",
+        &ancestor,
+        "--filter",
+        "label=managed-by=rouse",
+    ])
+    .split_whitespace()
+    .map(str::to_owned)
+    .collect()
 }
 
 /// `docker run -d` of the image to its first HTTP answer, the floor for the
@@ -226,7 +149,7 @@ fn message(answer: &Value) -> &str {
 #[tokio::test]
 async fn containers_answer_questions_through_the_platform() {
     // Dropped last: whatever happens, the containers and the image go.
-    let image = EchoImage::build();
+    let image = EchoImage::build(&format!("rouse-test/echo:e2e-{}", std::process::id()));
     let floor = docker_run_to_ready(&image);
     let emulator = Emulator::start();
     let data = tempfile::tempdir().expect("tempdir");
@@ -309,7 +232,7 @@ async fn containers_answer_questions_through_the_platform() {
     let log = server.log();
     let status = server.stop();
     assert!(status.success(), "rouse server: {status}\n{log}");
-    let left = image.rouse_containers();
+    let left = rouse_containers(&image);
     assert!(left.is_empty(), "containers left after the stop: {left:?}");
     let filter = format!("label=rouse.instance={instance}");
     let left = docker(&["ps", "-aq", "--filter", &filter]);

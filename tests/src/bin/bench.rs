@@ -24,6 +24,7 @@ use std::time::{Duration, Instant};
 
 use rouse_pubsub::{Handler, Outgoing, PubSub, SubscriptionSpec};
 use rouse_tests::asker::{ASKER, Asker, pubsub_config, question_attributes};
+use rouse_tests::echo_image::EchoImage;
 use rouse_tests::{Emulator, Server, free_port, workspace_bin};
 use serde_json::{Value, json};
 
@@ -220,35 +221,6 @@ fn docker_run_to_ready(image: &str) -> Option<f64> {
     Some(took)
 }
 
-/// Builds the FROM-scratch echo image if the static binary exists.
-fn echo_image(root: &Path) -> Option<String> {
-    let binary = root.join("target/x86_64-unknown-linux-gnu/release/echo");
-    if !binary.exists() {
-        eprintln!(
-            "(no static echo at {}: `just static-echo` builds it; Docker figures skipped)",
-            binary.display()
-        );
-        return None;
-    }
-    let tag = format!("rouse-bench/echo:{}", std::process::id());
-    let dir = tempfile::tempdir().ok()?;
-    std::fs::copy(&binary, dir.path().join("echo")).ok()?;
-    std::fs::copy(
-        root.join("examples/echo/Dockerfile"),
-        dir.path().join("Dockerfile"),
-    )
-    .ok()?;
-    let ok = Command::new("docker")
-        .args(["build", "-q", "-t", &tag])
-        .arg(dir.path())
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .status()
-        .ok()?
-        .success();
-    ok.then_some(tag)
-}
-
 fn rss_kib(pid: u32) -> Option<u64> {
     let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
     status
@@ -416,8 +388,14 @@ async fn main() {
     }
 
     // Cold start, Docker runtime.
-    match echo_image(&root).filter(|_| wanted("docker")) {
-        Some(image) => {
+    let echo_image = wanted("docker").then(|| {
+        EchoImage::try_build(&format!("rouse-bench/echo:{}", std::process::id()))
+            .map_err(|e| eprintln!("({e}; Docker figures skipped)"))
+            .ok()
+    });
+    match echo_image.flatten() {
+        Some(echo_image) => {
+            let image = echo_image.tag.clone();
             let runs: Vec<f64> = (0..FLOOR_N)
                 .filter_map(|_| docker_run_to_ready(&image))
                 .collect();
@@ -438,11 +416,8 @@ async fn main() {
                 "≤ 50 ms".into(),
             );
             report.json.insert("cold_start_docker_ms".into(), json!({"p50": c50, "samples": cold, "docker_run_to_ready_p50": percentile(&runs, 50.0), "floor_p50": floor, "overhead_p50": c50 - floor, "target_overhead_p50": 50.0}));
-            let _ = Command::new("docker")
-                .args(["rmi", "-f", &image])
-                .stdout(Stdio::null())
-                .stderr(Stdio::null())
-                .status();
+            // Dropping the guard removes the image and its containers.
+            drop(echo_image);
         }
         None if wanted("docker") => report.row(
             "cold start p50 (docker)",

@@ -1,0 +1,87 @@
+//! The `FROM scratch` echo image, built from the static echo binary for a
+//! test or benchmark run, and removed (with every container made from it)
+//! when dropped, even when the run fails.
+
+use std::path::{Path, PathBuf};
+use std::process::Command;
+
+/// How the static echo is built; the Justfile's `static-echo` recipe runs it.
+pub const STATIC_BUILD: &str = "RUSTFLAGS=\"-C target-feature=+crt-static\" cargo build --release -p rouse-example-echo --target x86_64-unknown-linux-gnu";
+
+/// `target/` of this build (executables live in `target/<profile>` or
+/// `target/<profile>/deps`).
+pub fn target_dir() -> PathBuf {
+    let exe = std::env::current_exe().expect("path of the executable");
+    let mut dir = exe.parent().expect("the executable's directory");
+    if dir.ends_with("deps") {
+        dir = dir.parent().expect("the profile directory");
+    }
+    dir.parent().expect("the target directory").to_owned()
+}
+
+/// The static echo binary, if it has been built.
+pub fn static_echo_binary() -> Option<PathBuf> {
+    let path = target_dir().join("x86_64-unknown-linux-gnu/release/echo");
+    path.is_file().then_some(path)
+}
+
+pub struct EchoImage {
+    pub tag: String,
+}
+
+impl EchoImage {
+    /// Builds the image tagged `tag` out of examples/echo/Dockerfile and the
+    /// static binary, from a tar context (as examples/echo/README.md says).
+    /// Panics with the build command when the binary is missing.
+    pub fn build(tag: &str) -> Self {
+        Self::try_build(tag).unwrap_or_else(|e| panic!("{e}"))
+    }
+
+    /// Like [`Self::build`], with the reason instead of a panic.
+    pub fn try_build(tag: &str) -> Result<Self, String> {
+        let binary = static_echo_binary().ok_or_else(|| {
+            format!("the static echo is not built: run `{STATIC_BUILD}` first (the Justfile does)")
+        })?;
+        let release = binary.parent().expect("the binary's directory");
+        let example = Path::new(env!("CARGO_MANIFEST_DIR")).join("../examples/echo");
+        let script = "set -o pipefail; tar -cf - -C \"$1\" Dockerfile -C \"$2\" echo | docker build -q -t \"$3\" -";
+        let output = Command::new("bash")
+            .args(["-c", script, "build"])
+            .arg(&example)
+            .arg(release)
+            .arg(tag)
+            .output()
+            .map_err(|e| format!("cannot run bash: {e}"))?;
+        if !output.status.success() {
+            return Err(format!(
+                "docker build of {tag} failed:\n{}",
+                String::from_utf8_lossy(&output.stderr)
+            ));
+        }
+        Ok(Self {
+            tag: tag.to_owned(),
+        })
+    }
+}
+
+impl Drop for EchoImage {
+    fn drop(&mut self) {
+        let filter = format!("ancestor={}", self.tag);
+        if let Ok(listed) = Command::new("docker")
+            .args(["ps", "-aq", "--filter", &filter])
+            .output()
+        {
+            let ids = String::from_utf8_lossy(&listed.stdout);
+            let ids: Vec<&str> = ids.split_whitespace().collect();
+            if !ids.is_empty() {
+                let _ = Command::new("docker")
+                    .args(["rm", "-f", "-v"])
+                    .args(&ids)
+                    .output();
+            }
+        }
+        let _ = Command::new("docker")
+            .args(["rmi", "-f", &self.tag])
+            .output();
+    }
+}
