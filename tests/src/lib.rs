@@ -363,3 +363,4 @@ pub fn workspace_bin(name: &str) -> PathBuf {
 
 pub mod asker;
 pub mod echo_image;
+pub mod octue;

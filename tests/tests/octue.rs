@@ -3,58 +3,16 @@
 //! local schema file, dropping messages the emulator should have filtered)
 //! change nothing on the wire; see `tests/octue/README.md`.
 
-use std::path::PathBuf;
-use std::process::{Command, Stdio};
-
+use rouse_tests::octue::{ask, python};
 use rouse_tests::{Emulator, Server, workspace_bin};
-use serde_json::{Value, json};
+use serde_json::json;
 
-fn repo() -> PathBuf {
-    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("..")
-}
-
-/// The venv's python (made on first use; idempotent).
-fn octue_python() -> String {
-    let out = Command::new(repo().join(".ci/octue-venv"))
-        .stdin(Stdio::null())
-        .stderr(Stdio::inherit())
-        .output()
-        .expect("run .ci/octue-venv");
-    assert!(out.status.success(), ".ci/octue-venv failed");
-    String::from_utf8_lossy(&out.stdout).trim().to_owned()
-}
-
-/// Runs `ask.py` against the emulator; returns (exit code, the JSON line).
-fn octue_ask(python: &str, emulator: &Emulator, sruid: &str, input: &Value) -> (i32, Value) {
-    let out = Command::new(python)
-        .arg(repo().join("tests/octue/ask.py"))
-        .args([
-            "--project",
-            "rouse-local",
-            "--services-topic",
-            "octue.services",
-        ])
-        .args(["--service-topic-or-sruid", sruid])
-        .args(["--input-values", &input.to_string(), "--timeout", "90"])
-        .env("PUBSUB_EMULATOR_HOST", emulator.host())
-        .env("GOOGLE_CLOUD_PROJECT", "rouse-local")
-        .stdin(Stdio::null())
-        .output()
-        .expect("run ask.py");
-    let stdout = String::from_utf8_lossy(&out.stdout);
-    let line = stdout.lines().last().unwrap_or_default();
-    let value = serde_json::from_str(line).unwrap_or_else(|e| {
-        panic!(
-            "ask.py printed no JSON line ({e}): {stdout}\nstderr: {}",
-            String::from_utf8_lossy(&out.stderr)
-        )
-    });
-    (out.status.code().unwrap_or(-1), value)
-}
+/// How long ask.py waits for an answer.
+const ASK_TIMEOUT_SECS: u32 = 90;
 
 #[test]
 fn a_stock_octue_client_gets_results_and_remote_exceptions() {
-    let python = octue_python();
+    let python = python();
     let emulator = Emulator::start();
     let data = tempfile::tempdir().expect("tempdir");
     let server = Server::start(&emulator, data.path(), &[]);
@@ -78,7 +36,13 @@ fn a_stock_octue_client_gets_results_and_remote_exceptions() {
 
     // By the serving revision's tag, and by `latest`.
     for sruid in ["experiment-2/echo:echo-00001", "experiment-2/echo:latest"] {
-        let (code, answer) = octue_ask(&python, &emulator, sruid, &json!({"x": 1}));
+        let (code, answer) = ask(
+            &python,
+            emulator.host(),
+            sruid,
+            &json!({"x": 1}),
+            ASK_TIMEOUT_SECS,
+        );
         assert_eq!(code, 0, "{sruid}: {answer}\n{}", server.log());
         assert_eq!(
             answer["output_values"]["echo"],
@@ -88,11 +52,12 @@ fn a_stock_octue_client_gets_results_and_remote_exceptions() {
     }
 
     // A failing service: octue raises with the remote message.
-    let (code, answer) = octue_ask(
+    let (code, answer) = ask(
         &python,
-        &emulator,
+        emulator.host(),
         "experiment-2/echo:latest",
         &json!({"fail": "kaput"}),
+        ASK_TIMEOUT_SECS,
     );
     assert_eq!(code, 1, "{answer}");
     assert_eq!(answer["exception_type"], "ServiceError", "{answer}");

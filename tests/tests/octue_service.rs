@@ -14,7 +14,6 @@
 //! credentials) change nothing on the wire; see `tests/octue/README.md`.
 
 use std::path::PathBuf;
-use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 use rouse_tests::{Emulator, Server};
@@ -28,23 +27,12 @@ const LATEST: &str = "experiment-2/octue-app:latest";
 const REVISION: &str = "octue-app-00001";
 /// Seconds ask.py waits for the answer: a job starts a fresh Python with
 /// octue's imports per question, slow on a loaded 2-core CI runner.
-const ASK_TIMEOUT_SECS: &str = "180";
+const ASK_TIMEOUT_SECS: u32 = 180;
 /// How long the execution may take to show its end after the asker got it.
 const EXECUTION_SETTLE: Duration = Duration::from_secs(60);
 
 fn repo() -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("..")
-}
-
-/// The venv's python (made on first use; idempotent).
-fn octue_python() -> PathBuf {
-    let out = Command::new(repo().join(".ci/octue-venv"))
-        .stdin(Stdio::null())
-        .stderr(Stdio::inherit())
-        .output()
-        .expect("run .ci/octue-venv");
-    assert!(out.status.success(), ".ci/octue-venv failed");
-    PathBuf::from(String::from_utf8_lossy(&out.stdout).trim())
 }
 
 fn path_str(path: &std::path::Path) -> String {
@@ -54,40 +42,6 @@ fn path_str(path: &std::path::Path) -> String {
         "{s}: a path with quotes cannot be put into --command"
     );
     s
-}
-
-/// Runs `ask.py` against the emulator; returns (exit code, the JSON line).
-fn octue_ask(
-    python: &std::path::Path,
-    emulator: &Emulator,
-    sruid: &str,
-    input: &Value,
-) -> (i32, Value) {
-    let out = Command::new(python)
-        .arg(repo().join("tests/octue/ask.py"))
-        .args([
-            "--project",
-            "rouse-local",
-            "--services-topic",
-            "octue.services",
-        ])
-        .args(["--service-topic-or-sruid", sruid])
-        .args(["--input-values", &input.to_string()])
-        .args(["--timeout", ASK_TIMEOUT_SECS])
-        .env("PUBSUB_EMULATOR_HOST", emulator.host())
-        .env("GOOGLE_CLOUD_PROJECT", "rouse-local")
-        .stdin(Stdio::null())
-        .output()
-        .expect("run ask.py");
-    let stdout = String::from_utf8_lossy(&out.stdout);
-    let line = stdout.lines().last().unwrap_or_default();
-    let value = serde_json::from_str(line).unwrap_or_else(|e| {
-        panic!(
-            "ask.py printed no JSON line ({e}): {stdout}\nstderr: {}",
-            String::from_utf8_lossy(&out.stderr)
-        )
-    });
-    (out.status.code().unwrap_or(-1), value)
 }
 
 /// The service's instance logs (octue's own log lines), for failure messages.
@@ -132,7 +86,7 @@ fn settled_execution(server: &Server, question_uuid: &str, kind: &str, sender: &
 
 #[test]
 fn a_stock_octue_service_runs_as_a_job_and_answers_a_stock_octue_client() {
-    let python = octue_python();
+    let python = rouse_tests::octue::python();
     let octue_cli = python.with_file_name("octue");
     assert!(
         octue_cli.exists(),
@@ -197,7 +151,13 @@ fn a_stock_octue_service_runs_as_a_job_and_answers_a_stock_octue_client() {
         (LATEST, json!(21), json!(42)),
         (tagged.as_str(), json!(1.5), json!(3.0)),
     ] {
-        let (code, answer) = octue_ask(&python, &emulator, sruid, &json!({ "x": x }));
+        let (code, answer) = rouse_tests::octue::ask(
+            &python,
+            emulator.host(),
+            sruid,
+            &json!({ "x": x }),
+            ASK_TIMEOUT_SECS,
+        );
         assert_eq!(
             code,
             0,
@@ -247,7 +207,13 @@ fn a_stock_octue_service_runs_as_a_job_and_answers_a_stock_octue_client() {
 
     // The app raises: octue sends the exception, the job exits non-zero, and
     // the stock client raises with the app's message.
-    let (code, answer) = octue_ask(&python, &emulator, LATEST, &json!({"fail": "kaput"}));
+    let (code, answer) = rouse_tests::octue::ask(
+        &python,
+        emulator.host(),
+        LATEST,
+        &json!({"fail": "kaput"}),
+        ASK_TIMEOUT_SECS,
+    );
     assert_eq!(
         code,
         1,
