@@ -34,11 +34,11 @@ test: setup lint build static-echo
     fi
 
 # Speed and memory figures next to floors measured in the same run (release build).
-bench: setup
+bench: setup static-echo
     cargo build --locked --release -p rouse-cli -p rouse-tests -p rouse-example-echo
     target/release/bench
 
 # The main job on embedded defaults: the platform on the emulator, with a service.
-demo: setup
+demo: setup static-echo
     cargo build --locked -p rouse-cli -p rouse-example-echo
     .ci/demo

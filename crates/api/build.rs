@@ -9,6 +9,8 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         "rouse/v1/services.proto",
         "rouse/v1/revisions.proto",
         "rouse/v1/executions.proto",
+        "rouse/v1/iam.proto",
+        "rouse/v1/builds.proto",
     ];
     for f in &files {
         println!("cargo:rerun-if-changed={}", root.join(f).display());

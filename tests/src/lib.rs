@@ -198,12 +198,28 @@ impl Output {
     }
 }
 
-/// Runs `rouse ARGS` against `endpoint` with no stdin and a clean environment
-/// for Rouse's own variables.
+/// Runs `rouse ARGS` against `endpoint` with no stdin, no credentials (an
+/// anonymous caller) and a clean environment for Rouse's own variables.
 pub fn rouse(endpoint: &str, args: &[&str]) -> Output {
-    let out = Command::new(rouse_bin())
+    rouse_as(endpoint, None, args)
+}
+
+/// Where no CLI configuration is: so that tests never read or write the
+/// user's real `~/.config/rouse`.
+const NO_CONFIG_HOME: &str = "/nonexistent/rouse-tests-config";
+
+/// Runs `rouse ARGS` against `endpoint` with the key file `credentials`
+/// (`None`: anonymous).
+pub fn rouse_as(endpoint: &str, credentials: Option<&Path>, args: &[&str]) -> Output {
+    let mut command = Command::new(rouse_bin());
+    match credentials {
+        Some(path) => command.env("ROUSE_CREDENTIALS", path),
+        None => command.env_remove("ROUSE_CREDENTIALS"),
+    };
+    let out = command
         .args(args)
         .env("ROUSE_ENDPOINT", endpoint)
+        .env("XDG_CONFIG_HOME", NO_CONFIG_HOME)
         .env_remove("ROUSE_PROJECT")
         .env_remove("RUST_LOG")
         .stdin(Stdio::null())
@@ -220,7 +236,9 @@ pub fn rouse(endpoint: &str, args: &[&str]) -> Output {
 pub struct Server {
     child: Child,
     endpoint: String,
+    webhooks: Option<String>,
     log: Arc<Mutex<String>>,
+    owner_key: PathBuf,
 }
 
 impl Server {
@@ -234,13 +252,23 @@ impl Server {
 
     /// Like [`Self::start`]; on failure returns the server's log.
     pub fn try_start(pubsub_host: &str, data_dir: &Path, extra: &[&str]) -> Result<Self, String> {
+        // Each server its own webhook port, so that servers run side by side.
+        let webhooks: &[&str] = if extra.iter().any(|a| a.starts_with("--webhook-listen")) {
+            &[]
+        } else {
+            &["--webhook-listen", "127.0.0.1:0"]
+        };
         let mut child = Command::new(rouse_bin())
             .arg("server")
             .arg("--data-dir")
             .arg(data_dir)
             .args(["--api-listen", "127.0.0.1:0"])
+            .args(webhooks)
             .args(extra)
             .env("PUBSUB_EMULATOR_HOST", pubsub_host)
+            // The owner's credentials go next to the data, not to the
+            // user's real ~/.config/rouse.
+            .env("XDG_CONFIG_HOME", data_dir.join("config"))
             .env("RUST_LOG", "warn,rouse=debug")
             .env_remove("ROUSE_LOG_FORMAT")
             .env_remove("ROUSE_CONFIG")
@@ -261,7 +289,7 @@ impl Server {
                     .then(|| field(&line, "api="))
                     .flatten()
                 {
-                    let _ = ready_tx.send(addr);
+                    let _ = ready_tx.send((addr, field(&line, "webhooks=")));
                 }
                 let mut l = sink.lock().expect("log lock");
                 l.push_str(&line);
@@ -271,11 +299,13 @@ impl Server {
         let deadline = Instant::now() + SERVER_START_TIMEOUT;
         loop {
             match ready_rx.recv_timeout(Duration::from_millis(50)) {
-                Ok(addr) => {
+                Ok((addr, webhooks)) => {
                     return Ok(Self {
                         child,
                         endpoint: format!("http://{addr}"),
+                        webhooks: webhooks.filter(|w| w != "-").map(|w| format!("http://{w}")),
                         log,
+                        owner_key: data_dir.join("owner-key.json"),
                     });
                 }
                 Err(mpsc::RecvTimeoutError::Timeout) if Instant::now() < deadline => {
@@ -301,13 +331,44 @@ impl Server {
         &self.endpoint
     }
 
+    /// Base URL of the builder's webhook server (`http://127.0.0.1:PORT`).
+    pub fn webhooks(&self) -> &str {
+        self.webhooks
+            .as_deref()
+            .unwrap_or_else(|| panic!("this server runs no webhook server:\n{}", self.log()))
+    }
+
     pub fn pid(&self) -> u32 {
         self.child.id()
     }
 
-    /// Runs a client command against this server.
+    /// Runs a client command against this server as its owner (the key
+    /// the server bootstrapped on its first start).
     pub fn rouse(&self, args: &[&str]) -> Output {
-        rouse(&self.endpoint, args)
+        rouse_as(&self.endpoint, Some(&self.owner_key), args)
+    }
+
+    /// Runs a client command as whoever `credentials` names (`None`: anonymous).
+    pub fn rouse_as(&self, credentials: Option<&Path>, args: &[&str]) -> Output {
+        rouse_as(&self.endpoint, credentials, args)
+    }
+
+    /// The owner's key file.
+    pub fn owner_key(&self) -> &Path {
+        &self.owner_key
+    }
+
+    /// Lets askers without a token (stock Octue clients, the test asker) ask
+    /// every service of `project`: `allUsers` gets `roles/serviceUser`.
+    pub fn allow_anonymous_askers(&self, project: &str) {
+        self.rouse(&[
+            "projects",
+            "add-iam-policy-binding",
+            project,
+            "--member=allUsers",
+            "--role=roles/serviceUser",
+        ])
+        .ok();
     }
 
     /// Everything the server logged so far.
@@ -364,3 +425,4 @@ pub fn workspace_bin(name: &str) -> PathBuf {
 pub mod asker;
 pub mod echo_image;
 pub mod octue;
+pub mod pushes;

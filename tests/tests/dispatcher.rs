@@ -21,6 +21,7 @@ fn platform(extra: &[&str]) -> Platform {
     let emulator = Emulator::start();
     let data = tempfile::tempdir().expect("tempdir");
     let server = Server::start(&emulator, data.path(), extra);
+    server.allow_anonymous_askers("p");
     Platform {
         emulator,
         server,

@@ -154,6 +154,7 @@ async fn containers_answer_questions_through_the_platform() {
     let emulator = Emulator::start();
     let data = tempfile::tempdir().expect("tempdir");
     let server = Server::start(&emulator, data.path(), &[]);
+    server.allow_anonymous_askers("p");
     let topic = create_service(&server, "echo", &image.tag);
     let mut asker = Asker::new(emulator.host(), NETWORK).await;
 

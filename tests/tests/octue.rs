@@ -34,6 +34,47 @@ fn a_stock_octue_client_gets_results_and_remote_exceptions() {
         ])
         .ok();
 
+    // Stock clients send no token: anonymous, so refused until a policy says
+    // otherwise; octue raises the remote PermissionDenied.
+    let (code, denied) = ask(
+        &python,
+        emulator.host(),
+        "experiment-2/echo:latest",
+        &json!({"x": 0}),
+        ASK_TIMEOUT_SECS,
+    );
+    assert_eq!(code, 1, "{denied}");
+    assert_eq!(denied["exception_type"], "PermissionDenied", "{denied}");
+    assert!(
+        denied["exception_message"]
+            .as_str()
+            .unwrap_or_default()
+            .contains("services.ask"),
+        "{denied}"
+    );
+    // The local-development mode: the project trusts the `sender` attribute,
+    // and the asking service (a stock client sends as `local/local`) is
+    // granted roles/serviceUser on the service.
+    server
+        .rouse(&[
+            "projects",
+            "update",
+            "experiment_2",
+            "--trust-sender-attribute",
+        ])
+        .ok();
+    server
+        .rouse(&[
+            "services",
+            "add-iam-policy-binding",
+            "echo",
+            "--project",
+            "experiment_2",
+            "--member=service:local/local",
+            "--role=roles/serviceUser",
+        ])
+        .ok();
+
     // By the serving revision's tag, and by `latest`.
     for sruid in ["experiment-2/echo:echo-00001", "experiment-2/echo:latest"] {
         let (code, answer) = ask(

@@ -103,6 +103,7 @@ fn a_stock_octue_service_runs_as_a_job_and_answers_a_stock_octue_client() {
     server
         .rouse(&["services", "create", SERVICE, "--project", PROJECT])
         .ok();
+    server.allow_anonymous_askers(PROJECT);
     // Test-side only: the local schema for octue's validator (sitecustomize.py),
     // dummy application default credentials for octue's `google.auth.default()`
     // (the project comes from Rouse's GOOGLE_CLOUD_PROJECT; the Pub/Sub client

@@ -4,16 +4,20 @@
 use std::path::PathBuf;
 use std::sync::Arc;
 
+use rouse_authz::Authority;
 use rouse_core::{ProjectName, Service, ServiceName};
-use rouse_store::{DispatchStore, Store};
+use rouse_store::{BuildStore, DispatchStore, IamStore, RolloutStore, SecretStore, Store};
 
 use crate::error::ApiError;
 use crate::hooks::DispatchHooks;
 use crate::messaging::Messaging;
 
 /// Everything the API's store must do.
-pub trait ApiStore: Store + DispatchStore {}
-impl<T: Store + DispatchStore> ApiStore for T {}
+pub trait ApiStore:
+    Store + DispatchStore + IamStore + BuildStore + RolloutStore + SecretStore
+{
+}
+impl<T: Store + DispatchStore + IamStore + BuildStore + RolloutStore + SecretStore> ApiStore for T {}
 
 #[derive(Clone)]
 pub struct Backend {
@@ -22,6 +26,8 @@ pub struct Backend {
     pub hooks: Arc<dyn DispatchHooks>,
     /// `<logs_dir>/<service uuid>/<instance>.log`
     pub logs_dir: PathBuf,
+    /// Who may do what; every method asks it first.
+    pub authority: Arc<Authority>,
 }
 
 impl Backend {

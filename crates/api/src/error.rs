@@ -23,6 +23,10 @@ pub enum ApiError {
     #[error("{0}")]
     Unavailable(String),
     #[error("{0}")]
+    PermissionDenied(String),
+    #[error("{0}")]
+    Unauthenticated(String),
+    #[error("{0}")]
     Internal(String),
 }
 
@@ -64,6 +68,8 @@ impl From<ApiError> for Status {
             ApiError::AlreadyExists(m) => Status::already_exists(m),
             ApiError::FailedPrecondition(m) => Status::failed_precondition(m),
             ApiError::Aborted(m) => Status::aborted(m),
+            ApiError::PermissionDenied(m) => Status::permission_denied(m),
+            ApiError::Unauthenticated(m) => Status::unauthenticated(m),
             ApiError::Unavailable(m) => {
                 tracing::warn!(error = %m, "backend unavailable");
                 Status::unavailable(m)

@@ -19,6 +19,9 @@ use tokio_stream::wrappers::ReceiverStream;
 use tonic::{Request, Response, Status};
 use uuid::Uuid;
 
+use rouse_iam::{Permission, Resource};
+
+use crate::auth::{project_resource, resource_of, service_resource};
 use crate::backend::Backend;
 use crate::error::ApiError;
 use crate::pb;
@@ -28,6 +31,9 @@ pub const ASKER_SRUID: &str = concat!("rouse/cli:", env!("CARGO_PKG_VERSION"));
 /// How often a watcher looks for new events. 20 ms: well under the
 /// emulator's 50 ms delivery tick, and an indexed read of a few rows.
 const WATCH_POLL: Duration = Duration::from_millis(20);
+/// How long a watch waits for a question just asked to be recorded by the
+/// dispatcher before answering NOT_FOUND.
+const WATCH_APPEAR: Duration = Duration::from_secs(10);
 /// How often `logs --follow` looks for new lines.
 const FOLLOW_POLL: Duration = Duration::from_millis(250);
 /// Default and largest page of `ListExecutions`.
@@ -50,6 +56,27 @@ impl ExecutionsApi {
                 "execution `{id}` does not exist; `rouse executions list` shows recent ones"
             ))
         })
+    }
+
+    /// The execution `id` and its service, after checking that the caller
+    /// holds `permission` on that service (on the root when the execution or
+    /// its service does not exist, so that existence is not revealed).
+    async fn guarded<T>(
+        &self,
+        request: &Request<T>,
+        action: &str,
+        permission: Permission,
+        id: &str,
+    ) -> Result<(Execution, Option<Service>), ApiError> {
+        let lookup = match self.execution(id).await {
+            Ok(e) => self.service_of(&e).await.map(|s| (e, s)),
+            Err(e) => Err(e),
+        };
+        let (_, found) = self
+            .backend
+            .authorize_lookup(request, action, permission, lookup, |(_, s)| s.as_ref())
+            .await?;
+        Ok(found)
     }
 
     async fn service_of(&self, e: &Execution) -> Result<Option<Service>, ApiError> {
@@ -154,6 +181,10 @@ impl pb::executions_server::Executions for ExecutionsApi {
         &self,
         request: Request<pb::AskRequest>,
     ) -> Result<Response<pb::AskResponse>, Status> {
+        let resource = service_resource(&request.get_ref().project, &request.get_ref().service)?;
+        self.backend
+            .authorize(&request, "Ask", Permission::ServicesAsk, &resource)
+            .await?;
         let req = request.into_inner();
         let service = self
             .backend
@@ -165,22 +196,32 @@ impl pb::executions_server::Executions for ExecutionsApi {
         let serving = self
             .backend
             .store
-            .list_revisions(service.uuid)
+            .serving_revision(service.uuid)
             .await
-            .map_err(ApiError::from)?
-            .into_iter()
-            .next();
+            .map_err(ApiError::from)?;
         let mut recipient = service.sruid();
         recipient.revision_tag = serving.map(|r| r.name);
-        let question_uuid = Uuid::new_v4().to_string();
+        let question_uuid = if req.question_uuid.is_empty() {
+            Uuid::new_v4().to_string()
+        } else {
+            Uuid::parse_str(&req.question_uuid)
+                .map_err(|e| {
+                    ApiError::InvalidArgument(format!(
+                        "question_uuid `{}` is not a uuid ({e}); leave it empty to have one chosen",
+                        req.question_uuid
+                    ))
+                })?
+                .to_string()
+        };
         let data = serde_json::json!({ "kind": "question", "input_values": input });
+        let mut attributes =
+            question_attributes(&question_uuid, &recipient.to_string(), req.forward_logs);
+        if !req.authorization.is_empty() {
+            attributes.insert("authorization".into(), req.authorization);
+        }
         let message = Outgoing {
             data: serde_json::to_vec(&data).unwrap_or_default(),
-            attributes: question_attributes(
-                &question_uuid,
-                &recipient.to_string(),
-                req.forward_logs,
-            ),
+            attributes,
             ordering_key: question_uuid.clone(),
         };
         self.backend
@@ -195,9 +236,10 @@ impl pb::executions_server::Executions for ExecutionsApi {
         &self,
         request: Request<pb::GetExecutionRequest>,
     ) -> Result<Response<pb::Execution>, Status> {
-        let id = request.into_inner().id;
-        let e = self.execution(&id).await?;
-        let service = self.service_of(&e).await?;
+        let id = request.get_ref().id.clone();
+        let (e, service) = self
+            .guarded(&request, "GetExecution", Permission::ExecutionsGet, &id)
+            .await?;
         let events = self
             .backend
             .store
@@ -215,6 +257,28 @@ impl pb::executions_server::Executions for ExecutionsApi {
         &self,
         request: Request<pb::ListExecutionsRequest>,
     ) -> Result<Response<pb::ListExecutionsResponse>, Status> {
+        let (project, service) = (&request.get_ref().project, &request.get_ref().service);
+        // A named service or project is checked as a whole; across every
+        // project, each execution shows if the caller may list its service's.
+        let resource = match (project.is_empty(), service.is_empty()) {
+            (true, true) => None,
+            (_, false) => Some(service_resource(project, service)?),
+            (false, true) => Some(project_resource(project)?),
+        };
+        let caller = match resource {
+            Some(resource) => {
+                self.backend
+                    .authorize(
+                        &request,
+                        "ListExecutions",
+                        Permission::ExecutionsList,
+                        &resource,
+                    )
+                    .await?
+            }
+            None => self.backend.caller(&request)?,
+        };
+        let everywhere = request.get_ref().project.is_empty();
         let req = request.into_inner();
         let status = match req.status.as_str() {
             "" => None,
@@ -240,7 +304,7 @@ impl pb::executions_server::Executions for ExecutionsApi {
         .into_iter()
         .map(|s| (s.uuid, s))
         .collect();
-        let executions = if req.service.is_empty() {
+        let mut executions = if req.service.is_empty() {
             let all = store
                 .list_executions(
                     None,
@@ -268,6 +332,15 @@ impl pb::executions_server::Executions for ExecutionsApi {
                 .await
                 .map_err(ApiError::from)?
         };
+        if everywhere {
+            executions.retain(|e| {
+                let resource = services
+                    .get(&e.service_uuid)
+                    .map_or(Resource::Root, |s| resource_of(&s.project, &s.name));
+                self.backend
+                    .allowed(&caller, Permission::ExecutionsList, &resource)
+            });
+        }
         Ok(Response::new(pb::ListExecutionsResponse {
             executions: executions
                 .iter()
@@ -280,8 +353,15 @@ impl pb::executions_server::Executions for ExecutionsApi {
         &self,
         request: Request<pb::CancelExecutionRequest>,
     ) -> Result<Response<pb::Execution>, Status> {
-        let id = request.into_inner().id;
-        let e = self.execution(&id).await?;
+        let id = request.get_ref().id.clone();
+        let (e, _) = self
+            .guarded(
+                &request,
+                "CancelExecution",
+                Permission::ExecutionsCancel,
+                &id,
+            )
+            .await?;
         if e.status.is_terminal() {
             return Err(ApiError::FailedPrecondition(format!(
                 "execution `{id}` has already {}; only queued, waking or running executions can be cancelled",
@@ -310,6 +390,26 @@ impl pb::executions_server::Executions for ExecutionsApi {
         &self,
         request: Request<pb::WatchExecutionRequest>,
     ) -> Result<Response<Self::WatchExecutionStream>, Status> {
+        // A question asked a moment ago may not be recorded yet.
+        let appear_by = tokio::time::Instant::now() + WATCH_APPEAR;
+        while self
+            .backend
+            .store
+            .get_execution(&request.get_ref().id)
+            .await
+            .map_err(ApiError::from)?
+            .is_none()
+            && tokio::time::Instant::now() < appear_by
+        {
+            tokio::time::sleep(WATCH_POLL).await;
+        }
+        self.guarded(
+            &request,
+            "WatchExecution",
+            Permission::ExecutionsGet,
+            &request.get_ref().id,
+        )
+        .await?;
         let pb::WatchExecutionRequest { id, after_event_id } = request.into_inner();
         let (tx, rx) = mpsc::channel(64);
         let store = self.backend.store.clone();
@@ -382,6 +482,10 @@ impl pb::logs_server::Logs for LogsApi {
         &self,
         request: Request<pb::ReadLogsRequest>,
     ) -> Result<Response<Self::ReadLogsStream>, Status> {
+        let resource = service_resource(&request.get_ref().project, &request.get_ref().service)?;
+        self.backend
+            .authorize(&request, "ReadLogs", Permission::LogsRead, &resource)
+            .await?;
         let req = request.into_inner();
         let service = self
             .backend

@@ -10,21 +10,30 @@
 //! Protobuf stays here: domain types (`rouse_core`) never see prost; the
 //! conversions live in [`convert`].
 
+pub mod auth;
 pub mod backend;
+pub mod bootstrap;
+pub mod builds;
 pub mod convert;
 pub mod error;
 pub mod executions;
 pub mod hooks;
+pub mod iam;
 pub mod messaging;
 pub mod reconcile;
 pub mod revisions;
+pub mod rollout;
+pub mod secrets;
 pub mod services;
+pub mod triggers;
+pub mod webhook;
 
 use std::future::Future;
 
 use tokio::net::TcpListener;
 
 pub use backend::{ApiStore, Backend};
+pub use builds::{Builder, BuilderConfig};
 pub use error::ApiError;
 pub use hooks::{DispatchHooks, NoDispatcher};
 pub use messaging::{Messaging, PubSubMessaging};
@@ -37,10 +46,12 @@ pub mod pb {
 }
 
 /// Serves the API on `listener` until `shutdown` completes, then lets calls in
-/// flight finish.
+/// flight finish. The builder's APIs (triggers, builds, secrets) are served
+/// over `builder`.
 pub async fn serve(
     listener: TcpListener,
     backend: Backend,
+    builder: Builder,
     shutdown: impl Future<Output = ()> + Send,
 ) -> Result<(), tonic::transport::Error> {
     tonic::transport::Server::builder()
@@ -54,8 +65,29 @@ pub async fn serve(
             executions::ExecutionsApi::new(backend.clone()),
         ))
         .add_service(pb::logs_server::LogsServer::new(executions::LogsApi::new(
-            backend,
+            backend.clone(),
         )))
+        .add_service(pb::iam_server::IamServer::new(iam::IamApi::new(
+            backend.clone(),
+        )))
+        .add_service(pb::service_accounts_server::ServiceAccountsServer::new(
+            iam::ServiceAccountsApi::new(backend.clone()),
+        ))
+        .add_service(pb::roles_server::RolesServer::new(iam::RolesApi::new(
+            backend.clone(),
+        )))
+        .add_service(pb::rollouts_server::RolloutsServer::new(
+            rollout::RolloutsApi::new(backend),
+        ))
+        .add_service(pb::triggers_server::TriggersServer::new(
+            triggers::TriggersApi::new(builder.clone()),
+        ))
+        .add_service(pb::builds_server::BuildsServer::new(
+            builds::BuildsApi::new(builder.clone()),
+        ))
+        .add_service(pb::secrets_server::SecretsServer::new(
+            secrets::SecretsApi::new(builder),
+        ))
         .serve_with_incoming_shutdown(
             tokio_stream::wrappers::TcpListenerStream::new(listener),
             shutdown,

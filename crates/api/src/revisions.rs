@@ -8,6 +8,9 @@ use rouse_core::revision::{DeliveryMode, Revision, RevisionSource};
 use rouse_store::NewRevision;
 use tonic::{Request, Response, Status};
 
+use rouse_iam::Permission;
+
+use crate::auth::service_resource;
 use crate::backend::Backend;
 use crate::error::ApiError;
 use crate::pb;
@@ -124,6 +127,15 @@ impl pb::revisions_server::Revisions for RevisionsApi {
         &self,
         request: Request<pb::CreateRevisionRequest>,
     ) -> Result<Response<pb::Revision>, Status> {
+        let resource = service_resource(&request.get_ref().project, &request.get_ref().service)?;
+        self.backend
+            .authorize(
+                &request,
+                "CreateRevision",
+                Permission::RevisionsCreate,
+                &resource,
+            )
+            .await?;
         let req = request.into_inner();
         let service = self
             .backend
@@ -150,6 +162,15 @@ impl pb::revisions_server::Revisions for RevisionsApi {
         &self,
         request: Request<pb::ListRevisionsRequest>,
     ) -> Result<Response<pb::ListRevisionsResponse>, Status> {
+        let resource = service_resource(&request.get_ref().project, &request.get_ref().service)?;
+        self.backend
+            .authorize(
+                &request,
+                "ListRevisions",
+                Permission::RevisionsList,
+                &resource,
+            )
+            .await?;
         let req = request.into_inner();
         let service = self
             .backend
@@ -161,11 +182,20 @@ impl pb::revisions_server::Revisions for RevisionsApi {
             .list_revisions(service.uuid)
             .await
             .map_err(ApiError::from)?;
+        let serving = self
+            .backend
+            .store
+            .serving_revision(service.uuid)
+            .await
+            .map_err(ApiError::from)?
+            .map(|r| r.name);
         Ok(Response::new(pb::ListRevisionsResponse {
             revisions: revisions
                 .iter()
-                .enumerate()
-                .map(|(i, r)| revision_to_pb(r, &req.project, &req.service, i == 0))
+                .map(|r| {
+                    let is_serving = serving.as_deref() == Some(r.name.as_str());
+                    revision_to_pb(r, &req.project, &req.service, is_serving)
+                })
                 .collect(),
         }))
     }

@@ -16,6 +16,9 @@ use rouse_store::StoreError;
 use tonic::{Request, Response, Status};
 use uuid::Uuid;
 
+use rouse_iam::{Permission, Resource};
+
+use crate::auth::{project_resource, service_resource};
 use crate::backend::Backend;
 use crate::convert::{duration_from_pb, service_to_pb};
 use crate::error::ApiError;
@@ -112,6 +115,11 @@ impl ServicesApi {
             .delete_topic(&service.topic_id())
             .await?;
         self.backend.store.delete_service(service.uuid).await?;
+        // A later service of the same name must not inherit who could ask this one.
+        let resource = crate::auth::resource_of(&service.project, &service.name).to_string();
+        if self.backend.store.delete_policy(&resource).await? {
+            self.backend.authority.refresh().await?;
+        }
         self.backend.hooks.services_changed();
         tracing::info!(service = %service.qualified_name(), uuid = %service.uuid, "service deleted");
         Ok(service)
@@ -162,6 +170,15 @@ impl pb::services_server::Services for ServicesApi {
         &self,
         request: Request<pb::CreateServiceRequest>,
     ) -> Result<Response<pb::Service>, Status> {
+        let resource = project_resource(&request.get_ref().project)?;
+        self.backend
+            .authorize(
+                &request,
+                "CreateService",
+                Permission::ServicesCreate,
+                &resource,
+            )
+            .await?;
         let pb::CreateServiceRequest { project, name } = request.into_inner();
         let service = self.create(&project, &name).await?;
         Ok(Response::new(service_to_pb(&service)))
@@ -171,6 +188,10 @@ impl pb::services_server::Services for ServicesApi {
         &self,
         request: Request<pb::GetServiceRequest>,
     ) -> Result<Response<pb::Service>, Status> {
+        let resource = service_resource(&request.get_ref().project, &request.get_ref().name)?;
+        self.backend
+            .authorize(&request, "GetService", Permission::ServicesGet, &resource)
+            .await?;
         let pb::GetServiceRequest { project, name } = request.into_inner();
         let service = self.find(&project, &name).await?;
         Ok(Response::new(service_to_pb(&service)))
@@ -180,6 +201,21 @@ impl pb::services_server::Services for ServicesApi {
         &self,
         request: Request<pb::ListServicesRequest>,
     ) -> Result<Response<pb::ListServicesResponse>, Status> {
+        let caller = if request.get_ref().project.is_empty() {
+            // Every project: each service shows if the caller may list its
+            // project's services.
+            self.backend.caller(&request)?
+        } else {
+            let resource = project_resource(&request.get_ref().project)?;
+            self.backend
+                .authorize(
+                    &request,
+                    "ListServices",
+                    Permission::ServicesList,
+                    &resource,
+                )
+                .await?
+        };
         let pb::ListServicesRequest { project } = request.into_inner();
         let project = if project.is_empty() {
             None
@@ -189,12 +225,21 @@ impl pb::services_server::Services for ServicesApi {
                     .map_err(|e| ApiError::InvalidArgument(e.to_string()))?,
             )
         };
-        let services = self
+        let mut services = self
             .backend
             .store
             .list_services(project.as_ref())
             .await
             .map_err(ApiError::from)?;
+        if project.is_none() {
+            services.retain(|s| {
+                self.backend.allowed(
+                    &caller,
+                    Permission::ServicesList,
+                    &Resource::Project(s.project.clone()),
+                )
+            });
+        }
         Ok(Response::new(pb::ListServicesResponse {
             services: services.iter().map(service_to_pb).collect(),
         }))
@@ -204,6 +249,15 @@ impl pb::services_server::Services for ServicesApi {
         &self,
         request: Request<pb::UpdateServiceRequest>,
     ) -> Result<Response<pb::Service>, Status> {
+        let resource = service_resource(&request.get_ref().project, &request.get_ref().name)?;
+        self.backend
+            .authorize(
+                &request,
+                "UpdateService",
+                Permission::ServicesUpdate,
+                &resource,
+            )
+            .await?;
         let service = self.update(request.get_ref()).await?;
         Ok(Response::new(service_to_pb(&service)))
     }
@@ -212,6 +266,15 @@ impl pb::services_server::Services for ServicesApi {
         &self,
         request: Request<pb::DeleteServiceRequest>,
     ) -> Result<Response<pb::DeleteServiceResponse>, Status> {
+        let resource = service_resource(&request.get_ref().project, &request.get_ref().name)?;
+        self.backend
+            .authorize(
+                &request,
+                "DeleteService",
+                Permission::ServicesDelete,
+                &resource,
+            )
+            .await?;
         let pb::DeleteServiceRequest { project, name } = request.into_inner();
         let service = self.delete(&project, &name).await?;
         Ok(Response::new(pb::DeleteServiceResponse {
@@ -305,17 +368,22 @@ mod tests {
 
     fn api(broker: Arc<FakeBroker>) -> (ServicesApi, tempfile::TempDir) {
         let dir = tempfile::tempdir().expect("tempdir");
-        let store = SqliteStore::open(&dir.path().join("rouse.db")).expect("store");
+        let store = Arc::new(SqliteStore::open(&dir.path().join("rouse.db")).expect("store"));
+        let authority = tokio::task::block_in_place(|| {
+            tokio::runtime::Handle::current().block_on(rouse_authz::Authority::load(store.clone()))
+        })
+        .expect("authority");
         let backend = Backend {
-            store: Arc::new(store),
+            store,
             messaging: broker,
             hooks: Arc::new(NoDispatcher),
             logs_dir: dir.path().join("logs"),
+            authority,
         };
         (ServicesApi::new(backend), dir)
     }
 
-    #[tokio::test]
+    #[tokio::test(flavor = "multi_thread")]
     async fn failed_subscription_leaves_nothing_behind() {
         let broker = Arc::new(FakeBroker {
             refuse_subscriptions: true,
@@ -338,7 +406,7 @@ mod tests {
         );
     }
 
-    #[tokio::test]
+    #[tokio::test(flavor = "multi_thread")]
     async fn create_update_delete() {
         let broker = Arc::new(FakeBroker::default());
         let (api, _dir) = api(broker.clone());

@@ -3,9 +3,15 @@
 use clap::{Parser, Subcommand, ValueEnum};
 
 use crate::commands::ask::AskArgs;
+use crate::commands::audit::AuditCommand;
+use crate::commands::builds::BuildsCommand;
 use crate::commands::executions::ExecutionsCommand;
+use crate::commands::iam::IamCommand;
 use crate::commands::logs::LogsArgs;
+use crate::commands::projects::ProjectsCommand;
 use crate::commands::revisions::RevisionsCommand;
+use crate::commands::secrets::SecretsCommand;
+use crate::commands::triggers::TriggersCommand;
 use crate::commands::{server::ServerArgs, services::ServicesCommand};
 
 #[derive(Debug, Parser)]
@@ -39,6 +45,24 @@ pub enum Command {
     Executions(ExecutionsCommand),
     /// Read a service's instance logs.
     Logs(LogsArgs),
+    /// A project's settings and who may do what in it (its IAM policy).
+    #[command(subcommand)]
+    Projects(ProjectsCommand),
+    /// Service accounts and keys, custom roles, and permission checks.
+    #[command(subcommand)]
+    Iam(IamCommand),
+    /// Who changed what, and which calls and questions were granted or denied.
+    #[command(subcommand)]
+    Audit(AuditCommand),
+    /// Build a service on every push to a repository's matching branches.
+    #[command(subcommand)]
+    Triggers(TriggersCommand),
+    /// Builds: list, describe, follow logs, cancel, submit from a directory.
+    #[command(subcommand)]
+    Builds(BuildsCommand),
+    /// A service's secrets, injected into its instances as environment variables.
+    #[command(subcommand)]
+    Secrets(SecretsCommand),
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum, serde::Deserialize)]
@@ -54,6 +78,12 @@ pub struct ClientArgs {
     /// URL of the Rouse API.
     #[arg(long, env = "ROUSE_ENDPOINT", default_value = "http://127.0.0.1:7070")]
     pub endpoint: String,
+    /// Key file to call the API with (`rouse iam service-accounts keys
+    /// create` writes one; `rouse server` writes the owner's). Default:
+    /// `$XDG_CONFIG_HOME/rouse/credentials.json`, else
+    /// `~/.config/rouse/credentials.json`, if it exists.
+    #[arg(long, env = "ROUSE_CREDENTIALS")]
+    pub credentials: Option<std::path::PathBuf>,
 }
 
 /// Output format of `list`, `describe` and `get`.

@@ -19,6 +19,9 @@ pub const DEFAULT_API_LISTEN: &str = "127.0.0.1:7070";
 pub const DEFAULT_EMULATOR_PROJECT: &str = "rouse-local";
 /// The Octue network topic (PROTOCOL.md).
 pub const DEFAULT_NETWORK_TOPIC: &str = "octue.services";
+/// The builder's webhook server: loopback by default; put a proxy in front
+/// of it (or listen wider) for GitHub to reach it.
+pub const DEFAULT_WEBHOOK_LISTEN: &str = "127.0.0.1:7071";
 
 /// The TOML file, every key optional.
 #[derive(Debug, Default, Deserialize)]
@@ -33,6 +36,16 @@ pub struct FileConfig {
     pub pubsub: PubSubSection,
     #[serde(default)]
     pub dispatcher: DispatcherSection,
+    #[serde(default)]
+    pub builder: BuilderSection,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct BuilderSection {
+    pub webhook_listen: Option<SocketAddr>,
+    pub github_api_url: Option<String>,
+    pub secrets_key: Option<PathBuf>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -90,6 +103,12 @@ pub struct ServerConfig {
     pub roles: Roles,
     pub heartbeat_interval: Duration,
     pub queue_capacity: usize,
+    /// Where the builder's webhook server listens.
+    pub webhook_listen: SocketAddr,
+    /// GitHub's REST API (commit statuses).
+    pub github_api_url: String,
+    /// The key sealing secrets, kept outside the store.
+    pub secrets_key: PathBuf,
 }
 
 /// Which roles this process runs.
@@ -113,7 +132,13 @@ impl Roles {
                 }
                 "api" => roles.api = true,
                 "dispatcher" => roles.dispatcher = true,
-                "builder" | "ingress" => {
+                "builder" => {
+                    return Err(
+                        "the builder (webhooks, builds) runs inside the `api` role; use `api` or `all`"
+                            .into(),
+                    );
+                }
+                "ingress" => {
                     return Err(format!(
                         "role `{role}` is not built yet; use `api`, `dispatcher` or `all`"
                     ));
@@ -234,7 +259,26 @@ impl ServerConfig {
                 humantime::format_duration(heartbeat_interval)
             ));
         }
+        let webhook_listen = match args.webhook_listen.or(file.builder.webhook_listen) {
+            Some(a) => a,
+            None => DEFAULT_WEBHOOK_LISTEN
+                .parse()
+                .map_err(|e| format!("bad built-in address: {e}"))?,
+        };
+        let github_api_url = args
+            .github_api_url
+            .clone()
+            .or(file.builder.github_api_url)
+            .unwrap_or_else(|| rouse_builder::github::DEFAULT_API_URL.to_owned());
+        let secrets_key = args
+            .secrets_key
+            .clone()
+            .or(file.builder.secrets_key)
+            .unwrap_or_else(|| data_dir.join("secrets.key"));
         Ok(Self {
+            webhook_listen,
+            github_api_url,
+            secrets_key,
             roles,
             heartbeat_interval,
             queue_capacity,
@@ -312,6 +356,33 @@ mod tests {
         assert_eq!(cfg.pubsub.project, DEFAULT_EMULATOR_PROJECT);
         assert_eq!(cfg.network_topic, "main.octue.twined.services");
         assert_eq!(cfg.log_format, LogFormat::Human);
+        assert_eq!(cfg.webhook_listen.port(), 7071, "default");
+        assert_eq!(cfg.secrets_key, PathBuf::from("/from/file/secrets.key"));
+    }
+
+    #[test]
+    fn builder_settings_follow_the_precedence() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let path = dir.path().join("rouse.toml");
+        std::fs::write(
+            &path,
+            "[pubsub]\nemulator_host = \"127.0.0.1:1\"\n[builder]\nwebhook_listen = \"127.0.0.1:9100\"\ngithub_api_url = \"http://file\"\n",
+        )
+        .expect("write");
+        let p = path.to_str().expect("utf-8");
+        let (args, log) = server_args(&[
+            "rouse",
+            "server",
+            "--config",
+            p,
+            "--data-dir",
+            "/d",
+            "--github-api-url",
+            "http://flag",
+        ]);
+        let cfg = ServerConfig::resolve(&args, log).expect("resolve");
+        assert_eq!(cfg.webhook_listen.port(), 9100, "file beats default");
+        assert_eq!(cfg.github_api_url, "http://flag", "flag beats file");
     }
 
     #[test]

@@ -41,6 +41,10 @@ impl CliError {
             Code::Unknown | Code::Unavailable if status.source().is_some() => {
                 Self::unreachable(endpoint, &status.message())
             }
+            Code::Unauthenticated => Self::internal(format!(
+                "{} (check --credentials / ROUSE_CREDENTIALS)",
+                status.message()
+            )),
             _ => Self::internal(status.message()),
         }
     }

@@ -7,6 +7,7 @@ mod commands;
 mod config;
 mod exit;
 mod output;
+mod progress;
 
 use clap::Parser;
 

@@ -438,3 +438,292 @@ impl View for ExecutionView {
         rows
     }
 }
+
+/// Renders `value` as JSON or YAML, or with `table` for people: for outputs
+/// that are neither one [`View`] nor a list of them.
+pub fn print_value<T: Serialize + ?Sized>(
+    value: &T,
+    format: Format,
+    table: impl FnOnce() -> String,
+) -> Result<(), CliError> {
+    emit(&render(value, format, table)?)
+}
+
+/// Output format of IAM policies: Google's document, YAML (gcloud's default)
+/// or JSON; both can be edited and given back to `set-iam-policy`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, clap::ValueEnum)]
+pub enum PolicyFormat {
+    #[default]
+    Yaml,
+    Json,
+}
+
+pub fn print_policy(policy: &rouse_iam::Policy, format: PolicyFormat) -> Result<(), CliError> {
+    emit(&match format {
+        PolicyFormat::Yaml => policy.to_yaml(),
+        PolicyFormat::Json => policy.to_json() + "\n",
+    })
+}
+
+/// A project's settings as the CLI shows them.
+#[derive(Debug, Serialize)]
+pub struct ProjectView {
+    pub name: String,
+    pub trust_sender_attribute: bool,
+}
+
+impl From<&pb::Project> for ProjectView {
+    fn from(p: &pb::Project) -> Self {
+        Self {
+            name: p.name.clone(),
+            trust_sender_attribute: p.trust_sender_attribute,
+        }
+    }
+}
+
+impl View for ProjectView {
+    const COLUMNS: &'static [&'static str] = &["NAME", "TRUST SENDER ATTRIBUTE"];
+    const NONE: &'static str = "no projects";
+
+    fn row(&self) -> Vec<String> {
+        vec![self.name.clone(), self.trust_sender_attribute.to_string()]
+    }
+
+    fn describe(&self) -> Vec<(&'static str, String)> {
+        vec![
+            ("name", self.name.clone()),
+            (
+                "trust sender attribute",
+                self.trust_sender_attribute.to_string(),
+            ),
+        ]
+    }
+}
+
+/// A service account as the CLI shows it.
+#[derive(Debug, Serialize)]
+pub struct ServiceAccountView {
+    pub email: String,
+    pub project: String,
+    pub display_name: String,
+    pub description: String,
+    pub disabled: bool,
+    pub create_time: String,
+}
+
+impl From<&pb::ServiceAccount> for ServiceAccountView {
+    fn from(a: &pb::ServiceAccount) -> Self {
+        Self {
+            email: a.email.clone(),
+            project: a.project.clone(),
+            display_name: a.display_name.clone(),
+            description: a.description.clone(),
+            disabled: a.disabled,
+            create_time: timestamp(a.created_at.as_ref()),
+        }
+    }
+}
+
+impl View for ServiceAccountView {
+    const COLUMNS: &'static [&'static str] = &["DISPLAY NAME", "EMAIL", "DISABLED"];
+    const NONE: &'static str = "no service accounts";
+
+    fn row(&self) -> Vec<String> {
+        vec![
+            self.display_name.clone(),
+            self.email.clone(),
+            self.disabled.to_string(),
+        ]
+    }
+
+    fn describe(&self) -> Vec<(&'static str, String)> {
+        vec![
+            ("email", self.email.clone()),
+            ("project", self.project.clone()),
+            ("display name", self.display_name.clone()),
+            ("description", self.description.clone()),
+            ("disabled", self.disabled.to_string()),
+            ("created", self.create_time.clone()),
+        ]
+    }
+}
+
+/// A service account key (its public half) as the CLI shows it.
+#[derive(Debug, Serialize)]
+pub struct KeyView {
+    pub key_id: String,
+    pub principal: String,
+    pub create_time: String,
+}
+
+impl From<&pb::ServiceAccountKey> for KeyView {
+    fn from(k: &pb::ServiceAccountKey) -> Self {
+        Self {
+            key_id: k.key_id.clone(),
+            principal: k.principal.clone(),
+            create_time: timestamp(k.created_at.as_ref()),
+        }
+    }
+}
+
+impl View for KeyView {
+    const COLUMNS: &'static [&'static str] = &["KEY_ID", "CREATED"];
+    const NONE: &'static str = "no keys";
+
+    fn row(&self) -> Vec<String> {
+        vec![self.key_id.clone(), self.create_time.clone()]
+    }
+
+    fn describe(&self) -> Vec<(&'static str, String)> {
+        vec![
+            ("key id", self.key_id.clone()),
+            ("principal", self.principal.clone()),
+            ("created", self.create_time.clone()),
+        ]
+    }
+}
+
+/// A role as the CLI shows it. Its JSON/YAML form is Google's role document,
+/// so `describe --format yaml > role.yaml` can be edited and given back to
+/// `update --file`.
+#[derive(Debug, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct RoleView {
+    pub name: String,
+    pub title: String,
+    #[serde(skip_serializing_if = "String::is_empty")]
+    pub description: String,
+    pub included_permissions: Vec<String>,
+    pub stage: String,
+}
+
+impl From<&pb::Role> for RoleView {
+    fn from(r: &pb::Role) -> Self {
+        Self {
+            name: r.name.clone(),
+            title: r.title.clone(),
+            description: r.description.clone(),
+            included_permissions: r.included_permissions.clone(),
+            stage: r.stage.clone(),
+        }
+    }
+}
+
+impl View for RoleView {
+    const COLUMNS: &'static [&'static str] = &["NAME", "TITLE", "STAGE", "PERMISSIONS"];
+    const NONE: &'static str = "no roles";
+
+    fn row(&self) -> Vec<String> {
+        vec![
+            self.name.clone(),
+            self.title.clone(),
+            self.stage.clone(),
+            self.included_permissions.len().to_string(),
+        ]
+    }
+
+    fn describe(&self) -> Vec<(&'static str, String)> {
+        let mut rows = vec![
+            ("name", self.name.clone()),
+            ("title", self.title.clone()),
+            ("description", self.description.clone()),
+            ("stage", self.stage.clone()),
+        ];
+        if self.included_permissions.is_empty() {
+            rows.push(("permission", "(none)".into()));
+        }
+        for p in &self.included_permissions {
+            rows.push(("permission", p.clone()));
+        }
+        rows
+    }
+}
+
+/// An audit entry as the CLI shows it.
+#[derive(Debug, Serialize)]
+pub struct AuditView {
+    pub id: i64,
+    pub time: String,
+    pub principal: String,
+    pub action: String,
+    pub resource: String,
+    #[serde(skip_serializing_if = "String::is_empty")]
+    pub permission: String,
+    pub decision: String,
+    /// Before/after for changes, the reason for denials.
+    pub detail: serde_json::Value,
+}
+
+impl From<&pb::AuditEntry> for AuditView {
+    fn from(e: &pb::AuditEntry) -> Self {
+        let detail = if e.detail.is_empty() {
+            serde_json::Value::Null
+        } else {
+            // Kept as text if it is not JSON, rather than dropped.
+            serde_json::from_str(&e.detail)
+                .unwrap_or_else(|_| serde_json::Value::String(e.detail.clone()))
+        };
+        Self {
+            id: e.id,
+            time: timestamp(e.at.as_ref()),
+            principal: e.principal.clone(),
+            action: e.action.clone(),
+            resource: e.resource.clone(),
+            permission: e.permission.clone(),
+            decision: e.decision.clone(),
+            detail,
+        }
+    }
+}
+
+impl AuditView {
+    fn detail_line(&self) -> String {
+        match &self.detail {
+            serde_json::Value::Null => String::new(),
+            serde_json::Value::String(s) => s.replace('\n', " "),
+            other => other.to_string(),
+        }
+    }
+}
+
+impl View for AuditView {
+    const COLUMNS: &'static [&'static str] = &[
+        "TIME",
+        "DECISION",
+        "PRINCIPAL",
+        "ACTION",
+        "RESOURCE",
+        "PERMISSION",
+        "DETAIL",
+    ];
+    const NONE: &'static str = "no audit entries";
+
+    fn row(&self) -> Vec<String> {
+        let mut detail = self.detail_line();
+        if detail.chars().count() > 60 {
+            detail = detail.chars().take(59).collect::<String>() + "…";
+        }
+        vec![
+            self.time.clone(),
+            self.decision.clone(),
+            self.principal.clone(),
+            self.action.clone(),
+            self.resource.clone(),
+            self.permission.clone(),
+            detail,
+        ]
+    }
+
+    fn describe(&self) -> Vec<(&'static str, String)> {
+        vec![
+            ("id", self.id.to_string()),
+            ("time", self.time.clone()),
+            ("decision", self.decision.clone()),
+            ("principal", self.principal.clone()),
+            ("action", self.action.clone()),
+            ("resource", self.resource.clone()),
+            ("permission", self.permission.clone()),
+            ("detail", self.detail_line()),
+        ]
+    }
+}

@@ -16,11 +16,14 @@
 use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 
-use rouse_core::Service;
+use rouse_authz::decision_entry;
 use rouse_core::protocol::{Attributes, Question, Reply};
 use rouse_core::revision::{Execution, ExecutionStatus};
 use rouse_core::sruid::Sruid;
+use rouse_core::{ProjectName, Service, ServiceName};
+use rouse_iam::{Permission, Resource};
 use rouse_pubsub::{Handler, Message, Subscriber, SubscriptionSpec};
+use rouse_store::AuditEntry;
 use rouse_store::NewEvent;
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
@@ -132,6 +135,8 @@ pub async fn service(
     let target = Arc::new(Target {
         uuid: service.uuid,
         sender: service.sruid().to_string(),
+        project: service.project.clone(),
+        name: service.name.clone(),
     });
     pull(
         &shared,
@@ -151,6 +156,77 @@ pub async fn service(
 struct Target {
     uuid: Uuid,
     sender: String,
+    project: ProjectName,
+    name: ServiceName,
+}
+
+/// Whether the question's asker holds `services.ask` on the target service,
+/// with the decision recorded in the audit log. The asker is the principal
+/// of the question's token, or (without one) its sender service if the
+/// project trusts sender attributes, else anonymous. The token must have
+/// been valid when Pub/Sub accepted the question (`asked_at`), so a question
+/// that waited while the dispatcher was down is judged by when it was asked;
+/// the policy is applied as it is now. Returns the audit entry to record
+/// (a grant is recorded together with the execution; a denial at once).
+async fn authorize(
+    shared: &Shared,
+    target: &Target,
+    question_uuid: &str,
+    token: Option<&str>,
+    sender: Option<&str>,
+    asked_at: SystemTime,
+) -> Result<AuditEntry, String> {
+    let snapshot = shared.authority.snapshot();
+    let resource = Resource::Service(target.project.clone(), target.name.clone());
+    let permission = Permission::ServicesAsk;
+    let caller = match snapshot.question_caller(
+        token,
+        &target.project,
+        &target.name,
+        question_uuid,
+        sender,
+        asked_at,
+    ) {
+        Ok(caller) => caller,
+        Err(e) => {
+            let reason = format!(
+                "the question's authorization token is refused ({e}), so it may not ask `{resource}`"
+            );
+            shared
+                .authority
+                .audit(AuditEntry {
+                    id: 0,
+                    at: SystemTime::now(),
+                    principal: "unauthenticated".into(),
+                    action: "question".into(),
+                    resource: resource.to_string(),
+                    permission: permission.as_str().into(),
+                    decision: "denied".into(),
+                    detail: serde_json::json!({ "reason": reason, "question_uuid": question_uuid })
+                        .to_string(),
+                })
+                .await;
+            return Err(reason);
+        }
+    };
+    let decision = snapshot.check(&caller, permission, &resource, SystemTime::now());
+    let mut entry = decision_entry(&caller, "question", &resource, permission, &decision);
+    if let Ok(mut detail) = serde_json::from_str::<serde_json::Value>(&entry.detail) {
+        detail["question_uuid"] = question_uuid.into();
+        entry.detail = detail.to_string();
+    }
+    match decision {
+        Ok(_) => Ok(entry),
+        Err(denied) => {
+            shared.authority.audit(entry).await;
+            let hint = if caller.is_anonymous() {
+                " (the question carried no `authorization` token)"
+            } else {
+                ""
+            };
+            Err(format!("{denied}{hint}"))
+        }
+    }
 }
 
 /// Records, acknowledges and hands on one question for `target`.
@@ -161,7 +237,9 @@ async fn accept(
     msg: Message,
     handler: Handler,
 ) {
-    let attrs = attributes(&msg);
+    let mut attrs = attributes(&msg);
+    // A bearer credential: checked here, never stored, delivered or echoed.
+    let token = attrs.remove("authorization");
     let question = match Question::parse(attrs.clone(), &msg.data) {
         Ok(q) => q,
         Err(e) => {
@@ -178,6 +256,36 @@ async fn accept(
             return;
         }
     };
+    let asked_at = msg
+        .publish_time
+        .and_then(|t| SystemTime::try_from(t).ok())
+        .unwrap_or_else(SystemTime::now);
+    let granted = match authorize(
+        shared,
+        target,
+        &question.question_uuid,
+        token.as_deref(),
+        attrs.get("sender").map(String::as_str),
+        asked_at,
+    )
+    .await
+    {
+        Ok(entry) => entry,
+        Err(reason) => {
+            reject_as(
+                shared,
+                Some(target.uuid),
+                &target.sender,
+                &attrs,
+                &msg.data,
+                "PermissionDenied",
+                &reason,
+            )
+            .await;
+            ack(handler);
+            return;
+        }
+    };
     let execution = Execution::received(
         question.question_uuid.clone(),
         question.retry_count,
@@ -186,7 +294,12 @@ async fn accept(
         msg.data.to_vec(),
         SystemTime::now(),
     );
-    match shared.store.insert_execution(&execution).await {
+    // Both writes wait for the same group commit.
+    let (inserted, ()) = tokio::join!(
+        shared.store.insert_execution(&execution),
+        shared.authority.audit(granted)
+    );
+    match inserted {
         Ok(true) => {}
         Ok(false) => {
             tracing::debug!(question = %execution.question_uuid, retry = execution.retry_count, "duplicate question dropped");
@@ -209,6 +322,20 @@ async fn accept(
         &Reply::DeliveryAcknowledgement,
     );
     tokio::spawn(async move { replier.send_now(ack_event).await });
+    // A tag or a traffic split may send it to another revision's worker.
+    let tag = execution
+        .attributes
+        .get("recipient")
+        .and_then(|r| Sruid::parse(r).ok())
+        .and_then(|s| s.revision_tag);
+    let lane = shared
+        .lane(target.uuid, tag.as_deref(), &execution.question_uuid)
+        .ok()
+        .flatten();
+    let tx = match &lane {
+        Some((_, lane_tx)) => lane_tx,
+        None => tx,
+    };
     if tx.send(WorkerMsg::Run(Box::new(execution))).await.is_err() {
         tracing::warn!(
             "the service's worker stopped; the question stays recorded and resumes at the next start"
@@ -224,6 +351,24 @@ async fn reject(
     sender: &str,
     attrs: &Attributes,
     data: &[u8],
+    reason: &str,
+) {
+    let exception_type = if reason.starts_with("no service") {
+        "ServiceNotFound"
+    } else {
+        "InvalidQuestion"
+    };
+    reject_as(shared, service, sender, attrs, data, exception_type, reason).await;
+}
+
+/// [`reject`] with the exception type given.
+async fn reject_as(
+    shared: &Arc<Shared>,
+    service: Option<Uuid>,
+    sender: &str,
+    attrs: &Attributes,
+    data: &[u8],
+    exception_type: &str,
     reason: &str,
 ) {
     let addressable = attrs.get("question_uuid").is_some_and(|q| !q.is_empty())
@@ -243,11 +388,6 @@ async fn reject(
     reply_attrs
         .entry("retry_count".into())
         .or_insert_with(|| "0".into());
-    let exception_type = if reason.starts_with("no service") {
-        "ServiceNotFound"
-    } else {
-        "InvalidQuestion"
-    };
     let reply = Reply::exception(exception_type, reason);
     match service {
         Some(service_uuid) => {
@@ -322,9 +462,7 @@ async fn on_network(shared: &Arc<Shared>, msg: Message, handler: Handler) {
     }
 }
 
-/// The tag that always names the serving revision (stock Octue askers must
-/// name a tag; they cannot know the serving revision's name in advance).
-pub const LATEST_TAG: &str = "latest";
+pub use crate::routes::LATEST_TAG;
 
 /// Routes a question on the network topic by its `recipient` SRUID: a name
 /// without a tag, with the serving revision's tag, or with `latest` reaches
@@ -372,25 +510,33 @@ async fn route(shared: &Arc<Shared>, attrs: Attributes, msg: Message, handler: H
         ack(handler);
         return;
     };
-    let serving = revision.as_ref().map(|r| r.name.as_str());
-    if let Some(tag) = &sruid.revision_tag
-        && tag != LATEST_TAG
-        && Some(tag.as_str()) != serving
-    {
-        let reason = format!(
-            "no service `{recipient}`: `{}/{}` has no revision tagged `{tag}`{}",
-            sruid.namespace,
-            sruid.name,
-            serving
-                .map(|s| format!(" (it serves `{s}`)"))
-                .unwrap_or_default()
-        );
-        reject(shared, Some(uuid), &recipient, &attrs, &msg.data, &reason).await;
+    let mut serving = revision.as_ref().map(|r| r.name.clone());
+    let question = attrs.get("question_uuid").cloned().unwrap_or_default();
+    match shared.lane(uuid, sruid.revision_tag.as_deref(), &question) {
+        Ok(Some((other, _))) => serving = Some(other),
+        Ok(None) => {}
+        Err(why) => {
+            let reason = format!(
+                "no service `{recipient}`: `{}/{}` {why}{}",
+                sruid.namespace,
+                sruid.name,
+                serving
+                    .map(|s| format!(" (it serves `{s}`)"))
+                    .unwrap_or_default()
+            );
+            reject(shared, Some(uuid), &recipient, &attrs, &msg.data, &reason).await;
+            ack(handler);
+            return;
+        }
+    }
+    let Some((project, name)) = shared.names(uuid) else {
         ack(handler);
         return;
-    }
+    };
     let target = Target {
         uuid,
+        project,
+        name,
         sender: match serving {
             Some(tag) => format!("{}/{}:{tag}", sruid.namespace, sruid.name),
             None => format!("{}/{}", sruid.namespace, sruid.name),

@@ -17,6 +17,7 @@
 pub mod deliver;
 pub mod intake;
 pub mod replies;
+pub mod routes;
 pub mod scale;
 pub mod worker;
 
@@ -25,12 +26,13 @@ use std::path::PathBuf;
 use std::sync::{Arc, RwLock};
 use std::time::{Duration, SystemTime};
 
-use rouse_core::Service;
+use rouse_authz::Authority;
 use rouse_core::protocol::Reply;
 use rouse_core::revision::{Execution, ExecutionStatus, Revision, RevisionSource};
+use rouse_core::{ProjectName, Service, ServiceName};
 use rouse_pubsub::{PubSub, PubSubError, SubscriptionSpec};
 use rouse_runtime::Runtime;
-use rouse_store::{DispatchStore, Store};
+use rouse_store::{DispatchStore, RolloutStore, Store};
 use tokio::sync::{Notify, mpsc, oneshot};
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
@@ -41,8 +43,8 @@ use crate::replies::{Replier, build_event};
 use crate::worker::{Worker, WorkerMsg};
 
 /// Everything the dispatcher's store must do.
-pub trait FullStore: Store + DispatchStore {}
-impl<T: Store + DispatchStore> FullStore for T {}
+pub trait FullStore: Store + DispatchStore + RolloutStore {}
+impl<T: Store + DispatchStore + RolloutStore> FullStore for T {}
 
 #[derive(Debug, Clone)]
 pub struct DispatcherConfig {
@@ -85,6 +87,11 @@ struct Entry {
     revision: Option<Revision>,
     tx: mpsc::Sender<WorkerMsg>,
     intake: CancellationToken,
+    /// Tags and the traffic split.
+    routes: routes::Routes,
+    /// A worker per other revision the routes reach (dropping its sender
+    /// stops it).
+    lanes: HashMap<String, mpsc::Sender<WorkerMsg>>,
 }
 
 /// State shared by intake, workers and delivery tasks.
@@ -94,8 +101,10 @@ pub struct Shared {
     pub pubsub: PubSub,
     pub replier: Replier,
     pub http: reqwest::Client,
+    pub authority: Arc<Authority>,
     process: Arc<dyn Runtime>,
     docker: Option<Arc<dyn Runtime>>,
+    secrets: Option<Arc<dyn InstanceSecrets>>,
     registry: RwLock<HashMap<Uuid, Entry>>,
     /// `(namespace, name)` → service uuid, for routing by SRUID.
     by_sruid: RwLock<HashMap<(String, String), Uuid>>,
@@ -111,12 +120,77 @@ impl Shared {
         }
     }
 
+    /// Adds the service's secrets to `spec`'s environment (a secret wins
+    /// over a plain variable of the same name).
+    pub(crate) async fn add_secrets(
+        &self,
+        service_uuid: Uuid,
+        spec: &mut rouse_runtime::InstanceSpec,
+    ) -> Result<(), String> {
+        let Some(secrets) = &self.secrets else {
+            return Ok(());
+        };
+        let env = secrets
+            .env(service_uuid)
+            .await
+            .map_err(|e| format!("cannot read the service's secrets: {e}"))?;
+        spec.env.extend(env);
+        Ok(())
+    }
+
     /// The worker channel and current serving revision of a service.
     fn worker(&self, uuid: Uuid) -> Option<(mpsc::Sender<WorkerMsg>, Option<Revision>)> {
         let registry = self.registry.read().ok()?;
         registry
             .get(&uuid)
             .map(|e| (e.tx.clone(), e.revision.clone()))
+    }
+
+    /// The worker of another revision a question should go to (`None`: the
+    /// service's main worker, which runs the serving revision); `Err` when
+    /// its tag names no revision.
+    fn lane(
+        &self,
+        uuid: Uuid,
+        tag: Option<&str>,
+        question_uuid: &str,
+    ) -> Result<Option<(String, mpsc::Sender<WorkerMsg>)>, String> {
+        let Ok(registry) = self.registry.read() else {
+            return Ok(None);
+        };
+        let Some(entry) = registry.get(&uuid) else {
+            return Ok(None);
+        };
+        let serving = entry.revision.as_ref().map(|r| r.name.as_str());
+        Ok(
+            routes::choose(tag, serving, &entry.routes, question_uuid)?.and_then(|revision| {
+                let tx = entry.lanes.get(&revision)?.clone();
+                Some((revision, tx))
+            }),
+        )
+    }
+
+    /// Every worker of a service: the main one, then its lanes.
+    fn workers(&self, uuid: Uuid) -> Vec<mpsc::Sender<WorkerMsg>> {
+        let Ok(registry) = self.registry.read() else {
+            return Vec::new();
+        };
+        registry
+            .get(&uuid)
+            .map(|e| {
+                std::iter::once(e.tx.clone())
+                    .chain(e.lanes.values().cloned())
+                    .collect()
+            })
+            .unwrap_or_default()
+    }
+
+    /// A registered service's project and name.
+    fn names(&self, uuid: Uuid) -> Option<(ProjectName, ServiceName)> {
+        let registry = self.registry.read().ok()?;
+        registry
+            .get(&uuid)
+            .map(|e| (e.service.project.clone(), e.service.name.clone()))
     }
 
     /// Whether some registered service lives in this SRUID namespace.
@@ -240,6 +314,21 @@ pub struct Parts {
     pub pubsub: PubSub,
     pub process: Arc<dyn Runtime>,
     pub docker: Option<Arc<dyn Runtime>>,
+    /// Decides who may ask which service (`services.ask`, per question).
+    pub authority: Arc<Authority>,
+    /// Extra environment of a service's instances (its decrypted secrets).
+    pub secrets: Option<Arc<dyn InstanceSecrets>>,
+}
+
+/// A service's secrets as environment variables, decrypted when an
+/// instance starts. Owned here so the dispatcher does not depend on the
+/// builder; values must never be logged.
+#[async_trait::async_trait]
+pub trait InstanceSecrets: Send + Sync + 'static {
+    async fn env(
+        &self,
+        service_uuid: Uuid,
+    ) -> Result<std::collections::BTreeMap<String, String>, String>;
 }
 
 impl Dispatcher {
@@ -257,6 +346,8 @@ impl Dispatcher {
             pubsub,
             process,
             docker,
+            authority,
+            secrets,
         } = parts;
         pubsub
             .ensure_subscription(
@@ -279,6 +370,8 @@ impl Dispatcher {
                 .unwrap_or_default(),
             process,
             docker,
+            authority,
+            secrets,
             registry: RwLock::new(HashMap::new()),
             by_sruid: RwLock::new(HashMap::new()),
         });
@@ -342,20 +435,55 @@ impl Dispatcher {
         self.changed.notify_one();
     }
 
+    /// Starts one instance of `revision` as a worker would, waits until it
+    /// passes its readiness check within the service's wake timeout, then
+    /// stops it. A job-mode revision has nothing to probe and passes.
+    pub async fn try_revision(&self, service: &Service, revision: &Revision) -> Result<(), String> {
+        if revision.mode == rouse_core::revision::DeliveryMode::Job {
+            return Ok(());
+        }
+        let instance_id = format!(
+            "{}-try-{}",
+            service.qualified_name().replace('_', "-"),
+            &Uuid::new_v4().simple().to_string()[..8]
+        );
+        let mut spec = worker::instance_spec(
+            &self.shared,
+            service,
+            revision,
+            &instance_id,
+            true,
+            Vec::new(),
+        );
+        self.shared.add_secrets(service.uuid, &mut spec).await?;
+        let runtime = self.shared.runtime_for(&revision.source)?;
+        let probe = revision
+            .probe_path
+            .clone()
+            .map_or(rouse_runtime::Probe::Tcp, rouse_runtime::Probe::Http);
+        let instance = runtime.start(spec).await.map_err(|e| e.to_string())?;
+        let ready = instance
+            .wait_ready(&probe, service.scaling.wake_timeout)
+            .await
+            .map(|_| ())
+            .map_err(|e| e.to_string());
+        instance.stop(worker::STOP_GRACE).await;
+        ready
+    }
+
     /// Cancels a queued or running question. `false` if it is not running here.
     pub async fn cancel(&self, service_uuid: Uuid, question_uuid: &str) -> bool {
-        let Some((tx, _)) = self.shared.worker(service_uuid) else {
-            return false;
-        };
-        let (done, rx) = oneshot::channel();
-        let msg = WorkerMsg::Cancel {
-            question_uuid: question_uuid.to_owned(),
-            done,
-        };
-        if tx.send(msg).await.is_err() {
-            return false;
+        for tx in self.shared.workers(service_uuid) {
+            let (done, rx) = oneshot::channel();
+            let msg = WorkerMsg::Cancel {
+                question_uuid: question_uuid.to_owned(),
+                done,
+            };
+            if tx.send(msg).await.is_ok() && rx.await.unwrap_or(false) {
+                return true;
+            }
         }
-        rx.await.unwrap_or(false)
+        false
     }
 }
 
@@ -390,19 +518,38 @@ async fn sync(
         if changed == Some(false) {
             continue;
         }
-        let revision = shared
-            .store
-            .list_revisions(service.uuid)
-            .await?
-            .into_iter()
-            .next();
+        let revision = shared.store.serving_revision(service.uuid).await?;
+        let (routes, lane_revisions) = routes_of(shared, &service, revision.as_ref()).await?;
         if changed == Some(true) {
             let tx = shared.worker(service.uuid).map(|(tx, _)| tx);
+            let mut updates = Vec::new();
             if let Ok(mut r) = shared.registry.write()
                 && let Some(entry) = r.get_mut(&service.uuid)
             {
                 entry.service = service.clone();
                 entry.revision = revision.clone();
+                entry.routes = routes;
+                let mut lanes = HashMap::new();
+                for lane in lane_revisions {
+                    let tx = match entry.lanes.remove(&lane.name) {
+                        Some(tx) => {
+                            updates.push((tx.clone(), lane.clone()));
+                            tx
+                        }
+                        None => start_lane(shared, &service, lane.clone()),
+                    };
+                    lanes.insert(lane.name, tx);
+                }
+                // Lanes no longer routed to stop once their channel closes.
+                entry.lanes = lanes;
+            }
+            for (lane_tx, lane) in updates {
+                let _ = lane_tx
+                    .send(WorkerMsg::Update(
+                        Box::new(service.clone()),
+                        Some(Box::new(lane)),
+                    ))
+                    .await;
             }
             if let Some(tx) = tx {
                 let _ = tx
@@ -427,6 +574,10 @@ async fn sync(
             let sruid = service.sruid();
             m.insert((sruid.namespace, sruid.name), service.uuid);
         }
+        let lanes = lane_revisions
+            .into_iter()
+            .map(|lane| (lane.name.clone(), start_lane(shared, &service, lane)))
+            .collect();
         if let Ok(mut r) = shared.registry.write() {
             r.insert(
                 service.uuid,
@@ -435,6 +586,8 @@ async fn sync(
                     revision,
                     tx,
                     intake: token,
+                    routes,
+                    lanes,
                 },
             );
         }
@@ -455,6 +608,43 @@ async fn sync(
         tracing::info!(service = %entry.service.qualified_name(), "service deleted; its worker stops");
     }
     Ok(())
+}
+
+/// The service's routes and the revisions (other than `serving`) they
+/// reach. A routed revision that no longer exists is left out.
+async fn routes_of(
+    shared: &Arc<Shared>,
+    service: &Service,
+    serving: Option<&Revision>,
+) -> Result<(routes::Routes, Vec<Revision>), DispatchError> {
+    let stored = shared.store.routing(service.uuid).await?;
+    let routes = routes::Routes {
+        tags: stored.tags,
+        traffic: stored.traffic,
+    };
+    let others = routes.other_revisions(serving.map(|r| r.name.as_str()));
+    if others.is_empty() {
+        return Ok((routes, Vec::new()));
+    }
+    let revisions = shared.store.list_revisions(service.uuid).await?;
+    let lanes = revisions
+        .into_iter()
+        .filter(|r| others.contains(&r.name))
+        .collect();
+    Ok((routes, lanes))
+}
+
+/// Starts the worker of a revision that a tag or a split routes to.
+fn start_lane(
+    shared: &Arc<Shared>,
+    service: &Service,
+    revision: Revision,
+) -> mpsc::Sender<WorkerMsg> {
+    tracing::info!(service = %service.qualified_name(), revision = %revision.name, "a tag or traffic split routes to this revision");
+    let (tx, rx) = mpsc::channel(WORKER_CHANNEL);
+    let worker = Worker::new(shared.clone(), service.clone(), Some(revision));
+    tokio::spawn(worker.run(rx));
+    tx
 }
 
 /// Capacity of the channel into a worker; the worker's own queue bound

@@ -46,6 +46,56 @@ enum Internal {
 
 type Key = (String, u32);
 
+/// How an instance of `revision` is started: its source, the service's
+/// environment and the Octue variables. Secrets are added when it starts
+/// ([`Shared::add_secrets`]), so that they never sit in a spec for long.
+pub(crate) fn instance_spec(
+    shared: &Shared,
+    service: &Service,
+    revision: &Revision,
+    instance_id: &str,
+    listen: bool,
+    extra: Vec<String>,
+) -> InstanceSpec {
+    let source = match &revision.source {
+        RevisionSource::Image(image) => Source::Image(image.clone()),
+        RevisionSource::Command {
+            program,
+            args,
+            workdir,
+        } => Source::Command {
+            program: program.clone(),
+            args: args.clone(),
+            workdir: workdir.clone(),
+        },
+    };
+    let mut env = service.env.as_map().clone();
+    let sruid = service.sruid();
+    let c = &shared.config;
+    env.insert("CONTEXT_ROOT".into(), service.context_root());
+    env.insert("ROUSE_SERVICE".into(), service.qualified_name());
+    env.insert("ROUSE_INSTANCE".into(), instance_id.to_owned());
+    env.insert("OCTUE_SERVICE_NAMESPACE".into(), sruid.namespace);
+    env.insert("OCTUE_SERVICE_NAME".into(), sruid.name);
+    env.insert("OCTUE_SERVICE_REVISION_TAG".into(), revision.name.clone());
+    env.insert("GOOGLE_CLOUD_PROJECT".into(), c.pubsub_project.clone());
+    env.insert("TWINED_SERVICES_TOPIC_NAME".into(), c.network_topic.clone());
+    if let Some(host) = &c.emulator_host {
+        env.insert("PUBSUB_EMULATOR_HOST".into(), host.clone());
+    }
+    InstanceSpec {
+        instance_id: instance_id.to_owned(),
+        source,
+        env,
+        extra_args: extra,
+        log_path: c
+            .logs_dir
+            .join(service.uuid.to_string())
+            .join(format!("{instance_id}.log")),
+        listen,
+    }
+}
+
 fn key(e: &Execution) -> Key {
     (e.question_uuid.clone(), e.retry_count)
 }
@@ -357,43 +407,14 @@ impl Worker {
         listen: bool,
         extra: Vec<String>,
     ) -> InstanceSpec {
-        let source = match &revision.source {
-            RevisionSource::Image(image) => Source::Image(image.clone()),
-            RevisionSource::Command {
-                program,
-                args,
-                workdir,
-            } => Source::Command {
-                program: program.clone(),
-                args: args.clone(),
-                workdir: workdir.clone(),
-            },
-        };
-        let mut env = self.service.env.as_map().clone();
-        let sruid = self.service.sruid();
-        let c = &self.shared.config;
-        env.insert("CONTEXT_ROOT".into(), self.service.context_root());
-        env.insert("ROUSE_SERVICE".into(), self.service.qualified_name());
-        env.insert("ROUSE_INSTANCE".into(), instance_id.to_owned());
-        env.insert("OCTUE_SERVICE_NAMESPACE".into(), sruid.namespace);
-        env.insert("OCTUE_SERVICE_NAME".into(), sruid.name);
-        env.insert("OCTUE_SERVICE_REVISION_TAG".into(), revision.name.clone());
-        env.insert("GOOGLE_CLOUD_PROJECT".into(), c.pubsub_project.clone());
-        env.insert("TWINED_SERVICES_TOPIC_NAME".into(), c.network_topic.clone());
-        if let Some(host) = &c.emulator_host {
-            env.insert("PUBSUB_EMULATOR_HOST".into(), host.clone());
-        }
-        InstanceSpec {
-            instance_id: instance_id.to_owned(),
-            source,
-            env,
-            extra_args: extra,
-            log_path: c
-                .logs_dir
-                .join(self.service.uuid.to_string())
-                .join(format!("{instance_id}.log")),
+        instance_spec(
+            &self.shared,
+            &self.service,
+            revision,
+            instance_id,
             listen,
-        }
+            extra,
+        )
     }
 
     fn start_server_instance(&mut self, revision: &Revision) {
@@ -433,7 +454,14 @@ impl Worker {
         let wake_timeout = self.service.scaling.wake_timeout;
         let tx = self.internal_tx.clone();
         tracing::info!(service = %self.service.qualified_name(), instance = %instance_id, revision = %revision.name, "waking an instance");
+        let shared = self.shared.clone();
+        let service_uuid = self.service.uuid;
         tokio::spawn(async move {
+            let mut spec = spec;
+            let runtime = match shared.add_secrets(service_uuid, &mut spec).await {
+                Ok(()) => runtime,
+                Err(e) => Err(e),
+            };
             let result = match runtime {
                 Err(e) => Err(e),
                 Ok(runtime) => match runtime.start(spec).await {
@@ -583,9 +611,15 @@ impl Worker {
         let timeout = self.service.scaling.request_timeout;
         let sender = self.sender();
         let exec = execution.clone();
+        let service_uuid = self.service.uuid;
         let task = tokio::spawn(async move {
             let mut execution = exec;
             let k = key(&execution);
+            let mut spec = spec;
+            let runtime = match shared.add_secrets(service_uuid, &mut spec).await {
+                Ok(()) => runtime,
+                Err(e) => Err(e),
+            };
             let outcome = match runtime {
                 Err(e) => Outcome::Reply(Reply::exception("ServiceWakeFailed", e)),
                 Ok(runtime) => match runtime.start(spec).await {

@@ -32,9 +32,9 @@ fn opt_micros(t: Option<SystemTime>) -> Option<i64> {
     t.map(micros)
 }
 
-const REVISION_COLUMNS: &str = "name, service_uuid, seq, runtime, image, program, args, workdir, mode, probe_path, created_at_us";
+pub(crate) const REVISION_COLUMNS: &str = "name, service_uuid, seq, runtime, image, program, args, workdir, mode, probe_path, created_at_us";
 
-fn read_revision(row: &Row<'_>) -> rusqlite::Result<Result<Revision, StoreError>> {
+pub(crate) fn read_revision(row: &Row<'_>) -> rusqlite::Result<Result<Revision, StoreError>> {
     let name: String = row.get(0)?;
     let service_uuid: String = row.get(1)?;
     let seq: i64 = row.get(2)?;
@@ -230,6 +230,13 @@ impl DispatchStore for SqliteStore {
                 "UPDATE services SET status = ?2, generation = generation + 1, updated_at_us = ?3 WHERE uuid = ?1",
                 params![uuid.to_string(), ServiceStatus::Ready.as_str(), micros(now)],
             )?;
+            // A revision registered by hand serves at once, all traffic to
+            // it; tags stay where they were.
+            tx.execute(
+                "INSERT INTO routing (service_uuid, serving, tags, traffic) VALUES (?1, ?2, '{}', '[]') \
+                 ON CONFLICT (service_uuid) DO UPDATE SET serving = excluded.serving, traffic = '[]'",
+                params![uuid.to_string(), revision.name],
+            )?;
             Ok(revision)
         })
         .await
@@ -243,6 +250,38 @@ impl DispatchStore for SqliteStore {
                 [service_uuid.to_string()],
                 read_revision,
             )
+        })
+        .await
+    }
+
+    async fn serving_revision(&self, service_uuid: Uuid) -> Result<Option<Revision>, StoreError> {
+        self.with(move |conn| {
+            let routed: Option<String> = conn
+                .query_row(
+                    "SELECT serving FROM routing WHERE service_uuid = ?1",
+                    [service_uuid.to_string()],
+                    |r| r.get(0),
+                )
+                .optional()?
+                .flatten();
+            let found = match routed {
+                Some(name) => collect(
+                    conn,
+                    &format!("SELECT {REVISION_COLUMNS} FROM revisions WHERE name = ?1 AND service_uuid = ?2"),
+                    params![name, service_uuid.to_string()],
+                    read_revision,
+                )?,
+                None => collect(
+                    conn,
+                    &format!(
+                        "SELECT {REVISION_COLUMNS} FROM revisions WHERE service_uuid = ?1 \
+                         AND state IS NULL ORDER BY seq DESC LIMIT 1"
+                    ),
+                    [service_uuid.to_string()],
+                    read_revision,
+                )?,
+            };
+            Ok(found.into_iter().next())
         })
         .await
     }

@@ -74,6 +74,20 @@ pub struct AuditFilter {
     pub limit: u32,
 }
 
+/// Everything permission checks read, read in one transaction.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct IamData {
+    /// [`IamStore::iam_version`] at the time of reading.
+    pub version: i64,
+    pub policies: Vec<StoredPolicy>,
+    /// `(name, document)` of every custom role.
+    pub roles: Vec<(String, String)>,
+    /// Every key, with whether its account is disabled.
+    pub keys: Vec<(PublicKeyRecord, bool)>,
+    /// Projects that trust the `sender` attribute of questions.
+    pub trusted_projects: Vec<String>,
+}
+
 #[async_trait]
 pub trait IamStore: Send + Sync + 'static {
     async fn get_policy(&self, resource: &str) -> Result<Option<StoredPolicy>, StoreError>;
@@ -86,6 +100,9 @@ pub trait IamStore: Send + Sync + 'static {
         expected_etag: Option<&str>,
         force: bool,
     ) -> Result<(), StoreError>;
+    /// Removes the policy of a resource that is gone (and of what it held:
+    /// `projects/P/services/S` also removes nothing else); `false` if none.
+    async fn delete_policy(&self, resource: &str) -> Result<bool, StoreError>;
     /// Every policy, for the evaluator's cache.
     async fn list_policies(&self) -> Result<Vec<StoredPolicy>, StoreError>;
 
@@ -125,6 +142,12 @@ pub trait IamStore: Send + Sync + 'static {
         trust: bool,
     ) -> Result<(), StoreError>;
     async fn trusts_sender_attribute(&self, project: &str) -> Result<bool, StoreError>;
+
+    /// A number that changes whenever policies, accounts, keys, custom roles
+    /// or project settings change (in any process using this store).
+    async fn iam_version(&self) -> Result<i64, StoreError>;
+    /// Everything permission checks read, as of one moment.
+    async fn load_iam(&self) -> Result<IamData, StoreError>;
 
     async fn append_audit(&self, entry: &AuditEntry) -> Result<i64, StoreError>;
     /// Newest first.
@@ -215,6 +238,14 @@ impl IamStore for SqliteStore {
                 params![p.resource, p.document, p.etag, micros(p.updated_at)],
             )?;
             Ok(())
+        })
+        .await
+    }
+
+    async fn delete_policy(&self, resource: &str) -> Result<bool, StoreError> {
+        let resource = resource.to_owned();
+        self.write(move |c| {
+            Ok(c.execute("DELETE FROM policies WHERE resource = ?1", [resource])? == 1)
         })
         .await
     }
@@ -409,6 +440,55 @@ impl IamStore for SqliteStore {
         .await
     }
 
+    async fn iam_version(&self) -> Result<i64, StoreError> {
+        self.with(|c| Ok(c.query_row("SELECT version FROM iam_version", [], |r| r.get(0))?))
+            .await
+    }
+
+    async fn load_iam(&self) -> Result<IamData, StoreError> {
+        self.with(|c| {
+            let tx = c.unchecked_transaction()?;
+            let version = tx.query_row("SELECT version FROM iam_version", [], |r| r.get(0))?;
+            let policies = {
+                let mut stmt = tx.prepare_cached(
+                    "SELECT resource, document, etag, updated_at_us FROM policies",
+                )?;
+                stmt.query_map([], read_policy)?
+                    .collect::<rusqlite::Result<Vec<_>>>()?
+            };
+            let roles = {
+                let mut stmt = tx.prepare_cached("SELECT name, document FROM custom_roles")?;
+                stmt.query_map([], |r| Ok((r.get(0)?, r.get(1)?)))?
+                    .collect::<rusqlite::Result<Vec<_>>>()?
+            };
+            let keys = {
+                let mut stmt = tx.prepare_cached(
+                    "SELECT k.key_id, k.principal, k.public_key, k.created_at_us, \
+                     COALESCE(a.disabled, 0) FROM principal_keys k \
+                     LEFT JOIN service_accounts a ON k.principal = 'serviceAccount:' || a.email",
+                )?;
+                stmt.query_map([], |r| Ok((read_key(r)?, r.get::<_, bool>(4)?)))?
+                    .collect::<rusqlite::Result<Vec<_>>>()?
+            };
+            let trusted_projects = {
+                let mut stmt = tx.prepare_cached(
+                    "SELECT project FROM project_settings WHERE trust_sender_attribute = 1",
+                )?;
+                stmt.query_map([], |r| r.get(0))?
+                    .collect::<rusqlite::Result<Vec<_>>>()?
+            };
+            tx.commit()?;
+            Ok(IamData {
+                version,
+                policies,
+                roles,
+                keys,
+                trusted_projects,
+            })
+        })
+        .await
+    }
+
     async fn trusts_sender_attribute(&self, project: &str) -> Result<bool, StoreError> {
         let project = project.to_owned();
         self.with(move |c| {
@@ -500,6 +580,70 @@ mod tests {
             .expect("present");
         assert!(stored.etag == "e2a" || stored.etag == "e2b");
         assert_eq!(store.list_policies().await.expect("list").len(), 1);
+    }
+
+    #[tokio::test]
+    async fn every_iam_change_bumps_the_version_and_load_sees_it() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let store = open(&dir);
+        let v0 = store.iam_version().await.expect("version");
+        store
+            .set_policy(&policy("projects/p", "e1"), None, false)
+            .await
+            .expect("set");
+        let v1 = store.iam_version().await.expect("version");
+        assert!(v1 > v0);
+        store
+            .insert_service_account(&ServiceAccountRecord {
+                email: "a@p.rouse".into(),
+                project: "p".into(),
+                display_name: String::new(),
+                description: String::new(),
+                disabled: false,
+                created_at: SystemTime::now(),
+            })
+            .await
+            .expect("account");
+        store
+            .insert_key(&PublicKeyRecord {
+                key_id: "k1".into(),
+                principal: "serviceAccount:a@p.rouse".into(),
+                public_key: "pk".into(),
+                created_at: SystemTime::now(),
+            })
+            .await
+            .expect("key");
+        store
+            .set_service_account_disabled("a@p.rouse", true)
+            .await
+            .expect("disable");
+        store
+            .set_trust_sender_attribute("p", true)
+            .await
+            .expect("trust");
+        let v2 = store.iam_version().await.expect("version");
+        assert!(v2 > v1);
+        // Audit entries are not permission inputs: no bump.
+        store
+            .append_audit(&AuditEntry {
+                id: 0,
+                at: SystemTime::now(),
+                principal: "user:o@x".into(),
+                action: "a".into(),
+                resource: "r".into(),
+                permission: "p".into(),
+                decision: "granted".into(),
+                detail: "{}".into(),
+            })
+            .await
+            .expect("audit");
+        assert_eq!(store.iam_version().await.expect("version"), v2);
+        let data = store.load_iam().await.expect("load");
+        assert_eq!(data.version, v2);
+        assert_eq!(data.policies.len(), 1);
+        assert_eq!(data.keys.len(), 1);
+        assert!(data.keys[0].1, "the key's account is disabled");
+        assert_eq!(data.trusted_projects, vec!["p".to_owned()]);
     }
 
     #[tokio::test]

@@ -6,6 +6,7 @@
 //! callers: every method is one transaction, and conflicts are reported as typed
 //! errors rather than left to the caller to detect.
 
+mod builds;
 mod dispatch;
 mod iam;
 mod sqlite;
@@ -20,8 +21,12 @@ use rouse_core::revision::{
 use rouse_core::{ProjectName, Service, ServiceName};
 use uuid::Uuid;
 
+pub use builds::{
+    BuildOrigin, BuildRecord, BuildStore, DeliveryClaim, MAX_BUILD_LOG_LINES, RevisionInfo,
+    RevisionState, RolloutStore, Routing, SecretStore, TriggerRecord,
+};
 pub use iam::{
-    AuditEntry, AuditFilter, IamStore, PublicKeyRecord, ServiceAccountRecord, StoredPolicy,
+    AuditEntry, AuditFilter, IamData, IamStore, PublicKeyRecord, ServiceAccountRecord, StoredPolicy,
 };
 pub use sqlite::SqliteStore;
 
@@ -130,6 +135,11 @@ pub trait DispatchStore: Send + Sync + 'static {
 
     /// The service's revisions, newest first.
     async fn list_revisions(&self, service_uuid: Uuid) -> Result<Vec<Revision>, StoreError>;
+
+    /// The revision untagged questions go to: the one routing names (see
+    /// [`RolloutStore`]), else the newest revision that may serve (built
+    /// revisions serve only after their rollout passed).
+    async fn serving_revision(&self, service_uuid: Uuid) -> Result<Option<Revision>, StoreError>;
 
     /// Records a new execution; `false` if `(question_uuid, retry_count)` exists.
     async fn insert_execution(&self, execution: &Execution) -> Result<bool, StoreError>;

@@ -146,6 +146,96 @@ CREATE TABLE audit (
 );
 CREATE INDEX audit_by_time ON audit (at_us);
 "#,
+    // One counter that every change to what the permission checks read
+    // bumps, so checkers in this or another process see a change by reading
+    // one row instead of reloading everything.
+    r#"
+CREATE TABLE iam_version (version INTEGER NOT NULL);
+INSERT INTO iam_version (version) VALUES (1);
+CREATE TRIGGER policies_insert_bumps_iam AFTER INSERT ON policies BEGIN UPDATE iam_version SET version = version + 1; END;
+CREATE TRIGGER policies_update_bumps_iam AFTER UPDATE ON policies BEGIN UPDATE iam_version SET version = version + 1; END;
+CREATE TRIGGER policies_delete_bumps_iam AFTER DELETE ON policies BEGIN UPDATE iam_version SET version = version + 1; END;
+CREATE TRIGGER service_accounts_insert_bumps_iam AFTER INSERT ON service_accounts BEGIN UPDATE iam_version SET version = version + 1; END;
+CREATE TRIGGER service_accounts_update_bumps_iam AFTER UPDATE ON service_accounts BEGIN UPDATE iam_version SET version = version + 1; END;
+CREATE TRIGGER service_accounts_delete_bumps_iam AFTER DELETE ON service_accounts BEGIN UPDATE iam_version SET version = version + 1; END;
+CREATE TRIGGER principal_keys_insert_bumps_iam AFTER INSERT ON principal_keys BEGIN UPDATE iam_version SET version = version + 1; END;
+CREATE TRIGGER principal_keys_update_bumps_iam AFTER UPDATE ON principal_keys BEGIN UPDATE iam_version SET version = version + 1; END;
+CREATE TRIGGER principal_keys_delete_bumps_iam AFTER DELETE ON principal_keys BEGIN UPDATE iam_version SET version = version + 1; END;
+CREATE TRIGGER custom_roles_insert_bumps_iam AFTER INSERT ON custom_roles BEGIN UPDATE iam_version SET version = version + 1; END;
+CREATE TRIGGER custom_roles_update_bumps_iam AFTER UPDATE ON custom_roles BEGIN UPDATE iam_version SET version = version + 1; END;
+CREATE TRIGGER custom_roles_delete_bumps_iam AFTER DELETE ON custom_roles BEGIN UPDATE iam_version SET version = version + 1; END;
+CREATE TRIGGER project_settings_insert_bumps_iam AFTER INSERT ON project_settings BEGIN UPDATE iam_version SET version = version + 1; END;
+CREATE TRIGGER project_settings_update_bumps_iam AFTER UPDATE ON project_settings BEGIN UPDATE iam_version SET version = version + 1; END;
+CREATE TRIGGER project_settings_delete_bumps_iam AFTER DELETE ON project_settings BEGIN UPDATE iam_version SET version = version + 1; END;
+"#,
+    // The builder (issue 5): where built revisions came from and whether
+    // they passed their rollout, which revision serves (and under which
+    // tags, with which traffic split), triggers, builds and their logs,
+    // webhook deliveries seen, and sealed secrets.
+    r#"
+ALTER TABLE revisions ADD COLUMN commit_sha TEXT;
+ALTER TABLE revisions ADD COLUMN branch TEXT;
+ALTER TABLE revisions ADD COLUMN trigger_id TEXT;
+ALTER TABLE revisions ADD COLUMN build_id TEXT;
+ALTER TABLE revisions ADD COLUMN image_id TEXT;
+ALTER TABLE revisions ADD COLUMN state TEXT;
+CREATE TABLE routing (
+    service_uuid TEXT PRIMARY KEY REFERENCES services(uuid) ON DELETE CASCADE,
+    serving      TEXT,
+    tags         TEXT NOT NULL,
+    traffic      TEXT NOT NULL
+);
+CREATE TABLE triggers (
+    id             TEXT PRIMARY KEY,
+    service_uuid   TEXT NOT NULL REFERENCES services(uuid) ON DELETE CASCADE,
+    repo           TEXT NOT NULL,
+    branch_pattern TEXT NOT NULL,
+    tag_pattern    TEXT,
+    dockerfile     TEXT,
+    context_dir    TEXT,
+    included_files TEXT NOT NULL,
+    ignored_files  TEXT NOT NULL,
+    webhook_secret TEXT NOT NULL,
+    github_token   TEXT,
+    created_at_us  INTEGER NOT NULL
+);
+CREATE INDEX triggers_by_service ON triggers (service_uuid);
+CREATE TABLE builds (
+    id             TEXT PRIMARY KEY,
+    service_uuid   TEXT NOT NULL REFERENCES services(uuid) ON DELETE CASCADE,
+    trigger_id     TEXT,
+    status         TEXT NOT NULL,
+    step           TEXT,
+    source         TEXT NOT NULL,
+    commit_sha     TEXT,
+    branch         TEXT,
+    revision       TEXT,
+    image          TEXT,
+    failure        TEXT,
+    last_lines     TEXT NOT NULL,
+    created_at_us  INTEGER NOT NULL,
+    started_at_us  INTEGER,
+    finished_at_us INTEGER
+);
+CREATE INDEX builds_by_service ON builds (service_uuid, created_at_us);
+CREATE TABLE build_logs (
+    build_id TEXT NOT NULL REFERENCES builds(id) ON DELETE CASCADE,
+    seq      INTEGER NOT NULL,
+    line     TEXT NOT NULL,
+    PRIMARY KEY (build_id, seq)
+);
+CREATE TABLE webhook_deliveries (
+    delivery_id    TEXT PRIMARY KEY,
+    received_at_us INTEGER NOT NULL
+);
+CREATE TABLE secrets (
+    service_uuid  TEXT NOT NULL REFERENCES services(uuid) ON DELETE CASCADE,
+    name          TEXT NOT NULL,
+    sealed        TEXT NOT NULL,
+    updated_at_us INTEGER NOT NULL,
+    PRIMARY KEY (service_uuid, name)
+);
+"#,
 ];
 
 /// How long a statement waits for a lock held by another process (another

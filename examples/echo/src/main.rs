@@ -6,7 +6,8 @@
 //! - **server mode** (default): HTTP/1.1 on `0.0.0.0:$PORT` (8080 without
 //!   `PORT`). `POST /` takes a Pub/Sub push envelope whose `message.data` is
 //!   the base64 of an Octue question (`{"kind":"question","input_values":…}`)
-//!   and answers `200 {"echo": <input_values>, "instance": "<name>"}`.
+//!   and answers `200 {"echo": <input_values>, "instance": "<name>"}`, with
+//!   `"version": $ECHO_VERSION` added when that variable is set.
 //!   `GET /healthz` answers `200 ok`.
 //! - **job mode**: `echo --attributes <json> --input-values <json>` prints
 //!   `{"echo": <input_values>}` as one JSON line and exits 0.
@@ -243,8 +244,20 @@ fn answer(body: &[u8], instance: &str) -> Response {
     Response {
         status: 200,
         content_type: "application/json",
-        body: json!({ "echo": input_values, "instance": instance }).to_string(),
+        body: echo_answer(input_values, instance).to_string(),
     }
+}
+
+/// The answer: the inputs and the instance, and `$ECHO_VERSION` when set
+/// (so that a rebuilt image with another version answers differently).
+fn echo_answer(input_values: Value, instance: &str) -> Value {
+    let mut answer = json!({ "echo": input_values, "instance": instance });
+    if let Ok(version) = std::env::var("ECHO_VERSION")
+        && let Some(map) = answer.as_object_mut()
+    {
+        map.insert("version".into(), Value::String(version));
+    }
+    answer
 }
 
 /// The question's `input_values` out of a Pub/Sub push envelope.

@@ -7,6 +7,8 @@
 //! | warm round trip (publish question → result received) | two publish → receive hops through a bare relay, no dispatcher |
 //! | cold start, process runtime | spawning the same process to ready + the warm round trip |
 //! | cold start, Docker runtime | `docker run` of the same image to ready + the warm round trip |
+//! | git push webhook → new revision serving (builder) | `docker build` + `docker run` to ready of the same context |
+//! | webhook response time (builder) | target only |
 //! | questions per second at saturation | the bare relay's own throughput |
 //! | RSS with 1,000 idle services | RSS with none |
 //! | permission check, 10,000 bindings over 1,000 services (IAM engine, not yet enforced) | target only |
@@ -20,11 +22,13 @@ use std::net::TcpStream;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::{Duration, Instant, SystemTime};
 
+use rouse_api::pb;
 use rouse_pubsub::{Handler, Outgoing, PubSub, SubscriptionSpec};
 use rouse_tests::asker::{ASKER, Asker, pubsub_config, question_attributes};
-use rouse_tests::echo_image::EchoImage;
+use rouse_tests::echo_image::{EchoImage, STATIC_BUILD, static_echo_binary};
+use rouse_tests::pushes::{Repo, ZERO_COMMIT, echo_dockerfile, github_headers, post};
 use rouse_tests::{Emulator, Server, free_port, workspace_bin};
 use serde_json::{Value, json};
 
@@ -35,6 +39,16 @@ const FLOOR_N: usize = 10;
 const THROUGHPUT_N: usize = 1000;
 const IDLE_SERVICES: usize = 1000;
 const ANSWER: Duration = Duration::from_secs(120);
+/// Timed pushes that build (each a new commit, so each image differs), and
+/// as many `docker build` + `docker run` floors, interleaved.
+const BUILDER_N: usize = 5;
+/// Extra deliveries to a branch no trigger builds: webhook response samples
+/// that cost no build.
+const SKIPPED_N: usize = 50;
+const BUILD_TIMEOUT: Duration = Duration::from_secs(240);
+/// How often the serving revision is read while a build runs.
+const SERVING_POLL: Duration = Duration::from_millis(20);
+const WEBHOOK_SECRET: &str = "the-bench-webhook-secret";
 
 fn ms(d: Duration) -> f64 {
     d.as_secs_f64() * 1000.0
@@ -201,23 +215,28 @@ fn docker_run_to_ready(image: &str) -> Option<f64> {
         .status()
         .ok()?
         .success();
+    let remove = || {
+        let _ = Command::new("docker")
+            .args(["rm", "-f", &name])
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .status();
+    };
     if !ok {
+        remove();
         return None;
     }
     let addr = format!("127.0.0.1:{port}").parse().ok()?;
     let deadline = Instant::now() + Duration::from_secs(30);
     while TcpStream::connect_timeout(&addr, Duration::from_millis(50)).is_err() {
         if Instant::now() > deadline {
+            remove();
             return None;
         }
         std::thread::sleep(Duration::from_micros(200));
     }
     let took = ms(start.elapsed());
-    let _ = Command::new("docker")
-        .args(["rm", "-f", &name])
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .status();
+    remove();
     Some(took)
 }
 
@@ -287,11 +306,430 @@ async fn cold_starts(
     out
 }
 
+// ---------------------------------------------------------------------------
+// The builder (issue 5): a git push webhook → the new revision serving,
+// next to `docker build` + `docker run` to ready of the same context.
+
+/// Commits a Dockerfile for `version` and pushes it to `branch`; returns the commit id.
+fn commit_and_push(repo: &Repo, version: &str, branch: &str) -> Result<String, String> {
+    let commit = repo.commit(&echo_dockerfile(version), version)?;
+    repo.push(branch)?;
+    Ok(commit)
+}
+
+/// POSTs a signed GitHub `push` delivery to the webhook server at `base` on a
+/// new connection, as GitHub does; returns the status, the body and how long
+/// the answer took (connecting included).
+fn post_push(base: &str, delivery: &str, body: &[u8]) -> Result<(u16, Value, f64), String> {
+    let headers = github_headers(WEBHOOK_SECRET, body, "push", delivery);
+    let start = Instant::now();
+    let (status, answer) = post(base, "/webhooks/github", &headers, body)?;
+    Ok((status, answer, ms(start.elapsed())))
+}
+
+/// Removes, even when the part fails, every image of the given repositories
+/// (the builds' and the floor's) and every container made from them.
+struct BuiltImages(Vec<String>);
+
+impl Drop for BuiltImages {
+    fn drop(&mut self) {
+        let lines = |args: &[&str]| -> Vec<String> {
+            Command::new("docker")
+                .args(args)
+                .output()
+                .map(|o| {
+                    String::from_utf8_lossy(&o.stdout)
+                        .split_whitespace()
+                        .map(str::to_owned)
+                        .collect()
+                })
+                .unwrap_or_default()
+        };
+        for repository in &self.0 {
+            let mut images = lines(&["images", "-q", "--no-trunc", repository]);
+            images.sort();
+            images.dedup();
+            for image in &images {
+                let containers = lines(&["ps", "-aq", "--filter", &format!("ancestor={image}")]);
+                if !containers.is_empty() {
+                    let _ = Command::new("docker")
+                        .args(["rm", "-f", "-v"])
+                        .args(&containers)
+                        .output();
+                }
+            }
+            if !images.is_empty() {
+                let _ = Command::new("docker")
+                    .args(["rmi", "-f"])
+                    .args(&images)
+                    .output();
+            }
+        }
+    }
+}
+
+/// The floor: `docker build` of the context (a new `ENV` each time), then
+/// `docker run` of the image to ready. Milliseconds (build, run to ready).
+fn docker_build_and_run(context: &Path, tag: &str, version: &str) -> Result<(f64, f64), String> {
+    std::fs::write(context.join("Dockerfile"), echo_dockerfile(version))
+        .map_err(|e| e.to_string())?;
+    let start = Instant::now();
+    let out = Command::new("docker")
+        .args(["build", "-q", "-t", tag])
+        .arg(context)
+        .output()
+        .map_err(|e| format!("cannot run docker: {e}"))?;
+    let build = ms(start.elapsed());
+    if !out.status.success() {
+        return Err(format!(
+            "docker build failed: {}",
+            String::from_utf8_lossy(&out.stderr).trim()
+        ));
+    }
+    let run =
+        docker_run_to_ready(tag).ok_or("docker run of the built image did not become ready")?;
+    Ok((build, run))
+}
+
+/// The API as the server's owner, over one connection: cheap to poll,
+/// unlike a `rouse` process per read.
+struct OwnerApi {
+    rollouts: pb::rollouts_client::RolloutsClient<tonic::transport::Channel>,
+    builds: pb::builds_client::BuildsClient<tonic::transport::Channel>,
+    token: String,
+}
+
+impl OwnerApi {
+    async fn connect(server: &Server) -> Result<Self, String> {
+        let key = rouse_identity::KeyFile::read(server.owner_key()).map_err(|e| e.to_string())?;
+        let token = rouse_identity::sign(
+            &key,
+            rouse_identity::API_AUDIENCE,
+            None,
+            SystemTime::now(),
+            Duration::from_secs(3600),
+        )
+        .map_err(|e| e.to_string())?;
+        let channel = tonic::transport::Endpoint::from_shared(server.endpoint().to_owned())
+            .map_err(|e| e.to_string())?
+            .connect()
+            .await
+            .map_err(|e| format!("connect to the API: {e}"))?;
+        Ok(Self {
+            rollouts: pb::rollouts_client::RolloutsClient::new(channel.clone()),
+            builds: pb::builds_client::BuildsClient::new(channel),
+            token,
+        })
+    }
+
+    fn req<T>(&self, message: T) -> tonic::Request<T> {
+        let mut request = tonic::Request::new(message);
+        if let Ok(v) = tonic::metadata::MetadataValue::try_from(format!("Bearer {}", self.token)) {
+            request.metadata_mut().insert("authorization", v);
+        }
+        request
+    }
+
+    /// The name of the revision serving `bench/built`.
+    async fn serving(&mut self) -> Result<String, String> {
+        let request = self.req(pb::GetRoutingRequest {
+            project: "bench".into(),
+            service: "built".into(),
+        });
+        let routing = self.rollouts.get_routing(request).await;
+        Ok(routing
+            .map_err(|e| format!("GetRouting: {e}"))?
+            .into_inner()
+            .serving)
+    }
+
+    async fn build(&mut self, id: &str) -> Result<pb::Build, String> {
+        let request = self.req(pb::GetBuildRequest { id: id.to_owned() });
+        let build = self.builds.get_build(request).await;
+        Ok(build.map_err(|e| format!("GetBuild: {e}"))?.into_inner())
+    }
+}
+
+/// The wall-clock time of each `build status` (and `built revision serves`)
+/// line the server logged for `build`.
+fn build_timeline(log: &str, build: &str) -> BTreeMap<String, SystemTime> {
+    let needle = format!("build={build}");
+    let mut out = BTreeMap::new();
+    for line in log
+        .lines()
+        .filter(|l| l.split_whitespace().any(|w| w == needle))
+    {
+        let Some(at) = line
+            .split_whitespace()
+            .next()
+            .and_then(|t| humantime::parse_rfc3339(t).ok())
+        else {
+            continue;
+        };
+        let what = if line.contains("built revision serves") {
+            Some("serves".to_owned())
+        } else if line.contains("build status") {
+            line.split_whitespace()
+                .find_map(|w| w.strip_prefix("status="))
+                .map(str::to_owned)
+        } else {
+            None
+        };
+        if let Some(what) = what {
+            out.entry(what).or_insert(at);
+        }
+    }
+    out
+}
+
+/// One timed push: the webhook posted, then the serving revision read
+/// every [`SERVING_POLL`] until it is the one built from `commit`.
+struct Push {
+    /// Webhook POST → the new revision seen serving. Milliseconds.
+    to_serving: f64,
+    /// The webhook's own answer. Milliseconds.
+    webhook: f64,
+    /// Where the time went (from the server's log): phase → milliseconds.
+    phases: BTreeMap<&'static str, f64>,
+}
+
+async fn timed_push(
+    server: &Server,
+    api: &mut OwnerApi,
+    repo: &Repo,
+    before: &str,
+    version: &str,
+    delivery: &str,
+) -> Result<(String, Push), String> {
+    let commit = commit_and_push(repo, version, "main")?;
+    let body = repo.push_payload("main", before, &commit);
+    let (start, wall) = (Instant::now(), SystemTime::now());
+    let (status, answer, webhook) = post_push(server.webhooks(), delivery, &body)?;
+    if status != 202 {
+        return Err(format!("the webhook answered {status}: {answer}"));
+    }
+    let build = answer["build_id"]
+        .as_str()
+        .ok_or_else(|| format!("no build id in {answer}"))?
+        .to_owned();
+    let suffix = format!("-{}", &commit[..7]);
+    let mut polls = 0u32;
+    let to_serving = loop {
+        if api.serving().await?.ends_with(&suffix) {
+            break start.elapsed();
+        }
+        polls += 1;
+        // Now and then, whether the build failed (and so never serves).
+        if polls.is_multiple_of(10) {
+            let b = api.build(&build).await?;
+            if ["failed", "cancelled", "superseded"].contains(&b.status.as_str()) {
+                return Err(format!(
+                    "build {build} {} at {}: {}\n{}",
+                    b.status,
+                    b.step,
+                    b.failure,
+                    b.last_lines.join("\n")
+                ));
+            }
+        }
+        if start.elapsed() > BUILD_TIMEOUT {
+            return Err(format!(
+                "build {build} did not serve within {BUILD_TIMEOUT:?}"
+            ));
+        }
+        tokio::time::sleep(SERVING_POLL).await;
+    };
+    // Let the build's last lines reach the log, then read where the time went.
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    let timeline = build_timeline(&server.log(), &build);
+    let mut phases = BTreeMap::new();
+    let seen = wall + to_serving;
+    let steps: [(&'static str, Option<&SystemTime>, Option<&SystemTime>); 5] = [
+        ("queue", Some(&wall), timeline.get("fetching")),
+        ("fetch", timeline.get("fetching"), timeline.get("building")),
+        (
+            "build",
+            timeline.get("building"),
+            timeline.get("rolling-out"),
+        ),
+        (
+            "try_revision",
+            timeline.get("rolling-out"),
+            timeline.get("serves"),
+        ),
+        ("observed", timeline.get("serves"), Some(&seen)),
+    ];
+    for (name, from, to) in steps {
+        if let (Some(from), Some(to)) = (from, to)
+            && let Ok(d) = to.duration_since(*from)
+        {
+            phases.insert(name, ms(d));
+        }
+    }
+    Ok((
+        commit,
+        Push {
+            to_serving: ms(to_serving),
+            webhook,
+            phases,
+        },
+    ))
+}
+
+/// The builder part: prints its rows and adds its figures to the report.
+async fn builder_bench(server: &Server, report: &mut Report) -> Result<(), String> {
+    let echo = static_echo_binary()
+        .ok_or_else(|| format!("the static echo is not built: run `{STATIC_BUILD}` first"))?;
+    let floor_repository = format!("rouse-bench/floor-{}", std::process::id());
+    // The builds tag `rouse/<project>-<service>` (see `image_tags`).
+    let _images = BuiltImages(vec![
+        rouse_builder::trigger::image_repository("bench", "built"),
+        floor_repository.clone(),
+    ]);
+    let repo = Repo::new(&echo)?;
+    let floor_context = tempfile::tempdir().map_err(|e| e.to_string())?;
+    std::fs::copy(&echo, floor_context.path().join("echo")).map_err(|e| e.to_string())?;
+
+    let out = server.rouse(&["services", "create", "built", "--project", "bench"]);
+    if out.code != 0 {
+        return Err(format!("rouse services create: {}", out.stderr.trim()));
+    }
+    let secrets = tempfile::tempdir().map_err(|e| e.to_string())?;
+    let secret_file = secrets.path().join("webhook-secret");
+    std::fs::write(&secret_file, WEBHOOK_SECRET).map_err(|e| e.to_string())?;
+    let secret_file = secret_file.to_str().ok_or("a non-UTF-8 temporary path")?;
+    let out = server.rouse(&[
+        "triggers",
+        "create",
+        "built",
+        "--project",
+        "bench",
+        "--repo",
+        &repo.url(),
+        "--branch-pattern",
+        "^main$",
+        "--webhook-secret-file",
+        secret_file,
+    ]);
+    if out.code != 0 {
+        return Err(format!("rouse triggers create: {}", out.stderr.trim()));
+    }
+
+    let mut api = OwnerApi::connect(server).await?;
+
+    // Warm-up, not counted: the first push clones into the builder's git
+    // cache and makes the first revision; the first floor build fills
+    // Docker's layer cache (the `COPY echo` layer both sides reuse).
+    let pid = std::process::id();
+    let (mut before, _) = timed_push(
+        server,
+        &mut api,
+        &repo,
+        ZERO_COMMIT,
+        "warm-up",
+        &format!("bench-{pid}-warm-up"),
+    )
+    .await?;
+    docker_build_and_run(
+        floor_context.path(),
+        &format!("{floor_repository}:warm-up"),
+        "floor-warm-up",
+    )?;
+
+    // Interleaved, so that drift on the machine affects both alike.
+    let (mut floor, mut floor_build, mut floor_run) = (Vec::new(), Vec::new(), Vec::new());
+    let (mut rouse, mut webhook) = (Vec::new(), Vec::new());
+    let mut phases: BTreeMap<&'static str, Vec<f64>> = BTreeMap::new();
+    for i in 0..BUILDER_N {
+        let (b, r) = docker_build_and_run(
+            floor_context.path(),
+            &format!("{floor_repository}:{i}"),
+            &format!("floor-{i}"),
+        )?;
+        floor_build.push(b);
+        floor_run.push(r);
+        floor.push(b + r);
+        let (commit, push) = timed_push(
+            server,
+            &mut api,
+            &repo,
+            &before,
+            &format!("v{i}"),
+            &format!("bench-{pid}-{i}"),
+        )
+        .await?;
+        before = commit;
+        rouse.push(push.to_serving);
+        webhook.push(push.webhook);
+        for (k, v) in push.phases {
+            phases.entry(k).or_default().push(v);
+        }
+    }
+
+    // Deliveries that build nothing (a branch the trigger does not match):
+    // more webhook samples, no builds.
+    let skipped_commit = commit_and_push(&repo, "skipped", "feature/x")?;
+    let body = repo.push_payload("feature/x", &before, &skipped_commit);
+    for i in 0..SKIPPED_N {
+        let (status, answer, took) =
+            post_push(server.webhooks(), &format!("bench-{pid}-skip-{i}"), &body)?;
+        if status != 200 || answer["builds"] != json!([]) {
+            return Err(format!(
+                "a push to feature/x was answered {status}: {answer}"
+            ));
+        }
+        webhook.push(took);
+    }
+
+    let (r50, f50) = (percentile(&rouse, 50.0), percentile(&floor, 50.0));
+    report.row(
+        "push → serving p50 (builder)",
+        fmt_ms(r50),
+        fmt_ms(f50),
+        format!("overhead {:+.2} ms", r50 - f50),
+        "≤ 1 s".into(),
+    );
+    let (w50, w99) = (percentile(&webhook, 50.0), percentile(&webhook, 99.0));
+    report.row(
+        "webhook response p99",
+        fmt_ms(w99),
+        "-".into(),
+        format!("p50 {w50:.2} ms"),
+        "≤ 100 ms".into(),
+    );
+    let phase50: BTreeMap<&str, f64> = phases
+        .iter()
+        .map(|(k, v)| (*k, percentile(v, 50.0)))
+        .collect();
+    // Webhook → fetching (the queue), git, docker, one instance of the
+    // candidate to ready and stopped, and the poll seeing it serve.
+    let order = [
+        ("queue", "webhook → fetching"),
+        ("fetch", "fetch"),
+        ("build", "docker build"),
+        ("try_revision", "try revision"),
+        ("observed", "→ seen serving"),
+    ];
+    println!(
+        "  (push → serving p50 by phase: {}; floor: docker build p50 {:.1} ms + docker run to ready p50 {:.1} ms)",
+        order
+            .iter()
+            .filter_map(|(k, label)| phase50.get(k).map(|v| format!("{label} {v:.1} ms")))
+            .collect::<Vec<_>>()
+            .join(", "),
+        percentile(&floor_build, 50.0),
+        percentile(&floor_run, 50.0),
+    );
+    report.json.insert("builder_push_to_serving_ms".into(), json!({"p50": r50, "samples": rouse, "floor_p50": f50, "floor_samples": floor, "docker_build_p50": percentile(&floor_build, 50.0), "docker_run_to_ready_p50": percentile(&floor_run, 50.0), "overhead_p50": r50 - f50, "phases_p50": phase50, "target_overhead_p50": 1000.0}));
+    report.json.insert("builder_webhook_response_ms".into(), json!({"p50": w50, "p99": w99, "samples": webhook.len(), "building": BUILDER_N, "skipped": SKIPPED_N, "target_p99": 100.0}));
+    Ok(())
+}
+
 fn fmt_ms(v: f64) -> String {
     format!("{v:.2} ms")
 }
 
-/// `ROUSE_BENCH=warm,cold,docker,throughput,memory,iam` runs only those parts.
+/// `ROUSE_BENCH=warm,cold,docker,builder,throughput,memory,iam` runs only those parts.
 fn wanted(part: &str) -> bool {
     std::env::var("ROUSE_BENCH").map_or(true, |v| v.split(',').any(|p| p.trim() == part))
 }
@@ -303,6 +741,7 @@ async fn main() {
     let emulator = Emulator::start();
     let data = tempfile::tempdir().expect("tempdir");
     let server = Server::start(&emulator, data.path(), &[]);
+    server.allow_anonymous_askers("bench");
     let baseline_rss = rss_kib(server.pid());
     let pubsub = PubSub::connect(pubsub_config(emulator.host()))
         .await
@@ -429,6 +868,20 @@ async fn main() {
         None => {}
     }
 
+    // The builder: a git push webhook → the new revision serving.
+    if wanted("builder")
+        && let Err(e) = builder_bench(&server, &mut report).await
+    {
+        eprintln!("(builder figures skipped: {e})");
+        report.row(
+            "push → serving p50 (builder)",
+            "skipped".into(),
+            "-".into(),
+            "see the reason above".into(),
+            "≤ 1 s".into(),
+        );
+    }
+
     if wanted("throughput") {
         // Throughput at saturation. The floor answers each question with the same
         // two events the dispatcher must send; the one-event relay is reported too.
@@ -507,10 +960,11 @@ async fn main() {
         let before = rss_kib(server.pid()).unwrap_or(0);
         let endpoint = server.endpoint().to_owned();
         let bin = rouse_tests::rouse_bin();
+        let owner = server.owner_key().to_owned();
         let created = tokio::task::spawn_blocking(move || {
             let mut handles = Vec::new();
             for worker in 0..4 {
-                let (endpoint, bin) = (endpoint.clone(), bin.clone());
+                let (endpoint, bin, owner) = (endpoint.clone(), bin.clone(), owner.clone());
                 handles.push(std::thread::spawn(move || {
                     for i in (worker..IDLE_SERVICES).step_by(4) {
                         let ok = Command::new(&bin)
@@ -522,6 +976,7 @@ async fn main() {
                                 "mem",
                             ])
                             .env("ROUSE_ENDPOINT", &endpoint)
+                            .env("ROUSE_CREDENTIALS", &owner)
                             .stdout(Stdio::null())
                             .stderr(Stdio::null())
                             .status()

@@ -1,7 +1,6 @@
 //! `rouse ask`: publish a question to a service's topic; with `--wait`,
 //! follow its events and print the answer.
 
-use std::io::IsTerminal as _;
 use std::time::{Duration, Instant};
 
 use rouse_api::pb;
@@ -11,6 +10,7 @@ use super::services::ProjectArg;
 use super::status;
 use crate::args::ClientArgs;
 use crate::exit::CliError;
+use crate::progress::Progress;
 
 #[derive(Debug, clap::Args)]
 pub struct AskArgs {
@@ -43,12 +43,19 @@ pub async fn run(args: AskArgs) -> Result<(), CliError> {
     let channel = super::connect(&args.client).await?;
     let mut api = ExecutionsClient::new(channel);
     let started = Instant::now();
+    let question_uuid = uuid::Uuid::new_v4().to_string();
+    let authorization = match super::credentials(&args.client)? {
+        Some(key) => question_token(&key, &args.project.project, &args.service, &question_uuid)?,
+        None => String::new(),
+    };
     let id = api
         .ask(pb::AskRequest {
             project: args.project.project,
             service: args.service,
             input_json: args.input,
             forward_logs: args.forward_logs,
+            question_uuid,
+            authorization,
         })
         .await
         .map_err(status(&args.client.endpoint))?
@@ -58,7 +65,7 @@ pub async fn run(args: AskArgs) -> Result<(), CliError> {
         println!("{id}");
         return Ok(());
     }
-    let progress = std::io::stderr().is_terminal();
+    let progress = Progress::start(format!("question {id}"), "asked");
     let watch = async {
         let mut stream = api
             .watch_execution(pb::WatchExecutionRequest {
@@ -77,9 +84,8 @@ pub async fn run(args: AskArgs) -> Result<(), CliError> {
                 serde_json::from_str(&event.data_json).unwrap_or_default();
             match event.kind.as_str() {
                 "result" => {
-                    if progress {
-                        eprintln!("answered in {:.2?}", started.elapsed());
-                    }
+                    progress.state(&format!("answered in {:.2?}", started.elapsed()));
+                    progress.stop();
                     let output = data.get("output_values").cloned().unwrap_or_default();
                     let text = serde_json::to_string_pretty(&output).unwrap_or_default();
                     println!("{text}");
@@ -94,14 +100,14 @@ pub async fn run(args: AskArgs) -> Result<(), CliError> {
                 }
                 "log_record" => {
                     let record = &data["log_record"];
-                    eprintln!(
+                    progress.note(&format!(
                         "[{}] {}",
                         record["levelname"].as_str().unwrap_or("LOG"),
                         record["msg"].as_str().unwrap_or_default()
-                    );
+                    ));
                 }
-                other if progress => eprintln!("{:>8.2?}  {other}", started.elapsed()),
-                _ => {}
+                // delivery_acknowledgement, heartbeat, monitor_message…
+                other => progress.state(other),
             }
         }
         Err(CliError::internal(format!(
@@ -115,4 +121,26 @@ pub async fn run(args: AskArgs) -> Result<(), CliError> {
             humantime::format_duration(args.timeout)
         ))),
     }
+}
+
+/// A token that lets the dispatcher check `services.ask` for the caller on
+/// this one question.
+fn question_token(
+    key: &rouse_identity::KeyFile,
+    project: &str,
+    service: &str,
+    question_uuid: &str,
+) -> Result<String, CliError> {
+    let project = rouse_core::ProjectName::parse(project)
+        .map_err(|e| CliError::usage(format!("--project: {e}")))?;
+    let service = rouse_core::ServiceName::parse(&project, service)
+        .map_err(|e| CliError::usage(format!("service: {e}")))?;
+    rouse_identity::sign(
+        key,
+        &rouse_identity::service_audience(&project, &service),
+        Some(question_uuid),
+        std::time::SystemTime::now(),
+        rouse_identity::MAX_LIFETIME,
+    )
+    .map_err(|e| CliError::internal(format!("cannot sign the question's token: {e}")))
 }

@@ -1,14 +1,26 @@
 //! One module per top-level command.
 
 pub mod ask;
+pub mod audit;
+pub mod builds;
 pub mod executions;
+pub mod iam;
 pub mod logs;
+pub mod policy;
+pub mod projects;
 pub mod revisions;
+pub mod rollout;
+pub mod secrets;
 pub mod server;
 pub mod services;
+pub mod triggers;
 
-use std::time::Duration;
+use std::path::PathBuf;
+use std::time::{Duration, SystemTime};
 
+use rouse_identity::KeyFile;
+use tonic::metadata::{Ascii, MetadataValue};
+use tonic::service::{Interceptor, interceptor::InterceptedService};
 use tonic::transport::{Channel, Endpoint};
 
 use crate::args::{Cli, ClientArgs, Command, LogFormat};
@@ -25,6 +37,12 @@ pub async fn run(cli: Cli) -> Result<(), CliError> {
                 Command::Ask(args) => ask::run(args).await,
                 Command::Executions(cmd) => executions::run(cmd).await,
                 Command::Logs(args) => logs::run(args).await,
+                Command::Projects(cmd) => projects::run(cmd).await,
+                Command::Iam(cmd) => iam::run(cmd).await,
+                Command::Audit(cmd) => audit::run(cmd).await,
+                Command::Triggers(cmd) => triggers::run(cmd).await,
+                Command::Builds(cmd) => builds::run(cmd).await,
+                Command::Secrets(cmd) => secrets::run(cmd).await,
                 Command::Server(_) => Ok(()),
             }
         }
@@ -54,8 +72,75 @@ const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
 /// calls, each bounded by the server's own (10 s default) timeout.
 const CALL_TIMEOUT: Duration = Duration::from_secs(60);
 
-/// A channel to the API, or a clear error naming the endpoint.
-pub async fn connect(args: &ClientArgs) -> Result<Channel, CliError> {
+/// A connection to the API whose calls carry the caller's token.
+pub type Api = InterceptedService<Channel, Bearer>;
+
+/// Adds `authorization: Bearer <token>` to every call (nothing when the CLI
+/// has no credentials: the call is then anonymous).
+#[derive(Clone)]
+pub struct Bearer(Option<MetadataValue<Ascii>>);
+
+impl Interceptor for Bearer {
+    fn call(
+        &mut self,
+        mut request: tonic::Request<()>,
+    ) -> Result<tonic::Request<()>, tonic::Status> {
+        if let Some(value) = &self.0 {
+            request
+                .metadata_mut()
+                .insert("authorization", value.clone());
+        }
+        Ok(request)
+    }
+}
+
+/// The CLI's default credentials file: `$XDG_CONFIG_HOME/rouse/credentials.json`,
+/// else `~/.config/rouse/credentials.json`.
+pub fn default_credentials_path() -> Option<PathBuf> {
+    if let Some(xdg) = std::env::var_os("XDG_CONFIG_HOME").filter(|v| !v.is_empty()) {
+        return Some(PathBuf::from(xdg).join("rouse/credentials.json"));
+    }
+    std::env::var_os("HOME")
+        .filter(|v| !v.is_empty())
+        .map(|home| PathBuf::from(home).join(".config/rouse/credentials.json"))
+}
+
+/// The key the CLI calls with: `--credentials`/`ROUSE_CREDENTIALS` (which must
+/// exist), else the default file if it exists, else none (anonymous).
+pub fn credentials(args: &ClientArgs) -> Result<Option<KeyFile>, CliError> {
+    let path = match &args.credentials {
+        Some(path) => path.clone(),
+        None => match default_credentials_path() {
+            Some(path) if path.exists() => path,
+            _ => return Ok(None),
+        },
+    };
+    KeyFile::read(&path).map(Some).map_err(|e| {
+        CliError::usage(format!(
+            "{e}; pass --credentials FILE (or set ROUSE_CREDENTIALS) with a key file from `rouse iam service-accounts keys create`, or the owner's `<data-dir>/owner-key.json`"
+        ))
+    })
+}
+
+/// A connection to the API, or a clear error naming the endpoint; its calls
+/// carry a token signed with the caller's credentials.
+pub async fn connect(args: &ClientArgs) -> Result<Api, CliError> {
+    let token = match credentials(args)? {
+        Some(key) => {
+            let token = rouse_identity::sign(
+                &key,
+                rouse_identity::API_AUDIENCE,
+                None,
+                SystemTime::now(),
+                rouse_identity::DEFAULT_LIFETIME,
+            )
+            .map_err(|e| CliError::internal(format!("cannot sign an API token: {e}")))?;
+            let value = MetadataValue::try_from(format!("Bearer {token}"))
+                .map_err(|e| CliError::internal(format!("cannot send the API token: {e}")))?;
+            Some(value)
+        }
+        None => None,
+    };
     let endpoint = Endpoint::from_shared(args.endpoint.clone())
         .map_err(|e| {
             CliError::usage(format!(
@@ -65,10 +150,11 @@ pub async fn connect(args: &ClientArgs) -> Result<Channel, CliError> {
         })?
         .connect_timeout(CONNECT_TIMEOUT)
         .timeout(CALL_TIMEOUT);
-    endpoint
+    let channel = endpoint
         .connect()
         .await
-        .map_err(|e| CliError::unreachable(&args.endpoint, &source_chain(&e)))
+        .map_err(|e| CliError::unreachable(&args.endpoint, &source_chain(&e)))?;
+    Ok(InterceptedService::new(channel, Bearer(token)))
 }
 
 /// Maps an error answer of the API at `endpoint` to the CLI's error.

@@ -13,6 +13,19 @@ use crate::output::{self, RevisionView};
 pub enum RevisionsCommand {
     /// Register a new revision of a service; the newest revision serves.
     Create(CreateArgs),
+    /// One revision: where it came from (commit, branch, trigger, build), its state, tags and traffic.
+    Describe {
+        revision: String,
+        /// The revision's service.
+        #[arg(long)]
+        service: String,
+        #[command(flatten)]
+        project: ProjectArg,
+        #[arg(long, value_enum, default_value_t)]
+        format: Format,
+        #[command(flatten)]
+        client: ClientArgs,
+    },
     /// List a service's revisions, newest (serving) first.
     List {
         service: String,
@@ -141,6 +154,13 @@ pub async fn run(cmd: RevisionsCommand) -> Result<(), CliError> {
                 .into_inner();
             output::print_one(&RevisionView::from(&r), args.format)
         }
+        RevisionsCommand::Describe {
+            revision,
+            service,
+            project,
+            format,
+            client,
+        } => super::rollout::describe_revision(revision, service, project, format, client).await,
         RevisionsCommand::List {
             service,
             project,

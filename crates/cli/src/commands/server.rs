@@ -7,8 +7,9 @@ use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
 
-use rouse_api::{Backend, DispatchHooks, NoDispatcher, PubSubMessaging};
-use rouse_dispatcher::{Dispatcher, DispatcherConfig, Parts};
+use rouse_api::{Backend, Builder, BuilderConfig, DispatchHooks, NoDispatcher, PubSubMessaging};
+use rouse_authz::Authority;
+use rouse_dispatcher::{Dispatcher, DispatcherConfig, InstanceSecrets, Parts};
 use rouse_pubsub::PubSub;
 use rouse_runtime::{DockerRuntime, ProcessRuntime, Runtime};
 use rouse_store::SqliteStore;
@@ -51,6 +52,16 @@ pub struct ServerArgs {
     /// Heartbeat interval while a question waits or runs [default: 60s].
     #[arg(long, env = "ROUSE_HEARTBEAT_INTERVAL", value_parser = humantime::parse_duration)]
     pub heartbeat_interval: Option<Duration>,
+    /// Address of the builder's webhook server (`POST /webhooks/github`,
+    /// `/webhooks/git`) [default: 127.0.0.1:7071].
+    #[arg(long, env = "ROUSE_WEBHOOK_LISTEN")]
+    pub webhook_listen: Option<SocketAddr>,
+    /// GitHub's REST API, for commit statuses [default: https://api.github.com].
+    #[arg(long, env = "ROUSE_GITHUB_API_URL")]
+    pub github_api_url: Option<String>,
+    /// The key sealing secrets, kept outside the store [default: <data-dir>/secrets.key].
+    #[arg(long, env = "ROUSE_SECRETS_KEY")]
+    pub secrets_key: Option<PathBuf>,
 }
 
 /// How long the dispatcher gets to stop its instances at shutdown.
@@ -65,6 +76,31 @@ impl DispatchHooks for Hooks {
     }
     async fn cancel(&self, service_uuid: uuid::Uuid, question_uuid: &str) -> bool {
         self.0.cancel(service_uuid, question_uuid).await
+    }
+    async fn try_revision(
+        &self,
+        service: &rouse_core::Service,
+        revision: &rouse_core::revision::Revision,
+    ) -> Result<(), String> {
+        self.0.try_revision(service, revision).await
+    }
+}
+
+/// The dispatcher reads a service's secrets through the builder's key. The
+/// builder is made after the dispatcher (it needs the dispatcher's hooks),
+/// so the cell is filled once it exists.
+struct Secrets(Arc<std::sync::OnceLock<Builder>>);
+
+#[async_trait::async_trait]
+impl InstanceSecrets for Secrets {
+    async fn env(
+        &self,
+        service_uuid: uuid::Uuid,
+    ) -> Result<std::collections::BTreeMap<String, String>, String> {
+        match self.0.get() {
+            Some(builder) => rouse_api::secrets::secret_env(builder, service_uuid).await,
+            None => Ok(std::collections::BTreeMap::new()),
+        }
     }
 }
 
@@ -96,8 +132,31 @@ pub async fn run(args: ServerArgs, log_format: Option<LogFormat>) -> Result<(), 
         "reconciled Pub/Sub with the store"
     );
 
+    let bootstrapped = rouse_api::bootstrap::bootstrap_owner(
+        store.as_ref(),
+        &config.data_dir,
+        super::default_credentials_path().as_deref(),
+        &rouse_api::bootstrap::local_user_email(),
+        &format!("http://{}", config.api_listen),
+    )
+    .await
+    .map_err(|e| internal(&e))?;
+    if let Some(b) = &bootstrapped {
+        tracing::info!(
+            owner = %b.principal,
+            key = %b.key_file.display(),
+            credentials = %b.credentials.as_ref().map_or_else(|| "-".to_owned(), |p| p.display().to_string()),
+            "first start: bootstrapped the owner (roles/owner on every project)"
+        );
+    }
+    let authority = Authority::load(store.clone())
+        .await
+        .map_err(|e| CliError::internal(format!("cannot load permissions: {e}")))?;
+
     let shutdown = CancellationToken::new();
+    let _fresh = authority.keep_fresh(shutdown.clone());
     let logs_dir = config.data_dir.join("logs");
+    let builder_cell = Arc::new(std::sync::OnceLock::new());
     let (hooks, dispatcher): (Arc<dyn DispatchHooks>, _) = if config.roles.dispatcher {
         // Instances a crashed earlier run left behind are stopped before
         // anything starts. The data dir names this platform, so several
@@ -144,6 +203,8 @@ pub async fn run(args: ServerArgs, log_format: Option<LogFormat>) -> Result<(), 
             pubsub: pubsub.clone(),
             process: Arc::new(process),
             docker,
+            authority: authority.clone(),
+            secrets: Some(Arc::new(Secrets(builder_cell.clone()))),
         };
         let (d, handle) = Dispatcher::start(parts, shutdown.clone())
             .await
@@ -169,18 +230,57 @@ pub async fn run(args: ServerArgs, log_format: Option<LogFormat>) -> Result<(), 
         let api_addr = listener
             .local_addr()
             .map_err(|e| CliError::internal(format!("cannot read the listening address: {e}")))?;
-        log_ready(&config, Some(api_addr));
         let backend = Backend {
             store: store.clone(),
             messaging,
             hooks,
             logs_dir,
+            authority,
         };
-        rouse_api::serve(listener, backend, shutdown.clone().cancelled_owned())
+        let webhook_listener = TcpListener::bind(config.webhook_listen)
             .await
-            .map_err(|e| CliError::internal(format!("the API server failed: {e}")))?;
+            .map_err(|e| {
+                CliError::internal(format!(
+                    "cannot listen on {} for webhooks ({e}); choose another with --webhook-listen or ROUSE_WEBHOOK_LISTEN",
+                    config.webhook_listen
+                ))
+            })?;
+        let webhook_addr = webhook_listener
+            .local_addr()
+            .map_err(|e| CliError::internal(format!("cannot read the listening address: {e}")))?;
+        let builder = Builder::start(
+            backend.clone(),
+            BuilderConfig {
+                state_dir: config.data_dir.join("builder"),
+                secrets_key: config.secrets_key.clone(),
+                github_api_url: config.github_api_url.clone(),
+                webhook_url: format!("http://{webhook_addr}"),
+                queue: rouse_builder::queue::QueueConfig::default(),
+            },
+        )
+        .await
+        .map_err(|e| CliError::internal(format!("the builder cannot start: {e}")))?;
+        let _ = builder_cell.set(builder.clone());
+        let webhooks = tokio::spawn(rouse_api::webhook::run(
+            webhook_listener,
+            builder.clone(),
+            shutdown.clone().cancelled_owned(),
+        ));
+        log_ready(&config, Some(api_addr), Some(webhook_addr));
+        rouse_api::serve(
+            listener,
+            backend,
+            builder.clone(),
+            shutdown.clone().cancelled_owned(),
+        )
+        .await
+        .map_err(|e| CliError::internal(format!("the API server failed: {e}")))?;
+        builder.shutdown().await;
+        if let Ok(Err(e)) = webhooks.await {
+            tracing::warn!(error = %e, "the webhook server failed");
+        }
     } else {
-        log_ready(&config, None);
+        log_ready(&config, None, None);
         shutdown.cancelled().await;
     }
     shutdown.cancel();
@@ -193,7 +293,7 @@ pub async fn run(args: ServerArgs, log_format: Option<LogFormat>) -> Result<(), 
     Ok(())
 }
 
-fn log_ready(config: &ServerConfig, api: Option<SocketAddr>) {
+fn log_ready(config: &ServerConfig, api: Option<SocketAddr>, webhooks: Option<SocketAddr>) {
     let roles = match (config.roles.api, config.roles.dispatcher) {
         (true, true) => "api,dispatcher",
         (true, false) => "api",
@@ -201,6 +301,7 @@ fn log_ready(config: &ServerConfig, api: Option<SocketAddr>) {
     };
     tracing::info!(
         api = %api.map(|a| a.to_string()).unwrap_or_else(|| "-".into()),
+        webhooks = %webhooks.map(|a| a.to_string()).unwrap_or_else(|| "-".into()),
         roles,
         store = %config.store_path.display(),
         pubsub = %config.pubsub,

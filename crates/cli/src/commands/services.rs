@@ -1,10 +1,14 @@
-//! `rouse services …`: create, list, describe, update and delete services.
+//! `rouse services …`: create, list, describe, update and delete services,
+//! and read and change who may use them (their IAM policy).
 
 use std::time::Duration;
 
 use rouse_api::pb;
 use rouse_api::pb::services_client::ServicesClient;
 
+use super::policy::{
+    self, AddBindingArgs, GetPolicyArgs, RemoveBindingArgs, SetPolicyArgs, Target,
+};
 use super::status;
 use crate::args::{ClientArgs, Format};
 use crate::exit::CliError;
@@ -52,6 +56,40 @@ pub enum ServicesCommand {
         #[command(flatten)]
         client: ClientArgs,
     },
+    /// Grant a role to a member on a service, e.g. `--role=roles/serviceUser` to let it ask.
+    AddIamPolicyBinding {
+        name: String,
+        #[command(flatten)]
+        project: ProjectArg,
+        #[command(flatten)]
+        args: AddBindingArgs,
+    },
+    /// Take a role away from a member on a service.
+    RemoveIamPolicyBinding {
+        name: String,
+        #[command(flatten)]
+        project: ProjectArg,
+        #[command(flatten)]
+        args: RemoveBindingArgs,
+    },
+    /// Print a service's IAM policy (YAML or JSON, with its etag).
+    GetIamPolicy {
+        name: String,
+        #[command(flatten)]
+        project: ProjectArg,
+        #[command(flatten)]
+        args: GetPolicyArgs,
+    },
+    /// Replace a service's IAM policy with the one in FILE.
+    SetIamPolicy {
+        name: String,
+        #[command(flatten)]
+        project: ProjectArg,
+        #[command(flatten)]
+        args: SetPolicyArgs,
+    },
+    #[command(flatten)]
+    Rollout(super::rollout::RolloutCommand),
 }
 
 #[derive(Debug, Clone, clap::Args)]
@@ -159,6 +197,7 @@ pub async fn run(cmd: ServicesCommand) -> Result<(), CliError> {
             output::print_one(&ServiceView::from(&s), format)
         }
         ServicesCommand::Update(args) => update(args).await,
+        ServicesCommand::Rollout(cmd) => super::rollout::run(cmd).await,
         ServicesCommand::Delete {
             name,
             project,
@@ -180,6 +219,26 @@ pub async fn run(cmd: ServicesCommand) -> Result<(), CliError> {
             );
             Ok(())
         }
+        ServicesCommand::AddIamPolicyBinding {
+            name,
+            project,
+            args,
+        } => policy::add_binding(&Target::service(&project.project, &name)?, args).await,
+        ServicesCommand::RemoveIamPolicyBinding {
+            name,
+            project,
+            args,
+        } => policy::remove_binding(&Target::service(&project.project, &name)?, args).await,
+        ServicesCommand::GetIamPolicy {
+            name,
+            project,
+            args,
+        } => policy::get(&Target::service(&project.project, &name)?, args).await,
+        ServicesCommand::SetIamPolicy {
+            name,
+            project,
+            args,
+        } => policy::set(&Target::service(&project.project, &name)?, args).await,
     }
 }
 

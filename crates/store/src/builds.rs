@@ -1,0 +1,1028 @@
+//! The builder's state (issue 5) on SQLite: triggers, builds and their
+//! logs, webhook deliveries seen, revisions made by builds and how a
+//! service's revisions are routed, and sealed secrets.
+//!
+//! The store keeps what it is given: secrets and webhook secrets arrive
+//! sealed (the key lives outside the database), statuses as the builder's
+//! words. Three small traits, one per consumer concern: [`BuildStore`]
+//! (the pipeline), [`RolloutStore`] (revisions and routing) and
+//! [`SecretStore`].
+
+use std::collections::BTreeMap;
+use std::time::SystemTime;
+
+use async_trait::async_trait;
+use rouse_core::revision::{Revision, RevisionSource};
+use rouse_core::{Service, ServiceStatus};
+use rusqlite::{Connection, OptionalExtension, Row, params};
+use uuid::Uuid;
+
+use crate::sqlite::{from_micros, micros};
+use crate::{NewRevision, SqliteStore, StoreError};
+
+/// Log lines of one build kept at most: a runaway build cannot fill the
+/// disk. 50 000 lines is far more than any image build a person reads.
+pub const MAX_BUILD_LOG_LINES: i64 = 50_000;
+/// Longest log line kept (progress bars can be one long line).
+pub const MAX_LOG_LINE_CHARS: usize = 4096;
+
+/// A trigger as stored. The webhook secret and GitHub token are sealed by
+/// the caller.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TriggerRecord {
+    pub id: String,
+    pub service_uuid: Uuid,
+    pub repo: String,
+    pub branch_pattern: String,
+    pub tag_pattern: Option<String>,
+    pub dockerfile: Option<String>,
+    pub context_dir: Option<String>,
+    pub included_files: Vec<String>,
+    pub ignored_files: Vec<String>,
+    pub webhook_secret_sealed: String,
+    pub github_token_sealed: Option<String>,
+    pub created_at: SystemTime,
+}
+
+/// One build as stored.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct BuildRecord {
+    pub id: String,
+    pub service_uuid: Uuid,
+    pub trigger_id: Option<String>,
+    /// `queued`, `fetching`, … (the builder's `BuildStatus` words).
+    pub status: String,
+    /// The last running status reached: where a failure happened.
+    pub step: Option<String>,
+    /// The repository URL, or `dir:<path>` for a manual build.
+    pub source: String,
+    pub commit: Option<String>,
+    pub branch: Option<String>,
+    /// The revision the build made.
+    pub revision: Option<String>,
+    pub image: Option<String>,
+    pub failure: Option<String>,
+    pub last_lines: Vec<String>,
+    pub created_at: SystemTime,
+    pub started_at: Option<SystemTime>,
+    pub finished_at: Option<SystemTime>,
+}
+
+/// Where a built revision came from.
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct BuildOrigin {
+    pub commit: Option<String>,
+    pub branch: Option<String>,
+    pub trigger_id: Option<String>,
+    pub build_id: Option<String>,
+    pub image_id: Option<String>,
+}
+
+/// The rollout state of a revision.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum RevisionState {
+    /// May serve (every revision registered by hand, and built ones that
+    /// passed their rollout).
+    Ready,
+    /// Built, its rollout under way: never served.
+    Candidate,
+    /// Its rollout failed: never served.
+    Failed,
+}
+
+impl RevisionState {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Ready => "ready",
+            Self::Candidate => "candidate",
+            Self::Failed => "failed",
+        }
+    }
+
+    fn column(self) -> Option<&'static str> {
+        match self {
+            Self::Ready => None,
+            other => Some(other.as_str()),
+        }
+    }
+
+    fn from_column(value: Option<&str>) -> Result<Self, StoreError> {
+        match value {
+            None | Some("ready") => Ok(Self::Ready),
+            Some("candidate") => Ok(Self::Candidate),
+            Some("failed") => Ok(Self::Failed),
+            Some(other) => Err(StoreError::Corrupt(format!("revision state `{other}`"))),
+        }
+    }
+}
+
+/// A revision with where it came from and its rollout state.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RevisionInfo {
+    pub revision: Revision,
+    pub origin: BuildOrigin,
+    pub state: RevisionState,
+}
+
+/// How a service's questions reach its revisions.
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct Routing {
+    /// The revision untagged questions go to; `None`: the newest ready one.
+    pub serving: Option<String>,
+    /// `tag` → revision: questions to `namespace/name:tag` go there.
+    pub tags: BTreeMap<String, String>,
+    /// Untagged questions split by percentage (adding up to 100); empty:
+    /// all to the serving revision.
+    pub traffic: Vec<(String, u32)>,
+}
+
+/// What a webhook delivery's build insert found.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum DeliveryClaim {
+    /// First time this delivery id was seen.
+    New,
+    /// Seen before: nothing was recorded.
+    Duplicate,
+}
+
+/// The build pipeline's records.
+#[async_trait]
+pub trait BuildStore: Send + Sync + 'static {
+    /// Records a trigger. Fails with [`StoreError::Duplicate`] if its id exists.
+    async fn insert_trigger(&self, trigger: &TriggerRecord) -> Result<(), StoreError>;
+    async fn get_trigger(&self, id: &str) -> Result<Option<TriggerRecord>, StoreError>;
+    /// Every trigger, or those of one service, oldest first.
+    async fn list_triggers(
+        &self,
+        service_uuid: Option<Uuid>,
+    ) -> Result<Vec<TriggerRecord>, StoreError>;
+    async fn delete_trigger(&self, id: &str) -> Result<bool, StoreError>;
+
+    /// Remembers a webhook delivery id; [`DeliveryClaim::Duplicate`] if it
+    /// was seen before (GitHub redelivers; a replay must build once).
+    async fn claim_delivery(&self, delivery_id: &str) -> Result<DeliveryClaim, StoreError>;
+
+    /// Records a new build.
+    async fn insert_build(&self, build: &BuildRecord) -> Result<(), StoreError>;
+    /// Replaces a build's record (status, step, revision, failure, times).
+    async fn update_build(&self, build: &BuildRecord) -> Result<(), StoreError>;
+    async fn get_build(&self, id: &str) -> Result<Option<BuildRecord>, StoreError>;
+    /// Builds, newest first; `unfinished` keeps those not in a terminal
+    /// status (what a restart finds interrupted).
+    async fn list_builds(
+        &self,
+        service_uuid: Option<Uuid>,
+        unfinished: bool,
+        limit: u32,
+    ) -> Result<Vec<BuildRecord>, StoreError>;
+
+    /// Appends log lines to a build's log (beyond [`MAX_BUILD_LOG_LINES`]
+    /// they are dropped); returns the sequence number of the last line kept.
+    async fn append_build_log(&self, build_id: &str, lines: Vec<String>)
+    -> Result<i64, StoreError>;
+    /// Log lines with a sequence number above `after`, in order, at most `limit`.
+    async fn build_log_after(
+        &self,
+        build_id: &str,
+        after: i64,
+        limit: u32,
+    ) -> Result<Vec<(i64, String)>, StoreError>;
+}
+
+/// Built revisions and routing.
+#[async_trait]
+pub trait RolloutStore: Send + Sync + 'static {
+    /// Adds the service's next revision as a [`RevisionState::Candidate`]
+    /// (it does not serve), named `<service>-<nnnnn>-<commit7>` when the
+    /// origin has a commit.
+    async fn insert_candidate_revision(
+        &self,
+        service: &Service,
+        revision: &NewRevision,
+        origin: &BuildOrigin,
+        now: SystemTime,
+    ) -> Result<Revision, StoreError>;
+    async fn set_revision_state(&self, name: &str, state: RevisionState) -> Result<(), StoreError>;
+    /// The service's revisions with their origin and state, newest first.
+    async fn revision_infos(&self, service_uuid: Uuid) -> Result<Vec<RevisionInfo>, StoreError>;
+    async fn routing(&self, service_uuid: Uuid) -> Result<Routing, StoreError>;
+    /// Replaces the routing and bumps the service's generation (so the
+    /// dispatcher re-reads it), marking the service `ready`.
+    async fn set_routing(&self, service_uuid: Uuid, routing: &Routing) -> Result<(), StoreError>;
+}
+
+/// Sealed per-service secrets.
+#[async_trait]
+pub trait SecretStore: Send + Sync + 'static {
+    async fn set_secret(
+        &self,
+        service_uuid: Uuid,
+        name: &str,
+        sealed: &str,
+        now: SystemTime,
+    ) -> Result<(), StoreError>;
+    /// Names only, sorted.
+    async fn secret_names(&self, service_uuid: Uuid) -> Result<Vec<String>, StoreError>;
+    async fn delete_secret(&self, service_uuid: Uuid, name: &str) -> Result<bool, StoreError>;
+    /// `(name, sealed)` pairs, sorted by name.
+    async fn sealed_secrets(&self, service_uuid: Uuid)
+    -> Result<Vec<(String, String)>, StoreError>;
+}
+
+fn corrupt(what: &str, e: impl std::fmt::Display) -> StoreError {
+    StoreError::Corrupt(format!("{what}: {e}"))
+}
+
+fn json_list(v: &[String]) -> String {
+    serde_json::to_string(v).unwrap_or_else(|_| "[]".into())
+}
+
+fn list_from(what: &str, s: &str) -> Result<Vec<String>, StoreError> {
+    serde_json::from_str(s).map_err(|e| corrupt(what, e))
+}
+
+fn parse_uuid(what: &str, s: &str) -> Result<Uuid, StoreError> {
+    Uuid::parse_str(s).map_err(|e| corrupt(what, e))
+}
+
+const TRIGGER_COLUMNS: &str = "id, service_uuid, repo, branch_pattern, tag_pattern, dockerfile, \
+     context_dir, included_files, ignored_files, webhook_secret, github_token, created_at_us";
+
+fn read_trigger(row: &Row<'_>) -> rusqlite::Result<Result<TriggerRecord, StoreError>> {
+    let id: String = row.get(0)?;
+    let service: String = row.get(1)?;
+    let repo: String = row.get(2)?;
+    let branch_pattern: String = row.get(3)?;
+    let tag_pattern: Option<String> = row.get(4)?;
+    let dockerfile: Option<String> = row.get(5)?;
+    let context_dir: Option<String> = row.get(6)?;
+    let included: String = row.get(7)?;
+    let ignored: String = row.get(8)?;
+    let webhook_secret_sealed: String = row.get(9)?;
+    let github_token_sealed: Option<String> = row.get(10)?;
+    let created: i64 = row.get(11)?;
+    Ok((|| {
+        Ok(TriggerRecord {
+            service_uuid: parse_uuid("trigger service", &service)?,
+            included_files: list_from("trigger included files", &included)?,
+            ignored_files: list_from("trigger ignored files", &ignored)?,
+            id,
+            repo,
+            branch_pattern,
+            tag_pattern,
+            dockerfile,
+            context_dir,
+            webhook_secret_sealed,
+            github_token_sealed,
+            created_at: from_micros(created),
+        })
+    })())
+}
+
+const BUILD_COLUMNS: &str = "id, service_uuid, trigger_id, status, step, source, commit_sha, branch, \
+     revision, image, failure, last_lines, created_at_us, started_at_us, finished_at_us";
+
+fn read_build(row: &Row<'_>) -> rusqlite::Result<Result<BuildRecord, StoreError>> {
+    let id: String = row.get(0)?;
+    let service: String = row.get(1)?;
+    let last_lines: String = row.get(11)?;
+    let started: Option<i64> = row.get(13)?;
+    let finished: Option<i64> = row.get(14)?;
+    let record = BuildRecord {
+        id,
+        service_uuid: Uuid::nil(),
+        trigger_id: row.get(2)?,
+        status: row.get(3)?,
+        step: row.get(4)?,
+        source: row.get(5)?,
+        commit: row.get(6)?,
+        branch: row.get(7)?,
+        revision: row.get(8)?,
+        image: row.get(9)?,
+        failure: row.get(10)?,
+        last_lines: Vec::new(),
+        created_at: from_micros(row.get(12)?),
+        started_at: started.map(from_micros),
+        finished_at: finished.map(from_micros),
+    };
+    Ok((|| {
+        Ok(BuildRecord {
+            service_uuid: parse_uuid("build service", &service)?,
+            last_lines: list_from("build last lines", &last_lines)?,
+            ..record
+        })
+    })())
+}
+
+fn collect<T>(
+    conn: &Connection,
+    sql: &str,
+    params: impl rusqlite::Params,
+    read: fn(&Row<'_>) -> rusqlite::Result<Result<T, StoreError>>,
+) -> Result<Vec<T>, StoreError> {
+    let mut stmt = conn.prepare_cached(sql)?;
+    let rows = stmt.query_map(params, read)?;
+    rows.map(|r| r.map_err(StoreError::from).and_then(|x| x))
+        .collect()
+}
+
+fn service_exists(conn: &Connection, uuid: Uuid) -> Result<(), StoreError> {
+    let exists: bool = conn.query_row(
+        "SELECT EXISTS (SELECT 1 FROM services WHERE uuid = ?1)",
+        [uuid.to_string()],
+        |r| r.get(0),
+    )?;
+    if exists {
+        Ok(())
+    } else {
+        Err(StoreError::NotFound { uuid })
+    }
+}
+
+/// The statuses after which a build does not change.
+const TERMINAL_STATUSES: &str = "('succeeded', 'failed', 'cancelled', 'superseded')";
+
+#[async_trait]
+impl BuildStore for SqliteStore {
+    async fn insert_trigger(&self, t: &TriggerRecord) -> Result<(), StoreError> {
+        let t = t.clone();
+        self.write(move |conn| {
+            service_exists(conn, t.service_uuid)?;
+            let n = conn.execute(
+                &format!(
+                    "INSERT OR IGNORE INTO triggers ({TRIGGER_COLUMNS}) \
+                     VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12)"
+                ),
+                params![
+                    t.id,
+                    t.service_uuid.to_string(),
+                    t.repo,
+                    t.branch_pattern,
+                    t.tag_pattern,
+                    t.dockerfile,
+                    t.context_dir,
+                    json_list(&t.included_files),
+                    json_list(&t.ignored_files),
+                    t.webhook_secret_sealed,
+                    t.github_token_sealed,
+                    micros(t.created_at),
+                ],
+            )?;
+            if n == 0 {
+                return Err(StoreError::Duplicate {
+                    what: "trigger",
+                    name: t.id,
+                });
+            }
+            Ok(())
+        })
+        .await
+    }
+
+    async fn get_trigger(&self, id: &str) -> Result<Option<TriggerRecord>, StoreError> {
+        let id = id.to_owned();
+        self.with(move |conn| {
+            conn.query_row(
+                &format!("SELECT {TRIGGER_COLUMNS} FROM triggers WHERE id = ?1"),
+                [id],
+                read_trigger,
+            )
+            .optional()?
+            .transpose()
+        })
+        .await
+    }
+
+    async fn list_triggers(
+        &self,
+        service_uuid: Option<Uuid>,
+    ) -> Result<Vec<TriggerRecord>, StoreError> {
+        self.with(move |conn| {
+            collect(
+                conn,
+                &format!(
+                    "SELECT {TRIGGER_COLUMNS} FROM triggers \
+                     WHERE ?1 IS NULL OR service_uuid = ?1 ORDER BY created_at_us, id"
+                ),
+                [service_uuid.map(|u| u.to_string())],
+                read_trigger,
+            )
+        })
+        .await
+    }
+
+    async fn delete_trigger(&self, id: &str) -> Result<bool, StoreError> {
+        let id = id.to_owned();
+        self.write(move |conn| Ok(conn.execute("DELETE FROM triggers WHERE id = ?1", [id])? == 1))
+            .await
+    }
+
+    async fn claim_delivery(&self, delivery_id: &str) -> Result<DeliveryClaim, StoreError> {
+        let id = delivery_id.to_owned();
+        self.write(move |conn| {
+            let n = conn.execute(
+                "INSERT OR IGNORE INTO webhook_deliveries (delivery_id, received_at_us) VALUES (?1, ?2)",
+                params![id, micros(SystemTime::now())],
+            )?;
+            Ok(if n == 1 {
+                DeliveryClaim::New
+            } else {
+                DeliveryClaim::Duplicate
+            })
+        })
+        .await
+    }
+
+    async fn insert_build(&self, b: &BuildRecord) -> Result<(), StoreError> {
+        let b = b.clone();
+        self.write(move |conn| {
+            service_exists(conn, b.service_uuid)?;
+            conn.execute(
+                &format!(
+                    "INSERT INTO builds ({BUILD_COLUMNS}) \
+                     VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15)"
+                ),
+                params![
+                    b.id,
+                    b.service_uuid.to_string(),
+                    b.trigger_id,
+                    b.status,
+                    b.step,
+                    b.source,
+                    b.commit,
+                    b.branch,
+                    b.revision,
+                    b.image,
+                    b.failure,
+                    json_list(&b.last_lines),
+                    micros(b.created_at),
+                    b.started_at.map(micros),
+                    b.finished_at.map(micros),
+                ],
+            )?;
+            Ok(())
+        })
+        .await
+    }
+
+    async fn update_build(&self, b: &BuildRecord) -> Result<(), StoreError> {
+        let b = b.clone();
+        self.write(move |conn| {
+            conn.execute(
+                "UPDATE builds SET status = ?2, step = ?3, revision = ?4, image = ?5, failure = ?6, \
+                 last_lines = ?7, started_at_us = ?8, finished_at_us = ?9 WHERE id = ?1",
+                params![
+                    b.id,
+                    b.status,
+                    b.step,
+                    b.revision,
+                    b.image,
+                    b.failure,
+                    json_list(&b.last_lines),
+                    b.started_at.map(micros),
+                    b.finished_at.map(micros),
+                ],
+            )?;
+            Ok(())
+        })
+        .await
+    }
+
+    async fn get_build(&self, id: &str) -> Result<Option<BuildRecord>, StoreError> {
+        let id = id.to_owned();
+        self.with(move |conn| {
+            conn.query_row(
+                &format!("SELECT {BUILD_COLUMNS} FROM builds WHERE id = ?1"),
+                [id],
+                read_build,
+            )
+            .optional()?
+            .transpose()
+        })
+        .await
+    }
+
+    async fn list_builds(
+        &self,
+        service_uuid: Option<Uuid>,
+        unfinished: bool,
+        limit: u32,
+    ) -> Result<Vec<BuildRecord>, StoreError> {
+        self.with(move |conn| {
+            collect(
+                conn,
+                &format!(
+                    "SELECT {BUILD_COLUMNS} FROM builds \
+                     WHERE (?1 IS NULL OR service_uuid = ?1) \
+                     AND (?2 = 0 OR status NOT IN {TERMINAL_STATUSES}) \
+                     ORDER BY created_at_us DESC, id LIMIT ?3"
+                ),
+                params![service_uuid.map(|u| u.to_string()), unfinished, limit],
+                read_build,
+            )
+        })
+        .await
+    }
+
+    async fn append_build_log(
+        &self,
+        build_id: &str,
+        lines: Vec<String>,
+    ) -> Result<i64, StoreError> {
+        let id = build_id.to_owned();
+        self.write(move |conn| {
+            let mut last: i64 = conn.query_row(
+                "SELECT COALESCE(MAX(seq), 0) FROM build_logs WHERE build_id = ?1",
+                [&id],
+                |r| r.get(0),
+            )?;
+            let mut stmt = conn.prepare_cached(
+                "INSERT INTO build_logs (build_id, seq, line) VALUES (?1, ?2, ?3)",
+            )?;
+            for line in lines {
+                if last >= MAX_BUILD_LOG_LINES {
+                    break;
+                }
+                last += 1;
+                let line: String = line.chars().take(MAX_LOG_LINE_CHARS).collect();
+                stmt.execute(params![id, last, line])?;
+            }
+            Ok(last)
+        })
+        .await
+    }
+
+    async fn build_log_after(
+        &self,
+        build_id: &str,
+        after: i64,
+        limit: u32,
+    ) -> Result<Vec<(i64, String)>, StoreError> {
+        let id = build_id.to_owned();
+        self.with(move |conn| {
+            let mut stmt = conn.prepare_cached(
+                "SELECT seq, line FROM build_logs WHERE build_id = ?1 AND seq > ?2 ORDER BY seq LIMIT ?3",
+            )?;
+            let rows = stmt.query_map(params![id, after, limit], |r| Ok((r.get(0)?, r.get(1)?)))?;
+            rows.map(|r| r.map_err(StoreError::from)).collect()
+        })
+        .await
+    }
+}
+
+const INFO_COLUMNS: &str = "commit_sha, branch, trigger_id, build_id, image_id, state";
+
+fn read_info(row: &Row<'_>) -> rusqlite::Result<Result<RevisionInfo, StoreError>> {
+    let revision = crate::dispatch::read_revision(row)?;
+    let origin = BuildOrigin {
+        commit: row.get(11)?,
+        branch: row.get(12)?,
+        trigger_id: row.get(13)?,
+        build_id: row.get(14)?,
+        image_id: row.get(15)?,
+    };
+    let state: Option<String> = row.get(16)?;
+    Ok((|| {
+        Ok(RevisionInfo {
+            revision: revision?,
+            origin,
+            state: RevisionState::from_column(state.as_deref())?,
+        })
+    })())
+}
+
+fn read_routing(conn: &Connection, uuid: Uuid) -> Result<Routing, StoreError> {
+    let row: Option<(Option<String>, String, String)> = conn
+        .query_row(
+            "SELECT serving, tags, traffic FROM routing WHERE service_uuid = ?1",
+            [uuid.to_string()],
+            |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)),
+        )
+        .optional()?;
+    let Some((serving, tags, traffic)) = row else {
+        return Ok(Routing::default());
+    };
+    Ok(Routing {
+        serving,
+        tags: serde_json::from_str(&tags).map_err(|e| corrupt("routing tags", e))?,
+        traffic: serde_json::from_str(&traffic).map_err(|e| corrupt("routing traffic", e))?,
+    })
+}
+
+/// Writes `routing` for `uuid` (inside the caller's transaction).
+pub(crate) fn write_routing(
+    conn: &Connection,
+    uuid: Uuid,
+    routing: &Routing,
+) -> Result<(), StoreError> {
+    let tags = serde_json::to_string(&routing.tags).map_err(|e| corrupt("routing tags", e))?;
+    let traffic =
+        serde_json::to_string(&routing.traffic).map_err(|e| corrupt("routing traffic", e))?;
+    conn.execute(
+        "INSERT INTO routing (service_uuid, serving, tags, traffic) VALUES (?1, ?2, ?3, ?4) \
+         ON CONFLICT (service_uuid) DO UPDATE SET serving = excluded.serving, tags = excluded.tags, \
+         traffic = excluded.traffic",
+        params![uuid.to_string(), routing.serving, tags, traffic],
+    )?;
+    Ok(())
+}
+
+/// Bumps the service's generation so that the dispatcher re-reads it.
+pub(crate) fn touch_service(
+    conn: &Connection,
+    uuid: Uuid,
+    now: SystemTime,
+) -> Result<(), StoreError> {
+    conn.execute(
+        "UPDATE services SET status = ?2, generation = generation + 1, updated_at_us = ?3 WHERE uuid = ?1",
+        params![uuid.to_string(), ServiceStatus::Ready.as_str(), micros(now)],
+    )?;
+    Ok(())
+}
+
+/// The next revision sequence number of a service.
+pub(crate) fn next_seq(conn: &Connection, uuid: Uuid) -> Result<u32, StoreError> {
+    let last: Option<i64> = conn.query_row(
+        "SELECT MAX(seq) FROM revisions WHERE service_uuid = ?1",
+        [uuid.to_string()],
+        |r| r.get(0),
+    )?;
+    u32::try_from(last.unwrap_or(0) + 1).map_err(|e| corrupt("revision seq", e))
+}
+
+#[async_trait]
+impl RolloutStore for SqliteStore {
+    async fn insert_candidate_revision(
+        &self,
+        service: &Service,
+        revision: &NewRevision,
+        origin: &BuildOrigin,
+        now: SystemTime,
+    ) -> Result<Revision, StoreError> {
+        let (uuid, service_name) = (service.uuid, service.name.to_string());
+        let (new, origin) = (revision.clone(), origin.clone());
+        self.write(move |conn| {
+            service_exists(conn, uuid)?;
+            let seq = next_seq(conn, uuid)?;
+            let base = Revision::name_for(&service_name, seq);
+            let name = match origin.commit.as_deref() {
+                Some(c) if c.len() >= 7 => format!("{base}-{}", &c[..7]),
+                _ => base,
+            };
+            let (image, program, args, workdir) = match &new.source {
+                RevisionSource::Image(image) => (Some(image.clone()), None, None, None),
+                RevisionSource::Command {
+                    program,
+                    args,
+                    workdir,
+                } => (
+                    None,
+                    Some(program.clone()),
+                    Some(serde_json::to_string(args).unwrap_or_else(|_| "[]".into())),
+                    Some(workdir.display().to_string()),
+                ),
+            };
+            conn.execute(
+                "INSERT INTO revisions (name, service_uuid, seq, runtime, image, program, args, workdir, \
+                 mode, probe_path, created_at_us, commit_sha, branch, trigger_id, build_id, image_id, state) \
+                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15, ?16, 'candidate')",
+                params![
+                    name,
+                    uuid.to_string(),
+                    seq,
+                    new.source.runtime(),
+                    image,
+                    program,
+                    args,
+                    workdir,
+                    new.mode.as_str(),
+                    new.probe_path,
+                    micros(now),
+                    origin.commit,
+                    origin.branch,
+                    origin.trigger_id,
+                    origin.build_id,
+                    origin.image_id,
+                ],
+            )?;
+            Ok(Revision {
+                name,
+                service_uuid: uuid,
+                seq,
+                source: new.source,
+                mode: new.mode,
+                probe_path: new.probe_path,
+                created_at: from_micros(micros(now)),
+            })
+        })
+        .await
+    }
+
+    async fn set_revision_state(&self, name: &str, state: RevisionState) -> Result<(), StoreError> {
+        let name = name.to_owned();
+        self.write(move |conn| {
+            conn.execute(
+                "UPDATE revisions SET state = ?2 WHERE name = ?1",
+                params![name, state.column()],
+            )?;
+            Ok(())
+        })
+        .await
+    }
+
+    async fn revision_infos(&self, service_uuid: Uuid) -> Result<Vec<RevisionInfo>, StoreError> {
+        self.with(move |conn| {
+            collect(
+                conn,
+                &format!(
+                    "SELECT {}, {INFO_COLUMNS} FROM revisions WHERE service_uuid = ?1 ORDER BY seq DESC",
+                    crate::dispatch::REVISION_COLUMNS
+                ),
+                [service_uuid.to_string()],
+                read_info,
+            )
+        })
+        .await
+    }
+
+    async fn routing(&self, service_uuid: Uuid) -> Result<Routing, StoreError> {
+        self.with(move |conn| read_routing(conn, service_uuid))
+            .await
+    }
+
+    async fn set_routing(&self, service_uuid: Uuid, routing: &Routing) -> Result<(), StoreError> {
+        let routing = routing.clone();
+        self.write(move |conn| {
+            service_exists(conn, service_uuid)?;
+            write_routing(conn, service_uuid, &routing)?;
+            touch_service(conn, service_uuid, SystemTime::now())
+        })
+        .await
+    }
+}
+
+#[async_trait]
+impl SecretStore for SqliteStore {
+    async fn set_secret(
+        &self,
+        service_uuid: Uuid,
+        name: &str,
+        sealed: &str,
+        now: SystemTime,
+    ) -> Result<(), StoreError> {
+        let (name, sealed) = (name.to_owned(), sealed.to_owned());
+        self.write(move |conn| {
+            service_exists(conn, service_uuid)?;
+            conn.execute(
+                "INSERT INTO secrets (service_uuid, name, sealed, updated_at_us) VALUES (?1, ?2, ?3, ?4) \
+                 ON CONFLICT (service_uuid, name) DO UPDATE SET sealed = excluded.sealed, \
+                 updated_at_us = excluded.updated_at_us",
+                params![service_uuid.to_string(), name, sealed, micros(now)],
+            )?;
+            // Instances started from now on get the new value.
+            touch_service(conn, service_uuid, now)
+        })
+        .await
+    }
+
+    async fn secret_names(&self, service_uuid: Uuid) -> Result<Vec<String>, StoreError> {
+        self.with(move |conn| {
+            let mut stmt = conn
+                .prepare_cached("SELECT name FROM secrets WHERE service_uuid = ?1 ORDER BY name")?;
+            let rows = stmt.query_map([service_uuid.to_string()], |r| r.get(0))?;
+            rows.map(|r| r.map_err(StoreError::from)).collect()
+        })
+        .await
+    }
+
+    async fn delete_secret(&self, service_uuid: Uuid, name: &str) -> Result<bool, StoreError> {
+        let name = name.to_owned();
+        self.write(move |conn| {
+            let n = conn.execute(
+                "DELETE FROM secrets WHERE service_uuid = ?1 AND name = ?2",
+                params![service_uuid.to_string(), name],
+            )?;
+            if n == 1 {
+                touch_service(conn, service_uuid, SystemTime::now())?;
+            }
+            Ok(n == 1)
+        })
+        .await
+    }
+
+    async fn sealed_secrets(
+        &self,
+        service_uuid: Uuid,
+    ) -> Result<Vec<(String, String)>, StoreError> {
+        self.with(move |conn| {
+            let mut stmt = conn.prepare_cached(
+                "SELECT name, sealed FROM secrets WHERE service_uuid = ?1 ORDER BY name",
+            )?;
+            let rows =
+                stmt.query_map([service_uuid.to_string()], |r| Ok((r.get(0)?, r.get(1)?)))?;
+            rows.map(|r| r.map_err(StoreError::from)).collect()
+        })
+        .await
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::{DispatchStore, Store};
+    use rouse_core::revision::DeliveryMode;
+    use rouse_core::{ProjectName, ServiceName};
+
+    fn service(name: &str) -> Service {
+        let p = ProjectName::parse("p").expect("valid project");
+        let n = ServiceName::parse(&p, name).expect("valid name");
+        Service::new(p, n, Uuid::new_v4(), SystemTime::now())
+    }
+
+    fn image(i: &str) -> NewRevision {
+        NewRevision {
+            source: RevisionSource::Image(i.into()),
+            mode: DeliveryMode::Server,
+            probe_path: None,
+        }
+    }
+
+    fn build(id: &str, service: Uuid) -> BuildRecord {
+        BuildRecord {
+            id: id.into(),
+            service_uuid: service,
+            trigger_id: Some("t1".into()),
+            status: "queued".into(),
+            step: None,
+            source: "file:///repo".into(),
+            commit: Some("0123456789abcdef0123456789abcdef01234567".into()),
+            branch: Some("main".into()),
+            revision: None,
+            image: None,
+            failure: None,
+            last_lines: Vec::new(),
+            created_at: SystemTime::now(),
+            started_at: None,
+            finished_at: None,
+        }
+    }
+
+    #[tokio::test]
+    async fn triggers_builds_logs_and_deliveries_round_trip() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let store = SqliteStore::open(&dir.path().join("rouse.db")).expect("open");
+        let s = service("svc");
+        store.insert_service(&s).await.expect("insert");
+        let t = TriggerRecord {
+            id: "t1".into(),
+            service_uuid: s.uuid,
+            repo: "file:///repo".into(),
+            branch_pattern: "^main$".into(),
+            tag_pattern: None,
+            dockerfile: Some("Dockerfile".into()),
+            context_dir: None,
+            included_files: vec!["src/**".into()],
+            ignored_files: Vec::new(),
+            webhook_secret_sealed: "sealed".into(),
+            github_token_sealed: None,
+            created_at: from_micros(micros(SystemTime::now())),
+        };
+        store.insert_trigger(&t).await.expect("trigger");
+        let dup = store.insert_trigger(&t).await.expect_err("duplicate");
+        assert!(dup.to_string().contains("trigger `t1`"), "{dup}");
+        assert_eq!(store.get_trigger("t1").await.expect("get"), Some(t.clone()));
+        assert_eq!(store.list_triggers(Some(s.uuid)).await.expect("list"), [t]);
+
+        assert_eq!(
+            store.claim_delivery("d1").await.expect("claim"),
+            DeliveryClaim::New
+        );
+        assert_eq!(
+            store.claim_delivery("d1").await.expect("claim"),
+            DeliveryClaim::Duplicate
+        );
+
+        let mut b = build("b1", s.uuid);
+        store.insert_build(&b).await.expect("build");
+        b.status = "failed".into();
+        b.step = Some("building".into());
+        b.failure = Some("boom".into());
+        b.last_lines = vec!["x".into()];
+        store.update_build(&b).await.expect("update");
+        let got = store.get_build("b1").await.expect("get").expect("present");
+        assert_eq!(got.failure.as_deref(), Some("boom"));
+        assert_eq!(got.last_lines, ["x"]);
+        store
+            .insert_build(&build("b2", s.uuid))
+            .await
+            .expect("build");
+        let unfinished = store.list_builds(None, true, 10).await.expect("list");
+        assert_eq!(unfinished.len(), 1);
+        assert_eq!(unfinished[0].id, "b2");
+
+        let last = store
+            .append_build_log("b1", vec!["one".into(), "two".into()])
+            .await
+            .expect("append");
+        assert_eq!(last, 2);
+        store
+            .append_build_log("b1", vec!["three".into()])
+            .await
+            .expect("append");
+        let after = store.build_log_after("b1", 1, 10).await.expect("read");
+        assert_eq!(after, [(2, "two".into()), (3, "three".into())]);
+
+        // Deleting the service deletes its triggers and builds.
+        assert!(store.delete_service(s.uuid).await.expect("delete"));
+        assert!(store.get_trigger("t1").await.expect("get").is_none());
+        assert!(store.get_build("b1").await.expect("get").is_none());
+    }
+
+    #[tokio::test]
+    async fn candidates_do_not_serve_until_routed() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let store = SqliteStore::open(&dir.path().join("rouse.db")).expect("open");
+        let s = service("svc");
+        store.insert_service(&s).await.expect("insert");
+        let first = store
+            .insert_revision(&s, &image("a"), SystemTime::now())
+            .await
+            .expect("first");
+        let origin = BuildOrigin {
+            commit: Some("abcdef0123456789".into()),
+            build_id: Some("b1".into()),
+            ..BuildOrigin::default()
+        };
+        let candidate = store
+            .insert_candidate_revision(&s, &image("b"), &origin, SystemTime::now())
+            .await
+            .expect("candidate");
+        assert_eq!(candidate.name, "svc-00002-abcdef0");
+        let serving = store.serving_revision(s.uuid).await.expect("serving");
+        assert_eq!(serving.map(|r| r.name), Some(first.name.clone()));
+
+        let generation = store
+            .get_service_by_uuid(s.uuid)
+            .await
+            .expect("get")
+            .expect("present")
+            .generation;
+        store
+            .set_revision_state(&candidate.name, RevisionState::Ready)
+            .await
+            .expect("state");
+        let mut routing = store.routing(s.uuid).await.expect("routing");
+        routing.serving = Some(candidate.name.clone());
+        routing.tags.insert("blue".into(), first.name.clone());
+        store.set_routing(s.uuid, &routing).await.expect("route");
+        assert_eq!(store.routing(s.uuid).await.expect("routing"), routing);
+        let serving = store.serving_revision(s.uuid).await.expect("serving");
+        assert_eq!(serving.map(|r| r.name), Some(candidate.name.clone()));
+        let after = store
+            .get_service_by_uuid(s.uuid)
+            .await
+            .expect("get")
+            .expect("present")
+            .generation;
+        assert!(after > generation, "routing bumps the generation");
+
+        let infos = store.revision_infos(s.uuid).await.expect("infos");
+        assert_eq!(infos[0].origin, origin);
+        assert_eq!(infos[0].state, RevisionState::Ready);
+        assert_eq!(infos[1].origin, BuildOrigin::default());
+
+        // A revision registered by hand serves at once, as before.
+        let third = store
+            .insert_revision(&s, &image("c"), SystemTime::now())
+            .await
+            .expect("third");
+        let serving = store.serving_revision(s.uuid).await.expect("serving");
+        assert_eq!(serving.map(|r| r.name), Some(third.name));
+        assert_eq!(
+            store.routing(s.uuid).await.expect("routing").tags["blue"],
+            first.name
+        );
+    }
+
+    #[tokio::test]
+    async fn secrets_keep_names_and_sealed_values() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let store = SqliteStore::open(&dir.path().join("rouse.db")).expect("open");
+        let s = service("svc");
+        store.insert_service(&s).await.expect("insert");
+        let now = SystemTime::now();
+        store.set_secret(s.uuid, "B", "sb", now).await.expect("set");
+        store.set_secret(s.uuid, "A", "sa", now).await.expect("set");
+        store
+            .set_secret(s.uuid, "A", "sa2", now)
+            .await
+            .expect("set");
+        assert_eq!(store.secret_names(s.uuid).await.expect("names"), ["A", "B"]);
+        assert_eq!(
+            store.sealed_secrets(s.uuid).await.expect("sealed"),
+            [("A".into(), "sa2".into()), ("B".into(), "sb".into())]
+        );
+        assert!(store.delete_secret(s.uuid, "A").await.expect("delete"));
+        assert!(!store.delete_secret(s.uuid, "A").await.expect("delete"));
+    }
+}

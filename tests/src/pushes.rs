@@ -1,0 +1,224 @@
+//! Git pushes as the builder sees them, for the builder's end-to-end test and
+//! the bench: a bare repository standing in for GitHub's `acme/echo` with a
+//! working clone that commits the static echo and a `FROM scratch`
+//! Dockerfile, the push payload GitHub sends, and plain HTTP/1.1 requests to
+//! the webhook server (one connection each, as GitHub makes them).
+
+use std::io::{Read as _, Write as _};
+use std::net::TcpStream;
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::time::Duration;
+
+use serde_json::{Value, json};
+
+/// `before` of a push that creates a branch.
+pub const ZERO_COMMIT: &str = "0000000000000000000000000000000000000000";
+
+/// Runs `git ARGS` in `dir` with no system or user configuration.
+pub fn git(dir: &Path, args: &[&str]) -> Result<String, String> {
+    let out = Command::new("git")
+        .args(args)
+        .current_dir(dir)
+        .env("GIT_CONFIG_NOSYSTEM", "1")
+        .env("HOME", dir)
+        .output()
+        .map_err(|e| format!("cannot run git ({e}); the builder needs it"))?;
+    if !out.status.success() {
+        return Err(format!(
+            "git {} failed: {}",
+            args.join(" "),
+            String::from_utf8_lossy(&out.stderr).trim()
+        ));
+    }
+    Ok(String::from_utf8_lossy(&out.stdout).trim().to_owned())
+}
+
+/// A `FROM scratch` Dockerfile for the static echo answering `version`.
+pub fn echo_dockerfile(version: &str) -> String {
+    format!(
+        "FROM scratch\nCOPY echo /echo\nENV ECHO_VERSION={version}\nEXPOSE 8080\nENTRYPOINT [\"/echo\"]\n"
+    )
+}
+
+/// A bare repository (`<tmp>/acme/echo.git`) and a working clone holding
+/// the static echo binary, pushing to it.
+pub struct Repo {
+    _dir: tempfile::TempDir,
+    bare: PathBuf,
+    work: PathBuf,
+}
+
+impl Repo {
+    pub fn new(echo: &Path) -> Result<Self, String> {
+        let dir = tempfile::tempdir().map_err(|e| e.to_string())?;
+        let bare = dir.path().join("acme/echo.git");
+        let work = dir.path().join("work");
+        for d in [&bare, &work] {
+            std::fs::create_dir_all(d).map_err(|e| e.to_string())?;
+        }
+        git(&bare, &["init", "--bare", "-q", "-b", "main"])?;
+        git(&work, &["init", "-q", "-b", "main"])?;
+        git(&work, &["config", "user.email", "dev@example.com"])?;
+        git(&work, &["config", "user.name", "Dev"])?;
+        let url = bare.to_str().ok_or("a non-UTF-8 temporary path")?;
+        git(&work, &["remote", "add", "origin", url])?;
+        std::fs::copy(echo, work.join("echo"))
+            .map_err(|e| format!("cannot copy the echo binary: {e}"))?;
+        Ok(Self {
+            _dir: dir,
+            bare,
+            work,
+        })
+    }
+
+    /// The bare repository's path: what a trigger's `--repo` names.
+    pub fn url(&self) -> String {
+        self.bare.display().to_string()
+    }
+
+    /// Commits `dockerfile` on the current branch; returns the commit id.
+    pub fn commit(&self, dockerfile: &str, message: &str) -> Result<String, String> {
+        std::fs::write(self.work.join("Dockerfile"), dockerfile).map_err(|e| e.to_string())?;
+        git(&self.work, &["add", "-A"])?;
+        git(
+            &self.work,
+            &["commit", "-q", "--allow-empty", "-m", message],
+        )?;
+        git(&self.work, &["rev-parse", "HEAD"])
+    }
+
+    /// Runs `git ARGS` in the working clone (e.g. to switch branches).
+    pub fn git(&self, args: &[&str]) -> Result<String, String> {
+        git(&self.work, args)
+    }
+
+    /// Pushes the current commit to `branch` (forced).
+    pub fn push(&self, branch: &str) -> Result<(), String> {
+        let refspec = format!("HEAD:refs/heads/{branch}");
+        git(&self.work, &["push", "-q", "-f", "origin", &refspec]).map(|_| ())
+    }
+
+    /// The push payload GitHub sends for `before..after` on `branch` (the
+    /// fields Rouse reads and the usual others).
+    pub fn push_payload(&self, branch: &str, before: &str, after: &str) -> Vec<u8> {
+        let commit = json!({
+            "id": after,
+            "tree_id": after,
+            "distinct": true,
+            "message": "change",
+            "timestamp": "2026-01-01T00:00:00Z",
+            "url": format!("https://github.com/acme/echo/commit/{after}"),
+            "author": {"name": "Dev", "email": "dev@example.com", "username": "dev"},
+            "committer": {"name": "Dev", "email": "dev@example.com", "username": "dev"},
+            "added": [],
+            "removed": [],
+            "modified": ["Dockerfile"],
+        });
+        json!({
+            "ref": format!("refs/heads/{branch}"),
+            "before": before,
+            "after": after,
+            "created": before == ZERO_COMMIT,
+            "deleted": false,
+            "forced": false,
+            "base_ref": null,
+            "compare": format!("https://github.com/acme/echo/compare/{before}...{after}"),
+            "commits": [commit.clone()],
+            "head_commit": commit,
+            "repository": {
+                "id": 1,
+                "node_id": "R_1",
+                "name": "echo",
+                "full_name": "acme/echo",
+                "private": false,
+                "owner": {"login": "acme", "id": 2},
+                "html_url": "https://github.com/acme/echo",
+                "clone_url": self.url(),
+                "default_branch": "main",
+            },
+            "pusher": {"name": "dev", "email": "dev@example.com"},
+            "sender": {"login": "dev", "id": 3},
+        })
+        .to_string()
+        .into_bytes()
+    }
+}
+
+/// The headers of a GitHub delivery of `event` signed with `secret`.
+pub fn github_headers(
+    secret: &str,
+    body: &[u8],
+    event: &str,
+    delivery: &str,
+) -> Vec<(&'static str, String)> {
+    vec![
+        (
+            "X-Hub-Signature-256",
+            rouse_builder::signature::sign(secret.as_bytes(), body),
+        ),
+        ("X-GitHub-Event", event.to_owned()),
+        ("X-GitHub-Delivery", delivery.to_owned()),
+    ]
+}
+
+/// POSTs `body` to `base` (`http://HOST:PORT`) + `path` on a new
+/// connection; returns the status and the body as JSON (`null` if not).
+pub fn post(
+    base: &str,
+    path: &str,
+    headers: &[(&str, String)],
+    body: &[u8],
+) -> Result<(u16, Value), String> {
+    let addr = base.trim_start_matches("http://");
+    let mut head = format!(
+        "POST {path} HTTP/1.1\r\nHost: {addr}\r\nContent-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n",
+        body.len()
+    );
+    for (k, v) in headers {
+        head.push_str(&format!("{k}: {v}\r\n"));
+    }
+    head.push_str("\r\n");
+    let mut stream = connect(addr)?;
+    stream
+        .write_all(head.as_bytes())
+        .map_err(|e| format!("write: {e}"))?;
+    // The body may be refused (413) before it is all sent.
+    let _ = stream.write_all(body);
+    read_response(&mut stream)
+}
+
+/// GETs `url` (`http://HOST:PORT/PATH`); returns the status and the body.
+pub fn get(url: &str) -> Result<(u16, Value), String> {
+    let rest = url.trim_start_matches("http://");
+    let (addr, path) = rest
+        .split_once('/')
+        .ok_or_else(|| format!("`{url}` has no path"))?;
+    let mut stream = connect(addr)?;
+    let head = format!("GET /{path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n");
+    stream
+        .write_all(head.as_bytes())
+        .map_err(|e| format!("write: {e}"))?;
+    read_response(&mut stream)
+}
+
+fn connect(addr: &str) -> Result<TcpStream, String> {
+    let stream = TcpStream::connect(addr).map_err(|e| format!("connect to {addr}: {e}"))?;
+    stream
+        .set_read_timeout(Some(Duration::from_secs(30)))
+        .map_err(|e| e.to_string())?;
+    Ok(stream)
+}
+
+fn read_response(stream: &mut TcpStream) -> Result<(u16, Value), String> {
+    let mut raw = Vec::new();
+    let _ = stream.read_to_end(&mut raw);
+    let text = String::from_utf8_lossy(&raw);
+    let status = text
+        .split_whitespace()
+        .nth(1)
+        .and_then(|s| s.parse().ok())
+        .ok_or_else(|| format!("not an HTTP response: {text}"))?;
+    let body = text.split_once("\r\n\r\n").map_or("", |(_, b)| b);
+    Ok((status, serde_json::from_str(body).unwrap_or(Value::Null)))
+}
