@@ -368,7 +368,7 @@ async fn pubsub_failure_during_create_leaves_nothing_behind() {
 #[test]
 fn unreachable_pubsub_at_start_is_a_clear_bounded_error() {
     let data = tempfile::tempdir().expect("tempdir");
-    // Nothing listens here: refused at once.
+    // Nothing listens here: refused, tried again until --pubsub-timeout.
     let host = format!("127.0.0.1:{}", free_port());
     let started = Instant::now();
     let log = Server::try_start(&host, data.path(), &["--pubsub-timeout", "2s"])

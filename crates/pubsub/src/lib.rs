@@ -162,6 +162,9 @@ impl fmt::Debug for PubSub {
     }
 }
 
+/// The pause between two attempts of [`PubSub::check`] whose connection failed.
+const CHECK_RETRY_PAUSE: Duration = Duration::from_millis(200);
+
 /// The retry policy for administrative calls: Google's recommended one, cut
 /// off at the call timeout.
 fn retry_policy(limit: Duration) -> impl google_cloud_gax::retry_policy::RetryPolicy {
@@ -253,19 +256,44 @@ impl PubSub {
         })
     }
 
-    /// One cheap call without retries: does Pub/Sub answer at all?
+    /// Does Pub/Sub answer at all? One cheap call, repeated while the
+    /// connection itself fails (an emulator that has just bound its port may
+    /// drop the first connections) until the call timeout has passed; an
+    /// answer that refuses the call is final at once.
     pub async fn check(&self) -> Result<(), PubSubError> {
         let project = format!("projects/{}", self.config.project);
-        let call = self
-            .topics
-            .list_topics()
-            .set_project(project.clone())
-            .set_page_size(1)
-            .with_retry_policy(NeverRetry)
-            .send();
-        self.bounded("list topics in", &project, call)
-            .await
-            .map(drop)
+        let deadline = tokio::time::Instant::now() + self.config.call_timeout;
+        loop {
+            let call = self
+                .topics
+                .list_topics()
+                .set_project(project.clone())
+                .set_page_size(1)
+                .with_retry_policy(NeverRetry)
+                .send();
+            let left = deadline.saturating_duration_since(tokio::time::Instant::now());
+            let result = match tokio::time::timeout(left, call).await {
+                Ok(result) => result
+                    .map(drop)
+                    .map_err(|e| self.call_error("list topics in", &project, &e)),
+                Err(_) => Err(PubSubError::Timeout {
+                    op: "list topics in",
+                    resource: project.clone(),
+                    endpoint: self.endpoint.clone(),
+                    timeout: self.config.call_timeout,
+                }),
+            };
+            match result {
+                Err(e @ PubSubError::Call { code: None, .. })
+                    if deadline.saturating_duration_since(tokio::time::Instant::now())
+                        > CHECK_RETRY_PAUSE =>
+                {
+                    tracing::info!(error = %e, "Pub/Sub does not answer yet; trying again");
+                    tokio::time::sleep(CHECK_RETRY_PAUSE).await;
+                }
+                other => return other,
+            }
+        }
     }
 
     /// Creates the topic unless it exists.
@@ -390,6 +418,39 @@ impl PubSub {
         }
     }
 
+    /// A failed call, named: Pub/Sub's own message when it answered, else the
+    /// transport's error with its causes (e.g. "connection refused").
+    fn call_error(
+        &self,
+        op: &'static str,
+        resource: &str,
+        e: &google_cloud_pubsub::Error,
+    ) -> PubSubError {
+        let message = match e.status() {
+            Some(status) => status.message.clone(),
+            None => {
+                let mut message = e.to_string();
+                let mut source = std::error::Error::source(e);
+                while let Some(cause) = source {
+                    let text = cause.to_string();
+                    if !message.contains(&text) {
+                        message.push_str(": ");
+                        message.push_str(&text);
+                    }
+                    source = cause.source();
+                }
+                message
+            }
+        };
+        PubSubError::Call {
+            op,
+            resource: resource.to_owned(),
+            endpoint: self.endpoint.clone(),
+            code: e.status().map(|s| s.code),
+            message,
+        }
+    }
+
     /// Runs one call under the call timeout and names what failed.
     async fn bounded<T>(
         &self,
@@ -399,15 +460,7 @@ impl PubSub {
     ) -> Result<T, PubSubError> {
         match tokio::time::timeout(self.config.call_timeout, call).await {
             Ok(Ok(v)) => Ok(v),
-            Ok(Err(e)) => Err(PubSubError::Call {
-                op,
-                resource: resource.to_owned(),
-                endpoint: self.endpoint.clone(),
-                code: e.status().map(|s| s.code),
-                message: e
-                    .status()
-                    .map_or_else(|| e.to_string(), |s| s.message.clone()),
-            }),
+            Ok(Err(e)) => Err(self.call_error(op, resource, &e)),
             Err(_) => Err(PubSubError::Timeout {
                 op,
                 resource: resource.to_owned(),
