@@ -112,7 +112,7 @@ impl Emulator {
             if let Ok(Some(status)) = self.child.try_wait() {
                 panic!("the emulator exited at start ({status}):\n{}", self.log());
             }
-            if TcpStream::connect_timeout(&addr, Duration::from_millis(200)).is_ok() {
+            if answers_pubsub(&addr) {
                 return;
             }
             std::thread::sleep(Duration::from_millis(100));
@@ -154,6 +154,25 @@ impl Drop for Emulator {
     fn drop(&mut self) {
         self.shutdown();
     }
+}
+
+/// True when `addr` answers a Pub/Sub REST call with 200: listening alone is
+/// not enough (the emulator binds its port before it serves, and a free port
+/// may have been taken by another test's process meanwhile).
+fn answers_pubsub(addr: &SocketAddr) -> bool {
+    use std::io::{Read as _, Write as _};
+    let Ok(mut stream) = TcpStream::connect_timeout(addr, Duration::from_millis(200)) else {
+        return false;
+    };
+    let _ = stream.set_read_timeout(Some(Duration::from_secs(5)));
+    let request = format!(
+        "GET /v1/projects/rouse-ready/topics?pageSize=1 HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n"
+    );
+    if stream.write_all(request.as_bytes()).is_err() {
+        return false;
+    }
+    let mut head = [0u8; 12];
+    stream.read_exact(&mut head).is_ok() && head.starts_with(b"HTTP/1.1 200")
 }
 
 /// The `rouse` binary built for this test run.
@@ -424,5 +443,6 @@ pub fn workspace_bin(name: &str) -> PathBuf {
 
 pub mod asker;
 pub mod echo_image;
+pub mod image_registry;
 pub mod octue;
 pub mod pushes;

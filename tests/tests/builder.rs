@@ -220,13 +220,15 @@ fn serving(server: &Server) -> String {
         .to_owned()
 }
 
-/// Removes the images the builds made, whatever happens.
-struct Images;
+/// Removes the images the builds made (every tag of each, registry tags
+/// included), whatever happens. Each test builds its own repository, so one
+/// test's cleanup never removes what another still runs.
+struct Images(&'static str);
 
 impl Drop for Images {
     fn drop(&mut self) {
         if let Ok(out) = Command::new("docker")
-            .args(["images", "-q", "rouse/p-echo"])
+            .args(["images", "-q", self.0])
             .output()
         {
             let ids = String::from_utf8_lossy(&out.stdout);
@@ -245,7 +247,7 @@ impl Drop for Images {
 async fn a_push_builds_rolls_out_and_reports_back() {
     let echo = static_echo_binary()
         .unwrap_or_else(|| panic!("the static echo is not built: run `{STATIC_BUILD}` first"));
-    let _images = Images;
+    let _images = Images("rouse/p-echo");
     let github = GithubStandIn::start();
     let emulator = Emulator::start();
     let data = tempfile::tempdir().expect("tempdir");
@@ -651,4 +653,141 @@ async fn a_push_builds_rolls_out_and_reports_back() {
         !server.log().contains("from-a-secret"),
         "a secret was logged"
     );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_build_pushes_its_image_to_the_configured_registry() {
+    let echo = static_echo_binary()
+        .unwrap_or_else(|| panic!("the static echo is not built: run `{STATIC_BUILD}` first"));
+    let _images = Images("rouse/reg-echo");
+    let registry =
+        rouse_tests::image_registry::RegistryStandIn::start(Some(("robot", "s3cret"))).await;
+    let emulator = Emulator::start();
+    let data = tempfile::tempdir().expect("tempdir");
+    let credentials = data.path().join("registry.json");
+    std::fs::write(
+        &credentials,
+        r#"{"username": "robot", "password": "s3cret"}"#,
+    )
+    .expect("write credentials");
+    let prefix = format!("{}/team", registry.host());
+    let server = Server::start(
+        &emulator,
+        data.path(),
+        &[
+            "--registry",
+            &prefix,
+            "--registry-credentials",
+            credentials.to_str().expect("utf-8"),
+        ],
+    );
+    server.allow_anonymous_askers("reg");
+    let service = server
+        .rouse(&[
+            "services",
+            "create",
+            "echo",
+            "--project",
+            "reg",
+            "--format",
+            "json",
+        ])
+        .json();
+    let topic = service["topic"].as_str().expect("topic").to_owned();
+    let repo = Repo::new(&echo).expect("a git repository");
+    server.rouse(&[
+        "triggers",
+        "create",
+        "echo",
+        "--project",
+        "reg",
+        "--repo",
+        &repo.url(),
+        "--branch-pattern",
+        "^main$",
+        "--webhook-secret",
+        SECRET,
+    ]);
+    let mut asker = Asker::new(emulator.host(), NETWORK).await;
+
+    // 1. The build is pushed under the commit and `latest`, with the
+    // credentials; the revision runs the pushed reference.
+    let v1 = repo
+        .commit(&dockerfile("pushed"), "v1")
+        .expect("git commit");
+    let (status, answer) = push_and_notify(&server, &repo, "main", ZERO, &v1, "r-1");
+    assert_eq!(status, 202, "{answer}");
+    let b1 = answer["build_id"].as_str().expect("a build id").to_owned();
+    let done = wait_build(&server, &b1);
+    assert_eq!(done["status"], "succeeded", "{done}\n{}", server.log());
+    let reference = format!("{prefix}/reg-echo:{}", &v1[..12]);
+    assert_eq!(done["image"], reference.as_str(), "{done}");
+    assert_eq!(
+        registry.tags(),
+        [
+            format!("team/reg-echo:{}", &v1[..12]),
+            "team/reg-echo:latest".to_owned()
+        ],
+        "{}",
+        server.rouse(&["builds", "logs", &b1]).stdout
+    );
+    assert_eq!(
+        registry.manifest("team/reg-echo", &v1[..12]),
+        registry.manifest("team/reg-echo", "latest"),
+        "both tags name the same image"
+    );
+    assert!(registry.blob_count() >= 2, "a layer and a config");
+    let logs = server.rouse(&["builds", "logs", &b1]).ok().to_owned();
+    assert!(logs.contains(&format!("pushing {reference}")), "{logs}");
+    assert!(
+        !logs.contains("s3cret"),
+        "the password is never logged: {logs}"
+    );
+    let rev1 = done["revision"].as_str().expect("a revision").to_owned();
+    let detail = server
+        .rouse(&[
+            "revisions",
+            "describe",
+            &rev1,
+            "--service",
+            "echo",
+            "--project",
+            "reg",
+            "--format",
+            "json",
+        ])
+        .json();
+    assert!(
+        detail["source"]
+            .as_str()
+            .unwrap_or_default()
+            .contains(&reference),
+        "{detail}"
+    );
+    let q = asker.ask(&topic, "reg/echo", json!({"n": 1})).await;
+    let a = asker.answer(&q, ANSWER).await;
+    assert_eq!(a.kind, "result", "{:?}\n{}", a.data, server.log());
+    assert_eq!(a.data["output_values"]["version"], "pushed");
+
+    // 2. A registry that cannot be reached fails the build at `pushing`,
+    // naming the reference; no revision is made and the old one serves.
+    drop(registry);
+    let v2 = repo
+        .commit(&dockerfile("unpushed"), "v2")
+        .expect("git commit");
+    let (status, answer) = push_and_notify(&server, &repo, "main", &v1, &v2, "r-2");
+    assert_eq!(status, 202, "{answer}");
+    let b2 = answer["build_id"].as_str().expect("a build id").to_owned();
+    let done = wait_build(&server, &b2);
+    assert_eq!(done["status"], "failed", "{done}");
+    assert_eq!(done["step"], "pushing", "{done}");
+    let failure = done["failure"].as_str().unwrap_or_default();
+    assert!(
+        failure.contains(&format!("{prefix}/reg-echo:{}", &v2[..12])),
+        "{done}"
+    );
+    assert!(done["revision"].is_null(), "{done}");
+    let q = asker.ask(&topic, "reg/echo", json!({"n": 2})).await;
+    let a = asker.answer(&q, ANSWER).await;
+    assert_eq!(a.data["output_values"]["version"], "pushed", "{:?}", a.data);
 }

@@ -20,7 +20,7 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, SystemTime};
 
 use futures::Stream;
-use rouse_builder::docker::{BuildSpec, ImageBuilder};
+use rouse_builder::docker::{BuildSpec, ImageBuilder, RegistryCredentials};
 use rouse_builder::git::{GitConfig, GitFetcher};
 use rouse_builder::github::{CommitState, CommitStatus, GithubRepo, StatusReporter};
 use rouse_builder::queue::{
@@ -63,6 +63,17 @@ pub struct BuilderConfig {
     /// Base URL the webhook server is reached at (`http://127.0.0.1:7071`).
     pub webhook_url: String,
     pub queue: QueueConfig,
+    /// Where built images are pushed; `None` keeps them in the local engine.
+    pub registry: Option<RegistryConfig>,
+}
+
+/// A registry built images are pushed to, as
+/// `<prefix>/<project>-<service>:<commit12>` and `:latest`.
+#[derive(Debug, Clone)]
+pub struct RegistryConfig {
+    /// `host[:port][/path]`, checked by [`rouse_builder::docker::parse_registry`].
+    pub prefix: String,
+    pub credentials: Option<RegistryCredentials>,
 }
 
 /// What one build works on.
@@ -116,6 +127,7 @@ impl Builder {
         let pipeline = Arc::new(Pipeline {
             backend: backend.clone(),
             fetcher: GitFetcher::new(GitConfig::new(&config.state_dir)),
+            registry: config.registry.clone(),
         });
         let sink = Arc::new(StoreSink {
             backend: backend.clone(),
@@ -338,6 +350,7 @@ impl BuildLog {
 struct Pipeline {
     backend: Backend,
     fetcher: GitFetcher,
+    registry: Option<RegistryConfig>,
 }
 
 #[async_trait::async_trait]
@@ -471,7 +484,39 @@ impl Pipeline {
             .map_err(|e| BuildFailure::new(format!("building failed: {e}")))?;
         drop(tree);
         log.line(format!("built image {} ({})", tags[0], built.id));
-        log.line("no registry is configured: the image stays in the local engine");
+        // With a registry, the revision runs the pushed reference (the local
+        // engine holds it too), as a Cloud Run revision names its image.
+        let image = match &self.registry {
+            None => {
+                log.line("no registry is configured: the image stays in the local engine");
+                tags[0].clone()
+            }
+            Some(registry) => {
+                ctx.set_status(BuildStatus::Pushing).await;
+                let mut pushed = Vec::with_capacity(tags.len());
+                for tag in &tags {
+                    let (_, tag) = tag.rsplit_once(':').unwrap_or((tag, "latest"));
+                    let reference = format!(
+                        "{}/{}-{}:{tag}",
+                        registry.prefix, service.project, service.name
+                    );
+                    log.line(format!("pushing {reference}"));
+                    images
+                        .push(
+                            &built.id,
+                            &reference,
+                            registry.credentials.as_ref(),
+                            &mut on_line,
+                            cancel,
+                        )
+                        .await
+                        .map_err(|e| BuildFailure::new(format!("pushing failed: {e}")))?;
+                    pushed.push(reference);
+                }
+                log.line(format!("pushed {}", pushed.join(" and ")));
+                pushed.swap_remove(0)
+            }
+        };
 
         ctx.set_status(BuildStatus::RollingOut).await;
         let store = &self.backend.store;
@@ -502,7 +547,7 @@ impl Pipeline {
             .insert_candidate_revision(
                 &service,
                 &NewRevision {
-                    source: RevisionSource::Image(tags[0].clone()),
+                    source: RevisionSource::Image(image.clone()),
                     mode,
                     probe_path,
                 },
@@ -513,7 +558,7 @@ impl Pipeline {
             .map_err(|e| BuildFailure::new(format!("rolling-out failed: {e}")))?;
         if let Ok(Some(mut record)) = store.get_build(ctx.id()).await {
             record.revision = Some(candidate.name.clone());
-            record.image = Some(tags[0].clone());
+            record.image = Some(image.clone());
             let _ = store.update_build(&record).await;
         }
         log.line(format!(

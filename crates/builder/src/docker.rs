@@ -16,7 +16,8 @@
 //! the step and carrying the last log lines. The first tag is given to the
 //! build, the others (`:latest`) are added once it succeeded. Images are
 //! never pulled from a registry here: a `FROM` names a local image (or
-//! `scratch`); pushing to a registry is a later step.
+//! `scratch`). [`ImageBuilder::push`] tags a built image into a registry's
+//! repository and pushes it, with the engine doing the registry protocol.
 
 use std::collections::{BTreeMap, HashMap, VecDeque};
 use std::io::{self, Write};
@@ -24,8 +25,9 @@ use std::path::{Component, Path, PathBuf};
 use std::time::Duration;
 
 use bollard::Docker;
+use bollard::auth::DockerCredentials;
 use bollard::query_parameters::{
-    BuildImageOptions, RemoveImageOptionsBuilder, TagImageOptionsBuilder,
+    BuildImageOptions, PushImageOptions, RemoveImageOptionsBuilder, TagImageOptionsBuilder,
 };
 use bytes::Bytes;
 use futures::StreamExt;
@@ -126,6 +128,8 @@ pub enum BuildError {
         message: String,
         last_lines: Vec<String>,
     },
+    #[error("pushing `{reference}` failed: {message}")]
+    Push { reference: String, message: String },
     #[error("image build was cancelled")]
     Cancelled,
     #[error("Docker engine error while trying to {action}: {source}")]
@@ -337,6 +341,77 @@ impl ImageBuilder {
         })
     }
 
+    /// Tags image `id` as `reference` (`host[:port]/path:tag`) and pushes
+    /// that tag, passing the engine's progress lines to `on_line` (one per
+    /// layer and state, not the byte counts). A registry that refuses or
+    /// cannot be reached ends it with [`BuildError::Push`] naming it.
+    pub async fn push(
+        &self,
+        id: &str,
+        reference: &str,
+        credentials: Option<&RegistryCredentials>,
+        on_line: &mut (dyn FnMut(&str) + Send),
+        cancel: &CancellationToken,
+    ) -> Result<(), BuildError> {
+        let (repo, tag) = split_tag(reference);
+        let options = TagImageOptionsBuilder::default()
+            .repo(repo)
+            .tag(tag)
+            .build();
+        self.docker
+            .tag_image(id, Some(options))
+            .await
+            .map_err(|source| BuildError::Engine {
+                action: format!("tag {id} as {reference}"),
+                source,
+            })?;
+        let options = PushImageOptions {
+            tag: Some(tag.to_owned()),
+            platform: None,
+        };
+        let credentials = credentials.map(|c| DockerCredentials {
+            username: Some(c.username.clone()),
+            password: Some(c.password.clone()),
+            serveraddress: Some(registry_host(repo).to_owned()),
+            ..DockerCredentials::default()
+        });
+        let mut stream = self.docker.push_image(repo, Some(options), credentials);
+        let mut last = String::new();
+        loop {
+            let item = tokio::select! {
+                biased;
+                () = cancel.cancelled() => return Err(BuildError::Cancelled),
+                item = stream.next() => item,
+            };
+            let Some(item) = item else { return Ok(()) };
+            match item {
+                Ok(info) => {
+                    if let Some(status) = info.status {
+                        // "Pushing" repeats with byte counts; every other
+                        // state is worth a line.
+                        if status != "Pushing" && status != last {
+                            on_line(&status);
+                            last = status;
+                        }
+                    }
+                }
+                Err(err) => {
+                    let message = match err {
+                        bollard::errors::Error::DockerResponseServerError { message, .. } => {
+                            message
+                        }
+                        bollard::errors::Error::DockerStreamError { error } => error,
+                        other => other.to_string(),
+                    };
+                    return Err(BuildError::Push {
+                        reference: reference.to_owned(),
+                        message: message.trim().to_owned(),
+                    });
+                }
+            }
+        }
+    }
+
     /// Removes an image by reference (a tag or an id), forcibly; a missing
     /// image is not an error.
     pub async fn remove_image(&self, reference: &str) -> Result<(), BuildError> {
@@ -364,6 +439,70 @@ pub fn default_socket() -> String {
         .ok()
         .and_then(|host| host.strip_prefix("unix://").map(str::to_owned))
         .unwrap_or_else(|| DEFAULT_SOCKET.to_owned())
+}
+
+/// The user name and password (or token) a registry accepts, as in
+/// `docker login`. For Google's Artifact Registry: `oauth2accesstoken` and
+/// an access token.
+#[derive(Clone, serde::Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RegistryCredentials {
+    pub username: String,
+    pub password: String,
+}
+
+impl std::fmt::Debug for RegistryCredentials {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("RegistryCredentials")
+            .field("username", &self.username)
+            .field("password", &"<redacted>")
+            .finish()
+    }
+}
+
+/// Checks a registry setting (`host[:port][/path]`, as in
+/// `europe-west1-docker.pkg.dev/my-project/rouse` or `127.0.0.1:5000`) and
+/// returns it without a trailing `/`. The host must look like one (a `.` or
+/// a `:` in it, or `localhost`): otherwise the engine would read it as a
+/// Docker Hub namespace and push there.
+pub fn parse_registry(value: &str) -> Result<String, String> {
+    let trimmed = value.trim().trim_end_matches('/');
+    if trimmed.is_empty() {
+        return Err("registry is empty: give host[:port][/path], e.g. 127.0.0.1:5000/rouse".into());
+    }
+    if trimmed.contains("://") {
+        return Err(format!(
+            "registry `{value}` has a scheme: give host[:port][/path] without it, e.g. {}",
+            trimmed.split_once("://").map_or(trimmed, |(_, rest)| rest)
+        ));
+    }
+    if let Some(bad) = trimmed
+        .chars()
+        .find(|c| !(c.is_ascii_lowercase() || c.is_ascii_digit() || "._-/:".contains(*c)))
+    {
+        return Err(format!(
+            "registry `{value}` has `{bad}`: image repositories allow lowercase letters, digits and `._-/` (and `:port` after the host)"
+        ));
+    }
+    let host = registry_host(trimmed);
+    if !(host.contains('.') || host.contains(':') || host == "localhost") {
+        return Err(format!(
+            "registry `{value}` does not start with a registry host (`{host}` has no `.` or `:port`), so Docker would push to Docker Hub: give e.g. {host}.example.com or localhost:5000"
+        ));
+    }
+    if trimmed.split('/').any(str::is_empty) || trimmed[host.len()..].contains(':') {
+        return Err(format!(
+            "registry `{value}` is not host[:port][/path] (an empty path part, or a tag)"
+        ));
+    }
+    Ok(trimmed.to_owned())
+}
+
+/// The registry part of a repository: `host[:port]` before the first `/`.
+fn registry_host(repository: &str) -> &str {
+    repository
+        .split_once('/')
+        .map_or(repository, |(host, _)| host)
 }
 
 /// `repo:tag` (the repository may hold a registry port: `host:5000/x:tag`).
@@ -699,6 +838,46 @@ mod tests {
             .into_iter()
             .map(|(name, _)| name)
             .collect()
+    }
+
+    #[test]
+    fn registry_settings_are_checked_and_named() {
+        for good in [
+            "127.0.0.1:5000",
+            "localhost:5000/rouse/",
+            "europe-west1-docker.pkg.dev/my-project/rouse",
+            "localhost",
+        ] {
+            let parsed = parse_registry(good).unwrap_or_else(|e| panic!("{good}: {e}"));
+            assert!(!parsed.ends_with('/'), "{parsed}");
+        }
+        for (bad, needle) in [
+            ("", "empty"),
+            (
+                "https://registry.example.com",
+                "without it, e.g. registry.example.com",
+            ),
+            ("myteam/images", "Docker Hub"),
+            ("Registry.example.com", "`R`"),
+            ("registry.example.com//x", "empty path part"),
+            ("registry.example.com/x:v1", "a tag"),
+        ] {
+            let err = parse_registry(bad).expect_err(bad);
+            assert!(err.contains(needle), "{bad}: {err}");
+        }
+    }
+
+    #[test]
+    fn registry_credentials_refuse_unknown_fields_and_hide_the_password() {
+        let creds: RegistryCredentials =
+            serde_json::from_str(r#"{"username":"oauth2accesstoken","password":"s3cret"}"#)
+                .expect("parse");
+        assert!(!format!("{creds:?}").contains("s3cret"));
+        let err = serde_json::from_str::<RegistryCredentials>(
+            r#"{"username":"u","password":"p","token":"t"}"#,
+        )
+        .expect_err("unknown field");
+        assert!(err.to_string().contains("token"), "{err}");
     }
 
     #[test]

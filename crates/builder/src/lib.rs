@@ -16,7 +16,7 @@
 //! the build's runner    ─▶ github: commit status `pending`
 //!   (a queue::BuildRunner) ─▶ fetching:    git::GitFetcher::checkout (exactly the pushed commit)
 //!                       ─▶ building:    docker::ImageBuilder::build (rouse/<project>-<service>:<commit12>, :latest)
-//!                       ─▶ pushing:     (optional registry push, later)
+//!                       ─▶ pushing:     docker::ImageBuilder::push (when a registry is configured)
 //!                       ─▶ rolling-out: a revision of the image, one instance
 //!                                       ready within the wake timeout, then serving
 //!                       ─▶ github: `success` / `failure` / `error`

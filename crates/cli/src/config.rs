@@ -46,6 +46,8 @@ pub struct BuilderSection {
     pub webhook_listen: Option<SocketAddr>,
     pub github_api_url: Option<String>,
     pub secrets_key: Option<PathBuf>,
+    pub registry: Option<String>,
+    pub registry_credentials: Option<PathBuf>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -109,6 +111,10 @@ pub struct ServerConfig {
     pub github_api_url: String,
     /// The key sealing secrets, kept outside the store.
     pub secrets_key: PathBuf,
+    /// Where built images are pushed (`host[:port][/path]`), if anywhere.
+    pub registry: Option<String>,
+    /// A JSON file `{"username": …, "password": …}` for the registry.
+    pub registry_credentials: Option<PathBuf>,
 }
 
 /// Which roles this process runs.
@@ -275,7 +281,28 @@ impl ServerConfig {
             .clone()
             .or(file.builder.secrets_key)
             .unwrap_or_else(|| data_dir.join("secrets.key"));
+        let registry = args
+            .registry
+            .clone()
+            .or(file.builder.registry)
+            .map(|r| rouse_builder::docker::parse_registry(&r))
+            .transpose()
+            .map_err(|e| format!("{e} (--registry, ROUSE_REGISTRY or [builder] registry)"))?;
+        let registry_credentials = args
+            .registry_credentials
+            .clone()
+            .or(file.builder.registry_credentials);
+        if registry.is_none()
+            && let Some(path) = &registry_credentials
+        {
+            return Err(format!(
+                "registry credentials `{}` are given but no registry: set --registry (ROUSE_REGISTRY) too, or drop them",
+                path.display()
+            ));
+        }
         Ok(Self {
+            registry,
+            registry_credentials,
             webhook_listen,
             github_api_url,
             secrets_key,
@@ -383,6 +410,51 @@ mod tests {
         let cfg = ServerConfig::resolve(&args, log).expect("resolve");
         assert_eq!(cfg.webhook_listen.port(), 9100, "file beats default");
         assert_eq!(cfg.github_api_url, "http://flag", "flag beats file");
+    }
+
+    #[test]
+    fn registry_settings_are_checked_and_named() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let path = dir.path().join("rouse.toml");
+        std::fs::write(
+            &path,
+            "[pubsub]\nemulator_host = \"127.0.0.1:1\"\n[builder]\nregistry = \"file.example.com/team/\"\n",
+        )
+        .expect("write");
+        let p = path.to_str().expect("utf-8");
+        let (args, log) = server_args(&["rouse", "server", "--config", p, "--data-dir", "/d"]);
+        let cfg = ServerConfig::resolve(&args, log).expect("resolve");
+        assert_eq!(cfg.registry.as_deref(), Some("file.example.com/team"));
+        let (args, log) = server_args(&[
+            "rouse",
+            "server",
+            "--config",
+            p,
+            "--data-dir",
+            "/d",
+            "--registry",
+            "myteam",
+        ]);
+        let err = ServerConfig::resolve(&args, log).expect_err("not a registry host");
+        assert!(
+            err.contains("`myteam`") && err.contains("--registry"),
+            "{err}"
+        );
+        let (args, log) = server_args(&[
+            "rouse",
+            "server",
+            "--data-dir",
+            "/d",
+            "--pubsub-emulator-host",
+            "127.0.0.1:1",
+            "--registry-credentials",
+            "/creds.json",
+        ]);
+        let err = ServerConfig::resolve(&args, log).expect_err("credentials without a registry");
+        assert!(
+            err.contains("/creds.json") && err.contains("--registry"),
+            "{err}"
+        );
     }
 
     #[test]

@@ -62,6 +62,13 @@ pub struct ServerArgs {
     /// The key sealing secrets, kept outside the store [default: <data-dir>/secrets.key].
     #[arg(long, env = "ROUSE_SECRETS_KEY")]
     pub secrets_key: Option<PathBuf>,
+    /// Push built images to this registry, `host[:port][/path]`, as
+    /// `<registry>/<project>-<service>:<commit12>` and `:latest` [default: none, images stay in the local engine].
+    #[arg(long, env = "ROUSE_REGISTRY")]
+    pub registry: Option<String>,
+    /// A JSON file `{"username": …, "password": …}` the registry accepts (as `docker login`).
+    #[arg(long, env = "ROUSE_REGISTRY_CREDENTIALS")]
+    pub registry_credentials: Option<PathBuf>,
 }
 
 /// How long the dispatcher gets to stop its instances at shutdown.
@@ -104,8 +111,40 @@ impl InstanceSecrets for Secrets {
     }
 }
 
+/// The registry built images go to, with its credentials read now so that a
+/// bad file stops the start rather than the first build.
+fn registry_config(
+    config: &ServerConfig,
+) -> Result<Option<rouse_api::builds::RegistryConfig>, String> {
+    let Some(prefix) = &config.registry else {
+        return Ok(None);
+    };
+    let credentials = match &config.registry_credentials {
+        None => None,
+        Some(path) => {
+            let text = std::fs::read_to_string(path).map_err(|e| {
+                format!(
+                    "cannot read registry credentials `{}`: {e}; give a JSON file {{\"username\": …, \"password\": …}}",
+                    path.display()
+                )
+            })?;
+            Some(serde_json::from_str(&text).map_err(|e| {
+                format!(
+                    "registry credentials `{}` are not {{\"username\": …, \"password\": …}}: {e}",
+                    path.display()
+                )
+            })?)
+        }
+    };
+    Ok(Some(rouse_api::builds::RegistryConfig {
+        prefix: prefix.clone(),
+        credentials,
+    }))
+}
+
 pub async fn run(args: ServerArgs, log_format: Option<LogFormat>) -> Result<(), CliError> {
     let config = ServerConfig::resolve(&args, log_format).map_err(CliError::usage)?;
+    let registry = registry_config(&config).map_err(CliError::usage)?;
     super::init_tracing(config.log_format, "warn,rouse=info");
     let internal = |e: &dyn std::fmt::Display| CliError::internal(e.to_string());
 
@@ -256,6 +295,7 @@ pub async fn run(args: ServerArgs, log_format: Option<LogFormat>) -> Result<(), 
                 github_api_url: config.github_api_url.clone(),
                 webhook_url: format!("http://{webhook_addr}"),
                 queue: rouse_builder::queue::QueueConfig::default(),
+                registry,
             },
         )
         .await
