@@ -10,11 +10,13 @@ use std::time::SystemTime;
 
 use rouse_core::ProjectName;
 use rouse_iam::{
-    Caller, CustomRole, CustomRoleName, Permission, Policy, PredefinedRole, Principal, Resource,
-    RoleDocument, RoleName, Stage,
+    Caller, CustomRole, CustomRoleName, GroupName, Permission, Policy, PredefinedRole, Principal,
+    Resource, RoleDocument, RoleName, Stage,
 };
 use rouse_identity::{Account, PublicKey};
-use rouse_store::{AuditEntry, AuditFilter, PublicKeyRecord, ServiceAccountRecord, StoredPolicy};
+use rouse_store::{
+    AuditEntry, AuditFilter, GroupRecord, PublicKeyRecord, ServiceAccountRecord, StoredPolicy,
+};
 use tonic::{Request, Response, Status};
 
 use crate::auth::project_resource;
@@ -1053,5 +1055,263 @@ impl pb::roles_server::Roles for RolesApi {
             )
             .await;
         Ok(Response::new(custom_to_pb(&role)))
+    }
+}
+
+/// The `Groups` API: groups live on the root, so every method checks its
+/// `groups.*` permission there.
+#[derive(Clone)]
+pub struct GroupsApi {
+    backend: Backend,
+}
+
+impl GroupsApi {
+    pub fn new(backend: Backend) -> Self {
+        Self { backend }
+    }
+
+    async fn find(&self, name: &GroupName) -> Result<GroupRecord, ApiError> {
+        self.backend
+            .store
+            .get_group(name.as_str())
+            .await?
+            .ok_or_else(|| {
+                ApiError::NotFound(format!(
+                    "group `{name}` does not exist; `rouse iam groups list` shows those that do"
+                ))
+            })
+    }
+}
+
+/// A group name as `NAME` or `group:NAME`.
+fn group_name(value: &str) -> Result<GroupName, ApiError> {
+    GroupName::parse(value.strip_prefix("group:").unwrap_or(value)).map_err(invalid)
+}
+
+/// A principal that can be in a group: a user, a service account or a service.
+fn group_member(value: &str) -> Result<Principal, ApiError> {
+    let principal = Principal::parse(value).map_err(invalid)?;
+    match principal {
+        Principal::User(_) | Principal::ServiceAccount(_) | Principal::Service(_) => Ok(principal),
+        _ => Err(ApiError::InvalidArgument(format!(
+            "`{value}` cannot be a group member: members are `user:EMAIL`, `serviceAccount:NAME@PROJECT.rouse` or `service:NAMESPACE/NAME` (groups do not nest; bind `{value}` itself instead)"
+        ))),
+    }
+}
+
+fn group_resource(name: &GroupName) -> String {
+    format!("groups/{name}")
+}
+
+fn group_to_pb(g: &GroupRecord) -> pb::Group {
+    pb::Group {
+        name: g.name.clone(),
+        description: g.description.clone(),
+        members: g.members.clone(),
+        created_at: timestamp(g.created_at),
+    }
+}
+
+#[tonic::async_trait]
+impl pb::groups_server::Groups for GroupsApi {
+    async fn create_group(
+        &self,
+        request: Request<pb::CreateGroupRequest>,
+    ) -> Result<Response<pb::Group>, Status> {
+        let caller = self
+            .backend
+            .authorize(
+                &request,
+                "CreateGroup",
+                Permission::GroupsCreate,
+                &Resource::Root,
+            )
+            .await?;
+        let req = request.into_inner();
+        let name = group_name(&req.name)?;
+        let record = GroupRecord {
+            name: name.to_string(),
+            description: req.description,
+            members: Vec::new(),
+            created_at: SystemTime::now(),
+        };
+        self.backend
+            .store
+            .create_group(&record)
+            .await
+            .map_err(ApiError::from)?;
+        self.backend
+            .changed(
+                &caller,
+                "CreateGroup",
+                &group_resource(&name),
+                Permission::GroupsCreate,
+                serde_json::Value::Null,
+                serde_json::json!({ "name": record.name, "description": record.description }),
+            )
+            .await;
+        Ok(Response::new(group_to_pb(&record)))
+    }
+
+    async fn get_group(
+        &self,
+        request: Request<pb::GetGroupRequest>,
+    ) -> Result<Response<pb::Group>, Status> {
+        self.backend
+            .authorize(&request, "GetGroup", Permission::GroupsGet, &Resource::Root)
+            .await?;
+        let name = group_name(&request.get_ref().name)?;
+        Ok(Response::new(group_to_pb(&self.find(&name).await?)))
+    }
+
+    async fn list_groups(
+        &self,
+        request: Request<pb::ListGroupsRequest>,
+    ) -> Result<Response<pb::ListGroupsResponse>, Status> {
+        self.backend
+            .authorize(
+                &request,
+                "ListGroups",
+                Permission::GroupsList,
+                &Resource::Root,
+            )
+            .await?;
+        let groups = self
+            .backend
+            .store
+            .list_groups()
+            .await
+            .map_err(ApiError::from)?;
+        Ok(Response::new(pb::ListGroupsResponse {
+            groups: groups.iter().map(group_to_pb).collect(),
+        }))
+    }
+
+    async fn delete_group(
+        &self,
+        request: Request<pb::DeleteGroupRequest>,
+    ) -> Result<Response<pb::Group>, Status> {
+        let caller = self
+            .backend
+            .authorize(
+                &request,
+                "DeleteGroup",
+                Permission::GroupsDelete,
+                &Resource::Root,
+            )
+            .await?;
+        let name = group_name(&request.get_ref().name)?;
+        let group = self.find(&name).await?;
+        self.backend
+            .store
+            .delete_group(name.as_str())
+            .await
+            .map_err(ApiError::from)?;
+        self.backend
+            .changed(
+                &caller,
+                "DeleteGroup",
+                &group_resource(&name),
+                Permission::GroupsDelete,
+                serde_json::json!({ "name": group.name, "members": group.members }),
+                serde_json::Value::Null,
+            )
+            .await;
+        Ok(Response::new(group_to_pb(&group)))
+    }
+
+    async fn add_group_member(
+        &self,
+        request: Request<pb::GroupMemberRequest>,
+    ) -> Result<Response<pb::Group>, Status> {
+        let caller = self
+            .backend
+            .authorize(
+                &request,
+                "AddGroupMember",
+                Permission::GroupsUpdate,
+                &Resource::Root,
+            )
+            .await?;
+        let name = group_name(&request.get_ref().name)?;
+        let member = group_member(&request.get_ref().member)?.to_string();
+        match self
+            .backend
+            .store
+            .add_group_member(name.as_str(), &member)
+            .await
+            .map_err(ApiError::from)?
+        {
+            None => {
+                return Err(ApiError::NotFound(format!(
+                    "group `{name}` does not exist; create it with `rouse iam groups create {name}`"
+                ))
+                .into());
+            }
+            Some(false) => {
+                return Err(ApiError::AlreadyExists(format!(
+                    "`{member}` is already a member of group `{name}`"
+                ))
+                .into());
+            }
+            Some(true) => {}
+        }
+        self.backend
+            .changed(
+                &caller,
+                "AddGroupMember",
+                &group_resource(&name),
+                Permission::GroupsUpdate,
+                serde_json::Value::Null,
+                serde_json::json!({ "member": member }),
+            )
+            .await;
+        Ok(Response::new(group_to_pb(&self.find(&name).await?)))
+    }
+
+    async fn remove_group_member(
+        &self,
+        request: Request<pb::GroupMemberRequest>,
+    ) -> Result<Response<pb::Group>, Status> {
+        let caller = self
+            .backend
+            .authorize(
+                &request,
+                "RemoveGroupMember",
+                Permission::GroupsUpdate,
+                &Resource::Root,
+            )
+            .await?;
+        let name = group_name(&request.get_ref().name)?;
+        let member = group_member(&request.get_ref().member)?.to_string();
+        let group = self.find(&name).await?;
+        if !self
+            .backend
+            .store
+            .remove_group_member(name.as_str(), &member)
+            .await
+            .map_err(ApiError::from)?
+        {
+            return Err(ApiError::NotFound(format!(
+                "`{member}` is not a member of group `{name}`; its members are: {}",
+                if group.members.is_empty() {
+                    "none".to_owned()
+                } else {
+                    group.members.join(", ")
+                }
+            ))
+            .into());
+        }
+        self.backend
+            .changed(
+                &caller,
+                "RemoveGroupMember",
+                &group_resource(&name),
+                Permission::GroupsUpdate,
+                serde_json::json!({ "member": member }),
+                serde_json::Value::Null,
+            )
+            .await;
+        Ok(Response::new(group_to_pb(&self.find(&name).await?)))
     }
 }

@@ -73,6 +73,9 @@ pub async fn serve(
         .add_service(pb::service_accounts_server::ServiceAccountsServer::new(
             iam::ServiceAccountsApi::new(backend.clone()),
         ))
+        .add_service(pb::groups_server::GroupsServer::new(iam::GroupsApi::new(
+            backend.clone(),
+        )))
         .add_service(pb::roles_server::RolesServer::new(iam::RolesApi::new(
             backend.clone(),
         )))

@@ -2,7 +2,8 @@
 //!
 //! An [`Authority`] holds a [`Snapshot`] of everything a check reads (the
 //! compiled policies, custom roles, public keys with whether their account is
-//! disabled, and which projects trust the `sender` attribute), built from the
+//! disabled, which projects trust the `sender` attribute, and the groups each
+//! principal is in), built from the
 //! store. A check reads the snapshot only: no I/O, no lock held while
 //! deciding. The snapshot is rebuilt when the store's IAM version changes:
 //! at once after a change made through this process ([`Authority::refresh`]),
@@ -23,8 +24,8 @@ use std::time::{Duration, SystemTime};
 
 use rouse_core::{ProjectName, ServiceName, Sruid};
 use rouse_iam::{
-    Caller, CompiledPolicy, CustomRole, CustomRoleName, Denied, Permission, Permit, Policy,
-    Principal, Request, Resource, RoleDocument, Roles, ServiceId,
+    Caller, CompiledPolicy, CustomRole, CustomRoleName, Denied, GroupName, Permission, Permit,
+    Policy, Principal, Request, Resource, RoleDocument, Roles, ServiceId,
 };
 use rouse_identity::{KeyRecord, PublicKey, TokenError};
 use rouse_store::{AuditEntry, IamData, IamStore, StoreError};
@@ -56,6 +57,8 @@ pub struct Snapshot {
     roles: Roles,
     keys: HashMap<String, KeyRecord>,
     trusted: HashSet<String>,
+    /// Principal (`user:…`) → the groups it is in.
+    groups: HashMap<String, Vec<GroupName>>,
 }
 
 impl Snapshot {
@@ -119,12 +122,22 @@ impl Snapshot {
                 }
             }
         }
+        let mut groups: HashMap<String, Vec<GroupName>> = HashMap::new();
+        for (group, member) in data.memberships {
+            match GroupName::parse(&group) {
+                Ok(name) => groups.entry(member).or_default().push(name),
+                Err(e) => {
+                    tracing::error!(%group, error = %e, "stored group name is invalid; its members gain nothing from it")
+                }
+            }
+        }
         Self {
             version: data.version,
             policies,
             roles,
             keys,
             trusted: data.trusted_projects.into_iter().collect(),
+            groups,
         }
     }
 
@@ -166,11 +179,22 @@ impl Snapshot {
         self.keys.get(kid).cloned()
     }
 
-    fn caller_of(claims: &rouse_identity::Claims) -> Result<Caller, AuthError> {
+    /// The groups `principal` is in.
+    pub fn groups_of(&self, principal: &str) -> &[GroupName] {
+        self.groups.get(principal).map_or(&[], Vec::as_slice)
+    }
+
+    /// `principal` as a caller, with its groups.
+    fn authenticated(&self, principal: Principal) -> Result<Caller, AuthError> {
+        let name = principal.to_string();
+        let groups = self.groups_of(&name).iter().cloned();
+        Caller::authenticated(principal, groups).map_err(|_| AuthError::Principal(name))
+    }
+
+    fn caller_of(&self, claims: &rouse_identity::Claims) -> Result<Caller, AuthError> {
         let principal = Principal::parse(claims.principal())
             .map_err(|_| AuthError::Principal(claims.principal().to_owned()))?;
-        Caller::authenticated(principal, [])
-            .map_err(|_| AuthError::Principal(claims.principal().to_owned()))
+        self.authenticated(principal)
     }
 
     /// The caller of an API call from its `authorization` metadata value
@@ -194,7 +218,7 @@ impl Snapshot {
             now,
             |kid| self.lookup(kid),
         )?;
-        Self::caller_of(&claims)
+        self.caller_of(&claims)
     }
 
     /// The caller of a question to `project/service`: the principal of its
@@ -221,14 +245,12 @@ impl Snapshot {
                 rouse_identity::verify(token, &audience, Some(question_uuid), issued_by, |kid| {
                     self.lookup(kid)
                 })?;
-            return Self::caller_of(&claims);
+            return self.caller_of(&claims);
         }
         if self.trusted.contains(project.as_str())
             && let Some(sruid) = sender.and_then(|s| Sruid::parse(s).ok())
         {
-            let principal = Principal::Service(ServiceId::from_sruid(&sruid));
-            return Caller::authenticated(principal.clone(), [])
-                .map_err(|_| AuthError::Principal(principal.to_string()));
+            return self.authenticated(Principal::Service(ServiceId::from_sruid(&sruid)));
         }
         Ok(Caller::anonymous())
     }

@@ -312,3 +312,86 @@ async fn keep_fresh_sees_a_change_made_elsewhere_within_a_second() {
     shutdown.cancel();
     task.await.expect("task");
 }
+
+#[tokio::test]
+async fn a_group_binding_grants_its_members_and_only_while_they_are_in_it() {
+    let f = fixture().await;
+    let key = account_key(&f.store, "a").await;
+    grant(&f.store, "projects/p", "group:askers", "roles/serviceUser").await;
+    f.store
+        .create_group(&rouse_store::GroupRecord {
+            name: "askers".into(),
+            description: String::new(),
+            members: Vec::new(),
+            created_at: SystemTime::now(),
+        })
+        .await
+        .expect("group");
+    f.authority.refresh().await.expect("refresh");
+    let ask = |snapshot: &Snapshot| {
+        let caller = snapshot
+            .question_caller(
+                Some(&question_token(&key, "q1")),
+                &project(),
+                &service(),
+                "q1",
+                None,
+                SystemTime::now(),
+            )
+            .expect("caller");
+        snapshot.check(
+            &caller,
+            Permission::ServicesAsk,
+            &service_resource(),
+            SystemTime::now(),
+        )
+    };
+    assert!(ask(&f.authority.snapshot()).is_err(), "not a member yet");
+    f.store
+        .add_group_member("askers", "serviceAccount:a@p.rouse")
+        .await
+        .expect("add");
+    f.authority.refresh().await.expect("refresh");
+    let permit = ask(&f.authority.snapshot()).expect("granted through the group");
+    assert_eq!(permit.member.to_string(), "group:askers");
+    // A sender trusted by its project is a principal too, and can be a member.
+    f.store
+        .set_trust_sender_attribute("p", true)
+        .await
+        .expect("trust");
+    f.store
+        .add_group_member("askers", "service:p/caller")
+        .await
+        .expect("add");
+    f.authority.refresh().await.expect("refresh");
+    let snapshot = f.authority.snapshot();
+    let sender = snapshot
+        .question_caller(
+            None,
+            &project(),
+            &service(),
+            "q2",
+            Some("p/caller:1.0.0"),
+            SystemTime::now(),
+        )
+        .expect("caller");
+    assert!(
+        snapshot
+            .check(
+                &sender,
+                Permission::ServicesAsk,
+                &service_resource(),
+                SystemTime::now()
+            )
+            .is_ok()
+    );
+    f.store
+        .remove_group_member("askers", "serviceAccount:a@p.rouse")
+        .await
+        .expect("remove");
+    f.authority.refresh().await.expect("refresh");
+    assert!(
+        ask(&f.authority.snapshot()).is_err(),
+        "removed from the group"
+    );
+}

@@ -500,6 +500,49 @@ impl View for ProjectView {
     }
 }
 
+/// A group as the CLI shows it.
+#[derive(Debug, Serialize)]
+pub struct GroupView {
+    pub name: String,
+    pub description: String,
+    pub members: Vec<String>,
+    pub create_time: String,
+}
+
+impl From<&pb::Group> for GroupView {
+    fn from(g: &pb::Group) -> Self {
+        Self {
+            name: g.name.clone(),
+            description: g.description.clone(),
+            members: g.members.clone(),
+            create_time: timestamp(g.created_at.as_ref()),
+        }
+    }
+}
+
+impl View for GroupView {
+    const COLUMNS: &'static [&'static str] = &["NAME", "MEMBERS", "DESCRIPTION"];
+    const NONE: &'static str = "no groups";
+
+    fn row(&self) -> Vec<String> {
+        vec![
+            self.name.clone(),
+            self.members.len().to_string(),
+            self.description.clone(),
+        ]
+    }
+
+    fn describe(&self) -> Vec<(&'static str, String)> {
+        vec![
+            ("name", self.name.clone()),
+            ("member", format!("group:{}", self.name)),
+            ("description", self.description.clone()),
+            ("members", self.members.join(", ")),
+            ("created", self.create_time.clone()),
+        ]
+    }
+}
+
 /// A service account as the CLI shows it.
 #[derive(Debug, Serialize)]
 pub struct ServiceAccountView {

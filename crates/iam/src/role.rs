@@ -53,6 +53,8 @@ const READ: PermissionSet = PermissionSet::of(&[
     P::ServiceAccountKeysList,
     P::RolesGet,
     P::RolesList,
+    P::GroupsGet,
+    P::GroupsList,
     P::ProjectsGet,
     P::ProjectsList,
 ]);
@@ -68,6 +70,9 @@ const EDITOR: PermissionSet = PermissionSet::ALL.minus(PermissionSet::of(&[
     P::RolesDelete,
     P::ServiceAccountKeysCreate,
     P::ServiceAccountKeysDelete,
+    P::GroupsCreate,
+    P::GroupsUpdate,
+    P::GroupsDelete,
     P::AuditRead,
     P::ProjectsCreate,
     P::ProjectsUpdate,
@@ -113,6 +118,11 @@ const IAM_ADMIN: PermissionSet = PermissionSet::of(&[
     P::RolesList,
     P::RolesUpdate,
     P::RolesDelete,
+    P::GroupsCreate,
+    P::GroupsGet,
+    P::GroupsList,
+    P::GroupsUpdate,
+    P::GroupsDelete,
     P::ProjectsGet,
 ]);
 const AUDITOR: PermissionSet = READ.with(P::AuditRead);
@@ -159,7 +169,7 @@ impl PredefinedRole {
         match self {
             Self::Owner => "Full access to every resource, including who may do what.",
             Self::Editor => {
-                "Create, change, deploy, ask and delete services and their builds, triggers and service accounts; not policies, roles, keys, the project itself or the audit log."
+                "Create, change, deploy, ask and delete services and their builds, triggers and service accounts; not policies, roles, keys, groups, the project itself or the audit log."
             }
             Self::Viewer => {
                 "Read-only access to services, revisions, executions, logs and policies."
@@ -171,7 +181,9 @@ impl PredefinedRole {
             Self::Deployer => {
                 "Deploys existing services: revisions, builds, triggers, and reading executions and logs."
             }
-            Self::IamAdmin => "Manages policies, service accounts, their keys and custom roles.",
+            Self::IamAdmin => {
+                "Manages policies, service accounts, their keys, custom roles and groups."
+            }
             Self::Auditor => "Reads the audit log and all metadata.",
         }
     }

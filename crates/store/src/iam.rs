@@ -74,6 +74,16 @@ pub struct AuditFilter {
     pub limit: u32,
 }
 
+/// A group of principals, named by `group:NAME` in policies.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct GroupRecord {
+    pub name: String,
+    pub description: String,
+    /// Member principals (`user:…`, `serviceAccount:…`, `service:…`), sorted.
+    pub members: Vec<String>,
+    pub created_at: SystemTime,
+}
+
 /// Everything permission checks read, read in one transaction.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct IamData {
@@ -86,6 +96,8 @@ pub struct IamData {
     pub keys: Vec<(PublicKeyRecord, bool)>,
     /// Projects that trust the `sender` attribute of questions.
     pub trusted_projects: Vec<String>,
+    /// `(group, member)` for every membership.
+    pub memberships: Vec<(String, String)>,
 }
 
 #[async_trait]
@@ -145,6 +157,19 @@ pub trait IamStore: Send + Sync + 'static {
 
     /// A number that changes whenever policies, accounts, keys, custom roles
     /// or project settings change (in any process using this store).
+    /// Fails with [`StoreError::Duplicate`] if the group exists.
+    async fn create_group(&self, group: &GroupRecord) -> Result<(), StoreError>;
+    async fn get_group(&self, name: &str) -> Result<Option<GroupRecord>, StoreError>;
+    async fn list_groups(&self) -> Result<Vec<GroupRecord>, StoreError>;
+    /// Deletes the group and its memberships; false if there was none.
+    async fn delete_group(&self, name: &str) -> Result<bool, StoreError>;
+    /// Adds `member` to `group`: `None` if there is no such group, else
+    /// whether it was not a member before.
+    async fn add_group_member(&self, group: &str, member: &str)
+    -> Result<Option<bool>, StoreError>;
+    /// Whether `member` was in `group`.
+    async fn remove_group_member(&self, group: &str, member: &str) -> Result<bool, StoreError>;
+
     async fn iam_version(&self) -> Result<i64, StoreError>;
     /// Everything permission checks read, as of one moment.
     async fn load_iam(&self) -> Result<IamData, StoreError>;
@@ -440,6 +465,143 @@ impl IamStore for SqliteStore {
         .await
     }
 
+    async fn create_group(&self, g: &GroupRecord) -> Result<(), StoreError> {
+        let g = g.clone();
+        self.write(move |c| {
+            let n = c.execute(
+                "INSERT OR IGNORE INTO iam_groups (name, description, created_at_us) VALUES (?1, ?2, ?3)",
+                params![g.name, g.description, micros(g.created_at)],
+            )?;
+            if n == 0 {
+                return Err(StoreError::Duplicate {
+                    what: "group",
+                    name: g.name.clone(),
+                });
+            }
+            for member in &g.members {
+                c.execute(
+                    "INSERT OR IGNORE INTO iam_group_members (group_name, member, added_at_us) VALUES (?1, ?2, ?3)",
+                    params![g.name, member, micros(g.created_at)],
+                )?;
+            }
+            Ok(())
+        })
+        .await
+    }
+
+    async fn get_group(&self, name: &str) -> Result<Option<GroupRecord>, StoreError> {
+        let name = name.to_owned();
+        self.with(move |c| {
+            let tx = c.unchecked_transaction()?;
+            let Some((description, created)) = tx
+                .query_row(
+                    "SELECT description, created_at_us FROM iam_groups WHERE name = ?1",
+                    [&name],
+                    |r| Ok((r.get::<_, String>(0)?, r.get::<_, i64>(1)?)),
+                )
+                .optional()?
+            else {
+                return Ok(None);
+            };
+            let members = {
+                let mut stmt = tx.prepare_cached(
+                    "SELECT member FROM iam_group_members WHERE group_name = ?1 ORDER BY member",
+                )?;
+                stmt.query_map([&name], |r| r.get(0))?
+                    .collect::<rusqlite::Result<Vec<String>>>()?
+            };
+            tx.commit()?;
+            Ok(Some(GroupRecord {
+                name,
+                description,
+                members,
+                created_at: from_micros(created),
+            }))
+        })
+        .await
+    }
+
+    async fn list_groups(&self) -> Result<Vec<GroupRecord>, StoreError> {
+        self.with(move |c| {
+            let tx = c.unchecked_transaction()?;
+            let mut groups = {
+                let mut stmt = tx.prepare_cached(
+                    "SELECT name, description, created_at_us FROM iam_groups ORDER BY name",
+                )?;
+                stmt.query_map([], |r| {
+                    Ok(GroupRecord {
+                        name: r.get(0)?,
+                        description: r.get(1)?,
+                        members: Vec::new(),
+                        created_at: from_micros(r.get(2)?),
+                    })
+                })?
+                .collect::<rusqlite::Result<Vec<_>>>()?
+            };
+            let mut stmt = tx.prepare_cached(
+                "SELECT group_name, member FROM iam_group_members ORDER BY group_name, member",
+            )?;
+            let rows =
+                stmt.query_map([], |r| Ok((r.get::<_, String>(0)?, r.get::<_, String>(1)?)))?;
+            for row in rows {
+                let (group, member) = row?;
+                if let Ok(i) = groups.binary_search_by(|g| g.name.as_str().cmp(&group)) {
+                    groups[i].members.push(member);
+                }
+            }
+            drop(stmt);
+            tx.commit()?;
+            Ok(groups)
+        })
+        .await
+    }
+
+    async fn delete_group(&self, name: &str) -> Result<bool, StoreError> {
+        let name = name.to_owned();
+        self.write(move |c| {
+            c.execute(
+                "DELETE FROM iam_group_members WHERE group_name = ?1",
+                [&name],
+            )?;
+            Ok(c.execute("DELETE FROM iam_groups WHERE name = ?1", [&name])? == 1)
+        })
+        .await
+    }
+
+    async fn add_group_member(
+        &self,
+        group: &str,
+        member: &str,
+    ) -> Result<Option<bool>, StoreError> {
+        let (group, member) = (group.to_owned(), member.to_owned());
+        self.write(move |c| {
+            let exists = c
+                .query_row("SELECT 1 FROM iam_groups WHERE name = ?1", [&group], |_| Ok(()))
+                .optional()?
+                .is_some();
+            if !exists {
+                return Ok(None);
+            }
+            let added = c.execute(
+                "INSERT OR IGNORE INTO iam_group_members (group_name, member, added_at_us) VALUES (?1, ?2, ?3)",
+                params![group, member, micros(SystemTime::now())],
+            )? == 1;
+            Ok(Some(added))
+        })
+        .await
+    }
+
+    async fn remove_group_member(&self, group: &str, member: &str) -> Result<bool, StoreError> {
+        let (group, member) = (group.to_owned(), member.to_owned());
+        self.write(move |c| {
+            Ok(c.execute(
+                "DELETE FROM iam_group_members WHERE group_name = ?1 AND member = ?2",
+                params![group, member],
+            )? == 1)
+        })
+        .await
+    }
+
     async fn iam_version(&self) -> Result<i64, StoreError> {
         self.with(|c| Ok(c.query_row("SELECT version FROM iam_version", [], |r| r.get(0))?))
             .await
@@ -477,6 +639,12 @@ impl IamStore for SqliteStore {
                 stmt.query_map([], |r| r.get(0))?
                     .collect::<rusqlite::Result<Vec<_>>>()?
             };
+            let memberships = {
+                let mut stmt =
+                    tx.prepare_cached("SELECT group_name, member FROM iam_group_members")?;
+                stmt.query_map([], |r| Ok((r.get(0)?, r.get(1)?)))?
+                    .collect::<rusqlite::Result<Vec<_>>>()?
+            };
             tx.commit()?;
             Ok(IamData {
                 version,
@@ -484,6 +652,7 @@ impl IamStore for SqliteStore {
                 roles,
                 keys,
                 trusted_projects,
+                memberships,
             })
         })
         .await
@@ -644,6 +813,69 @@ mod tests {
         assert_eq!(data.keys.len(), 1);
         assert!(data.keys[0].1, "the key's account is disabled");
         assert_eq!(data.trusted_projects, vec!["p".to_owned()]);
+    }
+
+    #[tokio::test]
+    async fn groups_and_their_members_bump_the_version_and_load() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let store = open(&dir);
+        let v0 = store.iam_version().await.expect("version");
+        let group = GroupRecord {
+            name: "eng".into(),
+            description: "engineers".into(),
+            members: vec!["user:a@example.com".into()],
+            created_at: SystemTime::now(),
+        };
+        store.create_group(&group).await.expect("create");
+        assert!(matches!(
+            store.create_group(&group).await,
+            Err(StoreError::Duplicate { what: "group", .. })
+        ));
+        let v1 = store.iam_version().await.expect("version");
+        assert!(v1 > v0);
+        assert_eq!(
+            store
+                .add_group_member("eng", "serviceAccount:b@p.rouse")
+                .await
+                .expect("add"),
+            Some(true)
+        );
+        assert_eq!(
+            store
+                .add_group_member("eng", "serviceAccount:b@p.rouse")
+                .await
+                .expect("add again"),
+            Some(false)
+        );
+        assert_eq!(
+            store
+                .add_group_member("nobody", "user:a@example.com")
+                .await
+                .expect("add to a missing group"),
+            None
+        );
+        let v2 = store.iam_version().await.expect("version");
+        assert!(v2 > v1);
+        let got = store.get_group("eng").await.expect("get").expect("exists");
+        assert_eq!(
+            got.members,
+            ["serviceAccount:b@p.rouse", "user:a@example.com"]
+        );
+        let data = store.load_iam().await.expect("load");
+        assert_eq!(data.memberships.len(), 2);
+        assert_eq!(data.version, v2);
+        assert!(
+            store
+                .remove_group_member("eng", "user:a@example.com")
+                .await
+                .expect("remove")
+        );
+        assert!(store.iam_version().await.expect("version") > v2);
+        assert_eq!(store.list_groups().await.expect("list")[0].members.len(), 1);
+        assert!(store.delete_group("eng").await.expect("delete"));
+        assert!(!store.delete_group("eng").await.expect("delete again"));
+        assert!(store.load_iam().await.expect("load").memberships.is_empty());
+        assert!(store.get_group("eng").await.expect("get").is_none());
     }
 
     #[tokio::test]

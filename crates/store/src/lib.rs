@@ -26,7 +26,8 @@ pub use builds::{
     RevisionState, RolloutStore, Routing, SecretStore, TriggerRecord,
 };
 pub use iam::{
-    AuditEntry, AuditFilter, IamData, IamStore, PublicKeyRecord, ServiceAccountRecord, StoredPolicy,
+    AuditEntry, AuditFilter, GroupRecord, IamData, IamStore, PublicKeyRecord, ServiceAccountRecord,
+    StoredPolicy,
 };
 pub use sqlite::SqliteStore;
 

@@ -236,6 +236,24 @@ CREATE TABLE secrets (
     PRIMARY KEY (service_uuid, name)
 );
 "#,
+    // Groups (`group:NAME` members of policies) and who is in them.
+    r#"
+CREATE TABLE iam_groups (
+    name          TEXT PRIMARY KEY,
+    description   TEXT NOT NULL,
+    created_at_us INTEGER NOT NULL
+);
+CREATE TABLE iam_group_members (
+    group_name  TEXT NOT NULL REFERENCES iam_groups(name) ON DELETE CASCADE,
+    member      TEXT NOT NULL,
+    added_at_us INTEGER NOT NULL,
+    PRIMARY KEY (group_name, member)
+);
+CREATE TRIGGER iam_groups_insert_bumps_iam AFTER INSERT ON iam_groups BEGIN UPDATE iam_version SET version = version + 1; END;
+CREATE TRIGGER iam_groups_delete_bumps_iam AFTER DELETE ON iam_groups BEGIN UPDATE iam_version SET version = version + 1; END;
+CREATE TRIGGER iam_group_members_insert_bumps_iam AFTER INSERT ON iam_group_members BEGIN UPDATE iam_version SET version = version + 1; END;
+CREATE TRIGGER iam_group_members_delete_bumps_iam AFTER DELETE ON iam_group_members BEGIN UPDATE iam_version SET version = version + 1; END;
+"#,
 ];
 
 /// How long a statement waits for a lock held by another process (another

@@ -1,4 +1,4 @@
-//! `rouse iam …`: service accounts and their keys, custom roles, and the
+//! `rouse iam …`: service accounts and their keys, custom roles, groups, and the
 //! questions "which of these may M do here?" (`test-permissions`) and "why
 //! (not)?" (`explain`).
 //!
@@ -11,12 +11,14 @@ use std::path::{Path, PathBuf};
 use std::time::SystemTime;
 
 use rouse_api::pb;
+use rouse_api::pb::groups_client::GroupsClient;
 use rouse_api::pb::iam_client::IamClient;
 use rouse_api::pb::roles_client::RolesClient;
 use rouse_api::pb::service_accounts_client::ServiceAccountsClient;
 use rouse_core::ProjectName;
 use rouse_iam::{
-    CustomRole, CustomRoleName, Permission, Principal, Resource, RoleDocument, RoleName, Stage,
+    CustomRole, CustomRoleName, GroupName, Permission, Principal, Resource, RoleDocument, RoleName,
+    Stage,
 };
 use rouse_identity::{Account, KeyFile, KeyFileError};
 use serde::Serialize;
@@ -25,7 +27,7 @@ use super::policy::{parse_by_extension, read_text};
 use super::status;
 use crate::args::{ClientArgs, Format};
 use crate::exit::CliError;
-use crate::output::{self, KeyView, RoleView, ServiceAccountView};
+use crate::output::{self, GroupView, KeyView, RoleView, ServiceAccountView};
 
 #[derive(Debug, clap::Subcommand)]
 pub enum IamCommand {
@@ -35,6 +37,9 @@ pub enum IamCommand {
     /// Custom roles (named sets of permissions) of a project, and the predefined roles.
     #[command(subcommand)]
     Roles(RolesCommand),
+    /// Groups of principals, granted roles as `group:NAME`.
+    #[command(subcommand)]
+    Groups(GroupsCommand),
     /// Print which of the given permissions a member holds on a resource.
     TestPermissions {
         /// `projects/P` or `projects/P/services/S`.
@@ -124,6 +129,62 @@ pub enum ServiceAccountsCommand {
     /// A service account's keys.
     #[command(subcommand)]
     Keys(KeysCommand),
+}
+
+#[derive(Debug, clap::Subcommand)]
+pub enum GroupsCommand {
+    /// Create a group; bind it in policies as `group:NAME`.
+    Create {
+        /// Lower-case letters, digits, `.`, `_` and `-` (`group:` in front is allowed).
+        name: String,
+        #[arg(long)]
+        description: Option<String>,
+        #[arg(long, value_enum, default_value_t)]
+        format: Format,
+        #[command(flatten)]
+        client: ClientArgs,
+    },
+    /// List the groups.
+    List {
+        #[arg(long, value_enum, default_value_t)]
+        format: Format,
+        #[command(flatten)]
+        client: ClientArgs,
+    },
+    /// Show a group and its members.
+    Describe {
+        name: String,
+        #[arg(long, value_enum, default_value_t)]
+        format: Format,
+        #[command(flatten)]
+        client: ClientArgs,
+    },
+    /// Delete a group: bindings naming it grant nothing from then on.
+    Delete {
+        name: String,
+        #[command(flatten)]
+        client: ClientArgs,
+    },
+    /// Add a member (`user:EMAIL`, `serviceAccount:NAME@PROJECT.rouse` or `service:NAMESPACE/NAME`).
+    AddMember {
+        name: String,
+        #[arg(long)]
+        member: String,
+        #[arg(long, value_enum, default_value_t)]
+        format: Format,
+        #[command(flatten)]
+        client: ClientArgs,
+    },
+    /// Remove a member.
+    RemoveMember {
+        name: String,
+        #[arg(long)]
+        member: String,
+        #[arg(long, value_enum, default_value_t)]
+        format: Format,
+        #[command(flatten)]
+        client: ClientArgs,
+    },
 }
 
 #[derive(Debug, clap::Subcommand)]
@@ -258,6 +319,7 @@ pub async fn run(cmd: IamCommand) -> Result<(), CliError> {
     match cmd {
         IamCommand::ServiceAccounts(cmd) => service_accounts(cmd).await,
         IamCommand::Roles(cmd) => roles(cmd).await,
+        IamCommand::Groups(cmd) => groups(cmd).await,
         IamCommand::TestPermissions {
             resource,
             member,
@@ -359,6 +421,117 @@ async fn service_accounts(cmd: ServiceAccountsCommand) -> Result<(), CliError> {
         C::Disable { email, client } => set_disabled(&email, true, &client).await,
         C::Enable { email, client } => set_disabled(&email, false, &client).await,
         C::Keys(cmd) => keys(cmd).await,
+    }
+}
+
+/// A group name, `NAME` or `group:NAME`, checked locally.
+fn group(name: &str) -> Result<String, CliError> {
+    let name = name.strip_prefix("group:").unwrap_or(name);
+    Ok(GroupName::parse(name).map_err(usage)?.to_string())
+}
+
+/// A group member, checked locally: a user, a service account or a service.
+fn group_member(value: &str) -> Result<String, CliError> {
+    match Principal::parse(value).map_err(|e| CliError::usage(format!("--member: {e}")))? {
+        Principal::User(_) | Principal::ServiceAccount(_) | Principal::Service(_) => {
+            Ok(value.to_owned())
+        }
+        _ => Err(CliError::usage(format!(
+            "--member: `{value}` cannot be a group member; members are `user:EMAIL`, `serviceAccount:NAME@PROJECT.rouse` or `service:NAMESPACE/NAME` (groups do not nest)"
+        ))),
+    }
+}
+
+async fn groups(cmd: GroupsCommand) -> Result<(), CliError> {
+    use GroupsCommand as C;
+    match cmd {
+        C::Create {
+            name,
+            description,
+            format,
+            client,
+        } => {
+            let name = group(&name)?;
+            let mut api = GroupsClient::new(super::connect(&client).await?);
+            let g = api
+                .create_group(pb::CreateGroupRequest {
+                    name,
+                    description: description.unwrap_or_default(),
+                })
+                .await
+                .map_err(status(&client.endpoint))?
+                .into_inner();
+            output::print_one(&GroupView::from(&g), format)
+        }
+        C::List { format, client } => {
+            let mut api = GroupsClient::new(super::connect(&client).await?);
+            let list = api
+                .list_groups(pb::ListGroupsRequest {})
+                .await
+                .map_err(status(&client.endpoint))?
+                .into_inner();
+            let views: Vec<_> = list.groups.iter().map(GroupView::from).collect();
+            output::print_list(&views, format)
+        }
+        C::Describe {
+            name,
+            format,
+            client,
+        } => {
+            let name = group(&name)?;
+            let mut api = GroupsClient::new(super::connect(&client).await?);
+            let g = api
+                .get_group(pb::GetGroupRequest { name })
+                .await
+                .map_err(status(&client.endpoint))?
+                .into_inner();
+            output::print_one(&GroupView::from(&g), format)
+        }
+        C::Delete { name, client } => {
+            let name = group(&name)?;
+            let mut api = GroupsClient::new(super::connect(&client).await?);
+            api.delete_group(pb::DeleteGroupRequest { name: name.clone() })
+                .await
+                .map_err(status(&client.endpoint))?;
+            eprintln!("deleted group `{name}`");
+            Ok(())
+        }
+        C::AddMember {
+            name,
+            member,
+            format,
+            client,
+        } => {
+            let request = pb::GroupMemberRequest {
+                name: group(&name)?,
+                member: group_member(&member)?,
+            };
+            let mut api = GroupsClient::new(super::connect(&client).await?);
+            let g = api
+                .add_group_member(request)
+                .await
+                .map_err(status(&client.endpoint))?
+                .into_inner();
+            output::print_one(&GroupView::from(&g), format)
+        }
+        C::RemoveMember {
+            name,
+            member,
+            format,
+            client,
+        } => {
+            let request = pb::GroupMemberRequest {
+                name: group(&name)?,
+                member: group_member(&member)?,
+            };
+            let mut api = GroupsClient::new(super::connect(&client).await?);
+            let g = api
+                .remove_group_member(request)
+                .await
+                .map_err(status(&client.endpoint))?
+                .into_inner();
+            output::print_one(&GroupView::from(&g), format)
+        }
     }
 }
 
