@@ -311,6 +311,136 @@ async fn a_service_account_asks_another_service_only_while_a_policy_says_so() {
         answer.data
     );
 
+    // Through a group: a binding for group:askers grants its members only,
+    // and a membership change takes effect at once.
+    server
+        .rouse(&[
+            "iam",
+            "groups",
+            "create",
+            "askers",
+            "--description",
+            "may ask b",
+        ])
+        .ok();
+    server
+        .rouse(&[
+            "services",
+            "add-iam-policy-binding",
+            "b",
+            "--project",
+            "p",
+            "--member=group:askers",
+            "--role=roles/serviceUser",
+        ])
+        .ok();
+    let q = ask(&mut asker, &topic, "p/b", as_a).await;
+    let answer = asker.answer(&q, ANSWER).await;
+    assert_eq!(
+        answer.data["exception_type"], "PermissionDenied",
+        "not a member yet: {:?}",
+        answer.data
+    );
+    let group = server
+        .rouse(&[
+            "iam",
+            "groups",
+            "add-member",
+            "askers",
+            "--member=serviceAccount:a@p.rouse",
+            "--format",
+            "json",
+        ])
+        .json();
+    assert_eq!(
+        group["members"],
+        serde_json::json!(["serviceAccount:a@p.rouse"])
+    );
+    let q = ask(&mut asker, &topic, "p/b", as_a).await;
+    assert_eq!(asker.answer(&q, ANSWER).await.kind, "result", "a member");
+    let explained = server.rouse(&[
+        "iam",
+        "explain",
+        "projects/p/services/b",
+        "--member=serviceAccount:a@p.rouse",
+        "--permission=services.ask",
+    ]);
+    assert!(
+        explained.ok().contains("group:askers"),
+        "{}",
+        explained.stdout
+    );
+    let again = server.rouse(&[
+        "iam",
+        "groups",
+        "add-member",
+        "askers",
+        "--member=serviceAccount:a@p.rouse",
+    ]);
+    assert_eq!(again.code, 1, "{}", again.stderr);
+    assert!(
+        again.stderr.contains("already a member"),
+        "{}",
+        again.stderr
+    );
+    let nested = server.rouse(&[
+        "iam",
+        "groups",
+        "add-member",
+        "askers",
+        "--member=group:eng",
+    ]);
+    assert_eq!(nested.code, 2, "{}", nested.stderr);
+    assert!(nested.stderr.contains("`group:eng`"), "{}", nested.stderr);
+    let missing = server.rouse(&[
+        "iam",
+        "groups",
+        "add-member",
+        "nobody",
+        "--member=serviceAccount:a@p.rouse",
+    ]);
+    assert_eq!(missing.code, 1, "{}", missing.stderr);
+    assert!(
+        missing.stderr.contains("`nobody` does not exist"),
+        "{}",
+        missing.stderr
+    );
+    server
+        .rouse(&[
+            "iam",
+            "groups",
+            "remove-member",
+            "askers",
+            "--member=serviceAccount:a@p.rouse",
+        ])
+        .ok();
+    let q = ask(&mut asker, &topic, "p/b", as_a).await;
+    let answer = asker.answer(&q, ANSWER).await;
+    assert_eq!(
+        answer.data["exception_type"], "PermissionDenied",
+        "removed from the group: {:?}",
+        answer.data
+    );
+    let audit = server
+        .rouse(&[
+            "audit",
+            "list",
+            "--resource",
+            "groups/askers",
+            "--format",
+            "json",
+        ])
+        .json();
+    let actions: Vec<&str> = audit
+        .as_array()
+        .expect("entries")
+        .iter()
+        .filter_map(|e| e["action"].as_str())
+        .collect();
+    for action in ["CreateGroup", "AddGroupMember", "RemoveGroupMember"] {
+        assert!(actions.contains(&action), "{action}: {audit}");
+    }
+
     // The owner asks through the CLI, which signs a question token.
     let out = server.rouse(&[
         "ask",
@@ -336,6 +466,7 @@ struct Clients {
     iam: pb::iam_client::IamClient<tonic::transport::Channel>,
     accounts: pb::service_accounts_client::ServiceAccountsClient<tonic::transport::Channel>,
     roles: pb::roles_client::RolesClient<tonic::transport::Channel>,
+    groups: pb::groups_client::GroupsClient<tonic::transport::Channel>,
     triggers: pb::triggers_client::TriggersClient<tonic::transport::Channel>,
     builds: pb::builds_client::BuildsClient<tonic::transport::Channel>,
     secrets: pb::secrets_client::SecretsClient<tonic::transport::Channel>,
@@ -358,6 +489,7 @@ impl Clients {
             iam: pb::iam_client::IamClient::new(channel.clone()),
             accounts: pb::service_accounts_client::ServiceAccountsClient::new(channel.clone()),
             roles: pb::roles_client::RolesClient::new(channel.clone()),
+            groups: pb::groups_client::GroupsClient::new(channel.clone()),
             triggers: pb::triggers_client::TriggersClient::new(channel.clone()),
             builds: pb::builds_client::BuildsClient::new(channel.clone()),
             secrets: pb::secrets_client::SecretsClient::new(channel.clone()),
@@ -425,6 +557,7 @@ async fn every_api_method_refuses_an_unauthorised_caller() {
             "services.ask",
         ])
         .ok();
+    server.rouse(&["iam", "groups", "create", "eng"]).ok();
     // The outsider is a viewer of project q, and nothing of project p.
     let key_file = service_account(server, p.dir.path(), "q", "outsider");
     server
@@ -786,6 +919,56 @@ async fn every_api_method_refuses_an_unauthorised_caller() {
                 }))
                 .await,
         );
+        // Groups belong to the root: a project viewer may not even read them.
+        refused(
+            "CreateGroup",
+            who,
+            c.groups
+                .create_group(c.req(pb::CreateGroupRequest {
+                    name: "mine".into(),
+                    description: String::new(),
+                }))
+                .await,
+        );
+        refused(
+            "GetGroup",
+            who,
+            c.groups
+                .get_group(c.req(pb::GetGroupRequest { name: "eng".into() }))
+                .await,
+        );
+        refused(
+            "ListGroups",
+            who,
+            c.groups.list_groups(c.req(pb::ListGroupsRequest {})).await,
+        );
+        refused(
+            "AddGroupMember",
+            who,
+            c.groups
+                .add_group_member(c.req(pb::GroupMemberRequest {
+                    name: "eng".into(),
+                    member: "serviceAccount:outsider@q.rouse".into(),
+                }))
+                .await,
+        );
+        refused(
+            "RemoveGroupMember",
+            who,
+            c.groups
+                .remove_group_member(c.req(pb::GroupMemberRequest {
+                    name: "eng".into(),
+                    member: "serviceAccount:outsider@q.rouse".into(),
+                }))
+                .await,
+        );
+        refused(
+            "DeleteGroup",
+            who,
+            c.groups
+                .delete_group(c.req(pb::DeleteGroupRequest { name: "eng".into() }))
+                .await,
+        );
         // The builder's methods. Ids that do not exist are checked on the
         // root, so a refused caller does not learn whether they exist.
         let svc_req = || (project.clone(), name.clone());
@@ -1043,6 +1226,12 @@ async fn every_api_method_refuses_an_unauthorised_caller() {
         ])
         .json();
     assert_eq!(b["scaling"]["max_instances"], 3, "{b}");
+    let groups = server
+        .rouse(&["iam", "groups", "list", "--format", "json"])
+        .json();
+    assert_eq!(groups[0]["name"], "eng", "{groups}");
+    assert_eq!(groups[0]["members"], serde_json::json!([]), "{groups}");
+    assert_eq!(groups.as_array().map(Vec::len), Some(1), "{groups}");
     let denied = server
         .rouse(&[
             "audit",

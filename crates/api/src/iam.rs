@@ -107,12 +107,16 @@ fn policy_to_pb(resource: &Resource, policy: &Policy) -> pb::PolicyDocument {
     }
 }
 
-/// A member whose permissions are being tested or explained, as a caller.
-fn caller_for_member(member: &str) -> Result<Caller, ApiError> {
+/// A member whose permissions are being tested or explained, as a caller
+/// with the groups `snapshot` says it is in.
+fn caller_for_member(member: &str, snapshot: &rouse_authz::Snapshot) -> Result<Caller, ApiError> {
     let principal = Principal::parse(member).map_err(invalid)?;
     match principal {
         Principal::AllUsers => Ok(Caller::anonymous()),
-        p if p.is_identity() => Caller::authenticated(p, []).map_err(invalid),
+        p if p.is_identity() => {
+            let groups = snapshot.groups_of(&p.to_string()).iter().cloned();
+            Caller::authenticated(p, groups).map_err(invalid)
+        }
         other => Err(ApiError::InvalidArgument(format!(
             "member `{other}` is not one identity; test a `user:`, `serviceAccount:` or `service:` member, or `allUsers` for anonymous askers"
         ))),
@@ -230,7 +234,8 @@ impl pb::iam_server::Iam for IamApi {
                 )
                 .await?;
             let member = request.get_ref().member.clone();
-            (caller_for_member(&member)?, member)
+            let snapshot = self.backend.authority.snapshot();
+            (caller_for_member(&member, &snapshot)?, member)
         };
         let snapshot = self.backend.authority.snapshot();
         let held = rouse_iam::test_permissions(
@@ -260,9 +265,9 @@ impl pb::iam_server::Iam for IamApi {
                 &resource,
             )
             .await?;
-        let caller = caller_for_member(&request.get_ref().member)?;
-        let permission = Permission::parse(&request.get_ref().permission).map_err(invalid)?;
         let snapshot = self.backend.authority.snapshot();
+        let caller = caller_for_member(&request.get_ref().member, &snapshot)?;
+        let permission = Permission::parse(&request.get_ref().permission).map_err(invalid)?;
         let explanation = rouse_iam::explain(
             &rouse_iam::Request {
                 caller: &caller,
@@ -349,8 +354,12 @@ impl pb::iam_server::Iam for IamApi {
         &self,
         request: Request<pb::ListAuditRequest>,
     ) -> Result<Response<pb::ListAuditResponse>, Status> {
-        let resource = match request.get_ref().resource.as_str() {
+        // Groups are audited as `groups/NAME`, on the root.
+        let requested = request.get_ref().resource.clone();
+        let groups = requested == "groups" || requested.starts_with("groups/");
+        let resource = match requested.as_str() {
             "" => Resource::Root,
+            _ if groups => Resource::Root,
             r => parse_resource(r)?,
         };
         self.backend
@@ -375,6 +384,7 @@ impl pb::iam_server::Iam for IamApi {
                 .map_err(|e| invalid(format!("since: {e}")))?,
             principal: Some(req.principal).filter(|p| !p.is_empty()),
             resource_prefix: match &resource {
+                _ if groups => Some(requested),
                 Resource::Root => None,
                 r => Some(r.to_string()),
             },

@@ -26,7 +26,7 @@ pub struct ListArgs {
     /// Only this caller's entries, e.g. serviceAccount:a@p.rouse.
     #[arg(long)]
     principal: Option<String>,
-    /// Only resources whose name starts with this, e.g. projects/p.
+    /// Only resources whose name starts with this, e.g. projects/p (or groups/NAME).
     #[arg(long)]
     resource: Option<String>,
     /// Only granted or denied checks, or changes.
