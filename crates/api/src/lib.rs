@@ -21,6 +21,7 @@ pub mod hooks;
 pub mod iam;
 pub mod messaging;
 pub mod reconcile;
+pub mod retention;
 pub mod revisions;
 pub mod rollout;
 pub mod secrets;

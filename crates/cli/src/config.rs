@@ -22,6 +22,9 @@ pub const DEFAULT_NETWORK_TOPIC: &str = "octue.services";
 /// The builder's webhook server: loopback by default; put a proxy in front
 /// of it (or listen wider) for GitHub to reach it.
 pub const DEFAULT_WEBHOOK_LISTEN: &str = "127.0.0.1:7071";
+/// How long permission decisions stay in the audit log (changes stay for
+/// good): 30 days, as Google keeps Data Access audit logs.
+pub const DEFAULT_AUDIT_RETENTION: Duration = Duration::from_secs(30 * 86_400);
 
 /// The TOML file, every key optional.
 #[derive(Debug, Default, Deserialize)]
@@ -62,6 +65,8 @@ pub struct DispatcherSection {
 #[serde(deny_unknown_fields)]
 pub struct StoreSection {
     pub path: Option<PathBuf>,
+    #[serde(default, with = "humantime_serde_opt")]
+    pub audit_retention: Option<Duration>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -104,6 +109,8 @@ pub struct ServerConfig {
     pub network_topic: String,
     pub roles: Roles,
     pub heartbeat_interval: Duration,
+    /// How long decisions stay in the audit log; `None` keeps them all.
+    pub audit_retention: Option<Duration>,
     pub queue_capacity: usize,
     /// Where the builder's webhook server listens.
     pub webhook_listen: SocketAddr,
@@ -255,6 +262,12 @@ impl ServerConfig {
         if queue_capacity == 0 {
             return Err("[dispatcher] queue_capacity must be at least 1".into());
         }
+        let audit_retention = Some(
+            args.audit_retention
+                .or(file.store.audit_retention)
+                .unwrap_or(DEFAULT_AUDIT_RETENTION),
+        )
+        .filter(|d| !d.is_zero());
         let heartbeat_interval = args
             .heartbeat_interval
             .or(file.dispatcher.heartbeat_interval)
@@ -308,6 +321,7 @@ impl ServerConfig {
             secrets_key,
             roles,
             heartbeat_interval,
+            audit_retention,
             queue_capacity,
             data_dir,
             api_listen,
@@ -410,6 +424,47 @@ mod tests {
         let cfg = ServerConfig::resolve(&args, log).expect("resolve");
         assert_eq!(cfg.webhook_listen.port(), 9100, "file beats default");
         assert_eq!(cfg.github_api_url, "http://flag", "flag beats file");
+    }
+
+    #[test]
+    fn audit_retention_defaults_to_30_days_and_0s_keeps_everything() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let path = dir.path().join("rouse.toml");
+        std::fs::write(
+            &path,
+            "[pubsub]\nemulator_host = \"127.0.0.1:1\"\n[store]\naudit_retention = \"7d\"\n",
+        )
+        .expect("write");
+        let p = path.to_str().expect("utf-8");
+        let resolve = |argv: &[&str]| {
+            let (args, log) = server_args(argv);
+            ServerConfig::resolve(&args, log).expect("resolve")
+        };
+        let from_file = resolve(&["rouse", "server", "--config", p, "--data-dir", "/d"]);
+        assert_eq!(
+            from_file.audit_retention,
+            Some(Duration::from_secs(7 * 86_400))
+        );
+        let kept = resolve(&[
+            "rouse",
+            "server",
+            "--config",
+            p,
+            "--data-dir",
+            "/d",
+            "--audit-retention",
+            "0s",
+        ]);
+        assert_eq!(kept.audit_retention, None, "flag beats file; 0s keeps all");
+        let default = resolve(&[
+            "rouse",
+            "server",
+            "--data-dir",
+            "/d",
+            "--pubsub-emulator-host",
+            "127.0.0.1:1",
+        ]);
+        assert_eq!(default.audit_retention, Some(DEFAULT_AUDIT_RETENTION));
     }
 
     #[test]

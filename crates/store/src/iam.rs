@@ -175,6 +175,14 @@ pub trait IamStore: Send + Sync + 'static {
     async fn load_iam(&self) -> Result<IamData, StoreError>;
 
     async fn append_audit(&self, entry: &AuditEntry) -> Result<i64, StoreError>;
+    /// Deletes up to `limit` of the oldest decision entries (`granted`,
+    /// `denied`) recorded before `before`; administrative changes are kept.
+    /// Returns how many it deleted.
+    async fn prune_audit_decisions(
+        &self,
+        before: SystemTime,
+        limit: u32,
+    ) -> Result<u64, StoreError>;
     /// Newest first.
     async fn list_audit(&self, filter: &AuditFilter) -> Result<Vec<AuditEntry>, StoreError>;
 }
@@ -685,6 +693,22 @@ impl IamStore for SqliteStore {
         .await
     }
 
+    async fn prune_audit_decisions(
+        &self,
+        before: SystemTime,
+        limit: u32,
+    ) -> Result<u64, StoreError> {
+        self.write(move |c| {
+            let deleted = c.execute(
+                "DELETE FROM audit WHERE id IN (SELECT id FROM audit WHERE at_us < ?1 \
+                 AND decision IN ('granted', 'denied') ORDER BY at_us LIMIT ?2)",
+                params![micros(before), limit],
+            )?;
+            Ok(deleted as u64)
+        })
+        .await
+    }
+
     async fn list_audit(&self, f: &AuditFilter) -> Result<Vec<AuditEntry>, StoreError> {
         let f = f.clone();
         self.with(move |c| {
@@ -813,6 +837,57 @@ mod tests {
         assert_eq!(data.keys.len(), 1);
         assert!(data.keys[0].1, "the key's account is disabled");
         assert_eq!(data.trusted_projects, vec!["p".to_owned()]);
+    }
+
+    #[tokio::test]
+    async fn pruning_removes_old_decisions_and_keeps_changes() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let store = open(&dir);
+        let now = SystemTime::now();
+        let entry = |age_days: u64, decision: &str| AuditEntry {
+            id: 0,
+            at: now - Duration::from_secs(age_days * 86_400),
+            principal: "user:a@example.com".into(),
+            action: "GetService".into(),
+            resource: "projects/p".into(),
+            permission: "services.get".into(),
+            decision: decision.into(),
+            detail: "{}".into(),
+        };
+        for (age, decision) in [
+            (40, "granted"),
+            (40, "denied"),
+            (40, "changed"),
+            (35, "granted"),
+            (1, "granted"),
+        ] {
+            store
+                .append_audit(&entry(age, decision))
+                .await
+                .expect("append");
+        }
+        let before = now - Duration::from_secs(30 * 86_400);
+        assert_eq!(
+            store.prune_audit_decisions(before, 2).await.expect("prune"),
+            2
+        );
+        assert_eq!(
+            store.prune_audit_decisions(before, 2).await.expect("prune"),
+            1
+        );
+        assert_eq!(
+            store.prune_audit_decisions(before, 2).await.expect("prune"),
+            0
+        );
+        let left = store
+            .list_audit(&AuditFilter {
+                limit: 100,
+                ..AuditFilter::default()
+            })
+            .await
+            .expect("list");
+        let decisions: Vec<&str> = left.iter().map(|e| e.decision.as_str()).collect();
+        assert_eq!(decisions, ["granted", "changed"], "newest first");
     }
 
     #[tokio::test]

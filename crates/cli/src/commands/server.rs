@@ -49,6 +49,10 @@ pub struct ServerArgs {
     /// Bound on one Pub/Sub administrative call, retries included [default: 10s].
     #[arg(long, env = "ROUSE_PUBSUB_TIMEOUT", value_parser = humantime::parse_duration)]
     pub pubsub_timeout: Option<Duration>,
+    /// How long permission decisions stay in the audit log; administrative
+    /// changes stay for good. `0s` keeps everything [default: 30d].
+    #[arg(long, env = "ROUSE_AUDIT_RETENTION", value_parser = humantime::parse_duration)]
+    pub audit_retention: Option<Duration>,
     /// Heartbeat interval while a question waits or runs [default: 60s].
     #[arg(long, env = "ROUSE_HEARTBEAT_INTERVAL", value_parser = humantime::parse_duration)]
     pub heartbeat_interval: Option<Duration>,
@@ -194,6 +198,11 @@ pub async fn run(args: ServerArgs, log_format: Option<LogFormat>) -> Result<(), 
 
     let shutdown = CancellationToken::new();
     let _fresh = authority.keep_fresh(shutdown.clone());
+    let _pruned = rouse_api::retention::keep_pruned(
+        authority.store().clone(),
+        config.audit_retention,
+        shutdown.clone(),
+    );
     let logs_dir = config.data_dir.join("logs");
     let builder_cell = Arc::new(std::sync::OnceLock::new());
     let (hooks, dispatcher): (Arc<dyn DispatchHooks>, _) = if config.roles.dispatcher {
