@@ -1093,6 +1093,73 @@ impl GroupsApi {
     }
 }
 
+impl GroupsApi {
+    /// Adds (`add`) or removes the request's member, audited; the group after.
+    async fn change_member(
+        &self,
+        request: Request<pb::GroupMemberRequest>,
+        add: bool,
+    ) -> Result<pb::Group, ApiError> {
+        let action = if add {
+            "AddGroupMember"
+        } else {
+            "RemoveGroupMember"
+        };
+        let caller = self
+            .backend
+            .authorize(&request, action, Permission::GroupsUpdate, &Resource::Root)
+            .await?;
+        let name = group_name(&request.get_ref().name)?;
+        let member = group_member(&request.get_ref().member)?.to_string();
+        let store = &self.backend.store;
+        let (before, after) = if add {
+            match store.add_group_member(name.as_str(), &member).await? {
+                None => {
+                    return Err(ApiError::NotFound(format!(
+                        "group `{name}` does not exist; create it with `rouse iam groups create {name}`"
+                    )));
+                }
+                Some(false) => {
+                    return Err(ApiError::AlreadyExists(format!(
+                        "`{member}` is already a member of group `{name}`"
+                    )));
+                }
+                Some(true) => (
+                    serde_json::Value::Null,
+                    serde_json::json!({ "member": member }),
+                ),
+            }
+        } else {
+            let group = self.find(&name).await?;
+            if !store.remove_group_member(name.as_str(), &member).await? {
+                return Err(ApiError::NotFound(format!(
+                    "`{member}` is not a member of group `{name}`; its members are: {}",
+                    if group.members.is_empty() {
+                        "none".to_owned()
+                    } else {
+                        group.members.join(", ")
+                    }
+                )));
+            }
+            (
+                serde_json::json!({ "member": member }),
+                serde_json::Value::Null,
+            )
+        };
+        self.backend
+            .changed(
+                &caller,
+                action,
+                &group_resource(&name),
+                Permission::GroupsUpdate,
+                before,
+                after,
+            )
+            .await;
+        Ok(group_to_pb(&self.find(&name).await?))
+    }
+}
+
 /// A group name as `NAME` or `group:NAME`.
 fn group_name(value: &str) -> Result<GroupName, ApiError> {
     GroupName::parse(value.strip_prefix("group:").unwrap_or(value)).map_err(invalid)
@@ -1234,94 +1301,13 @@ impl pb::groups_server::Groups for GroupsApi {
         &self,
         request: Request<pb::GroupMemberRequest>,
     ) -> Result<Response<pb::Group>, Status> {
-        let caller = self
-            .backend
-            .authorize(
-                &request,
-                "AddGroupMember",
-                Permission::GroupsUpdate,
-                &Resource::Root,
-            )
-            .await?;
-        let name = group_name(&request.get_ref().name)?;
-        let member = group_member(&request.get_ref().member)?.to_string();
-        match self
-            .backend
-            .store
-            .add_group_member(name.as_str(), &member)
-            .await
-            .map_err(ApiError::from)?
-        {
-            None => {
-                return Err(ApiError::NotFound(format!(
-                    "group `{name}` does not exist; create it with `rouse iam groups create {name}`"
-                ))
-                .into());
-            }
-            Some(false) => {
-                return Err(ApiError::AlreadyExists(format!(
-                    "`{member}` is already a member of group `{name}`"
-                ))
-                .into());
-            }
-            Some(true) => {}
-        }
-        self.backend
-            .changed(
-                &caller,
-                "AddGroupMember",
-                &group_resource(&name),
-                Permission::GroupsUpdate,
-                serde_json::Value::Null,
-                serde_json::json!({ "member": member }),
-            )
-            .await;
-        Ok(Response::new(group_to_pb(&self.find(&name).await?)))
+        Ok(Response::new(self.change_member(request, true).await?))
     }
 
     async fn remove_group_member(
         &self,
         request: Request<pb::GroupMemberRequest>,
     ) -> Result<Response<pb::Group>, Status> {
-        let caller = self
-            .backend
-            .authorize(
-                &request,
-                "RemoveGroupMember",
-                Permission::GroupsUpdate,
-                &Resource::Root,
-            )
-            .await?;
-        let name = group_name(&request.get_ref().name)?;
-        let member = group_member(&request.get_ref().member)?.to_string();
-        let group = self.find(&name).await?;
-        if !self
-            .backend
-            .store
-            .remove_group_member(name.as_str(), &member)
-            .await
-            .map_err(ApiError::from)?
-        {
-            return Err(ApiError::NotFound(format!(
-                "`{member}` is not a member of group `{name}`; its members are: {}",
-                if group.members.is_empty() {
-                    "none".to_owned()
-                } else {
-                    group.members.join(", ")
-                }
-            ))
-            .into());
-        }
-        self.backend
-            .changed(
-                &caller,
-                "RemoveGroupMember",
-                &group_resource(&name),
-                Permission::GroupsUpdate,
-                serde_json::json!({ "member": member }),
-                serde_json::Value::Null,
-            )
-            .await;
-        Ok(Response::new(group_to_pb(&self.find(&name).await?)))
+        Ok(Response::new(self.change_member(request, false).await?))
     }
 }

@@ -501,38 +501,36 @@ async fn groups(cmd: GroupsCommand) -> Result<(), CliError> {
             member,
             format,
             client,
-        } => {
-            let request = pb::GroupMemberRequest {
-                name: group(&name)?,
-                member: group_member(&member)?,
-            };
-            let mut api = GroupsClient::new(super::connect(&client).await?);
-            let g = api
-                .add_group_member(request)
-                .await
-                .map_err(status(&client.endpoint))?
-                .into_inner();
-            output::print_one(&GroupView::from(&g), format)
-        }
+        } => change_member(&name, &member, true, format, &client).await,
         C::RemoveMember {
             name,
             member,
             format,
             client,
-        } => {
-            let request = pb::GroupMemberRequest {
-                name: group(&name)?,
-                member: group_member(&member)?,
-            };
-            let mut api = GroupsClient::new(super::connect(&client).await?);
-            let g = api
-                .remove_group_member(request)
-                .await
-                .map_err(status(&client.endpoint))?
-                .into_inner();
-            output::print_one(&GroupView::from(&g), format)
-        }
+        } => change_member(&name, &member, false, format, &client).await,
     }
+}
+
+/// `groups add-member` (`add`) and `groups remove-member`.
+async fn change_member(
+    name: &str,
+    member: &str,
+    add: bool,
+    format: Format,
+    client: &ClientArgs,
+) -> Result<(), CliError> {
+    let request = pb::GroupMemberRequest {
+        name: group(name)?,
+        member: group_member(member)?,
+    };
+    let mut api = GroupsClient::new(super::connect(client).await?);
+    let answer = if add {
+        api.add_group_member(request).await
+    } else {
+        api.remove_group_member(request).await
+    };
+    let g = answer.map_err(status(&client.endpoint))?.into_inner();
+    output::print_one(&GroupView::from(&g), format)
 }
 
 async fn set_disabled(email: &str, disabled: bool, client: &ClientArgs) -> Result<(), CliError> {
