@@ -124,6 +124,11 @@ impl Emulator {
         );
     }
 
+    /// The process id of `gcloud`, which leads the emulator's process group.
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
     /// `HOST:PORT`, the value of `PUBSUB_EMULATOR_HOST`.
     pub fn host(&self) -> &str {
         &self.host

@@ -9,9 +9,9 @@
 //! | cold start, Docker runtime | `docker run` of the same image to ready + the warm round trip |
 //! | git push webhook → new revision serving (builder) | `docker build` + `docker run` to ready of the same context |
 //! | webhook response time (builder) | target only |
-//! | questions per second at saturation | the bare relay's own throughput |
+//! | questions per second at saturation | a bare relay publishing the same two events in the same order (acknowledgement, then result), measured in alternating rounds with Rouse because the emulator slows down as ordering keys accumulate |
 //! | RSS with 1,000 idle services | RSS with none |
-//! | permission check, 10,000 bindings over 1,000 services (IAM engine, not yet enforced) | target only |
+//! | permission check, 10,000 bindings over 1,000 services (IAM engine) | target only |
 //! | token verification (Ed25519 JWT) | target only |
 //!
 //! Prints a table and writes `target/bench/report.json`. Nothing here passes
@@ -37,6 +37,9 @@ const WARM_N: usize = 200;
 const COLD_N: usize = 10;
 const FLOOR_N: usize = 10;
 const THROUGHPUT_N: usize = 1000;
+/// Rounds the saturation paths alternate in, one per path so that each
+/// takes each place once (see the throughput part).
+const THROUGHPUT_ROUNDS: usize = 4;
 const IDLE_SERVICES: usize = 1000;
 const ANSWER: Duration = Duration::from_secs(120);
 /// Timed pushes that build (each a new commit, so each image differs), and
@@ -78,12 +81,25 @@ impl Report {
     }
 }
 
+/// How a bare relay answers.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Relay {
+    /// A `result` only.
+    Result,
+    /// A `delivery_acknowledgement` and a `result` published at once, so the
+    /// client batches them (same ordering key) into one publish call.
+    AckWithResult,
+    /// A `delivery_acknowledgement`, then, once it is published, the `result`:
+    /// what any responder that acknowledges before working must do, with no
+    /// work in between; one publish call each, like the dispatcher.
+    AckThenResult,
+}
+
 /// A bare relay: what arrives on its topic goes straight back to the asker on
-/// the network topic as a `result` (and, with `acknowledge`, first a
-/// `delivery_acknowledgement`, as the protocol asks of any responder): two
-/// hops, no dispatcher, no store, no instance.
-async fn start_relay(pubsub: &PubSub, acknowledge: bool) -> (String, tokio::task::JoinHandle<()>) {
-    let topic = format!("bench.relay.{acknowledge}");
+/// the network topic, as `mode` says: one or two hops, no dispatcher, no
+/// store, no instance.
+async fn start_relay(pubsub: &PubSub, mode: Relay) -> (String, tokio::task::JoinHandle<()>) {
+    let topic = format!("bench.relay.{mode:?}").to_lowercase();
     let sub = format!("{topic}.sub");
     pubsub.ensure_topic(&topic).await.expect("relay topic");
     pubsub
@@ -106,31 +122,32 @@ async fn start_relay(pubsub: &PubSub, acknowledge: bool) -> (String, tokio::task
                 .collect();
             attributes.insert("recipient".into(), ASKER.into());
             attributes.insert("sender_type".into(), "CHILD".into());
-            attributes.insert("uuid".into(), uuid::Uuid::new_v4().to_string());
-            let ordering_key = msg.ordering_key.clone();
-            if acknowledge {
-                let (p, mut attributes, ordering_key) =
-                    (publisher.clone(), attributes.clone(), ordering_key.clone());
-                attributes.insert("uuid".into(), uuid::Uuid::new_v4().to_string());
-                tokio::spawn(async move {
-                    let _ = p
-                        .publish(Outgoing {
-                            data: br#"{"kind": "delivery_acknowledgement"}"#.to_vec(),
-                            attributes,
-                            ordering_key,
-                        })
-                        .await;
-                });
-            }
+            let event = |kind: &[u8]| Outgoing {
+                data: kind.to_vec(),
+                attributes: {
+                    let mut a = attributes.clone();
+                    a.insert("uuid".into(), uuid::Uuid::new_v4().to_string());
+                    a
+                },
+                ordering_key: msg.ordering_key.clone(),
+            };
+            let ack =
+                (mode != Relay::Result).then(|| event(br#"{"kind": "delivery_acknowledgement"}"#));
+            let result = event(br#"{"kind": "result", "output_values": null}"#);
             let p = publisher.clone();
             tokio::spawn(async move {
-                let _ = p
-                    .publish(Outgoing {
-                        data: br#"{"kind": "result", "output_values": null}"#.to_vec(),
-                        attributes,
-                        ordering_key,
-                    })
-                    .await;
+                match (mode, ack) {
+                    (Relay::AckThenResult, Some(ack)) => {
+                        let _ = p.publish(ack).await;
+                        let _ = p.publish(result).await;
+                    }
+                    (_, Some(ack)) => {
+                        let _ = tokio::join!(p.publish(ack), p.publish(result));
+                    }
+                    (_, None) => {
+                        let _ = p.publish(result).await;
+                    }
+                }
             });
         }
     });
@@ -246,6 +263,39 @@ fn rss_kib(pid: u32) -> Option<u64> {
         .lines()
         .find_map(|l| l.strip_prefix("VmRSS:"))
         .and_then(|v| v.split_whitespace().next()?.parse().ok())
+}
+
+/// CPU time (user + system) of every process in process group `pgid`, in
+/// milliseconds: the emulator's Java process is in the group of `gcloud`.
+fn group_cpu_ms(pgid: u32) -> f64 {
+    let ticks: f64 = Command::new("getconf")
+        .arg("CLK_TCK")
+        .output()
+        .ok()
+        .and_then(|o| String::from_utf8_lossy(&o.stdout).trim().parse().ok())
+        .unwrap_or(100.0);
+    let mut total = 0u64;
+    for entry in std::fs::read_dir("/proc").into_iter().flatten().flatten() {
+        let Ok(stat) = std::fs::read_to_string(entry.path().join("stat")) else {
+            continue;
+        };
+        // After the command name (which may hold spaces): state, ppid, pgrp, …
+        let Some((_, rest)) = stat.rsplit_once(") ") else {
+            continue;
+        };
+        let fields: Vec<&str> = rest.split_whitespace().collect();
+        if fields.get(2).and_then(|g| g.parse::<u32>().ok()) != Some(pgid) {
+            continue;
+        }
+        let field = |i: usize| {
+            fields
+                .get(i)
+                .and_then(|v| v.parse::<u64>().ok())
+                .unwrap_or(0)
+        };
+        total += field(11) + field(12);
+    }
+    total as f64 * 1000.0 / ticks
 }
 
 /// Waits until the service's instance has been stopped for idleness.
@@ -747,8 +797,9 @@ async fn main() {
         .await
         .expect("pubsub");
     let mut asker = Asker::new(emulator.host(), NETWORK).await;
-    let (relay_topic, _relay) = start_relay(&pubsub, false).await;
-    let (ack_relay_topic, _ack_relay) = start_relay(&pubsub, true).await;
+    let (relay_topic, _relay) = start_relay(&pubsub, Relay::Result).await;
+    let (batched_relay_topic, _batched_relay) = start_relay(&pubsub, Relay::AckWithResult).await;
+    let (ack_relay_topic, _ack_relay) = start_relay(&pubsub, Relay::AckThenResult).await;
     let mut report = Report::default();
     println!(
         "Rouse benchmark ({} warm round trips, {} cold starts, {} questions at saturation, {} idle services)",
@@ -884,9 +935,16 @@ async fn main() {
 
     if wanted("throughput") {
         // Throughput at saturation. The floor answers each question with the same
-        // two events the dispatcher must send; the one-event relay is reported too.
-        let one_event = saturate(&mut asker, &relay_topic, "bench/relay", THROUGHPUT_N).await;
-        let transport = saturate(&mut asker, &ack_relay_topic, "bench/relay", THROUGHPUT_N).await;
+        // two events the dispatcher must send, in the same order (the
+        // acknowledgement published before the result, one publish call
+        // each). The relay that publishes both at once (the client batches
+        // them into one call) and the one-event relay are reported too.
+        //
+        // The emulator slows down as it accumulates ordering keys (each
+        // question has its own, as the protocol says), so whatever runs later
+        // runs on a slower emulator: the four are measured in alternating
+        // rounds, and the emulator's CPU per question tells what each path
+        // costs the transport.
         let tput_topic = create(
             &server,
             "tput",
@@ -903,7 +961,33 @@ async fn main() {
             &["--command", &echo_cmd, "--workdir", "/tmp"],
         );
         round_trips(&mut asker, &tput_topic, "bench/tput", 5).await;
-        let rouse = saturate(&mut asker, &tput_topic, "bench/tput", THROUGHPUT_N).await;
+        let per_round = THROUGHPUT_N / THROUGHPUT_ROUNDS;
+        let paths = [
+            (tput_topic.as_str(), "bench/tput"),
+            (ack_relay_topic.as_str(), "bench/relay"),
+            (batched_relay_topic.as_str(), "bench/relay"),
+            (relay_topic.as_str(), "bench/relay"),
+        ];
+        // Seconds and emulator CPU milliseconds spent on each path.
+        let mut spent = [(0.0f64, 0.0f64); 4];
+        for round in 0..THROUGHPUT_ROUNDS {
+            // Each path takes each place in a round once.
+            for k in 0..paths.len() {
+                let i = (round + k) % paths.len();
+                let (topic, recipient) = paths[i];
+                let cpu = group_cpu_ms(emulator.pid());
+                let rate = saturate(&mut asker, topic, recipient, per_round).await;
+                spent[i].0 += per_round as f64 / rate;
+                spent[i].1 += group_cpu_ms(emulator.pid()) - cpu;
+            }
+        }
+        let total = (per_round * THROUGHPUT_ROUNDS) as f64;
+        let rate = |i: usize| total / spent[i].0;
+        let cpu = |i: usize| spent[i].1 / total;
+        let (rouse, transport, batched, one_event) = (rate(0), rate(1), rate(2), rate(3));
+        let idle = group_cpu_ms(emulator.pid());
+        tokio::time::sleep(Duration::from_secs(2)).await;
+        let idle = (group_cpu_ms(emulator.pid()) - idle) / 2.0;
         report.row(
             "questions/s at saturation",
             format!("{rouse:.0}/s"),
@@ -912,11 +996,25 @@ async fn main() {
             "≥ 80%".into(),
         );
         report.row(
+            "  (relay batching both events)",
+            String::new(),
+            format!("{batched:.0}/s"),
+            format!("{:.0}% of that", 100.0 * rouse / batched),
+            String::new(),
+        );
+        report.row(
             "  (relay sending one event only)",
             String::new(),
             format!("{one_event:.0}/s"),
             format!("{:.0}% of that", 100.0 * rouse / one_event),
             String::new(),
+        );
+        println!(
+            "  (the emulator's CPU per question: {:.2} ms through Rouse, {:.2} ms through the in-order relay, {:.2} ms batching, {:.2} ms one event; {idle:.0} ms/s while idle afterwards)",
+            cpu(0),
+            cpu(1),
+            cpu(2),
+            cpu(3)
         );
         // Where the time went, from the executions' own timestamps.
         let listed = server
@@ -952,7 +1050,7 @@ async fn main() {
             percentile(&running, 50.0),
             percentile(&running, 99.0)
         );
-        report.json.insert("throughput_per_s".into(), json!({"rouse": rouse, "transport": transport, "transport_one_event": one_event, "ratio": rouse / transport, "target_ratio": 0.8}));
+        report.json.insert("throughput_per_s".into(), json!({"rouse": rouse, "transport": transport, "transport_batched": batched, "transport_one_event": one_event, "rounds": THROUGHPUT_ROUNDS, "emulator_cpu_ms_per_question": {"rouse": cpu(0), "transport": cpu(1), "transport_batched": cpu(2), "transport_one_event": cpu(3)}, "emulator_idle_cpu_ms_per_s": idle, "ratio": rouse / transport, "target_ratio": 0.8}));
     }
 
     // Memory with 1,000 idle services.
