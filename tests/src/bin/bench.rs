@@ -9,7 +9,7 @@
 //! | cold start, Docker runtime | `docker run` of the same image to ready + the warm round trip |
 //! | git push webhook → new revision serving (builder) | `docker build` + `docker run` to ready of the same context |
 //! | webhook response time (builder) | target only |
-//! | questions per second at saturation | a bare relay publishing the same two events in the same order (acknowledgement, then result), measured in alternating rounds with Rouse because the emulator slows down as ordering keys accumulate |
+//! | questions per second at saturation | a bare relay publishing the same two events the same way (the result once the acknowledgement was taken), measured in alternating rounds with Rouse because the emulator slows down as ordering keys accumulate |
 //! | RSS with 1,000 idle services | RSS with none |
 //! | permission check, 10,000 bindings over 1,000 services (IAM engine) | target only |
 //! | token verification (Ed25519 JWT) | target only |
@@ -86,12 +86,12 @@ impl Report {
 enum Relay {
     /// A `result` only.
     Result,
-    /// A `delivery_acknowledgement` and a `result` published at once, so the
-    /// client batches them (same ordering key) into one publish call.
+    /// A `delivery_acknowledgement` and a `result` handed to the client at
+    /// once (it still sends them one call after the other: the publisher
+    /// sends every message at once, in order per ordering key).
     AckWithResult,
-    /// A `delivery_acknowledgement`, then, once it is published, the `result`:
-    /// what any responder that acknowledges before working must do, with no
-    /// work in between; one publish call each, like the dispatcher.
+    /// A `delivery_acknowledgement`, then, once Pub/Sub took it, the
+    /// `result`: what the dispatcher does, with no work in between.
     AckThenResult,
 }
 
@@ -961,10 +961,9 @@ async fn main() {
 
     if wanted("throughput") {
         // Throughput at saturation. The floor answers each question with the same
-        // two events the dispatcher must send, in the same order (the
-        // acknowledgement published before the result, one publish call
-        // each). The relay that publishes both at once (the client batches
-        // them into one call) and the one-event relay are reported too.
+        // two events the dispatcher must send, in the same way (the result
+        // published once the acknowledgement was taken). The relay that hands
+        // both to the client at once and the one-event relay are reported too.
         //
         // The emulator slows down as it accumulates ordering keys (each
         // question has its own, as the protocol says), so whatever runs later
@@ -1022,7 +1021,7 @@ async fn main() {
             "≥ 80%".into(),
         );
         report.row(
-            "  (relay batching both events)",
+            "  (relay publishing both at once)",
             String::new(),
             format!("{batched:.0}/s"),
             format!("{:.0}% of that", 100.0 * rouse / batched),
@@ -1036,7 +1035,7 @@ async fn main() {
             String::new(),
         );
         println!(
-            "  (the emulator's CPU per question: {:.2} ms through Rouse, {:.2} ms through the in-order relay, {:.2} ms batching, {:.2} ms one event; {idle:.0} ms/s while idle afterwards)",
+            "  (the emulator's CPU per question: {:.2} ms through Rouse, {:.2} ms through the in-order relay, {:.2} ms both at once, {:.2} ms one event; {idle:.0} ms/s while idle afterwards)",
             cpu(0),
             cpu(1),
             cpu(2),
