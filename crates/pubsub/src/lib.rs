@@ -13,6 +13,8 @@
 
 use std::fmt;
 use std::future::Future;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
 use google_cloud_gax::error::rpc::Code;
@@ -225,22 +227,29 @@ impl PubSub {
     /// once instead of waiting up to 10 ms to batch (PUBSUB-NOTES.md).
     pub async fn publisher(&self, topic_id: &str) -> Result<TopicPublisher, PubSubError> {
         let path = self.topic_path(topic_id);
-        let mut builder = Publisher::builder(path.clone())
+        let publisher = self.build_publisher(&path).await?;
+        Ok(TopicPublisher {
+            current: Arc::new(tokio::sync::RwLock::new(publisher)),
+            published: Arc::new(AtomicU64::new(0)),
+            recycle_after: RECYCLE_AFTER,
+            pubsub: self.clone(),
+            topic: path,
+            endpoint: self.endpoint.clone(),
+            timeout: self.config.call_timeout,
+        })
+    }
+
+    async fn build_publisher(&self, path: &str) -> Result<Publisher, PubSubError> {
+        let mut builder = Publisher::builder(path.to_owned())
             .with_endpoint(self.config.endpoint_url())
             .set_message_count_threshold(1)
             .set_delay_threshold(Duration::ZERO);
         if let Some(anonymous) = self.anonymous() {
             builder = builder.with_credentials(anonymous);
         }
-        let publisher = builder.build().await.map_err(|e| PubSubError::Client {
+        builder.build().await.map_err(|e| PubSubError::Client {
             endpoint: self.endpoint.clone(),
             message: e.to_string(),
-        })?;
-        Ok(TopicPublisher {
-            inner: publisher,
-            topic: path,
-            endpoint: self.endpoint.clone(),
-            timeout: self.config.call_timeout,
         })
     }
 
@@ -480,10 +489,28 @@ pub struct Outgoing {
     pub ordering_key: String,
 }
 
-/// Publishes to one topic.
+/// Messages a publisher client sends before it is replaced by a fresh one.
+/// The client keeps a task and a channel for every ordering key it has seen
+/// and never drops them (a TODO in its dispatcher, google-cloud-rust issue
+/// 4012); every question has its own key, so a long-lived client held about
+/// 7 KB per question ever answered (heaptrack: the channels its
+/// `spawn_actor` makes), and the server's memory grew by ~10 KB per question.
+/// A fresh client every 1024 messages (~512 questions) keeps that to a few
+/// megabytes, for the cost of building a client now and then.
+pub const RECYCLE_AFTER: u64 = 1024;
+
+/// Publishes to one topic. Clones share the client.
 #[derive(Clone)]
 pub struct TopicPublisher {
-    inner: Publisher,
+    /// The client in use. Publishing holds the read lock only while handing
+    /// a message over (which is synchronous); replacing the client takes the
+    /// write lock and flushes the old one first, so every message handed
+    /// over before the switch is sent before any handed over after it, and
+    /// the order per ordering key holds across the switch.
+    current: Arc<tokio::sync::RwLock<Publisher>>,
+    published: Arc<AtomicU64>,
+    recycle_after: u64,
+    pubsub: PubSub,
     topic: String,
     endpoint: String,
     timeout: Duration,
@@ -502,6 +529,13 @@ impl TopicPublisher {
         &self.topic
     }
 
+    /// Replaces the client after every `n` messages instead of
+    /// [`RECYCLE_AFTER`].
+    pub fn with_recycle_after(mut self, n: u64) -> Self {
+        self.recycle_after = n.max(1);
+        self
+    }
+
     /// Publishes one message and returns its message id. Bounded by the call
     /// timeout (the client would otherwise retry for up to 600 s). A failed
     /// ordered publish pauses its ordering key in the client; it is resumed
@@ -516,6 +550,15 @@ impl TopicPublisher {
             .set_data(data)
             .set_attributes(attributes)
             .set_ordering_key(ordering_key.clone());
+        let (client, pending, count) = {
+            let current = self.current.read().await;
+            let pending = current.publish(msg);
+            let count = self.published.fetch_add(1, Ordering::Relaxed) + 1;
+            (current.clone(), pending, count)
+        };
+        if count.is_multiple_of(self.recycle_after) {
+            self.recycle().await;
+        }
         let failed = |code, message: String| PubSubError::Call {
             op: "publish to",
             resource: self.topic.clone(),
@@ -523,7 +566,7 @@ impl TopicPublisher {
             code,
             message,
         };
-        let result = match tokio::time::timeout(self.timeout, self.inner.publish(msg)).await {
+        let result = match tokio::time::timeout(self.timeout, pending).await {
             Ok(Ok(id)) => return Ok(id),
             Ok(Err(e)) => Err(failed(None, e.to_string())),
             Err(_) => Err(PubSubError::Timeout {
@@ -534,9 +577,27 @@ impl TopicPublisher {
             }),
         };
         if !ordering_key.is_empty() {
-            self.inner.resume_publish(ordering_key);
+            client.resume_publish(ordering_key);
         }
         result
+    }
+
+    /// Swaps in a fresh client (see [`RECYCLE_AFTER`]); if one cannot be
+    /// built, the current one stays and the next multiple tries again.
+    async fn recycle(&self) {
+        let fresh = match self.pubsub.build_publisher(&self.topic).await {
+            Ok(fresh) => fresh,
+            Err(e) => {
+                tracing::warn!(topic = %self.topic, error = %e, "cannot build a fresh publisher; keeping the current one");
+                return;
+            }
+        };
+        let mut current = self.current.write().await;
+        current.flush().await;
+        let old = std::mem::replace(&mut *current, fresh);
+        drop(current);
+        // The last handle of the old client: its tasks end with it.
+        drop(old);
     }
 }
 

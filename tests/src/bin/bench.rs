@@ -993,6 +993,7 @@ async fn main() {
             (batched_relay_topic.as_str(), "bench/relay"),
             (relay_topic.as_str(), "bench/relay"),
         ];
+        let rss_before = rss_kib(server.pid()).unwrap_or(0);
         // Seconds and emulator CPU milliseconds spent on each path.
         let mut spent = [(0.0f64, 0.0f64); 4];
         for round in 0..THROUGHPUT_ROUNDS {
@@ -1010,6 +1011,9 @@ async fn main() {
         let rate = |i: usize| total / spent[i].0;
         let cpu = |i: usize| spent[i].1 / total;
         let (rouse, transport, batched, one_event) = (rate(0), rate(1), rate(2), rate(3));
+        let rss_growth = rss_kib(server.pid())
+            .unwrap_or(0)
+            .saturating_sub(rss_before);
         let idle = group_cpu_ms(emulator.pid());
         tokio::time::sleep(Duration::from_secs(2)).await;
         let idle = (group_cpu_ms(emulator.pid()) - idle) / 2.0;
@@ -1040,6 +1044,11 @@ async fn main() {
             cpu(1),
             cpu(2),
             cpu(3)
+        );
+        println!(
+            "  (the server's RSS grew by {:.1} MiB while it answered those {} questions)",
+            rss_growth as f64 / 1024.0,
+            per_round * THROUGHPUT_ROUNDS
         );
         // Where the time went, from the executions' own timestamps.
         let listed = server
@@ -1075,7 +1084,7 @@ async fn main() {
             percentile(&running, 50.0),
             percentile(&running, 99.0)
         );
-        report.json.insert("throughput_per_s".into(), json!({"rouse": rouse, "transport": transport, "transport_batched": batched, "transport_one_event": one_event, "rounds": THROUGHPUT_ROUNDS, "emulator_cpu_ms_per_question": {"rouse": cpu(0), "transport": cpu(1), "transport_batched": cpu(2), "transport_one_event": cpu(3)}, "emulator_idle_cpu_ms_per_s": idle, "ratio": rouse / transport, "target_ratio": 0.8}));
+        report.json.insert("throughput_per_s".into(), json!({"rouse": rouse, "transport": transport, "transport_batched": batched, "transport_one_event": one_event, "rounds": THROUGHPUT_ROUNDS, "emulator_cpu_ms_per_question": {"rouse": cpu(0), "transport": cpu(1), "transport_batched": cpu(2), "transport_one_event": cpu(3)}, "emulator_idle_cpu_ms_per_s": idle, "server_rss_growth_kib": rss_growth, "ratio": rouse / transport, "target_ratio": 0.8}));
     }
 
     // Memory with 1,000 idle services.
