@@ -50,4 +50,27 @@ impl Backend {
                 ))
             })
     }
+
+    /// A record of a service's (a build, a trigger: `kind`) found by `id`,
+    /// with its service; NOT_FOUND saying how to list them if either is gone.
+    pub async fn with_its_service<R>(
+        &self,
+        kind: &str,
+        id: &str,
+        record: Option<R>,
+        service_uuid: impl FnOnce(&R) -> uuid::Uuid,
+    ) -> Result<(R, Service), ApiError> {
+        let not_found = || {
+            ApiError::NotFound(format!(
+                "{kind} `{id}` does not exist; `rouse {kind}s list --project P` shows those that do"
+            ))
+        };
+        let record = record.ok_or_else(not_found)?;
+        let service = self
+            .store
+            .get_service_by_uuid(service_uuid(&record))
+            .await?
+            .ok_or_else(not_found)?;
+        Ok((record, service))
+    }
 }

@@ -736,24 +736,10 @@ impl BuildsApi {
 
     /// The build and its service, or NOT_FOUND.
     async fn find(&self, id: &str) -> Result<(BuildRecord, Service), ApiError> {
-        let not_found = || {
-            ApiError::NotFound(format!(
-                "build `{id}` does not exist; `rouse builds list --project P` shows those that do"
-            ))
-        };
-        let build = self
-            .backend()
-            .store
-            .get_build(id)
-            .await?
-            .ok_or_else(not_found)?;
-        let service = self
-            .backend()
-            .store
-            .get_service_by_uuid(build.service_uuid)
-            .await?
-            .ok_or_else(not_found)?;
-        Ok((build, service))
+        let build = self.backend().store.get_build(id).await?;
+        self.backend()
+            .with_its_service("build", id, build, |b| b.service_uuid)
+            .await
     }
 }
 

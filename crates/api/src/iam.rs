@@ -429,11 +429,22 @@ impl ServiceAccountsApi {
         Self { backend }
     }
 
-    /// The account's project resource, from its email.
-    fn account_project(email: &str) -> Result<(Account, Resource), ApiError> {
+    /// Parses the account `email` names and checks `permission` on its
+    /// project: the caller, the account and the project's resource.
+    async fn authorize_account<T>(
+        &self,
+        request: &Request<T>,
+        email: &str,
+        action: &str,
+        permission: Permission,
+    ) -> Result<(Caller, Account, Resource), ApiError> {
         let account = Account::service_account_email(email).map_err(invalid)?;
         let resource = project_resource(account.project())?;
-        Ok((account, resource))
+        let caller = self
+            .backend
+            .authorize(request, action, permission, &resource)
+            .await?;
+        Ok((caller, account, resource))
     }
 
     async fn find(&self, email: &str) -> Result<ServiceAccountRecord, ApiError> {
@@ -517,15 +528,13 @@ impl pb::service_accounts_server::ServiceAccounts for ServiceAccountsApi {
         &self,
         request: Request<pb::GetServiceAccountRequest>,
     ) -> Result<Response<pb::ServiceAccount>, Status> {
-        let (_, resource) = Self::account_project(&request.get_ref().email)?;
-        self.backend
-            .authorize(
-                &request,
-                "GetServiceAccount",
-                Permission::ServiceAccountsGet,
-                &resource,
-            )
-            .await?;
+        self.authorize_account(
+            &request,
+            &request.get_ref().email,
+            "GetServiceAccount",
+            Permission::ServiceAccountsGet,
+        )
+        .await?;
         let account = self.find(&request.get_ref().email).await?;
         Ok(Response::new(account_to_pb(&account)))
     }
@@ -571,14 +580,12 @@ impl pb::service_accounts_server::ServiceAccounts for ServiceAccountsApi {
         &self,
         request: Request<pb::DeleteServiceAccountRequest>,
     ) -> Result<Response<pb::ServiceAccount>, Status> {
-        let (_, resource) = Self::account_project(&request.get_ref().email)?;
-        let caller = self
-            .backend
-            .authorize(
+        let (caller, _, resource) = self
+            .authorize_account(
                 &request,
+                &request.get_ref().email,
                 "DeleteServiceAccount",
                 Permission::ServiceAccountsDelete,
-                &resource,
             )
             .await?;
         let account = self.find(&request.get_ref().email).await?;
@@ -604,14 +611,12 @@ impl pb::service_accounts_server::ServiceAccounts for ServiceAccountsApi {
         &self,
         request: Request<pb::SetServiceAccountDisabledRequest>,
     ) -> Result<Response<pb::ServiceAccount>, Status> {
-        let (_, resource) = Self::account_project(&request.get_ref().email)?;
-        let caller = self
-            .backend
-            .authorize(
+        let (caller, _, resource) = self
+            .authorize_account(
                 &request,
+                &request.get_ref().email,
                 "SetServiceAccountDisabled",
                 Permission::ServiceAccountsUpdate,
-                &resource,
             )
             .await?;
         let req = request.into_inner();
@@ -644,14 +649,12 @@ impl pb::service_accounts_server::ServiceAccounts for ServiceAccountsApi {
         &self,
         request: Request<pb::CreateKeyRequest>,
     ) -> Result<Response<pb::ServiceAccountKey>, Status> {
-        let (account, resource) = Self::account_project(&request.get_ref().email)?;
-        let caller = self
-            .backend
-            .authorize(
+        let (caller, account, resource) = self
+            .authorize_account(
                 &request,
+                &request.get_ref().email,
                 "CreateKey",
                 Permission::ServiceAccountKeysCreate,
-                &resource,
             )
             .await?;
         let req = request.into_inner();
@@ -694,13 +697,12 @@ impl pb::service_accounts_server::ServiceAccounts for ServiceAccountsApi {
         &self,
         request: Request<pb::ListKeysRequest>,
     ) -> Result<Response<pb::ListKeysResponse>, Status> {
-        let (account, resource) = Self::account_project(&request.get_ref().email)?;
-        self.backend
-            .authorize(
+        let (_, account, _) = self
+            .authorize_account(
                 &request,
+                &request.get_ref().email,
                 "ListKeys",
                 Permission::ServiceAccountKeysList,
-                &resource,
             )
             .await?;
         self.find(account.email()).await?;
@@ -719,14 +721,12 @@ impl pb::service_accounts_server::ServiceAccounts for ServiceAccountsApi {
         &self,
         request: Request<pb::DeleteKeyRequest>,
     ) -> Result<Response<pb::ServiceAccountKey>, Status> {
-        let (account, resource) = Self::account_project(&request.get_ref().email)?;
-        let caller = self
-            .backend
-            .authorize(
+        let (caller, account, resource) = self
+            .authorize_account(
                 &request,
+                &request.get_ref().email,
                 "DeleteKey",
                 Permission::ServiceAccountKeysDelete,
-                &resource,
             )
             .await?;
         let key_id = request.into_inner().key_id;

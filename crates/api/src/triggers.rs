@@ -32,24 +32,10 @@ impl TriggersApi {
     }
 
     async fn find(&self, id: &str) -> Result<(TriggerRecord, Service), ApiError> {
-        let not_found = || {
-            ApiError::NotFound(format!(
-                "trigger `{id}` does not exist; `rouse triggers list --project P` shows those that do"
-            ))
-        };
-        let t = self
-            .backend()
-            .store
-            .get_trigger(id)
-            .await?
-            .ok_or_else(not_found)?;
-        let s = self
-            .backend()
-            .store
-            .get_service_by_uuid(t.service_uuid)
-            .await?
-            .ok_or_else(not_found)?;
-        Ok((t, s))
+        let trigger = self.backend().store.get_trigger(id).await?;
+        self.backend()
+            .with_its_service("trigger", id, trigger, |t| t.service_uuid)
+            .await
     }
 
     fn to_pb(&self, t: &TriggerRecord, s: &Service) -> pb::Trigger {
