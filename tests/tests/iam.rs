@@ -12,7 +12,7 @@
 use std::path::{Path, PathBuf};
 use std::time::{Duration, SystemTime};
 
-use rouse_api::pb;
+use rouse_proto as pb;
 use rouse_identity::KeyFile;
 use rouse_tests::asker::{Asker, question_attributes};
 use rouse_tests::{Emulator, Server, workspace_bin};

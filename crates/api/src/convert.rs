@@ -9,12 +9,7 @@ use rouse_core::{Scaling, Service};
 use crate::error::ApiError;
 use crate::pb;
 
-pub fn duration_to_pb(d: Duration) -> prost_types::Duration {
-    prost_types::Duration {
-        seconds: i64::try_from(d.as_secs()).unwrap_or(i64::MAX),
-        nanos: i32::try_from(d.subsec_nanos()).unwrap_or(0),
-    }
-}
+pub use rouse_proto::duration_to_pb;
 
 /// A protobuf duration as a std one; negative or malformed ones are the
 /// caller's mistake and name the field.

@@ -40,11 +40,8 @@ pub use hooks::{DispatchHooks, NoDispatcher};
 pub use messaging::{Messaging, PubSubMessaging};
 pub use services::ServicesApi;
 
-/// Generated code for `rouse.v1`.
-#[allow(clippy::all, missing_docs, clippy::unwrap_used)]
-pub mod pb {
-    tonic::include_proto!("rouse.v1");
-}
+/// Generated code for `rouse.v1` (the `rouse-proto` crate).
+pub use rouse_proto as pb;
 
 /// Serves the API on `listener` until `shutdown` completes, then lets calls in
 /// flight finish. The builder's APIs (triggers, builds, secrets) are served

@@ -5,7 +5,7 @@ use std::collections::BTreeMap;
 use std::fmt::Write as _;
 use std::time::{Duration, SystemTime};
 
-use rouse_api::pb;
+use rouse_proto as pb;
 use serde::Serialize;
 
 use crate::args::Format;

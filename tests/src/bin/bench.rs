@@ -24,7 +24,7 @@ use std::process::{Command, Stdio};
 use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime};
 
-use rouse_api::pb;
+use rouse_proto as pb;
 use rouse_pubsub::{Handler, Outgoing, PubSub, SubscriptionSpec};
 use rouse_tests::asker::{ASKER, Asker, pubsub_config, question_attributes};
 use rouse_tests::echo_image::{EchoImage, STATIC_BUILD, static_echo_binary};

@@ -3,8 +3,8 @@
 
 use std::time::{Duration, Instant};
 
-use rouse_api::pb;
-use rouse_api::pb::executions_client::ExecutionsClient;
+use rouse_proto as pb;
+use rouse_proto::executions_client::ExecutionsClient;
 
 use super::services::ProjectArg;
 use super::status;

@@ -3,8 +3,8 @@
 
 use std::time::SystemTime;
 
-use rouse_api::pb;
-use rouse_api::pb::iam_client::IamClient;
+use rouse_proto as pb;
+use rouse_proto::iam_client::IamClient;
 
 use super::status;
 use crate::args::{ClientArgs, Format};

@@ -2,8 +2,8 @@
 
 use std::path::PathBuf;
 
-use rouse_api::pb;
-use rouse_api::pb::builds_client::BuildsClient;
+use rouse_proto as pb;
+use rouse_proto::builds_client::BuildsClient;
 use serde::Serialize;
 
 use super::services::ProjectArg;

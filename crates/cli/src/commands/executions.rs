@@ -1,7 +1,7 @@
 //! `rouse executions …`: get, list and cancel executions.
 
-use rouse_api::pb;
-use rouse_api::pb::executions_client::ExecutionsClient;
+use rouse_proto as pb;
+use rouse_proto::executions_client::ExecutionsClient;
 
 use super::status;
 use crate::args::{ClientArgs, Format};

@@ -10,11 +10,11 @@
 use std::path::{Path, PathBuf};
 use std::time::SystemTime;
 
-use rouse_api::pb;
-use rouse_api::pb::groups_client::GroupsClient;
-use rouse_api::pb::iam_client::IamClient;
-use rouse_api::pb::roles_client::RolesClient;
-use rouse_api::pb::service_accounts_client::ServiceAccountsClient;
+use rouse_proto as pb;
+use rouse_proto::groups_client::GroupsClient;
+use rouse_proto::iam_client::IamClient;
+use rouse_proto::roles_client::RolesClient;
+use rouse_proto::service_accounts_client::ServiceAccountsClient;
 use rouse_core::ProjectName;
 use rouse_iam::{
     CustomRole, CustomRoleName, GroupName, Permission, Principal, Resource, RoleDocument, RoleName,

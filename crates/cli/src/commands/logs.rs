@@ -1,7 +1,7 @@
 //! `rouse logs`: a service's instance logs, optionally followed.
 
-use rouse_api::pb;
-use rouse_api::pb::logs_client::LogsClient;
+use rouse_proto as pb;
+use rouse_proto::logs_client::LogsClient;
 
 use super::services::ProjectArg;
 use super::status;

@@ -1,8 +1,8 @@
 //! `rouse projects …`: a project's settings and its IAM policy (which every
 //! service of the project inherits).
 
-use rouse_api::pb;
-use rouse_api::pb::iam_client::IamClient;
+use rouse_proto as pb;
+use rouse_proto::iam_client::IamClient;
 
 use super::policy::{
     self, AddBindingArgs, GetPolicyArgs, RemoveBindingArgs, SetPolicyArgs, Target,

@@ -1,7 +1,7 @@
 //! `rouse revisions …`: register a revision (it serves from then on) and list them.
 
-use rouse_api::pb;
-use rouse_api::pb::revisions_client::RevisionsClient;
+use rouse_proto as pb;
+use rouse_proto::revisions_client::RevisionsClient;
 
 use super::services::ProjectArg;
 use super::status;

@@ -1,8 +1,8 @@
 //! `rouse services rollback|deploy|promote|set-traffic` and `rouse
 //! revisions describe`: which revisions answer a service's questions.
 
-use rouse_api::pb;
-use rouse_api::pb::rollouts_client::RolloutsClient;
+use rouse_proto as pb;
+use rouse_proto::rollouts_client::RolloutsClient;
 use serde::Serialize;
 
 use super::services::ProjectArg;

@@ -3,8 +3,8 @@
 
 use std::path::PathBuf;
 
-use rouse_api::pb;
-use rouse_api::pb::secrets_client::SecretsClient;
+use rouse_proto as pb;
+use rouse_proto::secrets_client::SecretsClient;
 
 use super::services::ProjectArg;
 use super::status;

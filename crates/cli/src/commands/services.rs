@@ -3,8 +3,8 @@
 
 use std::time::Duration;
 
-use rouse_api::pb;
-use rouse_api::pb::services_client::ServicesClient;
+use rouse_proto as pb;
+use rouse_proto::services_client::ServicesClient;
 
 use super::policy::{
     self, AddBindingArgs, GetPolicyArgs, RemoveBindingArgs, SetPolicyArgs, Target,
@@ -280,9 +280,9 @@ async fn update(args: UpdateArgs) -> Result<(), CliError> {
             min_instances,
             max_instances,
             concurrency,
-            idle_timeout: idle_timeout.map(rouse_api::convert::duration_to_pb),
-            wake_timeout: wake_timeout.map(rouse_api::convert::duration_to_pb),
-            request_timeout: request_timeout.map(rouse_api::convert::duration_to_pb),
+            idle_timeout: idle_timeout.map(rouse_proto::duration_to_pb),
+            wake_timeout: wake_timeout.map(rouse_proto::duration_to_pb),
+            request_timeout: request_timeout.map(rouse_proto::duration_to_pb),
             set_env: env.into_iter().collect(),
             remove_env,
             clear_env,

@@ -2,8 +2,8 @@
 
 use std::path::PathBuf;
 
-use rouse_api::pb;
-use rouse_api::pb::triggers_client::TriggersClient;
+use rouse_proto as pb;
+use rouse_proto::triggers_client::TriggersClient;
 use serde::Serialize;
 
 use super::services::ProjectArg;
