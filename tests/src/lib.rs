@@ -450,4 +450,5 @@ pub mod asker;
 pub mod echo_image;
 pub mod image_registry;
 pub mod octue;
+pub mod platform;
 pub mod pushes;

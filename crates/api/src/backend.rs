@@ -1,12 +1,14 @@
-//! What every API service is built on: the store, messaging, the dispatcher
-//! hooks and where instance logs are.
+//! What every API service is built on: the store and its change notices,
+//! messaging, the secrets key, the dispatcher hooks and where instance logs
+//! are.
 
 use std::path::PathBuf;
 use std::sync::Arc;
 
 use rouse_authz::Authority;
 use rouse_core::{ProjectName, Service, ServiceName};
-use rouse_store::{BuildStore, DispatchStore, IamStore, RolloutStore, SecretStore, Store};
+use rouse_secrets::SecretsKey;
+use rouse_store::{BuildStore, Changes, DispatchStore, IamStore, RolloutStore, SecretStore, Store};
 
 use crate::error::ApiError;
 use crate::hooks::DispatchHooks;
@@ -24,6 +26,13 @@ pub struct Backend {
     pub store: Arc<dyn ApiStore>,
     pub messaging: Arc<dyn Messaging>,
     pub hooks: Arc<dyn DispatchHooks>,
+    /// Wakes the other roles of this process after a change.
+    pub changes: Changes,
+    /// Seals secrets and triggers' webhook secrets and tokens.
+    pub key: Arc<SecretsKey>,
+    /// Base URL of the builder's webhook server (`http://127.0.0.1:7071`),
+    /// shown with triggers.
+    pub webhook_url: String,
     /// `<logs_dir>/<service uuid>/<instance>.log`
     pub logs_dir: PathBuf,
     /// Who may do what; every method asks it first.

@@ -3,7 +3,8 @@
 //! - [`pb`]: the generated messages, server and client (the CLI uses the client).
 //! - [`services`], [`revisions`], [`executions`]: the APIs, all over one
 //!   [`Backend`]: the store, a [`Messaging`] backend that owns topics and
-//!   subscriptions, and [`DispatchHooks`] into the dispatcher.
+//!   subscriptions, the secrets key, change notices for the other roles and
+//!   [`DispatchHooks`] into a dispatcher in the same process.
 //! - [`reconcile`]: run at start, brings Pub/Sub back in line with the store.
 //! - [`error`]: the one place where errors become gRPC statuses.
 //!
@@ -27,14 +28,12 @@ pub mod rollout;
 pub mod secrets;
 pub mod services;
 pub mod triggers;
-pub mod webhook;
 
 use std::future::Future;
 
 use tokio::net::TcpListener;
 
 pub use backend::{ApiStore, Backend};
-pub use builds::{Builder, BuilderConfig};
 pub use error::ApiError;
 pub use hooks::{DispatchHooks, NoDispatcher};
 pub use messaging::{Messaging, PubSubMessaging};
@@ -44,12 +43,10 @@ pub use services::ServicesApi;
 pub use rouse_proto as pb;
 
 /// Serves the API on `listener` until `shutdown` completes, then lets calls in
-/// flight finish. The builder's APIs (triggers, builds, secrets) are served
-/// over `builder`.
+/// flight finish.
 pub async fn serve(
     listener: TcpListener,
     backend: Backend,
-    builder: Builder,
     shutdown: impl Future<Output = ()> + Send,
 ) -> Result<(), tonic::transport::Error> {
     tonic::transport::Server::builder()
@@ -78,16 +75,16 @@ pub async fn serve(
             backend.clone(),
         )))
         .add_service(pb::rollouts_server::RolloutsServer::new(
-            rollout::RolloutsApi::new(backend),
+            rollout::RolloutsApi::new(backend.clone()),
         ))
         .add_service(pb::triggers_server::TriggersServer::new(
-            triggers::TriggersApi::new(builder.clone()),
+            triggers::TriggersApi::new(backend.clone()),
         ))
         .add_service(pb::builds_server::BuildsServer::new(
-            builds::BuildsApi::new(builder.clone()),
+            builds::BuildsApi::new(backend.clone()),
         ))
         .add_service(pb::secrets_server::SecretsServer::new(
-            secrets::SecretsApi::new(builder),
+            secrets::SecretsApi::new(backend),
         ))
         .serve_with_incoming_shutdown(
             tokio_stream::wrappers::TcpListenerStream::new(listener),

@@ -148,7 +148,7 @@ impl pb::revisions_server::Revisions for RevisionsApi {
             .insert_revision(&service, &new, SystemTime::now())
             .await
             .map_err(ApiError::from)?;
-        self.backend.hooks.services_changed();
+        self.backend.changes.services_changed();
         tracing::info!(service = %service.qualified_name(), revision = %revision.name, "revision created");
         Ok(Response::new(revision_to_pb(
             &revision,

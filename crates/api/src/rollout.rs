@@ -58,7 +58,7 @@ impl RolloutsApi {
         after: Routing,
     ) -> Result<pb::RoutingStatus, ApiError> {
         self.backend.store.set_routing(service.uuid, &after).await?;
-        self.backend.hooks.services_changed();
+        self.backend.changes.services_changed();
         self.backend
             .changed(
                 caller,

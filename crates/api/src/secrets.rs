@@ -1,34 +1,26 @@
-//! The `Secrets` API: per-service values sealed with the builder's key and
-//! injected into instances as environment variables ([`SecretEnv`]). Values
+//! The `Secrets` API: per-service values sealed with the platform's secrets key and
+//! injected into instances as environment variables (by the dispatcher). Values
 //! go in and never come out: `ListSecrets` returns names only.
 
-use std::collections::BTreeMap;
 use std::time::SystemTime;
 
-use rouse_builder::secrets::{SealedValue, validate_name};
 use rouse_iam::Permission;
+use rouse_secrets::{sealed_name, validate_name};
 use tonic::{Request, Response, Status};
-use uuid::Uuid;
 
 use crate::auth::service_resource;
-use crate::builds::Builder;
+use crate::backend::Backend;
 use crate::error::ApiError;
 use crate::pb;
 
-/// The name a service's secret is sealed under: binds the value to the
-/// service, so a sealed value copied to another service does not open.
-pub fn sealed_name(service: Uuid, name: &str) -> String {
-    format!("service/{service}/{name}")
-}
-
 #[derive(Clone)]
 pub struct SecretsApi {
-    builder: Builder,
+    backend: Backend,
 }
 
 impl SecretsApi {
-    pub fn new(builder: Builder) -> Self {
-        Self { builder }
+    pub fn new(backend: Backend) -> Self {
+        Self { backend }
     }
 }
 
@@ -38,7 +30,7 @@ impl pb::secrets_server::Secrets for SecretsApi {
         &self,
         request: Request<pb::SetSecretRequest>,
     ) -> Result<Response<pb::SetSecretResponse>, Status> {
-        let backend = self.builder.backend();
+        let backend = &self.backend;
         let resource = service_resource(&request.get_ref().project, &request.get_ref().service)?;
         let caller = backend
             .authorize(&request, "SetSecret", Permission::ServicesUpdate, &resource)
@@ -46,9 +38,8 @@ impl pb::secrets_server::Secrets for SecretsApi {
         let req = request.into_inner();
         let service = backend.find_service(&req.project, &req.service).await?;
         validate_name(&req.name).map_err(|e| ApiError::InvalidArgument(e.to_string()))?;
-        let sealed = self
-            .builder
-            .key()
+        let sealed = backend
+            .key
             .seal(&sealed_name(service.uuid, &req.name), &req.value)
             .map_err(|e| ApiError::InvalidArgument(e.to_string()))?;
         backend
@@ -61,7 +52,7 @@ impl pb::secrets_server::Secrets for SecretsApi {
             )
             .await
             .map_err(ApiError::from)?;
-        backend.hooks.services_changed();
+        backend.changes.services_changed();
         backend
             .changed(
                 &caller,
@@ -80,7 +71,7 @@ impl pb::secrets_server::Secrets for SecretsApi {
         &self,
         request: Request<pb::ListSecretsRequest>,
     ) -> Result<Response<pb::ListSecretsResponse>, Status> {
-        let backend = self.builder.backend();
+        let backend = &self.backend;
         let resource = service_resource(&request.get_ref().project, &request.get_ref().service)?;
         backend
             .authorize(&request, "ListSecrets", Permission::ServicesGet, &resource)
@@ -99,7 +90,7 @@ impl pb::secrets_server::Secrets for SecretsApi {
         &self,
         request: Request<pb::DeleteSecretRequest>,
     ) -> Result<Response<pb::DeleteSecretResponse>, Status> {
-        let backend = self.builder.backend();
+        let backend = &self.backend;
         let resource = service_resource(&request.get_ref().project, &request.get_ref().service)?;
         let caller = backend
             .authorize(
@@ -123,7 +114,7 @@ impl pb::secrets_server::Secrets for SecretsApi {
             ))
             .into());
         }
-        backend.hooks.services_changed();
+        backend.changes.services_changed();
         backend
             .changed(
                 &caller,
@@ -136,29 +127,4 @@ impl pb::secrets_server::Secrets for SecretsApi {
             .await;
         Ok(Response::new(pb::DeleteSecretResponse {}))
     }
-}
-
-/// A service's secrets, opened, as environment variables.
-pub async fn secret_env(
-    builder: &Builder,
-    service: Uuid,
-) -> Result<BTreeMap<String, String>, String> {
-    let sealed = builder
-        .backend()
-        .store
-        .sealed_secrets(service)
-        .await
-        .map_err(|e| e.to_string())?;
-    let mut env = BTreeMap::new();
-    for (name, text) in sealed {
-        let value = SealedValue::from_text(&text)
-            .and_then(|s| builder.key().open(&sealed_name(service, &name), &s))
-            .map_err(|e| e.to_string())?;
-        let value = value
-            .expose_str()
-            .ok_or_else(|| format!("secret `{name}` is not UTF-8 text, so it cannot be an environment variable; set it again as text"))?
-            .to_owned();
-        env.insert(name, value);
-    }
-    Ok(env)
 }

@@ -54,7 +54,7 @@ impl ServicesApi {
         service.status = ServiceStatus::Created;
         service.updated_at = SystemTime::now();
         let service = self.backend.store.update_service(&service).await?;
-        self.backend.hooks.services_changed();
+        self.backend.changes.services_changed();
         tracing::info!(service = %service.qualified_name(), uuid = %service.uuid, topic = %service.topic_id(), "service created");
         Ok(service)
     }
@@ -91,7 +91,7 @@ impl ServicesApi {
             service.updated_at = SystemTime::now();
             match self.backend.store.update_service(&service).await {
                 Ok(stored) => {
-                    self.backend.hooks.services_changed();
+                    self.backend.changes.services_changed();
                     return Ok(stored);
                 }
                 Err(StoreError::Conflict { .. }) => continue,
@@ -120,7 +120,7 @@ impl ServicesApi {
         if self.backend.store.delete_policy(&resource).await? {
             self.backend.authority.refresh().await?;
         }
-        self.backend.hooks.services_changed();
+        self.backend.changes.services_changed();
         tracing::info!(service = %service.qualified_name(), uuid = %service.uuid, "service deleted");
         Ok(service)
     }
@@ -377,6 +377,12 @@ mod tests {
             store,
             messaging: broker,
             hooks: Arc::new(NoDispatcher),
+            changes: rouse_store::Changes::new(),
+            key: Arc::new(
+                rouse_secrets::SecretsKey::load_or_create(&dir.path().join("secrets.key"))
+                    .expect("key"),
+            ),
+            webhook_url: "http://127.0.0.1:7071".into(),
             logs_dir: dir.path().join("logs"),
             authority,
         };

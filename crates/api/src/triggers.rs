@@ -13,22 +13,21 @@ use uuid::Uuid;
 
 use crate::auth::{project_resource, resource_of, service_resource};
 use crate::backend::Backend;
-use crate::builds::{Builder, trigger_secret_name};
 use crate::error::ApiError;
 use crate::pb;
 
 #[derive(Clone)]
 pub struct TriggersApi {
-    builder: Builder,
+    backend: Backend,
 }
 
 impl TriggersApi {
-    pub fn new(builder: Builder) -> Self {
-        Self { builder }
+    pub fn new(backend: Backend) -> Self {
+        Self { backend }
     }
 
     fn backend(&self) -> &Backend {
-        self.builder.backend()
+        &self.backend
     }
 
     async fn find(&self, id: &str) -> Result<(TriggerRecord, Service), ApiError> {
@@ -65,8 +64,8 @@ impl TriggersApi {
             included_files: included_files.clone(),
             ignored_files: ignored_files.clone(),
             reports_status: github_token_sealed.is_some(),
-            webhook_url: format!("{}/webhooks/github", self.builder.webhook_url()),
-            generic_webhook_url: format!("{}/webhooks/git", self.builder.webhook_url()),
+            webhook_url: format!("{}/webhooks/github", self.backend.webhook_url),
+            generic_webhook_url: format!("{}/webhooks/git", self.backend.webhook_url),
             create_time: Some((*created_at).into()),
         }
     }
@@ -115,11 +114,14 @@ impl pb::triggers_server::Triggers for TriggersApi {
         // Validates everything: the URL, the regex, paths, globs, the secret.
         rouse_builder::Trigger::new(spec.clone())
             .map_err(|e| ApiError::InvalidArgument(e.to_string()))?;
-        let key = self.builder.key();
+        let key = &self.backend.key;
         let seal = |what: &str, value: &str| {
-            key.seal(&trigger_secret_name(&id, what), value.as_bytes())
-                .map(|s| s.to_text())
-                .map_err(|e| ApiError::Internal(e.to_string()))
+            key.seal(
+                &rouse_secrets::trigger_secret_name(&id, what),
+                value.as_bytes(),
+            )
+            .map(|s| s.to_text())
+            .map_err(|e| ApiError::Internal(e.to_string()))
         };
         let record = TriggerRecord {
             id: id.clone(),

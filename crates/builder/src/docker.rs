@@ -35,7 +35,7 @@ use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 
 use crate::glob::FileGlob;
-use crate::webhook::CommitId;
+use crate::payload::CommitId;
 
 const DEFAULT_SOCKET: &str = "/var/run/docker.sock";
 /// Bound on one request's response headers. The engine answers a build once

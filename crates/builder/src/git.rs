@@ -45,8 +45,8 @@ use tokio::io::{AsyncRead, AsyncReadExt};
 use tokio::process::Command;
 use tokio_util::sync::CancellationToken;
 
+use crate::payload::CommitId;
 use crate::trigger::{RepoKey, Secret};
-use crate::webhook::CommitId;
 
 /// Default bound on a fetch: a first full fetch of a big repository over a
 /// slow link takes minutes; anything longer is stuck.

@@ -27,8 +27,8 @@ use std::time::Duration;
 
 use serde::Serialize;
 
+use crate::payload::CommitId;
 use crate::trigger::Secret;
-use crate::webhook::CommitId;
 
 /// GitHub's public API.
 pub const DEFAULT_API_URL: &str = "https://api.github.com";

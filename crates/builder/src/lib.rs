@@ -1,30 +1,30 @@
-//! The builder: a git push becomes an image, ready to be rolled out as a
-//! new revision of a service (issue 5).
-//!
-//! This crate holds the builder's parts, each usable and tested on its own
-//! against the real thing (the `git` binary, the Docker engine, a local
-//! HTTP server standing in for GitHub); it has no store and no server. The
-//! api crate wires them together (not written yet):
+//! The builder: a git push becomes an image and, once one instance of it
+//! passed its readiness check, the serving revision of a service. This
+//! crate owns the build path end to end; it talks to the other roles only
+//! through the store, so it can run in its own process (`--roles builder`).
 //!
 //! ```text
-//! POST /webhooks/github ─▶ signature::verify (raw body, X-Hub-Signature-256)
-//!   (or /webhooks/git)  ─▶ webhook::parse_github / parse_generic ─▶ Push
+//! POST /webhooks/github ─▶ server: signature::verify (raw body, X-Hub-Signature-256)
+//!   (or /webhooks/git)  ─▶ payload::parse_github / parse_generic ─▶ Push
 //!                       ─▶ triggers whose Trigger::watches(clone_url, full_name)
 //!                       ─▶ Trigger::matches(push): Build, or Skip(reason)
-//!                       ─▶ record the build (queued), answer 202 with its id
-//!                       ─▶ queue::BuildQueue::submit(id, trigger id, job)
-//! the build's runner    ─▶ github: commit status `pending`
-//!   (a queue::BuildRunner) ─▶ fetching:    git::GitFetcher::checkout (exactly the pushed commit)
+//!                       ─▶ record the build `queued`, answer 202 with its id
+//! SubmitBuild (api)     ─▶ record the build `queued` (any process)
+//! builder::Builder      ─▶ intake: queued records ─▶ queue::BuildQueue (cancel requests too)
+//! pipeline::Pipeline    ─▶ fetching:    git::GitFetcher::checkout (exactly the pushed commit)
 //!                       ─▶ building:    docker::ImageBuilder::build (rouse/<project>-<service>:<commit12>, :latest)
 //!                       ─▶ pushing:     docker::ImageBuilder::push (when a registry is configured)
-//!                       ─▶ rolling-out: a revision of the image, one instance
-//!                                       ready within the wake timeout, then serving
-//!                       ─▶ github: `success` / `failure` / `error`
+//!                       ─▶ rolling-out: a candidate revision; a dispatcher runs its
+//!                                       readiness trial and records the verdict;
+//!                                       ready ─▶ it serves
+//! report::Recorder      ─▶ every status: the build's record; GitHub commit status
 //! ```
 //!
+//! - [`server`]: the webhook HTTP server (axum), the one place its errors
+//!   become HTTP statuses.
 //! - [`signature`]: HMAC-SHA256 webhook signatures, checked in constant time
 //!   before parsing; SHA-1 is refused.
-//! - [`webhook`]: typed GitHub `ping`/`push` and generic `{repo, ref, sha}`
+//! - [`payload`]: typed GitHub `ping`/`push` and generic `{repo, ref, sha}`
 //!   payloads, errors naming the bad field.
 //! - [`trigger`]: [`Trigger`] (repository, branch regex, Dockerfile, context,
 //!   file filters, webhook secret, GitHub token), repository URL
@@ -38,28 +38,32 @@
 //! - [`queue`]: bounded, one build at a time by default, newer pushes
 //!   superseding queued builds of the same trigger, cancellation and time
 //!   limits; statuses go to a [`queue::StatusSink`].
-//! - [`github`]: commit statuses through the REST API (base URL
-//!   configurable for tests and GitHub Enterprise).
-//! - [`secrets`]: per-service secrets sealed with ChaCha20-Poly1305 under a
-//!   key file kept outside the database.
+//! - [`log`]: the build log writer; [`github`]: commit statuses through the
+//!   REST API (base URL configurable for tests and GitHub Enterprise).
 //! - [`glob`]: the file globs of triggers and `.dockerignore`.
 //!
 //! Everything is bounded: body sizes, changed-file lists, log lines kept,
-//! stderr kept, context size, queue length, build time, secret sizes.
+//! stderr kept, context size, queue length, build time.
 
+pub mod builder;
 pub mod docker;
 pub mod git;
 pub mod github;
 pub mod glob;
+pub mod log;
+pub mod payload;
+pub mod pipeline;
 pub mod queue;
-pub mod secrets;
+mod report;
+pub mod server;
 pub mod signature;
 pub mod trigger;
-pub mod webhook;
 
+pub use builder::{Builder, BuilderConfig, BuilderError, BuilderStore, trigger_of};
+pub use payload::{CommitId, GitRef, Push};
+pub use pipeline::{BuildJob, BuildSource, RegistryConfig};
 pub use queue::{BuildQueue, BuildStatus};
 pub use trigger::{Decision, RepoKey, SkipReason, Trigger, TriggerSpec};
-pub use webhook::{CommitId, GitRef, Push};
 
 /// Lower-case hex of `bytes`.
 pub(crate) fn hex(bytes: &[u8]) -> String {

@@ -19,7 +19,7 @@ use std::path::{Component, Path, PathBuf};
 use regex::{Regex, RegexBuilder};
 
 pub use crate::glob::{FileGlob, GlobError};
-use crate::webhook::{GitRef, Push};
+use crate::payload::{GitRef, Push};
 
 /// Longest accepted branch or tag pattern.
 pub const MAX_PATTERN_LEN: usize = 1024;
@@ -640,8 +640,8 @@ fn globs(what: &'static str, patterns: &[String]) -> Result<Vec<FileGlob>, Trigg
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::webhook::tests::{SHA_A, github_push};
-    use crate::webhook::{CommitId, GithubEvent, PushRepository, PushSource, parse_github};
+    use crate::payload::tests::{SHA_A, github_push};
+    use crate::payload::{CommitId, GithubEvent, PushRepository, PushSource, parse_github};
 
     const SECRET: &str = "0123456789abcdef0123";
 

@@ -8,11 +8,11 @@ use std::sync::{Arc, Mutex};
 
 use rouse_builder::docker::{self, BuildSpec, ImageBuilder};
 use rouse_builder::git::{GitConfig, GitFetcher};
+use rouse_builder::payload;
 use rouse_builder::queue::{
     BuildContext, BuildFailure, BuildRunner, QueueConfig, StatusSink, StatusUpdate,
 };
 use rouse_builder::signature::{self, SignatureHeaders};
-use rouse_builder::webhook;
 use rouse_builder::{
     BuildQueue, BuildStatus, CommitId, Decision, Push, SkipReason, Trigger, TriggerSpec,
 };
@@ -197,7 +197,7 @@ async fn a_signed_push_to_main_builds_the_pushed_commit() {
             headers,
         )
         .expect("signed");
-        let push = webhook::parse_generic(body.as_bytes()).expect("push");
+        let push = payload::parse_generic(body.as_bytes()).expect("push");
         assert!(trigger.watches(&push.repository.clone_url, None));
         let decision = trigger.matches(&push);
         if decision == Decision::Build {

@@ -124,51 +124,7 @@ pub struct ServerConfig {
     pub registry_credentials: Option<PathBuf>,
 }
 
-/// Which roles this process runs.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct Roles {
-    pub api: bool,
-    pub dispatcher: bool,
-}
-
-impl Roles {
-    pub fn parse(s: &str) -> Result<Self, String> {
-        let mut roles = Self {
-            api: false,
-            dispatcher: false,
-        };
-        for role in s.split(',').map(str::trim).filter(|r| !r.is_empty()) {
-            match role {
-                "all" => {
-                    roles.api = true;
-                    roles.dispatcher = true;
-                }
-                "api" => roles.api = true,
-                "dispatcher" => roles.dispatcher = true,
-                "builder" => {
-                    return Err(
-                        "the builder (webhooks, builds) runs inside the `api` role; use `api` or `all`"
-                            .into(),
-                    );
-                }
-                "ingress" => {
-                    return Err(format!(
-                        "role `{role}` is not built yet; use `api`, `dispatcher` or `all`"
-                    ));
-                }
-                other => {
-                    return Err(format!(
-                        "unknown role `{other}` in --roles `{s}`; use a comma-separated list of api, dispatcher, or all"
-                    ));
-                }
-            }
-        }
-        if !roles.api && !roles.dispatcher {
-            return Err(format!("--roles `{s}` names no role; use e.g. `all`"));
-        }
-        Ok(roles)
-    }
-}
+pub use rouse_server::Roles;
 
 impl FileConfig {
     pub fn load(path: &Path) -> Result<Self, String> {
@@ -337,6 +293,45 @@ impl ServerConfig {
             },
             network_topic,
         })
+    }
+
+    /// What the platform is started with; the owner's key is copied to
+    /// `owner_credentials` on the first start.
+    pub fn platform(&self, owner_credentials: Option<PathBuf>) -> rouse_server::Config {
+        let Self {
+            data_dir,
+            api_listen,
+            store_path,
+            log_format: _,
+            pubsub,
+            network_topic,
+            roles,
+            heartbeat_interval,
+            audit_retention,
+            queue_capacity,
+            webhook_listen,
+            github_api_url,
+            secrets_key,
+            registry,
+            registry_credentials,
+        } = self.clone();
+        rouse_server::Config {
+            roles,
+            data_dir,
+            store_path,
+            api_listen,
+            webhook_listen,
+            pubsub,
+            network_topic,
+            heartbeat_interval,
+            queue_capacity,
+            audit_retention,
+            github_api_url,
+            secrets_key,
+            registry,
+            registry_credentials,
+            owner_credentials,
+        }
     }
 }
 

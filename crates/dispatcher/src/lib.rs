@@ -10,15 +10,19 @@
 //! - [`deliver`]: push envelopes and job arguments, and what an answer means.
 //! - [`replies`]: reply events and their outbox.
 //!
-//! The registry of services is read from the store: on every change the API
-//! reports ([`Dispatcher::services_changed`]) and, as a backstop for a
-//! control plane in another process, every [`DispatcherConfig::resync_interval`].
+//! - [`trials`]: readiness trials of built revisions, claimed from the store.
+//!
+//! The registry of services is read from the store: on every change notice
+//! from a role in this process ([`rouse_store::Changes`]) and, as a backstop
+//! for a control plane in another process, every
+//! [`DispatcherConfig::resync_interval`].
 
 pub mod deliver;
 pub mod intake;
 pub mod replies;
 pub mod routes;
 pub mod scale;
+mod trials;
 pub mod worker;
 
 use std::collections::HashMap;
@@ -32,8 +36,8 @@ use rouse_core::revision::{Execution, ExecutionStatus, Revision, RevisionSource}
 use rouse_core::{ProjectName, Service, ServiceName};
 use rouse_pubsub::{PubSub, PubSubError, SubscriptionSpec};
 use rouse_runtime::Runtime;
-use rouse_store::{DispatchStore, RolloutStore, Store};
-use tokio::sync::{Notify, mpsc, oneshot};
+use rouse_store::{Changes, DispatchStore, RolloutStore, Store, TrialStore};
+use tokio::sync::{mpsc, oneshot};
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 use uuid::Uuid;
@@ -43,8 +47,8 @@ use crate::replies::{Replier, build_event};
 use crate::worker::{Worker, WorkerMsg};
 
 /// Everything the dispatcher's store must do.
-pub trait FullStore: Store + DispatchStore + RolloutStore {}
-impl<T: Store + DispatchStore + RolloutStore> FullStore for T {}
+pub trait FullStore: Store + DispatchStore + RolloutStore + TrialStore {}
+impl<T: Store + DispatchStore + RolloutStore + TrialStore> FullStore for T {}
 
 #[derive(Debug, Clone)]
 pub struct DispatcherConfig {
@@ -102,9 +106,10 @@ pub struct Shared {
     pub replier: Replier,
     pub http: reqwest::Client,
     pub authority: Arc<Authority>,
+    changes: Changes,
     process: Arc<dyn Runtime>,
     docker: Option<Arc<dyn Runtime>>,
-    secrets: Option<Arc<dyn InstanceSecrets>>,
+    secrets: Arc<dyn InstanceSecrets>,
     registry: RwLock<HashMap<Uuid, Entry>>,
     /// `(namespace, name)` → service uuid, for routing by SRUID.
     by_sruid: RwLock<HashMap<(String, String), Uuid>>,
@@ -127,10 +132,8 @@ impl Shared {
         service_uuid: Uuid,
         spec: &mut rouse_runtime::InstanceSpec,
     ) -> Result<(), String> {
-        let Some(secrets) = &self.secrets else {
-            return Ok(());
-        };
-        let env = secrets
+        let env = self
+            .secrets
             .env(service_uuid)
             .await
             .map_err(|e| format!("cannot read the service's secrets: {e}"))?;
@@ -304,7 +307,6 @@ impl Shared {
 #[derive(Clone)]
 pub struct Dispatcher {
     shared: Arc<Shared>,
-    changed: Arc<Notify>,
 }
 
 /// What the dispatcher is made of.
@@ -316,8 +318,11 @@ pub struct Parts {
     pub docker: Option<Arc<dyn Runtime>>,
     /// Decides who may ask which service (`services.ask`, per question).
     pub authority: Arc<Authority>,
-    /// Extra environment of a service's instances (its decrypted secrets).
-    pub secrets: Option<Arc<dyn InstanceSecrets>>,
+    /// Change notices from the other roles of this process.
+    pub changes: Changes,
+    /// Extra environment of a service's instances (its decrypted secrets):
+    /// required, so no instance ever starts without them.
+    pub secrets: Arc<dyn InstanceSecrets>,
 }
 
 /// A service's secrets as environment variables, decrypted when an
@@ -347,6 +352,7 @@ impl Dispatcher {
             process,
             docker,
             authority,
+            changes,
             secrets,
         } = parts;
         pubsub
@@ -371,6 +377,7 @@ impl Dispatcher {
             process,
             docker,
             authority,
+            changes,
             secrets,
             registry: RwLock::new(HashMap::new()),
             by_sruid: RwLock::new(HashMap::new()),
@@ -384,7 +391,6 @@ impl Dispatcher {
         }
         let dispatcher = Self {
             shared: shared.clone(),
-            changed: Arc::new(Notify::new()),
         };
         let subscriber = shared.pubsub.subscriber().await?;
         let subscriber = Arc::new(subscriber);
@@ -400,15 +406,15 @@ impl Dispatcher {
         let outbox = shared.replier.clone();
         let token = shutdown.clone();
         tasks.push(tokio::spawn(async move { outbox.run_outbox(token).await }));
-        let changed = dispatcher.changed.clone();
+        tasks.push(tokio::spawn(trials::run(shared.clone(), shutdown.clone())));
+        let mut changed = shared.changes.services();
         let sync_shared = shared.clone();
         let token = shutdown.clone();
         let handle = tokio::spawn(async move {
             loop {
                 tokio::select! {
                     _ = token.cancelled() => break,
-                    _ = changed.notified() => {}
-                    _ = tokio::time::sleep(sync_shared.config.resync_interval) => {}
+                    () = rouse_store::changes::next(&mut changed, sync_shared.config.resync_interval) => {}
                 }
                 if let Err(e) = sync(&sync_shared, &subscriber, &token).await {
                     tracing::warn!(error = %e, "cannot re-read the service registry");
@@ -428,47 +434,6 @@ impl Dispatcher {
         });
         tracing::info!("dispatcher started");
         Ok((dispatcher, handle))
-    }
-
-    /// Re-reads the registry now (a service or revision changed).
-    pub fn services_changed(&self) {
-        self.changed.notify_one();
-    }
-
-    /// Starts one instance of `revision` as a worker would, waits until it
-    /// passes its readiness check within the service's wake timeout, then
-    /// stops it. A job-mode revision has nothing to probe and passes.
-    pub async fn try_revision(&self, service: &Service, revision: &Revision) -> Result<(), String> {
-        if revision.mode == rouse_core::revision::DeliveryMode::Job {
-            return Ok(());
-        }
-        let instance_id = format!(
-            "{}-try-{}",
-            service.qualified_name().replace('_', "-"),
-            &Uuid::new_v4().simple().to_string()[..8]
-        );
-        let mut spec = worker::instance_spec(
-            &self.shared,
-            service,
-            revision,
-            &instance_id,
-            true,
-            Vec::new(),
-        );
-        self.shared.add_secrets(service.uuid, &mut spec).await?;
-        let runtime = self.shared.runtime_for(&revision.source)?;
-        let probe = revision
-            .probe_path
-            .clone()
-            .map_or(rouse_runtime::Probe::Tcp, rouse_runtime::Probe::Http);
-        let instance = runtime.start(spec).await.map_err(|e| e.to_string())?;
-        let ready = instance
-            .wait_ready(&probe, service.scaling.wake_timeout)
-            .await
-            .map(|_| ())
-            .map_err(|e| e.to_string());
-        instance.stop(worker::STOP_GRACE).await;
-        ready
     }
 
     /// Cancels a queued or running question. `false` if it is not running here.

@@ -66,6 +66,12 @@ pub struct BuildRecord {
     pub created_at: SystemTime,
     pub started_at: Option<SystemTime>,
     pub finished_at: Option<SystemTime>,
+    /// The Dockerfile of a directory build (a triggered build takes its
+    /// trigger's).
+    pub dockerfile: Option<String>,
+    /// Someone asked to cancel it ([`BuildStore::request_cancel`]); the
+    /// builder running or holding it stops it.
+    pub cancel_requested: bool,
 }
 
 /// Where a built revision came from.
@@ -86,6 +92,8 @@ pub enum RevisionState {
     Ready,
     /// Built, its rollout under way: never served.
     Candidate,
+    /// A dispatcher is running its readiness trial: never served.
+    Trying,
     /// Its rollout failed: never served.
     Failed,
 }
@@ -95,6 +103,7 @@ impl RevisionState {
         match self {
             Self::Ready => "ready",
             Self::Candidate => "candidate",
+            Self::Trying => "trying",
             Self::Failed => "failed",
         }
     }
@@ -110,6 +119,7 @@ impl RevisionState {
         match value {
             None | Some("ready") => Ok(Self::Ready),
             Some("candidate") => Ok(Self::Candidate),
+            Some("trying") => Ok(Self::Trying),
             Some("failed") => Ok(Self::Failed),
             Some(other) => Err(StoreError::Corrupt(format!("revision state `{other}`"))),
         }
@@ -176,6 +186,10 @@ pub trait BuildStore: Send + Sync + 'static {
         limit: u32,
     ) -> Result<Vec<BuildRecord>, StoreError>;
 
+    /// Asks whoever holds the build to stop it; `false` if it is unknown or
+    /// already over.
+    async fn request_cancel(&self, id: &str) -> Result<bool, StoreError>;
+
     /// Appends log lines to a build's log (beyond [`MAX_BUILD_LOG_LINES`]
     /// they are dropped); returns the sequence number of the last line kept.
     async fn append_build_log(&self, build_id: &str, lines: Vec<String>)
@@ -203,12 +217,36 @@ pub trait RolloutStore: Send + Sync + 'static {
         now: SystemTime,
     ) -> Result<Revision, StoreError>;
     async fn set_revision_state(&self, name: &str, state: RevisionState) -> Result<(), StoreError>;
+    /// A revision's state and, when its trial failed, why.
+    async fn trial(
+        &self,
+        name: &str,
+    ) -> Result<Option<(RevisionState, Option<String>)>, StoreError>;
     /// The service's revisions with their origin and state, newest first.
     async fn revision_infos(&self, service_uuid: Uuid) -> Result<Vec<RevisionInfo>, StoreError>;
     async fn routing(&self, service_uuid: Uuid) -> Result<Routing, StoreError>;
     /// Replaces the routing and bumps the service's generation (so the
     /// dispatcher re-reads it), marking the service `ready`.
     async fn set_routing(&self, service_uuid: Uuid, routing: &Routing) -> Result<(), StoreError>;
+}
+
+/// The readiness trials of built revisions, run by whichever dispatcher
+/// takes them: the builder records a candidate, a dispatcher claims it,
+/// starts one instance and records the verdict, the builder reads it.
+#[async_trait]
+pub trait TrialStore: Send + Sync + 'static {
+    /// Revisions waiting for a trial ([`RevisionState::Candidate`]), oldest first.
+    async fn candidates(&self) -> Result<Vec<Revision>, StoreError>;
+    /// Takes a candidate for a trial (`Candidate` → `Trying`); `false` if
+    /// another dispatcher took it or it is no longer a candidate.
+    async fn claim_trial(&self, name: &str) -> Result<bool, StoreError>;
+    /// Records a claimed trial's verdict: `Ready`, or `Failed` with why.
+    /// `false` if the revision was no longer `Trying` (the builder gave up).
+    async fn record_trial(
+        &self,
+        name: &str,
+        verdict: Result<(), String>,
+    ) -> Result<bool, StoreError>;
 }
 
 /// Sealed per-service secrets.
@@ -280,7 +318,8 @@ fn read_trigger(row: &Row<'_>) -> rusqlite::Result<Result<TriggerRecord, StoreEr
 }
 
 const BUILD_COLUMNS: &str = "id, service_uuid, trigger_id, status, step, source, commit_sha, branch, \
-     revision, image, failure, last_lines, created_at_us, started_at_us, finished_at_us";
+     revision, image, failure, last_lines, created_at_us, started_at_us, finished_at_us, dockerfile, \
+     cancel_requested";
 
 fn read_build(row: &Row<'_>) -> rusqlite::Result<Result<BuildRecord, StoreError>> {
     let id: String = row.get(0)?;
@@ -304,6 +343,8 @@ fn read_build(row: &Row<'_>) -> rusqlite::Result<Result<BuildRecord, StoreError>
         created_at: from_micros(row.get(12)?),
         started_at: started.map(from_micros),
         finished_at: finished.map(from_micros),
+        dockerfile: row.get(15)?,
+        cancel_requested: row.get(16)?,
     };
     Ok((|| {
         Ok(BuildRecord {
@@ -440,7 +481,7 @@ impl BuildStore for SqliteStore {
             conn.execute(
                 &format!(
                     "INSERT INTO builds ({BUILD_COLUMNS}) \
-                     VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15)"
+                     VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15, ?16, ?17)"
                 ),
                 params![
                     b.id,
@@ -458,9 +499,25 @@ impl BuildStore for SqliteStore {
                     micros(b.created_at),
                     b.started_at.map(micros),
                     b.finished_at.map(micros),
+                    b.dockerfile,
+                    b.cancel_requested,
                 ],
             )?;
             Ok(())
+        })
+        .await
+    }
+
+    async fn request_cancel(&self, id: &str) -> Result<bool, StoreError> {
+        let id = id.to_owned();
+        self.write(move |conn| {
+            let n = conn.execute(
+                &format!(
+                    "UPDATE builds SET cancel_requested = 1 WHERE id = ?1 AND status NOT IN {TERMINAL_STATUSES}"
+                ),
+                [id],
+            )?;
+            Ok(n == 1)
         })
         .await
     }
@@ -730,6 +787,25 @@ impl RolloutStore for SqliteStore {
         .await
     }
 
+    async fn trial(
+        &self,
+        name: &str,
+    ) -> Result<Option<(RevisionState, Option<String>)>, StoreError> {
+        let name = name.to_owned();
+        self.with(move |conn| {
+            let row: Option<(Option<String>, Option<String>)> = conn
+                .query_row(
+                    "SELECT state, trial_failure FROM revisions WHERE name = ?1",
+                    [name],
+                    |r| Ok((r.get(0)?, r.get(1)?)),
+                )
+                .optional()?;
+            row.map(|(state, why)| Ok((RevisionState::from_column(state.as_deref())?, why)))
+                .transpose()
+        })
+        .await
+    }
+
     async fn revision_infos(&self, service_uuid: Uuid) -> Result<Vec<RevisionInfo>, StoreError> {
         self.with(move |conn| {
             collect(
@@ -756,6 +832,54 @@ impl RolloutStore for SqliteStore {
             service_exists(conn, service_uuid)?;
             write_routing(conn, service_uuid, &routing)?;
             touch_service(conn, service_uuid, SystemTime::now())
+        })
+        .await
+    }
+}
+
+#[async_trait]
+impl TrialStore for SqliteStore {
+    async fn candidates(&self) -> Result<Vec<Revision>, StoreError> {
+        self.with(move |conn| {
+            let mut stmt = conn.prepare_cached(&format!(
+                "SELECT {} FROM revisions WHERE state = 'candidate' ORDER BY created_at_us, name",
+                crate::dispatch::REVISION_COLUMNS
+            ))?;
+            let rows = stmt.query_map([], crate::dispatch::read_revision)?;
+            rows.map(|r| r.map_err(StoreError::from).and_then(|x| x))
+                .collect()
+        })
+        .await
+    }
+
+    async fn claim_trial(&self, name: &str) -> Result<bool, StoreError> {
+        let name = name.to_owned();
+        self.write(move |conn| {
+            let n = conn.execute(
+                "UPDATE revisions SET state = 'trying' WHERE name = ?1 AND state = 'candidate'",
+                [name],
+            )?;
+            Ok(n == 1)
+        })
+        .await
+    }
+
+    async fn record_trial(
+        &self,
+        name: &str,
+        verdict: Result<(), String>,
+    ) -> Result<bool, StoreError> {
+        let name = name.to_owned();
+        self.write(move |conn| {
+            let (state, why) = match verdict {
+                Ok(()) => (RevisionState::Ready.column(), None),
+                Err(why) => (RevisionState::Failed.column(), Some(why)),
+            };
+            let n = conn.execute(
+                "UPDATE revisions SET state = ?2, trial_failure = ?3 WHERE name = ?1 AND state = 'trying'",
+                params![name, state, why],
+            )?;
+            Ok(n == 1)
         })
         .await
     }
@@ -864,7 +988,99 @@ mod tests {
             created_at: SystemTime::now(),
             started_at: None,
             finished_at: None,
+            dockerfile: None,
+            cancel_requested: false,
         }
+    }
+
+    #[tokio::test]
+    async fn a_cancel_request_reaches_only_an_unfinished_build() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let store = SqliteStore::open(&dir.path().join("rouse.db")).expect("open");
+        let s = service("svc");
+        store.insert_service(&s).await.expect("insert");
+        let mut b = build("b1", s.uuid);
+        b.dockerfile = Some("build/Dockerfile".into());
+        store.insert_build(&b).await.expect("insert build");
+        assert!(store.request_cancel("b1").await.expect("cancel"));
+        let got = store.get_build("b1").await.expect("get").expect("exists");
+        assert!(got.cancel_requested);
+        assert_eq!(got.dockerfile.as_deref(), Some("build/Dockerfile"));
+        // A status update does not forget the request.
+        store.update_build(&b).await.expect("update");
+        assert!(
+            store
+                .get_build("b1")
+                .await
+                .expect("get")
+                .expect("exists")
+                .cancel_requested
+        );
+        let mut done = got;
+        done.status = "succeeded".into();
+        store.update_build(&done).await.expect("update");
+        assert!(!store.request_cancel("b1").await.expect("cancel"), "over");
+        assert!(
+            !store.request_cancel("nope").await.expect("cancel"),
+            "unknown"
+        );
+    }
+
+    #[tokio::test]
+    async fn a_trial_is_claimed_once_and_its_verdict_is_final() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let store = SqliteStore::open(&dir.path().join("rouse.db")).expect("open");
+        let s = service("svc");
+        store.insert_service(&s).await.expect("insert");
+        let origin = BuildOrigin::default();
+        let a = store
+            .insert_candidate_revision(&s, &image("x"), &origin, SystemTime::now())
+            .await
+            .expect("candidate");
+        let b = store
+            .insert_candidate_revision(&s, &image("x"), &origin, SystemTime::now())
+            .await
+            .expect("candidate");
+        let names: Vec<String> = store
+            .candidates()
+            .await
+            .expect("list")
+            .into_iter()
+            .map(|r| r.name)
+            .collect();
+        assert_eq!(names, [a.name.clone(), b.name.clone()]);
+        assert!(store.claim_trial(&a.name).await.expect("claim"));
+        assert!(
+            !store.claim_trial(&a.name).await.expect("claim"),
+            "claimed once"
+        );
+        assert_eq!(store.candidates().await.expect("list").len(), 1);
+        assert!(
+            store
+                .record_trial(&a.name, Err("exited with 3".into()))
+                .await
+                .expect("record")
+        );
+        assert_eq!(
+            store.trial(&a.name).await.expect("read"),
+            Some((RevisionState::Failed, Some("exited with 3".into())))
+        );
+        assert!(
+            !store.record_trial(&a.name, Ok(())).await.expect("record"),
+            "final"
+        );
+        // The builder gave up on b while it was tried: the late verdict is dropped.
+        assert!(store.claim_trial(&b.name).await.expect("claim"));
+        store
+            .set_revision_state(&b.name, RevisionState::Failed)
+            .await
+            .expect("give up");
+        assert!(!store.record_trial(&b.name, Ok(())).await.expect("record"));
+        assert_eq!(
+            store.trial(&b.name).await.expect("read").map(|t| t.0),
+            Some(RevisionState::Failed)
+        );
+        assert_eq!(store.trial("nope").await.expect("read"), None);
     }
 
     #[tokio::test]

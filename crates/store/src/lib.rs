@@ -7,6 +7,7 @@
 //! errors rather than left to the caller to detect.
 
 mod builds;
+pub mod changes;
 mod dispatch;
 mod iam;
 mod sqlite;
@@ -23,8 +24,9 @@ use uuid::Uuid;
 
 pub use builds::{
     BuildOrigin, BuildRecord, BuildStore, DeliveryClaim, MAX_BUILD_LOG_LINES, RevisionInfo,
-    RevisionState, RolloutStore, Routing, SecretStore, TriggerRecord,
+    RevisionState, RolloutStore, Routing, SecretStore, TrialStore, TriggerRecord,
 };
+pub use changes::Changes;
 pub use iam::{
     AuditEntry, AuditFilter, GroupRecord, IamData, IamStore, PublicKeyRecord, ServiceAccountRecord,
     StoredPolicy,

@@ -254,6 +254,16 @@ CREATE TRIGGER iam_groups_delete_bumps_iam AFTER DELETE ON iam_groups BEGIN UPDA
 CREATE TRIGGER iam_group_members_insert_bumps_iam AFTER INSERT ON iam_group_members BEGIN UPDATE iam_version SET version = version + 1; END;
 CREATE TRIGGER iam_group_members_delete_bumps_iam AFTER DELETE ON iam_group_members BEGIN UPDATE iam_version SET version = version + 1; END;
 "#,
+    // Roles that run apart: a build submitted through the api is taken by
+    // the builder from the store (a directory build keeps its Dockerfile),
+    // a cancel is a request the builder sees, and a built revision's
+    // readiness trial is run by a dispatcher, which records why it failed.
+    r#"
+ALTER TABLE builds ADD COLUMN dockerfile TEXT;
+ALTER TABLE builds ADD COLUMN cancel_requested INTEGER NOT NULL DEFAULT 0;
+ALTER TABLE revisions ADD COLUMN trial_failure TEXT;
+CREATE INDEX revisions_by_state ON revisions (state) WHERE state IS NOT NULL;
+"#,
 ];
 
 /// How long a statement waits for a lock held by another process (another

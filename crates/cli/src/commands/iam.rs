@@ -10,17 +10,17 @@
 use std::path::{Path, PathBuf};
 use std::time::SystemTime;
 
-use rouse_proto as pb;
-use rouse_proto::groups_client::GroupsClient;
-use rouse_proto::iam_client::IamClient;
-use rouse_proto::roles_client::RolesClient;
-use rouse_proto::service_accounts_client::ServiceAccountsClient;
 use rouse_core::ProjectName;
 use rouse_iam::{
     CustomRole, CustomRoleName, GroupName, Permission, Principal, Resource, RoleDocument, RoleName,
     Stage,
 };
 use rouse_identity::{Account, KeyFile, KeyFileError};
+use rouse_proto as pb;
+use rouse_proto::groups_client::GroupsClient;
+use rouse_proto::iam_client::IamClient;
+use rouse_proto::roles_client::RolesClient;
+use rouse_proto::service_accounts_client::ServiceAccountsClient;
 use serde::Serialize;
 
 use super::policy::{parse_by_extension, read_text};

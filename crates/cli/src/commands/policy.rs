@@ -14,12 +14,12 @@ use std::fmt::Display;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-use rouse_proto as pb;
-use rouse_proto::iam_client::IamClient;
 use rouse_core::{ProjectName, ServiceName};
 use rouse_iam::{
     Condition, ConditionFilter, Expr, Policy, Principal, RemoveBindingError, Resource, RoleName,
 };
+use rouse_proto as pb;
+use rouse_proto::iam_client::IamClient;
 
 use super::{Api, status};
 use crate::args::ClientArgs;

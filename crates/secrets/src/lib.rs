@@ -185,7 +185,7 @@ impl SecretsKey {
 
     /// A short, non-secret identifier of this key (hex).
     pub fn id(&self) -> String {
-        crate::hex(&self.id)
+        hex(&self.id)
     }
 
     /// Seals `value` as the secret `name`.
@@ -239,7 +239,7 @@ impl SecretsKey {
         if key_id != self.id {
             return Err(SecretsError::WrongKey {
                 name: name.to_owned(),
-                sealed_with: crate::hex(key_id),
+                sealed_with: hex(key_id),
                 current: self.id(),
             });
         }
@@ -361,6 +361,29 @@ impl fmt::Debug for SecretValue {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         write!(f, "SecretValue(<redacted, {} bytes>)", self.0.len())
     }
+}
+
+/// The name a service's secret is sealed under: binds the value to the
+/// service, so a sealed value copied to another service does not open.
+pub fn sealed_name(service: uuid::Uuid, name: &str) -> String {
+    format!("service/{service}/{name}")
+}
+
+/// The name a trigger's secret (`webhook_secret`, `github_token`) is sealed
+/// under: binds the value to the trigger.
+pub fn trigger_secret_name(trigger: &str, what: &str) -> String {
+    format!("trigger/{trigger}/{what}")
+}
+
+/// Lower-case hex of `bytes`.
+fn hex(bytes: &[u8]) -> String {
+    const DIGITS: &[u8; 16] = b"0123456789abcdef";
+    let mut out = String::with_capacity(bytes.len() * 2);
+    for byte in bytes {
+        out.push(char::from(DIGITS[usize::from(byte >> 4)]));
+        out.push(char::from(DIGITS[usize::from(byte & 0x0f)]));
+    }
+    out
 }
 
 #[cfg(test)]

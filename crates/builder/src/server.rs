@@ -18,15 +18,15 @@ use axum::http::{HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use bytes::Bytes;
-use rouse_builder::signature::{self, SignatureError, SignatureHeaders};
-use rouse_builder::webhook::{self, DELIVERY_HEADER, EVENT_HEADER, GithubEvent, Push};
-use rouse_builder::{Decision, Trigger};
 use rouse_core::Service;
 use rouse_store::DeliveryClaim;
 use tokio::net::TcpListener;
 
-use crate::builds::{BuildJob, BuildSource, Builder};
-use crate::error::ApiError;
+use crate::builder::{Builder, BuilderError};
+use crate::payload::{self, DELIVERY_HEADER, EVENT_HEADER, GithubEvent, Push};
+use crate::pipeline::{BuildJob, BuildSource};
+use crate::signature::{self, SignatureError, SignatureHeaders};
+use crate::{Decision, Trigger};
 
 /// Why a delivery was refused; turned into a response in one place.
 #[derive(Debug, thiserror::Error)]
@@ -43,14 +43,9 @@ pub enum WebhookRefusal {
     Internal(String),
 }
 
-impl From<ApiError> for WebhookRefusal {
-    fn from(e: ApiError) -> Self {
-        match e {
-            ApiError::Unavailable(m) => Self::Unavailable(m),
-            ApiError::NotFound(m) => Self::NotFound(m),
-            ApiError::InvalidArgument(m) => Self::BadRequest(m),
-            other => Self::Internal(other.to_string()),
-        }
+impl From<BuilderError> for WebhookRefusal {
+    fn from(e: BuilderError) -> Self {
+        Self::Internal(e.to_string())
     }
 }
 
@@ -92,7 +87,7 @@ pub fn router(builder: Builder) -> Router {
         .route("/webhooks/git", post(generic))
         .route("/builds/{id}", get(build_status))
         // A larger body is answered 413 by axum itself, unread.
-        .layer(DefaultBodyLimit::max(webhook::MAX_BODY_BYTES))
+        .layer(DefaultBodyLimit::max(payload::MAX_BODY_BYTES))
         .with_state(builder)
 }
 
@@ -111,7 +106,7 @@ pub async fn run(
 /// revision, without its log or failure text (those need `builds.get`
 /// through the API).
 async fn build_status(State(builder): State<Builder>, Path(id): Path<String>) -> Response {
-    match builder.backend().store.get_build(&id).await {
+    match builder.store().get_build(&id).await {
         Ok(Some(b)) => json(
             StatusCode::OK,
             serde_json::json!({
@@ -175,7 +170,7 @@ async fn generic(State(builder): State<Builder>, headers: HeaderMap, body: Bytes
     let handled = async {
         let signed = signed_by(&builder, &headers, &body).await?;
         let push =
-            webhook::parse_generic(&body).map_err(|e| WebhookRefusal::BadRequest(e.to_string()))?;
+            payload::parse_generic(&body).map_err(|e| WebhookRefusal::BadRequest(e.to_string()))?;
         push_builds(&builder, &headers, signed, push).await
     };
     match handled.await {
@@ -190,7 +185,7 @@ async fn handle_github(
     body: &[u8],
 ) -> Result<Response, WebhookRefusal> {
     let signed = signed_by(builder, headers, body).await?;
-    let event = webhook::parse_github(header(headers, EVENT_HEADER), body)
+    let event = payload::parse_github(header(headers, EVENT_HEADER), body)
         .map_err(|e| WebhookRefusal::BadRequest(e.to_string()))?;
     match event {
         GithubEvent::Ping(_) => Ok(json(StatusCode::OK, serde_json::json!({ "pong": true }))),
@@ -227,11 +222,10 @@ async fn push_builds(
     }
     if let Some(delivery) = header(headers, DELIVERY_HEADER).filter(|d| !d.trim().is_empty()) {
         let claim = builder
-            .backend()
-            .store
+            .store()
             .claim_delivery(delivery.trim())
             .await
-            .map_err(ApiError::from)?;
+            .map_err(BuilderError::from)?;
         if claim == DeliveryClaim::Duplicate {
             return Ok(json(
                 StatusCode::OK,
@@ -257,7 +251,7 @@ async fn push_builds(
                     },
                     trigger: Some(trigger),
                 };
-                builds.push(builder.start_build(job).await?);
+                builds.push(builder.record(&job).await?);
             }
         }
     }

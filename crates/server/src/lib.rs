@@ -1,0 +1,565 @@
+//! The composition root of `rouse server`: [`Platform::start`] takes a
+//! resolved [`Config`] and starts the roles it names in this process, in
+//! this order:
+//!
+//! 1. the store (SQLite) and, for api and dispatcher, Pub/Sub (checked);
+//! 2. the secrets key, loaded once and handed to every role that needs it
+//!    (the api seals, the builder opens trigger secrets, the dispatcher
+//!    opens instance secrets: no instance starts without them);
+//! 3. start-up reconciliation of topics and subscriptions, the first
+//!    owner (api), the permission snapshot kept fresh, audit retention (api);
+//! 4. dispatcher: instances a crashed run left are stopped, then the
+//!    dispatcher (which also runs readiness trials of built revisions);
+//! 5. builder: its queue fed from the store, and the webhook server;
+//! 6. api: the gRPC server.
+//!
+//! The roles share nothing but the store and, within one process,
+//! [`Changes`] notices; so `--roles api`, `--roles builder` and
+//! `--roles dispatcher` may run as three processes on one data dir.
+//! Listeners are bound here (port 0 works), and [`Running::shutdown`] stops
+//! everything within [`DRAIN_DEADLINE`].
+
+mod secrets;
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Duration;
+
+use rouse_api::{Backend, DispatchHooks, NoDispatcher, PubSubMessaging};
+use rouse_authz::Authority;
+use rouse_builder::{Builder, BuilderConfig, RegistryConfig};
+use rouse_dispatcher::{Dispatcher, DispatcherConfig, Parts};
+use rouse_pubsub::{PubSub, PubSubConfig};
+use rouse_runtime::{DockerRuntime, ProcessRuntime, Runtime};
+use rouse_secrets::SecretsKey;
+use rouse_store::{Changes, SqliteStore};
+use tokio::net::TcpListener;
+use tokio::task::JoinHandle;
+use tokio_util::sync::CancellationToken;
+
+pub use secrets::ServiceSecrets;
+
+/// How long the roles get to stop (instances stopped, builds ended, calls
+/// in flight answered) at shutdown.
+pub const DRAIN_DEADLINE: Duration = Duration::from_secs(20);
+
+/// Which roles this process runs.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Roles {
+    pub api: bool,
+    pub builder: bool,
+    pub dispatcher: bool,
+}
+
+impl Roles {
+    pub const ALL: Self = Self {
+        api: true,
+        builder: true,
+        dispatcher: true,
+    };
+
+    /// `all`, or a comma-separated list of `api`, `builder`, `dispatcher`.
+    pub fn parse(s: &str) -> Result<Self, String> {
+        let mut roles = Self {
+            api: false,
+            builder: false,
+            dispatcher: false,
+        };
+        for role in s.split(',').map(str::trim).filter(|r| !r.is_empty()) {
+            match role {
+                "all" => roles = Self::ALL,
+                "api" => roles.api = true,
+                "builder" => roles.builder = true,
+                "dispatcher" => roles.dispatcher = true,
+                "ingress" => {
+                    return Err(format!(
+                        "role `{role}` is not built yet; use `api`, `builder`, `dispatcher` or `all`"
+                    ));
+                }
+                other => {
+                    return Err(format!(
+                        "unknown role `{other}` in --roles `{s}`; use a comma-separated list of api, builder, dispatcher, or all"
+                    ));
+                }
+            }
+        }
+        if !(roles.api || roles.builder || roles.dispatcher) {
+            return Err(format!("--roles `{s}` names no role; use e.g. `all`"));
+        }
+        Ok(roles)
+    }
+
+    fn names(self) -> String {
+        let mut names = Vec::new();
+        if self.api {
+            names.push("api");
+        }
+        if self.builder {
+            names.push("builder");
+        }
+        if self.dispatcher {
+            names.push("dispatcher");
+        }
+        names.join(",")
+    }
+}
+
+/// Everything the platform needs, resolved (flags > env > file > defaults
+/// is the CLI's business).
+#[derive(Debug, Clone, PartialEq)]
+pub struct Config {
+    pub roles: Roles,
+    pub data_dir: PathBuf,
+    pub store_path: PathBuf,
+    pub api_listen: SocketAddr,
+    /// Where the builder's webhook server listens; also the base of the
+    /// webhook URLs the api shows with triggers.
+    pub webhook_listen: SocketAddr,
+    pub pubsub: PubSubConfig,
+    pub network_topic: String,
+    pub heartbeat_interval: Duration,
+    pub queue_capacity: usize,
+    /// How long decisions stay in the audit log; `None` keeps them all.
+    pub audit_retention: Option<Duration>,
+    /// GitHub's REST API (commit statuses).
+    pub github_api_url: String,
+    /// The key sealing secrets, kept outside the store.
+    pub secrets_key: PathBuf,
+    /// Where built images are pushed (`host[:port][/path]`), if anywhere.
+    pub registry: Option<String>,
+    /// A JSON file `{"username": …, "password": …}` for the registry.
+    pub registry_credentials: Option<PathBuf>,
+    /// Where the first owner's key is copied for the CLI (unless a file is
+    /// there); `None` leaves it in the data dir only.
+    pub owner_credentials: Option<PathBuf>,
+}
+
+/// Why the platform did not start; each names what failed.
+#[derive(Debug, thiserror::Error)]
+pub enum StartError {
+    /// A setting is wrong: the caller's mistake.
+    #[error("{0}")]
+    Config(String),
+    #[error("cannot open the store: {0}")]
+    Store(#[from] rouse_store::StoreError),
+    #[error("Pub/Sub is not usable: {0}")]
+    PubSub(#[from] rouse_pubsub::PubSubError),
+    #[error("cannot load the secrets key: {0}")]
+    SecretsKey(String),
+    #[error("reconciliation failed: {0}")]
+    Reconcile(String),
+    #[error("cannot bootstrap the owner: {0}")]
+    Bootstrap(String),
+    #[error("cannot load permissions: {0}")]
+    Permissions(String),
+    #[error("the dispatcher cannot start: {0}")]
+    Dispatcher(#[from] rouse_dispatcher::DispatchError),
+    #[error("the builder cannot start: {0}")]
+    Builder(#[from] rouse_builder::BuilderError),
+    #[error("cannot listen on {addr} for {what} ({source}); choose another with {flag}")]
+    Listen {
+        addr: SocketAddr,
+        what: &'static str,
+        flag: &'static str,
+        source: std::io::Error,
+    },
+}
+
+/// The roles of this process, started.
+pub struct Running {
+    /// Where the gRPC API listens (api role).
+    pub api: Option<SocketAddr>,
+    /// Where the webhook server listens (builder role).
+    pub webhooks: Option<SocketAddr>,
+    shutdown: CancellationToken,
+    /// Servers (api, webhooks): they end on shutdown, or on failure.
+    servers: Vec<(&'static str, JoinHandle<Result<(), String>>)>,
+    /// Roles that stop their work after shutdown (builder, dispatcher).
+    roles: Vec<(&'static str, JoinHandle<()>)>,
+    /// Background upkeep (permissions, audit retention).
+    upkeep: Vec<JoinHandle<()>>,
+}
+
+/// The platform: see the module documentation.
+pub struct Platform;
+
+impl Platform {
+    pub async fn start(config: Config) -> Result<Running, StartError> {
+        let registry = registry_config(&config)?;
+        let store = Arc::new(SqliteStore::open(&config.store_path)?);
+        let key = Arc::new(
+            SecretsKey::load_or_create(&config.secrets_key)
+                .map_err(|e| StartError::SecretsKey(e.to_string()))?,
+        );
+        let changes = Changes::new();
+        let shutdown = CancellationToken::new();
+        let mut running = Running {
+            api: None,
+            webhooks: None,
+            shutdown: shutdown.clone(),
+            servers: Vec::new(),
+            roles: Vec::new(),
+            upkeep: Vec::new(),
+        };
+
+        // Bound first, so the addresses are known to what is made next.
+        let api_listener = match config.roles.api {
+            true => Some(
+                bind(
+                    config.api_listen,
+                    "the API",
+                    "--api-listen or ROUSE_API_LISTEN",
+                )
+                .await?,
+            ),
+            false => None,
+        };
+        let webhook_listener = match config.roles.builder {
+            true => Some(
+                bind(
+                    config.webhook_listen,
+                    "webhooks",
+                    "--webhook-listen or ROUSE_WEBHOOK_LISTEN",
+                )
+                .await?,
+            ),
+            false => None,
+        };
+        running.api = api_listener.as_ref().and_then(|l| l.local_addr().ok());
+        running.webhooks = webhook_listener.as_ref().and_then(|l| l.local_addr().ok());
+        let webhook_url = format!(
+            "http://{}",
+            running.webhooks.unwrap_or(config.webhook_listen)
+        );
+
+        let pubsub = if config.roles.api || config.roles.dispatcher {
+            let pubsub = PubSub::connect(config.pubsub.clone()).await?;
+            pubsub.check().await?;
+            let messaging = PubSubMessaging::new(pubsub.clone());
+            let report =
+                rouse_api::reconcile::reconcile(store.as_ref(), &messaging, &config.network_topic)
+                    .await
+                    .map_err(|e| StartError::Reconcile(e.to_string()))?;
+            tracing::info!(
+                services = report.services,
+                topics_recreated = report.topics_recreated,
+                subscriptions_recreated = report.subscriptions_recreated,
+                failed = report.failed.len(),
+                "reconciled Pub/Sub with the store"
+            );
+            Some(pubsub)
+        } else {
+            None
+        };
+
+        if let Some(api) = running.api {
+            let bootstrapped = rouse_api::bootstrap::bootstrap_owner(
+                store.as_ref(),
+                &config.data_dir,
+                config.owner_credentials.as_deref(),
+                &rouse_api::bootstrap::local_user_email(),
+                &format!("http://{api}"),
+            )
+            .await
+            .map_err(|e| StartError::Bootstrap(e.to_string()))?;
+            if let Some(b) = &bootstrapped {
+                tracing::info!(
+                    owner = %b.principal,
+                    key = %b.key_file.display(),
+                    credentials = %b.credentials.as_ref().map_or_else(|| "-".to_owned(), |p| p.display().to_string()),
+                    "first start: bootstrapped the owner (roles/owner on every project)"
+                );
+            }
+        }
+
+        let authority = if config.roles.api || config.roles.dispatcher {
+            let authority = Authority::load(store.clone())
+                .await
+                .map_err(|e| StartError::Permissions(e.to_string()))?;
+            running.upkeep.push(authority.keep_fresh(shutdown.clone()));
+            Some(authority)
+        } else {
+            None
+        };
+        if config.roles.api {
+            running.upkeep.extend(rouse_api::retention::keep_pruned(
+                store.clone(),
+                config.audit_retention,
+                shutdown.clone(),
+            ));
+        }
+
+        let logs_dir = config.data_dir.join("logs");
+        let mut hooks: Arc<dyn DispatchHooks> = Arc::new(NoDispatcher);
+        if let (true, Some(pubsub), Some(authority)) =
+            (config.roles.dispatcher, &pubsub, &authority)
+        {
+            let (process, docker) = runtimes(&config).await;
+            let parts = Parts {
+                config: DispatcherConfig {
+                    network_topic: config.network_topic.clone(),
+                    pubsub_project: config.pubsub.project.clone(),
+                    emulator_host: config.pubsub.emulator_host.clone(),
+                    logs_dir: logs_dir.clone(),
+                    heartbeat_interval: config.heartbeat_interval,
+                    queue_capacity: config.queue_capacity,
+                    resync_interval: DispatcherConfig::DEFAULT_RESYNC,
+                },
+                store: store.clone(),
+                pubsub: pubsub.clone(),
+                process,
+                docker,
+                authority: authority.clone(),
+                changes: changes.clone(),
+                secrets: Arc::new(ServiceSecrets::new(store.clone(), key.clone())),
+            };
+            let (dispatcher, handle) = Dispatcher::start(parts, shutdown.clone()).await?;
+            running.roles.push(("dispatcher", handle));
+            hooks = Arc::new(Hooks(dispatcher));
+        }
+
+        if let Some(listener) = webhook_listener {
+            let (builder, handle) = Builder::start(
+                store.clone(),
+                key.clone(),
+                changes.clone(),
+                BuilderConfig {
+                    state_dir: config.data_dir.join("builder"),
+                    github_api_url: config.github_api_url.clone(),
+                    webhook_url: webhook_url.clone(),
+                    queue: rouse_builder::queue::QueueConfig::default(),
+                    registry,
+                },
+                shutdown.clone(),
+            )
+            .await?;
+            running.roles.push(("builder", handle));
+            let server =
+                rouse_builder::server::run(listener, builder, shutdown.clone().cancelled_owned());
+            running.servers.push((
+                "the webhook server",
+                tokio::spawn(async move { server.await.map_err(|e| e.to_string()) }),
+            ));
+        }
+
+        if let (Some(listener), Some(pubsub), Some(authority)) = (api_listener, pubsub, authority) {
+            let backend = Backend {
+                store: store.clone(),
+                messaging: Arc::new(PubSubMessaging::new(pubsub)),
+                hooks,
+                changes: changes.clone(),
+                key: key.clone(),
+                webhook_url,
+                logs_dir,
+                authority,
+            };
+            let server = rouse_api::serve(listener, backend, shutdown.clone().cancelled_owned());
+            running.servers.push((
+                "the API server",
+                tokio::spawn(async move { server.await.map_err(|e| e.to_string()) }),
+            ));
+        }
+        tracing::info!(
+            api = %running.api.map_or_else(|| "-".to_owned(), |a| a.to_string()),
+            webhooks = %running.webhooks.map_or_else(|| "-".to_owned(), |a| a.to_string()),
+            roles = %config.roles.names(),
+            store = %config.store_path.display(),
+            pubsub = %config.pubsub,
+            network_topic = %config.network_topic,
+            "rouse server ready"
+        );
+        Ok(running)
+    }
+}
+
+impl Running {
+    /// Completes when a server stopped by itself (it failed), naming it and
+    /// why; never completes while all serve.
+    pub async fn failed(&mut self) -> String {
+        if self.servers.is_empty() {
+            return std::future::pending().await;
+        }
+        let (index, result) = {
+            let waits = self.servers.iter_mut().map(|(_, h)| Box::pin(h));
+            let (result, index, _) = futures_select_all(waits).await;
+            (index, result)
+        };
+        let (name, _) = self.servers.remove(index);
+        match result {
+            Ok(Ok(())) => format!("{name} stopped"),
+            Ok(Err(e)) => format!("{name} failed: {e}"),
+            Err(e) => format!("{name} failed: {e}"),
+        }
+    }
+
+    /// Stops every role: servers stop taking calls and answer those in
+    /// flight, the builder ends its builds, the dispatcher stops its
+    /// instances; all within [`DRAIN_DEADLINE`].
+    pub async fn shutdown(self) {
+        self.shutdown.cancel();
+        let deadline = tokio::time::Instant::now() + DRAIN_DEADLINE;
+        let all = self
+            .servers
+            .into_iter()
+            .map(|(name, h)| {
+                (
+                    name,
+                    tokio::spawn(async move {
+                        if let Ok(Err(e)) = h.await {
+                            tracing::warn!(error = %e, "{name} failed while stopping");
+                        }
+                    }),
+                )
+            })
+            .chain(self.roles)
+            .chain(self.upkeep.into_iter().map(|h| ("upkeep", h)));
+        for (name, handle) in all {
+            if tokio::time::timeout_at(deadline, handle).await.is_err() {
+                tracing::warn!("{name} did not stop within {DRAIN_DEADLINE:?}");
+            }
+        }
+        tracing::info!("rouse server stopped");
+    }
+}
+
+/// The first of several handles to complete, with its index.
+async fn futures_select_all<F, T>(futures: impl Iterator<Item = F>) -> (T, usize, ())
+where
+    F: std::future::Future<Output = T> + Unpin,
+{
+    let mut futures: Vec<F> = futures.collect();
+    std::future::poll_fn(move |cx| {
+        for (i, f) in futures.iter_mut().enumerate() {
+            if let std::task::Poll::Ready(v) = std::pin::Pin::new(f).poll(cx) {
+                return std::task::Poll::Ready((v, i, ()));
+            }
+        }
+        std::task::Poll::Pending
+    })
+    .await
+}
+
+async fn bind(
+    addr: SocketAddr,
+    what: &'static str,
+    flag: &'static str,
+) -> Result<TcpListener, StartError> {
+    TcpListener::bind(addr)
+        .await
+        .map_err(|source| StartError::Listen {
+            addr,
+            what,
+            flag,
+            source,
+        })
+}
+
+/// The process runtime, and the Docker runtime where an engine answers;
+/// instances a crashed earlier run left behind are stopped first. The data
+/// dir names this platform, so several platforms on one engine leave each
+/// other's containers alone.
+async fn runtimes(config: &Config) -> (Arc<dyn Runtime>, Option<Arc<dyn Runtime>>) {
+    let process = ProcessRuntime::with_state_dir(config.data_dir.join("instances"));
+    match process.remove_stale().await {
+        Ok(0) => {}
+        Ok(n) => tracing::info!(processes = n, "stopped instances left by an earlier run"),
+        Err(e) => tracing::warn!(error = %e, "cannot check for instances left by an earlier run"),
+    }
+    let docker: Option<Arc<dyn Runtime>> = match DockerRuntime::connect()
+        .map(|d| d.with_owner(config.data_dir.display().to_string()))
+    {
+        Ok(d) => {
+            match d.remove_stale().await {
+                Ok(0) => {}
+                Ok(n) => {
+                    tracing::info!(containers = n, "removed instances left by an earlier run")
+                }
+                Err(e) => {
+                    tracing::warn!(error = %e, "cannot list containers left by an earlier run")
+                }
+            }
+            Some(Arc::new(d))
+        }
+        Err(e) => {
+            tracing::warn!(error = %e, "no Docker engine: image revisions cannot run, command revisions can");
+            None
+        }
+    };
+    (Arc::new(process), docker)
+}
+
+/// The registry built images go to, with its credentials read now so that a
+/// bad file stops the start rather than the first build.
+fn registry_config(config: &Config) -> Result<Option<RegistryConfig>, StartError> {
+    let Some(prefix) = &config.registry else {
+        return Ok(None);
+    };
+    let credentials = match &config.registry_credentials {
+        None => None,
+        Some(path) => {
+            let text = std::fs::read_to_string(path).map_err(|e| {
+                StartError::Config(format!(
+                    "cannot read registry credentials `{}`: {e}; give a JSON file {{\"username\": …, \"password\": …}}",
+                    path.display()
+                ))
+            })?;
+            Some(serde_json::from_str(&text).map_err(|e| {
+                StartError::Config(format!(
+                    "registry credentials `{}` are not {{\"username\": …, \"password\": …}}: {e}",
+                    path.display()
+                ))
+            })?)
+        }
+    };
+    Ok(Some(RegistryConfig {
+        prefix: prefix.clone(),
+        credentials,
+    }))
+}
+
+/// The api's way into a dispatcher of the same process.
+struct Hooks(Dispatcher);
+
+#[async_trait::async_trait]
+impl DispatchHooks for Hooks {
+    async fn cancel(&self, service_uuid: uuid::Uuid, question_uuid: &str) -> bool {
+        self.0.cancel(service_uuid, question_uuid).await
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn roles_parse_each_role_and_all() {
+        assert_eq!(Roles::parse("all"), Ok(Roles::ALL));
+        assert_eq!(Roles::parse("api, builder,dispatcher"), Ok(Roles::ALL));
+        assert_eq!(
+            Roles::parse("builder"),
+            Ok(Roles {
+                api: false,
+                builder: true,
+                dispatcher: false
+            })
+        );
+        assert_eq!(
+            Roles::parse("dispatcher").map(Roles::names),
+            Ok("dispatcher".into())
+        );
+    }
+
+    #[test]
+    fn bad_roles_are_named() {
+        let e = Roles::parse("api,bilder").expect_err("unknown");
+        assert!(
+            e.contains("`bilder`") && e.contains("api, builder, dispatcher"),
+            "{e}"
+        );
+        let e = Roles::parse("ingress").expect_err("not built");
+        assert!(e.contains("`ingress` is not built yet"), "{e}");
+        let e = Roles::parse(" , ").expect_err("empty");
+        assert!(e.contains("names no role"), "{e}");
+    }
+}
