@@ -16,7 +16,7 @@ async fn verdict(store: &SqliteStore, name: &str) -> (RevisionState, Option<Stri
     let deadline = Instant::now() + Duration::from_secs(60);
     loop {
         let trial = store.trial(name).await.expect("read").expect("exists");
-        if matches!(trial.0, RevisionState::Ready | RevisionState::Failed) {
+        if matches!(trial.0, RevisionState::Passed | RevisionState::Failed) {
             return trial;
         }
         assert!(
@@ -77,7 +77,7 @@ async fn candidates_are_tried_by_the_dispatcher_through_the_store() {
         .expect("a candidate");
 
     let (state, why) = verdict(&store, &good.name).await;
-    assert_eq!(state, RevisionState::Ready, "{why:?}");
+    assert_eq!(state, RevisionState::Passed, "{why:?}");
     let (state, why) = verdict(&store, &bad.name).await;
     assert_eq!(state, RevisionState::Failed);
     let why = why.expect("a reason");

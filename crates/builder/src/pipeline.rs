@@ -320,6 +320,10 @@ impl Pipeline {
                 ));
             }
         }
+        store
+            .set_revision_state(&candidate.name, RevisionState::Ready)
+            .await
+            .map_err(|e| e.to_string())?;
         let mut routing = store
             .routing(service.uuid)
             .await
@@ -347,7 +351,7 @@ impl Pipeline {
         let mut notices = self.changes.revisions();
         loop {
             let state = match self.store.trial(name).await.map_err(|e| e.to_string())? {
-                Some((RevisionState::Ready, _)) => return Ok(()),
+                Some((RevisionState::Passed | RevisionState::Ready, _)) => return Ok(()),
                 Some((RevisionState::Failed, why)) => {
                     return Err(why.unwrap_or_else(|| "its trial failed".into()));
                 }

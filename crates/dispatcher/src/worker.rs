@@ -188,6 +188,17 @@ impl Worker {
         match msg {
             WorkerMsg::Run(execution) => {
                 if self.revision.is_none() {
+                    // A role in another process (a build's rollout, the
+                    // api) may have made a revision serve since the last
+                    // re-read: the store decides, not a stale table.
+                    match self.shared.store.serving_revision(self.service.uuid).await {
+                        Ok(revision) => self.revision = revision,
+                        Err(e) => {
+                            tracing::warn!(service = %self.service.qualified_name(), error = %e, "cannot read the serving revision")
+                        }
+                    }
+                }
+                if self.revision.is_none() {
                     let reason = format!(
                         "service `{}` has no revision to run yet; register one with `rouse revisions create {} --project {}`",
                         self.service.qualified_name(),

@@ -94,6 +94,9 @@ pub enum RevisionState {
     Candidate,
     /// A dispatcher is running its readiness trial: never served.
     Trying,
+    /// It passed its trial; it serves once the builder routes to it (and
+    /// never by being the newest revision).
+    Passed,
     /// Its rollout failed: never served.
     Failed,
 }
@@ -104,6 +107,7 @@ impl RevisionState {
             Self::Ready => "ready",
             Self::Candidate => "candidate",
             Self::Trying => "trying",
+            Self::Passed => "passed",
             Self::Failed => "failed",
         }
     }
@@ -120,6 +124,7 @@ impl RevisionState {
             None | Some("ready") => Ok(Self::Ready),
             Some("candidate") => Ok(Self::Candidate),
             Some("trying") => Ok(Self::Trying),
+            Some("passed") => Ok(Self::Passed),
             Some("failed") => Ok(Self::Failed),
             Some(other) => Err(StoreError::Corrupt(format!("revision state `{other}`"))),
         }
@@ -240,7 +245,7 @@ pub trait TrialStore: Send + Sync + 'static {
     /// Takes a candidate for a trial (`Candidate` → `Trying`); `false` if
     /// another dispatcher took it or it is no longer a candidate.
     async fn claim_trial(&self, name: &str) -> Result<bool, StoreError>;
-    /// Records a claimed trial's verdict: `Ready`, or `Failed` with why.
+    /// Records a claimed trial's verdict: `Passed`, or `Failed` with why.
     /// `false` if the revision was no longer `Trying` (the builder gave up).
     async fn record_trial(
         &self,
@@ -872,7 +877,7 @@ impl TrialStore for SqliteStore {
         let name = name.to_owned();
         self.write(move |conn| {
             let (state, why) = match verdict {
-                Ok(()) => (RevisionState::Ready.column(), None),
+                Ok(()) => (RevisionState::Passed.column(), None),
                 Err(why) => (RevisionState::Failed.column(), Some(why)),
             };
             let n = conn.execute(
@@ -1069,6 +1074,18 @@ mod tests {
             !store.record_trial(&a.name, Ok(())).await.expect("record"),
             "final"
         );
+        // A revision that passed does not serve by being the newest.
+        let c = store
+            .insert_candidate_revision(&s, &image("y"), &origin, SystemTime::now())
+            .await
+            .expect("candidate");
+        assert!(store.claim_trial(&c.name).await.expect("claim"));
+        assert!(store.record_trial(&c.name, Ok(())).await.expect("record"));
+        assert_eq!(
+            store.trial(&c.name).await.expect("read").map(|t| t.0),
+            Some(RevisionState::Passed)
+        );
+        assert_eq!(store.serving_revision(s.uuid).await.expect("serving"), None);
         // The builder gave up on b while it was tried: the late verdict is dropped.
         assert!(store.claim_trial(&b.name).await.expect("claim"));
         store
