@@ -12,8 +12,8 @@
 use std::path::{Path, PathBuf};
 use std::time::{Duration, SystemTime};
 
-use rouse_proto as pb;
 use rouse_identity::KeyFile;
+use rouse_proto as pb;
 use rouse_tests::asker::{Asker, question_attributes};
 use rouse_tests::{Emulator, Server, workspace_bin};
 use serde_json::{Value, json};
