@@ -26,7 +26,16 @@ pub struct Cli {
     /// Log output: `human` (default) or `json`.
     #[arg(long, global = true, env = "ROUSE_LOG_FORMAT", value_enum)]
     pub log_format: Option<LogFormat>,
+    #[command(flatten)]
+    pub client: ClientArgs,
+    /// What commands print: `table` (default), `json` or `yaml`; IAM
+    /// policies print as `yaml` (default) or `json`.
+    #[arg(long, global = true, value_enum, help_heading = CLIENT_OPTIONS)]
+    pub format: Option<Format>,
 }
+
+/// Where `--help` lists the flags every client command shares.
+const CLIENT_OPTIONS: &str = "Client options";
 
 #[derive(Debug, Subcommand)]
 pub enum Command {
@@ -72,25 +81,87 @@ pub enum LogFormat {
     Json,
 }
 
-/// Flags every client command shares.
+/// Flags every client command shares, given before or after the subcommand.
 #[derive(Debug, Clone, clap::Args)]
 pub struct ClientArgs {
     /// URL of the Rouse API.
-    #[arg(long, env = "ROUSE_ENDPOINT", default_value = "http://127.0.0.1:7070")]
+    #[arg(
+        long,
+        global = true,
+        env = "ROUSE_ENDPOINT",
+        default_value = "http://127.0.0.1:7070",
+        help_heading = CLIENT_OPTIONS
+    )]
     pub endpoint: String,
     /// Key file to call the API with (`rouse iam service-accounts keys
     /// create` writes one; `rouse server` writes the owner's). Default:
     /// `$XDG_CONFIG_HOME/rouse/credentials.json`, else
     /// `~/.config/rouse/credentials.json`, if it exists.
-    #[arg(long, env = "ROUSE_CREDENTIALS")]
+    #[arg(long, global = true, env = "ROUSE_CREDENTIALS", help_heading = CLIENT_OPTIONS)]
     pub credentials: Option<std::path::PathBuf>,
 }
 
-/// Output format of `list`, `describe` and `get`.
+/// Output format of `list`, `describe` and `get`, and of what commands made.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default, ValueEnum)]
 pub enum Format {
     #[default]
     Table,
     Json,
     Yaml,
+}
+
+#[cfg(test)]
+mod tests {
+    use clap::{CommandFactory, Parser};
+
+    use super::*;
+
+    #[test]
+    fn the_command_line_is_consistent() {
+        Cli::command().debug_assert();
+    }
+
+    /// The global flags are read before and after the subcommand, as
+    /// `rouse services list --format json` and the README write them.
+    #[test]
+    fn client_flags_go_before_or_after_the_subcommand() {
+        for argv in [
+            &[
+                "rouse",
+                "services",
+                "list",
+                "--format",
+                "json",
+                "--endpoint",
+                "http://h:1",
+            ][..],
+            &[
+                "rouse",
+                "--format",
+                "json",
+                "--endpoint",
+                "http://h:1",
+                "services",
+                "list",
+            ],
+            &[
+                "rouse",
+                "--endpoint",
+                "http://h:1",
+                "services",
+                "list",
+                "--format",
+                "json",
+            ],
+        ] {
+            let cli = Cli::try_parse_from(argv).expect("parse");
+            assert_eq!(cli.format, Some(Format::Json), "{argv:?}");
+            assert_eq!(cli.client.endpoint, "http://h:1", "{argv:?}");
+        }
+        let cli = Cli::try_parse_from(["rouse", "iam", "groups", "list"]).expect("parse");
+        assert_eq!(cli.format, None);
+        let e = Cli::try_parse_from(["rouse", "services", "list", "--format", "xml"])
+            .expect_err("unknown format");
+        assert_eq!(e.exit_code(), 2);
+    }
 }

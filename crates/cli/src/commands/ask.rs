@@ -7,8 +7,7 @@ use rouse_proto as pb;
 use rouse_proto::executions_client::ExecutionsClient;
 
 use super::services::ProjectArg;
-use super::status;
-use crate::args::ClientArgs;
+use crate::context::Context;
 use crate::exit::CliError;
 use crate::progress::Progress;
 
@@ -29,37 +28,32 @@ pub struct AskArgs {
     /// Ask the service to forward its log records; --wait prints them on stderr.
     #[arg(long)]
     forward_logs: bool,
-    #[command(flatten)]
-    client: ClientArgs,
 }
 
-pub async fn run(args: AskArgs) -> Result<(), CliError> {
+pub async fn run(ctx: &Context, args: AskArgs) -> Result<(), CliError> {
     if let Err(e) = serde_json::from_str::<serde_json::Value>(&args.input) {
         return Err(CliError::usage(format!(
             "--input `{}` is not JSON ({e}); write e.g. --input '{{\"n\": 1}}'",
             args.input
         )));
     }
-    let channel = super::connect(&args.client).await?;
-    let mut api = ExecutionsClient::new(channel);
+    let mut api = ctx.client(ExecutionsClient::new).await?;
     let started = Instant::now();
     let question_uuid = uuid::Uuid::new_v4().to_string();
-    let authorization = match super::credentials(&args.client)? {
+    let authorization = match ctx.credentials()? {
         Some(key) => question_token(&key, &args.project.project, &args.service, &question_uuid)?,
         None => String::new(),
     };
-    let id = api
-        .ask(pb::AskRequest {
+    let id = ctx
+        .call(api.ask(pb::AskRequest {
             project: args.project.project,
             service: args.service,
             input_json: args.input,
             forward_logs: args.forward_logs,
             question_uuid,
             authorization,
-        })
-        .await
-        .map_err(status(&args.client.endpoint))?
-        .into_inner()
+        }))
+        .await?
         .id;
     if !args.wait {
         println!("{id}");
@@ -67,19 +61,13 @@ pub async fn run(args: AskArgs) -> Result<(), CliError> {
     }
     let progress = Progress::start(format!("question {id}"), "asked");
     let watch = async {
-        let mut stream = api
-            .watch_execution(pb::WatchExecutionRequest {
+        let mut stream = ctx
+            .call(api.watch_execution(pb::WatchExecutionRequest {
                 id: id.clone(),
                 after_event_id: 0,
-            })
-            .await
-            .map_err(status(&args.client.endpoint))?
-            .into_inner();
-        while let Some(event) = stream
-            .message()
-            .await
-            .map_err(status(&args.client.endpoint))?
-        {
+            }))
+            .await?;
+        while let Some(event) = ctx.next(&mut stream).await? {
             let data: serde_json::Value =
                 serde_json::from_str(&event.data_json).unwrap_or_default();
             match event.kind.as_str() {

@@ -6,10 +6,9 @@ use std::time::SystemTime;
 use rouse_proto as pb;
 use rouse_proto::iam_client::IamClient;
 
-use super::status;
-use crate::args::{ClientArgs, Format};
+use crate::context::Context;
 use crate::exit::CliError;
-use crate::output::{self, AuditView};
+use crate::output::AuditView;
 
 #[derive(Debug, clap::Subcommand)]
 pub enum AuditCommand {
@@ -35,10 +34,6 @@ pub struct ListArgs {
     /// At most this many entries (default: the server's).
     #[arg(long)]
     limit: Option<u32>,
-    #[arg(long, value_enum, default_value_t)]
-    format: Format,
-    #[command(flatten)]
-    client: ClientArgs,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
@@ -85,30 +80,26 @@ fn parse_since(value: &str, now: SystemTime) -> Result<SystemTime, String> {
         .ok_or_else(bad)
 }
 
-pub async fn run(cmd: AuditCommand) -> Result<(), CliError> {
+pub async fn run(ctx: &Context, cmd: AuditCommand) -> Result<(), CliError> {
     let AuditCommand::List(ListArgs {
         since,
         principal,
         resource,
         decision,
         limit,
-        format,
-        client,
     }) = cmd;
-    let mut api = IamClient::new(super::connect(&client).await?);
-    let list = api
-        .list_audit(pb::ListAuditRequest {
+    let mut api = ctx.client(IamClient::new).await?;
+    let list = ctx
+        .call(api.list_audit(pb::ListAuditRequest {
             resource: resource.unwrap_or_default(),
             since: since.map(prost_types::Timestamp::from),
             principal: principal.unwrap_or_default(),
             decision: decision.map(|d| d.as_str().to_owned()).unwrap_or_default(),
             limit: limit.unwrap_or_default(),
-        })
-        .await
-        .map_err(status(&client.endpoint))?
-        .into_inner();
+        }))
+        .await?;
     let views: Vec<_> = list.entries.iter().map(AuditView::from).collect();
-    output::print_list(&views, format)
+    ctx.print_list(&views)
 }
 
 #[cfg(test)]

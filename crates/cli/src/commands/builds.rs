@@ -7,10 +7,9 @@ use rouse_proto::builds_client::BuildsClient;
 use serde::Serialize;
 
 use super::services::ProjectArg;
-use super::status;
-use crate::args::{ClientArgs, Format};
+use crate::context::Context;
 use crate::exit::CliError;
-use crate::output::{self, View, timestamp};
+use crate::output::{View, timestamp};
 use crate::progress::Progress;
 
 #[derive(Debug, clap::Subcommand)]
@@ -24,33 +23,17 @@ pub enum BuildsCommand {
         /// Most builds shown.
         #[arg(long, default_value_t = 50)]
         limit: u32,
-        #[arg(long, value_enum, default_value_t)]
-        format: Format,
-        #[command(flatten)]
-        client: ClientArgs,
     },
     /// One build: its status, step, commit, revision, and why it failed.
-    Describe {
-        id: String,
-        #[arg(long, value_enum, default_value_t)]
-        format: Format,
-        #[command(flatten)]
-        client: ClientArgs,
-    },
+    Describe { id: String },
     /// A build's log; --follow waits for new lines until the build ends.
     Logs {
         id: String,
         #[arg(long, short)]
         follow: bool,
-        #[command(flatten)]
-        client: ClientArgs,
     },
     /// Cancel a queued or running build.
-    Cancel {
-        id: String,
-        #[command(flatten)]
-        client: ClientArgs,
-    },
+    Cancel { id: String },
     /// Build SERVICE from a directory (a working tree) and roll it out.
     Submit {
         service: String,
@@ -62,10 +45,6 @@ pub enum BuildsCommand {
         /// The Dockerfile, relative to the source [default: Dockerfile].
         #[arg(long)]
         dockerfile: Option<String>,
-        #[arg(long, value_enum, default_value_t)]
-        format: Format,
-        #[command(flatten)]
-        client: ClientArgs,
     },
 }
 
@@ -166,82 +145,36 @@ impl View for BuildView {
     }
 }
 
-pub async fn run(cmd: BuildsCommand) -> Result<(), CliError> {
+pub async fn run(ctx: &Context, cmd: BuildsCommand) -> Result<(), CliError> {
     match cmd {
         BuildsCommand::List {
             service,
             project,
             limit,
-            format,
-            client,
         } => {
-            let mut api = BuildsClient::new(super::connect(&client).await?);
-            let list = api
-                .list_builds(pb::ListBuildsRequest {
+            let mut api = ctx.client(BuildsClient::new).await?;
+            let list = ctx
+                .call(api.list_builds(pb::ListBuildsRequest {
                     project: project.project,
                     service: service.unwrap_or_default(),
                     limit,
-                })
-                .await
-                .map_err(status(&client.endpoint))?
-                .into_inner();
+                }))
+                .await?;
             let views: Vec<_> = list.builds.iter().map(BuildView::from).collect();
-            output::print_list(&views, format)
+            ctx.print_list(&views)
         }
-        BuildsCommand::Describe { id, format, client } => {
-            let mut api = BuildsClient::new(super::connect(&client).await?);
-            let b = api
-                .get_build(pb::GetBuildRequest { id })
-                .await
-                .map_err(status(&client.endpoint))?
-                .into_inner();
-            output::print_one(&BuildView::from(&b), format)
+        BuildsCommand::Describe { id } => {
+            let mut api = ctx.client(BuildsClient::new).await?;
+            let b = ctx.call(api.get_build(pb::GetBuildRequest { id })).await?;
+            ctx.print_one(&BuildView::from(&b))
         }
-        BuildsCommand::Logs { id, follow, client } => {
-            let mut api = BuildsClient::new(super::connect(&client).await?);
-            let what = format!("build {id}");
-            let mut stream = api
-                .stream_build_logs(pb::StreamBuildLogsRequest { id, follow })
-                .await
-                .map_err(status(&client.endpoint))?
-                .into_inner();
-            // Status changes as progress (a spinner on a terminal, plain
-            // lines on stderr otherwise); log lines on stdout.
-            let progress = follow.then(|| Progress::start(what, "following"));
-            let mut last = String::new();
-            while let Some(line) = stream.message().await.map_err(status(&client.endpoint))? {
-                if !line.status.is_empty() {
-                    if let Some(p) = &progress {
-                        p.state(&line.status);
-                    }
-                    last = line.status;
-                    continue;
-                }
-                match &progress {
-                    Some(p) => p.println(&line.line),
-                    None => println!("{}", line.line),
-                }
-            }
-            match progress {
-                Some(p) => p.finish(),
-                None if !last.is_empty() => eprintln!("build {last}"),
-                None => {}
-            }
-            if !last.is_empty() && last != "succeeded" {
-                return Err(CliError::internal(format!(
-                    "the build ended {last}; `rouse builds describe` says why"
-                )));
-            }
-            Ok(())
-        }
-        BuildsCommand::Cancel { id, client } => {
-            let mut api = BuildsClient::new(super::connect(&client).await?);
-            let b = api
-                .cancel_build(pb::CancelBuildRequest { id })
-                .await
-                .map_err(status(&client.endpoint))?
-                .into_inner();
-            eprintln!("build {} is {}", b.id, b.status);
+        BuildsCommand::Logs { id, follow } => logs(ctx, id, follow).await,
+        BuildsCommand::Cancel { id } => {
+            let mut api = ctx.client(BuildsClient::new).await?;
+            let b = ctx
+                .call(api.cancel_build(pb::CancelBuildRequest { id }))
+                .await?;
+            ctx.note(format_args!("build {} is {}", b.id, b.status));
             Ok(())
         }
         BuildsCommand::Submit {
@@ -249,23 +182,56 @@ pub async fn run(cmd: BuildsCommand) -> Result<(), CliError> {
             project,
             source,
             dockerfile,
-            format,
-            client,
         } => {
             let source = std::path::absolute(&source)
                 .map_err(|e| CliError::usage(format!("--source `{}`: {e}", source.display())))?;
-            let mut api = BuildsClient::new(super::connect(&client).await?);
-            let b = api
-                .submit_build(pb::SubmitBuildRequest {
+            let mut api = ctx.client(BuildsClient::new).await?;
+            let b = ctx
+                .call(api.submit_build(pb::SubmitBuildRequest {
                     project: project.project,
                     service,
                     source_dir: source.display().to_string(),
                     dockerfile: dockerfile.unwrap_or_default(),
-                })
-                .await
-                .map_err(status(&client.endpoint))?
-                .into_inner();
-            output::print_one(&BuildView::from(&b), format)
+                }))
+                .await?;
+            ctx.print_one(&BuildView::from(&b))
         }
     }
+}
+
+/// `rouse builds logs ID [--follow]`: log lines on stdout; with --follow,
+/// status changes as progress (a spinner on a terminal, plain lines on
+/// stderr otherwise). A build that ends other than `succeeded` fails.
+async fn logs(ctx: &Context, id: String, follow: bool) -> Result<(), CliError> {
+    let mut api = ctx.client(BuildsClient::new).await?;
+    let what = format!("build {id}");
+    let mut stream = ctx
+        .call(api.stream_build_logs(pb::StreamBuildLogsRequest { id, follow }))
+        .await?;
+    let progress = follow.then(|| Progress::start(what, "following"));
+    let mut last = String::new();
+    while let Some(line) = ctx.next(&mut stream).await? {
+        if !line.status.is_empty() {
+            if let Some(p) = &progress {
+                p.state(&line.status);
+            }
+            last = line.status;
+            continue;
+        }
+        match &progress {
+            Some(p) => p.println(&line.line),
+            None => println!("{}", line.line),
+        }
+    }
+    match progress {
+        Some(p) => p.finish(),
+        None if !last.is_empty() => ctx.note(format_args!("build {last}")),
+        None => {}
+    }
+    if !last.is_empty() && last != "succeeded" {
+        return Err(CliError::internal(format!(
+            "the build ended {last}; `rouse builds describe` says why"
+        )));
+    }
+    Ok(())
 }

@@ -3,10 +3,9 @@
 use rouse_proto as pb;
 use rouse_proto::executions_client::ExecutionsClient;
 
-use super::status;
-use crate::args::{ClientArgs, Format};
+use crate::context::Context;
 use crate::exit::CliError;
-use crate::output::{self, ExecutionView};
+use crate::output::ExecutionView;
 
 #[derive(Debug, clap::Subcommand)]
 pub enum ExecutionsCommand {
@@ -14,10 +13,6 @@ pub enum ExecutionsCommand {
     Get {
         /// The execution id (the question uuid).
         id: String,
-        #[arg(long, value_enum, default_value_t)]
-        format: Format,
-        #[command(flatten)]
-        client: ClientArgs,
     },
     /// List recent executions, newest first.
     List {
@@ -31,60 +26,44 @@ pub enum ExecutionsCommand {
         status: Option<String>,
         #[arg(long, default_value_t = 50)]
         limit: u32,
-        #[arg(long, value_enum, default_value_t)]
-        format: Format,
-        #[command(flatten)]
-        client: ClientArgs,
     },
     /// Cancel a queued or running execution; its asker gets an exception.
-    Cancel {
-        id: String,
-        #[command(flatten)]
-        client: ClientArgs,
-    },
+    Cancel { id: String },
 }
 
-pub async fn run(cmd: ExecutionsCommand) -> Result<(), CliError> {
+pub async fn run(ctx: &Context, cmd: ExecutionsCommand) -> Result<(), CliError> {
     match cmd {
-        ExecutionsCommand::Get { id, format, client } => {
-            let mut api = ExecutionsClient::new(super::connect(&client).await?);
-            let e = api
-                .get_execution(pb::GetExecutionRequest { id })
-                .await
-                .map_err(status(&client.endpoint))?
-                .into_inner();
-            output::print_one(&ExecutionView::from(&e), format)
+        ExecutionsCommand::Get { id } => {
+            let mut api = ctx.client(ExecutionsClient::new).await?;
+            let e = ctx
+                .call(api.get_execution(pb::GetExecutionRequest { id }))
+                .await?;
+            ctx.print_one(&ExecutionView::from(&e))
         }
         ExecutionsCommand::List {
             project,
             service,
-            status: wanted,
+            status,
             limit,
-            format,
-            client,
         } => {
-            let mut api = ExecutionsClient::new(super::connect(&client).await?);
-            let list = api
-                .list_executions(pb::ListExecutionsRequest {
+            let mut api = ctx.client(ExecutionsClient::new).await?;
+            let list = ctx
+                .call(api.list_executions(pb::ListExecutionsRequest {
                     project: project.unwrap_or_default(),
                     service: service.unwrap_or_default(),
-                    status: wanted.unwrap_or_default(),
+                    status: status.unwrap_or_default(),
                     limit,
-                })
-                .await
-                .map_err(status(&client.endpoint))?
-                .into_inner();
+                }))
+                .await?;
             let views: Vec<_> = list.executions.iter().map(ExecutionView::from).collect();
-            output::print_list(&views, format)
+            ctx.print_list(&views)
         }
-        ExecutionsCommand::Cancel { id, client } => {
-            let mut api = ExecutionsClient::new(super::connect(&client).await?);
-            let e = api
-                .cancel_execution(pb::CancelExecutionRequest { id })
-                .await
-                .map_err(status(&client.endpoint))?
-                .into_inner();
-            eprintln!("execution {} is {}", e.id, e.status);
+        ExecutionsCommand::Cancel { id } => {
+            let mut api = ctx.client(ExecutionsClient::new).await?;
+            let e = ctx
+                .call(api.cancel_execution(pb::CancelExecutionRequest { id }))
+                .await?;
+            ctx.note(format_args!("execution {} is {}", e.id, e.status));
             Ok(())
         }
     }

@@ -21,10 +21,8 @@ use rouse_iam::{
 use rouse_proto as pb;
 use rouse_proto::iam_client::IamClient;
 
-use super::{Api, status};
-use crate::args::ClientArgs;
+use crate::context::{Api, Context};
 use crate::exit::CliError;
-use crate::output::{self, PolicyFormat};
 
 /// How many times a binding change is applied again after ABORTED (another
 /// writer changed the policy between our read and our write). Each retry
@@ -100,34 +98,12 @@ impl BindingArgs {
 }
 
 #[derive(Debug, Clone, clap::Args)]
-pub struct AddBindingArgs {
-    #[command(flatten)]
-    pub binding: BindingArgs,
-    #[arg(long, value_enum, default_value_t)]
-    pub format: PolicyFormat,
-    #[command(flatten)]
-    pub client: ClientArgs,
-}
-
-#[derive(Debug, Clone, clap::Args)]
 pub struct RemoveBindingArgs {
     #[command(flatten)]
     pub binding: BindingArgs,
     /// Remove the member from the role's bindings whatever their condition.
     #[arg(long, conflicts_with = "condition")]
     pub all: bool,
-    #[arg(long, value_enum, default_value_t)]
-    pub format: PolicyFormat,
-    #[command(flatten)]
-    pub client: ClientArgs,
-}
-
-#[derive(Debug, Clone, clap::Args)]
-pub struct GetPolicyArgs {
-    #[arg(long, value_enum, default_value_t)]
-    pub format: PolicyFormat,
-    #[command(flatten)]
-    pub client: ClientArgs,
 }
 
 #[derive(Debug, Clone, clap::Args)]
@@ -135,10 +111,6 @@ pub struct SetPolicyArgs {
     /// Policy document, JSON or YAML (Google's shape, as get-iam-policy prints
     /// it). Keep its `etag` so that a concurrent change is not overwritten.
     pub file: PathBuf,
-    #[arg(long, value_enum, default_value_t)]
-    pub format: PolicyFormat,
-    #[command(flatten)]
-    pub client: ClientArgs,
 }
 
 /// A parsed `--condition`: a condition, or none (`None`).
@@ -257,22 +229,16 @@ fn from_document(doc: &pb::PolicyDocument, target: &Target) -> Result<Policy, Cl
     Ok(policy)
 }
 
-async fn client(args: &ClientArgs) -> Result<IamClient<Api>, CliError> {
-    Ok(IamClient::new(super::connect(args).await?))
-}
-
 async fn read(
+    ctx: &Context,
     api: &mut IamClient<Api>,
     target: &Target,
-    endpoint: &str,
 ) -> Result<Policy, CliError> {
-    let doc = api
-        .get_iam_policy(pb::GetIamPolicyRequest {
+    let doc = ctx
+        .call(api.get_iam_policy(pb::GetIamPolicyRequest {
             resource: target.name.clone(),
-        })
-        .await
-        .map_err(status(endpoint))?
-        .into_inner();
+        }))
+        .await?;
     from_document(&doc, target)
 }
 
@@ -281,33 +247,36 @@ async fn read(
 /// it changed anything; if not, nothing is written. Returns the policy now in
 /// force and whether it was written.
 async fn modify(
-    api: &mut IamClient<Api>,
+    ctx: &Context,
     target: &Target,
-    endpoint: &str,
     mut change: impl FnMut(&mut Policy) -> Result<bool, CliError>,
 ) -> Result<(Policy, bool), CliError> {
+    let mut api = ctx.client(IamClient::new).await?;
     for attempt in 0..=RETRIES {
         if attempt > 0 {
             let jitter = u64::from(uuid::Uuid::new_v4().as_bytes()[0]);
             let pause = RETRY_BACKOFF * 2u32.pow(attempt - 1) + Duration::from_millis(jitter);
             tokio::time::sleep(pause).await;
         }
-        let mut policy = read(api, target, endpoint).await?;
+        let mut policy = read(ctx, &mut api, target).await?;
         if !change(&mut policy)? {
             return Ok((policy, false));
         }
-        let set = api
-            .set_iam_policy(pb::SetIamPolicyRequest {
+        let set = ctx
+            .call(api.set_iam_policy(pb::SetIamPolicyRequest {
                 resource: target.name.clone(),
                 policy_json: policy.to_json(),
-            })
+            }))
             .await;
         match set {
-            Ok(doc) => return Ok((from_document(&doc.into_inner(), target)?, true)),
-            Err(s) if s.code() == tonic::Code::Aborted => {
+            Ok(doc) => return Ok((from_document(&doc, target)?, true)),
+            Err(CliError::Server {
+                code: tonic::Code::Aborted,
+                ..
+            }) => {
                 tracing::debug!(resource = %target.name, attempt, "policy changed concurrently; reading it again");
             }
-            Err(s) => return Err(CliError::from_status(&s, endpoint)),
+            Err(e) => return Err(e),
         }
     }
     Err(CliError::internal(format!(
@@ -317,45 +286,43 @@ async fn modify(
     )))
 }
 
-pub async fn add_binding(target: &Target, args: AddBindingArgs) -> Result<(), CliError> {
-    let AddBindingArgs {
-        binding,
-        format,
-        client: client_args,
-    } = args;
+pub async fn add_binding(
+    ctx: &Context,
+    target: &Target,
+    binding: BindingArgs,
+) -> Result<(), CliError> {
+    let format = ctx.policy_format()?;
     binding.validate()?;
     let condition = binding.condition.and_then(|c| c.0);
-    let mut api = client(&client_args).await?;
-    let (policy, written) = modify(&mut api, target, &client_args.endpoint, |p| {
+    let (policy, written) = modify(ctx, target, |p| {
         Ok(p.add_binding(&binding.role, &binding.member, condition.clone()))
     })
     .await?;
     if written {
-        eprintln!("updated the IAM policy of {}", target.what);
+        ctx.note(format_args!("updated the IAM policy of {}", target.what));
     } else {
-        eprintln!(
+        ctx.note(format_args!(
             "`{}` already has `{}` on {} with that condition; nothing changed",
             binding.member, binding.role, target.what
-        );
+        ));
     }
-    output::print_policy(&policy, format)
+    ctx.print_policy(&policy, format)
 }
 
-pub async fn remove_binding(target: &Target, args: RemoveBindingArgs) -> Result<(), CliError> {
-    let RemoveBindingArgs {
-        binding,
-        all,
-        format,
-        client: client_args,
-    } = args;
+pub async fn remove_binding(
+    ctx: &Context,
+    target: &Target,
+    args: RemoveBindingArgs,
+) -> Result<(), CliError> {
+    let format = ctx.policy_format()?;
+    let RemoveBindingArgs { binding, all } = args;
     binding.validate()?;
     let filter = match (all, binding.condition) {
         (true, _) => ConditionFilter::All,
         (false, Some(ConditionArg(Some(c)))) => ConditionFilter::Exactly(c),
         (false, Some(ConditionArg(None)) | None) => ConditionFilter::Unconditional,
     };
-    let mut api = client(&client_args).await?;
-    let (policy, _) = modify(&mut api, target, &client_args.endpoint, |p| {
+    let (policy, _) = modify(ctx, target, |p| {
         match p.remove_binding(&binding.role, &binding.member, &filter) {
             Ok(_) => Ok(true),
             // How the command was called: say which condition.
@@ -368,41 +335,42 @@ pub async fn remove_binding(target: &Target, args: RemoveBindingArgs) -> Result<
         }
     })
     .await?;
-    eprintln!("updated the IAM policy of {}", target.what);
-    output::print_policy(&policy, format)
+    ctx.note(format_args!("updated the IAM policy of {}", target.what));
+    ctx.print_policy(&policy, format)
 }
 
-pub async fn get(target: &Target, args: GetPolicyArgs) -> Result<(), CliError> {
-    let mut api = client(&args.client).await?;
-    let policy = read(&mut api, target, &args.client.endpoint).await?;
-    output::print_policy(&policy, args.format)
+pub async fn get(ctx: &Context, target: &Target) -> Result<(), CliError> {
+    let format = ctx.policy_format()?;
+    let mut api = ctx.client(IamClient::new).await?;
+    let policy = read(ctx, &mut api, target).await?;
+    ctx.print_policy(&policy, format)
 }
 
-pub async fn set(target: &Target, args: SetPolicyArgs) -> Result<(), CliError> {
+pub async fn set(ctx: &Context, target: &Target, args: SetPolicyArgs) -> Result<(), CliError> {
+    let format = ctx.policy_format()?;
     let text = read_text(&args.file, "policy file")?;
     let policy = parse_policy_file(&args.file, &text, &target.resource)?;
-    let mut api = client(&args.client).await?;
-    let doc = api
-        .set_iam_policy(pb::SetIamPolicyRequest {
+    let mut api = ctx.client(IamClient::new).await?;
+    let doc = ctx
+        .call(api.set_iam_policy(pb::SetIamPolicyRequest {
             resource: target.name.clone(),
             policy_json: policy.to_json(),
-        })
+        }))
         .await
-        .map_err(|s| {
-            if s.code() == tonic::Code::Aborted {
-                CliError::internal(format!(
-                    "the policy of {} was changed after {} was read (its etag is stale); read it again with `{}`, reapply your change and set it again",
-                    target.what,
-                    args.file.display(),
-                    target.get_command
-                ))
-            } else {
-                CliError::from_status(&s, &args.client.endpoint)
-            }
-        })?
-        .into_inner();
-    eprintln!("updated the IAM policy of {}", target.what);
-    output::print_policy(&from_document(&doc, target)?, args.format)
+        .map_err(|e| match e {
+            CliError::Server {
+                code: tonic::Code::Aborted,
+                ..
+            } => CliError::internal(format!(
+                "the policy of {} was changed after {} was read (its etag is stale); read it again with `{}`, reapply your change and set it again",
+                target.what,
+                args.file.display(),
+                target.get_command
+            )),
+            other => other,
+        })?;
+    ctx.note(format_args!("updated the IAM policy of {}", target.what));
+    ctx.print_policy(&from_document(&doc, target)?, format)
 }
 
 #[cfg(test)]
@@ -410,6 +378,7 @@ mod tests {
     #![allow(clippy::unwrap_used)]
 
     use super::*;
+    use crate::args::{ClientArgs, Format};
 
     fn condition(value: &str) -> Result<Option<Condition>, String> {
         parse_condition(value).map(|c| c.0)
@@ -519,16 +488,16 @@ mod tests {
             &service(),
         )
         .unwrap_err();
-        assert_eq!(e.code, 2);
-        assert!(e.message.contains("p.json"), "{}", e.message);
-        assert!(e.message.contains("`etga`"), "{}", e.message);
+        assert_eq!(e.exit_code(), 2);
+        assert!(e.to_string().contains("p.json"), "{e}");
+        assert!(e.to_string().contains("`etga`"), "{e}");
         let e = parse_policy_file(
             Path::new("p.yaml"),
             "bindings:\n- role: roles/viewer\n  members: [allUsers]\n  memebrs: [allUsers]\n",
             &service(),
         )
         .unwrap_err();
-        assert!(e.message.contains("`memebrs`"), "{}", e.message);
+        assert!(e.to_string().contains("`memebrs`"), "{e}");
     }
 
     #[test]
@@ -539,13 +508,9 @@ mod tests {
             &service(),
         )
         .unwrap_err();
-        assert_eq!(e.code, 2);
-        assert!(
-            e.message.contains("bindings[0].members[0]"),
-            "{}",
-            e.message
-        );
-        assert!(e.message.contains("`alice`"), "{}", e.message);
+        assert_eq!(e.exit_code(), 2);
+        assert!(e.to_string().contains("bindings[0].members[0]"), "{e}");
+        assert!(e.to_string().contains("`alice`"), "{e}");
     }
 
     /// An Iam API that keeps one policy with content etags, like the real
@@ -643,9 +608,14 @@ mod tests {
         }
     }
 
-    /// Serves `fake` on a free port; returns client flags for it (with a
-    /// fresh key, so no credentials file of the machine is read).
-    async fn serve(fake: std::sync::Arc<FakeIam>, dir: &tempfile::TempDir) -> ClientArgs {
+    /// Serves `fake` on a free port; returns a context calling it (with a
+    /// fresh key, so no credentials file of the machine is read) that
+    /// prints policies as `format`.
+    async fn serve(
+        fake: std::sync::Arc<FakeIam>,
+        dir: &tempfile::TempDir,
+        format: Format,
+    ) -> Context {
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         let endpoint = format!("http://{}", listener.local_addr().unwrap());
         let service = pb::iam_server::IamServer::from_arc(fake);
@@ -660,10 +630,13 @@ mod tests {
                 .unwrap();
         let credentials = dir.path().join("key.json");
         key.write_new(&credentials).unwrap();
-        ClientArgs {
-            endpoint,
-            credentials: Some(credentials),
-        }
+        Context::new(
+            ClientArgs {
+                endpoint,
+                credentials: Some(credentials),
+            },
+            Some(format),
+        )
     }
 
     fn binding(member: &str, condition: Option<&str>) -> BindingArgs {
@@ -679,18 +652,11 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let fake = std::sync::Arc::new(FakeIam::default());
         fake.interfere.store(2, std::sync::atomic::Ordering::SeqCst);
-        let client = serve(fake.clone(), &dir).await;
+        let ctx = serve(fake.clone(), &dir, Format::Yaml).await;
         let target = Target::service("p", "s").unwrap();
-        add_binding(
-            &target,
-            AddBindingArgs {
-                binding: binding("serviceAccount:a@p.rouse", None),
-                format: PolicyFormat::Yaml,
-                client,
-            },
-        )
-        .await
-        .unwrap();
+        add_binding(&ctx, &target, binding("serviceAccount:a@p.rouse", None))
+            .await
+            .unwrap();
         let policy = fake.policy.lock().unwrap().clone();
         assert_eq!(fake.sets.load(std::sync::atomic::Ordering::SeqCst), 3);
         let members: Vec<&str> = policy
@@ -714,22 +680,37 @@ mod tests {
         let fake = std::sync::Arc::new(FakeIam::default());
         fake.interfere
             .store(100, std::sync::atomic::Ordering::SeqCst);
-        let client = serve(fake.clone(), &dir).await;
+        let ctx = serve(fake.clone(), &dir, Format::Yaml).await;
         let e = add_binding(
+            &ctx,
             &Target::service("p", "s").unwrap(),
-            AddBindingArgs {
-                binding: binding("serviceAccount:a@p.rouse", None),
-                format: PolicyFormat::Yaml,
-                client,
-            },
+            binding("serviceAccount:a@p.rouse", None),
         )
         .await
         .unwrap_err();
-        assert!(e.message.contains("kept changing"), "{}", e.message);
+        assert!(e.to_string().contains("kept changing"), "{e}");
         assert_eq!(
             fake.sets.load(std::sync::atomic::Ordering::SeqCst),
             RETRIES + 1
         );
+    }
+
+    #[tokio::test]
+    async fn a_table_format_is_refused_before_the_policy_changes() {
+        let dir = tempfile::tempdir().unwrap();
+        let fake = std::sync::Arc::new(FakeIam::default());
+        let ctx = serve(fake.clone(), &dir, Format::Table).await;
+        let e = add_binding(
+            &ctx,
+            &Target::service("p", "s").unwrap(),
+            binding("serviceAccount:a@p.rouse", None),
+        )
+        .await
+        .unwrap_err();
+        assert_eq!(e.exit_code(), 2, "{e}");
+        assert!(e.to_string().contains("--format table"), "{e}");
+        assert_eq!(fake.sets.load(std::sync::atomic::Ordering::SeqCst), 0);
+        assert!(fake.policy.lock().unwrap().bindings.is_empty());
     }
 
     #[tokio::test]
@@ -742,62 +723,58 @@ mod tests {
             let c = parse_condition(&condition).unwrap().0;
             p.add_binding("roles/serviceUser", "serviceAccount:a@p.rouse", c);
         }
-        let client = serve(fake.clone(), &dir).await;
+        let ctx = serve(fake.clone(), &dir, Format::Json).await;
         let target = Target::service("p", "s").unwrap();
-        let remove = |b: BindingArgs, all: bool| RemoveBindingArgs {
-            binding: b,
-            all,
-            format: PolicyFormat::Json,
-            client: client.clone(),
-        };
+        let remove = |b: BindingArgs, all: bool| RemoveBindingArgs { binding: b, all };
         // Only a conditional binding exists: say which.
         let e = remove_binding(
+            &ctx,
             &target,
             remove(binding("serviceAccount:a@p.rouse", None), false),
         )
         .await
         .unwrap_err();
-        assert_eq!(e.code, 2, "{}", e.message);
-        assert!(e.message.contains("--condition"), "{}", e.message);
+        assert_eq!(e.exit_code(), 2, "{e}");
+        assert!(e.to_string().contains("--condition"), "{e}");
         remove_binding(
+            &ctx,
             &target,
             remove(binding("serviceAccount:a@p.rouse", Some(&condition)), false),
         )
         .await
         .unwrap();
         assert!(fake.policy.lock().unwrap().bindings.is_empty());
-        let e = remove_binding(&target, remove(binding("user:b@example.com", None), true))
-            .await
-            .unwrap_err();
-        assert_eq!(e.code, 1);
-        assert!(e.message.contains("`user:b@example.com`"), "{}", e.message);
-        assert!(e.message.contains("`roles/serviceUser`"), "{}", e.message);
+        let e = remove_binding(
+            &ctx,
+            &target,
+            remove(binding("user:b@example.com", None), true),
+        )
+        .await
+        .unwrap_err();
+        assert_eq!(e.exit_code(), 1);
+        assert!(e.to_string().contains("`user:b@example.com`"), "{e}");
+        assert!(e.to_string().contains("`roles/serviceUser`"), "{e}");
     }
 
     #[tokio::test]
     async fn set_with_a_stale_etag_says_to_read_again() {
         let dir = tempfile::tempdir().unwrap();
         let fake = std::sync::Arc::new(FakeIam::default());
-        let client = serve(fake.clone(), &dir).await;
+        let ctx = serve(fake.clone(), &dir, Format::Yaml).await;
         let file = dir.path().join("policy.yaml");
         std::fs::write(
             &file,
             "bindings:\n- role: roles/viewer\n  members: [allUsers]\netag: stale\n",
         )
         .unwrap();
-        let args = |client| SetPolicyArgs {
-            file: file.clone(),
-            format: PolicyFormat::Yaml,
-            client,
-        };
+        let args = || SetPolicyArgs { file: file.clone() };
         let target = Target::service("p", "s").unwrap();
-        let e = set(&target, args(client.clone())).await.unwrap_err();
-        assert!(e.message.contains("stale"), "{}", e.message);
+        let e = set(&ctx, &target, args()).await.unwrap_err();
+        assert!(e.to_string().contains("stale"), "{e}");
         assert!(
-            e.message
+            e.to_string()
                 .contains("rouse services get-iam-policy s --project p"),
-            "{}",
-            e.message
+            "{e}"
         );
         // Without an etag it is Google's blind overwrite.
         std::fs::write(
@@ -805,7 +782,7 @@ mod tests {
             "bindings:\n- role: roles/viewer\n  members: [allUsers]\n",
         )
         .unwrap();
-        set(&target, args(client)).await.unwrap();
+        set(&ctx, &target, args()).await.unwrap();
         assert_eq!(
             fake.policy.lock().unwrap().bindings[0].members,
             ["allUsers"]
@@ -818,7 +795,7 @@ mod tests {
             Target::project("my_project").unwrap().name,
             "projects/my_project"
         );
-        assert_eq!(Target::project("Bad").unwrap_err().code, 2);
-        assert_eq!(Target::service("p", "Bad").unwrap_err().code, 2);
+        assert_eq!(Target::project("Bad").unwrap_err().exit_code(), 2);
+        assert_eq!(Target::service("p", "Bad").unwrap_err().exit_code(), 2);
     }
 }

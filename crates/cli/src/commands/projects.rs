@@ -4,31 +4,22 @@
 use rouse_proto as pb;
 use rouse_proto::iam_client::IamClient;
 
-use super::policy::{
-    self, AddBindingArgs, GetPolicyArgs, RemoveBindingArgs, SetPolicyArgs, Target,
-};
-use super::status;
-use crate::args::{ClientArgs, Format};
+use super::policy::{self, BindingArgs, RemoveBindingArgs, SetPolicyArgs, Target};
+use crate::context::Context;
 use crate::exit::CliError;
-use crate::output::{self, ProjectView};
+use crate::output::ProjectView;
 
 #[derive(Debug, clap::Subcommand)]
 pub enum ProjectsCommand {
     /// Show a project's settings.
-    Describe {
-        project: String,
-        #[arg(long, value_enum, default_value_t)]
-        format: Format,
-        #[command(flatten)]
-        client: ClientArgs,
-    },
+    Describe { project: String },
     /// Change a project's settings.
     Update(UpdateArgs),
     /// Grant a role to a member on a project (and so on each of its services).
     AddIamPolicyBinding {
         project: String,
         #[command(flatten)]
-        args: AddBindingArgs,
+        args: BindingArgs,
     },
     /// Take a role away from a member on a project.
     RemoveIamPolicyBinding {
@@ -37,11 +28,7 @@ pub enum ProjectsCommand {
         args: RemoveBindingArgs,
     },
     /// Print a project's IAM policy (YAML or JSON, with its etag).
-    GetIamPolicy {
-        project: String,
-        #[command(flatten)]
-        args: GetPolicyArgs,
-    },
+    GetIamPolicy { project: String },
     /// Replace a project's IAM policy with the one in FILE.
     SetIamPolicy {
         project: String,
@@ -66,60 +53,46 @@ pub struct UpdateArgs {
     /// Questions without a token are anonymous (match only `allUsers`).
     #[arg(long)]
     no_trust_sender_attribute: bool,
-    #[arg(long, value_enum, default_value_t)]
-    format: Format,
-    #[command(flatten)]
-    client: ClientArgs,
 }
 
-pub async fn run(cmd: ProjectsCommand) -> Result<(), CliError> {
+pub async fn run(ctx: &Context, cmd: ProjectsCommand) -> Result<(), CliError> {
     match cmd {
-        ProjectsCommand::Describe {
-            project,
-            format,
-            client,
-        } => {
+        ProjectsCommand::Describe { project } => {
             Target::project(&project)?;
-            let mut api = IamClient::new(super::connect(&client).await?);
-            let p = api
-                .get_project(pb::GetProjectRequest { project })
-                .await
-                .map_err(status(&client.endpoint))?
-                .into_inner();
-            output::print_one(&ProjectView::from(&p), format)
+            let mut api = ctx.client(IamClient::new).await?;
+            let p = ctx
+                .call(api.get_project(pb::GetProjectRequest { project }))
+                .await?;
+            ctx.print_one(&ProjectView::from(&p))
         }
         ProjectsCommand::Update(UpdateArgs {
             project,
             trust_sender_attribute,
             no_trust_sender_attribute,
-            format,
-            client,
         }) => {
             Target::project(&project)?;
             // The argument group makes exactly one of the two flags present.
             let trust = trust_sender_attribute && !no_trust_sender_attribute;
-            let mut api = IamClient::new(super::connect(&client).await?);
-            let p = api
-                .update_project(pb::UpdateProjectRequest {
+            let mut api = ctx.client(IamClient::new).await?;
+            let p = ctx
+                .call(api.update_project(pb::UpdateProjectRequest {
                     project,
                     trust_sender_attribute: Some(trust),
-                })
-                .await
-                .map_err(status(&client.endpoint))?
-                .into_inner();
-            output::print_one(&ProjectView::from(&p), format)
+                }))
+                .await?;
+            ctx.print_one(&ProjectView::from(&p))
         }
         ProjectsCommand::AddIamPolicyBinding { project, args } => {
-            policy::add_binding(&Target::project(&project)?, args).await
+            policy::add_binding(ctx, &Target::project(&project)?, args).await
         }
         ProjectsCommand::RemoveIamPolicyBinding { project, args } => {
-            policy::remove_binding(&Target::project(&project)?, args).await
+            policy::remove_binding(ctx, &Target::project(&project)?, args).await
         }
-        ProjectsCommand::GetIamPolicy { project, args } => {
-            policy::get(&Target::project(&project)?, args).await
+        ProjectsCommand::GetIamPolicy { project } => {
+            policy::get(ctx, &Target::project(&project)?).await
         }
         ProjectsCommand::SetIamPolicy { project, args } => {
-            policy::set(&Target::project(&project)?, args).await
+            policy::set(ctx, &Target::project(&project)?, args).await
         }
     }
 }

@@ -1,13 +1,15 @@
-//! `rouse revisions …`: register a revision (it serves from then on) and list them.
+//! `rouse revisions …`: register a revision (it serves from then on), list
+//! them, and describe one (where it came from, its state, tags and traffic).
 
 use rouse_proto as pb;
 use rouse_proto::revisions_client::RevisionsClient;
+use rouse_proto::rollouts_client::RolloutsClient;
+use serde::Serialize;
 
 use super::services::ProjectArg;
-use super::status;
-use crate::args::{ClientArgs, Format};
+use crate::context::Context;
 use crate::exit::CliError;
-use crate::output::{self, RevisionView};
+use crate::output::{RevisionView, View, timestamp};
 
 #[derive(Debug, clap::Subcommand)]
 pub enum RevisionsCommand {
@@ -21,20 +23,12 @@ pub enum RevisionsCommand {
         service: String,
         #[command(flatten)]
         project: ProjectArg,
-        #[arg(long, value_enum, default_value_t)]
-        format: Format,
-        #[command(flatten)]
-        client: ClientArgs,
     },
     /// List a service's revisions, newest (serving) first.
     List {
         service: String,
         #[command(flatten)]
         project: ProjectArg,
-        #[arg(long, value_enum, default_value_t)]
-        format: Format,
-        #[command(flatten)]
-        client: ClientArgs,
     },
 }
 
@@ -59,10 +53,6 @@ pub struct CreateArgs {
     /// HTTP readiness probe path (e.g. /healthz); by default the TCP port is probed.
     #[arg(long)]
     probe_path: Option<String>,
-    #[arg(long, value_enum, default_value_t)]
-    format: Format,
-    #[command(flatten)]
-    client: ClientArgs,
 }
 
 /// Splits a command line into words: whitespace separates, single and double
@@ -117,7 +107,7 @@ pub fn split_command(line: &str) -> Result<Vec<String>, String> {
     Ok(words)
 }
 
-pub async fn run(cmd: RevisionsCommand) -> Result<(), CliError> {
+pub async fn run(ctx: &Context, cmd: RevisionsCommand) -> Result<(), CliError> {
     match cmd {
         RevisionsCommand::Create(args) => {
             let source = match (&args.image, &args.command) {
@@ -140,44 +130,127 @@ pub async fn run(cmd: RevisionsCommand) -> Result<(), CliError> {
                 }
                 (None, None) => return Err(CliError::usage("give --image or --command")),
             };
-            let mut api = RevisionsClient::new(super::connect(&args.client).await?);
-            let r = api
-                .create_revision(pb::CreateRevisionRequest {
+            let mut api = ctx.client(RevisionsClient::new).await?;
+            let r = ctx
+                .call(api.create_revision(pb::CreateRevisionRequest {
                     project: args.project.project,
                     service: args.service,
                     source: Some(source),
                     mode: args.mode,
                     probe_path: args.probe_path.unwrap_or_default(),
-                })
-                .await
-                .map_err(status(&args.client.endpoint))?
-                .into_inner();
-            output::print_one(&RevisionView::from(&r), args.format)
+                }))
+                .await?;
+            ctx.print_one(&RevisionView::from(&r))
         }
         RevisionsCommand::Describe {
             revision,
             service,
             project,
-            format,
-            client,
-        } => super::rollout::describe_revision(revision, service, project, format, client).await,
-        RevisionsCommand::List {
-            service,
-            project,
-            format,
-            client,
         } => {
-            let mut api = RevisionsClient::new(super::connect(&client).await?);
-            let list = api
-                .list_revisions(pb::ListRevisionsRequest {
+            let mut api = ctx.client(RolloutsClient::new).await?;
+            let r = ctx
+                .call(api.describe_revision(pb::DescribeRevisionRequest {
                     project: project.project,
                     service,
-                })
-                .await
-                .map_err(status(&client.endpoint))?
-                .into_inner();
+                    revision,
+                }))
+                .await?;
+            ctx.print_one(&RevisionDetailView::from(r))
+        }
+        RevisionsCommand::List { service, project } => {
+            let mut api = ctx.client(RevisionsClient::new).await?;
+            let list = ctx
+                .call(api.list_revisions(pb::ListRevisionsRequest {
+                    project: project.project,
+                    service,
+                }))
+                .await?;
             let views: Vec<_> = list.revisions.iter().map(RevisionView::from).collect();
-            output::print_list(&views, format)
+            ctx.print_list(&views)
+        }
+    }
+}
+
+/// A revision with where it came from and how it is reached, as `describe` shows it.
+#[derive(Debug, Serialize)]
+pub struct RevisionDetailView {
+    pub name: String,
+    pub project: String,
+    pub service: String,
+    pub serving: bool,
+    pub state: String,
+    pub runtime: String,
+    pub source: String,
+    pub mode: String,
+    #[serde(skip_serializing_if = "String::is_empty")]
+    pub commit: String,
+    #[serde(skip_serializing_if = "String::is_empty")]
+    pub branch: String,
+    #[serde(skip_serializing_if = "String::is_empty")]
+    pub trigger: String,
+    #[serde(skip_serializing_if = "String::is_empty")]
+    pub build: String,
+    #[serde(skip_serializing_if = "String::is_empty")]
+    pub image_id: String,
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub tags: Vec<String>,
+    pub traffic_percent: u32,
+    pub create_time: String,
+}
+
+impl View for RevisionDetailView {
+    const COLUMNS: &'static [&'static str] = &["NAME", "SERVING", "STATE", "COMMIT"];
+    const NONE: &'static str = "no revision";
+
+    fn row(&self) -> Vec<String> {
+        vec![
+            self.name.clone(),
+            self.serving.to_string(),
+            self.state.clone(),
+            self.commit.clone(),
+        ]
+    }
+
+    fn describe(&self) -> Vec<(&'static str, String)> {
+        vec![
+            ("name", self.name.clone()),
+            ("service", format!("{}/{}", self.project, self.service)),
+            ("serving", self.serving.to_string()),
+            ("state", self.state.clone()),
+            ("runtime", self.runtime.clone()),
+            ("source", self.source.clone()),
+            ("mode", self.mode.clone()),
+            ("commit", self.commit.clone()),
+            ("branch", self.branch.clone()),
+            ("trigger", self.trigger.clone()),
+            ("build", self.build.clone()),
+            ("image id", self.image_id.clone()),
+            ("tags", self.tags.join(", ")),
+            ("traffic", format!("{}%", self.traffic_percent)),
+            ("created", self.create_time.clone()),
+        ]
+    }
+}
+
+impl From<pb::RevisionDetail> for RevisionDetailView {
+    fn from(r: pb::RevisionDetail) -> Self {
+        Self {
+            name: r.name,
+            project: r.project,
+            service: r.service,
+            serving: r.serving,
+            state: r.state,
+            runtime: r.runtime,
+            source: r.image,
+            mode: r.mode,
+            commit: r.commit,
+            branch: r.branch,
+            trigger: r.trigger,
+            build: r.build,
+            image_id: r.image_id,
+            tags: r.tags,
+            traffic_percent: r.traffic_percent,
+            create_time: timestamp(r.create_time.as_ref()),
         }
     }
 }

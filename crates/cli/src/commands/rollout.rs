@@ -1,15 +1,14 @@
-//! `rouse services rollback|deploy|promote|set-traffic` and `rouse
-//! revisions describe`: which revisions answer a service's questions.
+//! `rouse services rollback|deploy|promote|set-traffic`: which revisions
+//! answer a service's questions.
 
 use rouse_proto as pb;
 use rouse_proto::rollouts_client::RolloutsClient;
 use serde::Serialize;
 
 use super::services::ProjectArg;
-use super::status;
-use crate::args::{ClientArgs, Format};
+use crate::context::Context;
 use crate::exit::CliError;
-use crate::output::{self, View, timestamp};
+use crate::output::View;
 
 #[derive(Debug, clap::Subcommand)]
 pub enum RolloutCommand {
@@ -20,10 +19,6 @@ pub enum RolloutCommand {
         project: ProjectArg,
         #[arg(long)]
         to_revision: String,
-        #[arg(long, value_enum, default_value_t)]
-        format: Format,
-        #[command(flatten)]
-        client: ClientArgs,
     },
     /// Make a revision reachable under a tag (questions to `namespace/name:TAG`) without changing what serves.
     Deploy {
@@ -34,10 +29,6 @@ pub enum RolloutCommand {
         revision: String,
         #[arg(long)]
         tag: String,
-        #[arg(long, value_enum, default_value_t)]
-        format: Format,
-        #[command(flatten)]
-        client: ClientArgs,
     },
     /// Make the revision under TAG serve untagged questions.
     Promote {
@@ -46,10 +37,6 @@ pub enum RolloutCommand {
         project: ProjectArg,
         #[arg(long)]
         tag: String,
-        #[arg(long, value_enum, default_value_t)]
-        format: Format,
-        #[command(flatten)]
-        client: ClientArgs,
     },
     /// Split untagged questions between revisions: --traffic REV1=90,REV2=10.
     SetTraffic {
@@ -58,10 +45,6 @@ pub enum RolloutCommand {
         project: ProjectArg,
         #[arg(long, value_delimiter = ',', required = true)]
         traffic: Vec<String>,
-        #[arg(long, value_enum, default_value_t)]
-        format: Format,
-        #[command(flatten)]
-        client: ClientArgs,
     },
 }
 
@@ -150,184 +133,61 @@ impl View for RoutingView {
     }
 }
 
-#[derive(Debug, Serialize)]
-pub struct RevisionDetailView {
-    pub name: String,
-    pub project: String,
-    pub service: String,
-    pub serving: bool,
-    pub state: String,
-    pub runtime: String,
-    pub source: String,
-    pub mode: String,
-    #[serde(skip_serializing_if = "String::is_empty")]
-    pub commit: String,
-    #[serde(skip_serializing_if = "String::is_empty")]
-    pub branch: String,
-    #[serde(skip_serializing_if = "String::is_empty")]
-    pub trigger: String,
-    #[serde(skip_serializing_if = "String::is_empty")]
-    pub build: String,
-    #[serde(skip_serializing_if = "String::is_empty")]
-    pub image_id: String,
-    #[serde(skip_serializing_if = "Vec::is_empty")]
-    pub tags: Vec<String>,
-    pub traffic_percent: u32,
-    pub create_time: String,
-}
-
-impl View for RevisionDetailView {
-    const COLUMNS: &'static [&'static str] = &["NAME", "SERVING", "STATE", "COMMIT"];
-    const NONE: &'static str = "no revision";
-
-    fn row(&self) -> Vec<String> {
-        vec![
-            self.name.clone(),
-            self.serving.to_string(),
-            self.state.clone(),
-            self.commit.clone(),
-        ]
-    }
-
-    fn describe(&self) -> Vec<(&'static str, String)> {
-        vec![
-            ("name", self.name.clone()),
-            ("service", format!("{}/{}", self.project, self.service)),
-            ("serving", self.serving.to_string()),
-            ("state", self.state.clone()),
-            ("runtime", self.runtime.clone()),
-            ("source", self.source.clone()),
-            ("mode", self.mode.clone()),
-            ("commit", self.commit.clone()),
-            ("branch", self.branch.clone()),
-            ("trigger", self.trigger.clone()),
-            ("build", self.build.clone()),
-            ("image id", self.image_id.clone()),
-            ("tags", self.tags.join(", ")),
-            ("traffic", format!("{}%", self.traffic_percent)),
-            ("created", self.create_time.clone()),
-        ]
-    }
-}
-
-/// `rouse revisions describe REV`.
-pub async fn describe_revision(
-    revision: String,
-    service: String,
-    project: ProjectArg,
-    format: Format,
-    client: ClientArgs,
-) -> Result<(), CliError> {
-    let mut api = RolloutsClient::new(super::connect(&client).await?);
-    let r = api
-        .describe_revision(pb::DescribeRevisionRequest {
-            project: project.project,
-            service,
-            revision,
-        })
-        .await
-        .map_err(status(&client.endpoint))?
-        .into_inner();
-    let view = RevisionDetailView {
-        name: r.name,
-        project: r.project,
-        service: r.service,
-        serving: r.serving,
-        state: r.state,
-        runtime: r.runtime,
-        source: r.image,
-        mode: r.mode,
-        commit: r.commit,
-        branch: r.branch,
-        trigger: r.trigger,
-        build: r.build,
-        image_id: r.image_id,
-        tags: r.tags,
-        traffic_percent: r.traffic_percent,
-        create_time: timestamp(r.create_time.as_ref()),
-    };
-    output::print_one(&view, format)
-}
-
-pub async fn run(cmd: RolloutCommand) -> Result<(), CliError> {
-    let (routing, format) = match cmd {
+pub async fn run(ctx: &Context, cmd: RolloutCommand) -> Result<(), CliError> {
+    let routing = match cmd {
         RolloutCommand::Rollback {
             name,
             project,
             to_revision,
-            format,
-            client,
         } => {
-            let mut api = RolloutsClient::new(super::connect(&client).await?);
-            let r = api
-                .rollback(pb::RollbackRequest {
-                    project: project.project,
-                    service: name,
-                    to_revision,
-                })
-                .await
-                .map_err(status(&client.endpoint))?;
-            (r.into_inner(), format)
+            let mut api = ctx.client(RolloutsClient::new).await?;
+            ctx.call(api.rollback(pb::RollbackRequest {
+                project: project.project,
+                service: name,
+                to_revision,
+            }))
+            .await?
         }
         RolloutCommand::Deploy {
             name,
             project,
             revision,
             tag,
-            format,
-            client,
         } => {
-            let mut api = RolloutsClient::new(super::connect(&client).await?);
-            let r = api
-                .deploy_tagged(pb::DeployTaggedRequest {
-                    project: project.project,
-                    service: name,
-                    revision,
-                    tag,
-                })
-                .await
-                .map_err(status(&client.endpoint))?;
-            (r.into_inner(), format)
+            let mut api = ctx.client(RolloutsClient::new).await?;
+            ctx.call(api.deploy_tagged(pb::DeployTaggedRequest {
+                project: project.project,
+                service: name,
+                revision,
+                tag,
+            }))
+            .await?
         }
-        RolloutCommand::Promote {
-            name,
-            project,
-            tag,
-            format,
-            client,
-        } => {
-            let mut api = RolloutsClient::new(super::connect(&client).await?);
-            let r = api
-                .promote(pb::PromoteRequest {
-                    project: project.project,
-                    service: name,
-                    tag,
-                })
-                .await
-                .map_err(status(&client.endpoint))?;
-            (r.into_inner(), format)
+        RolloutCommand::Promote { name, project, tag } => {
+            let mut api = ctx.client(RolloutsClient::new).await?;
+            ctx.call(api.promote(pb::PromoteRequest {
+                project: project.project,
+                service: name,
+                tag,
+            }))
+            .await?
         }
         RolloutCommand::SetTraffic {
             name,
             project,
             traffic,
-            format,
-            client,
         } => {
             let targets = parse_traffic(&traffic).map_err(CliError::usage)?;
-            let mut api = RolloutsClient::new(super::connect(&client).await?);
-            let r = api
-                .set_traffic(pb::SetTrafficRequest {
-                    project: project.project,
-                    service: name,
-                    targets,
-                })
-                .await
-                .map_err(status(&client.endpoint))?;
-            (r.into_inner(), format)
+            let mut api = ctx.client(RolloutsClient::new).await?;
+            ctx.call(api.set_traffic(pb::SetTrafficRequest {
+                project: project.project,
+                service: name,
+                targets,
+            }))
+            .await?
         }
     };
-    output::print_one(&RoutingView::from(&routing), format)
+    ctx.print_one(&RoutingView::from(&routing))
 }
 
 #[cfg(test)]

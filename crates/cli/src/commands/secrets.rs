@@ -7,8 +7,7 @@ use rouse_proto as pb;
 use rouse_proto::secrets_client::SecretsClient;
 
 use super::services::ProjectArg;
-use super::status;
-use crate::args::ClientArgs;
+use crate::context::Context;
 use crate::exit::CliError;
 
 #[derive(Debug, clap::Subcommand)]
@@ -23,16 +22,12 @@ pub enum SecretsCommand {
         /// NAME=PATH: the secret's value is the file's content.
         #[arg(long)]
         from_file: Vec<String>,
-        #[command(flatten)]
-        client: ClientArgs,
     },
     /// The names of a service's secrets (never their values).
     List {
         service: String,
         #[command(flatten)]
         project: ProjectArg,
-        #[command(flatten)]
-        client: ClientArgs,
     },
     /// Delete a secret.
     Delete {
@@ -40,8 +35,6 @@ pub enum SecretsCommand {
         #[command(flatten)]
         project: ProjectArg,
         name: String,
-        #[command(flatten)]
-        client: ClientArgs,
     },
 }
 
@@ -54,14 +47,13 @@ fn split_pair<'a>(flag: &str, pair: &'a str) -> Result<(&'a str, &'a str), CliEr
     })
 }
 
-pub async fn run(cmd: SecretsCommand) -> Result<(), CliError> {
+pub async fn run(ctx: &Context, cmd: SecretsCommand) -> Result<(), CliError> {
     match cmd {
         SecretsCommand::Set {
             service,
             project,
             values,
             from_file,
-            client,
         } => {
             let mut pairs: Vec<(String, Vec<u8>)> = Vec::new();
             for v in &values {
@@ -84,36 +76,29 @@ pub async fn run(cmd: SecretsCommand) -> Result<(), CliError> {
                     "give at least one NAME=VALUE or --from-file NAME=PATH",
                 ));
             }
-            let mut api = SecretsClient::new(super::connect(&client).await?);
+            let mut api = ctx.client(SecretsClient::new).await?;
             for (name, value) in pairs {
-                api.set_secret(pb::SetSecretRequest {
+                ctx.call(api.set_secret(pb::SetSecretRequest {
                     project: project.project.clone(),
                     service: service.clone(),
                     name: name.clone(),
                     value,
-                })
-                .await
-                .map_err(status(&client.endpoint))?;
-                eprintln!("set secret {name}");
+                }))
+                .await?;
+                ctx.note(format_args!("set secret {name}"));
             }
             Ok(())
         }
-        SecretsCommand::List {
-            service,
-            project,
-            client,
-        } => {
-            let mut api = SecretsClient::new(super::connect(&client).await?);
-            let list = api
-                .list_secrets(pb::ListSecretsRequest {
+        SecretsCommand::List { service, project } => {
+            let mut api = ctx.client(SecretsClient::new).await?;
+            let list = ctx
+                .call(api.list_secrets(pb::ListSecretsRequest {
                     project: project.project,
                     service,
-                })
-                .await
-                .map_err(status(&client.endpoint))?
-                .into_inner();
+                }))
+                .await?;
             if list.names.is_empty() {
-                eprintln!("no secrets");
+                ctx.note("no secrets");
             }
             for name in list.names {
                 println!("{name}");
@@ -124,17 +109,15 @@ pub async fn run(cmd: SecretsCommand) -> Result<(), CliError> {
             service,
             project,
             name,
-            client,
         } => {
-            let mut api = SecretsClient::new(super::connect(&client).await?);
-            api.delete_secret(pb::DeleteSecretRequest {
+            let mut api = ctx.client(SecretsClient::new).await?;
+            ctx.call(api.delete_secret(pb::DeleteSecretRequest {
                 project: project.project,
                 service,
                 name: name.clone(),
-            })
-            .await
-            .map_err(status(&client.endpoint))?;
-            eprintln!("deleted secret {name}");
+            }))
+            .await?;
+            ctx.note(format_args!("deleted secret {name}"));
             Ok(())
         }
     }

@@ -6,13 +6,10 @@ use std::time::Duration;
 use rouse_proto as pb;
 use rouse_proto::services_client::ServicesClient;
 
-use super::policy::{
-    self, AddBindingArgs, GetPolicyArgs, RemoveBindingArgs, SetPolicyArgs, Target,
-};
-use super::status;
-use crate::args::{ClientArgs, Format};
+use super::policy::{self, BindingArgs, RemoveBindingArgs, SetPolicyArgs, Target};
+use crate::context::Context;
 use crate::exit::CliError;
-use crate::output::{self, ServiceView};
+use crate::output::ServiceView;
 
 #[derive(Debug, clap::Subcommand)]
 pub enum ServicesCommand {
@@ -21,30 +18,18 @@ pub enum ServicesCommand {
         name: String,
         #[command(flatten)]
         project: ProjectArg,
-        #[arg(long, value_enum, default_value_t)]
-        format: Format,
-        #[command(flatten)]
-        client: ClientArgs,
     },
     /// List services, of one project or of all.
     List {
-        /// Only this project's services [env: ROUSE_PROJECT].
+        /// Only this project's services.
         #[arg(long, env = "ROUSE_PROJECT")]
         project: Option<String>,
-        #[arg(long, value_enum, default_value_t)]
-        format: Format,
-        #[command(flatten)]
-        client: ClientArgs,
     },
     /// Show everything Rouse records about a service.
     Describe {
         name: String,
         #[command(flatten)]
         project: ProjectArg,
-        #[arg(long, value_enum, default_value_t)]
-        format: Format,
-        #[command(flatten)]
-        client: ClientArgs,
     },
     /// Change scaling settings and environment variables.
     Update(UpdateArgs),
@@ -53,8 +38,6 @@ pub enum ServicesCommand {
         name: String,
         #[command(flatten)]
         project: ProjectArg,
-        #[command(flatten)]
-        client: ClientArgs,
     },
     /// Grant a role to a member on a service, e.g. `--role=roles/serviceUser` to let it ask.
     AddIamPolicyBinding {
@@ -62,7 +45,7 @@ pub enum ServicesCommand {
         #[command(flatten)]
         project: ProjectArg,
         #[command(flatten)]
-        args: AddBindingArgs,
+        args: BindingArgs,
     },
     /// Take a role away from a member on a service.
     RemoveIamPolicyBinding {
@@ -77,8 +60,6 @@ pub enum ServicesCommand {
         name: String,
         #[command(flatten)]
         project: ProjectArg,
-        #[command(flatten)]
-        args: GetPolicyArgs,
     },
     /// Replace a service's IAM policy with the one in FILE.
     SetIamPolicy {
@@ -131,10 +112,6 @@ pub struct UpdateArgs {
     /// Remove every environment variable first.
     #[arg(long)]
     clear_env: bool,
-    #[arg(long, value_enum, default_value_t)]
-    format: Format,
-    #[command(flatten)]
-    client: ClientArgs,
 }
 
 fn parse_env(s: &str) -> Result<(String, String), String> {
@@ -144,105 +121,77 @@ fn parse_env(s: &str) -> Result<(String, String), String> {
     }
 }
 
-pub async fn run(cmd: ServicesCommand) -> Result<(), CliError> {
+pub async fn run(ctx: &Context, cmd: ServicesCommand) -> Result<(), CliError> {
     match cmd {
-        ServicesCommand::Create {
-            name,
-            project,
-            format,
-            client,
-        } => {
-            let mut api = ServicesClient::new(super::connect(&client).await?);
-            let s = api
-                .create_service(pb::CreateServiceRequest {
+        ServicesCommand::Create { name, project } => {
+            let mut api = ctx.client(ServicesClient::new).await?;
+            let s = ctx
+                .call(api.create_service(pb::CreateServiceRequest {
                     project: project.project,
                     name,
-                })
-                .await
-                .map_err(status(&client.endpoint))?
-                .into_inner();
-            output::print_one(&ServiceView::from(&s), format)
+                }))
+                .await?;
+            ctx.print_one(&ServiceView::from(&s))
         }
-        ServicesCommand::List {
-            project,
-            format,
-            client,
-        } => {
-            let mut api = ServicesClient::new(super::connect(&client).await?);
-            let list = api
-                .list_services(pb::ListServicesRequest {
+        ServicesCommand::List { project } => {
+            let mut api = ctx.client(ServicesClient::new).await?;
+            let list = ctx
+                .call(api.list_services(pb::ListServicesRequest {
                     project: project.unwrap_or_default(),
-                })
-                .await
-                .map_err(status(&client.endpoint))?
-                .into_inner();
+                }))
+                .await?;
             let views: Vec<_> = list.services.iter().map(ServiceView::from).collect();
-            output::print_list(&views, format)
+            ctx.print_list(&views)
         }
-        ServicesCommand::Describe {
-            name,
-            project,
-            format,
-            client,
-        } => {
-            let mut api = ServicesClient::new(super::connect(&client).await?);
-            let s = api
-                .get_service(pb::GetServiceRequest {
+        ServicesCommand::Describe { name, project } => {
+            let mut api = ctx.client(ServicesClient::new).await?;
+            let s = ctx
+                .call(api.get_service(pb::GetServiceRequest {
                     project: project.project,
                     name,
-                })
-                .await
-                .map_err(status(&client.endpoint))?
-                .into_inner();
-            output::print_one(&ServiceView::from(&s), format)
+                }))
+                .await?;
+            ctx.print_one(&ServiceView::from(&s))
         }
-        ServicesCommand::Update(args) => update(args).await,
-        ServicesCommand::Rollout(cmd) => super::rollout::run(cmd).await,
-        ServicesCommand::Delete {
-            name,
-            project,
-            client,
-        } => {
-            let mut api = ServicesClient::new(super::connect(&client).await?);
+        ServicesCommand::Update(args) => update(ctx, args).await,
+        ServicesCommand::Rollout(cmd) => super::rollout::run(ctx, cmd).await,
+        ServicesCommand::Delete { name, project } => {
+            let mut api = ctx.client(ServicesClient::new).await?;
             let project = project.project;
-            let gone = api
-                .delete_service(pb::DeleteServiceRequest {
+            let gone = ctx
+                .call(api.delete_service(pb::DeleteServiceRequest {
                     project: project.clone(),
                     name: name.clone(),
-                })
-                .await
-                .map_err(status(&client.endpoint))?
-                .into_inner();
-            eprintln!(
+                }))
+                .await?;
+            ctx.note(format_args!(
                 "deleted service `{name}` of project `{project}` (uuid {})",
                 gone.uuid
-            );
+            ));
             Ok(())
         }
         ServicesCommand::AddIamPolicyBinding {
             name,
             project,
             args,
-        } => policy::add_binding(&Target::service(&project.project, &name)?, args).await,
+        } => policy::add_binding(ctx, &Target::service(&project.project, &name)?, args).await,
         ServicesCommand::RemoveIamPolicyBinding {
             name,
             project,
             args,
-        } => policy::remove_binding(&Target::service(&project.project, &name)?, args).await,
-        ServicesCommand::GetIamPolicy {
-            name,
-            project,
-            args,
-        } => policy::get(&Target::service(&project.project, &name)?, args).await,
+        } => policy::remove_binding(ctx, &Target::service(&project.project, &name)?, args).await,
+        ServicesCommand::GetIamPolicy { name, project } => {
+            policy::get(ctx, &Target::service(&project.project, &name)?).await
+        }
         ServicesCommand::SetIamPolicy {
             name,
             project,
             args,
-        } => policy::set(&Target::service(&project.project, &name)?, args).await,
+        } => policy::set(ctx, &Target::service(&project.project, &name)?, args).await,
     }
 }
 
-async fn update(args: UpdateArgs) -> Result<(), CliError> {
+async fn update(ctx: &Context, args: UpdateArgs) -> Result<(), CliError> {
     let UpdateArgs {
         name,
         project,
@@ -255,8 +204,6 @@ async fn update(args: UpdateArgs) -> Result<(), CliError> {
         env,
         remove_env,
         clear_env,
-        format,
-        client,
     } = args;
     let nothing = min_instances.is_none()
         && max_instances.is_none()
@@ -272,9 +219,9 @@ async fn update(args: UpdateArgs) -> Result<(), CliError> {
             "nothing to update: pass at least one of --min-instances, --max-instances, --concurrency, --idle-timeout, --wake-timeout, --request-timeout, --env, --remove-env, --clear-env",
         ));
     }
-    let mut api = ServicesClient::new(super::connect(&client).await?);
-    let s = api
-        .update_service(pb::UpdateServiceRequest {
+    let mut api = ctx.client(ServicesClient::new).await?;
+    let s = ctx
+        .call(api.update_service(pb::UpdateServiceRequest {
             project: project.project,
             name,
             min_instances,
@@ -286,9 +233,7 @@ async fn update(args: UpdateArgs) -> Result<(), CliError> {
             set_env: env.into_iter().collect(),
             remove_env,
             clear_env,
-        })
-        .await
-        .map_err(status(&client.endpoint))?
-        .into_inner();
-    output::print_one(&ServiceView::from(&s), format)
+        }))
+        .await?;
+    ctx.print_one(&ServiceView::from(&s))
 }

@@ -7,10 +7,9 @@ use rouse_proto::triggers_client::TriggersClient;
 use serde::Serialize;
 
 use super::services::ProjectArg;
-use super::status;
-use crate::args::{ClientArgs, Format};
+use crate::context::Context;
 use crate::exit::CliError;
-use crate::output::{self, View, timestamp};
+use crate::output::{View, timestamp};
 
 #[derive(Debug, clap::Subcommand)]
 pub enum TriggersCommand {
@@ -23,25 +22,11 @@ pub enum TriggersCommand {
         service: Option<String>,
         #[command(flatten)]
         project: ProjectArg,
-        #[arg(long, value_enum, default_value_t)]
-        format: Format,
-        #[command(flatten)]
-        client: ClientArgs,
     },
     /// Show a trigger, with the webhook URL to configure on GitHub.
-    Describe {
-        id: String,
-        #[arg(long, value_enum, default_value_t)]
-        format: Format,
-        #[command(flatten)]
-        client: ClientArgs,
-    },
+    Describe { id: String },
     /// Delete a trigger; pushes no longer build.
-    Delete {
-        id: String,
-        #[command(flatten)]
-        client: ClientArgs,
-    },
+    Delete { id: String },
 }
 
 #[derive(Debug, clap::Args)]
@@ -80,10 +65,6 @@ pub struct CreateArgs {
     /// A file holding a GitHub token allowed to set commit statuses.
     #[arg(long)]
     github_token_file: Option<PathBuf>,
-    #[arg(long, value_enum, default_value_t)]
-    format: Format,
-    #[command(flatten)]
-    client: ClientArgs,
 }
 
 fn read_secret_file(flag: &str, path: &PathBuf) -> Result<String, CliError> {
@@ -186,7 +167,7 @@ impl View for TriggerView {
     }
 }
 
-pub async fn run(cmd: TriggersCommand) -> Result<(), CliError> {
+pub async fn run(ctx: &Context, cmd: TriggersCommand) -> Result<(), CliError> {
     match cmd {
         TriggersCommand::Create(args) => {
             let args = *args;
@@ -203,9 +184,9 @@ pub async fn run(cmd: TriggersCommand) -> Result<(), CliError> {
                 Some(path) => read_secret_file("--github-token-file", path)?,
                 None => String::new(),
             };
-            let mut api = TriggersClient::new(super::connect(&args.client).await?);
-            let t = api
-                .create_trigger(pb::CreateTriggerRequest {
+            let mut api = ctx.client(TriggersClient::new).await?;
+            let t = ctx
+                .call(api.create_trigger(pb::CreateTriggerRequest {
                     project: args.project.project,
                     service: args.service,
                     repo: args.repo,
@@ -217,45 +198,33 @@ pub async fn run(cmd: TriggersCommand) -> Result<(), CliError> {
                     webhook_secret,
                     github_token,
                     tag_pattern: args.tag_pattern.unwrap_or_default(),
-                })
-                .await
-                .map_err(status(&args.client.endpoint))?
-                .into_inner();
-            output::print_one(&TriggerView::from(&t), args.format)
+                }))
+                .await?;
+            ctx.print_one(&TriggerView::from(&t))
         }
-        TriggersCommand::List {
-            service,
-            project,
-            format,
-            client,
-        } => {
-            let mut api = TriggersClient::new(super::connect(&client).await?);
-            let list = api
-                .list_triggers(pb::ListTriggersRequest {
+        TriggersCommand::List { service, project } => {
+            let mut api = ctx.client(TriggersClient::new).await?;
+            let list = ctx
+                .call(api.list_triggers(pb::ListTriggersRequest {
                     project: project.project,
                     service: service.unwrap_or_default(),
-                })
-                .await
-                .map_err(status(&client.endpoint))?
-                .into_inner();
+                }))
+                .await?;
             let views: Vec<_> = list.triggers.iter().map(TriggerView::from).collect();
-            output::print_list(&views, format)
+            ctx.print_list(&views)
         }
-        TriggersCommand::Describe { id, format, client } => {
-            let mut api = TriggersClient::new(super::connect(&client).await?);
-            let t = api
-                .get_trigger(pb::GetTriggerRequest { id })
-                .await
-                .map_err(status(&client.endpoint))?
-                .into_inner();
-            output::print_one(&TriggerView::from(&t), format)
+        TriggersCommand::Describe { id } => {
+            let mut api = ctx.client(TriggersClient::new).await?;
+            let t = ctx
+                .call(api.get_trigger(pb::GetTriggerRequest { id }))
+                .await?;
+            ctx.print_one(&TriggerView::from(&t))
         }
-        TriggersCommand::Delete { id, client } => {
-            let mut api = TriggersClient::new(super::connect(&client).await?);
-            api.delete_trigger(pb::DeleteTriggerRequest { id: id.clone() })
-                .await
-                .map_err(status(&client.endpoint))?;
-            eprintln!("deleted trigger {id}");
+        TriggersCommand::Delete { id } => {
+            let mut api = ctx.client(TriggersClient::new).await?;
+            ctx.call(api.delete_trigger(pb::DeleteTriggerRequest { id: id.clone() }))
+                .await?;
+            ctx.note(format_args!("deleted trigger {id}"));
             Ok(())
         }
     }
