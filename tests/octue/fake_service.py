@@ -1,6 +1,6 @@
 """A fake Octue service for testing `ask.py` without Rouse.
 
-It speaks the question protocol (/work/shared/PROTOCOL.md) with the plain
+It speaks the question protocol (docs/protocol.md) with the plain
 `google-cloud-pubsub` client, not with octue: it subscribes to the network topic
 like an octue service (`octue twined service start`) does, and answers each
 question addressed to its SRUID with a `delivery_acknowledgement`, heartbeats
@@ -56,7 +56,7 @@ sys.dont_write_bytecode = True  # no __pycache__ beside the tests
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 from pubsub_filter import matches  # noqa: E402
 
-# Attributes every event of a question carries (PROTOCOL.md); only these are copied onto replies.
+# Attributes every event of a question carries (docs/protocol.md); only these are copied onto replies.
 COMMON_ATTRIBUTES = (
     "question_uuid",
     "parent_question_uuid",
@@ -76,7 +76,7 @@ def now():
 
 
 def pub_sub_form(sruid):
-    """`octue/my-service:1.2.0` -> `octue.my-service.1-2-0` (PROTOCOL.md)."""
+    """`octue/my-service:1.2.0` -> `octue.my-service.1-2-0` (docs/protocol.md)."""
     service_id, _, tag = sruid.partition(":")
     return service_id.replace("/", ".") + ("." + tag.replace(".", "-") if tag else "")
 

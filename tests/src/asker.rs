@@ -169,6 +169,14 @@ impl Asker {
 
     /// Waits until `question` has a `result` or `exception` and returns it.
     pub async fn answer(&mut self, question: &str, timeout: Duration) -> Event {
+        self.try_answer(question, timeout)
+            .await
+            .unwrap_or_else(|e| panic!("{e}"))
+    }
+
+    /// [`Self::answer`], with no answer in time an error saying what came
+    /// instead (for the bench, where one part failing must not end the run).
+    pub async fn try_answer(&mut self, question: &str, timeout: Duration) -> Result<Event, String> {
         let deadline = tokio::time::Instant::now() + timeout;
         loop {
             self.drain();
@@ -176,7 +184,7 @@ impl Asker {
                 evs.iter()
                     .find(|e| e.kind == "result" || e.kind == "exception")
             }) {
-                return e.clone();
+                return Ok(e.clone());
             }
             match tokio::time::timeout_at(deadline, self.events.recv()).await {
                 Ok(Some(e)) => {
@@ -187,10 +195,12 @@ impl Asker {
                         .unwrap_or_default();
                     self.seen.entry(q).or_default().push(e);
                 }
-                _ => panic!(
-                    "no answer to {question} within {timeout:?}; events so far: {:?}",
-                    self.seen.get(question)
-                ),
+                _ => {
+                    return Err(format!(
+                        "no answer to {question} within {timeout:?}; events so far: {:?}",
+                        self.seen.get(question)
+                    ));
+                }
             }
         }
     }

@@ -5,6 +5,8 @@
 //!   id when dropped (even when the test panics).
 //! - [`Server`]: the real `rouse server` binary against an emulator, with its
 //!   log captured; [`rouse`] runs a client command of the same binary.
+//! - [`wait_until`]: tests wait for a state with a deadline, never sleep and
+//!   then look.
 //!
 //! The binary is found next to the test executable (`target/<profile>/rouse`);
 //! the Justfile's `test` recipe builds it before running the tests.
@@ -433,6 +435,32 @@ fn field(line: &str, key: &str) -> Option<String> {
     let start = line.find(key)? + key.len();
     let rest = &line[start..];
     Some(rest.split_whitespace().next()?.to_owned())
+}
+
+/// How often [`wait_until`] looks again: often enough not to add much to a
+/// test, rarely enough that a check running a `rouse` command (~20 ms) does
+/// not keep a core busy.
+const WAIT_POLL: Duration = Duration::from_millis(100);
+
+/// Waits for a state instead of sleeping and then looking: runs `check` until
+/// it returns `Ok`, every [`WAIT_POLL`], and returns its value. After
+/// `timeout` it panics with `what` and the last `Err` (what `check` saw), so
+/// a failure says what was awaited and what was there instead.
+pub async fn wait_until<T>(
+    timeout: Duration,
+    what: &str,
+    mut check: impl FnMut() -> Result<T, String>,
+) -> T {
+    let deadline = tokio::time::Instant::now() + timeout;
+    loop {
+        match check() {
+            Ok(value) => return value,
+            Err(seen) if tokio::time::Instant::now() >= deadline => {
+                panic!("{what}: not within {timeout:?}; last seen: {seen}")
+            }
+            Err(_) => tokio::time::sleep(WAIT_POLL).await,
+        }
+    }
 }
 
 /// A binary of the workspace built for this test run (`echo`, …).

@@ -5,11 +5,16 @@ use std::collections::{HashMap, HashSet};
 use std::time::Duration;
 
 use rouse_tests::asker::{ASKER, Asker, question_attributes};
-use rouse_tests::{Emulator, Server, workspace_bin};
+use rouse_tests::{Emulator, Server, wait_until, workspace_bin};
 use serde_json::{Value, json};
 
 const NETWORK: &str = "octue.services";
 const ANSWER: Duration = Duration::from_secs(60);
+/// How long a state the platform reaches by itself (an idle instance
+/// stopped, a warm instance up, a question running) may take to show: far
+/// above the seconds it takes, so that only a platform that never gets
+/// there fails.
+const SETTLE: Duration = Duration::from_secs(30);
 
 struct Platform {
     emulator: Emulator,
@@ -75,6 +80,23 @@ fn execution(server: &Server, id: &str) -> Value {
         .json()
 }
 
+/// The execution's status, or what went wrong reading it (it may not be
+/// recorded yet).
+fn execution_status(server: &Server, id: &str) -> Result<String, String> {
+    let out = server.rouse(&["executions", "get", id, "--format", "json"]);
+    if out.code != 0 {
+        return Err(out.stderr);
+    }
+    let e: Value = serde_json::from_str(&out.stdout).map_err(|e| e.to_string())?;
+    Ok(e["status"].as_str().unwrap_or_default().to_owned())
+}
+
+/// The last lines of a log, for a failure message.
+fn tail(log: &str) -> String {
+    let lines: Vec<&str> = log.lines().collect();
+    lines[lines.len().saturating_sub(20)..].join("\n")
+}
+
 #[tokio::test]
 async fn cold_start_warm_path_and_scale_to_zero() {
     let p = platform(&[]);
@@ -123,12 +145,19 @@ async fn cold_start_warm_path_and_scale_to_zero() {
 
     // Idle for longer than idle_timeout: the instance is stopped, the next
     // question wakes a new one.
-    tokio::time::sleep(Duration::from_secs(4)).await;
-    assert!(
-        p.server.log().contains("stopping idle instance"),
-        "{}",
-        p.server.log()
-    );
+    wait_until(
+        SETTLE,
+        "the idle instance stopped (idle timeout 2 s)",
+        || {
+            let log = p.server.log();
+            if log.contains("stopping idle instance") {
+                Ok(())
+            } else {
+                Err(tail(&log))
+            }
+        },
+    )
+    .await;
     let q3 = asker.ask(&topic(&svc), "p/echo", json!(3)).await;
     let a3 = asker.answer(&q3, ANSWER).await;
     assert_ne!(a3.data["output_values"]["instance"], first_instance);
@@ -145,8 +174,24 @@ async fn min_instances_keeps_one_warm() {
         &[],
     );
     let mut asker = Asker::new(p.emulator.host(), NETWORK).await;
-    // Well past the idle timeout: the one warm instance is still there.
+    // The one warm instance comes up with no question asked ...
+    wait_until(SETTLE, "the min_instances instance listening", || {
+        let logs = p.server.rouse(&["logs", "warm", "--project", "p"]);
+        if logs.stdout.contains("echo: listening") {
+            Ok(())
+        } else {
+            Err(format!("{}{}", logs.stdout, logs.stderr))
+        }
+    })
+    .await;
+    // ... and is still there well past the idle timeout (what is tested
+    // here is that nothing happens, so time must pass).
     tokio::time::sleep(Duration::from_secs(3)).await;
+    assert!(
+        !p.server.log().contains("stopping idle instance"),
+        "{}",
+        p.server.log()
+    );
     let q = asker.ask(&topic(&svc), "p/warm", json!(1)).await;
     assert_eq!(asker.answer(&q, ANSWER).await.kind, "result");
     assert_eq!(
@@ -521,7 +566,16 @@ async fn heartbeats_flow_while_a_question_runs_and_cancel_stops_it() {
     let q = asker
         .ask(&topic(&svc), "p/beat", json!({"sleep_ms": 30000}))
         .await;
-    tokio::time::sleep(Duration::from_millis(800)).await;
+    // Cancelled while its instance works on it.
+    wait_until(
+        SETTLE,
+        "the 30 s question running",
+        || match execution_status(&p.server, &q)? {
+            s if s == "running" => Ok(()),
+            s => Err(format!("status {s}")),
+        },
+    )
+    .await;
     p.server.rouse(&["executions", "cancel", &q]).ok();
     let a = asker.answer(&q, ANSWER).await;
     assert_eq!(
@@ -552,8 +606,37 @@ async fn kill_9_with_questions_in_flight_loses_none_and_answers_each_once() {
                 .await,
         );
     }
-    // Some are answered, some run, most are queued: crash.
-    tokio::time::sleep(Duration::from_millis(1200)).await;
+    // Some are answered, some run, the rest are queued: crash.
+    wait_until(
+        SETTLE,
+        "some of the 20 questions answered, some running",
+        || {
+            let seen = asker.all();
+            let answered = questions
+                .iter()
+                .filter(|q| {
+                    seen.get(*q)
+                        .is_some_and(|evs| evs.iter().any(|e| e.kind == "result"))
+                })
+                .count();
+            let listed = p
+                .server
+                .rouse(&["executions", "list", "--format", "json"])
+                .json();
+            let running = listed
+                .as_array()
+                .into_iter()
+                .flatten()
+                .filter(|e| e["status"] == "running")
+                .count();
+            if answered >= 1 && running >= 1 && answered + running < questions.len() {
+                Ok(())
+            } else {
+                Err(format!("{answered} answered, {running} running"))
+            }
+        },
+    )
+    .await;
     let Platform {
         emulator,
         server,
@@ -565,7 +648,9 @@ async fn kill_9_with_questions_in_flight_loses_none_and_answers_each_once() {
         let a = asker.answer(q, Duration::from_secs(120)).await;
         assert_eq!(a.kind, "result", "{q}: {:?}", a.data);
     }
-    // Exactly one result each, even for those running at the crash.
+    // Exactly one result each, even for those running at the crash: a
+    // second one would come from the outbox re-sending, so give it time to
+    // (asserting that nothing happens needs time to pass).
     let all = asker.all().clone();
     tokio::time::sleep(Duration::from_secs(2)).await;
     let all_later = asker.all().clone();

@@ -238,6 +238,128 @@ async fn create_describe_update_delete_on_pubsub() {
     assert!(server.stop().success());
 }
 
+/// `rouse services describe` shows where questions go, like Cloud Run's
+/// serving revision and traffic: the serving revision and the SRUID that
+/// reaches it, tags and the traffic split, in every output format.
+#[test]
+fn describe_shows_the_serving_revision_its_sruid_tags_and_traffic() {
+    let emulator = Emulator::start();
+    let data = tempfile::tempdir().expect("tempdir");
+    let server = Server::start(&emulator, data.path(), &[]);
+    let rouse = |args: &[&str]| {
+        let mut all = args.to_vec();
+        all.extend_from_slice(&["--project", "experiment_2"]);
+        server.rouse(&all)
+    };
+    let describe = |format: &str| {
+        rouse(&["services", "describe", "echo", "--format", format])
+            .ok()
+            .to_owned()
+    };
+    let json = || -> serde_json::Value {
+        serde_json::from_str(&describe("json")).expect("describe --format json is JSON")
+    };
+    rouse(&["services", "create", "echo"]).ok();
+
+    // Nothing serves yet.
+    let nothing = json();
+    assert_eq!(
+        nothing["serving_revision"],
+        serde_json::Value::Null,
+        "{nothing}"
+    );
+    assert_eq!(
+        nothing["serving_sruid"],
+        serde_json::Value::Null,
+        "{nothing}"
+    );
+    assert_eq!(nothing["tags"], serde_json::json!({}), "{nothing}");
+    assert_eq!(nothing["traffic"], serde_json::json!({}), "{nothing}");
+
+    // A revision registered by hand serves at once, under its SRUID.
+    let revision = |n: &str| {
+        rouse(&[
+            "revisions",
+            "create",
+            "echo",
+            "--command",
+            "/bin/true",
+            "--workdir",
+            "/tmp",
+        ])
+        .ok();
+        format!("echo-0000{n}")
+    };
+    let rev1 = revision("1");
+    let one = json();
+    assert_eq!(one["serving_revision"], rev1.as_str(), "{one}");
+    assert_eq!(
+        one["serving_sruid"],
+        format!("experiment-2/echo:{rev1}").as_str(),
+        "{one}"
+    );
+    let table = describe("table");
+    assert!(
+        table.contains(&format!("experiment-2/echo:{rev1}"))
+            && table.contains(&format!("100% {rev1}")),
+        "{table}"
+    );
+
+    // A second one takes over; the first stays reachable under a tag and
+    // gets a tenth of the untagged questions.
+    let rev2 = revision("2");
+    rouse(&[
+        "services",
+        "deploy",
+        "echo",
+        "--revision",
+        &rev1,
+        "--tag",
+        "blue",
+    ])
+    .ok();
+    rouse(&[
+        "services",
+        "set-traffic",
+        "echo",
+        "--traffic",
+        &format!("{rev1}=10,{rev2}=90"),
+    ])
+    .ok();
+    let split = json();
+    assert_eq!(split["serving_revision"], rev2.as_str(), "{split}");
+    assert_eq!(
+        split["serving_sruid"],
+        format!("experiment-2/echo:{rev2}").as_str(),
+        "{split}"
+    );
+    assert_eq!(split["tags"], serde_json::json!({"blue": rev1}), "{split}");
+    assert_eq!(
+        split["traffic"],
+        serde_json::json!({rev1.as_str(): 10, rev2.as_str(): 90}),
+        "{split}"
+    );
+    let yaml = describe("yaml");
+    assert!(
+        yaml.contains(&format!("serving_sruid: experiment-2/echo:{rev2}"))
+            && yaml.contains(&format!("blue: {rev1}"))
+            && yaml.contains(&format!("{rev1}: 10")),
+        "{yaml}"
+    );
+    let table = describe("table");
+    assert!(
+        table.contains(&format!("10% {rev1}"))
+            && table.contains(&format!("90% {rev2}"))
+            && table.contains(&format!("blue → {rev1} (experiment-2/echo:blue)")),
+        "{table}"
+    );
+    // The list carries the same.
+    let listed: serde_json::Value =
+        serde_json::from_str(rouse(&["services", "list", "--format", "json"]).ok())
+            .expect("list --format json is JSON");
+    assert_eq!(listed[0]["traffic"], split["traffic"], "{listed}");
+}
+
 #[tokio::test]
 async fn restart_keeps_services_and_recreates_what_went_missing() {
     let emulator = Emulator::start();

@@ -5,6 +5,7 @@
 use std::time::Duration;
 
 use rouse_core::{Scaling, Service};
+use rouse_store::Routing;
 
 use crate::error::ApiError;
 use crate::pb;
@@ -41,7 +42,17 @@ pub fn scaling_to_pb(s: &Scaling) -> pb::Scaling {
     }
 }
 
-pub fn service_to_pb(s: &Service) -> pb::Service {
+/// A service with where its questions go: `serving` is the revision that
+/// serves untagged questions (`DispatchStore::serving_revision`), `routing`
+/// its tags and traffic split.
+pub fn service_to_pb(s: &Service, serving: Option<&str>, routing: &Routing) -> pb::Service {
+    // `routing.serving` is only what a rollout set; `serving` is what
+    // actually serves (it falls back to the newest revision).
+    let Routing {
+        serving: _,
+        tags,
+        traffic,
+    } = routing;
     let Service {
         project,
         name,
@@ -53,8 +64,18 @@ pub fn service_to_pb(s: &Service) -> pb::Service {
         created_at,
         updated_at,
     } = s;
-    let sruid = s.sruid();
+    let mut sruid = s.sruid();
+    sruid.revision_tag = serving.map(str::to_owned);
     pb::Service {
+        serving_revision: serving.unwrap_or_default().to_owned(),
+        sruid: if serving.is_some() {
+            sruid.to_string()
+        } else {
+            String::new()
+        },
+        tags: tags.iter().map(|(t, r)| (t.clone(), r.clone())).collect(),
+        // SetTraffic names each revision once.
+        traffic: traffic.iter().map(|(r, p)| (r.clone(), *p)).collect(),
         project: project.to_string(),
         name: name.to_string(),
         uuid: uuid.to_string(),

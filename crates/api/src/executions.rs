@@ -146,7 +146,7 @@ pub fn execution_to_pb(
     }
 }
 
-/// The attributes of a question asked through the API (PROTOCOL.md).
+/// The attributes of a question asked through the API (docs/protocol.md).
 pub fn question_attributes(question_uuid: &str, recipient: &str, forward_logs: bool) -> Attributes {
     let now = format_datetime(SystemTime::now());
     [

@@ -41,6 +41,18 @@ impl ServicesApi {
         self.backend.find_service(project, name).await
     }
 
+    /// The service as the API answers it: with its serving revision, tags
+    /// and traffic split, read from the store.
+    async fn to_pb(&self, service: &Service) -> Result<pb::Service, ApiError> {
+        let store = &self.backend.store;
+        let (routing, serving) = tokio::try_join!(
+            store.routing(service.uuid),
+            store.serving_revision(service.uuid)
+        )?;
+        let serving = serving.map(|r| r.name);
+        Ok(service_to_pb(service, serving.as_deref(), &routing))
+    }
+
     pub async fn create(&self, project: &str, name: &str) -> Result<Service, ApiError> {
         let (project, name) = Backend::names(project, name)?;
         let mut service = Service::new(project, name, Uuid::new_v4(), SystemTime::now());
@@ -181,7 +193,7 @@ impl pb::services_server::Services for ServicesApi {
             .await?;
         let pb::CreateServiceRequest { project, name } = request.into_inner();
         let service = self.create(&project, &name).await?;
-        Ok(Response::new(service_to_pb(&service)))
+        Ok(Response::new(self.to_pb(&service).await?))
     }
 
     async fn get_service(
@@ -194,7 +206,7 @@ impl pb::services_server::Services for ServicesApi {
             .await?;
         let pb::GetServiceRequest { project, name } = request.into_inner();
         let service = self.find(&project, &name).await?;
-        Ok(Response::new(service_to_pb(&service)))
+        Ok(Response::new(self.to_pb(&service).await?))
     }
 
     async fn list_services(
@@ -240,9 +252,11 @@ impl pb::services_server::Services for ServicesApi {
                 )
             });
         }
-        Ok(Response::new(pb::ListServicesResponse {
-            services: services.iter().map(service_to_pb).collect(),
-        }))
+        let mut out = Vec::with_capacity(services.len());
+        for service in &services {
+            out.push(self.to_pb(service).await?);
+        }
+        Ok(Response::new(pb::ListServicesResponse { services: out }))
     }
 
     async fn update_service(
@@ -259,7 +273,7 @@ impl pb::services_server::Services for ServicesApi {
             )
             .await?;
         let service = self.update(request.get_ref()).await?;
-        Ok(Response::new(service_to_pb(&service)))
+        Ok(Response::new(self.to_pb(&service).await?))
     }
 
     async fn delete_service(

@@ -17,7 +17,7 @@ use crate::commands::server::ServerArgs;
 pub const DEFAULT_API_LISTEN: &str = "127.0.0.1:7070";
 /// The Google Cloud project used with the emulator when none is given.
 pub const DEFAULT_EMULATOR_PROJECT: &str = "rouse-local";
-/// The Octue network topic (PROTOCOL.md).
+/// The Octue network topic (docs/protocol.md).
 pub const DEFAULT_NETWORK_TOPIC: &str = "octue.services";
 /// The builder's webhook server: loopback by default; put a proxy in front
 /// of it (or listen wider) for GitHub to reach it.

@@ -40,6 +40,17 @@ pub struct ServiceView {
     pub context_root: String,
     pub scaling: ScalingView,
     pub env: BTreeMap<String, String>,
+    /// The revision serving untagged questions when no split applies;
+    /// `null` while none can serve.
+    pub serving_revision: Option<String>,
+    /// The SRUID that reaches it, `namespace/name:revision`; `null` while
+    /// nothing serves.
+    pub serving_sruid: Option<String>,
+    /// Tag → revision: questions to `namespace/name:tag` go there.
+    pub tags: BTreeMap<String, String>,
+    /// Revision → percent of untagged questions; empty: all go to the
+    /// serving revision.
+    pub traffic: BTreeMap<String, u32>,
     pub create_time: String,
     pub update_time: String,
     pub generation: u64,
@@ -81,6 +92,10 @@ impl From<&pb::Service> for ServiceView {
                 request_timeout: duration(scaling.request_timeout.as_ref()),
             },
             env: s.env.iter().map(|(k, v)| (k.clone(), v.clone())).collect(),
+            serving_revision: Some(s.serving_revision.clone()).filter(|r| !r.is_empty()),
+            serving_sruid: Some(s.sruid.clone()).filter(|r| !r.is_empty()),
+            tags: s.tags.iter().map(|(t, r)| (t.clone(), r.clone())).collect(),
+            traffic: s.traffic.iter().map(|(r, p)| (r.clone(), *p)).collect(),
             create_time: timestamp(s.create_time.as_ref()),
             update_time: timestamp(s.update_time.as_ref()),
             generation: s.generation,
@@ -173,6 +188,16 @@ fn list_table<V: View>(list: &[V]) -> String {
     out
 }
 
+impl ServiceView {
+    /// The full SRUID while a revision serves, else `namespace/name` (which
+    /// reaches whatever will serve).
+    fn sruid(&self) -> String {
+        self.serving_sruid
+            .clone()
+            .unwrap_or_else(|| format!("{}/{}", self.sruid.namespace, self.sruid.name))
+    }
+}
+
 impl View for ServiceView {
     const COLUMNS: &'static [&'static str] = &[
         "PROJECT",
@@ -190,7 +215,7 @@ impl View for ServiceView {
             self.project.clone(),
             self.name.clone(),
             self.status.clone(),
-            format!("{}/{}", self.sruid.namespace, self.sruid.name),
+            self.sruid(),
             format!(
                 "{}-{}",
                 self.scaling.min_instances, self.scaling.max_instances
@@ -209,7 +234,39 @@ impl View for ServiceView {
             ("uuid", s.uuid.clone()),
             ("topic", s.topic.clone()),
             ("subscription", s.subscription.clone()),
-            ("sruid", format!("{}/{}", s.sruid.namespace, s.sruid.name)),
+            ("sruid", s.sruid()),
+            (
+                "serving revision",
+                s.serving_revision
+                    .clone()
+                    .unwrap_or_else(|| "(none: `rouse revisions create` adds one)".into()),
+            ),
+        ];
+        if s.traffic.is_empty() {
+            rows.push((
+                "traffic",
+                match &s.serving_revision {
+                    Some(r) => format!("100% {r}"),
+                    None => "(none)".into(),
+                },
+            ));
+        }
+        for (revision, percent) in &s.traffic {
+            rows.push(("traffic", format!("{percent}% {revision}")));
+        }
+        if s.tags.is_empty() {
+            rows.push(("tag", "(none)".into()));
+        }
+        for (tag, revision) in &s.tags {
+            rows.push((
+                "tag",
+                format!(
+                    "{tag} → {revision} ({}/{}:{tag})",
+                    s.sruid.namespace, s.sruid.name
+                ),
+            ));
+        }
+        rows.extend([
             ("context root", s.context_root.clone()),
             ("min instances", s.scaling.min_instances.to_string()),
             ("max instances", s.scaling.max_instances.to_string()),
@@ -217,7 +274,7 @@ impl View for ServiceView {
             ("idle timeout", s.scaling.idle_timeout.clone()),
             ("wake timeout", s.scaling.wake_timeout.clone()),
             ("request timeout", s.scaling.request_timeout.clone()),
-        ];
+        ]);
         if s.env.is_empty() {
             rows.push(("env", "(none)".into()));
         }

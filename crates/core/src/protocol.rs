@@ -1,4 +1,4 @@
-//! The Octue/Twined wire format (PROTOCOL.md): parsing questions and building
+//! The Octue/Twined wire format (docs/protocol.md): parsing questions and building
 //! the reply events the dispatcher publishes.
 //!
 //! Every event is one Pub/Sub message: JSON `data` with a `kind`, string

@@ -12,7 +12,7 @@ use uuid::Uuid;
 use crate::names::{ProjectName, ServiceName};
 use crate::sruid::Sruid;
 
-/// Prefix of every service topic (PROTOCOL.md).
+/// Prefix of every service topic (docs/protocol.md).
 pub const SERVICE_TOPIC_PREFIX: &str = "octue.services.";
 /// Prefix of the dispatcher's subscription on a service topic.
 pub const DISPATCHER_SUBSCRIPTION_PREFIX: &str = "rouse.dispatcher.";

@@ -1,6 +1,6 @@
 //! Delivering a question to an instance, and what came of it.
 //!
-//! Server mode POSTs the standard Pub/Sub push envelope to `/` (PROTOCOL.md):
+//! Server mode POSTs the standard Pub/Sub push envelope to `/` (docs/protocol.md):
 //! a 2xx with a body is a plain service's answer; a 2xx without one (an
 //! Octue service's 204) means the service publishes its own events; anything
 //! else is an error the asker hears about. Job mode passes the question as

@@ -5,7 +5,7 @@
 //! and anonymous credentials; without one, Google's endpoint and application
 //! default credentials. Every administrative call is bounded by
 //! [`PubSubConfig::call_timeout`]: the client would otherwise retry for a minute
-//! against an endpoint that is down (PUBSUB-NOTES.md).
+//! against an endpoint that is down (docs/pubsub.md).
 //!
 //! Administration (topics and subscriptions, created and deleted
 //! idempotently) and the data plane: [`TopicPublisher`] tuned for latency and
@@ -186,7 +186,7 @@ impl PubSub {
         let mut subscriptions = SubscriptionAdmin::builder().with_endpoint(config.endpoint_url());
         if config.emulator_host.is_some() {
             // Without explicit anonymous credentials the first call hangs while
-            // auth looks for a metadata server (PUBSUB-NOTES.md).
+            // auth looks for a metadata server (docs/pubsub.md).
             let anonymous = google_cloud_auth::credentials::anonymous::Builder::new().build();
             topics = topics.with_credentials(anonymous.clone());
             subscriptions = subscriptions.with_credentials(anonymous);
@@ -224,7 +224,7 @@ impl PubSub {
     }
 
     /// A publisher for one topic, tuned for latency: every message is sent at
-    /// once instead of waiting up to 10 ms to batch (PUBSUB-NOTES.md).
+    /// once instead of waiting up to 10 ms to batch (docs/pubsub.md).
     pub async fn publisher(&self, topic_id: &str) -> Result<TopicPublisher, PubSubError> {
         let path = self.topic_path(topic_id);
         let publisher = self.build_publisher(&path).await?;
