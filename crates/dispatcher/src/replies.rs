@@ -13,7 +13,7 @@ use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 
 use rouse_core::protocol::{Attributes, Reply, reply_attributes};
-use rouse_core::revision::{EventRecord, Execution, ExecutionStatus};
+use rouse_core::revision::{EventRecord, Execution, ExecutionStatus, Revision};
 use rouse_pubsub::{Outgoing, PubSubError, TopicPublisher};
 use rouse_store::{DispatchStore, NewEvent, StoreError};
 use uuid::Uuid;
@@ -65,11 +65,13 @@ impl Publish for TopicPublisher {
     }
 }
 
-/// What workers and replies need of the store: the executions they run and
-/// the events they send. A part of [`DispatchStore`]: every shared store
-/// is a ledger.
+/// What workers and replies need of the store: the executions they run,
+/// the events they send, and the revision to run. A part of
+/// [`DispatchStore`]: every shared store is a ledger.
 #[async_trait::async_trait]
 pub trait Ledger: Send + Sync + 'static {
+    /// See [`DispatchStore::serving_revision`].
+    async fn serving_revision(&self, service_uuid: Uuid) -> Result<Option<Revision>, StoreError>;
     /// See [`DispatchStore::update_execution`].
     async fn update_execution(
         &self,
@@ -94,6 +96,9 @@ pub trait Ledger: Send + Sync + 'static {
 
 #[async_trait::async_trait]
 impl<S: DispatchStore + ?Sized> Ledger for Arc<S> {
+    async fn serving_revision(&self, service_uuid: Uuid) -> Result<Option<Revision>, StoreError> {
+        S::serving_revision(self, service_uuid).await
+    }
     async fn update_execution(
         &self,
         execution: &Execution,

@@ -36,8 +36,9 @@ pub struct Context {
     pub replier: Replier,
     pub http: reqwest::Client,
     pub launcher: Launcher,
-    /// Every worker, and every instance stop a worker hands off: awaited at
-    /// shutdown, so that the dispatcher ends only once its instances have.
+    /// Every long-lived task (workers, intake, the outbox, the trials) and
+    /// every instance stop a worker hands off: awaited at shutdown, so that
+    /// the dispatcher ends only once its instances have.
     pub tasks: TaskTracker,
 }
 
@@ -167,7 +168,7 @@ impl Worker {
                     // A role in another process (a build's rollout, the
                     // api) may have made a revision serve since the last
                     // re-read: the store decides, not a stale table.
-                    match self.shared.store.serving_revision(self.service.uuid).await {
+                    match self.ctx.store.serving_revision(self.service.uuid).await {
                         Ok(revision) => self.revision = revision,
                         Err(e) => {
                             tracing::warn!(service = %self.service.qualified_name(), error = %e, "cannot read the serving revision")

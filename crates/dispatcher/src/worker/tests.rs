@@ -25,7 +25,7 @@ use rouse_core::revision::{
 use rouse_core::{ProjectName, Scaling, Service, ServiceName};
 use rouse_pubsub::{Outgoing, PubSubError};
 use rouse_runtime::{Instance, InstanceSpec, Runtime, RuntimeError};
-use rouse_store::{DispatchStore, NewEvent, SqliteStore, Store, StoreError};
+use rouse_store::{DispatchStore, NewEvent, NewRevision, SqliteStore, Store, StoreError};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::sync::{mpsc, oneshot, watch};
 use tokio::time::Instant;
@@ -277,6 +277,10 @@ where
 
 #[async_trait::async_trait]
 impl Ledger for OffClock {
+    async fn serving_revision(&self, service_uuid: Uuid) -> Result<Option<Revision>, StoreError> {
+        let store = self.0.clone();
+        off_clock(async move { store.serving_revision(service_uuid).await }).await
+    }
     async fn update_execution(
         &self,
         execution: &Execution,
@@ -340,6 +344,16 @@ impl Harness {
         cold_start: Duration,
         hold: Duration,
     ) -> Self {
+        Self::start_with(scaling, Some(mode), cold_start, hold).await
+    }
+
+    /// A worker that starts with a revision in `mode`, or with none.
+    async fn start_with(
+        scaling: Scaling,
+        mode: Option<DeliveryMode>,
+        cold_start: Duration,
+        hold: Duration,
+    ) -> Self {
         let dir = tempfile::tempdir().expect("tempdir");
         let store = SqliteStore::open(&dir.path().join("rouse.db")).expect("store");
         let project = ProjectName::parse("p").expect("valid");
@@ -351,19 +365,15 @@ impl Harness {
         off_clock(async move { inserted.insert_service(&s).await })
             .await
             .expect("insert service");
-        let revision = Revision {
+        let revision = mode.map(|mode| Revision {
             name: "svc-00001".into(),
             service_uuid: service.uuid,
             seq: 1,
-            source: RevisionSource::Command {
-                program: "fake".into(),
-                args: Vec::new(),
-                workdir: PathBuf::from("/"),
-            },
+            source: fake_source(),
             mode,
             probe_path: None,
             created_at: SystemTime::now(),
-        };
+        });
         let runtime = FakeRuntime::new(cold_start, hold);
         let publisher = Arc::new(FakePublisher::default());
         let ledger: Arc<dyn Ledger> = Arc::new(OffClock(store.clone()));
@@ -389,7 +399,7 @@ impl Harness {
         });
         let stop = CancellationToken::new();
         let (tx, rx) = mpsc::channel(crate::config::WORKER_CHANNEL);
-        let worker = Worker::new(ctx.clone(), service.clone(), Some(revision), stop.clone());
+        let worker = Worker::new(ctx.clone(), service.clone(), revision, stop.clone());
         let worker = ctx.tasks.spawn(worker.run(rx));
         Self {
             ctx,
@@ -462,6 +472,14 @@ impl Harness {
             .expect("the worker and its stops end");
         self.worker.await.expect("the worker ended cleanly");
         self.runtime
+    }
+}
+
+fn fake_source() -> RevisionSource {
+    RevisionSource::Command {
+        program: "fake".into(),
+        args: Vec::new(),
+        workdir: PathBuf::from("/"),
     }
 }
 
@@ -696,4 +714,39 @@ async fn stopping_the_worker_stops_every_instance_before_it_ends() {
             "every instance was stopped by the time the worker ended"
         );
     }
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_worker_without_a_revision_reads_the_store_before_refusing() {
+    let h = Harness::start_with(
+        scaling(0, 3, 1),
+        None,
+        Duration::from_secs(1),
+        Duration::ZERO,
+    )
+    .await;
+    h.ask("q-early").await;
+    let (data, _) = h.publisher.terminal("q-early").await;
+    assert_eq!(data["exception_type"], "ServiceNotDeployed", "{data}");
+    // A revision registered by another process: no update reaches the worker.
+    let (store, service) = (h.store.clone(), h.service.clone());
+    let revision = NewRevision {
+        source: fake_source(),
+        mode: DeliveryMode::Server,
+        probe_path: None,
+    };
+    off_clock(async move {
+        store
+            .insert_revision(&service, &revision, SystemTime::now())
+            .await
+    })
+    .await
+    .expect("register a revision");
+    h.ask("q-later").await;
+    let (data, _) = h.publisher.terminal("q-later").await;
+    assert_eq!(data["kind"], "result", "{data}");
+    assert_eq!(
+        h.execution("q-later").await.revision.as_deref(),
+        Some("svc-00001")
+    );
 }
