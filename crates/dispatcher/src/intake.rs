@@ -30,6 +30,7 @@ use tokio_util::sync::CancellationToken;
 use uuid::Uuid;
 
 use crate::replies::build_event;
+use crate::table::Key;
 use crate::worker::WorkerMsg;
 use crate::{NETWORK_SUBSCRIPTION, Shared};
 
@@ -315,7 +316,7 @@ async fn accept(
         }
     }
     ack(handler);
-    let replier = shared.replier.clone();
+    let replier = shared.ctx.replier.clone();
     let ack_event = build_event(
         &execution.attributes,
         &target.sender,
@@ -329,8 +330,10 @@ async fn accept(
         .and_then(|r| Sruid::parse(r).ok())
         .and_then(|s| s.revision_tag);
     let lane = shared
-        .lane(target.uuid, tag.as_deref(), &execution.question_uuid)
+        .table
+        .lookup(Key::Uuid(target.uuid))
         .ok()
+        .and_then(|s| s.lane(tag.as_deref(), &execution.question_uuid).ok())
         .flatten();
     let tx = match &lane {
         Some((_, lane_tx)) => lane_tx,
@@ -406,6 +409,8 @@ async fn reject_as(
             match shared.store.insert_execution(&execution).await {
                 Ok(true) => {
                     shared
+                        .ctx
+                        .replier
                         .finish(execution, reply, ExecutionStatus::Failed, sender)
                         .await;
                 }
@@ -422,6 +427,7 @@ async fn reject_as(
                 tracing::error!(error = %e, "cannot record a dead letter");
             }
             shared
+                .ctx
                 .replier
                 .send_now(build_event(&reply_attrs, sender, &reply))
                 .await;
@@ -435,7 +441,7 @@ pub async fn network(
     subscriber: Arc<Subscriber>,
     shutdown: CancellationToken,
 ) {
-    let topic = shared.config.network_topic.clone();
+    let topic = shared.ctx.config.network_topic.clone();
     pull(
         &shared,
         &subscriber,
@@ -473,9 +479,8 @@ async fn route(shared: &Arc<Shared>, attrs: Attributes, msg: Message, handler: H
     let parsed = Sruid::parse(&recipient);
     let found = parsed
         .as_ref()
-        .ok()
-        .and_then(|s| shared.route(&s.namespace, &s.name).map(|u| (s, u)));
-    let Some((sruid, uuid)) = found else {
+        .map(|s| (s, shared.table.lookup(Key::Sruid(&s.namespace, &s.name))));
+    let Ok((sruid, Ok(service))) = found else {
         // Not one of ours: another dispatcher or an Octue service may serve it
         // on a shared network topic only if it is not in our namespaces.
         let reason = match &parsed {
@@ -485,9 +490,7 @@ async fn route(shared: &Arc<Shared>, attrs: Attributes, msg: Message, handler: H
             ),
             Err(e) => format!("no service can be found for recipient: {e}"),
         };
-        let ours = parsed
-            .as_ref()
-            .is_ok_and(|s| shared.knows_namespace(&s.namespace));
+        let ours = matches!(found, Ok((_, Err(missing))) if missing.namespace_is_ours);
         if ours || parsed.is_err() {
             reject(
                 shared,
@@ -506,13 +509,10 @@ async fn route(shared: &Arc<Shared>, attrs: Attributes, msg: Message, handler: H
         ack(handler);
         return;
     };
-    let Some((tx, revision)) = shared.worker(uuid) else {
-        ack(handler);
-        return;
-    };
-    let mut serving = revision.as_ref().map(|r| r.name.clone());
+    let uuid = service.uuid;
+    let mut serving = service.serving.clone();
     let question = attrs.get("question_uuid").cloned().unwrap_or_default();
-    match shared.lane(uuid, sruid.revision_tag.as_deref(), &question) {
+    match service.lane(sruid.revision_tag.as_deref(), &question) {
         Ok(Some((other, _))) => serving = Some(other),
         Ok(None) => {}
         Err(why) => {
@@ -529,20 +529,16 @@ async fn route(shared: &Arc<Shared>, attrs: Attributes, msg: Message, handler: H
             return;
         }
     }
-    let Some((project, name)) = shared.names(uuid) else {
-        ack(handler);
-        return;
-    };
     let target = Target {
         uuid,
-        project,
-        name,
+        project: service.project.clone(),
+        name: service.name.clone(),
         sender: match serving {
             Some(tag) => format!("{}/{}:{tag}", sruid.namespace, sruid.name),
             None => format!("{}/{}", sruid.namespace, sruid.name),
         },
     };
-    accept(shared, &target, &tx, msg, handler).await;
+    accept(shared, &target, &service.tx, msg, handler).await;
 }
 
 /// Records a reply event for a question Rouse knows (the event store).

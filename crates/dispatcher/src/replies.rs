@@ -1,4 +1,5 @@
-//! Reply events the dispatcher emits, and their outbox.
+//! Reply events the dispatcher emits, their outbox, and how an execution
+//! ends ([`Replier::complete`], [`Replier::finish`]).
 //!
 //! `delivery_acknowledgement` and `heartbeat` are published directly (losing
 //! one is harmless). A `result` or `exception` is first recorded, unpublished,
@@ -12,12 +13,19 @@ use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 
 use rouse_core::protocol::{Attributes, Reply, reply_attributes};
-use rouse_pubsub::{Outgoing, TopicPublisher};
-use rouse_store::{DispatchStore, NewEvent};
+use rouse_core::revision::{EventRecord, Execution, ExecutionStatus, Revision};
+use rouse_pubsub::{Outgoing, PubSubError, TopicPublisher};
+use rouse_store::{DispatchStore, NewEvent, StoreError};
 use uuid::Uuid;
+
+use crate::deliver::{self, Outcome};
 
 /// How often the outbox is retried while Pub/Sub refuses to publish.
 pub const OUTBOX_RETRY: Duration = Duration::from_secs(2);
+/// How often the event store is read while waiting for a service's own
+/// terminal event: it arrives through Pub/Sub within milliseconds, and a
+/// read costs about as much.
+const SELF_REPORT_POLL: Duration = Duration::from_millis(25);
 
 /// Builds the event replying `reply` to a question with `question_attrs`,
 /// sent as `sender` (the service's SRUID).
@@ -43,15 +51,92 @@ fn outgoing(event: &NewEvent) -> Outgoing {
     }
 }
 
+/// Where events go: the network topic ([`TopicPublisher`]).
+#[async_trait::async_trait]
+pub trait Publish: Send + Sync + 'static {
+    /// Publishes one message; returns its message id.
+    async fn publish(&self, message: Outgoing) -> Result<String, PubSubError>;
+}
+
+#[async_trait::async_trait]
+impl Publish for TopicPublisher {
+    async fn publish(&self, message: Outgoing) -> Result<String, PubSubError> {
+        TopicPublisher::publish(self, message).await
+    }
+}
+
+/// What workers and replies need of the store: the executions they run,
+/// the events they send, and the revision to run. A part of
+/// [`DispatchStore`]: every shared store is a ledger.
+#[async_trait::async_trait]
+pub trait Ledger: Send + Sync + 'static {
+    /// See [`DispatchStore::serving_revision`].
+    async fn serving_revision(&self, service_uuid: Uuid) -> Result<Option<Revision>, StoreError>;
+    /// See [`DispatchStore::update_execution`].
+    async fn update_execution(
+        &self,
+        execution: &Execution,
+        event: Option<&NewEvent>,
+    ) -> Result<Option<i64>, StoreError>;
+    /// See [`DispatchStore::terminal_event`].
+    async fn terminal_event(
+        &self,
+        question_uuid: &str,
+        retry_count: u32,
+    ) -> Result<Option<String>, StoreError>;
+    /// See [`DispatchStore::record_event`].
+    async fn record_event(
+        &self,
+        event: &NewEvent,
+        published: bool,
+    ) -> Result<Option<i64>, StoreError>;
+    async fn mark_published(&self, event_id: i64) -> Result<(), StoreError>;
+    async fn unpublished_events(&self) -> Result<Vec<EventRecord>, StoreError>;
+}
+
+#[async_trait::async_trait]
+impl<S: DispatchStore + ?Sized> Ledger for Arc<S> {
+    async fn serving_revision(&self, service_uuid: Uuid) -> Result<Option<Revision>, StoreError> {
+        S::serving_revision(self, service_uuid).await
+    }
+    async fn update_execution(
+        &self,
+        execution: &Execution,
+        event: Option<&NewEvent>,
+    ) -> Result<Option<i64>, StoreError> {
+        S::update_execution(self, execution, event).await
+    }
+    async fn terminal_event(
+        &self,
+        question_uuid: &str,
+        retry_count: u32,
+    ) -> Result<Option<String>, StoreError> {
+        S::terminal_event(self, question_uuid, retry_count).await
+    }
+    async fn record_event(
+        &self,
+        event: &NewEvent,
+        published: bool,
+    ) -> Result<Option<i64>, StoreError> {
+        S::record_event(self, event, published).await
+    }
+    async fn mark_published(&self, event_id: i64) -> Result<(), StoreError> {
+        S::mark_published(self, event_id).await
+    }
+    async fn unpublished_events(&self) -> Result<Vec<EventRecord>, StoreError> {
+        S::unpublished_events(self).await
+    }
+}
+
 #[derive(Clone)]
 pub struct Replier {
-    publisher: TopicPublisher,
-    store: Arc<dyn DispatchStore>,
+    publisher: Arc<dyn Publish>,
+    store: Arc<dyn Ledger>,
     outbox_dirty: Arc<tokio::sync::Notify>,
 }
 
 impl Replier {
-    pub fn new(publisher: TopicPublisher, store: Arc<dyn DispatchStore>) -> Self {
+    pub fn new(publisher: Arc<dyn Publish>, store: Arc<dyn Ledger>) -> Self {
         Self {
             publisher,
             store,
@@ -118,6 +203,96 @@ impl Replier {
             }
         }
         sent
+    }
+
+    /// Ends an execution with `outcome`'s reply, unless the service already
+    /// sent its own terminal event, in which case that decides the status
+    /// and nothing is sent twice.
+    pub async fn complete(&self, execution: Execution, outcome: Outcome, sender: &str) {
+        let reply = match outcome {
+            Outcome::Reply(reply) => reply,
+            Outcome::Crashed { detail } => deliver::crashed(&detail, None, ""),
+            Outcome::SelfReported { fallback, grace } => {
+                let deadline = tokio::time::Instant::now() + grace;
+                loop {
+                    match self
+                        .store
+                        .terminal_event(&execution.question_uuid, execution.retry_count)
+                        .await
+                    {
+                        Ok(Some(_)) => break,
+                        Ok(None) if tokio::time::Instant::now() < deadline => {
+                            tokio::time::sleep(SELF_REPORT_POLL).await;
+                        }
+                        _ => break,
+                    }
+                }
+                fallback
+            }
+        };
+        let status = if matches!(reply, Reply::Result { .. }) {
+            ExecutionStatus::Succeeded
+        } else {
+            ExecutionStatus::Failed
+        };
+        self.finish(execution, reply, status, sender).await;
+    }
+
+    /// Records the end of an execution together with its terminal event (the
+    /// outbox), then publishes the event.
+    pub async fn finish(
+        &self,
+        mut execution: Execution,
+        reply: Reply,
+        mut status: ExecutionStatus,
+        sender: &str,
+    ) {
+        execution.finished_at = Some(SystemTime::now());
+        let own = match self
+            .store
+            .terminal_event(&execution.question_uuid, execution.retry_count)
+            .await
+        {
+            Ok(kind) => kind,
+            Err(e) => {
+                tracing::warn!(error = %e, "cannot read the event store");
+                None
+            }
+        };
+        if let Some(kind) = own.filter(|_| status != ExecutionStatus::Cancelled) {
+            // The service answered for itself.
+            execution.status = if kind == "result" {
+                ExecutionStatus::Succeeded
+            } else {
+                ExecutionStatus::Failed
+            };
+            if let Err(e) = self.store.update_execution(&execution, None).await {
+                tracing::error!(question = %execution.question_uuid, error = %e, "cannot record an execution's end");
+            }
+            return;
+        }
+        if let Reply::Exception {
+            exception_type,
+            exception_message,
+            ..
+        } = &reply
+        {
+            execution.reason = Some(format!("{exception_type}: {exception_message}"));
+            if status == ExecutionStatus::Succeeded {
+                status = ExecutionStatus::Failed;
+            }
+        }
+        execution.status = status;
+        let event = build_event(&execution.attributes, sender, &reply);
+        match self.store.update_execution(&execution, Some(&event)).await {
+            Ok(Some(id)) => self.publish_recorded(id, &event).await,
+            Ok(None) => {}
+            Err(e) => {
+                tracing::error!(question = %execution.question_uuid, error = %e, "cannot record an execution's end; publishing its event anyway");
+                self.send_now(event).await;
+            }
+        }
+        tracing::debug!(question = %execution.question_uuid, status = %execution.status, "execution finished");
     }
 
     /// Flushes the outbox whenever a publish failed, until `shutdown`.

@@ -16,7 +16,9 @@ use rouse_core::revision::{DeliveryMode, Revision};
 use tokio_util::sync::CancellationToken;
 use uuid::Uuid;
 
-use crate::{Shared, worker};
+use crate::Shared;
+use crate::launch::instance_spec;
+use crate::worker::{self, Context};
 
 /// How often candidates are looked for when no notice comes (a builder in
 /// another process): well inside the builder's 30 s pick-up allowance.
@@ -59,7 +61,7 @@ async fn trial(shared: &Arc<Shared>, revision: Revision) {
         .get_service_by_uuid(revision.service_uuid)
         .await
     {
-        Ok(Some(service)) => try_revision(shared, &service, &revision).await,
+        Ok(Some(service)) => try_revision(&shared.ctx, &service, &revision).await,
         Ok(None) => Err("the service was deleted".into()),
         Err(e) => Err(format!("cannot read the service: {e}")),
     };
@@ -76,7 +78,7 @@ async fn trial(shared: &Arc<Shared>, revision: Revision) {
 /// check within the service's wake timeout, then stops it. `Err` says why it
 /// did not become ready (with the instance's last log lines).
 pub(crate) async fn try_revision(
-    shared: &Shared,
+    ctx: &Context,
     service: &Service,
     revision: &Revision,
 ) -> Result<(), String> {
@@ -88,14 +90,22 @@ pub(crate) async fn try_revision(
         service.qualified_name().replace('_', "-"),
         &Uuid::new_v4().simple().to_string()[..8]
     );
-    let mut spec = worker::instance_spec(shared, service, revision, &instance_id, true, Vec::new());
-    shared.add_secrets(service.uuid, &mut spec).await?;
-    let runtime = shared.runtime_for(&revision.source)?;
+    let spec = instance_spec(
+        &ctx.config,
+        service,
+        revision,
+        &instance_id,
+        true,
+        Vec::new(),
+    );
     let probe = revision
         .probe_path
         .clone()
         .map_or(rouse_runtime::Probe::Tcp, rouse_runtime::Probe::Http);
-    let instance = runtime.start(spec).await.map_err(|e| e.to_string())?;
+    let instance = ctx
+        .launcher
+        .start(service.uuid, &revision.source, spec)
+        .await?;
     let ready = instance
         .wait_ready(&probe, service.scaling.wake_timeout)
         .await

@@ -14,16 +14,33 @@ use std::time::{Duration, SystemTime};
 
 use rouse_core::Service;
 use rouse_core::protocol::{Question, Reply};
-use rouse_core::revision::{DeliveryMode, Execution, ExecutionStatus, Revision, RevisionSource};
-use rouse_runtime::{Instance, InstanceSpec, Probe, Source};
+use rouse_core::revision::{DeliveryMode, Execution, ExecutionStatus, Revision};
+use rouse_runtime::{Instance, InstanceSpec, Probe};
 use tokio::sync::{mpsc, oneshot};
 use tokio::task::JoinHandle;
 use tokio::time::Instant;
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
 
-use crate::Shared;
+use crate::DispatcherConfig;
 use crate::deliver::{self, Outcome};
-use crate::replies::build_event;
+use crate::launch::{Launcher, instance_spec};
+use crate::replies::{Ledger, Replier, build_event};
 use crate::scale::{self, InstanceView};
+
+/// What workers run against; shared by all of them (and by intake and the
+/// trials, through [`crate::Shared`]).
+pub struct Context {
+    pub config: DispatcherConfig,
+    pub store: Arc<dyn Ledger>,
+    pub replier: Replier,
+    pub http: reqwest::Client,
+    pub launcher: Launcher,
+    /// Every long-lived task (workers, intake, the outbox, the trials) and
+    /// every instance stop a worker hands off: awaited at shutdown, so that
+    /// the dispatcher ends only once its instances have.
+    pub tasks: TaskTracker,
+}
 
 /// Messages to a worker.
 pub enum WorkerMsg {
@@ -46,56 +63,6 @@ enum Internal {
 
 type Key = (String, u32);
 
-/// How an instance of `revision` is started: its source, the service's
-/// environment and the Octue variables. Secrets are added when it starts
-/// ([`Shared::add_secrets`]), so that they never sit in a spec for long.
-pub(crate) fn instance_spec(
-    shared: &Shared,
-    service: &Service,
-    revision: &Revision,
-    instance_id: &str,
-    listen: bool,
-    extra: Vec<String>,
-) -> InstanceSpec {
-    let source = match &revision.source {
-        RevisionSource::Image(image) => Source::Image(image.clone()),
-        RevisionSource::Command {
-            program,
-            args,
-            workdir,
-        } => Source::Command {
-            program: program.clone(),
-            args: args.clone(),
-            workdir: workdir.clone(),
-        },
-    };
-    let mut env = service.env.as_map().clone();
-    let sruid = service.sruid();
-    let c = &shared.config;
-    env.insert("CONTEXT_ROOT".into(), service.context_root());
-    env.insert("ROUSE_SERVICE".into(), service.qualified_name());
-    env.insert("ROUSE_INSTANCE".into(), instance_id.to_owned());
-    env.insert("OCTUE_SERVICE_NAMESPACE".into(), sruid.namespace);
-    env.insert("OCTUE_SERVICE_NAME".into(), sruid.name);
-    env.insert("OCTUE_SERVICE_REVISION_TAG".into(), revision.name.clone());
-    env.insert("GOOGLE_CLOUD_PROJECT".into(), c.pubsub_project.clone());
-    env.insert("TWINED_SERVICES_TOPIC_NAME".into(), c.network_topic.clone());
-    if let Some(host) = &c.emulator_host {
-        env.insert("PUBSUB_EMULATOR_HOST".into(), host.clone());
-    }
-    InstanceSpec {
-        instance_id: instance_id.to_owned(),
-        source,
-        env,
-        extra_args: extra,
-        log_path: c
-            .logs_dir
-            .join(service.uuid.to_string())
-            .join(format!("{instance_id}.log")),
-        listen,
-    }
-}
-
 fn key(e: &Execution) -> Key {
     (e.question_uuid.clone(), e.retry_count)
 }
@@ -117,7 +84,9 @@ struct Running {
 }
 
 pub struct Worker {
-    shared: Arc<Shared>,
+    ctx: Arc<Context>,
+    /// Cancelled when the service is deleted or the dispatcher stops.
+    stop: CancellationToken,
     service: Service,
     revision: Option<Revision>,
     queue: VecDeque<Execution>,
@@ -129,10 +98,16 @@ pub struct Worker {
 }
 
 impl Worker {
-    pub fn new(shared: Arc<Shared>, service: Service, revision: Option<Revision>) -> Self {
+    pub fn new(
+        ctx: Arc<Context>,
+        service: Service,
+        revision: Option<Revision>,
+        stop: CancellationToken,
+    ) -> Self {
         let (internal_tx, internal_rx) = mpsc::unbounded_channel();
         Self {
-            shared,
+            ctx,
+            stop,
             service,
             revision,
             queue: VecDeque::new(),
@@ -157,12 +132,13 @@ impl Worker {
         sruid.to_string()
     }
 
-    /// Runs until `rx` closes (the service was deleted or the dispatcher stops),
-    /// then stops every instance.
+    /// Runs until `rx` closes or the worker's token is cancelled (the
+    /// service was deleted, its revision is no longer routed to, or the
+    /// dispatcher stops), then stops every instance.
     pub async fn run(mut self, mut rx: mpsc::Receiver<WorkerMsg>) {
-        let mut heartbeat = tokio::time::interval(self.shared.config.heartbeat_interval);
+        let mut heartbeat = tokio::time::interval(self.ctx.config.heartbeat_interval);
         heartbeat.tick().await;
-        let capacity = self.shared.config.queue_capacity;
+        let capacity = self.ctx.config.queue_capacity;
         loop {
             let wake_at = self.reconcile();
             let sleep = async {
@@ -172,6 +148,7 @@ impl Worker {
                 }
             };
             tokio::select! {
+                () = self.stop.cancelled() => break,
                 msg = rx.recv(), if self.queue.len() < capacity => match msg {
                     Some(msg) => self.on_message(msg).await,
                     None => break,
@@ -191,7 +168,7 @@ impl Worker {
                     // A role in another process (a build's rollout, the
                     // api) may have made a revision serve since the last
                     // re-read: the store decides, not a stale table.
-                    match self.shared.store.serving_revision(self.service.uuid).await {
+                    match self.ctx.store.serving_revision(self.service.uuid).await {
                         Ok(revision) => self.revision = revision,
                         Err(e) => {
                             tracing::warn!(service = %self.service.qualified_name(), error = %e, "cannot read the serving revision")
@@ -279,7 +256,9 @@ impl Worker {
                     }
                     // Stopped while starting (service deleted, revision changed).
                     None => {
-                        tokio::spawn(async move { instance.stop(STOP_GRACE).await });
+                        self.ctx
+                            .tasks
+                            .spawn(async move { instance.stop(STOP_GRACE).await });
                     }
                 }
             }
@@ -419,7 +398,7 @@ impl Worker {
         extra: Vec<String>,
     ) -> InstanceSpec {
         instance_spec(
-            &self.shared,
+            &self.ctx.config,
             &self.service,
             revision,
             instance_id,
@@ -449,7 +428,7 @@ impl Worker {
             mine.push(key(e));
         }
         for e in self.queue.iter().filter(|e| mine.contains(&key(e))) {
-            let (store, e) = (self.shared.store.clone(), e.clone());
+            let (store, e) = (self.ctx.store.clone(), e.clone());
             tokio::spawn(async move {
                 if let Err(err) = store.update_execution(&e, None).await {
                     tracing::warn!(error = %err, "could not record an execution waking");
@@ -460,34 +439,26 @@ impl Worker {
             slot.waking = mine;
         }
         let spec = self.spec(revision, &instance_id, true, Vec::new());
-        let runtime = self.shared.runtime_for(&revision.source);
+        let source = revision.source.clone();
         let probe = revision.probe_path.clone().map_or(Probe::Tcp, Probe::Http);
         let wake_timeout = self.service.scaling.wake_timeout;
         let tx = self.internal_tx.clone();
         tracing::info!(service = %self.service.qualified_name(), instance = %instance_id, revision = %revision.name, "waking an instance");
-        let shared = self.shared.clone();
+        let ctx = self.ctx.clone();
         let service_uuid = self.service.uuid;
         tokio::spawn(async move {
-            let mut spec = spec;
-            let runtime = match shared.add_secrets(service_uuid, &mut spec).await {
-                Ok(()) => runtime,
+            let result = match ctx.launcher.start(service_uuid, &source, spec).await {
                 Err(e) => Err(e),
-            };
-            let result = match runtime {
-                Err(e) => Err(e),
-                Ok(runtime) => match runtime.start(spec).await {
-                    Err(e) => Err(e.to_string()),
-                    Ok(instance) => {
-                        let instance = Arc::new(instance);
-                        match instance.wait_ready(&probe, wake_timeout).await {
-                            Ok(_) => Ok(instance),
-                            Err(e) => {
-                                instance.stop(STOP_GRACE).await;
-                                Err(e.to_string())
-                            }
+                Ok(instance) => {
+                    let instance = Arc::new(instance);
+                    match instance.wait_ready(&probe, wake_timeout).await {
+                        Ok(_) => Ok(instance),
+                        Err(e) => {
+                            instance.stop(STOP_GRACE).await;
+                            Err(e.to_string())
                         }
                     }
-                },
+                }
             };
             let _ = tx.send(Internal::Started(id, result));
         });
@@ -540,17 +511,17 @@ impl Worker {
         slot: u64,
         instance: Arc<Instance>,
     ) -> JoinHandle<()> {
-        let shared = self.shared.clone();
+        let ctx = self.ctx.clone();
         let tx = self.internal_tx.clone();
         let timeout = self.service.scaling.request_timeout;
         let subscription = format!(
             "projects/{}/subscriptions/{}",
-            shared.config.pubsub_project,
+            ctx.config.pubsub_project,
             self.service.subscription_id()
         );
         let sender = self.sender();
         tokio::spawn(async move {
-            if let Err(e) = shared.store.update_execution(&execution, None).await {
+            if let Err(e) = ctx.store.update_execution(&execution, None).await {
                 tracing::warn!(error = %e, "could not record a delivery");
             }
             let outcome = match instance.addr() {
@@ -561,7 +532,7 @@ impl Worker {
                         &execution.question_uuid,
                         &subscription,
                     );
-                    match deliver::post(&shared.http, addr, &envelope, timeout).await {
+                    match deliver::post(&ctx.http, addr, &envelope, timeout).await {
                         deliver::Outcome::Crashed { detail } => {
                             // Its exit and last words reach us a moment after
                             // the connection broke.
@@ -584,7 +555,7 @@ impl Worker {
                 )),
             };
             let k = key(&execution);
-            shared.complete(execution, outcome, &sender).await;
+            ctx.replier.complete(execution, outcome, &sender).await;
             let _ = tx.send(Internal::Finished { key: k, slot });
         })
     }
@@ -616,9 +587,9 @@ impl Worker {
         execution.cold_start = Some(true);
         execution.revision = Some(revision.name.clone());
         execution.instance = Some(instance_id.clone());
-        let shared = self.shared.clone();
+        let ctx = self.ctx.clone();
         let tx = self.internal_tx.clone();
-        let runtime = shared.runtime_for(&revision.source);
+        let source = revision.source.clone();
         let timeout = self.service.scaling.request_timeout;
         let sender = self.sender();
         let exec = execution.clone();
@@ -626,42 +597,34 @@ impl Worker {
         let task = tokio::spawn(async move {
             let mut execution = exec;
             let k = key(&execution);
-            let mut spec = spec;
-            let runtime = match shared.add_secrets(service_uuid, &mut spec).await {
-                Ok(()) => runtime,
-                Err(e) => Err(e),
-            };
-            let outcome = match runtime {
+            let outcome = match ctx.launcher.start(service_uuid, &source, spec).await {
                 Err(e) => Outcome::Reply(Reply::exception("ServiceWakeFailed", e)),
-                Ok(runtime) => match runtime.start(spec).await {
-                    Err(e) => Outcome::Reply(Reply::exception("ServiceWakeFailed", e.to_string())),
-                    Ok(instance) => {
-                        let now = SystemTime::now();
-                        execution.ready_at = Some(now);
-                        execution.delivered_at = Some(now);
-                        if let Err(e) = shared.store.update_execution(&execution, None).await {
-                            tracing::warn!(error = %e, "could not record a job start");
+                Ok(instance) => {
+                    let now = SystemTime::now();
+                    execution.ready_at = Some(now);
+                    execution.delivered_at = Some(now);
+                    if let Err(e) = ctx.store.update_execution(&execution, None).await {
+                        tracing::warn!(error = %e, "could not record a job start");
+                    }
+                    match tokio::time::timeout(timeout, instance.exited()).await {
+                        Ok(exit) => {
+                            let logs = rouse_runtime::tail_lines(instance.log_path(), 50);
+                            deliver::job_outcome(exit.code, &exit.description, &logs)
                         }
-                        match tokio::time::timeout(timeout, instance.exited()).await {
-                            Ok(exit) => {
-                                let logs = rouse_runtime::tail_lines(instance.log_path(), 50);
-                                deliver::job_outcome(exit.code, &exit.description, &logs)
-                            }
-                            Err(_) => {
-                                instance.stop(STOP_GRACE).await;
-                                Outcome::Reply(Reply::exception(
-                                    "QuestionTimeout",
-                                    format!(
-                                        "the job did not finish within its request timeout of {}s",
-                                        timeout.as_secs()
-                                    ),
-                                ))
-                            }
+                        Err(_) => {
+                            instance.stop(STOP_GRACE).await;
+                            Outcome::Reply(Reply::exception(
+                                "QuestionTimeout",
+                                format!(
+                                    "the job did not finish within its request timeout of {}s",
+                                    timeout.as_secs()
+                                ),
+                            ))
                         }
                     }
-                },
+                }
             };
-            shared.complete(execution, outcome, &sender).await;
+            ctx.replier.complete(execution, outcome, &sender).await;
             let _ = tx.send(Internal::Finished {
                 key: k,
                 slot: slot_id,
@@ -679,7 +642,9 @@ impl Worker {
 
     fn stop_instance(&self, slot: Slot) {
         if let Some(instance) = slot.instance {
-            tokio::spawn(async move { instance.stop(STOP_GRACE).await });
+            self.ctx
+                .tasks
+                .spawn(async move { instance.stop(STOP_GRACE).await });
         }
     }
 
@@ -694,20 +659,16 @@ impl Worker {
         if events.is_empty() {
             return;
         }
-        let shared = self.shared.clone();
+        let ctx = self.ctx.clone();
         tokio::spawn(async move {
             for event in events {
                 // A question that ended (or was cancelled) since the tick gets
                 // no heartbeat after its terminal event.
                 let retry = event.retry_count.unwrap_or(0);
-                if let Ok(Some(_)) = shared
-                    .store
-                    .terminal_event(&event.question_uuid, retry)
-                    .await
-                {
+                if let Ok(Some(_)) = ctx.store.terminal_event(&event.question_uuid, retry).await {
                     continue;
                 }
-                shared.replier.send_now(event).await;
+                ctx.replier.send_now(event).await;
             }
         });
     }
@@ -721,7 +682,8 @@ impl Worker {
     }
 
     async fn finish_as(&self, execution: Execution, reply: Reply, status: ExecutionStatus) {
-        self.shared
+        self.ctx
+            .replier
             .finish(execution, reply, status, &self.sender())
             .await;
     }
@@ -751,3 +713,6 @@ const CRASH_NOTICE: Duration = Duration::from_secs(1);
 
 /// How long an instance gets to exit after SIGTERM / `docker stop`.
 pub const STOP_GRACE: Duration = Duration::from_secs(5);
+
+#[cfg(test)]
+mod tests;

@@ -28,6 +28,8 @@ pub struct Instance {
 pub(crate) enum Control {
     Process(process::Control),
     Docker(docker::Control),
+    #[cfg(feature = "fake")]
+    Fake(crate::fake::Control),
 }
 
 pub(crate) struct Inner {
@@ -122,6 +124,15 @@ impl Instance {
         probe: &Probe,
         timeout: Duration,
     ) -> Result<Duration, WakeError> {
+        #[cfg(feature = "fake")]
+        if let Control::Fake(fake) = &self.inner.control {
+            if !self.inner.listen {
+                return Err(WakeError::NoPort {
+                    instance_id: self.inner.id.clone(),
+                });
+            }
+            return fake.wait_ready(self, timeout).await;
+        }
         let started = Instant::now();
         let deadline = started + timeout;
         let Some(addr) = self.inner.addr else {
@@ -166,18 +177,20 @@ impl Instance {
         match &self.inner.control {
             Control::Process(control) => control.stop(self, grace).await,
             Control::Docker(control) => control.stop(self, grace).await,
+            #[cfg(feature = "fake")]
+            Control::Fake(control) => control.stop().await,
         }
         *stopped = true;
     }
 
-    fn exited_error(&self, exit: ExitInfo) -> WakeError {
+    pub(crate) fn exited_error(&self, exit: ExitInfo) -> WakeError {
         WakeError::Exited {
             exit,
             last_logs: tail_lines(&self.inner.log_path, WAKE_ERROR_LOG_LINES),
         }
     }
 
-    fn timeout_error(&self, after: Duration) -> WakeError {
+    pub(crate) fn timeout_error(&self, after: Duration) -> WakeError {
         WakeError::Timeout {
             after,
             last_logs: tail_lines(&self.inner.log_path, WAKE_ERROR_LOG_LINES),
@@ -203,6 +216,8 @@ impl Drop for Inner {
         match &self.control {
             Control::Process(control) => control.abandon(&self.id, exited),
             Control::Docker(control) => control.abandon(&self.id),
+            #[cfg(feature = "fake")]
+            Control::Fake(control) => control.abandon(),
         }
     }
 }

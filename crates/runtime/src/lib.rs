@@ -19,8 +19,14 @@
 //!
 //! Dropping the last handle of an instance that was not stopped kills it:
 //! an instance nobody can stop must not outlive its owner.
+//!
+//! With the feature `fake`, [`Instance::fake`] makes an instance nothing
+//! runs behind, for unit tests of code that drives a runtime (a test's own
+//! [`Runtime`] returns them).
 
 mod docker;
+#[cfg(feature = "fake")]
+mod fake;
 mod instance;
 mod logs;
 mod probe;
@@ -33,6 +39,8 @@ use std::time::Duration;
 pub use docker::{
     CONTAINER_PORT, DockerRuntime, INSTANCE_LABEL, MANAGED_BY, MANAGED_BY_LABEL, OWNER_LABEL,
 };
+#[cfg(feature = "fake")]
+pub use fake::{FAKE_STOP, Fake};
 pub use instance::Instance;
 pub use logs::tail_lines;
 pub use process::ProcessRuntime;
