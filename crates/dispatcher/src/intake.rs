@@ -166,8 +166,9 @@ struct Target {
 /// project trusts sender attributes, else anonymous. The token must have
 /// been valid when Pub/Sub accepted the question (`asked_at`), so a question
 /// that waited while the dispatcher was down is judged by when it was asked;
-/// the policy is applied as it is now. Returns the audit entry to record
-/// (a grant is recorded together with the execution; a denial at once).
+/// the policy is applied as it is now. Returns who asked (`None`:
+/// anonymous) and the audit entry to record (a grant is recorded together
+/// with the execution; a denial at once).
 async fn authorize(
     shared: &Shared,
     target: &Target,
@@ -175,7 +176,7 @@ async fn authorize(
     token: Option<&str>,
     sender: Option<&str>,
     asked_at: SystemTime,
-) -> Result<AuditEntry, String> {
+) -> Result<(Option<String>, AuditEntry), String> {
     let snapshot = shared.authority.snapshot();
     let resource = Resource::Service(target.project.clone(), target.name.clone());
     let permission = Permission::ServicesAsk;
@@ -216,7 +217,7 @@ async fn authorize(
         entry.detail = detail.to_string();
     }
     match decision {
-        Ok(_) => Ok(entry),
+        Ok(_) => Ok((caller.principal().map(ToString::to_string), entry)),
         Err(denied) => {
             shared.authority.audit(entry).await;
             let hint = if caller.is_anonymous() {
@@ -260,7 +261,7 @@ async fn accept(
         .publish_time
         .and_then(|t| SystemTime::try_from(t).ok())
         .unwrap_or_else(SystemTime::now);
-    let granted = match authorize(
+    let (asked_by, granted) = match authorize(
         shared,
         target,
         &question.question_uuid,
@@ -286,14 +287,17 @@ async fn accept(
             return;
         }
     };
-    let execution = Execution::received(
-        question.question_uuid.clone(),
-        question.retry_count,
-        target.uuid,
-        attrs,
-        msg.data.to_vec(),
-        SystemTime::now(),
-    );
+    let execution = Execution {
+        asked_by,
+        ..Execution::received(
+            question.question_uuid.clone(),
+            question.retry_count,
+            target.uuid,
+            attrs,
+            msg.data.to_vec(),
+            SystemTime::now(),
+        )
+    };
     // Both writes wait for the same group commit.
     let (inserted, ()) = tokio::join!(
         shared.store.insert_execution(&execution),

@@ -254,6 +254,12 @@ CREATE TRIGGER iam_groups_delete_bumps_iam AFTER DELETE ON iam_groups BEGIN UPDA
 CREATE TRIGGER iam_group_members_insert_bumps_iam AFTER INSERT ON iam_group_members BEGIN UPDATE iam_version SET version = version + 1; END;
 CREATE TRIGGER iam_group_members_delete_bumps_iam AFTER DELETE ON iam_group_members BEGIN UPDATE iam_version SET version = version + 1; END;
 "#,
+    // Who asked each question (the principal the dispatcher identified),
+    // so that an asker can read its own execution; NULL: anonymous, or
+    // asked before this column existed.
+    r#"
+ALTER TABLE executions ADD COLUMN asked_by TEXT;
+"#,
 ];
 
 /// How long a statement waits for a lock held by another process (another
