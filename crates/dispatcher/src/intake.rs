@@ -18,7 +18,7 @@ use std::time::{Duration, SystemTime};
 
 use rouse_authz::decision_entry;
 use rouse_core::protocol::{Attributes, Question, Reply};
-use rouse_core::revision::{Execution, ExecutionStatus};
+use rouse_core::revision::{Execution, ExecutionStatus, Revision};
 use rouse_core::sruid::Sruid;
 use rouse_core::{ProjectName, Service, ServiceName};
 use rouse_iam::{Permission, Resource};
@@ -474,46 +474,52 @@ pub use crate::routes::LATEST_TAG;
 async fn route(shared: &Arc<Shared>, attrs: Attributes, msg: Message, handler: Handler) {
     const RECIPIENT_UNKNOWN: &str = "rouse/network";
     let recipient = attrs.get("recipient").cloned().unwrap_or_default();
-    let parsed = Sruid::parse(&recipient);
-    let found = parsed
-        .as_ref()
-        .ok()
-        .and_then(|s| shared.route(&s.namespace, &s.name).map(|u| (s, u)));
-    let Some((sruid, uuid)) = found else {
-        // Not one of ours: another dispatcher or an Octue service may serve it
-        // on a shared network topic only if it is not in our namespaces.
-        let reason = match &parsed {
-            Ok(s) => format!(
-                "no service `{}/{}` is registered with Rouse",
-                s.namespace, s.name
-            ),
-            Err(e) => format!("no service can be found for recipient: {e}"),
-        };
-        let ours = parsed
-            .as_ref()
-            .is_ok_and(|s| shared.knows_namespace(&s.namespace));
-        if ours || parsed.is_err() {
-            reject(
-                shared,
-                None,
-                if recipient.is_empty() {
-                    RECIPIENT_UNKNOWN
-                } else {
-                    &recipient
-                },
-                &attrs,
-                &msg.data,
-                &reason,
-            )
-            .await;
+    let sruid = match Sruid::parse(&recipient) {
+        Ok(sruid) => sruid,
+        Err(e) => {
+            let reason = format!("no service can be found for recipient: {e}");
+            let sender = if recipient.is_empty() {
+                RECIPIENT_UNKNOWN
+            } else {
+                &recipient
+            };
+            reject(shared, None, sender, &attrs, &msg.data, &reason).await;
+            ack(handler);
+            return;
         }
-        ack(handler);
-        return;
     };
-    let Some((tx, revision)) = shared.worker(uuid) else {
-        ack(handler);
-        return;
+    let found = match registered(shared, &sruid) {
+        Some(found) => found,
+        None => match catch_up(shared, &sruid).await {
+            CatchUp::Registered(found) => *found,
+            CatchUp::Unknown => {
+                // Not one of ours: another dispatcher or an Octue service
+                // may serve it on a shared network topic only if it is not
+                // in our namespaces.
+                if shared.knows_namespace(&sruid.namespace) {
+                    let reason = format!(
+                        "no service `{}/{}` is registered with Rouse",
+                        sruid.namespace, sruid.name
+                    );
+                    reject(shared, None, &recipient, &attrs, &msg.data, &reason).await;
+                }
+                ack(handler);
+                return;
+            }
+            CatchUp::Later => {
+                // Not recorded, so not ours yet: Pub/Sub redelivers it.
+                nack(handler);
+                return;
+            }
+        },
     };
+    let Registered {
+        uuid,
+        tx,
+        revision,
+        project,
+        name,
+    } = found;
     let mut serving = revision.as_ref().map(|r| r.name.clone());
     let question = attrs.get("question_uuid").cloned().unwrap_or_default();
     match shared.lane(uuid, sruid.revision_tag.as_deref(), &question) {
@@ -533,10 +539,6 @@ async fn route(shared: &Arc<Shared>, attrs: Attributes, msg: Message, handler: H
             return;
         }
     }
-    let Some((project, name)) = shared.names(uuid) else {
-        ack(handler);
-        return;
-    };
     let target = Target {
         uuid,
         project,
@@ -547,6 +549,88 @@ async fn route(shared: &Arc<Shared>, attrs: Attributes, msg: Message, handler: H
         },
     };
     accept(shared, &target, &tx, msg, handler).await;
+}
+
+/// A service as the dispatcher's registry has it.
+struct Registered {
+    uuid: Uuid,
+    tx: mpsc::Sender<WorkerMsg>,
+    revision: Option<Revision>,
+    project: ProjectName,
+    name: ServiceName,
+}
+
+/// The service `sruid` names, if the registry has all of it (a sync adds
+/// and removes a service's parts one at a time).
+fn registered(shared: &Shared, sruid: &Sruid) -> Option<Registered> {
+    let uuid = shared.route(&sruid.namespace, &sruid.name)?;
+    let (tx, revision) = shared.worker(uuid)?;
+    let (project, name) = shared.names(uuid)?;
+    Some(Registered {
+        uuid,
+        tx,
+        revision,
+        project,
+        name,
+    })
+}
+
+/// How long a question for a service that the store has and the registry
+/// lacks waits for the registry, before it is left to Pub/Sub to redeliver.
+/// 2 s: a sync takes milliseconds, and a waiting question holds one of the
+/// stream's [`MAX_OUTSTANDING`] slots.
+const CATCH_UP: Duration = Duration::from_secs(2);
+/// How often the waiting question looks at the registry.
+const CATCH_UP_POLL: Duration = Duration::from_millis(20);
+
+enum CatchUp {
+    /// The registry has it now.
+    Registered(Box<Registered>),
+    /// The store has no such service either.
+    Unknown,
+    /// The registry has not caught up, or the store cannot tell: leave the
+    /// question to Pub/Sub.
+    Later,
+}
+
+/// For a recipient the registry does not have: whether the store has it.
+///
+/// The registry is a copy of the store, re-read on a change this process
+/// made and otherwise every `resync_interval`, so a service just created
+/// through an API in another process (or mid-sync) is missing from it for a
+/// while. Acknowledging its questions then would lose them (or answer
+/// `ServiceNotFound` for a service that exists); instead the registry is
+/// re-read at once and the question waits for it, or is nacked for Pub/Sub
+/// to redeliver. Only a service the store does not have is unknown.
+/// Costs one read of the services for each question to a recipient that
+/// is not (yet) registered, such as another platform's on a shared topic.
+async fn catch_up(shared: &Shared, sruid: &Sruid) -> CatchUp {
+    let stored = match shared.store.list_services(None).await {
+        Ok(services) => services.iter().any(|s| {
+            let id = s.sruid();
+            id.namespace == sruid.namespace && id.name == sruid.name
+        }),
+        Err(e) => {
+            tracing::warn!(recipient = %sruid, error = %e, "cannot look up a question's recipient; leaving it to Pub/Sub");
+            tokio::time::sleep(RESUBSCRIBE_BACKOFF).await;
+            return CatchUp::Later;
+        }
+    };
+    if !stored {
+        return CatchUp::Unknown;
+    }
+    shared.request_sync();
+    let deadline = tokio::time::Instant::now() + CATCH_UP;
+    loop {
+        if let Some(found) = registered(shared, sruid) {
+            return CatchUp::Registered(Box::new(found));
+        }
+        if tokio::time::Instant::now() >= deadline {
+            tracing::debug!(recipient = %sruid, "the registry has not caught up with the store; leaving the question to Pub/Sub");
+            return CatchUp::Later;
+        }
+        tokio::time::sleep(CATCH_UP_POLL).await;
+    }
 }
 
 /// Records a reply event for a question Rouse knows (the event store).

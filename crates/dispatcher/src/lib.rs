@@ -108,9 +108,16 @@ pub struct Shared {
     registry: RwLock<HashMap<Uuid, Entry>>,
     /// `(namespace, name)` → service uuid, for routing by SRUID.
     by_sruid: RwLock<HashMap<(String, String), Uuid>>,
+    /// Wakes the registry's sync loop.
+    changed: Arc<Notify>,
 }
 
 impl Shared {
+    /// Asks for the registry to be re-read from the store now.
+    fn request_sync(&self) {
+        self.changed.notify_one();
+    }
+
     fn runtime_for(&self, source: &RevisionSource) -> Result<Arc<dyn Runtime>, String> {
         match source {
             RevisionSource::Command { .. } => Ok(self.process.clone()),
@@ -374,6 +381,7 @@ impl Dispatcher {
             secrets,
             registry: RwLock::new(HashMap::new()),
             by_sruid: RwLock::new(HashMap::new()),
+            changed: Arc::new(Notify::new()),
         });
         let flushed = shared.replier.flush_outbox().await;
         if flushed > 0 {
@@ -384,7 +392,7 @@ impl Dispatcher {
         }
         let dispatcher = Self {
             shared: shared.clone(),
-            changed: Arc::new(Notify::new()),
+            changed: shared.changed.clone(),
         };
         let subscriber = shared.pubsub.subscriber().await?;
         let subscriber = Arc::new(subscriber);

@@ -188,6 +188,18 @@ impl Worker {
         match msg {
             WorkerMsg::Run(execution) => {
                 if self.revision.is_none() {
+                    // The registry reaches a worker at the next sync (up to
+                    // `resync_interval` later when the API runs in another
+                    // process), so a revision may exist that it has not
+                    // been told of yet: look before refusing.
+                    match self.shared.store.serving_revision(self.service.uuid).await {
+                        Ok(revision) => self.revision = revision,
+                        Err(e) => {
+                            tracing::warn!(service = %self.service.qualified_name(), error = %e, "cannot read the serving revision");
+                        }
+                    }
+                }
+                if self.revision.is_none() {
                     let reason = format!(
                         "service `{}` has no revision to run yet; register one with `rouse revisions create {} --project {}`",
                         self.service.qualified_name(),
