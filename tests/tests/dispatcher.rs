@@ -669,3 +669,111 @@ async fn kill_9_with_questions_in_flight_loses_none_and_answers_each_once() {
     );
     drop(data);
 }
+
+/// A dispatcher in its own process learns of new services and revisions
+/// only when it re-reads the store (every 5 s). A question that arrives
+/// before that is answered, never dropped or refused as if the service did
+/// not exist: by SRUID on the network topic in a project the dispatcher
+/// has never seen, and on a service's topic right after its first revision.
+#[tokio::test]
+async fn questions_for_services_the_dispatcher_has_not_read_yet_are_answered() {
+    let emulator = Emulator::start();
+    let data = tempfile::tempdir().expect("tempdir");
+    let api = Server::start(&emulator, data.path(), &["--roles", "api"]);
+    let dispatcher = Server::start(&emulator, data.path(), &["--roles", "dispatcher"]);
+    let mut asker = Asker::new(emulator.host(), NETWORK).await;
+    // Signed by the owner, whose grant the dispatcher read when it started,
+    // so that no policy change has to reach it first.
+    let owner = rouse_identity::KeyFile::read(api.owner_key()).expect("owner key");
+    let ask = async |asker: &mut Asker, topic: &str, recipient: &str, service: &str| {
+        let q = uuid::Uuid::new_v4().to_string();
+        let mut attributes = question_attributes(&q, recipient);
+        let token = rouse_identity::sign(
+            &owner,
+            &format!("projects/fresh/services/{service}"),
+            Some(&q),
+            std::time::SystemTime::now(),
+            Duration::from_secs(600),
+        )
+        .expect("sign");
+        attributes.insert("authorization".into(), token);
+        asker
+            .publish(
+                topic,
+                attributes,
+                json!({"kind": "question", "input_values": recipient}),
+            )
+            .await;
+        q
+    };
+    let service = |name: &str, revision: bool| {
+        let created = api
+            .rouse(&[
+                "services",
+                "create",
+                name,
+                "--project",
+                "fresh",
+                "--format",
+                "json",
+            ])
+            .json();
+        if revision {
+            let echo = workspace_bin("echo");
+            api.rouse(&[
+                "revisions",
+                "create",
+                name,
+                "--project",
+                "fresh",
+                "--command",
+                echo.to_str().expect("utf-8 path"),
+                "--workdir",
+                "/tmp",
+            ])
+            .ok();
+        }
+        topic(&created)
+    };
+
+    // A new project's service, asked by SRUID at once.
+    service("first", true);
+    let q = ask(&mut asker, NETWORK, "fresh/first", "first").await;
+    let a = asker.answer(&q, ANSWER).await;
+    assert_eq!(a.kind, "result", "{:?}\n{}", a.data, dispatcher.log());
+    assert_eq!(a.data["output_values"]["echo"], json!("fresh/first"));
+
+    // A service without a revision yet is found, and says so…
+    let later = service("later", false);
+    let q = ask(&mut asker, NETWORK, "fresh/later", "later").await;
+    let a = asker.answer(&q, ANSWER).await;
+    assert_eq!(
+        a.data["exception_type"], "ServiceNotDeployed",
+        "{:?}",
+        a.data
+    );
+    // …and runs its first revision as soon as it has one.
+    let echo = workspace_bin("echo");
+    api.rouse(&[
+        "revisions",
+        "create",
+        "later",
+        "--project",
+        "fresh",
+        "--command",
+        echo.to_str().expect("utf-8 path"),
+        "--workdir",
+        "/tmp",
+    ])
+    .ok();
+    let q = ask(&mut asker, &later, "fresh/later", "later").await;
+    let a = asker.answer(&q, ANSWER).await;
+    assert_eq!(a.kind, "result", "{:?}\n{}", a.data, dispatcher.log());
+
+    // A service that does not exist is still refused as such.
+    let q = ask(&mut asker, NETWORK, "fresh/nobody", "nobody").await;
+    let a = asker.answer(&q, ANSWER).await;
+    assert_eq!(a.data["exception_type"], "ServiceNotFound", "{:?}", a.data);
+    let msg = a.data["exception_message"].as_str().unwrap_or_default();
+    assert!(msg.contains("no service `fresh/nobody`"), "{msg}");
+}

@@ -1542,3 +1542,101 @@ async fn administration_commands_and_bad_input() {
         "{set}"
     );
 }
+
+/// An asker may follow and read its own question without
+/// `executions.get`; another asker with the same role may not.
+#[tokio::test(flavor = "multi_thread")]
+async fn an_asker_reads_its_own_execution_and_no_one_elses() {
+    let p = platform();
+    let server = &p.server;
+    echo_service(server, "p", "b");
+    let a = service_account(server, p.dir.path(), "p", "asker-a");
+    let c = service_account(server, p.dir.path(), "p", "asker-c");
+    for member in ["asker-a", "asker-c"] {
+        server
+            .rouse(&[
+                "services",
+                "add-iam-policy-binding",
+                "b",
+                "--project",
+                "p",
+                &format!("--member=serviceAccount:{member}@p.rouse"),
+                "--role=roles/serviceUser",
+            ])
+            .ok();
+    }
+
+    // `ask --wait` follows the question (WatchExecution) and prints the answer.
+    let out = server.rouse_as(
+        Some(&a),
+        &[
+            "ask",
+            "b",
+            "--project",
+            "p",
+            "--input",
+            "{\"n\": 7}",
+            "--wait",
+        ],
+    );
+    assert_eq!(out.code, 0, "{}\n{}", out.stderr, server.log());
+    assert!(out.stdout.contains("\"n\": 7"), "{}", out.stdout);
+
+    let listed = server
+        .rouse(&[
+            "executions",
+            "list",
+            "--project",
+            "p",
+            "--service",
+            "b",
+            "--format",
+            "json",
+        ])
+        .json();
+    let id = listed[0]["id"]
+        .as_str()
+        .unwrap_or_else(|| panic!("no execution listed: {listed}"))
+        .to_owned();
+    let own = server
+        .rouse_as(Some(&a), &["executions", "get", &id, "--format", "json"])
+        .json();
+    assert_eq!(own["status"], "succeeded", "{own}");
+
+    // The same role does not open someone else's question, and an id that
+    // does not exist is refused the same way (existence is not revealed).
+    for other in [id.as_str(), "00000000-0000-0000-0000-000000000000"] {
+        let out = server.rouse_as(Some(&c), &["executions", "get", other]);
+        assert_eq!(out.code, 1, "{other}: {}", out.stdout);
+        assert!(
+            out.stderr.contains("serviceAccount:asker-c@p.rouse")
+                && out.stderr.contains("executions.get"),
+            "{other}: {}",
+            out.stderr
+        );
+    }
+
+    // The permit by ownership is audited like any other decision.
+    let audit = server
+        .rouse(&[
+            "audit",
+            "list",
+            "--decision",
+            "granted",
+            "--principal",
+            "serviceAccount:asker-a@p.rouse",
+            "--format",
+            "json",
+        ])
+        .json();
+    let actions: Vec<&str> = audit
+        .as_array()
+        .expect("entries")
+        .iter()
+        .filter(|e| e["permission"] == "executions.get")
+        .filter_map(|e| e["action"].as_str())
+        .collect();
+    for action in ["WatchExecution", "GetExecution"] {
+        assert!(actions.contains(&action), "{action}: {audit}");
+    }
+}

@@ -3,6 +3,10 @@
 //! `Ask` publishes the question to the service's topic like any other asker,
 //! so it takes the same path through the dispatcher. Watching reads the event
 //! store, where the dispatcher records every event of a question.
+//!
+//! Reading and watching an execution need `executions.get` on its service,
+//! except for the principal that asked it (the dispatcher records who asked:
+//! the question token's principal, which `rouse ask` signs as the caller).
 
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
@@ -68,15 +72,46 @@ impl ExecutionsApi {
         permission: Permission,
         id: &str,
     ) -> Result<(Execution, Option<Service>), ApiError> {
-        let lookup = match self.execution(id).await {
-            Ok(e) => self.service_of(&e).await.map(|s| (e, s)),
-            Err(e) => Err(e),
-        };
         let (_, found) = self
             .backend
-            .authorize_lookup(request, action, permission, lookup, |(_, s)| s.as_ref())
+            .authorize_lookup(
+                request,
+                action,
+                permission,
+                self.lookup(id).await,
+                |(_, s)| s.as_ref(),
+            )
             .await?;
         Ok(found)
+    }
+
+    /// [`Self::guarded`] for reading: the principal that asked the
+    /// question may read and follow it without `executions.get` (a service
+    /// account with only `roles/serviceUser` runs `rouse ask --wait`).
+    async fn readable<T>(
+        &self,
+        request: &Request<T>,
+        action: &str,
+        id: &str,
+    ) -> Result<(Execution, Option<Service>), ApiError> {
+        let (_, found) = self
+            .backend
+            .authorize_lookup_or_owner(
+                request,
+                action,
+                Permission::ExecutionsGet,
+                self.lookup(id).await,
+                |(_, s)| s.as_ref(),
+                |(e, _)| e.asked_by.as_deref(),
+            )
+            .await?;
+        Ok(found)
+    }
+
+    async fn lookup(&self, id: &str) -> Result<(Execution, Option<Service>), ApiError> {
+        let e = self.execution(id).await?;
+        let s = self.service_of(&e).await?;
+        Ok((e, s))
     }
 
     async fn service_of(&self, e: &Execution) -> Result<Option<Service>, ApiError> {
@@ -126,6 +161,7 @@ pub fn execution_to_pb(
         ready_at,
         delivered_at,
         finished_at,
+        asked_by: _,
     } = e;
     pb::Execution {
         id: question_uuid.clone(),
@@ -237,9 +273,7 @@ impl pb::executions_server::Executions for ExecutionsApi {
         request: Request<pb::GetExecutionRequest>,
     ) -> Result<Response<pb::Execution>, Status> {
         let id = request.get_ref().id.clone();
-        let (e, service) = self
-            .guarded(&request, "GetExecution", Permission::ExecutionsGet, &id)
-            .await?;
+        let (e, service) = self.readable(&request, "GetExecution", &id).await?;
         let events = self
             .backend
             .store
@@ -403,13 +437,8 @@ impl pb::executions_server::Executions for ExecutionsApi {
         {
             tokio::time::sleep(WATCH_POLL).await;
         }
-        self.guarded(
-            &request,
-            "WatchExecution",
-            Permission::ExecutionsGet,
-            &request.get_ref().id,
-        )
-        .await?;
+        self.readable(&request, "WatchExecution", &request.get_ref().id)
+            .await?;
         let pb::WatchExecutionRequest { id, after_event_id } = request.into_inner();
         let (tx, rx) = mpsc::channel(64);
         let store = self.backend.store.clone();

@@ -155,6 +155,11 @@ pub struct Execution {
     pub ready_at: Option<SystemTime>,
     pub delivered_at: Option<SystemTime>,
     pub finished_at: Option<SystemTime>,
+    /// The principal that asked (`serviceAccount:…`, `user:…`, or
+    /// `service:NS/NAME` for a trusted sender), as the dispatcher identified
+    /// it; `None` for an anonymous asker. It may read and follow this
+    /// execution without `executions.get`.
+    pub asked_by: Option<String>,
 }
 
 impl Execution {
@@ -182,6 +187,7 @@ impl Execution {
             ready_at: None,
             delivered_at: None,
             finished_at: None,
+            asked_by: None,
         }
     }
 }

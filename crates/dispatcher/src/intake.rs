@@ -30,7 +30,7 @@ use tokio_util::sync::CancellationToken;
 use uuid::Uuid;
 
 use crate::replies::build_event;
-use crate::table::Key;
+use crate::table::{Found, Key};
 use crate::worker::WorkerMsg;
 use crate::{NETWORK_SUBSCRIPTION, Shared};
 
@@ -167,8 +167,9 @@ struct Target {
 /// project trusts sender attributes, else anonymous. The token must have
 /// been valid when Pub/Sub accepted the question (`asked_at`), so a question
 /// that waited while the dispatcher was down is judged by when it was asked;
-/// the policy is applied as it is now. Returns the audit entry to record
-/// (a grant is recorded together with the execution; a denial at once).
+/// the policy is applied as it is now. Returns who asked (`None`:
+/// anonymous) and the audit entry to record (a grant is recorded together
+/// with the execution; a denial at once).
 async fn authorize(
     shared: &Shared,
     target: &Target,
@@ -176,7 +177,7 @@ async fn authorize(
     token: Option<&str>,
     sender: Option<&str>,
     asked_at: SystemTime,
-) -> Result<AuditEntry, String> {
+) -> Result<(Option<String>, AuditEntry), String> {
     let snapshot = shared.authority.snapshot();
     let resource = Resource::Service(target.project.clone(), target.name.clone());
     let permission = Permission::ServicesAsk;
@@ -217,7 +218,7 @@ async fn authorize(
         entry.detail = detail.to_string();
     }
     match decision {
-        Ok(_) => Ok(entry),
+        Ok(_) => Ok((caller.principal().map(ToString::to_string), entry)),
         Err(denied) => {
             shared.authority.audit(entry).await;
             let hint = if caller.is_anonymous() {
@@ -261,7 +262,7 @@ async fn accept(
         .publish_time
         .and_then(|t| SystemTime::try_from(t).ok())
         .unwrap_or_else(SystemTime::now);
-    let granted = match authorize(
+    let (asked_by, granted) = match authorize(
         shared,
         target,
         &question.question_uuid,
@@ -287,14 +288,17 @@ async fn accept(
             return;
         }
     };
-    let execution = Execution::received(
-        question.question_uuid.clone(),
-        question.retry_count,
-        target.uuid,
-        attrs,
-        msg.data.to_vec(),
-        SystemTime::now(),
-    );
+    let execution = Execution {
+        asked_by,
+        ..Execution::received(
+            question.question_uuid.clone(),
+            question.retry_count,
+            target.uuid,
+            attrs,
+            msg.data.to_vec(),
+            SystemTime::now(),
+        )
+    };
     // Both writes wait for the same group commit.
     let (inserted, ()) = tokio::join!(
         shared.store.insert_execution(&execution),
@@ -476,38 +480,47 @@ pub use crate::routes::LATEST_TAG;
 async fn route(shared: &Arc<Shared>, attrs: Attributes, msg: Message, handler: Handler) {
     const RECIPIENT_UNKNOWN: &str = "rouse/network";
     let recipient = attrs.get("recipient").cloned().unwrap_or_default();
-    let parsed = Sruid::parse(&recipient);
-    let found = parsed
-        .as_ref()
-        .map(|s| (s, shared.table.lookup(Key::Sruid(&s.namespace, &s.name))));
-    let Ok((sruid, Ok(service))) = found else {
-        // Not one of ours: another dispatcher or an Octue service may serve it
-        // on a shared network topic only if it is not in our namespaces.
-        let reason = match &parsed {
-            Ok(s) => format!(
-                "no service `{}/{}` is registered with Rouse",
-                s.namespace, s.name
-            ),
-            Err(e) => format!("no service can be found for recipient: {e}"),
-        };
-        let ours = matches!(found, Ok((_, Err(missing))) if missing.namespace_is_ours);
-        if ours || parsed.is_err() {
-            reject(
-                shared,
-                None,
-                if recipient.is_empty() {
-                    RECIPIENT_UNKNOWN
-                } else {
-                    &recipient
-                },
-                &attrs,
-                &msg.data,
-                &reason,
-            )
-            .await;
+    let sruid = match Sruid::parse(&recipient) {
+        Ok(sruid) => sruid,
+        Err(e) => {
+            let reason = format!("no service can be found for recipient: {e}");
+            let sender = if recipient.is_empty() {
+                RECIPIENT_UNKNOWN
+            } else {
+                &recipient
+            };
+            reject(shared, None, sender, &attrs, &msg.data, &reason).await;
+            ack(handler);
+            return;
         }
-        ack(handler);
-        return;
+    };
+    let service = match shared
+        .table
+        .lookup(Key::Sruid(&sruid.namespace, &sruid.name))
+    {
+        Ok(found) => found,
+        Err(_) => match catch_up(shared, &sruid).await {
+            CatchUp::Registered(found) => *found,
+            CatchUp::Unknown { namespace_is_ours } => {
+                // Not one of ours: another dispatcher or an Octue service
+                // may serve it on a shared network topic only if it is not
+                // in our namespaces.
+                if namespace_is_ours {
+                    let reason = format!(
+                        "no service `{}/{}` is registered with Rouse",
+                        sruid.namespace, sruid.name
+                    );
+                    reject(shared, None, &recipient, &attrs, &msg.data, &reason).await;
+                }
+                ack(handler);
+                return;
+            }
+            CatchUp::Later => {
+                // Not recorded, so not ours yet: Pub/Sub redelivers it.
+                nack(handler);
+                return;
+            }
+        },
     };
     let uuid = service.uuid;
     let mut serving = service.serving.clone();
@@ -539,6 +552,73 @@ async fn route(shared: &Arc<Shared>, attrs: Attributes, msg: Message, handler: H
         },
     };
     accept(shared, &target, &service.tx, msg, handler).await;
+}
+
+/// How long a question for a service that the store has and the registry
+/// lacks waits for the registry, before it is left to Pub/Sub to redeliver.
+/// 2 s: a sync takes milliseconds, and a waiting question holds one of the
+/// stream's [`MAX_OUTSTANDING`] slots.
+const CATCH_UP: Duration = Duration::from_secs(2);
+/// How often the waiting question looks at the registry.
+const CATCH_UP_POLL: Duration = Duration::from_millis(20);
+
+enum CatchUp {
+    /// The registry has it now.
+    Registered(Box<Found>),
+    /// The store has no such service either; whether its namespace is ours
+    /// (so the name is ours to refuse).
+    Unknown { namespace_is_ours: bool },
+    /// The registry has not caught up, or the store cannot tell: leave the
+    /// question to Pub/Sub.
+    Later,
+}
+
+/// For a recipient the registry does not have: whether the store has it.
+///
+/// The registry is a copy of the store, re-read on a change this process
+/// made and otherwise every `resync_interval`, so a service just created
+/// through an API in another process (or mid-sync) is missing from it for a
+/// while. Acknowledging its questions then would lose them (or answer
+/// `ServiceNotFound` for a service that exists); instead the registry is
+/// re-read at once and the question waits for it, or is nacked for Pub/Sub
+/// to redeliver. Only a service the store does not have is unknown.
+/// Costs one read of the services for each question to a recipient that
+/// is not (yet) registered, such as another platform's on a shared topic.
+async fn catch_up(shared: &Shared, sruid: &Sruid) -> CatchUp {
+    let stored = match shared.store.list_services(None).await {
+        Ok(services) => services.iter().any(|s| {
+            let id = s.sruid();
+            id.namespace == sruid.namespace && id.name == sruid.name
+        }),
+        Err(e) => {
+            tracing::warn!(recipient = %sruid, error = %e, "cannot look up a question's recipient; leaving it to Pub/Sub");
+            tokio::time::sleep(RESUBSCRIBE_BACKOFF).await;
+            return CatchUp::Later;
+        }
+    };
+    if !stored {
+        let namespace_is_ours = shared
+            .table
+            .lookup(Key::Sruid(&sruid.namespace, &sruid.name))
+            .err()
+            .is_some_and(|m| m.namespace_is_ours);
+        return CatchUp::Unknown { namespace_is_ours };
+    }
+    shared.request_sync();
+    let deadline = tokio::time::Instant::now() + CATCH_UP;
+    loop {
+        if let Ok(found) = shared
+            .table
+            .lookup(Key::Sruid(&sruid.namespace, &sruid.name))
+        {
+            return CatchUp::Registered(Box::new(found));
+        }
+        if tokio::time::Instant::now() >= deadline {
+            tracing::debug!(recipient = %sruid, "the registry has not caught up with the store; leaving the question to Pub/Sub");
+            return CatchUp::Later;
+        }
+        tokio::time::sleep(CATCH_UP_POLL).await;
+    }
 }
 
 /// Records a reply event for a question Rouse knows (the event store).

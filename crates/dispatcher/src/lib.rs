@@ -75,6 +75,13 @@ pub struct Shared {
     table: ServiceTable,
 }
 
+impl Shared {
+    /// Asks for the registry to be re-read from the store now.
+    fn request_sync(&self) {
+        self.changes.services_changed();
+    }
+}
+
 /// The running dispatcher.
 #[derive(Clone)]
 pub struct Dispatcher {

@@ -71,7 +71,7 @@ pub(crate) fn read_revision(row: &Row<'_>) -> rusqlite::Result<Result<Revision, 
 }
 
 const EXECUTION_COLUMNS: &str = "question_uuid, retry_count, service_uuid, status, revision, instance, \
-     cold_start, reason, attributes, data, received_at_us, ready_at_us, delivered_at_us, finished_at_us";
+     cold_start, reason, attributes, data, received_at_us, ready_at_us, delivered_at_us, finished_at_us, asked_by";
 
 fn read_execution(row: &Row<'_>) -> rusqlite::Result<Result<Execution, StoreError>> {
     let question_uuid: String = row.get(0)?;
@@ -88,6 +88,7 @@ fn read_execution(row: &Row<'_>) -> rusqlite::Result<Result<Execution, StoreErro
     let ready: Option<i64> = row.get(11)?;
     let delivered: Option<i64> = row.get(12)?;
     let finished: Option<i64> = row.get(13)?;
+    let asked_by: Option<String> = row.get(14)?;
     Ok((|| {
         Ok(Execution {
             retry_count: u32::try_from(retry).map_err(|e| corrupt("retry_count", e))?,
@@ -105,6 +106,7 @@ fn read_execution(row: &Row<'_>) -> rusqlite::Result<Result<Execution, StoreErro
             ready_at: ready.map(from_micros),
             delivered_at: delivered.map(from_micros),
             finished_at: finished.map(from_micros),
+            asked_by,
         })
     })())
 }
@@ -292,7 +294,7 @@ impl DispatchStore for SqliteStore {
             let n = conn.execute(
                 &format!(
                     "INSERT OR IGNORE INTO executions ({EXECUTION_COLUMNS}) \
-                     VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14)"
+                     VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15)"
                 ),
                 params![
                     e.question_uuid,
@@ -309,6 +311,7 @@ impl DispatchStore for SqliteStore {
                     opt_micros(e.ready_at),
                     opt_micros(e.delivered_at),
                     opt_micros(e.finished_at),
+                    e.asked_by,
                 ],
             )?;
             Ok(n == 1)
@@ -532,6 +535,7 @@ mod tests {
             ready_at: None,
             delivered_at: None,
             finished_at: None,
+            asked_by: None,
         }
     }
 
@@ -604,7 +608,10 @@ mod tests {
         );
         assert!(
             store
-                .insert_execution(&execution(s.uuid, "q1", 1))
+                .insert_execution(&Execution {
+                    asked_by: Some("serviceAccount:a@p.rouse".into()),
+                    ..execution(s.uuid, "q1", 1)
+                })
                 .await
                 .expect("retry")
         );
@@ -614,6 +621,7 @@ mod tests {
             .expect("get")
             .expect("present");
         assert_eq!(got.retry_count, 1, "the latest retry");
+        assert_eq!(got.asked_by.as_deref(), Some("serviceAccount:a@p.rouse"));
         assert_eq!(
             store
                 .unfinished_executions()
@@ -631,6 +639,12 @@ mod tests {
             .await
             .expect("finish");
         assert!(id.is_some());
+        let finished = store.get_execution("q1").await.expect("get");
+        assert_eq!(
+            finished.and_then(|e| e.asked_by).as_deref(),
+            Some("serviceAccount:a@p.rouse"),
+            "finishing keeps who asked"
+        );
         assert_eq!(
             store
                 .unfinished_executions()

@@ -264,6 +264,12 @@ ALTER TABLE builds ADD COLUMN cancel_requested INTEGER NOT NULL DEFAULT 0;
 ALTER TABLE revisions ADD COLUMN trial_failure TEXT;
 CREATE INDEX revisions_by_state ON revisions (state) WHERE state IS NOT NULL;
 "#,
+    // Who asked each question (the principal the dispatcher identified),
+    // so that an asker can read its own execution; NULL: anonymous, or
+    // asked before this column existed.
+    r#"
+ALTER TABLE executions ADD COLUMN asked_by TEXT;
+"#,
 ];
 
 /// How long a statement waits for a lock held by another process (another
