@@ -81,7 +81,6 @@ impl Shared {
         self.changes.services_changed();
     }
 }
-
 /// The running dispatcher.
 #[derive(Clone)]
 pub struct Dispatcher {
