@@ -379,6 +379,28 @@ impl Server {
         rouse_as(&self.endpoint, credentials, args)
     }
 
+    /// The name of the revision serving `service` of `project` ("" if none).
+    pub fn serving(&self, service: &str, project: &str) -> String {
+        let list = self
+            .rouse(&[
+                "revisions",
+                "list",
+                service,
+                "--project",
+                project,
+                "--format",
+                "json",
+            ])
+            .json();
+        list.as_array()
+            .expect("a list")
+            .iter()
+            .find(|r| r["serving"] == true)
+            .and_then(|r| r["name"].as_str())
+            .unwrap_or_default()
+            .to_owned()
+    }
+
     /// The owner's key file.
     pub fn owner_key(&self) -> &Path {
         &self.owner_key

@@ -222,3 +222,26 @@ fn read_response(stream: &mut TcpStream) -> Result<(u16, Value), String> {
     let body = text.split_once("\r\n\r\n").map_or("", |(_, b)| b);
     Ok((status, serde_json::from_str(body).unwrap_or(Value::Null)))
 }
+
+/// Removes the images builds of a repository made (every tag of each,
+/// registry tags included), whatever happens. Each test builds its own
+/// repository, so one test's cleanup never removes what another still runs.
+pub struct Images(pub &'static str);
+
+impl Drop for Images {
+    fn drop(&mut self) {
+        if let Ok(out) = std::process::Command::new("docker")
+            .args(["images", "-q", self.0])
+            .output()
+        {
+            let ids = String::from_utf8_lossy(&out.stdout);
+            let ids: Vec<&str> = ids.split_whitespace().collect();
+            if !ids.is_empty() {
+                let _ = std::process::Command::new("docker")
+                    .args(["rmi", "-f"])
+                    .args(&ids)
+                    .output();
+            }
+        }
+    }
+}

@@ -14,13 +14,12 @@
 
 use std::io::{BufRead, BufReader, Read, Write};
 use std::net::{TcpListener, TcpStream};
-use std::process::Command;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use rouse_tests::asker::Asker;
 use rouse_tests::echo_image::{STATIC_BUILD, static_echo_binary};
-use rouse_tests::pushes::{self, Repo};
+use rouse_tests::pushes::{self, Images, Repo};
 use rouse_tests::{Emulator, Server};
 use serde_json::{Value, json};
 
@@ -199,50 +198,6 @@ async fn version_of(asker: &mut Asker, topic: &str, recipient: &str, server: &Se
         .to_owned()
 }
 
-fn serving(server: &Server) -> String {
-    let list = server
-        .rouse(&[
-            "revisions",
-            "list",
-            "echo",
-            "--project",
-            "p",
-            "--format",
-            "json",
-        ])
-        .json();
-    list.as_array()
-        .expect("a list")
-        .iter()
-        .find(|r| r["serving"] == true)
-        .and_then(|r| r["name"].as_str())
-        .unwrap_or_default()
-        .to_owned()
-}
-
-/// Removes the images the builds made (every tag of each, registry tags
-/// included), whatever happens. Each test builds its own repository, so one
-/// test's cleanup never removes what another still runs.
-struct Images(&'static str);
-
-impl Drop for Images {
-    fn drop(&mut self) {
-        if let Ok(out) = Command::new("docker")
-            .args(["images", "-q", self.0])
-            .output()
-        {
-            let ids = String::from_utf8_lossy(&out.stdout);
-            let ids: Vec<&str> = ids.split_whitespace().collect();
-            if !ids.is_empty() {
-                let _ = Command::new("docker")
-                    .args(["rmi", "-f"])
-                    .args(&ids)
-                    .output();
-            }
-        }
-    }
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_push_builds_rolls_out_and_reports_back() {
     let echo = static_echo_binary()
@@ -321,7 +276,7 @@ async fn a_push_builds_rolls_out_and_reports_back() {
     assert_eq!(done["commit"], v1.as_str());
     let rev1 = done["revision"].as_str().expect("a revision").to_owned();
     assert_eq!(rev1, format!("echo-00001-{}", &v1[..7]));
-    assert_eq!(serving(&server), rev1);
+    assert_eq!(server.serving("echo", "p"), rev1);
     assert_eq!(version(&mut asker, &topic, &server).await, "v1");
     let detail = server
         .rouse(&[
@@ -416,7 +371,7 @@ async fn a_push_builds_rolls_out_and_reports_back() {
     let failure = done["failure"].as_str().unwrap_or_default();
     assert!(failure.contains("COPY no-such-file"), "{done}");
     assert!(!done["last_lines"].as_array().expect("lines").is_empty());
-    assert_eq!(serving(&server), rev2);
+    assert_eq!(server.serving("echo", "p"), rev2);
     assert_eq!(version(&mut asker, &topic, &server).await, "v2");
 
     // 6. A container that exits at once is never promoted.
@@ -446,7 +401,7 @@ async fn a_push_builds_rolls_out_and_reports_back() {
         .json();
     assert_eq!(detail["state"], "failed", "{detail}");
     assert_eq!(detail["serving"], false, "{detail}");
-    assert_eq!(serving(&server), rev2);
+    assert_eq!(server.serving("echo", "p"), rev2);
     assert_eq!(version(&mut asker, &topic, &server).await, "v2");
 
     // 7. The commit statuses GitHub received: pending, then the outcome,
@@ -537,7 +492,7 @@ async fn a_push_builds_rolls_out_and_reports_back() {
             &rev1,
         ])
         .ok();
-    assert_eq!(serving(&server), rev1);
+    assert_eq!(server.serving("echo", "p"), rev1);
     assert_eq!(version(&mut asker, &topic, &server).await, "v1");
     let refused = server.rouse(&[
         "services",
@@ -585,7 +540,7 @@ async fn a_push_builds_rolls_out_and_reports_back() {
             "green",
         ])
         .ok();
-    assert_eq!(serving(&server), rev2);
+    assert_eq!(server.serving("echo", "p"), rev2);
     assert_eq!(version(&mut asker, &topic, &server).await, "v2");
 
     // 11. A 90/10 split over 200 questions.

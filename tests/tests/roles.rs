@@ -15,7 +15,7 @@ use std::time::{Duration, Instant};
 
 use rouse_tests::asker::Asker;
 use rouse_tests::echo_image::{STATIC_BUILD, static_echo_binary};
-use rouse_tests::pushes::{self, Repo};
+use rouse_tests::pushes::{self, Images, Repo};
 use rouse_tests::{Emulator, Server};
 use serde_json::{Value, json};
 
@@ -23,27 +23,6 @@ const NETWORK: &str = "octue.services";
 const ANSWER: Duration = Duration::from_secs(90);
 const BUILD_TIMEOUT: Duration = Duration::from_secs(240);
 const SECRET: &str = "the-webhook-secret-for-the-roles-test";
-
-/// Removes the images the builds made, whatever happens.
-struct Images(&'static str);
-
-impl Drop for Images {
-    fn drop(&mut self) {
-        if let Ok(out) = std::process::Command::new("docker")
-            .args(["images", "-q", self.0])
-            .output()
-        {
-            let ids = String::from_utf8_lossy(&out.stdout);
-            let ids: Vec<&str> = ids.split_whitespace().collect();
-            if !ids.is_empty() {
-                let _ = std::process::Command::new("docker")
-                    .args(["rmi", "-f"])
-                    .args(&ids)
-                    .output();
-            }
-        }
-    }
-}
 
 fn role(emulator: &Emulator, data: &Path, roles: &str) -> Server {
     Server::start(emulator, data, &["--roles", roles])
@@ -106,7 +85,7 @@ async fn until_version(asker: &mut Asker, topic: &str, expected: &str, logs: &[&
 }
 
 async fn version(asker: &mut Asker, topic: &str, logs: &[&Server]) -> String {
-    let q = asker.ask(topic, "p/echo", json!({"n": 1})).await;
+    let q = asker.ask(topic, "r/echo", json!({"n": 1})).await;
     let a = asker.answer(&q, ANSWER).await;
     assert_eq!(
         a.kind,
@@ -124,46 +103,25 @@ async fn version(asker: &mut Asker, topic: &str, logs: &[&Server]) -> String {
         .to_owned()
 }
 
-fn serving(api: &Server) -> String {
-    let list = api
-        .rouse(&[
-            "revisions",
-            "list",
-            "echo",
-            "--project",
-            "p",
-            "--format",
-            "json",
-        ])
-        .json();
-    list.as_array()
-        .expect("a list")
-        .iter()
-        .find(|r| r["serving"] == true)
-        .and_then(|r| r["name"].as_str())
-        .unwrap_or_default()
-        .to_owned()
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn api_builder_and_dispatcher_run_as_three_processes() {
     let echo = static_echo_binary()
         .unwrap_or_else(|| panic!("the static echo is not built: run `{STATIC_BUILD}` first"));
-    let _images = Images("rouse/p-echo");
+    let _images = Images("rouse/r-echo");
     let emulator = Emulator::start();
     let data = tempfile::tempdir().expect("tempdir");
     // The api first: it bootstraps the owner the others' callers use.
     let api = role(&emulator, data.path(), "api");
     let dispatcher = role(&emulator, data.path(), "dispatcher");
     let mut builder = role(&emulator, data.path(), "builder");
-    api.allow_anonymous_askers("p");
+    api.allow_anonymous_askers("r");
     let service = api
         .rouse(&[
             "services",
             "create",
             "echo",
             "--project",
-            "p",
+            "r",
             "--format",
             "json",
         ])
@@ -175,7 +133,7 @@ async fn api_builder_and_dispatcher_run_as_three_processes() {
         "create",
         "echo",
         "--project",
-        "p",
+        "r",
         "--repo",
         &repo.url(),
         "--branch-pattern",
@@ -206,7 +164,7 @@ async fn api_builder_and_dispatcher_run_as_three_processes() {
         dispatcher.log()
     );
     let rev1 = done["revision"].as_str().expect("a revision").to_owned();
-    assert_eq!(serving(&api), rev1);
+    assert_eq!(api.serving("echo", "r"), rev1);
     assert!(
         dispatcher.log().contains("readiness trial"),
         "the dispatcher ran the trial:\n{}",
@@ -224,7 +182,7 @@ async fn api_builder_and_dispatcher_run_as_three_processes() {
         "set",
         "echo",
         "--project",
-        "p",
+        "r",
         "ECHO_VERSION=from-a-secret",
     ])
     .ok();
@@ -233,7 +191,7 @@ async fn api_builder_and_dispatcher_run_as_three_processes() {
         "update",
         "echo",
         "--project",
-        "p",
+        "r",
         "--idle-timeout",
         "1s",
     ])
@@ -250,7 +208,7 @@ async fn api_builder_and_dispatcher_run_as_three_processes() {
         "delete",
         "echo",
         "--project",
-        "p",
+        "r",
         "ECHO_VERSION",
     ])
     .ok();
@@ -281,7 +239,11 @@ async fn api_builder_and_dispatcher_run_as_three_processes() {
             .contains("stopped while the build ran"),
         "{ended}"
     );
-    assert_eq!(serving(&api), rev1, "the serving revision is untouched");
+    assert_eq!(
+        api.serving("echo", "r"),
+        rev1,
+        "the serving revision is untouched"
+    );
     let candidate = ended["revision"]
         .as_str()
         .expect("its candidate")
@@ -294,7 +256,7 @@ async fn api_builder_and_dispatcher_run_as_three_processes() {
             "--service",
             "echo",
             "--project",
-            "p",
+            "r",
             "--format",
             "json",
         ])
