@@ -53,10 +53,9 @@ impl Backend {
         self.store
             .get_service(&project, &name)
             .await?
-            .ok_or_else(|| {
-                ApiError::NotFound(format!(
-                    "service `{name}` does not exist in project `{project}`; `rouse services list --project {project}` shows those that do"
-                ))
+            .ok_or_else(|| ApiError::ServiceNotFound {
+                project: project.to_string(),
+                name: name.to_string(),
             })
     }
 
@@ -64,15 +63,14 @@ impl Backend {
     /// with its service; NOT_FOUND saying how to list them if either is gone.
     pub async fn with_its_service<R>(
         &self,
-        kind: &str,
+        kind: &'static str,
         id: &str,
         record: Option<R>,
         service_uuid: impl FnOnce(&R) -> uuid::Uuid,
     ) -> Result<(R, Service), ApiError> {
-        let not_found = || {
-            ApiError::NotFound(format!(
-                "{kind} `{id}` does not exist; `rouse {kind}s list --project P` shows those that do"
-            ))
+        let not_found = || ApiError::RecordNotFound {
+            kind,
+            id: id.to_owned(),
         };
         let record = record.ok_or_else(not_found)?;
         let service = self

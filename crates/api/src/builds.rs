@@ -9,7 +9,6 @@ use std::time::Duration;
 use futures::Stream;
 use rouse_builder::{BuildJob, BuildSource, BuildStatus};
 use rouse_core::Service;
-use rouse_iam::Permission;
 use rouse_store::BuildRecord;
 use tonic::{Request, Response, Status};
 
@@ -106,10 +105,7 @@ impl pb::builds_server::Builds for BuildsApi {
         } else {
             service_resource(&req.project, &req.service)?
         };
-        let caller = self
-            .backend()
-            .authorize(&request, "ListBuilds", Permission::BuildsList, &resource)
-            .await?;
+        let permit = self.backend().permit(&request, &resource).await?;
         let req = request.into_inner();
         let limit = if req.limit == 0 {
             DEFAULT_LIST
@@ -133,11 +129,10 @@ impl pb::builds_server::Builds for BuildsApi {
         };
         let mut builds = Vec::new();
         for service in services {
-            if !self.backend().allowed(
-                &caller,
-                Permission::BuildsList,
-                &resource_of(&service.project, &service.name),
-            ) {
+            if !self
+                .backend()
+                .shows(&permit, &resource_of(&service.project, &service.name))
+            {
                 continue;
             }
             let list = self
@@ -164,10 +159,8 @@ impl pb::builds_server::Builds for BuildsApi {
     ) -> Result<Response<pb::Build>, Status> {
         let (_, (build, service)) = self
             .backend()
-            .authorize_lookup(
+            .permit_record(
                 &request,
-                "GetBuild",
-                Permission::BuildsGet,
                 self.find(&request.get_ref().id).await,
                 |(_, service)| Some(service),
             )
@@ -179,12 +172,10 @@ impl pb::builds_server::Builds for BuildsApi {
         &self,
         request: Request<pb::CancelBuildRequest>,
     ) -> Result<Response<pb::Build>, Status> {
-        let (caller, (build, service)) = self
+        let (permit, (build, service)) = self
             .backend()
-            .authorize_lookup(
+            .permit_record(
                 &request,
-                "CancelBuild",
-                Permission::BuildsCancel,
                 self.find(&request.get_ref().id).await,
                 |(_, service)| Some(service),
             )
@@ -230,10 +221,8 @@ impl pb::builds_server::Builds for BuildsApi {
         }
         self.backend()
             .changed(
-                &caller,
-                "CancelBuild",
+                &permit,
                 &resource_of(&service.project, &service.name).to_string(),
-                Permission::BuildsCancel,
                 serde_json::json!({ "build": build.id, "status": build.status }),
                 serde_json::json!({ "build": latest.id, "status": latest.status }),
             )
@@ -246,10 +235,7 @@ impl pb::builds_server::Builds for BuildsApi {
         request: Request<pb::SubmitBuildRequest>,
     ) -> Result<Response<pb::Build>, Status> {
         let resource = service_resource(&request.get_ref().project, &request.get_ref().service)?;
-        let caller = self
-            .backend()
-            .authorize(&request, "SubmitBuild", Permission::BuildsCreate, &resource)
-            .await?;
+        let permit = self.backend().permit(&request, &resource).await?;
         let req = request.into_inner();
         let service = self
             .backend()
@@ -282,10 +268,8 @@ impl pb::builds_server::Builds for BuildsApi {
         let id = record.id;
         self.backend()
             .changed(
-                &caller,
-                "SubmitBuild",
+                &permit,
                 &resource.to_string(),
-                Permission::BuildsCreate,
                 serde_json::Value::Null,
                 serde_json::json!({ "build": id, "source": req.source_dir }),
             )
@@ -302,10 +286,8 @@ impl pb::builds_server::Builds for BuildsApi {
     ) -> Result<Response<Self::StreamBuildLogsStream>, Status> {
         let (_, (build, _service)) = self
             .backend()
-            .authorize_lookup(
+            .permit_record(
                 &request,
-                "StreamBuildLogs",
-                Permission::BuildsGet,
                 self.find(&request.get_ref().id).await,
                 |(_, service)| Some(service),
             )

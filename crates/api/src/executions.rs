@@ -23,7 +23,7 @@ use tokio_stream::wrappers::ReceiverStream;
 use tonic::{Request, Response, Status};
 use uuid::Uuid;
 
-use rouse_iam::{Permission, Resource};
+use rouse_iam::Resource;
 
 use crate::auth::{project_resource, resource_of, service_resource};
 use crate::backend::Backend;
@@ -55,51 +55,28 @@ impl ExecutionsApi {
     }
 
     async fn execution(&self, id: &str) -> Result<Execution, ApiError> {
-        self.backend.store.get_execution(id).await?.ok_or_else(|| {
-            ApiError::NotFound(format!(
-                "execution `{id}` does not exist; `rouse executions list` shows recent ones"
-            ))
-        })
+        self.backend
+            .store
+            .get_execution(id)
+            .await?
+            .ok_or_else(|| ApiError::ExecutionNotFound { id: id.to_owned() })
     }
 
-    /// The execution `id` and its service, after checking that the caller
-    /// holds `permission` on that service (on the root when the execution or
-    /// its service does not exist, so that existence is not revealed).
+    /// The execution `id` and its service, after the method's check on
+    /// that service (on the root when the execution or its service does not
+    /// exist, so that existence is not revealed). Where the method's entry
+    /// lets the owner through, the principal that asked the question may
+    /// read and follow it without `executions.get` (a service account with
+    /// only `roles/serviceUser` runs `rouse ask --wait`).
     async fn guarded<T>(
         &self,
         request: &Request<T>,
-        action: &str,
-        permission: Permission,
         id: &str,
     ) -> Result<(Execution, Option<Service>), ApiError> {
         let (_, found) = self
             .backend
-            .authorize_lookup(
+            .permit_record_or_owner(
                 request,
-                action,
-                permission,
-                self.lookup(id).await,
-                |(_, s)| s.as_ref(),
-            )
-            .await?;
-        Ok(found)
-    }
-
-    /// [`Self::guarded`] for reading: the principal that asked the
-    /// question may read and follow it without `executions.get` (a service
-    /// account with only `roles/serviceUser` runs `rouse ask --wait`).
-    async fn readable<T>(
-        &self,
-        request: &Request<T>,
-        action: &str,
-        id: &str,
-    ) -> Result<(Execution, Option<Service>), ApiError> {
-        let (_, found) = self
-            .backend
-            .authorize_lookup_or_owner(
-                request,
-                action,
-                Permission::ExecutionsGet,
                 self.lookup(id).await,
                 |(_, s)| s.as_ref(),
                 |(e, _)| e.asked_by.as_deref(),
@@ -218,9 +195,7 @@ impl pb::executions_server::Executions for ExecutionsApi {
         request: Request<pb::AskRequest>,
     ) -> Result<Response<pb::AskResponse>, Status> {
         let resource = service_resource(&request.get_ref().project, &request.get_ref().service)?;
-        self.backend
-            .authorize(&request, "Ask", Permission::ServicesAsk, &resource)
-            .await?;
+        self.backend.permit(&request, &resource).await?;
         let req = request.into_inner();
         let service = self
             .backend
@@ -273,7 +248,7 @@ impl pb::executions_server::Executions for ExecutionsApi {
         request: Request<pb::GetExecutionRequest>,
     ) -> Result<Response<pb::Execution>, Status> {
         let id = request.get_ref().id.clone();
-        let (e, service) = self.readable(&request, "GetExecution", &id).await?;
+        let (e, service) = self.guarded(&request, &id).await?;
         let events = self
             .backend
             .store
@@ -299,18 +274,9 @@ impl pb::executions_server::Executions for ExecutionsApi {
             (_, false) => Some(service_resource(project, service)?),
             (false, true) => Some(project_resource(project)?),
         };
-        let caller = match resource {
-            Some(resource) => {
-                self.backend
-                    .authorize(
-                        &request,
-                        "ListExecutions",
-                        Permission::ExecutionsList,
-                        &resource,
-                    )
-                    .await?
-            }
-            None => self.backend.caller(&request)?,
+        let permit = match resource {
+            Some(resource) => self.backend.permit(&request, &resource).await?,
+            None => self.backend.permit_each_item(&request)?,
         };
         let everywhere = request.get_ref().project.is_empty();
         let req = request.into_inner();
@@ -371,8 +337,7 @@ impl pb::executions_server::Executions for ExecutionsApi {
                 let resource = services
                     .get(&e.service_uuid)
                     .map_or(Resource::Root, |s| resource_of(&s.project, &s.name));
-                self.backend
-                    .allowed(&caller, Permission::ExecutionsList, &resource)
+                self.backend.shows(&permit, &resource)
             });
         }
         Ok(Response::new(pb::ListExecutionsResponse {
@@ -388,14 +353,7 @@ impl pb::executions_server::Executions for ExecutionsApi {
         request: Request<pb::CancelExecutionRequest>,
     ) -> Result<Response<pb::Execution>, Status> {
         let id = request.get_ref().id.clone();
-        let (e, _) = self
-            .guarded(
-                &request,
-                "CancelExecution",
-                Permission::ExecutionsCancel,
-                &id,
-            )
-            .await?;
+        let (e, _) = self.guarded(&request, &id).await?;
         if e.status.is_terminal() {
             return Err(ApiError::FailedPrecondition(format!(
                 "execution `{id}` has already {}; only queued, waking or running executions can be cancelled",
@@ -437,8 +395,7 @@ impl pb::executions_server::Executions for ExecutionsApi {
         {
             tokio::time::sleep(WATCH_POLL).await;
         }
-        self.readable(&request, "WatchExecution", &request.get_ref().id)
-            .await?;
+        self.guarded(&request, &request.get_ref().id).await?;
         let pb::WatchExecutionRequest { id, after_event_id } = request.into_inner();
         let (tx, rx) = mpsc::channel(64);
         let store = self.backend.store.clone();
@@ -512,9 +469,7 @@ impl pb::logs_server::Logs for LogsApi {
         request: Request<pb::ReadLogsRequest>,
     ) -> Result<Response<Self::ReadLogsStream>, Status> {
         let resource = service_resource(&request.get_ref().project, &request.get_ref().service)?;
-        self.backend
-            .authorize(&request, "ReadLogs", Permission::LogsRead, &resource)
-            .await?;
+        self.backend.permit(&request, &resource).await?;
         let req = request.into_inner();
         let service = self
             .backend

@@ -14,12 +14,10 @@ use rouse_iam::{
     Resource, RoleDocument, RoleName, Stage,
 };
 use rouse_identity::{Account, PublicKey};
-use rouse_store::{
-    AuditEntry, AuditFilter, GroupRecord, PublicKeyRecord, ServiceAccountRecord, StoredPolicy,
-};
+use rouse_store::{AuditFilter, GroupRecord, PublicKeyRecord, ServiceAccountRecord, StoredPolicy};
 use tonic::{Request, Response, Status};
 
-use crate::auth::project_resource;
+use crate::auth::{Permit, project_resource};
 use crate::backend::Backend;
 use crate::error::ApiError;
 use crate::pb;
@@ -48,33 +46,6 @@ fn invalid(e: impl std::fmt::Display) -> ApiError {
 }
 
 impl Backend {
-    /// Records an administrative change and makes it effective at once.
-    pub async fn changed(
-        &self,
-        caller: &Caller,
-        action: &str,
-        resource: &str,
-        permission: Permission,
-        before: serde_json::Value,
-        after: serde_json::Value,
-    ) {
-        self.authority
-            .audit(AuditEntry {
-                id: 0,
-                at: SystemTime::now(),
-                principal: rouse_authz::principal_name(caller),
-                action: action.to_owned(),
-                resource: resource.to_owned(),
-                permission: permission.as_str().to_owned(),
-                decision: "changed".into(),
-                detail: serde_json::json!({ "before": before, "after": after }).to_string(),
-            })
-            .await;
-        if let Err(e) = self.authority.refresh().await {
-            tracing::warn!(error = %e, "cannot refresh the permission snapshot; the change takes effect at the next refresh");
-        }
-    }
-
     /// The policy set on `resource` itself, with its etag (an empty one if
     /// none was ever set).
     pub async fn current_policy(&self, resource: &Resource) -> Result<Policy, ApiError> {
@@ -134,14 +105,7 @@ impl pb::iam_server::Iam for IamApi {
         request: Request<pb::GetIamPolicyRequest>,
     ) -> Result<Response<pb::PolicyDocument>, Status> {
         let resource = parse_resource(&request.get_ref().resource)?;
-        self.backend
-            .authorize(
-                &request,
-                "GetIamPolicy",
-                Permission::IamGetPolicy,
-                &resource,
-            )
-            .await?;
+        self.backend.permit(&request, &resource).await?;
         self.backend.existing(&resource).await?;
         let policy = self.backend.current_policy(&resource).await?;
         Ok(Response::new(policy_to_pb(&resource, &policy)))
@@ -152,15 +116,7 @@ impl pb::iam_server::Iam for IamApi {
         request: Request<pb::SetIamPolicyRequest>,
     ) -> Result<Response<pb::PolicyDocument>, Status> {
         let resource = parse_resource(&request.get_ref().resource)?;
-        let caller = self
-            .backend
-            .authorize(
-                &request,
-                "SetIamPolicy",
-                Permission::IamSetPolicy,
-                &resource,
-            )
-            .await?;
+        let permit = self.backend.permit(&request, &resource).await?;
         self.backend.existing(&resource).await?;
         let new = Policy::from_json(&request.get_ref().policy_json).map_err(invalid)?;
         new.validate(&resource, self.backend.authority.snapshot().roles())
@@ -187,23 +143,16 @@ impl pb::iam_server::Iam for IamApi {
             .store
             .set_policy(&record, stored.as_ref().map(|s| s.etag.as_str()), false)
             .await
-            .map_err(|e| match e {
-                rouse_store::StoreError::EtagMismatch { .. } => ApiError::Aborted(format!(
-                    "the policy of `{key}` was changed by another call while this one was applied; read it again with get-iam-policy, reapply the change and set it again"
-                )),
-                other => other.into(),
-            })?;
+            .map_err(ApiError::from)?;
         self.backend
             .changed(
-                &caller,
-                "SetIamPolicy",
+                &permit,
                 &key,
-                Permission::IamSetPolicy,
                 serde_json::to_value(&current).unwrap_or_default(),
                 serde_json::to_value(&next).unwrap_or_default(),
             )
             .await;
-        tracing::info!(resource = %key, by = %rouse_authz::principal_name(&caller), "policy set");
+        tracing::info!(resource = %key, by = %rouse_authz::principal_name(&permit.caller), "policy set");
         Ok(Response::new(policy_to_pb(&resource, &next)))
     }
 
@@ -221,18 +170,11 @@ impl pb::iam_server::Iam for IamApi {
         let (caller, member) = if request.get_ref().member.is_empty() {
             // Like Google's testIamPermissions: asking about oneself needs no
             // permission.
-            let caller = self.backend.caller(&request)?;
-            let name = rouse_authz::principal_name(&caller);
-            (caller, name)
+            let permit = self.backend.permit_themselves(&request, &resource)?;
+            let name = rouse_authz::principal_name(&permit.caller);
+            (permit.caller, name)
         } else {
-            self.backend
-                .authorize(
-                    &request,
-                    "TestIamPermissions",
-                    Permission::IamGetPolicy,
-                    &resource,
-                )
-                .await?;
+            self.backend.permit(&request, &resource).await?;
             let member = request.get_ref().member.clone();
             let snapshot = self.backend.authority.snapshot();
             (caller_for_member(&member, &snapshot)?, member)
@@ -257,14 +199,7 @@ impl pb::iam_server::Iam for IamApi {
         request: Request<pb::ExplainPermissionRequest>,
     ) -> Result<Response<pb::ExplainPermissionResponse>, Status> {
         let resource = parse_resource(&request.get_ref().resource)?;
-        self.backend
-            .authorize(
-                &request,
-                "ExplainPermission",
-                Permission::IamGetPolicy,
-                &resource,
-            )
-            .await?;
+        self.backend.permit(&request, &resource).await?;
         let snapshot = self.backend.authority.snapshot();
         let caller = caller_for_member(&request.get_ref().member, &snapshot)?;
         let permission = Permission::parse(&request.get_ref().permission).map_err(invalid)?;
@@ -289,9 +224,7 @@ impl pb::iam_server::Iam for IamApi {
         request: Request<pb::GetProjectRequest>,
     ) -> Result<Response<pb::Project>, Status> {
         let resource = project_resource(&request.get_ref().project)?;
-        self.backend
-            .authorize(&request, "GetProject", Permission::ProjectsGet, &resource)
-            .await?;
+        self.backend.permit(&request, &resource).await?;
         let name = request.into_inner().project;
         let trust = self
             .backend
@@ -310,15 +243,7 @@ impl pb::iam_server::Iam for IamApi {
         request: Request<pb::UpdateProjectRequest>,
     ) -> Result<Response<pb::Project>, Status> {
         let resource = project_resource(&request.get_ref().project)?;
-        let caller = self
-            .backend
-            .authorize(
-                &request,
-                "UpdateProject",
-                Permission::ProjectsUpdate,
-                &resource,
-            )
-            .await?;
+        let permit = self.backend.permit(&request, &resource).await?;
         let req = request.into_inner();
         let before = self
             .backend
@@ -335,10 +260,8 @@ impl pb::iam_server::Iam for IamApi {
                 .map_err(ApiError::from)?;
             self.backend
                 .changed(
-                    &caller,
-                    "UpdateProject",
+                    &permit,
                     &resource.to_string(),
-                    Permission::ProjectsUpdate,
                     serde_json::json!({ "trust_sender_attribute": before }),
                     serde_json::json!({ "trust_sender_attribute": after }),
                 )
@@ -362,9 +285,7 @@ impl pb::iam_server::Iam for IamApi {
             _ if groups => Resource::Root,
             r => parse_resource(r)?,
         };
-        self.backend
-            .authorize(&request, "ListAudit", Permission::AuditRead, &resource)
-            .await?;
+        self.backend.permit(&request, &resource).await?;
         let req = request.into_inner();
         let decision = match req.decision.as_str() {
             "" => None,
@@ -429,22 +350,17 @@ impl ServiceAccountsApi {
         Self { backend }
     }
 
-    /// Parses the account `email` names and checks `permission` on its
-    /// project: the caller, the account and the project's resource.
-    async fn authorize_account<T>(
+    /// Parses the account `email` names and makes the method's check on
+    /// its project: the permit, the account and the project's resource.
+    async fn permit_account<T>(
         &self,
         request: &Request<T>,
         email: &str,
-        action: &str,
-        permission: Permission,
-    ) -> Result<(Caller, Account, Resource), ApiError> {
+    ) -> Result<(Permit, Account, Resource), ApiError> {
         let account = Account::service_account_email(email).map_err(invalid)?;
         let resource = project_resource(account.project())?;
-        let caller = self
-            .backend
-            .authorize(request, action, permission, &resource)
-            .await?;
-        Ok((caller, account, resource))
+        let permit = self.backend.permit(request, &resource).await?;
+        Ok((permit, account, resource))
     }
 
     async fn find(&self, email: &str) -> Result<ServiceAccountRecord, ApiError> {
@@ -452,10 +368,8 @@ impl ServiceAccountsApi {
             .store
             .get_service_account(email)
             .await?
-            .ok_or_else(|| {
-                ApiError::NotFound(format!(
-                    "service account `{email}` does not exist; `rouse iam service-accounts list` shows those that do"
-                ))
+            .ok_or_else(|| ApiError::ServiceAccountNotFound {
+                email: email.to_owned(),
             })
     }
 }
@@ -486,15 +400,7 @@ impl pb::service_accounts_server::ServiceAccounts for ServiceAccountsApi {
         request: Request<pb::CreateServiceAccountRequest>,
     ) -> Result<Response<pb::ServiceAccount>, Status> {
         let resource = project_resource(&request.get_ref().project)?;
-        let caller = self
-            .backend
-            .authorize(
-                &request,
-                "CreateServiceAccount",
-                Permission::ServiceAccountsCreate,
-                &resource,
-            )
-            .await?;
+        let permit = self.backend.permit(&request, &resource).await?;
         let req = request.into_inner();
         let project = ProjectName::parse(&req.project).map_err(invalid)?;
         let account = Account::service_account(&req.name, &project).map_err(invalid)?;
@@ -513,10 +419,8 @@ impl pb::service_accounts_server::ServiceAccounts for ServiceAccountsApi {
             .map_err(ApiError::from)?;
         self.backend
             .changed(
-                &caller,
-                "CreateServiceAccount",
+                &permit,
                 &format!("{resource}/serviceAccounts/{}", record.email),
-                Permission::ServiceAccountsCreate,
                 serde_json::Value::Null,
                 serde_json::json!({ "email": record.email }),
             )
@@ -528,13 +432,8 @@ impl pb::service_accounts_server::ServiceAccounts for ServiceAccountsApi {
         &self,
         request: Request<pb::GetServiceAccountRequest>,
     ) -> Result<Response<pb::ServiceAccount>, Status> {
-        self.authorize_account(
-            &request,
-            &request.get_ref().email,
-            "GetServiceAccount",
-            Permission::ServiceAccountsGet,
-        )
-        .await?;
+        self.permit_account(&request, &request.get_ref().email)
+            .await?;
         let account = self.find(&request.get_ref().email).await?;
         Ok(Response::new(account_to_pb(&account)))
     }
@@ -544,18 +443,11 @@ impl pb::service_accounts_server::ServiceAccounts for ServiceAccountsApi {
         request: Request<pb::ListServiceAccountsRequest>,
     ) -> Result<Response<pb::ListServiceAccountsResponse>, Status> {
         let project = request.get_ref().project.clone();
-        let caller = if project.is_empty() {
-            self.backend.caller(&request)?
+        let permit = if project.is_empty() {
+            self.backend.permit_each_item(&request)?
         } else {
             let resource = project_resource(&project)?;
-            self.backend
-                .authorize(
-                    &request,
-                    "ListServiceAccounts",
-                    Permission::ServiceAccountsList,
-                    &resource,
-                )
-                .await?
+            self.backend.permit(&request, &resource).await?
         };
         let mut accounts = self
             .backend
@@ -565,10 +457,7 @@ impl pb::service_accounts_server::ServiceAccounts for ServiceAccountsApi {
             .map_err(ApiError::from)?;
         if project.is_empty() {
             accounts.retain(|a| {
-                project_resource(&a.project).is_ok_and(|r| {
-                    self.backend
-                        .allowed(&caller, Permission::ServiceAccountsList, &r)
-                })
+                project_resource(&a.project).is_ok_and(|r| self.backend.shows(&permit, &r))
             });
         }
         Ok(Response::new(pb::ListServiceAccountsResponse {
@@ -580,13 +469,8 @@ impl pb::service_accounts_server::ServiceAccounts for ServiceAccountsApi {
         &self,
         request: Request<pb::DeleteServiceAccountRequest>,
     ) -> Result<Response<pb::ServiceAccount>, Status> {
-        let (caller, _, resource) = self
-            .authorize_account(
-                &request,
-                &request.get_ref().email,
-                "DeleteServiceAccount",
-                Permission::ServiceAccountsDelete,
-            )
+        let (permit, _, resource) = self
+            .permit_account(&request, &request.get_ref().email)
             .await?;
         let account = self.find(&request.get_ref().email).await?;
         self.backend
@@ -596,10 +480,8 @@ impl pb::service_accounts_server::ServiceAccounts for ServiceAccountsApi {
             .map_err(ApiError::from)?;
         self.backend
             .changed(
-                &caller,
-                "DeleteServiceAccount",
+                &permit,
                 &format!("{resource}/serviceAccounts/{}", account.email),
-                Permission::ServiceAccountsDelete,
                 serde_json::json!({ "email": account.email }),
                 serde_json::Value::Null,
             )
@@ -611,13 +493,8 @@ impl pb::service_accounts_server::ServiceAccounts for ServiceAccountsApi {
         &self,
         request: Request<pb::SetServiceAccountDisabledRequest>,
     ) -> Result<Response<pb::ServiceAccount>, Status> {
-        let (caller, _, resource) = self
-            .authorize_account(
-                &request,
-                &request.get_ref().email,
-                "SetServiceAccountDisabled",
-                Permission::ServiceAccountsUpdate,
-            )
+        let (permit, _, resource) = self
+            .permit_account(&request, &request.get_ref().email)
             .await?;
         let req = request.into_inner();
         let mut account = self.find(&req.email).await?;
@@ -629,15 +506,14 @@ impl pb::service_accounts_server::ServiceAccounts for ServiceAccountsApi {
             .map_err(ApiError::from)?;
         account.disabled = req.disabled;
         self.backend
-            .changed(
-                &caller,
+            .changed_as(
+                &permit,
                 if req.disabled {
                     "DisableServiceAccount"
                 } else {
                     "EnableServiceAccount"
                 },
                 &format!("{resource}/serviceAccounts/{}", account.email),
-                Permission::ServiceAccountsUpdate,
                 serde_json::json!({ "disabled": before }),
                 serde_json::json!({ "disabled": req.disabled }),
             )
@@ -649,13 +525,8 @@ impl pb::service_accounts_server::ServiceAccounts for ServiceAccountsApi {
         &self,
         request: Request<pb::CreateKeyRequest>,
     ) -> Result<Response<pb::ServiceAccountKey>, Status> {
-        let (caller, account, resource) = self
-            .authorize_account(
-                &request,
-                &request.get_ref().email,
-                "CreateKey",
-                Permission::ServiceAccountKeysCreate,
-            )
+        let (permit, account, resource) = self
+            .permit_account(&request, &request.get_ref().email)
             .await?;
         let req = request.into_inner();
         self.find(&req.email).await?;
@@ -682,10 +553,8 @@ impl pb::service_accounts_server::ServiceAccounts for ServiceAccountsApi {
             .map_err(ApiError::from)?;
         self.backend
             .changed(
-                &caller,
-                "CreateKey",
+                &permit,
                 &format!("{resource}/serviceAccounts/{}", account.email()),
-                Permission::ServiceAccountKeysCreate,
                 serde_json::Value::Null,
                 serde_json::json!({ "key_id": record.key_id }),
             )
@@ -698,12 +567,7 @@ impl pb::service_accounts_server::ServiceAccounts for ServiceAccountsApi {
         request: Request<pb::ListKeysRequest>,
     ) -> Result<Response<pb::ListKeysResponse>, Status> {
         let (_, account, _) = self
-            .authorize_account(
-                &request,
-                &request.get_ref().email,
-                "ListKeys",
-                Permission::ServiceAccountKeysList,
-            )
+            .permit_account(&request, &request.get_ref().email)
             .await?;
         self.find(account.email()).await?;
         let keys = self
@@ -721,13 +585,8 @@ impl pb::service_accounts_server::ServiceAccounts for ServiceAccountsApi {
         &self,
         request: Request<pb::DeleteKeyRequest>,
     ) -> Result<Response<pb::ServiceAccountKey>, Status> {
-        let (caller, account, resource) = self
-            .authorize_account(
-                &request,
-                &request.get_ref().email,
-                "DeleteKey",
-                Permission::ServiceAccountKeysDelete,
-            )
+        let (permit, account, resource) = self
+            .permit_account(&request, &request.get_ref().email)
             .await?;
         let key_id = request.into_inner().key_id;
         let key = self
@@ -737,12 +596,9 @@ impl pb::service_accounts_server::ServiceAccounts for ServiceAccountsApi {
             .await
             .map_err(ApiError::from)?
             .filter(|k| k.principal == account.principal())
-            .ok_or_else(|| {
-                ApiError::NotFound(format!(
-                    "service account `{}` has no key `{key_id}`; `rouse iam service-accounts keys list --iam-account={}` shows its keys",
-                    account.email(),
-                    account.email()
-                ))
+            .ok_or_else(|| ApiError::KeyNotFound {
+                email: account.email().to_string(),
+                key_id: key_id.clone(),
             })?;
         self.backend
             .store
@@ -751,10 +607,8 @@ impl pb::service_accounts_server::ServiceAccounts for ServiceAccountsApi {
             .map_err(ApiError::from)?;
         self.backend
             .changed(
-                &caller,
-                "DeleteKey",
+                &permit,
                 &format!("{resource}/serviceAccounts/{}", account.email()),
-                Permission::ServiceAccountKeysDelete,
                 serde_json::json!({ "key_id": key_id }),
                 serde_json::Value::Null,
             )
@@ -780,11 +634,9 @@ impl RolesApi {
             .store
             .get_role(&name.to_string())
             .await?
-            .ok_or_else(|| {
-                ApiError::NotFound(format!(
-                    "role `{name}` does not exist; `rouse iam roles list --project {}` shows the project's custom roles",
-                    name.project()
-                ))
+            .ok_or_else(|| ApiError::RoleNotFound {
+                name: name.to_string(),
+                project: name.project().to_string(),
             })?;
         let doc: RoleDocument = serde_json::from_str(&document)
             .map_err(|e| ApiError::Internal(format!("stored role `{name}` does not parse: {e}")))?;
@@ -857,23 +709,6 @@ fn role_resource(name: &CustomRoleName) -> Resource {
     Resource::Project(name.project().clone())
 }
 
-/// Predefined roles are public knowledge: any authenticated caller may read
-/// them (an anonymous one may not).
-async fn check_authenticated<T>(
-    backend: &Backend,
-    request: &Request<T>,
-    action: &str,
-    permission: Permission,
-) -> Result<(), ApiError> {
-    let caller = backend.caller(request)?;
-    if caller.is_anonymous() {
-        backend
-            .authorize_caller(&caller, action, permission, &Resource::Root)
-            .await?;
-    }
-    Ok(())
-}
-
 #[tonic::async_trait]
 impl pb::roles_server::Roles for RolesApi {
     async fn create_role(
@@ -881,10 +716,7 @@ impl pb::roles_server::Roles for RolesApi {
         request: Request<pb::CreateRoleRequest>,
     ) -> Result<Response<pb::Role>, Status> {
         let resource = project_resource(&request.get_ref().project)?;
-        let caller = self
-            .backend
-            .authorize(&request, "CreateRole", Permission::RolesCreate, &resource)
-            .await?;
+        let permit = self.backend.permit(&request, &resource).await?;
         let req = request.into_inner();
         let project = ProjectName::parse(&req.project).map_err(invalid)?;
         let name = CustomRoleName::new(&project, &req.role_id).map_err(invalid)?;
@@ -910,18 +742,16 @@ impl pb::roles_server::Roles for RolesApi {
             .map_err(ApiError::from)?
             .is_some()
         {
-            return Err(ApiError::AlreadyExists(format!(
-                "role `{name}` already exists; change it with `rouse iam roles update {name}`"
-            ))
+            return Err(ApiError::RoleExists {
+                name: name.to_string(),
+            }
             .into());
         }
         self.save(&role).await?;
         self.backend
             .changed(
-                &caller,
-                "CreateRole",
+                &permit,
                 &name.to_string(),
-                Permission::RolesCreate,
                 serde_json::Value::Null,
                 serde_json::to_value(role.to_document()).unwrap_or_default(),
             )
@@ -936,19 +766,11 @@ impl pb::roles_server::Roles for RolesApi {
         let name = RoleName::parse(&request.get_ref().name).map_err(invalid)?;
         match name {
             RoleName::Predefined(role) => {
-                check_authenticated(&self.backend, &request, "GetRole", Permission::RolesGet)
-                    .await?;
+                self.backend.permit_authenticated(&request).await?;
                 Ok(Response::new(predefined_to_pb(role)))
             }
             RoleName::Custom(name) => {
-                self.backend
-                    .authorize(
-                        &request,
-                        "GetRole",
-                        Permission::RolesGet,
-                        &role_resource(&name),
-                    )
-                    .await?;
+                self.backend.permit(&request, &role_resource(&name)).await?;
                 Ok(Response::new(custom_to_pb(&self.find(&name).await?)))
             }
         }
@@ -959,8 +781,7 @@ impl pb::roles_server::Roles for RolesApi {
         request: Request<pb::ListRolesRequest>,
     ) -> Result<Response<pb::ListRolesResponse>, Status> {
         if request.get_ref().project.is_empty() {
-            check_authenticated(&self.backend, &request, "ListRoles", Permission::RolesList)
-                .await?;
+            self.backend.permit_authenticated(&request).await?;
             return Ok(Response::new(pb::ListRolesResponse {
                 roles: PredefinedRole::ALL
                     .iter()
@@ -969,9 +790,7 @@ impl pb::roles_server::Roles for RolesApi {
             }));
         }
         let resource = project_resource(&request.get_ref().project)?;
-        self.backend
-            .authorize(&request, "ListRoles", Permission::RolesList, &resource)
-            .await?;
+        self.backend.permit(&request, &resource).await?;
         let prefix = format!("{resource}/roles/");
         let mut roles = Vec::new();
         for (name, _) in self
@@ -995,15 +814,7 @@ impl pb::roles_server::Roles for RolesApi {
         request: Request<pb::UpdateRoleRequest>,
     ) -> Result<Response<pb::Role>, Status> {
         let name = custom_role(&request.get_ref().name, "changed")?;
-        let caller = self
-            .backend
-            .authorize(
-                &request,
-                "UpdateRole",
-                Permission::RolesUpdate,
-                &role_resource(&name),
-            )
-            .await?;
+        let permit = self.backend.permit(&request, &role_resource(&name)).await?;
         let req = request.into_inner();
         let before = self.find(&name).await?.to_document();
         let mut doc = before.clone();
@@ -1023,10 +834,8 @@ impl pb::roles_server::Roles for RolesApi {
         self.save(&role).await?;
         self.backend
             .changed(
-                &caller,
-                "UpdateRole",
+                &permit,
                 &name.to_string(),
-                Permission::RolesUpdate,
                 serde_json::to_value(before).unwrap_or_default(),
                 serde_json::to_value(role.to_document()).unwrap_or_default(),
             )
@@ -1039,15 +848,7 @@ impl pb::roles_server::Roles for RolesApi {
         request: Request<pb::DeleteRoleRequest>,
     ) -> Result<Response<pb::Role>, Status> {
         let name = custom_role(&request.get_ref().name, "deleted")?;
-        let caller = self
-            .backend
-            .authorize(
-                &request,
-                "DeleteRole",
-                Permission::RolesDelete,
-                &role_resource(&name),
-            )
-            .await?;
+        let permit = self.backend.permit(&request, &role_resource(&name)).await?;
         let role = self.find(&name).await?;
         self.backend
             .store
@@ -1056,10 +857,8 @@ impl pb::roles_server::Roles for RolesApi {
             .map_err(ApiError::from)?;
         self.backend
             .changed(
-                &caller,
-                "DeleteRole",
+                &permit,
                 &name.to_string(),
-                Permission::RolesDelete,
                 serde_json::to_value(role.to_document()).unwrap_or_default(),
                 serde_json::Value::Null,
             )
@@ -1085,10 +884,8 @@ impl GroupsApi {
             .store
             .get_group(name.as_str())
             .await?
-            .ok_or_else(|| {
-                ApiError::NotFound(format!(
-                    "group `{name}` does not exist; `rouse iam groups list` shows those that do"
-                ))
+            .ok_or_else(|| ApiError::GroupNotFound {
+                name: name.to_string(),
             })
     }
 }
@@ -1100,29 +897,22 @@ impl GroupsApi {
         request: Request<pb::GroupMemberRequest>,
         add: bool,
     ) -> Result<pb::Group, ApiError> {
-        let action = if add {
-            "AddGroupMember"
-        } else {
-            "RemoveGroupMember"
-        };
-        let caller = self
-            .backend
-            .authorize(&request, action, Permission::GroupsUpdate, &Resource::Root)
-            .await?;
+        let permit = self.backend.permit(&request, &Resource::Root).await?;
         let name = group_name(&request.get_ref().name)?;
         let member = group_member(&request.get_ref().member)?.to_string();
         let store = &self.backend.store;
         let (before, after) = if add {
             match store.add_group_member(name.as_str(), &member).await? {
                 None => {
-                    return Err(ApiError::NotFound(format!(
-                        "group `{name}` does not exist; create it with `rouse iam groups create {name}`"
-                    )));
+                    return Err(ApiError::GroupNotFound {
+                        name: name.to_string(),
+                    });
                 }
                 Some(false) => {
-                    return Err(ApiError::AlreadyExists(format!(
-                        "`{member}` is already a member of group `{name}`"
-                    )));
+                    return Err(ApiError::AlreadyAMember {
+                        group: name.to_string(),
+                        member,
+                    });
                 }
                 Some(true) => (
                     serde_json::Value::Null,
@@ -1132,14 +922,15 @@ impl GroupsApi {
         } else {
             let group = self.find(&name).await?;
             if !store.remove_group_member(name.as_str(), &member).await? {
-                return Err(ApiError::NotFound(format!(
-                    "`{member}` is not a member of group `{name}`; its members are: {}",
-                    if group.members.is_empty() {
+                return Err(ApiError::NotAMember {
+                    group: name.to_string(),
+                    member,
+                    members: if group.members.is_empty() {
                         "none".to_owned()
                     } else {
                         group.members.join(", ")
-                    }
-                )));
+                    },
+                });
             }
             (
                 serde_json::json!({ "member": member }),
@@ -1147,14 +938,7 @@ impl GroupsApi {
             )
         };
         self.backend
-            .changed(
-                &caller,
-                action,
-                &group_resource(&name),
-                Permission::GroupsUpdate,
-                before,
-                after,
-            )
+            .changed(&permit, &group_resource(&name), before, after)
             .await;
         Ok(group_to_pb(&self.find(&name).await?))
     }
@@ -1195,15 +979,7 @@ impl pb::groups_server::Groups for GroupsApi {
         &self,
         request: Request<pb::CreateGroupRequest>,
     ) -> Result<Response<pb::Group>, Status> {
-        let caller = self
-            .backend
-            .authorize(
-                &request,
-                "CreateGroup",
-                Permission::GroupsCreate,
-                &Resource::Root,
-            )
-            .await?;
+        let permit = self.backend.permit(&request, &Resource::Root).await?;
         let req = request.into_inner();
         let name = group_name(&req.name)?;
         let record = GroupRecord {
@@ -1219,10 +995,8 @@ impl pb::groups_server::Groups for GroupsApi {
             .map_err(ApiError::from)?;
         self.backend
             .changed(
-                &caller,
-                "CreateGroup",
+                &permit,
                 &group_resource(&name),
-                Permission::GroupsCreate,
                 serde_json::Value::Null,
                 serde_json::json!({ "name": record.name, "description": record.description }),
             )
@@ -1234,9 +1008,7 @@ impl pb::groups_server::Groups for GroupsApi {
         &self,
         request: Request<pb::GetGroupRequest>,
     ) -> Result<Response<pb::Group>, Status> {
-        self.backend
-            .authorize(&request, "GetGroup", Permission::GroupsGet, &Resource::Root)
-            .await?;
+        self.backend.permit(&request, &Resource::Root).await?;
         let name = group_name(&request.get_ref().name)?;
         Ok(Response::new(group_to_pb(&self.find(&name).await?)))
     }
@@ -1245,14 +1017,7 @@ impl pb::groups_server::Groups for GroupsApi {
         &self,
         request: Request<pb::ListGroupsRequest>,
     ) -> Result<Response<pb::ListGroupsResponse>, Status> {
-        self.backend
-            .authorize(
-                &request,
-                "ListGroups",
-                Permission::GroupsList,
-                &Resource::Root,
-            )
-            .await?;
+        self.backend.permit(&request, &Resource::Root).await?;
         let groups = self
             .backend
             .store
@@ -1268,15 +1033,7 @@ impl pb::groups_server::Groups for GroupsApi {
         &self,
         request: Request<pb::DeleteGroupRequest>,
     ) -> Result<Response<pb::Group>, Status> {
-        let caller = self
-            .backend
-            .authorize(
-                &request,
-                "DeleteGroup",
-                Permission::GroupsDelete,
-                &Resource::Root,
-            )
-            .await?;
+        let permit = self.backend.permit(&request, &Resource::Root).await?;
         let name = group_name(&request.get_ref().name)?;
         let group = self.find(&name).await?;
         self.backend
@@ -1286,10 +1043,8 @@ impl pb::groups_server::Groups for GroupsApi {
             .map_err(ApiError::from)?;
         self.backend
             .changed(
-                &caller,
-                "DeleteGroup",
+                &permit,
                 &group_resource(&name),
-                Permission::GroupsDelete,
                 serde_json::json!({ "name": group.name, "members": group.members }),
                 serde_json::Value::Null,
             )

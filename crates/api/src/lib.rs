@@ -6,6 +6,8 @@
 //!   subscriptions, the secrets key, change notices for the other roles and
 //!   [`DispatchHooks`] into a dispatcher in the same process.
 //! - [`reconcile`]: run at start, brings Pub/Sub back in line with the store.
+//! - [`methods`]: who may call what, one entry per RPC, enforced by one
+//!   layer around the whole API; [`auth`] makes the checks it asks for.
 //! - [`error`]: the one place where errors become gRPC statuses.
 //!
 //! Protobuf stays here: domain types (`rouse_core`) never see prost; the
@@ -21,6 +23,7 @@ pub mod executions;
 pub mod hooks;
 pub mod iam;
 pub mod messaging;
+pub mod methods;
 pub mod reconcile;
 pub mod retention;
 pub mod revisions;
@@ -50,6 +53,7 @@ pub async fn serve(
     shutdown: impl Future<Output = ()> + Send,
 ) -> Result<(), tonic::transport::Error> {
     tonic::transport::Server::builder()
+        .layer(methods::MethodLayer)
         .add_service(pb::services_server::ServicesServer::new(ServicesApi::new(
             backend.clone(),
         )))

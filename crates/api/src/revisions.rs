@@ -8,8 +8,6 @@ use rouse_core::revision::{DeliveryMode, Revision, RevisionSource};
 use rouse_store::NewRevision;
 use tonic::{Request, Response, Status};
 
-use rouse_iam::Permission;
-
 use crate::auth::service_resource;
 use crate::backend::Backend;
 use crate::error::ApiError;
@@ -128,14 +126,7 @@ impl pb::revisions_server::Revisions for RevisionsApi {
         request: Request<pb::CreateRevisionRequest>,
     ) -> Result<Response<pb::Revision>, Status> {
         let resource = service_resource(&request.get_ref().project, &request.get_ref().service)?;
-        self.backend
-            .authorize(
-                &request,
-                "CreateRevision",
-                Permission::RevisionsCreate,
-                &resource,
-            )
-            .await?;
+        self.backend.permit(&request, &resource).await?;
         let req = request.into_inner();
         let service = self
             .backend
@@ -163,14 +154,7 @@ impl pb::revisions_server::Revisions for RevisionsApi {
         request: Request<pb::ListRevisionsRequest>,
     ) -> Result<Response<pb::ListRevisionsResponse>, Status> {
         let resource = service_resource(&request.get_ref().project, &request.get_ref().service)?;
-        self.backend
-            .authorize(
-                &request,
-                "ListRevisions",
-                Permission::RevisionsList,
-                &resource,
-            )
-            .await?;
+        self.backend.permit(&request, &resource).await?;
         let req = request.into_inner();
         let service = self
             .backend

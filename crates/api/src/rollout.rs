@@ -9,11 +9,10 @@
 
 use rouse_core::Service;
 use rouse_core::revision::{Revision, RevisionSource};
-use rouse_iam::Permission;
 use rouse_store::{RevisionInfo, RevisionState, Routing};
 use tonic::{Request, Response, Status};
 
-use crate::auth::service_resource;
+use crate::auth::{Permit, service_resource};
 use crate::backend::Backend;
 use crate::error::ApiError;
 use crate::pb;
@@ -34,11 +33,10 @@ impl RolloutsApi {
         let info = infos
             .into_iter()
             .find(|i| i.revision.name == name)
-            .ok_or_else(|| {
-                ApiError::NotFound(format!(
-                    "revision `{name}` is not a revision of `{}`; `rouse revisions list {} --project {}` shows them",
-                    service.name, service.name, service.project
-                ))
+            .ok_or_else(|| ApiError::RevisionNotFound {
+                project: service.project.to_string(),
+                service: service.name.to_string(),
+                revision: name.to_owned(),
             })?;
         if info.state != RevisionState::Ready {
             return Err(ApiError::FailedPrecondition(format!(
@@ -51,8 +49,7 @@ impl RolloutsApi {
 
     async fn apply(
         &self,
-        request_action: &str,
-        caller: &rouse_iam::Caller,
+        permit: &Permit,
         service: &Service,
         before: Routing,
         after: Routing,
@@ -61,10 +58,8 @@ impl RolloutsApi {
         self.backend.changes.services_changed();
         self.backend
             .changed(
-                caller,
-                request_action,
+                permit,
                 &crate::auth::resource_of(&service.project, &service.name).to_string(),
-                Permission::ServicesDeploy,
                 routing_json(&before),
                 routing_json(&after),
             )
@@ -142,14 +137,7 @@ impl pb::rollouts_server::Rollouts for RolloutsApi {
         request: Request<pb::DescribeRevisionRequest>,
     ) -> Result<Response<pb::RevisionDetail>, Status> {
         let resource = service_resource(&request.get_ref().project, &request.get_ref().service)?;
-        self.backend
-            .authorize(
-                &request,
-                "DescribeRevision",
-                Permission::RevisionsGet,
-                &resource,
-            )
-            .await?;
+        self.backend.permit(&request, &resource).await?;
         let req = request.into_inner();
         let (service, routing, serving) = self.start(&req.project, &req.service).await?;
         let infos = self
@@ -161,11 +149,10 @@ impl pb::rollouts_server::Rollouts for RolloutsApi {
         let info = infos
             .into_iter()
             .find(|i| i.revision.name == req.revision)
-            .ok_or_else(|| {
-                ApiError::NotFound(format!(
-                    "revision `{}` is not a revision of `{}`; `rouse revisions list {} --project {}` shows them",
-                    req.revision, service.name, service.name, service.project
-                ))
+            .ok_or_else(|| ApiError::RevisionNotFound {
+                project: service.project.to_string(),
+                service: service.name.to_string(),
+                revision: req.revision.clone(),
             })?;
         let RevisionInfo {
             revision,
@@ -216,19 +203,14 @@ impl pb::rollouts_server::Rollouts for RolloutsApi {
         request: Request<pb::RollbackRequest>,
     ) -> Result<Response<pb::RoutingStatus>, Status> {
         let resource = service_resource(&request.get_ref().project, &request.get_ref().service)?;
-        let caller = self
-            .backend
-            .authorize(&request, "Rollback", Permission::ServicesDeploy, &resource)
-            .await?;
+        let permit = self.backend.permit(&request, &resource).await?;
         let req = request.into_inner();
         let (service, before, _) = self.start(&req.project, &req.service).await?;
         self.routable(&service, &req.to_revision).await?;
         let mut after = before.clone();
         after.serving = Some(req.to_revision.clone());
         after.traffic.clear();
-        let out = self
-            .apply("Rollback", &caller, &service, before, after)
-            .await?;
+        let out = self.apply(&permit, &service, before, after).await?;
         Ok(Response::new(out))
     }
 
@@ -237,15 +219,7 @@ impl pb::rollouts_server::Rollouts for RolloutsApi {
         request: Request<pb::DeployTaggedRequest>,
     ) -> Result<Response<pb::RoutingStatus>, Status> {
         let resource = service_resource(&request.get_ref().project, &request.get_ref().service)?;
-        let caller = self
-            .backend
-            .authorize(
-                &request,
-                "DeployTagged",
-                Permission::ServicesDeploy,
-                &resource,
-            )
-            .await?;
+        let permit = self.backend.permit(&request, &resource).await?;
         let req = request.into_inner();
         check_tag(&req.tag)?;
         let (service, before, serving) = self.start(&req.project, &req.service).await?;
@@ -256,9 +230,7 @@ impl pb::rollouts_server::Rollouts for RolloutsApi {
             after.serving = serving.map(|r| r.name);
         }
         after.tags.insert(req.tag.clone(), req.revision.clone());
-        let out = self
-            .apply("DeployTagged", &caller, &service, before, after)
-            .await?;
+        let out = self.apply(&permit, &service, before, after).await?;
         Ok(Response::new(out))
     }
 
@@ -267,25 +239,23 @@ impl pb::rollouts_server::Rollouts for RolloutsApi {
         request: Request<pb::PromoteRequest>,
     ) -> Result<Response<pb::RoutingStatus>, Status> {
         let resource = service_resource(&request.get_ref().project, &request.get_ref().service)?;
-        let caller = self
-            .backend
-            .authorize(&request, "Promote", Permission::ServicesDeploy, &resource)
-            .await?;
+        let permit = self.backend.permit(&request, &resource).await?;
         let req = request.into_inner();
         let (service, before, _) = self.start(&req.project, &req.service).await?;
-        let revision = before.tags.get(&req.tag).cloned().ok_or_else(|| {
-            ApiError::NotFound(format!(
-                "service `{}` has no tag `{}`; tag a revision first with `rouse services deploy {} --project {} --revision REV --tag {}`",
-                service.name, req.tag, service.name, service.project, req.tag
-            ))
-        })?;
+        let revision = before
+            .tags
+            .get(&req.tag)
+            .cloned()
+            .ok_or_else(|| ApiError::TagNotFound {
+                project: service.project.to_string(),
+                service: service.name.to_string(),
+                tag: req.tag.clone(),
+            })?;
         self.routable(&service, &revision).await?;
         let mut after = before.clone();
         after.serving = Some(revision);
         after.traffic.clear();
-        let out = self
-            .apply("Promote", &caller, &service, before, after)
-            .await?;
+        let out = self.apply(&permit, &service, before, after).await?;
         Ok(Response::new(out))
     }
 
@@ -294,15 +264,7 @@ impl pb::rollouts_server::Rollouts for RolloutsApi {
         request: Request<pb::SetTrafficRequest>,
     ) -> Result<Response<pb::RoutingStatus>, Status> {
         let resource = service_resource(&request.get_ref().project, &request.get_ref().service)?;
-        let caller = self
-            .backend
-            .authorize(
-                &request,
-                "SetTraffic",
-                Permission::ServicesDeploy,
-                &resource,
-            )
-            .await?;
+        let permit = self.backend.permit(&request, &resource).await?;
         let req = request.into_inner();
         let (service, before, serving) = self.start(&req.project, &req.service).await?;
         let total: u32 = req.targets.iter().map(|t| t.percent).sum();
@@ -341,9 +303,7 @@ impl pb::rollouts_server::Rollouts for RolloutsApi {
         } else {
             Vec::new()
         };
-        let out = self
-            .apply("SetTraffic", &caller, &service, before, after)
-            .await?;
+        let out = self.apply(&permit, &service, before, after).await?;
         Ok(Response::new(out))
     }
 
@@ -352,9 +312,7 @@ impl pb::rollouts_server::Rollouts for RolloutsApi {
         request: Request<pb::GetRoutingRequest>,
     ) -> Result<Response<pb::RoutingStatus>, Status> {
         let resource = service_resource(&request.get_ref().project, &request.get_ref().service)?;
-        self.backend
-            .authorize(&request, "GetRouting", Permission::ServicesGet, &resource)
-            .await?;
+        self.backend.permit(&request, &resource).await?;
         let req = request.into_inner();
         let (service, routing, serving) = self.start(&req.project, &req.service).await?;
         Ok(Response::new(routing_to_pb(

@@ -4,7 +4,6 @@
 
 use std::time::SystemTime;
 
-use rouse_iam::Permission;
 use rouse_secrets::{sealed_name, validate_name};
 use tonic::{Request, Response, Status};
 
@@ -32,9 +31,7 @@ impl pb::secrets_server::Secrets for SecretsApi {
     ) -> Result<Response<pb::SetSecretResponse>, Status> {
         let backend = &self.backend;
         let resource = service_resource(&request.get_ref().project, &request.get_ref().service)?;
-        let caller = backend
-            .authorize(&request, "SetSecret", Permission::ServicesUpdate, &resource)
-            .await?;
+        let permit = backend.permit(&request, &resource).await?;
         let req = request.into_inner();
         let service = backend.find_service(&req.project, &req.service).await?;
         validate_name(&req.name).map_err(|e| ApiError::InvalidArgument(e.to_string()))?;
@@ -55,10 +52,8 @@ impl pb::secrets_server::Secrets for SecretsApi {
         backend.changes.services_changed();
         backend
             .changed(
-                &caller,
-                "SetSecret",
+                &permit,
                 &resource.to_string(),
-                Permission::ServicesUpdate,
                 serde_json::Value::Null,
                 // The name only: a value never reaches a log.
                 serde_json::json!({ "secret": req.name }),
@@ -73,9 +68,7 @@ impl pb::secrets_server::Secrets for SecretsApi {
     ) -> Result<Response<pb::ListSecretsResponse>, Status> {
         let backend = &self.backend;
         let resource = service_resource(&request.get_ref().project, &request.get_ref().service)?;
-        backend
-            .authorize(&request, "ListSecrets", Permission::ServicesGet, &resource)
-            .await?;
+        backend.permit(&request, &resource).await?;
         let req = request.into_inner();
         let service = backend.find_service(&req.project, &req.service).await?;
         let names = backend
@@ -92,14 +85,7 @@ impl pb::secrets_server::Secrets for SecretsApi {
     ) -> Result<Response<pb::DeleteSecretResponse>, Status> {
         let backend = &self.backend;
         let resource = service_resource(&request.get_ref().project, &request.get_ref().service)?;
-        let caller = backend
-            .authorize(
-                &request,
-                "DeleteSecret",
-                Permission::ServicesUpdate,
-                &resource,
-            )
-            .await?;
+        let permit = backend.permit(&request, &resource).await?;
         let req = request.into_inner();
         let service = backend.find_service(&req.project, &req.service).await?;
         let deleted = backend
@@ -108,19 +94,18 @@ impl pb::secrets_server::Secrets for SecretsApi {
             .await
             .map_err(ApiError::from)?;
         if !deleted {
-            return Err(ApiError::NotFound(format!(
-                "service `{}` has no secret `{}`; `rouse secrets list {} --project {}` shows its secrets",
-                service.name, req.name, service.name, service.project
-            ))
+            return Err(ApiError::SecretNotFound {
+                project: service.project.to_string(),
+                service: service.name.to_string(),
+                secret: req.name,
+            }
             .into());
         }
         backend.changes.services_changed();
         backend
             .changed(
-                &caller,
-                "DeleteSecret",
+                &permit,
                 &resource.to_string(),
-                Permission::ServicesUpdate,
                 serde_json::json!({ "secret": req.name }),
                 serde_json::Value::Null,
             )

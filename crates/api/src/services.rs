@@ -16,7 +16,7 @@ use rouse_store::StoreError;
 use tonic::{Request, Response, Status};
 use uuid::Uuid;
 
-use rouse_iam::{Permission, Resource};
+use rouse_iam::Resource;
 
 use crate::auth::{project_resource, service_resource};
 use crate::backend::Backend;
@@ -183,14 +183,7 @@ impl pb::services_server::Services for ServicesApi {
         request: Request<pb::CreateServiceRequest>,
     ) -> Result<Response<pb::Service>, Status> {
         let resource = project_resource(&request.get_ref().project)?;
-        self.backend
-            .authorize(
-                &request,
-                "CreateService",
-                Permission::ServicesCreate,
-                &resource,
-            )
-            .await?;
+        self.backend.permit(&request, &resource).await?;
         let pb::CreateServiceRequest { project, name } = request.into_inner();
         let service = self.create(&project, &name).await?;
         Ok(Response::new(self.to_pb(&service).await?))
@@ -201,9 +194,7 @@ impl pb::services_server::Services for ServicesApi {
         request: Request<pb::GetServiceRequest>,
     ) -> Result<Response<pb::Service>, Status> {
         let resource = service_resource(&request.get_ref().project, &request.get_ref().name)?;
-        self.backend
-            .authorize(&request, "GetService", Permission::ServicesGet, &resource)
-            .await?;
+        self.backend.permit(&request, &resource).await?;
         let pb::GetServiceRequest { project, name } = request.into_inner();
         let service = self.find(&project, &name).await?;
         Ok(Response::new(self.to_pb(&service).await?))
@@ -213,20 +204,13 @@ impl pb::services_server::Services for ServicesApi {
         &self,
         request: Request<pb::ListServicesRequest>,
     ) -> Result<Response<pb::ListServicesResponse>, Status> {
-        let caller = if request.get_ref().project.is_empty() {
+        let permit = if request.get_ref().project.is_empty() {
             // Every project: each service shows if the caller may list its
             // project's services.
-            self.backend.caller(&request)?
+            self.backend.permit_each_item(&request)?
         } else {
             let resource = project_resource(&request.get_ref().project)?;
-            self.backend
-                .authorize(
-                    &request,
-                    "ListServices",
-                    Permission::ServicesList,
-                    &resource,
-                )
-                .await?
+            self.backend.permit(&request, &resource).await?
         };
         let pb::ListServicesRequest { project } = request.into_inner();
         let project = if project.is_empty() {
@@ -245,11 +229,8 @@ impl pb::services_server::Services for ServicesApi {
             .map_err(ApiError::from)?;
         if project.is_none() {
             services.retain(|s| {
-                self.backend.allowed(
-                    &caller,
-                    Permission::ServicesList,
-                    &Resource::Project(s.project.clone()),
-                )
+                self.backend
+                    .shows(&permit, &Resource::Project(s.project.clone()))
             });
         }
         let mut out = Vec::with_capacity(services.len());
@@ -264,14 +245,7 @@ impl pb::services_server::Services for ServicesApi {
         request: Request<pb::UpdateServiceRequest>,
     ) -> Result<Response<pb::Service>, Status> {
         let resource = service_resource(&request.get_ref().project, &request.get_ref().name)?;
-        self.backend
-            .authorize(
-                &request,
-                "UpdateService",
-                Permission::ServicesUpdate,
-                &resource,
-            )
-            .await?;
+        self.backend.permit(&request, &resource).await?;
         let service = self.update(request.get_ref()).await?;
         Ok(Response::new(self.to_pb(&service).await?))
     }
@@ -281,14 +255,7 @@ impl pb::services_server::Services for ServicesApi {
         request: Request<pb::DeleteServiceRequest>,
     ) -> Result<Response<pb::DeleteServiceResponse>, Status> {
         let resource = service_resource(&request.get_ref().project, &request.get_ref().name)?;
-        self.backend
-            .authorize(
-                &request,
-                "DeleteService",
-                Permission::ServicesDelete,
-                &resource,
-            )
-            .await?;
+        self.backend.permit(&request, &resource).await?;
         let pb::DeleteServiceRequest { project, name } = request.into_inner();
         let service = self.delete(&project, &name).await?;
         Ok(Response::new(pb::DeleteServiceResponse {
@@ -437,7 +404,7 @@ mod tests {
             .create("experiment_2", "hpc")
             .await
             .expect_err("duplicate");
-        assert!(matches!(dup, ApiError::AlreadyExists(_)), "{dup}");
+        assert!(matches!(dup, ApiError::ServiceExists { .. }), "{dup}");
 
         let req = pb::UpdateServiceRequest {
             project: "experiment_2".into(),
@@ -460,6 +427,6 @@ mod tests {
         api.delete("experiment_2", "hpc").await.expect("delete");
         assert!(broker.topics.lock().expect("lock").is_empty());
         let gone = api.delete("experiment_2", "hpc").await.expect_err("gone");
-        assert!(matches!(gone, ApiError::NotFound(_)), "{gone}");
+        assert!(matches!(gone, ApiError::ServiceNotFound { .. }), "{gone}");
     }
 }

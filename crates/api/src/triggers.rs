@@ -6,7 +6,6 @@ use std::time::SystemTime;
 
 use rouse_builder::TriggerSpec;
 use rouse_core::Service;
-use rouse_iam::Permission;
 use rouse_store::TriggerRecord;
 use tonic::{Request, Response, Status};
 use uuid::Uuid;
@@ -82,15 +81,7 @@ impl pb::triggers_server::Triggers for TriggersApi {
         request: Request<pb::CreateTriggerRequest>,
     ) -> Result<Response<pb::Trigger>, Status> {
         let resource = service_resource(&request.get_ref().project, &request.get_ref().service)?;
-        let caller = self
-            .backend()
-            .authorize(
-                &request,
-                "CreateTrigger",
-                Permission::TriggersCreate,
-                &resource,
-            )
-            .await?;
+        let permit = self.backend().permit(&request, &resource).await?;
         let req = request.into_inner();
         let service = self
             .backend()
@@ -148,11 +139,7 @@ impl pb::triggers_server::Triggers for TriggersApi {
             .map_err(ApiError::from)?;
         let out = self.to_pb(&record, &service);
         self.backend()
-            .changed(
-                &caller,
-                "CreateTrigger",
-                &resource.to_string(),
-                Permission::TriggersCreate,
+            .changed(&permit, &resource.to_string(),
                 serde_json::Value::Null,
                 serde_json::json!({ "trigger": id, "repo": out.repo, "branch_pattern": out.branch_pattern }),
             )
@@ -167,10 +154,8 @@ impl pb::triggers_server::Triggers for TriggersApi {
     ) -> Result<Response<pb::Trigger>, Status> {
         let (_, (t, s)) = self
             .backend()
-            .authorize_lookup(
+            .permit_record(
                 &request,
-                "GetTrigger",
-                Permission::TriggersGet,
                 self.find(&request.get_ref().id).await,
                 |(_, service)| Some(service),
             )
@@ -188,15 +173,7 @@ impl pb::triggers_server::Triggers for TriggersApi {
         } else {
             service_resource(&req.project, &req.service)?
         };
-        let caller = self
-            .backend()
-            .authorize(
-                &request,
-                "ListTriggers",
-                Permission::TriggersList,
-                &resource,
-            )
-            .await?;
+        let permit = self.backend().permit(&request, &resource).await?;
         let req = request.into_inner();
         let services = if req.service.is_empty() {
             let project = rouse_core::ProjectName::parse(&req.project)
@@ -215,11 +192,10 @@ impl pb::triggers_server::Triggers for TriggersApi {
         };
         let mut triggers = Vec::new();
         for s in services {
-            if !self.backend().allowed(
-                &caller,
-                Permission::TriggersList,
-                &resource_of(&s.project, &s.name),
-            ) {
+            if !self
+                .backend()
+                .shows(&permit, &resource_of(&s.project, &s.name))
+            {
                 continue;
             }
             for t in self
@@ -239,12 +215,10 @@ impl pb::triggers_server::Triggers for TriggersApi {
         &self,
         request: Request<pb::DeleteTriggerRequest>,
     ) -> Result<Response<pb::DeleteTriggerResponse>, Status> {
-        let (caller, (t, s)) = self
+        let (permit, (t, s)) = self
             .backend()
-            .authorize_lookup(
+            .permit_record(
                 &request,
-                "DeleteTrigger",
-                Permission::TriggersDelete,
                 self.find(&request.get_ref().id).await,
                 |(_, service)| Some(service),
             )
@@ -257,10 +231,8 @@ impl pb::triggers_server::Triggers for TriggersApi {
             .map_err(ApiError::from)?;
         self.backend()
             .changed(
-                &caller,
-                "DeleteTrigger",
+                &permit,
                 &resource.to_string(),
-                Permission::TriggersDelete,
                 serde_json::json!({ "trigger": t.id, "repo": t.repo }),
                 serde_json::Value::Null,
             )
