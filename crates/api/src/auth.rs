@@ -28,8 +28,12 @@ pub struct Permit {
     pub caller: Caller,
     pub resource: Resource,
     pub method: &'static Method,
-    _made_here: (),
+    _made_here: MadeHere,
 }
+
+/// Only this module can name it, so only this module makes a [`Permit`].
+#[derive(Debug, Clone)]
+struct MadeHere;
 
 impl Backend {
     /// Who makes `request`.
@@ -301,7 +305,7 @@ impl Backend {
             caller,
             resource,
             method: gate.method,
-            _made_here: (),
+            _made_here: MadeHere,
         }
     }
 }

@@ -112,272 +112,63 @@ use Also::{Authenticated, EachItem, Nobody, Owner, Themselves};
 use On::{Named, Project, Record, Root, Scope, Service};
 
 /// Every method of the API.
+#[rustfmt::skip]
 pub const METHODS: &[Method] = &[
-    m(
-        "rouse.v1.Services/CreateService",
-        P::ServicesCreate,
-        Project,
-        Nobody,
-    ),
-    m(
-        "rouse.v1.Services/GetService",
-        P::ServicesGet,
-        Service,
-        Nobody,
-    ),
-    m(
-        "rouse.v1.Services/ListServices",
-        P::ServicesList,
-        Project,
-        EachItem,
-    ),
-    m(
-        "rouse.v1.Services/UpdateService",
-        P::ServicesUpdate,
-        Service,
-        Nobody,
-    ),
-    m(
-        "rouse.v1.Services/DeleteService",
-        P::ServicesDelete,
-        Service,
-        Nobody,
-    ),
-    m(
-        "rouse.v1.Revisions/CreateRevision",
-        P::RevisionsCreate,
-        Service,
-        Nobody,
-    ),
-    m(
-        "rouse.v1.Revisions/ListRevisions",
-        P::RevisionsList,
-        Service,
-        Nobody,
-    ),
+    m("rouse.v1.Services/CreateService", P::ServicesCreate, Project, Nobody),
+    m("rouse.v1.Services/GetService", P::ServicesGet, Service, Nobody),
+    m("rouse.v1.Services/ListServices", P::ServicesList, Project, EachItem),
+    m("rouse.v1.Services/UpdateService", P::ServicesUpdate, Service, Nobody),
+    m("rouse.v1.Services/DeleteService", P::ServicesDelete, Service, Nobody),
+    m("rouse.v1.Revisions/CreateRevision", P::RevisionsCreate, Service, Nobody),
+    m("rouse.v1.Revisions/ListRevisions", P::RevisionsList, Service, Nobody),
     m("rouse.v1.Executions/Ask", P::ServicesAsk, Service, Nobody),
-    m(
-        "rouse.v1.Executions/GetExecution",
-        P::ExecutionsGet,
-        Record,
-        Owner,
-    ),
-    m(
-        "rouse.v1.Executions/ListExecutions",
-        P::ExecutionsList,
-        Scope,
-        EachItem,
-    ),
-    m(
-        "rouse.v1.Executions/CancelExecution",
-        P::ExecutionsCancel,
-        Record,
-        Nobody,
-    ),
-    m(
-        "rouse.v1.Executions/WatchExecution",
-        P::ExecutionsGet,
-        Record,
-        Owner,
-    ),
+    m("rouse.v1.Executions/GetExecution", P::ExecutionsGet, Record, Owner),
+    m("rouse.v1.Executions/ListExecutions", P::ExecutionsList, Scope, EachItem),
+    m("rouse.v1.Executions/CancelExecution", P::ExecutionsCancel, Record, Nobody),
+    m("rouse.v1.Executions/WatchExecution", P::ExecutionsGet, Record, Owner),
     m("rouse.v1.Logs/ReadLogs", P::LogsRead, Service, Nobody),
-    m(
-        "rouse.v1.Rollouts/DescribeRevision",
-        P::RevisionsGet,
-        Service,
-        Nobody,
-    ),
-    m(
-        "rouse.v1.Rollouts/Rollback",
-        P::ServicesDeploy,
-        Service,
-        Nobody,
-    ),
-    m(
-        "rouse.v1.Rollouts/DeployTagged",
-        P::ServicesDeploy,
-        Service,
-        Nobody,
-    ),
-    m(
-        "rouse.v1.Rollouts/Promote",
-        P::ServicesDeploy,
-        Service,
-        Nobody,
-    ),
-    m(
-        "rouse.v1.Rollouts/SetTraffic",
-        P::ServicesDeploy,
-        Service,
-        Nobody,
-    ),
-    m(
-        "rouse.v1.Rollouts/GetRouting",
-        P::ServicesGet,
-        Service,
-        Nobody,
-    ),
+    m("rouse.v1.Rollouts/DescribeRevision", P::RevisionsGet, Service, Nobody),
+    m("rouse.v1.Rollouts/Rollback", P::ServicesDeploy, Service, Nobody),
+    m("rouse.v1.Rollouts/DeployTagged", P::ServicesDeploy, Service, Nobody),
+    m("rouse.v1.Rollouts/Promote", P::ServicesDeploy, Service, Nobody),
+    m("rouse.v1.Rollouts/SetTraffic", P::ServicesDeploy, Service, Nobody),
+    m("rouse.v1.Rollouts/GetRouting", P::ServicesGet, Service, Nobody),
     m("rouse.v1.Builds/ListBuilds", P::BuildsList, Scope, EachItem),
     m("rouse.v1.Builds/GetBuild", P::BuildsGet, Record, Nobody),
-    m(
-        "rouse.v1.Builds/CancelBuild",
-        P::BuildsCancel,
-        Record,
-        Nobody,
-    ),
-    m(
-        "rouse.v1.Builds/SubmitBuild",
-        P::BuildsCreate,
-        Service,
-        Nobody,
-    ),
-    m(
-        "rouse.v1.Builds/StreamBuildLogs",
-        P::BuildsGet,
-        Record,
-        Nobody,
-    ),
-    m(
-        "rouse.v1.Triggers/CreateTrigger",
-        P::TriggersCreate,
-        Service,
-        Nobody,
-    ),
-    m(
-        "rouse.v1.Triggers/GetTrigger",
-        P::TriggersGet,
-        Record,
-        Nobody,
-    ),
-    m(
-        "rouse.v1.Triggers/ListTriggers",
-        P::TriggersList,
-        Scope,
-        EachItem,
-    ),
-    m(
-        "rouse.v1.Triggers/DeleteTrigger",
-        P::TriggersDelete,
-        Record,
-        Nobody,
-    ),
-    m(
-        "rouse.v1.Secrets/SetSecret",
-        P::ServicesUpdate,
-        Service,
-        Nobody,
-    ),
-    m(
-        "rouse.v1.Secrets/ListSecrets",
-        P::ServicesGet,
-        Service,
-        Nobody,
-    ),
-    m(
-        "rouse.v1.Secrets/DeleteSecret",
-        P::ServicesUpdate,
-        Service,
-        Nobody,
-    ),
+    m("rouse.v1.Builds/CancelBuild", P::BuildsCancel, Record, Nobody),
+    m("rouse.v1.Builds/SubmitBuild", P::BuildsCreate, Service, Nobody),
+    m("rouse.v1.Builds/StreamBuildLogs", P::BuildsGet, Record, Nobody),
+    m("rouse.v1.Triggers/CreateTrigger", P::TriggersCreate, Service, Nobody),
+    m("rouse.v1.Triggers/GetTrigger", P::TriggersGet, Record, Nobody),
+    m("rouse.v1.Triggers/ListTriggers", P::TriggersList, Scope, EachItem),
+    m("rouse.v1.Triggers/DeleteTrigger", P::TriggersDelete, Record, Nobody),
+    m("rouse.v1.Secrets/SetSecret", P::ServicesUpdate, Service, Nobody),
+    m("rouse.v1.Secrets/ListSecrets", P::ServicesGet, Service, Nobody),
+    m("rouse.v1.Secrets/DeleteSecret", P::ServicesUpdate, Service, Nobody),
     m("rouse.v1.Iam/GetIamPolicy", P::IamGetPolicy, Named, Nobody),
     m("rouse.v1.Iam/SetIamPolicy", P::IamSetPolicy, Named, Nobody),
-    m(
-        "rouse.v1.Iam/TestIamPermissions",
-        P::IamGetPolicy,
-        Named,
-        Themselves,
-    ),
-    m(
-        "rouse.v1.Iam/ExplainPermission",
-        P::IamGetPolicy,
-        Named,
-        Nobody,
-    ),
+    m("rouse.v1.Iam/TestIamPermissions", P::IamGetPolicy, Named, Themselves),
+    m("rouse.v1.Iam/ExplainPermission", P::IamGetPolicy, Named, Nobody),
     m("rouse.v1.Iam/GetProject", P::ProjectsGet, Project, Nobody),
-    m(
-        "rouse.v1.Iam/UpdateProject",
-        P::ProjectsUpdate,
-        Project,
-        Nobody,
-    ),
+    m("rouse.v1.Iam/UpdateProject", P::ProjectsUpdate, Project, Nobody),
     m("rouse.v1.Iam/ListAudit", P::AuditRead, Named, Nobody),
-    m(
-        "rouse.v1.ServiceAccounts/CreateServiceAccount",
-        P::ServiceAccountsCreate,
-        Project,
-        Nobody,
-    ),
-    m(
-        "rouse.v1.ServiceAccounts/GetServiceAccount",
-        P::ServiceAccountsGet,
-        Project,
-        Nobody,
-    ),
-    m(
-        "rouse.v1.ServiceAccounts/ListServiceAccounts",
-        P::ServiceAccountsList,
-        Project,
-        EachItem,
-    ),
-    m(
-        "rouse.v1.ServiceAccounts/DeleteServiceAccount",
-        P::ServiceAccountsDelete,
-        Project,
-        Nobody,
-    ),
-    m(
-        "rouse.v1.ServiceAccounts/SetServiceAccountDisabled",
-        P::ServiceAccountsUpdate,
-        Project,
-        Nobody,
-    ),
-    m(
-        "rouse.v1.ServiceAccounts/CreateKey",
-        P::ServiceAccountKeysCreate,
-        Project,
-        Nobody,
-    ),
-    m(
-        "rouse.v1.ServiceAccounts/ListKeys",
-        P::ServiceAccountKeysList,
-        Project,
-        Nobody,
-    ),
-    m(
-        "rouse.v1.ServiceAccounts/DeleteKey",
-        P::ServiceAccountKeysDelete,
-        Project,
-        Nobody,
-    ),
+    m("rouse.v1.ServiceAccounts/CreateServiceAccount", P::ServiceAccountsCreate, Project, Nobody),
+    m("rouse.v1.ServiceAccounts/GetServiceAccount", P::ServiceAccountsGet, Project, Nobody),
+    m("rouse.v1.ServiceAccounts/ListServiceAccounts", P::ServiceAccountsList, Project, EachItem),
+    m("rouse.v1.ServiceAccounts/DeleteServiceAccount", P::ServiceAccountsDelete, Project, Nobody),
+    m("rouse.v1.ServiceAccounts/SetServiceAccountDisabled", P::ServiceAccountsUpdate, Project, Nobody),
+    m("rouse.v1.ServiceAccounts/CreateKey", P::ServiceAccountKeysCreate, Project, Nobody),
+    m("rouse.v1.ServiceAccounts/ListKeys", P::ServiceAccountKeysList, Project, Nobody),
+    m("rouse.v1.ServiceAccounts/DeleteKey", P::ServiceAccountKeysDelete, Project, Nobody),
     m("rouse.v1.Groups/CreateGroup", P::GroupsCreate, Root, Nobody),
     m("rouse.v1.Groups/GetGroup", P::GroupsGet, Root, Nobody),
     m("rouse.v1.Groups/ListGroups", P::GroupsList, Root, Nobody),
     m("rouse.v1.Groups/DeleteGroup", P::GroupsDelete, Root, Nobody),
-    m(
-        "rouse.v1.Groups/AddGroupMember",
-        P::GroupsUpdate,
-        Root,
-        Nobody,
-    ),
-    m(
-        "rouse.v1.Groups/RemoveGroupMember",
-        P::GroupsUpdate,
-        Root,
-        Nobody,
-    ),
+    m("rouse.v1.Groups/AddGroupMember", P::GroupsUpdate, Root, Nobody),
+    m("rouse.v1.Groups/RemoveGroupMember", P::GroupsUpdate, Root, Nobody),
     m("rouse.v1.Roles/CreateRole", P::RolesCreate, Project, Nobody),
-    m(
-        "rouse.v1.Roles/GetRole",
-        P::RolesGet,
-        Project,
-        Authenticated,
-    ),
-    m(
-        "rouse.v1.Roles/ListRoles",
-        P::RolesList,
-        Project,
-        Authenticated,
-    ),
+    m("rouse.v1.Roles/GetRole", P::RolesGet, Project, Authenticated),
+    m("rouse.v1.Roles/ListRoles", P::RolesList, Project, Authenticated),
     m("rouse.v1.Roles/UpdateRole", P::RolesUpdate, Project, Nobody),
     m("rouse.v1.Roles/DeleteRole", P::RolesDelete, Project, Nobody),
 ];
@@ -581,8 +372,8 @@ mod tests {
     fn resources_outside_the_declared_kind_are_not_admitted() {
         use rouse_core::{ProjectName, ServiceName};
         use rouse_iam::Resource;
-        let p = ProjectName::parse("p").unwrap();
-        let s = ServiceName::parse(&p, "s").unwrap();
+        let p = ProjectName::parse("p").expect("a valid project");
+        let s = ServiceName::parse(&p, "s").expect("a valid service");
         let project = Resource::Project(p.clone());
         let service = Resource::Service(p, s);
         assert!(On::Project.admits(&project));
@@ -622,12 +413,15 @@ mod tests {
         }
         let call = |check: bool, path: &'static str| async move {
             let mut service = MethodLayer.layer(Handler { check });
-            let request = http::Request::builder().uri(path).body(()).unwrap();
-            let response = service.call(request).await.unwrap();
+            let request = http::Request::builder()
+                .uri(path)
+                .body(())
+                .expect("a request");
+            let Ok(response) = service.call(request).await;
             response
                 .headers()
                 .get("grpc-status")
-                .map(|v| v.to_str().unwrap().to_owned())
+                .map(|v| v.to_str().expect("ASCII").to_owned())
         };
         assert_eq!(call(true, "/rouse.v1.Services/GetService").await, None);
         // 13 = INTERNAL
