@@ -380,11 +380,8 @@ impl Running {
         if self.servers.is_empty() {
             return std::future::pending().await;
         }
-        let (index, result) = {
-            let waits = self.servers.iter_mut().map(|(_, h)| Box::pin(h));
-            let (result, index, _) = futures_select_all(waits).await;
-            (index, result)
-        };
+        let (result, index, _) =
+            futures::future::select_all(self.servers.iter_mut().map(|(_, h)| h)).await;
         let (name, _) = self.servers.remove(index);
         match result {
             Ok(Ok(())) => format!("{name} stopped"),
@@ -421,23 +418,6 @@ impl Running {
         }
         tracing::info!("rouse server stopped");
     }
-}
-
-/// The first of several handles to complete, with its index.
-async fn futures_select_all<F, T>(futures: impl Iterator<Item = F>) -> (T, usize, ())
-where
-    F: std::future::Future<Output = T> + Unpin,
-{
-    let mut futures: Vec<F> = futures.collect();
-    std::future::poll_fn(move |cx| {
-        for (i, f) in futures.iter_mut().enumerate() {
-            if let std::task::Poll::Ready(v) = std::pin::Pin::new(f).poll(cx) {
-                return std::task::Poll::Ready((v, i, ()));
-            }
-        }
-        std::task::Poll::Pending
-    })
-    .await
 }
 
 async fn bind(
