@@ -6,8 +6,9 @@
 use std::path::PathBuf;
 use std::time::{Duration, Instant, SystemTime};
 
+use rouse_core::build::RevisionState;
 use rouse_core::revision::{DeliveryMode, RevisionSource};
-use rouse_store::{BuildOrigin, NewRevision, RevisionState, RolloutStore, SqliteStore, Store};
+use rouse_store::{BuildOrigin, NewRevision, RolloutStore, SqliteStore, Store};
 use rouse_tests::platform::InProcess;
 use rouse_tests::{Emulator, workspace_bin};
 

@@ -14,7 +14,7 @@ use std::time::SystemTime;
 
 use rouse_core::{ProjectName, Service, ServiceName};
 use rouse_iam::{Caller, Resource};
-use rouse_store::AuditEntry;
+use rouse_store::{AuditDecision, AuditEntry};
 use tonic::Request;
 
 use crate::backend::Backend;
@@ -133,7 +133,7 @@ impl Backend {
                     action: gate.method.action().to_owned(),
                     resource: resource.to_string(),
                     permission: gate.method.permission.as_str().to_owned(),
-                    decision: "granted".into(),
+                    decision: AuditDecision::Granted,
                     detail: serde_json::json!({ "as": "owner" }).to_string(),
                 })
                 .await;
@@ -222,7 +222,7 @@ impl Backend {
                 action: action.to_owned(),
                 resource: resource.to_owned(),
                 permission: permit.method.permission.as_str().to_owned(),
-                decision: "changed".into(),
+                decision: AuditDecision::Changed,
                 detail: serde_json::json!({ "before": before, "after": after }).to_string(),
             })
             .await;
@@ -250,7 +250,7 @@ impl Backend {
                         action: method.action().to_owned(),
                         resource: resource.to_string(),
                         permission: method.permission.as_str().to_owned(),
-                        decision: "denied".into(),
+                        decision: AuditDecision::Denied,
                         detail: serde_json::json!({ "reason": e.to_string() }).to_string(),
                     })
                     .await;

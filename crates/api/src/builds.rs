@@ -7,7 +7,7 @@ use std::pin::Pin;
 use std::time::Duration;
 
 use futures::Stream;
-use rouse_builder::{BuildJob, BuildSource, BuildStatus};
+use rouse_builder::{BuildJob, BuildSource};
 use rouse_core::Service;
 use rouse_store::BuildRecord;
 use tonic::{Request, Response, Status};
@@ -76,8 +76,8 @@ pub fn build_to_pb(b: &BuildRecord, service: &Service) -> pb::Build {
         project: service.project.to_string(),
         service: service.name.to_string(),
         trigger: trigger_id.clone().unwrap_or_default(),
-        status: status.clone(),
-        step: step.clone().unwrap_or_default(),
+        status: status.to_string(),
+        step: step.map(|s| s.to_string()).unwrap_or_default(),
         source: source.clone(),
         commit: commit.clone().unwrap_or_default(),
         branch: branch.clone().unwrap_or_default(),
@@ -180,7 +180,7 @@ impl pb::builds_server::Builds for BuildsApi {
                 |(_, service)| Some(service),
             )
             .await?;
-        if is_terminal(&build.status) {
+        if build.status.is_terminal() {
             return Err(ApiError::FailedPrecondition(format!(
                 "build `{}` is already {}; only queued or running builds can be cancelled",
                 build.id, build.status
@@ -213,7 +213,7 @@ impl pb::builds_server::Builds for BuildsApi {
                 .map_err(ApiError::from)?
             {
                 latest = b;
-                if is_terminal(&latest.status) {
+                if latest.status.is_terminal() {
                     break;
                 }
             }
@@ -332,7 +332,7 @@ impl pb::builds_server::Builds for BuildsApi {
                     Ok(Some(b)) => b.status,
                     _ => return,
                 };
-                if is_terminal(&status) {
+                if status.is_terminal() {
                     // Lines written just before the end.
                     if let Ok(rest) = backend
                         .store
@@ -354,7 +354,7 @@ impl pb::builds_server::Builds for BuildsApi {
                         .send(Ok(pb::BuildLogLine {
                             seq: 0,
                             line: String::new(),
-                            status,
+                            status: status.to_string(),
                         }))
                         .await;
                     return;
@@ -366,11 +366,4 @@ impl pb::builds_server::Builds for BuildsApi {
             tokio_stream::wrappers::ReceiverStream::new(rx),
         )))
     }
-}
-
-/// Whether a stored status word is a terminal one.
-fn is_terminal(status: &str) -> bool {
-    status
-        .parse::<BuildStatus>()
-        .is_ok_and(BuildStatus::is_terminal)
 }

@@ -4,8 +4,8 @@
 
 use std::time::Duration;
 
+use rouse_core::build::Routing;
 use rouse_core::{Scaling, Service};
-use rouse_store::Routing;
 
 use crate::error::ApiError;
 use crate::pb;

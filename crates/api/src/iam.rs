@@ -14,7 +14,9 @@ use rouse_iam::{
     Resource, RoleDocument, RoleName, Stage,
 };
 use rouse_identity::{Account, PublicKey};
-use rouse_store::{AuditFilter, GroupRecord, PublicKeyRecord, ServiceAccountRecord, StoredPolicy};
+use rouse_store::{
+    AuditDecision, AuditFilter, GroupRecord, PublicKeyRecord, ServiceAccountRecord, StoredPolicy,
+};
 use tonic::{Request, Response, Status};
 
 use crate::auth::{Permit, project_resource};
@@ -289,13 +291,10 @@ impl pb::iam_server::Iam for IamApi {
         let req = request.into_inner();
         let decision = match req.decision.as_str() {
             "" => None,
-            d @ ("granted" | "denied" | "changed") => Some(d.to_owned()),
-            other => {
-                return Err(invalid(format!(
-                    "decision `{other}` is not one of granted, denied, changed"
-                ))
-                .into());
-            }
+            word => Some(
+                word.parse::<AuditDecision>()
+                    .map_err(|e| invalid(format!("decision: {e}")))?,
+            ),
         };
         let filter = AuditFilter {
             since: req
@@ -331,7 +330,7 @@ impl pb::iam_server::Iam for IamApi {
                     action: e.action,
                     resource: e.resource,
                     permission: e.permission,
-                    decision: e.decision,
+                    decision: e.decision.to_string(),
                     detail: e.detail,
                 })
                 .collect(),

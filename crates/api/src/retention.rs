@@ -87,7 +87,7 @@ mod tests {
             action: "question".into(),
             resource: "projects/p/services/s".into(),
             permission: "services.ask".into(),
-            decision: decision.into(),
+            decision: decision.parse().expect("decision word"),
             detail: "{}".into(),
         };
         let many = usize::try_from(BATCH).expect("small") + 7;

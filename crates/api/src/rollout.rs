@@ -8,8 +8,9 @@
 //! and past their rollout) can be routed to.
 
 use rouse_core::Service;
+use rouse_core::build::{RevisionState, Routing};
 use rouse_core::revision::{Revision, RevisionSource};
-use rouse_store::{RevisionInfo, RevisionState, Routing};
+use rouse_store::RevisionInfo;
 use tonic::{Request, Response, Status};
 
 use crate::auth::{Permit, service_resource};

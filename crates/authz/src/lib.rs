@@ -28,7 +28,7 @@ use rouse_iam::{
     Policy, Principal, Request, Resource, RoleDocument, Roles, ServiceId,
 };
 use rouse_identity::{KeyRecord, PublicKey, TokenError};
-use rouse_store::{AuditEntry, IamData, IamStore, StoreError};
+use rouse_store::{AuditDecision, AuditEntry, IamData, IamStore, StoreError};
 use tokio_util::sync::CancellationToken;
 
 /// How often [`Authority::keep_fresh`] looks for changes made elsewhere.
@@ -356,7 +356,7 @@ pub fn decision_entry(
 ) -> AuditEntry {
     let (verdict, detail) = match decision {
         Ok(permit) => (
-            "granted",
+            AuditDecision::Granted,
             serde_json::json!({
                 "role": permit.role.to_string(),
                 "member": permit.member.to_string(),
@@ -365,7 +365,7 @@ pub fn decision_entry(
             }),
         ),
         Err(denied) => (
-            "denied",
+            AuditDecision::Denied,
             serde_json::json!({ "reason": denied.to_string() }),
         ),
     };
@@ -376,7 +376,7 @@ pub fn decision_entry(
         action: action.to_owned(),
         resource: resource.to_string(),
         permission: permission.as_str().to_owned(),
-        decision: verdict.to_owned(),
+        decision: verdict,
         detail: detail.to_string(),
     }
 }

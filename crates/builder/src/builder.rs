@@ -14,10 +14,10 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, SystemTime};
 
 use rouse_core::Service;
+use rouse_core::build::RevisionState;
 use rouse_secrets::{SealedValue, SecretsKey, trigger_secret_name};
 use rouse_store::{
-    BuildRecord, BuildStore, Changes, DispatchStore, RevisionState, RolloutStore, Store,
-    StoreError, TriggerRecord,
+    BuildRecord, BuildStore, Changes, DispatchStore, RolloutStore, Store, StoreError, TriggerRecord,
 };
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
@@ -187,7 +187,7 @@ impl Builder {
                 if taken {
                     // Reported `cancelled` by the queue once it stopped.
                     let _ = self.inner.queue.cancel(&build.id).await;
-                } else if build.status == BuildStatus::Queued.as_str() {
+                } else if build.status == BuildStatus::Queued {
                     finish(
                         store.as_ref(),
                         build,
@@ -198,7 +198,7 @@ impl Builder {
                 }
                 continue;
             }
-            if taken || build.status != BuildStatus::Queued.as_str() {
+            if taken || build.status != BuildStatus::Queued {
                 continue;
             }
             let job = match self.job_of(build).await {
@@ -303,7 +303,7 @@ pub fn queued_record(job: &BuildJob) -> BuildRecord {
         id: Uuid::new_v4().simple().to_string()[..16].to_owned(),
         service_uuid: job.service.uuid,
         trigger_id: job.trigger.as_ref().map(|t| t.id().to_owned()),
-        status: BuildStatus::Queued.as_str().into(),
+        status: BuildStatus::Queued,
         step: None,
         source,
         commit,
@@ -323,7 +323,7 @@ pub fn queued_record(job: &BuildJob) -> BuildRecord {
 /// Ends a build the queue never held.
 async fn finish(store: &dyn BuilderStore, build: &BuildRecord, status: BuildStatus, why: &str) {
     let mut record = build.clone();
-    record.status = status.as_str().into();
+    record.status = status;
     record.failure = Some(why.to_owned());
     record.finished_at = Some(SystemTime::now());
     if let Err(e) = store.update_build(&record).await {
@@ -336,7 +336,7 @@ async fn finish(store: &dyn BuilderStore, build: &BuildRecord, status: BuildStat
 async fn fail_interrupted(store: &dyn BuilderStore) -> Result<(), BuilderError> {
     let unfinished = store.list_builds(None, true, u32::MAX).await?;
     for mut build in unfinished {
-        if build.status == BuildStatus::Queued.as_str() {
+        if build.status == BuildStatus::Queued {
             continue;
         }
         if let Some(revision) = &build.revision {
@@ -344,7 +344,7 @@ async fn fail_interrupted(store: &dyn BuilderStore) -> Result<(), BuilderError> 
                 .set_revision_state(revision, RevisionState::Failed)
                 .await?;
         }
-        build.status = BuildStatus::Failed.as_str().into();
+        build.status = BuildStatus::Failed;
         build.failure = Some(
             "the builder stopped while the build ran; push again or run `rouse builds submit`"
                 .into(),

@@ -14,8 +14,9 @@ use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 
 use rouse_core::Service;
+use rouse_core::build::RevisionState;
 use rouse_core::revision::{DeliveryMode, RevisionSource};
-use rouse_store::{BuildOrigin, Changes, NewRevision, RevisionState};
+use rouse_store::{BuildOrigin, Changes, NewRevision};
 use tokio_util::sync::CancellationToken;
 
 use crate::builder::BuilderStore;

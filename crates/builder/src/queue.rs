@@ -32,7 +32,6 @@
 
 use std::collections::{HashMap, VecDeque};
 use std::fmt;
-use std::str::FromStr;
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Duration;
 
@@ -52,87 +51,7 @@ pub const DEFAULT_BUILD_TIMEOUT: Duration = Duration::from_secs(30 * 60);
 /// How long a cancelled build's runner has to stop by itself.
 pub const DEFAULT_CANCEL_GRACE: Duration = Duration::from_secs(10);
 
-/// A build's status, as stored and shown (`rolling-out`, …).
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
-pub enum BuildStatus {
-    Queued,
-    Fetching,
-    Building,
-    Pushing,
-    RollingOut,
-    Succeeded,
-    Failed,
-    Cancelled,
-    Superseded,
-}
-
-impl BuildStatus {
-    pub const ALL: [Self; 9] = [
-        Self::Queued,
-        Self::Fetching,
-        Self::Building,
-        Self::Pushing,
-        Self::RollingOut,
-        Self::Succeeded,
-        Self::Failed,
-        Self::Cancelled,
-        Self::Superseded,
-    ];
-
-    pub fn as_str(self) -> &'static str {
-        match self {
-            Self::Queued => "queued",
-            Self::Fetching => "fetching",
-            Self::Building => "building",
-            Self::Pushing => "pushing",
-            Self::RollingOut => "rolling-out",
-            Self::Succeeded => "succeeded",
-            Self::Failed => "failed",
-            Self::Cancelled => "cancelled",
-            Self::Superseded => "superseded",
-        }
-    }
-
-    /// Whether the build is over.
-    pub fn is_terminal(self) -> bool {
-        matches!(
-            self,
-            Self::Succeeded | Self::Failed | Self::Cancelled | Self::Superseded
-        )
-    }
-
-    /// Whether a runner may move a build into this status.
-    pub fn is_running(self) -> bool {
-        matches!(
-            self,
-            Self::Fetching | Self::Building | Self::Pushing | Self::RollingOut
-        )
-    }
-}
-
-impl fmt::Display for BuildStatus {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(self.as_str())
-    }
-}
-
-/// An unknown status name.
-#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
-#[error(
-    "unknown build status `{0}`: expected one of queued, fetching, building, pushing, rolling-out, succeeded, failed, cancelled, superseded"
-)]
-pub struct ParseStatusError(pub String);
-
-impl FromStr for BuildStatus {
-    type Err = ParseStatusError;
-
-    fn from_str(text: &str) -> Result<Self, Self::Err> {
-        Self::ALL
-            .into_iter()
-            .find(|status| status.as_str() == text)
-            .ok_or_else(|| ParseStatusError(text.to_owned()))
-    }
-}
+pub use rouse_core::build::{BuildStatus, ParseStatusError};
 
 /// A build's id, chosen by the caller (the store's id of its record).
 pub type BuildId = String;

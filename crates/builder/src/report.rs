@@ -33,9 +33,9 @@ impl StatusSink for Recorder {
             }
         };
         let now = SystemTime::now();
-        record.status = update.status.as_str().into();
+        record.status = update.status;
         if update.status.is_running() {
-            record.step = Some(update.status.as_str().into());
+            record.step = Some(update.status);
             record.started_at.get_or_insert(now);
         }
         if update.status.is_terminal() {

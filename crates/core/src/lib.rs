@@ -4,10 +4,12 @@
 //!   how a project maps to an Octue SRUID namespace.
 //! - [`sruid`]: service revision unique identifiers, `<namespace>/<name>:<tag>`.
 //! - [`service`]: a service's record, its scaling settings and their defaults.
+//! - [`build`]: a build's status, a revision's rollout state, routing.
 //!
 //! Everything here validates on construction, so a value of these types is
 //! known to be well formed wherever it travels.
 
+pub mod build;
 pub mod names;
 pub mod protocol;
 pub mod revision;

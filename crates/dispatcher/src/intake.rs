@@ -23,8 +23,8 @@ use rouse_core::sruid::Sruid;
 use rouse_core::{ProjectName, Service, ServiceName};
 use rouse_iam::{Permission, Resource};
 use rouse_pubsub::{Handler, Message, Subscriber, SubscriptionSpec};
-use rouse_store::AuditEntry;
 use rouse_store::NewEvent;
+use rouse_store::{AuditDecision, AuditEntry};
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 use uuid::Uuid;
@@ -203,7 +203,7 @@ async fn authorize(
                     action: "question".into(),
                     resource: resource.to_string(),
                     permission: permission.as_str().into(),
-                    decision: "denied".into(),
+                    decision: AuditDecision::Denied,
                     detail: serde_json::json!({ "reason": reason, "question_uuid": question_uuid })
                         .to_string(),
                 })

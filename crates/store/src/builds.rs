@@ -8,10 +8,10 @@
 //! (the pipeline), [`RolloutStore`] (revisions and routing) and
 //! [`SecretStore`].
 
-use std::collections::BTreeMap;
 use std::time::SystemTime;
 
 use async_trait::async_trait;
+use rouse_core::build::{BuildStatus, RevisionState, Routing};
 use rouse_core::revision::{Revision, RevisionSource};
 use rouse_core::{Service, ServiceStatus};
 use rusqlite::{Connection, OptionalExtension, Row, params};
@@ -50,10 +50,9 @@ pub struct BuildRecord {
     pub id: String,
     pub service_uuid: Uuid,
     pub trigger_id: Option<String>,
-    /// `queued`, `fetching`, … (the builder's `BuildStatus` words).
-    pub status: String,
+    pub status: BuildStatus,
     /// The last running status reached: where a failure happened.
-    pub step: Option<String>,
+    pub step: Option<BuildStatus>,
     /// The repository URL, or `dir:<path>` for a manual build.
     pub source: String,
     pub commit: Option<String>,
@@ -84,51 +83,18 @@ pub struct BuildOrigin {
     pub image_id: Option<String>,
 }
 
-/// The rollout state of a revision.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum RevisionState {
-    /// May serve (every revision registered by hand, and built ones that
-    /// passed their rollout).
-    Ready,
-    /// Built, its rollout under way: never served.
-    Candidate,
-    /// A dispatcher is running its readiness trial: never served.
-    Trying,
-    /// It passed its trial; it serves once the builder routes to it (and
-    /// never by being the newest revision).
-    Passed,
-    /// Its rollout failed: never served.
-    Failed,
+fn state_column(state: RevisionState) -> Option<&'static str> {
+    match state {
+        RevisionState::Ready => None,
+        other => Some(other.as_str()),
+    }
 }
 
-impl RevisionState {
-    pub fn as_str(self) -> &'static str {
-        match self {
-            Self::Ready => "ready",
-            Self::Candidate => "candidate",
-            Self::Trying => "trying",
-            Self::Passed => "passed",
-            Self::Failed => "failed",
-        }
-    }
-
-    fn column(self) -> Option<&'static str> {
-        match self {
-            Self::Ready => None,
-            other => Some(other.as_str()),
-        }
-    }
-
-    fn from_column(value: Option<&str>) -> Result<Self, StoreError> {
-        match value {
-            None | Some("ready") => Ok(Self::Ready),
-            Some("candidate") => Ok(Self::Candidate),
-            Some("trying") => Ok(Self::Trying),
-            Some("passed") => Ok(Self::Passed),
-            Some("failed") => Ok(Self::Failed),
-            Some(other) => Err(StoreError::Corrupt(format!("revision state `{other}`"))),
-        }
-    }
+fn state_from_column(value: Option<&str>) -> Result<RevisionState, StoreError> {
+    value.map_or(Ok(RevisionState::Ready), |word| {
+        word.parse()
+            .map_err(|_| StoreError::Corrupt(format!("revision state `{word}`")))
+    })
 }
 
 /// A revision with where it came from and its rollout state.
@@ -137,18 +103,6 @@ pub struct RevisionInfo {
     pub revision: Revision,
     pub origin: BuildOrigin,
     pub state: RevisionState,
-}
-
-/// How a service's questions reach its revisions.
-#[derive(Debug, Clone, PartialEq, Eq, Default)]
-pub struct Routing {
-    /// The revision untagged questions go to; `None`: the newest ready one.
-    pub serving: Option<String>,
-    /// `tag` → revision: questions to `namespace/name:tag` go there.
-    pub tags: BTreeMap<String, String>,
-    /// Untagged questions split by percentage (adding up to 100); empty:
-    /// all to the serving revision.
-    pub traffic: Vec<(String, u32)>,
 }
 
 /// What a webhook delivery's build insert found.
@@ -329,6 +283,8 @@ const BUILD_COLUMNS: &str = "id, service_uuid, trigger_id, status, step, source,
 fn read_build(row: &Row<'_>) -> rusqlite::Result<Result<BuildRecord, StoreError>> {
     let id: String = row.get(0)?;
     let service: String = row.get(1)?;
+    let status: String = row.get(3)?;
+    let step: Option<String> = row.get(4)?;
     let last_lines: String = row.get(11)?;
     let started: Option<i64> = row.get(13)?;
     let finished: Option<i64> = row.get(14)?;
@@ -336,8 +292,8 @@ fn read_build(row: &Row<'_>) -> rusqlite::Result<Result<BuildRecord, StoreError>
         id,
         service_uuid: Uuid::nil(),
         trigger_id: row.get(2)?,
-        status: row.get(3)?,
-        step: row.get(4)?,
+        status: BuildStatus::Queued,
+        step: None,
         source: row.get(5)?,
         commit: row.get(6)?,
         branch: row.get(7)?,
@@ -354,10 +310,17 @@ fn read_build(row: &Row<'_>) -> rusqlite::Result<Result<BuildRecord, StoreError>
     Ok((|| {
         Ok(BuildRecord {
             service_uuid: parse_uuid("build service", &service)?,
+            status: build_status(&status)?,
+            step: step.as_deref().map(build_status).transpose()?,
             last_lines: list_from("build last lines", &last_lines)?,
             ..record
         })
     })())
+}
+
+fn build_status(word: &str) -> Result<BuildStatus, StoreError> {
+    word.parse()
+        .map_err(|_| StoreError::Corrupt(format!("build status `{word}`")))
 }
 
 fn collect<T>(
@@ -492,8 +455,8 @@ impl BuildStore for SqliteStore {
                     b.id,
                     b.service_uuid.to_string(),
                     b.trigger_id,
-                    b.status,
-                    b.step,
+                    b.status.as_str(),
+                    b.step.map(BuildStatus::as_str),
                     b.source,
                     b.commit,
                     b.branch,
@@ -535,8 +498,8 @@ impl BuildStore for SqliteStore {
                  last_lines = ?7, started_at_us = ?8, finished_at_us = ?9 WHERE id = ?1",
                 params![
                     b.id,
-                    b.status,
-                    b.step,
+                    b.status.as_str(),
+                    b.step.map(BuildStatus::as_str),
                     b.revision,
                     b.image,
                     b.failure,
@@ -648,7 +611,7 @@ fn read_info(row: &Row<'_>) -> rusqlite::Result<Result<RevisionInfo, StoreError>
         Ok(RevisionInfo {
             revision: revision?,
             origin,
-            state: RevisionState::from_column(state.as_deref())?,
+            state: state_from_column(state.as_deref())?,
         })
     })())
 }
@@ -785,7 +748,7 @@ impl RolloutStore for SqliteStore {
         self.write(move |conn| {
             conn.execute(
                 "UPDATE revisions SET state = ?2 WHERE name = ?1",
-                params![name, state.column()],
+                params![name, state_column(state)],
             )?;
             Ok(())
         })
@@ -805,7 +768,7 @@ impl RolloutStore for SqliteStore {
                     |r| Ok((r.get(0)?, r.get(1)?)),
                 )
                 .optional()?;
-            row.map(|(state, why)| Ok((RevisionState::from_column(state.as_deref())?, why)))
+            row.map(|(state, why)| Ok((state_from_column(state.as_deref())?, why)))
                 .transpose()
         })
         .await
@@ -877,8 +840,8 @@ impl TrialStore for SqliteStore {
         let name = name.to_owned();
         self.write(move |conn| {
             let (state, why) = match verdict {
-                Ok(()) => (RevisionState::Passed.column(), None),
-                Err(why) => (RevisionState::Failed.column(), Some(why)),
+                Ok(()) => (state_column(RevisionState::Passed), None),
+                Err(why) => (state_column(RevisionState::Failed), Some(why)),
             };
             let n = conn.execute(
                 "UPDATE revisions SET state = ?2, trial_failure = ?3 WHERE name = ?1 AND state = 'trying'",
@@ -981,7 +944,7 @@ mod tests {
             id: id.into(),
             service_uuid: service,
             trigger_id: Some("t1".into()),
-            status: "queued".into(),
+            status: BuildStatus::Queued,
             step: None,
             source: "file:///repo".into(),
             commit: Some("0123456789abcdef0123456789abcdef01234567".into()),
@@ -996,6 +959,37 @@ mod tests {
             dockerfile: None,
             cancel_requested: false,
         }
+    }
+
+    #[test]
+    fn the_sql_terminal_set_is_the_terminal_statuses() {
+        let words: Vec<String> = BuildStatus::ALL
+            .into_iter()
+            .filter(|s| s.is_terminal())
+            .map(|s| format!("'{s}'"))
+            .collect();
+        assert_eq!(TERMINAL_STATUSES, format!("({})", words.join(", ")));
+    }
+
+    #[tokio::test]
+    async fn an_unknown_status_word_reads_as_corrupt_not_as_a_status() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let store = SqliteStore::open(&dir.path().join("rouse.db")).expect("open");
+        let s = service("svc");
+        store.insert_service(&s).await.expect("insert");
+        store
+            .insert_build(&build("b1", s.uuid))
+            .await
+            .expect("build");
+        store
+            .write(|conn| {
+                conn.execute("UPDATE builds SET status = 'exploded' WHERE id = 'b1'", [])?;
+                Ok(())
+            })
+            .await
+            .expect("corrupt it");
+        let err = store.get_build("b1").await.expect_err("unknown word");
+        assert!(err.to_string().contains("build status `exploded`"), "{err}");
     }
 
     #[tokio::test]
@@ -1022,7 +1016,7 @@ mod tests {
                 .cancel_requested
         );
         let mut done = got;
-        done.status = "succeeded".into();
+        done.status = BuildStatus::Succeeded;
         store.update_build(&done).await.expect("update");
         assert!(!store.request_cancel("b1").await.expect("cancel"), "over");
         assert!(
@@ -1137,14 +1131,18 @@ mod tests {
 
         let mut b = build("b1", s.uuid);
         store.insert_build(&b).await.expect("build");
-        b.status = "failed".into();
-        b.step = Some("building".into());
+        b.status = BuildStatus::Failed;
+        b.step = Some(BuildStatus::Building);
         b.failure = Some("boom".into());
         b.last_lines = vec!["x".into()];
         store.update_build(&b).await.expect("update");
         let got = store.get_build("b1").await.expect("get").expect("present");
         assert_eq!(got.failure.as_deref(), Some("boom"));
         assert_eq!(got.last_lines, ["x"]);
+        assert_eq!(
+            (got.status, got.step),
+            (BuildStatus::Failed, Some(BuildStatus::Building))
+        );
         store
             .insert_build(&build("b2", s.uuid))
             .await

@@ -6,10 +6,13 @@
 //! policy is a compare-and-swap on its etag, so of two concurrent
 //! `set-iam-policy` calls based on the same read exactly one wins.
 
+use std::fmt;
+use std::str::FromStr;
 use std::time::SystemTime;
 
 use async_trait::async_trait;
-use rusqlite::{OptionalExtension, Row, params};
+use rusqlite::types::{FromSql, FromSqlError, FromSqlResult, ToSqlOutput, ValueRef};
+use rusqlite::{OptionalExtension, Row, ToSql, params};
 
 use crate::sqlite::{from_micros, micros};
 use crate::{SqliteStore, StoreError};
@@ -57,10 +60,70 @@ pub struct AuditEntry {
     pub action: String,
     pub resource: String,
     pub permission: String,
-    /// `granted`, `denied` or `changed`.
-    pub decision: String,
+    pub decision: AuditDecision,
     /// JSON: before/after for changes, the reason for denials.
     pub detail: String,
+}
+
+/// What an audit entry records.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum AuditDecision {
+    /// A permission check passed.
+    Granted,
+    /// A permission check failed.
+    Denied,
+    /// Something was changed (a policy, an account, a service); kept when
+    /// old decisions are pruned.
+    Changed,
+}
+
+impl AuditDecision {
+    pub const ALL: [Self; 3] = [Self::Granted, Self::Denied, Self::Changed];
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Granted => "granted",
+            Self::Denied => "denied",
+            Self::Changed => "changed",
+        }
+    }
+}
+
+impl fmt::Display for AuditDecision {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// An unknown audit decision word.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("unknown audit decision `{0}`: expected granted, denied or changed")]
+pub struct ParseDecisionError(pub String);
+
+impl FromStr for AuditDecision {
+    type Err = ParseDecisionError;
+
+    fn from_str(text: &str) -> Result<Self, Self::Err> {
+        Self::ALL
+            .into_iter()
+            .find(|decision| decision.as_str() == text)
+            .ok_or_else(|| ParseDecisionError(text.to_owned()))
+    }
+}
+
+impl ToSql for AuditDecision {
+    fn to_sql(&self) -> rusqlite::Result<ToSqlOutput<'_>> {
+        Ok(ToSqlOutput::from(self.as_str()))
+    }
+}
+
+impl FromSql for AuditDecision {
+    fn column_result(value: ValueRef<'_>) -> FromSqlResult<Self> {
+        value
+            .as_str()?
+            .parse()
+            .map_err(|err: ParseDecisionError| FromSqlError::Other(err.into()))
+    }
 }
 
 /// Which audit entries to list.
@@ -70,7 +133,7 @@ pub struct AuditFilter {
     pub principal: Option<String>,
     /// Entries whose resource starts with this.
     pub resource_prefix: Option<String>,
-    pub decision: Option<String>,
+    pub decision: Option<AuditDecision>,
     pub limit: u32,
 }
 
@@ -825,7 +888,7 @@ mod tests {
                 action: "a".into(),
                 resource: "r".into(),
                 permission: "p".into(),
-                decision: "granted".into(),
+                decision: AuditDecision::Granted,
                 detail: "{}".into(),
             })
             .await
@@ -851,7 +914,7 @@ mod tests {
             action: "GetService".into(),
             resource: "projects/p".into(),
             permission: "services.get".into(),
-            decision: decision.into(),
+            decision: decision.parse().expect("decision word"),
             detail: "{}".into(),
         };
         for (age, decision) in [
@@ -1052,7 +1115,7 @@ mod tests {
                     action: "question".into(),
                     resource: "projects/p/services/s".into(),
                     permission: "services.ask".into(),
-                    decision: decision.into(),
+                    decision: decision.parse().expect("decision word"),
                     detail: "{}".into(),
                 })
                 .await
@@ -1060,7 +1123,7 @@ mod tests {
         }
         let denied = store
             .list_audit(&AuditFilter {
-                decision: Some("denied".into()),
+                decision: Some(AuditDecision::Denied),
                 resource_prefix: Some("projects/p".into()),
                 ..AuditFilter::default()
             })

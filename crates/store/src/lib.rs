@@ -24,12 +24,12 @@ use uuid::Uuid;
 
 pub use builds::{
     BuildOrigin, BuildRecord, BuildStore, DeliveryClaim, MAX_BUILD_LOG_LINES, RevisionInfo,
-    RevisionState, RolloutStore, Routing, SecretStore, TrialStore, TriggerRecord,
+    RolloutStore, SecretStore, TrialStore, TriggerRecord,
 };
 pub use changes::Changes;
 pub use iam::{
-    AuditEntry, AuditFilter, GroupRecord, IamData, IamStore, PublicKeyRecord, ServiceAccountRecord,
-    StoredPolicy,
+    AuditDecision, AuditEntry, AuditFilter, GroupRecord, IamData, IamStore, ParseDecisionError,
+    PublicKeyRecord, ServiceAccountRecord, StoredPolicy,
 };
 pub use sqlite::SqliteStore;
 
