@@ -185,12 +185,18 @@ mod tests {
         for state in RevisionState::ALL {
             assert_eq!(state.as_str().parse::<RevisionState>(), Ok(state));
         }
-        let err = "done".parse::<BuildStatus>().unwrap_err().to_string();
+        let err = "done"
+            .parse::<BuildStatus>()
+            .expect_err("unknown")
+            .to_string();
         assert!(
             err.contains("`done`") && err.contains("rolling-out"),
             "{err}"
         );
-        let err = "live".parse::<RevisionState>().unwrap_err().to_string();
+        let err = "live"
+            .parse::<RevisionState>()
+            .expect_err("unknown")
+            .to_string();
         assert!(err.contains("`live`") && err.contains("candidate"), "{err}");
     }
 }
