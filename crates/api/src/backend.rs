@@ -8,18 +8,24 @@ use std::sync::Arc;
 use rouse_authz::Authority;
 use rouse_core::{ProjectName, Service, ServiceName};
 use rouse_secrets::SecretsKey;
-use rouse_store::{BuildStore, Changes, DispatchStore, IamStore, RolloutStore, SecretStore, Store};
+use rouse_store::{
+    BuildStore, Changes, DispatchStore, IamStore, RolloutStore, SecretStore, Store, TriggerStore,
+};
 
 use crate::error::ApiError;
 use crate::hooks::DispatchHooks;
 use crate::messaging::Messaging;
 
-/// Everything the API's store must do.
+/// Everything the API's store must do: the API manages every record, so it
+/// names every store trait.
 pub trait ApiStore:
-    Store + DispatchStore + IamStore + BuildStore + RolloutStore + SecretStore
+    Store + DispatchStore + IamStore + TriggerStore + BuildStore + RolloutStore + SecretStore
 {
 }
-impl<T: Store + DispatchStore + IamStore + BuildStore + RolloutStore + SecretStore> ApiStore for T {}
+impl<T> ApiStore for T where
+    T: Store + DispatchStore + IamStore + TriggerStore + BuildStore + RolloutStore + SecretStore
+{
+}
 
 #[derive(Clone)]
 pub struct Backend {

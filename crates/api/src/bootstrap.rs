@@ -123,7 +123,7 @@ pub async fn bootstrap_owner(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use rouse_store::SqliteStore;
+    use rouse_store::{AccountStore, PolicyStore, SqliteStore};
 
     #[tokio::test]
     async fn first_start_makes_an_owner_once() {

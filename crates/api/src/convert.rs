@@ -43,7 +43,7 @@ pub fn scaling_to_pb(s: &Scaling) -> pb::Scaling {
 }
 
 /// A service with where its questions go: `serving` is the revision that
-/// serves untagged questions (`DispatchStore::serving_revision`), `routing`
+/// serves untagged questions (`RevisionStore::serving_revision`), `routing`
 /// its tags and traffic split.
 pub fn service_to_pb(s: &Service, serving: Option<&str>, routing: &Routing) -> pb::Service {
     // `routing.serving` is only what a rollout set; `serving` is what

@@ -8,7 +8,7 @@
 use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 
-use rouse_store::{IamStore, StoreError};
+use rouse_store::{AuditStore, StoreError};
 use tokio_util::sync::CancellationToken;
 
 /// How often old decisions are pruned.
@@ -19,7 +19,7 @@ const BATCH: u32 = 5_000;
 /// Deletes every decision entry recorded more than `retention` before `now`;
 /// returns how many.
 pub async fn prune(
-    store: &dyn IamStore,
+    store: &dyn AuditStore,
     retention: Duration,
     now: SystemTime,
 ) -> Result<u64, StoreError> {
@@ -41,7 +41,7 @@ pub async fn prune(
 /// Prunes at once and then every [`PRUNE_INTERVAL`] until `shutdown`.
 /// `None` keeps every entry.
 pub fn keep_pruned(
-    store: Arc<dyn IamStore>,
+    store: Arc<dyn AuditStore>,
     retention: Option<Duration>,
     shutdown: CancellationToken,
 ) -> Option<tokio::task::JoinHandle<()>> {

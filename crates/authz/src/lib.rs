@@ -28,7 +28,7 @@ use rouse_iam::{
     Policy, Principal, Request, Resource, RoleDocument, Roles, ServiceId,
 };
 use rouse_identity::{KeyRecord, PublicKey, TokenError};
-use rouse_store::{AuditDecision, AuditEntry, IamData, IamStore, StoreError};
+use rouse_store::{AuditDecision, AuditEntry, AuditStore, IamData, IamSnapshot, StoreError};
 use tokio_util::sync::CancellationToken;
 
 /// How often [`Authority::keep_fresh`] looks for changes made elsewhere.
@@ -261,9 +261,13 @@ impl Snapshot {
     }
 }
 
+/// What the authority reads and writes: the IAM snapshot and the audit log.
+pub trait AuthorityStore: IamSnapshot + AuditStore {}
+impl<T: IamSnapshot + AuditStore> AuthorityStore for T {}
+
 /// The current [`Snapshot`], kept fresh from the store.
 pub struct Authority {
-    store: Arc<dyn IamStore>,
+    store: Arc<dyn AuthorityStore>,
     current: RwLock<Arc<Snapshot>>,
     /// One rebuild at a time.
     rebuild: tokio::sync::Mutex<()>,
@@ -279,17 +283,13 @@ impl std::fmt::Debug for Authority {
 
 impl Authority {
     /// Loads the first snapshot.
-    pub async fn load(store: Arc<dyn IamStore>) -> Result<Arc<Self>, StoreError> {
+    pub async fn load(store: Arc<dyn AuthorityStore>) -> Result<Arc<Self>, StoreError> {
         let snapshot = Snapshot::build(store.load_iam().await?);
         Ok(Arc::new(Self {
             store,
             current: RwLock::new(Arc::new(snapshot)),
             rebuild: tokio::sync::Mutex::new(()),
         }))
-    }
-
-    pub fn store(&self) -> &Arc<dyn IamStore> {
-        &self.store
     }
 
     /// The snapshot checks read now.

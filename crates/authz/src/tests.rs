@@ -1,7 +1,10 @@
 use std::time::{Duration, SystemTime};
 
 use rouse_identity::{Account, KeyFile};
-use rouse_store::{IamStore, PublicKeyRecord, ServiceAccountRecord, SqliteStore, StoredPolicy};
+use rouse_store::{
+    AccountStore, GroupStore, PolicyStore, PublicKeyRecord, ServiceAccountRecord, SqliteStore,
+    StoredPolicy,
+};
 
 use super::*;
 

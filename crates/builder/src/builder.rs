@@ -17,7 +17,8 @@ use rouse_core::Service;
 use rouse_core::build::RevisionState;
 use rouse_secrets::{SealedValue, SecretsKey, trigger_secret_name};
 use rouse_store::{
-    BuildRecord, BuildStore, Changes, DispatchStore, RolloutStore, Store, StoreError, TriggerRecord,
+    BuildRecord, BuildStore, Changes, RevisionStore, RolloutStore, Store, StoreError,
+    TriggerRecord, TriggerStore,
 };
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
@@ -37,9 +38,10 @@ pub const INTAKE_POLL: Duration = Duration::from_secs(1);
 /// Unfinished builds one intake pass reads at most.
 const INTAKE_BATCH: u32 = 1000;
 
-/// Everything the builder's store must do.
-pub trait BuilderStore: Store + DispatchStore + BuildStore + RolloutStore {}
-impl<T: Store + DispatchStore + BuildStore + RolloutStore> BuilderStore for T {}
+/// Everything the builder's store must do: read services and their
+/// revisions, keep triggers and builds, record candidates and route to them.
+pub trait BuilderStore: Store + RevisionStore + TriggerStore + BuildStore + RolloutStore {}
+impl<T: Store + RevisionStore + TriggerStore + BuildStore + RolloutStore> BuilderStore for T {}
 
 /// Why the builder cannot do something.
 #[derive(Debug, thiserror::Error)]

@@ -70,21 +70,21 @@ impl Publish for TopicPublisher {
 /// [`DispatchStore`]: every shared store is a ledger.
 #[async_trait::async_trait]
 pub trait Ledger: Send + Sync + 'static {
-    /// See [`DispatchStore::serving_revision`].
+    /// See [`rouse_store::RevisionStore::serving_revision`].
     async fn serving_revision(&self, service_uuid: Uuid) -> Result<Option<Revision>, StoreError>;
-    /// See [`DispatchStore::update_execution`].
+    /// See [`rouse_store::ExecutionStore::update_execution`].
     async fn update_execution(
         &self,
         execution: &Execution,
         event: Option<&NewEvent>,
     ) -> Result<Option<i64>, StoreError>;
-    /// See [`DispatchStore::terminal_event`].
+    /// See [`rouse_store::EventStore::terminal_event`].
     async fn terminal_event(
         &self,
         question_uuid: &str,
         retry_count: u32,
     ) -> Result<Option<String>, StoreError>;
-    /// See [`DispatchStore::record_event`].
+    /// See [`rouse_store::EventStore::record_event`].
     async fn record_event(
         &self,
         event: &NewEvent,

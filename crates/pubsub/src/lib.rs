@@ -9,7 +9,7 @@
 //!
 //! Administration (topics and subscriptions, created and deleted
 //! idempotently) and the data plane: [`TopicPublisher`] tuned for latency and
-//! [`PubSub::subscribe`] for streaming pull.
+//! [`subscribe`] for streaming pull.
 
 use std::fmt;
 use std::future::Future;

@@ -4,9 +4,10 @@
 //!
 //! The store keeps what it is given: secrets and webhook secrets arrive
 //! sealed (the key lives outside the database), statuses as the builder's
-//! words. Three small traits, one per consumer concern: [`BuildStore`]
-//! (the pipeline), [`RolloutStore`] (revisions and routing) and
-//! [`SecretStore`].
+//! words. Small traits, one per consumer concern: [`TriggerStore`] and
+//! [`BuildStore`] (the webhook and the pipeline), [`RolloutStore`]
+//! (revisions and routing), [`TrialStore`] (the dispatcher's readiness
+//! trials) and [`SecretStore`].
 
 use std::time::SystemTime;
 
@@ -114,9 +115,9 @@ pub enum DeliveryClaim {
     Duplicate,
 }
 
-/// The build pipeline's records.
+/// Build triggers and the webhook deliveries already seen.
 #[async_trait]
-pub trait BuildStore: Send + Sync + 'static {
+pub trait TriggerStore: Send + Sync + 'static {
     /// Records a trigger. Fails with [`StoreError::Duplicate`] if its id exists.
     async fn insert_trigger(&self, trigger: &TriggerRecord) -> Result<(), StoreError>;
     async fn get_trigger(&self, id: &str) -> Result<Option<TriggerRecord>, StoreError>;
@@ -126,11 +127,14 @@ pub trait BuildStore: Send + Sync + 'static {
         service_uuid: Option<Uuid>,
     ) -> Result<Vec<TriggerRecord>, StoreError>;
     async fn delete_trigger(&self, id: &str) -> Result<bool, StoreError>;
-
     /// Remembers a webhook delivery id; [`DeliveryClaim::Duplicate`] if it
     /// was seen before (GitHub redelivers; a replay must build once).
     async fn claim_delivery(&self, delivery_id: &str) -> Result<DeliveryClaim, StoreError>;
+}
 
+/// Builds and their logs.
+#[async_trait]
+pub trait BuildStore: Send + Sync + 'static {
     /// Records a new build.
     async fn insert_build(&self, build: &BuildRecord) -> Result<(), StoreError>;
     /// Replaces a build's record (status, step, revision, failure, times).
@@ -144,11 +148,9 @@ pub trait BuildStore: Send + Sync + 'static {
         unfinished: bool,
         limit: u32,
     ) -> Result<Vec<BuildRecord>, StoreError>;
-
     /// Asks whoever holds the build to stop it; `false` if it is unknown or
     /// already over.
     async fn request_cancel(&self, id: &str) -> Result<bool, StoreError>;
-
     /// Appends log lines to a build's log (beyond [`MAX_BUILD_LOG_LINES`]
     /// they are dropped); returns the sequence number of the last line kept.
     async fn append_build_log(&self, build_id: &str, lines: Vec<String>)
@@ -352,7 +354,7 @@ fn service_exists(conn: &Connection, uuid: Uuid) -> Result<(), StoreError> {
 const TERMINAL_STATUSES: &str = "('succeeded', 'failed', 'cancelled', 'superseded')";
 
 #[async_trait]
-impl BuildStore for SqliteStore {
+impl TriggerStore for SqliteStore {
     async fn insert_trigger(&self, t: &TriggerRecord) -> Result<(), StoreError> {
         let t = t.clone();
         self.write(move |conn| {
@@ -441,7 +443,10 @@ impl BuildStore for SqliteStore {
         })
         .await
     }
+}
 
+#[async_trait]
+impl BuildStore for SqliteStore {
     async fn insert_build(&self, b: &BuildRecord) -> Result<(), StoreError> {
         let b = b.clone();
         self.write(move |conn| {
@@ -472,20 +477,6 @@ impl BuildStore for SqliteStore {
                 ],
             )?;
             Ok(())
-        })
-        .await
-    }
-
-    async fn request_cancel(&self, id: &str) -> Result<bool, StoreError> {
-        let id = id.to_owned();
-        self.write(move |conn| {
-            let n = conn.execute(
-                &format!(
-                    "UPDATE builds SET cancel_requested = 1 WHERE id = ?1 AND status NOT IN {TERMINAL_STATUSES}"
-                ),
-                [id],
-            )?;
-            Ok(n == 1)
         })
         .await
     }
@@ -545,6 +536,20 @@ impl BuildStore for SqliteStore {
                 params![service_uuid.map(|u| u.to_string()), unfinished, limit],
                 read_build,
             )
+        })
+        .await
+    }
+
+    async fn request_cancel(&self, id: &str) -> Result<bool, StoreError> {
+        let id = id.to_owned();
+        self.write(move |conn| {
+            let n = conn.execute(
+                &format!(
+                    "UPDATE builds SET cancel_requested = 1 WHERE id = ?1 AND status NOT IN {TERMINAL_STATUSES}"
+                ),
+                [id],
+            )?;
+            Ok(n == 1)
         })
         .await
     }
@@ -921,7 +926,7 @@ impl SecretStore for SqliteStore {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::{DispatchStore, Store};
+    use crate::{RevisionStore, Store};
     use rouse_core::revision::DeliveryMode;
     use rouse_core::{ProjectName, ServiceName};
 

@@ -14,7 +14,9 @@ use rusqlite::{Connection, OptionalExtension, Row, params};
 use uuid::Uuid;
 
 use crate::sqlite::{from_micros, micros};
-use crate::{DispatchStore, NewEvent, NewRevision, SqliteStore, StoreError};
+use crate::{
+    EventStore, ExecutionStore, NewEvent, NewRevision, RevisionStore, SqliteStore, StoreError,
+};
 
 fn corrupt(what: &str, e: impl std::fmt::Display) -> StoreError {
     StoreError::Corrupt(format!("{what}: {e}"))
@@ -168,7 +170,7 @@ fn insert_event(
 }
 
 #[async_trait]
-impl DispatchStore for SqliteStore {
+impl RevisionStore for SqliteStore {
     async fn insert_revision(
         &self,
         service: &Service,
@@ -287,7 +289,10 @@ impl DispatchStore for SqliteStore {
         })
         .await
     }
+}
 
+#[async_trait]
+impl ExecutionStore for SqliteStore {
     async fn insert_execution(&self, e: &Execution) -> Result<bool, StoreError> {
         let e = e.clone();
         self.write(move |conn| {
@@ -409,7 +414,10 @@ impl DispatchStore for SqliteStore {
         })
         .await
     }
+}
 
+#[async_trait]
+impl EventStore for SqliteStore {
     async fn record_event(
         &self,
         event: &NewEvent,

@@ -150,7 +150,7 @@ pub struct GroupRecord {
 /// Everything permission checks read, read in one transaction.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct IamData {
-    /// [`IamStore::iam_version`] at the time of reading.
+    /// [`IamSnapshot::iam_version`] at the time of reading.
     pub version: i64,
     pub policies: Vec<StoredPolicy>,
     /// `(name, document)` of every custom role.
@@ -163,8 +163,10 @@ pub struct IamData {
     pub memberships: Vec<(String, String)>,
 }
 
+/// Allow policies, and the project setting that trusts the `sender`
+/// attribute of questions.
 #[async_trait]
-pub trait IamStore: Send + Sync + 'static {
+pub trait PolicyStore: Send + Sync + 'static {
     async fn get_policy(&self, resource: &str) -> Result<Option<StoredPolicy>, StoreError>;
     /// Replaces the policy if its current etag is `expected_etag` (`None`:
     /// there must be no policy yet, or the caller does not care when
@@ -180,7 +182,17 @@ pub trait IamStore: Send + Sync + 'static {
     async fn delete_policy(&self, resource: &str) -> Result<bool, StoreError>;
     /// Every policy, for the evaluator's cache.
     async fn list_policies(&self) -> Result<Vec<StoredPolicy>, StoreError>;
+    async fn set_trust_sender_attribute(
+        &self,
+        project: &str,
+        trust: bool,
+    ) -> Result<(), StoreError>;
+    async fn trusts_sender_attribute(&self, project: &str) -> Result<bool, StoreError>;
+}
 
+/// Service accounts and the public keys principals sign with.
+#[async_trait]
+pub trait AccountStore: Send + Sync + 'static {
     async fn insert_service_account(
         &self,
         account: &ServiceAccountRecord,
@@ -200,26 +212,24 @@ pub trait IamStore: Send + Sync + 'static {
     ) -> Result<bool, StoreError>;
     /// Deletes the account and every key of it; `false` if there was none.
     async fn delete_service_account(&self, email: &str) -> Result<bool, StoreError>;
-
     async fn insert_key(&self, key: &PublicKeyRecord) -> Result<(), StoreError>;
     async fn get_key(&self, key_id: &str) -> Result<Option<PublicKeyRecord>, StoreError>;
     async fn list_keys(&self, principal: &str) -> Result<Vec<PublicKeyRecord>, StoreError>;
     async fn delete_key(&self, key_id: &str) -> Result<bool, StoreError>;
+}
 
+/// Custom roles, as their JSON documents.
+#[async_trait]
+pub trait RoleStore: Send + Sync + 'static {
     async fn put_role(&self, name: &str, document: &str) -> Result<(), StoreError>;
     async fn get_role(&self, name: &str) -> Result<Option<String>, StoreError>;
     async fn list_roles(&self) -> Result<Vec<(String, String)>, StoreError>;
     async fn delete_role(&self, name: &str) -> Result<bool, StoreError>;
+}
 
-    async fn set_trust_sender_attribute(
-        &self,
-        project: &str,
-        trust: bool,
-    ) -> Result<(), StoreError>;
-    async fn trusts_sender_attribute(&self, project: &str) -> Result<bool, StoreError>;
-
-    /// A number that changes whenever policies, accounts, keys, custom roles
-    /// or project settings change (in any process using this store).
+/// Groups of principals (`group:NAME` in policies).
+#[async_trait]
+pub trait GroupStore: Send + Sync + 'static {
     /// Fails with [`StoreError::Duplicate`] if the group exists.
     async fn create_group(&self, group: &GroupRecord) -> Result<(), StoreError>;
     async fn get_group(&self, name: &str) -> Result<Option<GroupRecord>, StoreError>;
@@ -232,11 +242,23 @@ pub trait IamStore: Send + Sync + 'static {
     -> Result<Option<bool>, StoreError>;
     /// Whether `member` was in `group`.
     async fn remove_group_member(&self, group: &str, member: &str) -> Result<bool, StoreError>;
+}
 
+/// What permission checks read, as one snapshot, and a version that says
+/// when to read it again.
+#[async_trait]
+pub trait IamSnapshot: Send + Sync + 'static {
+    /// A number that changes whenever policies, accounts, keys, custom
+    /// roles, groups or project settings change (in any process using this
+    /// store).
     async fn iam_version(&self) -> Result<i64, StoreError>;
     /// Everything permission checks read, as of one moment.
     async fn load_iam(&self) -> Result<IamData, StoreError>;
+}
 
+/// The audit log.
+#[async_trait]
+pub trait AuditStore: Send + Sync + 'static {
     async fn append_audit(&self, entry: &AuditEntry) -> Result<i64, StoreError>;
     /// Deletes up to `limit` of the oldest decision entries (`granted`,
     /// `denied`) recorded before `before`; administrative changes are kept.
@@ -248,6 +270,16 @@ pub trait IamStore: Send + Sync + 'static {
     ) -> Result<u64, StoreError>;
     /// Newest first.
     async fn list_audit(&self, filter: &AuditFilter) -> Result<Vec<AuditEntry>, StoreError>;
+}
+
+/// Every IAM store together, for the API that manages them all.
+pub trait IamStore:
+    PolicyStore + AccountStore + RoleStore + GroupStore + IamSnapshot + AuditStore
+{
+}
+impl<T: PolicyStore + AccountStore + RoleStore + GroupStore + IamSnapshot + AuditStore> IamStore
+    for T
+{
 }
 
 fn read_policy(r: &Row<'_>) -> rusqlite::Result<StoredPolicy> {
@@ -297,7 +329,7 @@ const KEY_COLUMNS: &str = "key_id, principal, public_key, created_at_us";
 const AUDIT_COLUMNS: &str = "id, at_us, principal, action, resource, permission, decision, detail";
 
 #[async_trait]
-impl IamStore for SqliteStore {
+impl PolicyStore for SqliteStore {
     async fn get_policy(&self, resource: &str) -> Result<Option<StoredPolicy>, StoreError> {
         let resource = resource.to_owned();
         self.with(move |c| {
@@ -356,6 +388,40 @@ impl IamStore for SqliteStore {
         .await
     }
 
+    async fn set_trust_sender_attribute(
+        &self,
+        project: &str,
+        trust: bool,
+    ) -> Result<(), StoreError> {
+        let project = project.to_owned();
+        self.write(move |c| {
+            c.execute(
+                "INSERT INTO project_settings (project, trust_sender_attribute) VALUES (?1, ?2) \
+                 ON CONFLICT (project) DO UPDATE SET trust_sender_attribute = ?2",
+                params![project, trust],
+            )?;
+            Ok(())
+        })
+        .await
+    }
+
+    async fn trusts_sender_attribute(&self, project: &str) -> Result<bool, StoreError> {
+        let project = project.to_owned();
+        self.with(move |c| {
+            Ok(c.query_row(
+                "SELECT trust_sender_attribute FROM project_settings WHERE project = ?1",
+                [project],
+                |r| r.get(0),
+            )
+            .optional()?
+            .unwrap_or(false))
+        })
+        .await
+    }
+}
+
+#[async_trait]
+impl AccountStore for SqliteStore {
     async fn insert_service_account(&self, a: &ServiceAccountRecord) -> Result<(), StoreError> {
         let a = a.clone();
         self.write(move |c| {
@@ -476,7 +542,10 @@ impl IamStore for SqliteStore {
         })
         .await
     }
+}
 
+#[async_trait]
+impl RoleStore for SqliteStore {
     async fn put_role(&self, name: &str, document: &str) -> Result<(), StoreError> {
         let (name, document) = (name.to_owned(), document.to_owned());
         self.write(move |c| {
@@ -518,24 +587,10 @@ impl IamStore for SqliteStore {
         self.write(move |c| Ok(c.execute("DELETE FROM custom_roles WHERE name = ?1", [name])? == 1))
             .await
     }
+}
 
-    async fn set_trust_sender_attribute(
-        &self,
-        project: &str,
-        trust: bool,
-    ) -> Result<(), StoreError> {
-        let project = project.to_owned();
-        self.write(move |c| {
-            c.execute(
-                "INSERT INTO project_settings (project, trust_sender_attribute) VALUES (?1, ?2) \
-                 ON CONFLICT (project) DO UPDATE SET trust_sender_attribute = ?2",
-                params![project, trust],
-            )?;
-            Ok(())
-        })
-        .await
-    }
-
+#[async_trait]
+impl GroupStore for SqliteStore {
     async fn create_group(&self, g: &GroupRecord) -> Result<(), StoreError> {
         let g = g.clone();
         self.write(move |c| {
@@ -672,7 +727,10 @@ impl IamStore for SqliteStore {
         })
         .await
     }
+}
 
+#[async_trait]
+impl IamSnapshot for SqliteStore {
     async fn iam_version(&self) -> Result<i64, StoreError> {
         self.with(|c| Ok(c.query_row("SELECT version FROM iam_version", [], |r| r.get(0))?))
             .await
@@ -728,21 +786,10 @@ impl IamStore for SqliteStore {
         })
         .await
     }
+}
 
-    async fn trusts_sender_attribute(&self, project: &str) -> Result<bool, StoreError> {
-        let project = project.to_owned();
-        self.with(move |c| {
-            Ok(c.query_row(
-                "SELECT trust_sender_attribute FROM project_settings WHERE project = ?1",
-                [project],
-                |r| r.get(0),
-            )
-            .optional()?
-            .unwrap_or(false))
-        })
-        .await
-    }
-
+#[async_trait]
+impl AuditStore for SqliteStore {
     async fn append_audit(&self, e: &AuditEntry) -> Result<i64, StoreError> {
         let e = e.clone();
         self.write(move |c| {

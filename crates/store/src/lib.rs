@@ -1,10 +1,17 @@
 //! Rouse's durable state.
 //!
-//! [`Store`] is the trait every role uses; [`SqliteStore`] is the embedded
-//! adapter (one file, WAL mode, migrations applied at open). The trait speaks
-//! domain types only, so a PostgreSQL adapter can follow without touching its
-//! callers: every method is one transaction, and conflicts are reported as typed
-//! errors rather than left to the caller to detect.
+//! The store is a family of small traits, each one concern of the roles that
+//! use it (services: [`Store`]; the dispatcher's [`RevisionStore`],
+//! [`ExecutionStore`], [`EventStore`]; the builder's [`TriggerStore`],
+//! [`BuildStore`], [`RolloutStore`], [`TrialStore`]; [`SecretStore`]; IAM's
+//! [`PolicyStore`], [`AccountStore`], [`RoleStore`], [`GroupStore`],
+//! [`IamSnapshot`], [`AuditStore`]). A role names the ones it uses, so what
+//! it can touch is visible in its signature. [`SqliteStore`] is the embedded
+//! adapter (one file, WAL mode, migrations applied at open) and implements
+//! them all. The traits speak domain types only, so a PostgreSQL adapter can
+//! follow without touching their callers: every method is one transaction,
+//! and conflicts are reported as typed errors rather than left to the caller
+//! to detect.
 
 mod builds;
 pub mod changes;
@@ -24,12 +31,13 @@ use uuid::Uuid;
 
 pub use builds::{
     BuildOrigin, BuildRecord, BuildStore, DeliveryClaim, MAX_BUILD_LOG_LINES, RevisionInfo,
-    RolloutStore, SecretStore, TrialStore, TriggerRecord,
+    RolloutStore, SecretStore, TrialStore, TriggerRecord, TriggerStore,
 };
 pub use changes::Changes;
 pub use iam::{
-    AuditDecision, AuditEntry, AuditFilter, GroupRecord, IamData, IamStore, ParseDecisionError,
-    PublicKeyRecord, ServiceAccountRecord, StoredPolicy,
+    AccountStore, AuditDecision, AuditEntry, AuditFilter, AuditStore, GroupRecord, GroupStore,
+    IamData, IamSnapshot, IamStore, ParseDecisionError, PolicyStore, PublicKeyRecord, RoleStore,
+    ServiceAccountRecord, StoredPolicy,
 };
 pub use sqlite::SqliteStore;
 
@@ -118,15 +126,9 @@ pub struct NewRevision {
     pub probe_path: Option<String>,
 }
 
-/// The dispatcher's state: revisions, executions and the event store.
-///
-/// Executions are keyed by `(question_uuid, retry_count)`: inserting one that
-/// exists reports `false`, which is how duplicates and redeliveries are
-/// recognised. Events the dispatcher emits are recorded unpublished in the
-/// same transaction as the state change they report (an outbox), so a crash
-/// between the two cannot lose a result or send it twice.
+/// A service's revisions: registered, listed, and the one that serves.
 #[async_trait]
-pub trait DispatchStore: Send + Sync + 'static {
+pub trait RevisionStore: Send + Sync + 'static {
     /// Adds the service's next revision (it serves from now on) and marks the
     /// service `ready`.
     async fn insert_revision(
@@ -135,18 +137,19 @@ pub trait DispatchStore: Send + Sync + 'static {
         revision: &NewRevision,
         now: SystemTime,
     ) -> Result<Revision, StoreError>;
-
     /// The service's revisions, newest first.
     async fn list_revisions(&self, service_uuid: Uuid) -> Result<Vec<Revision>, StoreError>;
-
     /// The revision untagged questions go to: the one routing names (see
     /// [`RolloutStore`]), else the newest revision that may serve (built
     /// revisions serve only after their rollout passed).
     async fn serving_revision(&self, service_uuid: Uuid) -> Result<Option<Revision>, StoreError>;
+}
 
+/// Executions: one per question and retry.
+#[async_trait]
+pub trait ExecutionStore: Send + Sync + 'static {
     /// Records a new execution; `false` if `(question_uuid, retry_count)` exists.
     async fn insert_execution(&self, execution: &Execution) -> Result<bool, StoreError>;
-
     /// Updates an execution's status, revision, instance and timings, and
     /// records `event` (unpublished) in the same transaction. Returns the
     /// event's id, or `None` if there was no event or it was already recorded.
@@ -155,10 +158,8 @@ pub trait DispatchStore: Send + Sync + 'static {
         execution: &Execution,
         event: Option<&NewEvent>,
     ) -> Result<Option<i64>, StoreError>;
-
     /// The execution of a question (its highest retry).
     async fn get_execution(&self, question_uuid: &str) -> Result<Option<Execution>, StoreError>;
-
     /// Executions, newest first.
     async fn list_executions(
         &self,
@@ -166,10 +167,14 @@ pub trait DispatchStore: Send + Sync + 'static {
         status: Option<ExecutionStatus>,
         limit: u32,
     ) -> Result<Vec<Execution>, StoreError>;
-
     /// Executions not yet finished, oldest first: what a restart resumes.
     async fn unfinished_executions(&self) -> Result<Vec<Execution>, StoreError>;
+}
 
+/// The event store: what a question's execution said, and the outbox of
+/// what has yet to reach Pub/Sub.
+#[async_trait]
+pub trait EventStore: Send + Sync + 'static {
     /// Records an event seen on Pub/Sub (or emitted and already published).
     /// `None` if an event with that uuid was recorded before.
     async fn record_event(
@@ -177,19 +182,15 @@ pub trait DispatchStore: Send + Sync + 'static {
         event: &NewEvent,
         published: bool,
     ) -> Result<Option<i64>, StoreError>;
-
     async fn mark_published(&self, event_id: i64) -> Result<(), StoreError>;
-
     /// Emitted events that have not reached Pub/Sub yet, oldest first.
     async fn unpublished_events(&self) -> Result<Vec<EventRecord>, StoreError>;
-
     /// A question's events with an id above `after`, in order.
     async fn events_after(
         &self,
         question_uuid: &str,
         after: i64,
     ) -> Result<Vec<EventRecord>, StoreError>;
-
     /// The kind (`result` or `exception`) of the first terminal event recorded
     /// for this question and retry, if any.
     async fn terminal_event(
@@ -197,7 +198,6 @@ pub trait DispatchStore: Send + Sync + 'static {
         question_uuid: &str,
         retry_count: u32,
     ) -> Result<Option<String>, StoreError>;
-
     /// Keeps a message that could not be handled and could not be answered.
     async fn dead_letter(
         &self,
@@ -207,3 +207,14 @@ pub trait DispatchStore: Send + Sync + 'static {
         data: &[u8],
     ) -> Result<(), StoreError>;
 }
+
+/// The dispatcher's state: [`RevisionStore`], [`ExecutionStore`] and
+/// [`EventStore`] together.
+///
+/// Executions are keyed by `(question_uuid, retry_count)`: inserting one that
+/// exists reports `false`, which is how duplicates and redeliveries are
+/// recognised. Events the dispatcher emits are recorded unpublished in the
+/// same transaction as the state change they report (an outbox), so a crash
+/// between the two cannot lose a result or send it twice.
+pub trait DispatchStore: RevisionStore + ExecutionStore + EventStore {}
+impl<T: RevisionStore + ExecutionStore + EventStore> DispatchStore for T {}

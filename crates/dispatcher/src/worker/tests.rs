@@ -25,7 +25,10 @@ use rouse_core::revision::{
 use rouse_core::{ProjectName, Scaling, Service, ServiceName};
 use rouse_pubsub::{Outgoing, PubSubError};
 use rouse_runtime::{Instance, InstanceSpec, Runtime, RuntimeError};
-use rouse_store::{DispatchStore, NewEvent, NewRevision, SqliteStore, Store, StoreError};
+use rouse_store::{
+    EventStore, ExecutionStore, NewEvent, NewRevision, RevisionStore, SqliteStore, Store,
+    StoreError,
+};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::sync::{mpsc, oneshot, watch};
 use tokio::time::Instant;
