@@ -419,6 +419,38 @@ impl Server {
         .ok();
     }
 
+    /// Build `id` as `rouse builds describe` shows it.
+    pub fn build(&self, id: &str) -> serde_json::Value {
+        self.rouse(&["builds", "describe", id, "--format", "json"])
+            .json()
+    }
+
+    /// Waits until build `id`'s status is one of `statuses` ([`BUILD_ENDED`]:
+    /// any final one) and returns its record. After [`BUILD_TIMEOUT`] it
+    /// panics with the status it was in and the logs of this server and of
+    /// `others` (the other roles).
+    pub fn wait_build(&self, id: &str, statuses: &[&str], others: &[&Server]) -> serde_json::Value {
+        let begun = Instant::now();
+        loop {
+            let b = self.build(id);
+            if statuses.contains(&b["status"].as_str().unwrap_or_default()) {
+                return b;
+            }
+            if begun.elapsed() > BUILD_TIMEOUT {
+                let logs: Vec<String> = std::iter::once(self)
+                    .chain(others.iter().copied())
+                    .map(Server::log)
+                    .collect();
+                panic!(
+                    "build {id} still {} after {BUILD_TIMEOUT:?}, awaiting {statuses:?}:\n{}",
+                    b["status"],
+                    logs.join("\n---\n")
+                );
+            }
+            std::thread::sleep(WAIT_POLL);
+        }
+    }
+
     /// Everything the server logged so far.
     pub fn log(&self) -> String {
         self.log.lock().expect("log lock").clone()
@@ -458,6 +490,12 @@ fn field(line: &str, key: &str) -> Option<String> {
     let rest = &line[start..];
     Some(rest.split_whitespace().next()?.to_owned())
 }
+
+/// The statuses a build ends in.
+pub const BUILD_ENDED: &[&str] = &["succeeded", "failed", "cancelled", "superseded"];
+/// How long a test build may take (a cold `docker build` on a busy 2-core
+/// machine can take a minute).
+pub const BUILD_TIMEOUT: Duration = Duration::from_secs(240);
 
 /// How often [`wait_until`] looks again: often enough not to add much to a
 /// test, rarely enough that a check running a `rouse` command (~20 ms) does

@@ -20,13 +20,12 @@ use std::time::{Duration, Instant};
 use rouse_tests::asker::Asker;
 use rouse_tests::echo_image::{STATIC_BUILD, static_echo_binary};
 use rouse_tests::pushes::{self, Images, Repo};
-use rouse_tests::{Emulator, Server};
+use rouse_tests::{BUILD_ENDED, Emulator, Server};
 use serde_json::{Value, json};
 
 const NETWORK: &str = "octue.services";
 const ANSWER: Duration = Duration::from_secs(90);
 /// A build of this tiny context takes a few seconds; this bounds a broken one.
-const BUILD_TIMEOUT: Duration = Duration::from_secs(240);
 const SECRET: &str = "the-webhook-secret-for-tests";
 const ZERO: &str = pushes::ZERO_COMMIT;
 
@@ -131,30 +130,6 @@ fn serve_github(stream: TcpStream, seen: &Mutex<Vec<(String, Value)>>) {
         if writer.write_all(response.as_bytes()).is_err() {
             return;
         }
-    }
-}
-
-fn build(server: &Server, id: &str) -> Value {
-    server
-        .rouse(&["builds", "describe", id, "--format", "json"])
-        .json()
-}
-
-/// Waits for build `id` to end; returns its record.
-fn wait_build(server: &Server, id: &str) -> Value {
-    let begun = Instant::now();
-    loop {
-        let b = build(server, id);
-        let status = b["status"].as_str().unwrap_or_default().to_owned();
-        if ["succeeded", "failed", "cancelled", "superseded"].contains(&status.as_str()) {
-            return b;
-        }
-        assert!(
-            begun.elapsed() < BUILD_TIMEOUT,
-            "build {id} still {status} after {BUILD_TIMEOUT:?}:\n{}",
-            server.log()
-        );
-        std::thread::sleep(Duration::from_millis(200));
     }
 }
 
@@ -271,7 +246,7 @@ async fn a_push_builds_rolls_out_and_reports_back() {
     let (status, answer) = push_and_notify(&server, &repo, "main", ZERO, &v1, "d-1");
     assert_eq!(status, 202, "{answer}");
     let b1 = answer["build_id"].as_str().expect("a build id").to_owned();
-    let done = wait_build(&server, &b1);
+    let done = server.wait_build(&b1, BUILD_ENDED, &[]);
     assert_eq!(done["status"], "succeeded", "{done}\n{}", server.log());
     assert_eq!(done["commit"], v1.as_str());
     let rev1 = done["revision"].as_str().expect("a revision").to_owned();
@@ -314,7 +289,7 @@ async fn a_push_builds_rolls_out_and_reports_back() {
     let (status, answer) = push_and_notify(&server, &repo, "main", &v1, &v2, "d-2");
     assert_eq!(status, 202, "{answer}");
     let b2 = answer["build_id"].as_str().expect("a build id").to_owned();
-    let done = wait_build(&server, &b2);
+    let done = server.wait_build(&b2, BUILD_ENDED, &[]);
     assert_eq!(done["status"], "succeeded", "{done}\n{}", server.log());
     let rev2 = done["revision"].as_str().expect("a revision").to_owned();
     assert_eq!(version(&mut asker, &topic, &server).await, "v2");
@@ -365,7 +340,7 @@ async fn a_push_builds_rolls_out_and_reports_back() {
     let (status, answer) = push_and_notify(&server, &repo, "main", &v2, &bad, "d-3");
     assert_eq!(status, 202, "{answer}");
     let b3 = answer["build_id"].as_str().expect("a build id").to_owned();
-    let done = wait_build(&server, &b3);
+    let done = server.wait_build(&b3, BUILD_ENDED, &[]);
     assert_eq!(done["status"], "failed", "{done}");
     assert_eq!(done["step"], "building", "{done}");
     let failure = done["failure"].as_str().unwrap_or_default();
@@ -382,7 +357,7 @@ async fn a_push_builds_rolls_out_and_reports_back() {
     let (status, answer) = push_and_notify(&server, &repo, "main", &bad, &exits, "d-4");
     assert_eq!(status, 202, "{answer}");
     let b4 = answer["build_id"].as_str().expect("a build id").to_owned();
-    let done = wait_build(&server, &b4);
+    let done = server.wait_build(&b4, BUILD_ENDED, &[]);
     assert_eq!(done["status"], "failed", "{done}");
     assert_eq!(done["step"], "rolling-out", "{done}");
     let rev4 = done["revision"].as_str().expect("a revision").to_owned();
@@ -673,7 +648,7 @@ async fn a_build_pushes_its_image_to_the_configured_registry() {
     let (status, answer) = push_and_notify(&server, &repo, "main", ZERO, &v1, "r-1");
     assert_eq!(status, 202, "{answer}");
     let b1 = answer["build_id"].as_str().expect("a build id").to_owned();
-    let done = wait_build(&server, &b1);
+    let done = server.wait_build(&b1, BUILD_ENDED, &[]);
     assert_eq!(done["status"], "succeeded", "{done}\n{}", server.log());
     let reference = format!("{prefix}/reg-echo:{}", &v1[..12]);
     assert_eq!(done["image"], reference.as_str(), "{done}");
@@ -733,7 +708,7 @@ async fn a_build_pushes_its_image_to_the_configured_registry() {
     let (status, answer) = push_and_notify(&server, &repo, "main", &v1, &v2, "r-2");
     assert_eq!(status, 202, "{answer}");
     let b2 = answer["build_id"].as_str().expect("a build id").to_owned();
-    let done = wait_build(&server, &b2);
+    let done = server.wait_build(&b2, BUILD_ENDED, &[]);
     assert_eq!(done["status"], "failed", "{done}");
     assert_eq!(done["step"], "pushing", "{done}");
     let failure = done["failure"].as_str().unwrap_or_default();

@@ -17,41 +17,14 @@ use rouse_tests::asker::Asker;
 use rouse_tests::echo_image::{STATIC_BUILD, static_echo_binary};
 use rouse_tests::pushes::{self, Images, Repo};
 use rouse_tests::{Emulator, Server};
-use serde_json::{Value, json};
+use serde_json::json;
 
 const NETWORK: &str = "octue.services";
 const ANSWER: Duration = Duration::from_secs(90);
-const BUILD_TIMEOUT: Duration = Duration::from_secs(240);
 const SECRET: &str = "the-webhook-secret-for-the-roles-test";
 
 fn role(emulator: &Emulator, data: &Path, roles: &str) -> Server {
     Server::start(emulator, data, &["--roles", roles])
-}
-
-fn build(api: &Server, id: &str) -> Value {
-    api.rouse(&["builds", "describe", id, "--format", "json"])
-        .json()
-}
-
-/// Waits until build `id` is in one of `statuses`; returns its record.
-fn wait_build(api: &Server, id: &str, statuses: &[&str], logs: &[&Server]) -> Value {
-    let begun = Instant::now();
-    loop {
-        let b = build(api, id);
-        if statuses.contains(&b["status"].as_str().unwrap_or_default()) {
-            return b;
-        }
-        assert!(
-            begun.elapsed() < BUILD_TIMEOUT,
-            "build {id} still {} after {BUILD_TIMEOUT:?}:\n{}",
-            b["status"],
-            logs.iter()
-                .map(|s| s.log())
-                .collect::<Vec<_>>()
-                .join("\n---\n")
-        );
-        std::thread::sleep(Duration::from_millis(100));
-    }
 }
 
 fn push(builder: &Server, repo: &Repo, before: &str, after: &str, delivery: &str) -> String {
@@ -150,12 +123,7 @@ async fn api_builder_and_dispatcher_run_as_three_processes() {
         .commit(&pushes::echo_dockerfile("v1"), "v1")
         .expect("git commit");
     let b1 = push(&builder, &repo, pushes::ZERO_COMMIT, &v1, "r-1");
-    let done = wait_build(
-        &api,
-        &b1,
-        &["succeeded", "failed"],
-        &[&api, &builder, &dispatcher],
-    );
+    let done = api.wait_build(&b1, &["succeeded", "failed"], &[&builder, &dispatcher]);
     assert_eq!(
         done["status"],
         "succeeded",
@@ -222,16 +190,15 @@ async fn api_builder_and_dispatcher_run_as_three_processes() {
     );
     let v2 = repo.commit(&slow, "v2, slow to start").expect("git commit");
     let b2 = push(&builder, &repo, &v1, &v2, "r-2");
-    let rolling = wait_build(
-        &api,
+    let rolling = api.wait_build(
         &b2,
         &["rolling-out", "succeeded", "failed"],
-        &[&api, &builder, &dispatcher],
+        &[&builder, &dispatcher],
     );
     assert_eq!(rolling["status"], "rolling-out", "{rolling}");
     builder.kill9();
     builder = role(&emulator, data.path(), "builder");
-    let ended = wait_build(&api, &b2, &["failed"], &[&api, &builder]);
+    let ended = api.wait_build(&b2, &["failed"], &[&builder]);
     assert!(
         ended["failure"]
             .as_str()
@@ -268,12 +235,7 @@ async fn api_builder_and_dispatcher_run_as_three_processes() {
         .commit(&pushes::echo_dockerfile("v3"), "v3")
         .expect("git commit");
     let b3 = push(&builder, &repo, &v2, &v3, "r-3");
-    let done = wait_build(
-        &api,
-        &b3,
-        &["succeeded", "failed"],
-        &[&api, &builder, &dispatcher],
-    );
+    let done = api.wait_build(&b3, &["succeeded", "failed"], &[&builder, &dispatcher]);
     assert_eq!(done["status"], "succeeded", "{done}\n{}", builder.log());
     assert_eq!(
         until_version(&mut asker, &topic, "v3", &[&dispatcher]).await,
