@@ -1602,6 +1602,10 @@ async fn an_asker_reads_its_own_execution_and_no_one_elses() {
         .rouse_as(Some(&a), &["executions", "get", &id, "--format", "json"])
         .json();
     assert_eq!(own["status"], "succeeded", "{own}");
+    assert_eq!(
+        own["asked_by"], "serviceAccount:asker-a@p.rouse",
+        "the execution names who asked: {own}"
+    );
 
     // The same role does not open someone else's question, and an id that
     // does not exist is refused the same way (existence is not revealed).

@@ -138,7 +138,7 @@ pub fn execution_to_pb(
         ready_at,
         delivered_at,
         finished_at,
-        asked_by: _,
+        asked_by,
     } = e;
     pb::Execution {
         id: question_uuid.clone(),
@@ -156,6 +156,7 @@ pub fn execution_to_pb(
         finish_time: ts(*finished_at),
         events: events.iter().map(event_to_pb).collect(),
         asker: attributes.get("sender").cloned().unwrap_or_default(),
+        asked_by: asked_by.clone().unwrap_or_default(),
     }
 }
 

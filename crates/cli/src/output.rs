@@ -409,6 +409,8 @@ pub struct ExecutionView {
     pub service: String,
     pub status: String,
     pub asker: String,
+    #[serde(skip_serializing_if = "String::is_empty")]
+    pub asked_by: String,
     pub revision: String,
     pub instance: String,
     pub cold_start: Option<bool>,
@@ -431,6 +433,7 @@ impl From<&pb::Execution> for ExecutionView {
             service: e.service.clone(),
             status: e.status.clone(),
             asker: e.asker.clone(),
+            asked_by: e.asked_by.clone(),
             revision: e.revision.clone(),
             instance: e.instance.clone(),
             cold_start: e.cold_start,
@@ -475,6 +478,13 @@ impl View for ExecutionView {
             ("service", format!("{}/{}", self.project, self.service)),
             ("status", self.status.clone()),
             ("asker", self.asker.clone()),
+            (
+                "asked by",
+                match self.asked_by.as_str() {
+                    "" => "anonymous".into(),
+                    principal => principal.to_owned(),
+                },
+            ),
             ("revision", self.revision.clone()),
             ("instance", self.instance.clone()),
             (

@@ -93,7 +93,8 @@ async fn pull<F, Fut>(
                         return;
                     };
                     let work = on_message(msg, handler);
-                    tokio::spawn(async move {
+                    // Tracked: shutdown waits for a message being recorded.
+                    shared.ctx.tasks.spawn(async move {
                         work.await;
                         drop(permit);
                     });
@@ -326,7 +327,10 @@ async fn accept(
         &target.sender,
         &Reply::DeliveryAcknowledgement,
     );
-    tokio::spawn(async move { replier.send_now(ack_event).await });
+    shared
+        .ctx
+        .tasks
+        .spawn(async move { replier.send_now(ack_event).await });
     // A tag or a traffic split may send it to another revision's worker.
     let tag = execution
         .attributes
