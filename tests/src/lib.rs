@@ -1,8 +1,10 @@
 //! Test harness shared by Rouse's integration and end-to-end tests.
 //!
-//! - [`Emulator`]: the official Pub/Sub emulator (`gcloud beta emulators pubsub
-//!   start`) on a free port, in its own process group, stopped by its process
-//!   id when dropped (even when the test panics).
+//! - [`Emulator`]: a Pub/Sub endpoint on a free port, in its own process
+//!   group, stopped by its process id when dropped (even when the test
+//!   panics): Rouse's own broker (`rouse broker`) by default, the official
+//!   emulator (`gcloud beta emulators pubsub start`) with
+//!   `ROUSE_TEST_PUBSUB=emulator` or through [`Emulator::official`].
 //! - [`Server`]: the real `rouse server` binary against an emulator, with its
 //!   log captured; [`rouse`] runs a client command of the same binary.
 //! - [`wait_until`]: tests wait for a state with a deadline, never sleep and
@@ -64,16 +66,68 @@ fn wait_for(child: &mut Child, timeout: Duration) -> Option<ExitStatus> {
     }
 }
 
-/// The official Pub/Sub emulator, running until dropped.
+/// A Pub/Sub endpoint (Rouse's broker or the official emulator), running
+/// until dropped.
 pub struct Emulator {
     child: Child,
     host: String,
+    official: bool,
     _dir: tempfile::TempDir,
 }
 
 impl Emulator {
-    /// Starts an emulator on a free port and waits until it answers.
+    /// Starts the Pub/Sub the tests run on (see the module documentation)
+    /// and waits until it answers.
     pub fn start() -> Self {
+        match std::env::var("ROUSE_TEST_PUBSUB").as_deref() {
+            Ok("emulator") => Self::official(),
+            Ok("broker") | Ok("") | Err(_) => Self::broker(),
+            Ok(other) => panic!(
+                "ROUSE_TEST_PUBSUB=`{other}`: use `broker` (Rouse's, the default) or `emulator` (the official one)"
+            ),
+        }
+    }
+
+    /// Rouse's broker (`rouse broker`), its store in a temporary directory.
+    pub fn broker() -> Self {
+        let dir = tempfile::tempdir().expect("broker data dir");
+        let host = format!("127.0.0.1:{}", free_port());
+        let log = std::fs::File::create(dir.path().join("emulator.log")).expect("broker log");
+        let child = Command::new(rouse_bin())
+            .args([
+                "broker",
+                "--listen",
+                &host,
+                "--store",
+                &dir.path().join("broker.db").display().to_string(),
+            ])
+            .env("RUST_LOG", "warn,rouse_broker=info")
+            .stdin(Stdio::null())
+            .stdout(log.try_clone().expect("log handle"))
+            .stderr(log)
+            .process_group(0)
+            .spawn()
+            .unwrap_or_else(|e| {
+                panic!("cannot run `rouse broker` ({e}); build the workspace first")
+            });
+        let mut broker = Self {
+            child,
+            host,
+            official: false,
+            _dir: dir,
+        };
+        broker.wait_ready();
+        broker
+    }
+
+    /// Whether this is the official emulator (which ignores subscription
+    /// filters and keeps nothing across a restart).
+    pub fn is_official(&self) -> bool {
+        self.official
+    }
+
+    /// The official emulator on a free port.
+    pub fn official() -> Self {
         let dir = tempfile::tempdir().expect("emulator data dir");
         let port = free_port();
         let host = format!("127.0.0.1:{port}");
@@ -101,6 +155,7 @@ impl Emulator {
         let mut emulator = Self {
             child,
             host,
+            official: true,
             _dir: dir,
         };
         emulator.wait_ready();

@@ -170,9 +170,21 @@ pub fn post(
     headers: &[(&str, String)],
     body: &[u8],
 ) -> Result<(u16, Value), String> {
+    request("POST", base, path, headers, body)
+}
+
+/// Sends one HTTP/1.1 request with a JSON body; returns the status and the
+/// body read as JSON.
+pub fn request(
+    method: &str,
+    base: &str,
+    path: &str,
+    headers: &[(&str, String)],
+    body: &[u8],
+) -> Result<(u16, Value), String> {
     let addr = base.trim_start_matches("http://");
     let mut head = format!(
-        "POST {path} HTTP/1.1\r\nHost: {addr}\r\nContent-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n",
+        "{method} {path} HTTP/1.1\r\nHost: {addr}\r\nContent-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n",
         body.len()
     );
     for (k, v) in headers {
@@ -211,16 +223,46 @@ fn connect(addr: &str) -> Result<TcpStream, String> {
 }
 
 fn read_response(stream: &mut TcpStream) -> Result<(u16, Value), String> {
+    // Read the head, then exactly Content-Length bytes when the server says
+    // how many (some keep the connection open despite `Connection: close`).
     let mut raw = Vec::new();
-    let _ = stream.read_to_end(&mut raw);
-    let text = String::from_utf8_lossy(&raw);
-    let status = text
+    let mut chunk = [0u8; 8192];
+    let body_start = loop {
+        if let Some(i) = raw.windows(4).position(|w| w == b"\r\n\r\n") {
+            break i + 4;
+        }
+        match stream.read(&mut chunk) {
+            Ok(0) | Err(_) => break raw.len(),
+            Ok(n) => raw.extend_from_slice(&chunk[..n]),
+        }
+    };
+    let head = String::from_utf8_lossy(&raw[..body_start.min(raw.len())]).into_owned();
+    let length = head.lines().find_map(|l| {
+        let (k, v) = l.split_once(':')?;
+        k.eq_ignore_ascii_case("content-length")
+            .then(|| v.trim().parse::<usize>().ok())
+            .flatten()
+    });
+    match length {
+        Some(n) => {
+            while raw.len() < body_start + n {
+                match stream.read(&mut chunk) {
+                    Ok(0) | Err(_) => break,
+                    Ok(k) => raw.extend_from_slice(&chunk[..k]),
+                }
+            }
+        }
+        None => {
+            let _ = stream.read_to_end(&mut raw);
+        }
+    }
+    let status = head
         .split_whitespace()
         .nth(1)
         .and_then(|s| s.parse().ok())
-        .ok_or_else(|| format!("not an HTTP response: {text}"))?;
-    let body = text.split_once("\r\n\r\n").map_or("", |(_, b)| b);
-    Ok((status, serde_json::from_str(body).unwrap_or(Value::Null)))
+        .ok_or_else(|| format!("not an HTTP response: {head}"))?;
+    let body = String::from_utf8_lossy(raw.get(body_start..).unwrap_or_default());
+    Ok((status, serde_json::from_str(&body).unwrap_or(Value::Null)))
 }
 
 /// Removes the images builds of a repository made (every tag of each,

@@ -40,7 +40,9 @@ const CLIENT_OPTIONS: &str = "Client options";
 #[derive(Debug, Subcommand)]
 pub enum Command {
     /// Run the platform (control plane API on an embedded store, talking to Pub/Sub).
-    Server(ServerArgs),
+    Server(Box<ServerArgs>),
+    /// Run Rouse's Pub/Sub broker on its own (Google's Pub/Sub API on one port).
+    Broker(crate::commands::broker::BrokerArgs),
     /// Create, inspect, change and delete services.
     #[command(subcommand)]
     Services(ServicesCommand),

@@ -22,6 +22,9 @@ pub const DEFAULT_NETWORK_TOPIC: &str = "octue.services";
 /// The builder's webhook server: loopback by default; put a proxy in front
 /// of it (or listen wider) for GitHub to reach it.
 pub const DEFAULT_WEBHOOK_LISTEN: &str = "127.0.0.1:7071";
+/// Where the embedded Pub/Sub broker listens by default: the emulator's
+/// usual port, so `PUBSUB_EMULATOR_HOST=localhost:8085` clients find it.
+pub const DEFAULT_BROKER_LISTEN: &str = "127.0.0.1:8085";
 /// How long permission decisions stay in the audit log (changes stay for
 /// good): 30 days, as Google keeps Data Access audit logs.
 pub const DEFAULT_AUDIT_RETENTION: Duration = Duration::from_secs(30 * 86_400);
@@ -72,6 +75,8 @@ pub struct StoreSection {
 #[derive(Debug, Default, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct PubSubSection {
+    pub mode: Option<PubSubMode>,
+    pub broker_listen: Option<SocketAddr>,
     pub project: Option<String>,
     pub emulator_host: Option<String>,
     pub network_topic: Option<String>,
@@ -98,6 +103,18 @@ mod humantime_serde_opt {
     }
 }
 
+/// Which Pub/Sub the server uses.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, clap::ValueEnum)]
+#[serde(rename_all = "lowercase")]
+pub enum PubSubMode {
+    /// Rouse's own broker, in this process, on `--broker-listen`.
+    Embedded,
+    /// The official emulator (or any broker) at `--pubsub-emulator-host`.
+    Emulator,
+    /// Google Cloud Pub/Sub, in `--pubsub-project`.
+    Google,
+}
+
 /// Everything the server needs, resolved.
 #[derive(Debug, Clone, PartialEq)]
 pub struct ServerConfig {
@@ -106,6 +123,8 @@ pub struct ServerConfig {
     pub store_path: PathBuf,
     pub log_format: LogFormat,
     pub pubsub: rouse_pubsub::PubSubConfig,
+    /// The embedded broker, when the mode is `embedded`.
+    pub broker: Option<rouse_server::BrokerConfig>,
     pub network_topic: String,
     pub roles: Roles,
     pub heartbeat_interval: Duration,
@@ -195,12 +214,47 @@ impl ServerConfig {
             .clone()
             .or(file.pubsub.emulator_host)
             .filter(|h| !h.is_empty());
-        let project = match args.pubsub_project.clone().or(file.pubsub.project) {
+        let explicit_project = args.pubsub_project.clone().or(file.pubsub.project);
+        // Unless told: an emulator host means the emulator, a project means
+        // Google, and neither means Rouse's own broker.
+        let mode =
+            args.pubsub
+                .or(file.pubsub.mode)
+                .unwrap_or(match (&emulator_host, &explicit_project) {
+                    (Some(_), _) => PubSubMode::Emulator,
+                    (None, Some(_)) => PubSubMode::Google,
+                    (None, None) => PubSubMode::Embedded,
+                });
+        let (emulator_host, broker) = match mode {
+            PubSubMode::Embedded => {
+                let listen = match args.broker_listen.or(file.pubsub.broker_listen) {
+                    Some(a) => a,
+                    None => DEFAULT_BROKER_LISTEN
+                        .parse()
+                        .map_err(|e| format!("bad built-in address: {e}"))?,
+                };
+                let broker = rouse_server::BrokerConfig {
+                    listen,
+                    store: data_dir.join("broker.db"),
+                };
+                (None, Some(broker))
+            }
+            PubSubMode::Emulator => match emulator_host {
+                Some(host) => (Some(host), None),
+                None => {
+                    return Err(
+                        "--pubsub emulator needs the emulator's address: pass --pubsub-emulator-host HOST:PORT or set PUBSUB_EMULATOR_HOST".into(),
+                    );
+                }
+            },
+            PubSubMode::Google => (None, None),
+        };
+        let project = match explicit_project {
             Some(p) => p,
-            None if emulator_host.is_some() => DEFAULT_EMULATOR_PROJECT.to_owned(),
+            None if mode != PubSubMode::Google => DEFAULT_EMULATOR_PROJECT.to_owned(),
             None => {
                 return Err(
-                    "no Google Cloud project for Pub/Sub: pass --pubsub-project or set GOOGLE_CLOUD_PROJECT (or PUBSUB_EMULATOR_HOST to use the emulator)".into(),
+                    "no Google Cloud project for Pub/Sub: pass --pubsub-project or set GOOGLE_CLOUD_PROJECT (or use --pubsub embedded, the default without one)".into(),
                 );
             }
         };
@@ -291,6 +345,7 @@ impl ServerConfig {
                     .or(file.pubsub.call_timeout)
                     .unwrap_or(rouse_pubsub::PubSubConfig::DEFAULT_CALL_TIMEOUT),
             },
+            broker,
             network_topic,
         })
     }
@@ -304,6 +359,7 @@ impl ServerConfig {
             store_path,
             log_format: _,
             pubsub,
+            broker,
             network_topic,
             roles,
             heartbeat_interval,
@@ -322,6 +378,7 @@ impl ServerConfig {
             api_listen,
             webhook_listen,
             pubsub,
+            broker,
             network_topic,
             heartbeat_interval,
             queue_capacity,
@@ -345,9 +402,41 @@ mod tests {
     fn server_args(argv: &[&str]) -> (ServerArgs, Option<LogFormat>) {
         let cli = Cli::try_parse_from(argv).expect("parse");
         match cli.command {
-            Command::Server(a) => (a, cli.log_format),
+            Command::Server(a) => (*a, cli.log_format),
             _ => panic!("not server"),
         }
+    }
+
+    #[test]
+    fn without_an_emulator_or_a_project_the_server_runs_its_own_broker() {
+        let (mut args, _) = server_args(&["rouse", "server", "--data-dir", "/d"]);
+        // Whatever the environment says.
+        args.pubsub = None;
+        args.pubsub_emulator_host = None;
+        args.pubsub_project = None;
+        args.broker_listen = None;
+        let cfg = ServerConfig::resolve(&args, None).expect("resolve");
+        let broker = cfg.broker.expect("embedded");
+        assert_eq!(broker.listen.to_string(), DEFAULT_BROKER_LISTEN);
+        assert_eq!(broker.store, PathBuf::from("/d/broker.db"));
+        assert_eq!(cfg.pubsub.project, DEFAULT_EMULATOR_PROJECT);
+
+        args.pubsub_emulator_host = Some("127.0.0.1:9".into());
+        let cfg = ServerConfig::resolve(&args, None).expect("resolve");
+        assert_eq!(cfg.broker, None, "an emulator host means the emulator");
+        assert_eq!(cfg.pubsub.emulator_host.as_deref(), Some("127.0.0.1:9"));
+
+        args.pubsub = Some(PubSubMode::Embedded);
+        let cfg = ServerConfig::resolve(&args, None).expect("resolve");
+        assert!(cfg.broker.is_some() && cfg.pubsub.emulator_host.is_none(), "told embedded");
+
+        args.pubsub_emulator_host = None;
+        args.pubsub = Some(PubSubMode::Emulator);
+        let err = ServerConfig::resolve(&args, None).expect_err("no host");
+        assert!(err.contains("--pubsub-emulator-host"), "{err}");
+        args.pubsub = Some(PubSubMode::Google);
+        let err = ServerConfig::resolve(&args, None).expect_err("no project");
+        assert!(err.contains("--pubsub-project"), "{err}");
     }
 
     #[test]

@@ -117,6 +117,9 @@ pub struct Config {
     /// webhook URLs the api shows with triggers.
     pub webhook_listen: SocketAddr,
     pub pubsub: PubSubConfig,
+    /// Run Rouse's own Pub/Sub broker in this process (when it runs the api
+    /// or the dispatcher) and use it instead of `pubsub.emulator_host`.
+    pub broker: Option<BrokerConfig>,
     pub network_topic: String,
     pub heartbeat_interval: Duration,
     pub queue_capacity: usize,
@@ -135,6 +138,14 @@ pub struct Config {
     pub owner_credentials: Option<PathBuf>,
 }
 
+/// The embedded Pub/Sub broker: where it listens (other processes and
+/// clients reach it there, as they would the emulator) and its store file.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct BrokerConfig {
+    pub listen: SocketAddr,
+    pub store: PathBuf,
+}
+
 /// Why the platform did not start; each names what failed.
 #[derive(Debug, thiserror::Error)]
 pub enum StartError {
@@ -145,6 +156,8 @@ pub enum StartError {
     Store(#[from] rouse_store::StoreError),
     #[error("Pub/Sub is not usable: {0}")]
     PubSub(#[from] rouse_pubsub::PubSubError),
+    #[error("the embedded Pub/Sub broker cannot start: {0}")]
+    Broker(#[from] rouse_broker::BrokerError),
     #[error("cannot load the secrets key: {0}")]
     SecretsKey(String),
     #[error("reconciliation failed: {0}")]
@@ -172,6 +185,10 @@ pub struct Running {
     pub api: Option<SocketAddr>,
     /// Where the webhook server listens (builder role).
     pub webhooks: Option<SocketAddr>,
+    /// Where the embedded Pub/Sub broker listens, if this process runs it.
+    pub broker: Option<SocketAddr>,
+    /// Stopped last, once nothing publishes any more.
+    embedded: Option<rouse_broker::Running>,
     shutdown: CancellationToken,
     /// Servers (api, webhooks): they end on shutdown, or on failure.
     servers: Vec<(&'static str, JoinHandle<Result<(), String>>)>,
@@ -185,7 +202,7 @@ pub struct Running {
 pub struct Platform;
 
 impl Platform {
-    pub async fn start(config: Config) -> Result<Running, StartError> {
+    pub async fn start(mut config: Config) -> Result<Running, StartError> {
         let registry = registry_config(&config)?;
         let store = Arc::new(SqliteStore::open(&config.store_path)?);
         let key = Arc::new(
@@ -197,6 +214,8 @@ impl Platform {
         let mut running = Running {
             api: None,
             webhooks: None,
+            broker: None,
+            embedded: None,
             shutdown: shutdown.clone(),
             servers: Vec::new(),
             roles: Vec::new(),
@@ -233,7 +252,20 @@ impl Platform {
             running.webhooks.unwrap_or(config.webhook_listen)
         );
 
-        let pubsub = if config.roles.api || config.roles.dispatcher {
+        let needs_pubsub = config.roles.api || config.roles.dispatcher;
+        if let (true, Some(broker)) = (needs_pubsub, &config.broker) {
+            let listener = bind(
+                broker.listen,
+                "the Pub/Sub broker",
+                "--broker-listen or ROUSE_BROKER_LISTEN",
+            )
+            .await?;
+            let embedded = rouse_broker::Running::start(&broker.store, listener).await?;
+            config.pubsub.emulator_host = Some(embedded.addr().to_string());
+            running.broker = Some(embedded.addr());
+            running.embedded = Some(embedded);
+        }
+        let pubsub = if needs_pubsub {
             let pubsub = PubSub::connect(config.pubsub.clone()).await?;
             pubsub.check().await?;
             let messaging = PubSubMessaging::new(pubsub.clone());
@@ -363,6 +395,7 @@ impl Platform {
         tracing::info!(
             api = %running.api.map_or_else(|| "-".to_owned(), |a| a.to_string()),
             webhooks = %running.webhooks.map_or_else(|| "-".to_owned(), |a| a.to_string()),
+            broker = %running.broker.map_or_else(|| "-".to_owned(), |a| a.to_string()),
             roles = %config.roles.names(),
             store = %config.store_path.display(),
             pubsub = %config.pubsub,
@@ -415,6 +448,9 @@ impl Running {
             if tokio::time::timeout_at(deadline, handle).await.is_err() {
                 tracing::warn!("{name} did not stop within {DRAIN_DEADLINE:?}");
             }
+        }
+        if let Some(broker) = self.embedded {
+            broker.shutdown().await;
         }
         tracing::info!("rouse server stopped");
     }

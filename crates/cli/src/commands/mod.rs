@@ -3,6 +3,7 @@
 
 pub mod ask;
 pub mod audit;
+pub mod broker;
 pub mod builds;
 pub mod executions;
 pub mod iam;
@@ -29,9 +30,11 @@ pub async fn run(cli: Cli) -> Result<(), CliError> {
         client,
         format,
     } = cli;
-    if let Command::Server(args) = command {
-        return server::run(args, log_format).await;
-    }
+    let command = match command {
+        Command::Server(args) => return server::run(*args, log_format).await,
+        Command::Broker(args) => return broker::run(args, log_format).await,
+        other => other,
+    };
     init_tracing(log_format.unwrap_or(LogFormat::Human), "warn");
     let ctx = Context::new(client, format);
     match command {
@@ -46,7 +49,9 @@ pub async fn run(cli: Cli) -> Result<(), CliError> {
         Command::Triggers(cmd) => triggers::run(&ctx, cmd).await,
         Command::Builds(cmd) => builds::run(&ctx, cmd).await,
         Command::Secrets(cmd) => secrets::run(&ctx, cmd).await,
-        Command::Server(_) => unreachable!("`rouse server` returned above"),
+        Command::Server(_) | Command::Broker(_) => {
+            unreachable!("`rouse server` and `rouse broker` returned above")
+        }
     }
 }
 

@@ -10,7 +10,7 @@ use std::time::Duration;
 use rouse_server::{Platform, StartError};
 
 use crate::args::LogFormat;
-use crate::config::ServerConfig;
+use crate::config::{PubSubMode, ServerConfig};
 use crate::exit::CliError;
 
 #[derive(Debug, clap::Args)]
@@ -30,7 +30,16 @@ pub struct ServerArgs {
     /// The SQLite store file [default: <data-dir>/rouse.db].
     #[arg(long, env = "ROUSE_STORE")]
     pub store: Option<PathBuf>,
-    /// HOST:PORT of a Pub/Sub emulator; unset means Google Cloud Pub/Sub.
+    /// Which Pub/Sub to use: `embedded` (Rouse's own broker, in this
+    /// process), `emulator` (at --pubsub-emulator-host) or `google`
+    /// [default: emulator with an emulator host, google with a project, else embedded].
+    #[arg(long, env = "ROUSE_PUBSUB", value_enum)]
+    pub pubsub: Option<PubSubMode>,
+    /// Where the embedded broker listens, for this server and any other
+    /// Pub/Sub client [default: 127.0.0.1:8085].
+    #[arg(long, env = "ROUSE_BROKER_LISTEN")]
+    pub broker_listen: Option<SocketAddr>,
+    /// HOST:PORT of a Pub/Sub emulator (or another Rouse's broker).
     #[arg(long, env = "PUBSUB_EMULATOR_HOST")]
     pub pubsub_emulator_host: Option<String>,
     /// Google Cloud project of the topics [default with the emulator: rouse-local].
@@ -89,7 +98,7 @@ pub async fn run(args: ServerArgs, log_format: Option<LogFormat>) -> Result<(), 
 }
 
 /// Completes on Ctrl-C or SIGTERM.
-async fn shutdown_signal() {
+pub async fn shutdown_signal() {
     let ctrl_c = tokio::signal::ctrl_c();
     let mut term = match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
         Ok(s) => s,
