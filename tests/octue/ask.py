@@ -261,7 +261,10 @@ def main(argv):
         return error("setup", "octue was imported before TWINED_SERVICES_TOPIC_NAME was set")
 
     use_local_schema(arguments.schema)
-    apply_subscription_filters_locally()
+    # Rouse's broker applies filters itself, as Google does; only the
+    # official emulator needs the asker to apply them.
+    if os.environ.get("ROUSE_OCTUE_FILTER_SHIM", "1") != "0":
+        apply_subscription_filters_locally()
     if arguments.service_registry:
         use_test_registry_token()
 

@@ -45,6 +45,16 @@ pub fn ask(
         .args(["--input-values", &input.to_string()])
         .args(["--timeout", &timeout_secs.to_string()])
         .env("PUBSUB_EMULATOR_HOST", emulator_host)
+        // The filter shim only where filters are not applied: the official
+        // emulator (the same choice `Emulator::start` makes).
+        .env(
+            "ROUSE_OCTUE_FILTER_SHIM",
+            if std::env::var("ROUSE_TEST_PUBSUB").as_deref() == Ok("emulator") {
+                "1"
+            } else {
+                "0"
+            },
+        )
         .env("GOOGLE_CLOUD_PROJECT", "rouse-local")
         .stdin(Stdio::null())
         .output()

@@ -86,6 +86,8 @@ fn server(args: &[&str], env: &[(&str, &str)]) -> (i32, String) {
     cmd.arg("server").args(args).stdin(Stdio::null());
     for var in [
         "PUBSUB_EMULATOR_HOST",
+        "ROUSE_PUBSUB",
+        "ROUSE_BROKER_LISTEN",
         "GOOGLE_CLOUD_PROJECT",
         "ROUSE_CONFIG",
         "ROUSE_API_LISTEN",
@@ -126,7 +128,15 @@ fn bad_server_config_exits_2_naming_the_key() {
 #[test]
 fn google_pubsub_without_a_project_is_a_usage_error() {
     let dir = tempfile::tempdir().expect("tempdir");
-    let (code, stderr) = server(&["--data-dir", dir.path().to_str().expect("utf-8")], &[]);
+    let (code, stderr) = server(
+        &[
+            "--data-dir",
+            dir.path().to_str().expect("utf-8"),
+            "--pubsub",
+            "google",
+        ],
+        &[],
+    );
     assert_eq!(code, 2, "{stderr}");
     assert!(stderr.contains("GOOGLE_CLOUD_PROJECT"), "{stderr}");
 }

@@ -1,7 +1,8 @@
 //! End-to-end: the real Octue client (PyPI `octue==0.69.1`, in a virtualenv
 //! made by `.ci/octue-venv`) asks a Rouse service. Its test-side shims (the
-//! local schema file, dropping messages the emulator should have filtered)
-//! change nothing on the wire; see `tests/octue/README.md`.
+//! local schema file; on the official emulator only, dropping messages the
+//! emulator should have filtered) change nothing on the wire; see
+//! `tests/octue/README.md`.
 
 use rouse_tests::octue::{ask, python};
 use rouse_tests::{Emulator, Server, workspace_bin};
@@ -89,6 +90,34 @@ fn a_stock_octue_client_gets_results_and_remote_exceptions() {
             answer["output_values"]["echo"],
             json!({"x": 1}),
             "{sruid}: {answer}"
+        );
+    }
+
+    // Several questions in flight at once, each answered with its own
+    // result (on Rouse's broker with no client-side filter: the answer
+    // subscriptions' filters are applied by the broker).
+    let asks: Vec<_> = (0..3)
+        .map(|i| {
+            let python = python.clone();
+            let host = emulator.host().to_owned();
+            std::thread::spawn(move || {
+                ask(
+                    &python,
+                    &host,
+                    "experiment-2/echo:latest",
+                    &json!({ "n": i }),
+                    ASK_TIMEOUT_SECS,
+                )
+            })
+        })
+        .collect();
+    for (i, handle) in asks.into_iter().enumerate() {
+        let (code, answer) = handle.join().expect("ask thread");
+        assert_eq!(code, 0, "question {i}: {answer}\n{}", server.log());
+        assert_eq!(
+            answer["output_values"]["echo"],
+            json!({ "n": i }),
+            "question {i} got its own answer: {answer}"
         );
     }
 

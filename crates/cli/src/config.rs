@@ -428,7 +428,10 @@ mod tests {
 
         args.pubsub = Some(PubSubMode::Embedded);
         let cfg = ServerConfig::resolve(&args, None).expect("resolve");
-        assert!(cfg.broker.is_some() && cfg.pubsub.emulator_host.is_none(), "told embedded");
+        assert!(
+            cfg.broker.is_some() && cfg.pubsub.emulator_host.is_none(),
+            "told embedded"
+        );
 
         args.pubsub_emulator_host = None;
         args.pubsub = Some(PubSubMode::Emulator);
