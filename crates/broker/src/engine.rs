@@ -771,6 +771,8 @@ impl Engine {
     ) -> Result<Vec<pb::ReceivedMessage>, BrokerError> {
         let s = self.subscription_mut(sub)?;
         s.last_active = now;
+        // The stream is connected from now until it closes.
+        s.flows.entry(stream).or_default();
         let dead_letter = s.dead_letter().is_some();
         let (max_outstanding, max_bytes) = limits;
         let mut out = Vec::new();
@@ -916,6 +918,11 @@ impl Engine {
                 .as_ref()
                 .and_then(|p| p.ttl)
                 .and_then(|t| Duration::try_from(t).ok());
+            // A subscription with a subscriber connected (a stream or a
+            // pusher; unary pulls are stream 0) is in use, as on Google.
+            if s.flows.keys().any(|stream| *stream != 0) {
+                s.last_active = now;
+            }
             if ttl.is_some_and(|ttl| now.duration_since(s.last_active) > ttl) {
                 expired.push(name.clone());
             }

@@ -444,3 +444,33 @@ fn a_hundred_thousand_ordering_keys_leave_no_state_behind() {
     let s = e.subscription(S).expect("sub");
     assert_eq!((s.live_keys(), s.backlog()), (0, 0));
 }
+
+#[test]
+fn a_subscription_with_a_stream_connected_does_not_expire() {
+    let now = Instant::now();
+    let mut e = engine();
+    sub(
+        &mut e,
+        |s| {
+            s.expiration_policy = Some(pb::ExpirationPolicy {
+                ttl: Some(proto_duration(MIN_EXPIRY)),
+            });
+        },
+        now,
+    );
+    // A streaming pull connects and waits: nothing is published for days.
+    assert!(
+        e.pull(S, 7, 10, (0, 0), LEASE, now)
+            .expect("pull")
+            .is_empty()
+    );
+    e.tick(now + MIN_EXPIRY / 2);
+    assert!(e.tick(now + MIN_EXPIRY * 3).is_empty(), "in use, not idle");
+    e.stream_closed(S, 7);
+    e.tick(now + MIN_EXPIRY * 4);
+    let writes = e.tick(now + MIN_EXPIRY * 5 + Duration::from_secs(1));
+    assert!(
+        matches!(&writes[..], [Write::SubscriptionExpired { .. }]),
+        "{writes:?}"
+    );
+}
