@@ -360,3 +360,96 @@ fn kill_9_of_the_server_loses_no_published_message() {
     );
     server.stop();
 }
+
+/// A push endpoint: answers 500 to the first request, 200 afterwards, and
+/// keeps every envelope it got.
+fn push_endpoint() -> (String, std::sync::Arc<std::sync::Mutex<Vec<Value>>>) {
+    use std::io::{BufRead, BufReader, Read, Write};
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
+    let url = format!("http://{}/push", listener.local_addr().expect("addr"));
+    let seen = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
+    let sink = seen.clone();
+    std::thread::spawn(move || {
+        for stream in listener.incoming().map_while(Result::ok) {
+            let mut reader = BufReader::new(stream.try_clone().expect("clone"));
+            let mut length = 0;
+            loop {
+                let mut line = String::new();
+                if reader.read_line(&mut line).unwrap_or(0) == 0 {
+                    break;
+                }
+                let line = line.trim_end();
+                if line.is_empty() {
+                    break;
+                }
+                if let Some((k, v)) = line.split_once(':')
+                    && k.eq_ignore_ascii_case("content-length")
+                {
+                    length = v.trim().parse().unwrap_or(0);
+                }
+            }
+            let mut body = vec![0; length];
+            if reader.read_exact(&mut body).is_err() {
+                continue;
+            }
+            let mut seen = sink.lock().expect("lock");
+            seen.push(serde_json::from_slice(&body).unwrap_or(Value::Null));
+            let status = if seen.len() == 1 {
+                "500 Oops"
+            } else {
+                "200 OK"
+            };
+            let mut stream = stream;
+            let _ = stream.write_all(
+                format!("HTTP/1.1 {status}\r\nContent-Length: 0\r\nConnection: close\r\n\r\n")
+                    .as_bytes(),
+            );
+        }
+    });
+    (url, seen)
+}
+
+#[test]
+fn a_push_subscription_posts_the_envelope_until_the_endpoint_takes_it() {
+    let broker = Emulator::broker();
+    let host = broker.host();
+    let (url, seen) = push_endpoint();
+    ok(host, "PUT", "topics/pushed", json!({}));
+    ok(
+        host,
+        "PUT",
+        "subscriptions/pushed-sub",
+        json!({ "topic": "projects/rouse-local/topics/pushed", "pushConfig": { "pushEndpoint": url } }),
+    );
+    let ids = publish(
+        host,
+        "pushed",
+        vec![json!({ "data": b64("hello"), "attributes": { "a": "1" } })],
+    );
+    let begun = Instant::now();
+    while seen.lock().expect("lock").len() < 2 && begun.elapsed() < Duration::from_secs(20) {
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let seen = seen.lock().expect("lock").clone();
+    assert_eq!(
+        seen.len(),
+        2,
+        "refused once, then delivered again: {seen:?}"
+    );
+    for envelope in &seen {
+        assert_eq!(
+            envelope["subscription"],
+            "projects/rouse-local/subscriptions/pushed-sub"
+        );
+        assert_eq!(envelope["message"]["data"], b64("hello"));
+        assert_eq!(envelope["message"]["messageId"], ids[0].as_str());
+        assert_eq!(envelope["message"]["attributes"]["a"], "1");
+    }
+    // Taken (200): it is not posted a third time.
+    std::thread::sleep(Duration::from_secs(1));
+    assert_eq!(
+        seen.lock().expect("lock").len(),
+        2,
+        "acknowledged by the 200"
+    );
+}
