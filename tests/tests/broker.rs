@@ -430,13 +430,13 @@ fn a_push_subscription_posts_the_envelope_until_the_endpoint_takes_it() {
     while seen.lock().expect("lock").len() < 2 && begun.elapsed() < Duration::from_secs(20) {
         std::thread::sleep(Duration::from_millis(50));
     }
-    let seen = seen.lock().expect("lock").clone();
+    let posted = seen.lock().expect("lock").clone();
     assert_eq!(
-        seen.len(),
+        posted.len(),
         2,
-        "refused once, then delivered again: {seen:?}"
+        "refused once, then delivered again: {posted:?}"
     );
-    for envelope in &seen {
+    for envelope in &posted {
         assert_eq!(
             envelope["subscription"],
             "projects/rouse-local/subscriptions/pushed-sub"
