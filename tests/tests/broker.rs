@@ -10,7 +10,7 @@ use std::time::{Duration, Instant};
 use base64::Engine as _;
 use rouse_pubsub::{Handler, Outgoing, PubSub, SubscriptionSpec};
 use rouse_tests::asker::pubsub_config;
-use rouse_tests::pushes::request;
+use rouse_tests::pushes::{read_request, request};
 use rouse_tests::{Emulator, Server, free_port};
 use serde_json::{Value, json};
 
@@ -364,7 +364,7 @@ fn kill_9_of_the_server_loses_no_published_message() {
 /// A push endpoint: answers 500 to the first request, 200 afterwards, and
 /// keeps every envelope it got.
 fn push_endpoint() -> (String, std::sync::Arc<std::sync::Mutex<Vec<Value>>>) {
-    use std::io::{BufRead, BufReader, Read, Write};
+    use std::io::{BufReader, Write};
     let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
     let url = format!("http://{}/push", listener.local_addr().expect("addr"));
     let seen = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
@@ -372,26 +372,9 @@ fn push_endpoint() -> (String, std::sync::Arc<std::sync::Mutex<Vec<Value>>>) {
     std::thread::spawn(move || {
         for stream in listener.incoming().map_while(Result::ok) {
             let mut reader = BufReader::new(stream.try_clone().expect("clone"));
-            let mut length = 0;
-            loop {
-                let mut line = String::new();
-                if reader.read_line(&mut line).unwrap_or(0) == 0 {
-                    break;
-                }
-                let line = line.trim_end();
-                if line.is_empty() {
-                    break;
-                }
-                if let Some((k, v)) = line.split_once(':')
-                    && k.eq_ignore_ascii_case("content-length")
-                {
-                    length = v.trim().parse().unwrap_or(0);
-                }
-            }
-            let mut body = vec![0; length];
-            if reader.read_exact(&mut body).is_err() {
+            let Some((_, body)) = read_request(&mut reader) else {
                 continue;
-            }
+            };
             let mut seen = sink.lock().expect("lock");
             seen.push(serde_json::from_slice(&body).unwrap_or(Value::Null));
             let status = if seen.len() == 1 {

@@ -47,6 +47,12 @@ fn keyed(key: &str, n: u32) -> pb::PubsubMessage {
     }
 }
 
+fn expires_after_a_day(s: &mut pb::Subscription) {
+    s.expiration_policy = Some(pb::ExpirationPolicy {
+        ttl: Some(proto_duration(MIN_EXPIRY)),
+    });
+}
+
 fn publish(e: &mut Engine, messages: Vec<pb::PubsubMessage>) {
     let p = e.publish(T, messages, SystemTime::now()).expect("publish");
     e.deliver(&p);
@@ -406,15 +412,7 @@ fn deleting_a_topic_leaves_its_subscriptions_detached_from_it() {
 fn an_idle_subscription_expires_after_its_ttl() {
     let now = Instant::now();
     let mut e = engine();
-    sub(
-        &mut e,
-        |s| {
-            s.expiration_policy = Some(pb::ExpirationPolicy {
-                ttl: Some(proto_duration(MIN_EXPIRY)),
-            });
-        },
-        now,
-    );
+    sub(&mut e, expires_after_a_day, now);
     e.touch(S, now + Duration::from_secs(3600));
     assert!(e.tick(now + MIN_EXPIRY).is_empty(), "active an hour in");
     let writes = e.tick(now + MIN_EXPIRY + Duration::from_secs(3601));
@@ -449,15 +447,7 @@ fn a_hundred_thousand_ordering_keys_leave_no_state_behind() {
 fn a_subscription_with_a_stream_connected_does_not_expire() {
     let now = Instant::now();
     let mut e = engine();
-    sub(
-        &mut e,
-        |s| {
-            s.expiration_policy = Some(pb::ExpirationPolicy {
-                ttl: Some(proto_duration(MIN_EXPIRY)),
-            });
-        },
-        now,
-    );
+    sub(&mut e, expires_after_a_day, now);
     // A streaming pull connects and waits: nothing is published for days.
     assert!(
         e.pull(S, 7, 10, (0, 0), LEASE, now)
