@@ -1,7 +1,8 @@
-//! The Pub/Sub publisher against the official emulator: replacing its client
-//! (which it does every thousand messages, so that the client's
-//! per-ordering-key state cannot grow without bound) loses nothing and keeps
-//! each ordering key's order.
+//! The Pub/Sub publisher, against Rouse's broker and the official emulator:
+//! replacing its client (which it does every thousand messages, so that the
+//! client's per-ordering-key state cannot grow without bound) loses nothing
+//! and keeps each ordering key's order, with two clients publishing one key
+//! at once around each switch.
 
 use std::collections::{BTreeMap, HashMap};
 use std::time::Duration;
@@ -11,11 +12,21 @@ use rouse_tests::Emulator;
 use rouse_tests::asker::pubsub_config;
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn replacing_the_publisher_client_keeps_every_message_and_its_order() {
-    // On the official emulator: on Rouse's broker this test has seen one key
-    // out of order (known, open: issue 10's note), which is the broker's to
-    // fix, not the publisher's.
-    let emulator = Emulator::official();
+async fn replacing_the_publisher_client_keeps_every_message_and_its_order_on_the_broker() {
+    // Five times: the order of a key once broke here about one run in
+    // eight under load (messages waiting on the publisher's async lock
+    // handed over in wake order, not call order).
+    for _ in 0..5 {
+        replacing_the_client_keeps_order(Emulator::broker()).await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn replacing_the_publisher_client_keeps_every_message_and_its_order_on_the_emulator() {
+    replacing_the_client_keeps_order(Emulator::official()).await;
+}
+
+async fn replacing_the_client_keeps_order(emulator: Emulator) {
     let pubsub = PubSub::connect(pubsub_config(emulator.host()))
         .await
         .expect("pubsub");

@@ -229,7 +229,10 @@ impl PubSub {
         let path = self.topic_path(topic_id);
         let publisher = self.build_publisher(&path).await?;
         Ok(TopicPublisher {
-            current: Arc::new(tokio::sync::RwLock::new(publisher)),
+            current: Arc::new(std::sync::Mutex::new(Current {
+                client: publisher,
+                held: None,
+            })),
             published: Arc::new(AtomicU64::new(0)),
             recycle_after: RECYCLE_AFTER,
             pubsub: self.clone(),
@@ -502,18 +505,35 @@ pub const RECYCLE_AFTER: u64 = 1024;
 /// Publishes to one topic. Clones share the client.
 #[derive(Clone)]
 pub struct TopicPublisher {
-    /// The client in use. Publishing holds the read lock only while handing
-    /// a message over (which is synchronous); replacing the client takes the
-    /// write lock and flushes the old one first, so every message handed
-    /// over before the switch is sent before any handed over after it, and
-    /// the order per ordering key holds across the switch.
-    current: Arc<tokio::sync::RwLock<Publisher>>,
+    /// The client in use, and while it is being replaced the messages
+    /// held back meanwhile. Every hand-over happens under this (synchronous)
+    /// lock, so messages reach a client in the order `publish` was called;
+    /// see [`TopicPublisher::recycle`] for why that order holds across a
+    /// switch.
+    current: Arc<std::sync::Mutex<Current>>,
     published: Arc<AtomicU64>,
     recycle_after: u64,
     pubsub: PubSub,
     topic: String,
     endpoint: String,
     timeout: Duration,
+}
+
+/// A message handed over: the client's future for it, and the client (to
+/// resume its ordering key after a failure).
+type HandedOver = (google_cloud_pubsub::publisher::PublishFuture, Publisher);
+
+struct Current {
+    client: Publisher,
+    /// `Some` while the old client flushes: messages wait here, in order,
+    /// for the fresh one.
+    held: Option<Vec<(Message, tokio::sync::oneshot::Sender<HandedOver>)>>,
+}
+
+fn lock_current(current: &std::sync::Mutex<Current>) -> std::sync::MutexGuard<'_, Current> {
+    current
+        .lock()
+        .unwrap_or_else(|poisoned| poisoned.into_inner())
 }
 
 impl fmt::Debug for TopicPublisher {
@@ -550,15 +570,28 @@ impl TopicPublisher {
             .set_data(data)
             .set_attributes(attributes)
             .set_ordering_key(ordering_key.clone());
-        let (client, pending, count) = {
-            let current = self.current.read().await;
-            let pending = current.publish(msg);
+        let (handed, count) = {
+            let mut current = lock_current(&self.current);
             let count = self.published.fetch_add(1, Ordering::Relaxed) + 1;
-            (current.clone(), pending, count)
+            let handed = match &mut current.held {
+                Some(held) => {
+                    let (tx, rx) = tokio::sync::oneshot::channel();
+                    held.push((msg, tx));
+                    Err(rx)
+                }
+                None => Ok((current.client.publish(msg), current.client.clone())),
+            };
+            (handed, count)
         };
         if count.is_multiple_of(self.recycle_after) {
             self.recycle().await;
         }
+        let timed_out = || PubSubError::Timeout {
+            op: "publish to",
+            resource: self.topic.clone(),
+            endpoint: self.endpoint.clone(),
+            timeout: self.timeout,
+        };
         let failed = |code, message: String| PubSubError::Call {
             op: "publish to",
             resource: self.topic.clone(),
@@ -566,24 +599,40 @@ impl TopicPublisher {
             code,
             message,
         };
-        let result = match tokio::time::timeout(self.timeout, pending).await {
-            Ok(Ok(id)) => return Ok(id),
-            Ok(Err(e)) => Err(failed(None, e.to_string())),
-            Err(_) => Err(PubSubError::Timeout {
-                op: "publish to",
-                resource: self.topic.clone(),
-                endpoint: self.endpoint.clone(),
-                timeout: self.timeout,
-            }),
+        let sent = async {
+            let (pending, client) = match handed {
+                Ok(handed) => handed,
+                Err(held) => held.await.map_err(|_| {
+                    failed(
+                        None,
+                        "the publisher was dropped while replacing its client".into(),
+                    )
+                })?,
+            };
+            Ok::<_, PubSubError>((pending.await, client))
+        };
+        let (result, client) = match tokio::time::timeout(self.timeout, sent).await {
+            Err(_) => return Err(timed_out()),
+            Ok(Err(e)) => return Err(e),
+            Ok(Ok((Ok(id), _))) => return Ok(id),
+            Ok(Ok((Err(e), client))) => (failed(None, e.to_string()), client),
         };
         if !ordering_key.is_empty() {
             client.resume_publish(ordering_key);
         }
-        result
+        Err(result)
     }
 
     /// Swaps in a fresh client (see [`RECYCLE_AFTER`]); if one cannot be
     /// built, the current one stays and the next multiple tries again.
+    ///
+    /// Per-key order across the switch: from the moment the switch starts,
+    /// messages are held back (in call order) instead of handed to the old
+    /// client; the old client is flushed, so everything it had is stored;
+    /// then, in one step under the lock, the held messages go to the fresh
+    /// client in order and it becomes current. (An async lock here let
+    /// waiters hand over in the order they were woken, not the order they
+    /// came: a key's third message overtook its first.)
     async fn recycle(&self) {
         let fresh = match self.pubsub.build_publisher(&self.topic).await {
             Ok(fresh) => fresh,
@@ -592,10 +641,23 @@ impl TopicPublisher {
                 return;
             }
         };
-        let mut current = self.current.write().await;
-        current.flush().await;
-        let old = std::mem::replace(&mut *current, fresh);
-        drop(current);
+        let old = {
+            let mut current = lock_current(&self.current);
+            if current.held.is_some() {
+                // Another switch is under way.
+                return;
+            }
+            current.held = Some(Vec::new());
+            current.client.clone()
+        };
+        old.flush().await;
+        {
+            let mut current = lock_current(&self.current);
+            current.client = fresh;
+            for (msg, tx) in current.held.take().unwrap_or_default() {
+                let _ = tx.send((current.client.publish(msg), current.client.clone()));
+            }
+        }
         // The last handle of the old client: its tasks end with it.
         drop(old);
     }
