@@ -8,7 +8,7 @@ use std::time::{Duration, Instant, SystemTime};
 
 use tokio_util::sync::CancellationToken;
 
-use crate::engine::{MAX_ACK_DEADLINE, MIN_ACK_DEADLINE, Write};
+use crate::engine::{MAX_ACK_DEADLINE, MIN_ACK_DEADLINE, Receiver, Write};
 use crate::error::BrokerError;
 use crate::persist::{Admin, Persist, Shared, lock};
 use crate::{names, pb};
@@ -171,13 +171,18 @@ impl Broker {
         messages: Vec<pb::PubsubMessage>,
     ) -> Result<Vec<String>, BrokerError> {
         check_messages(&messages)?;
-        let published = lock(&self.engine).publish(topic, messages, SystemTime::now())?;
-        let ids = published
-            .messages
-            .iter()
-            .map(|(m, _)| m.message.message_id.clone())
-            .collect();
-        self.persist.publish(published, Vec::new()).await?;
+        let place = self.persist.reserve().await?;
+        let (ids, committed) = {
+            let mut engine = lock(&self.engine);
+            let published = engine.publish(topic, messages, SystemTime::now())?;
+            let ids = published
+                .messages
+                .iter()
+                .map(|(m, _)| m.message.message_id.clone())
+                .collect();
+            (ids, place.publish(published, Vec::new()))
+        };
+        committed.wait().await?;
         Ok(ids)
     }
 
@@ -204,7 +209,7 @@ impl Broker {
                 let deadline = ack_deadline(engine.subscription(sub)?.config.ack_deadline_seconds);
                 engine.pull(
                     sub,
-                    0,
+                    Receiver::UNARY,
                     i64::from(max_messages).min(MAX_PULL),
                     (0, 0),
                     deadline,
@@ -276,17 +281,28 @@ impl Broker {
                         "CloudPubSubDeadLetterSourceSubscriptionProject".into(),
                         names::project_of(&sub).to_owned(),
                     );
-                    let published =
-                        lock(&self.engine).publish(&topic, vec![forwarded], SystemTime::now());
                     let source = Write::DeadLetter {
                         sub: sub.clone(),
                         msg,
                         topic: topic.clone(),
                         attempts,
                     };
-                    match published {
-                        Ok(published) => {
-                            if let Err(e) = self.persist.publish(published, vec![source]).await {
+                    let place = match self.persist.reserve().await {
+                        Ok(place) => place,
+                        Err(e) => {
+                            tracing::error!(%sub, %topic, error = %e, "cannot dead-letter a message");
+                            continue;
+                        }
+                    };
+                    let committed = {
+                        let mut engine = lock(&self.engine);
+                        engine
+                            .publish(&topic, vec![forwarded], SystemTime::now())
+                            .map(|published| place.publish(published, vec![source.clone()]))
+                    };
+                    match committed {
+                        Ok(committed) => {
+                            if let Err(e) = committed.wait().await {
                                 tracing::error!(%sub, %topic, error = %e, "cannot dead-letter a message");
                             }
                         }

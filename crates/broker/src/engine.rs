@@ -1,8 +1,8 @@
 //! The broker's state: topics, subscriptions, and what each subscription owes
 //! its subscribers. Synchronous and free of I/O (time is passed in), so every
 //! rule of Google's semantics is unit-tested here: filters applied at publish,
-//! ordering keys (the next message of a key only after the previous one is
-//! acknowledged), ack deadlines and redelivery, retry backoff, dead letters,
+//! ordering keys (a key's messages in order, to one receiver at a time; see
+//! [`Receiver`]), ack deadlines and redelivery, retry backoff, dead letters,
 //! retention, expiry and seek. Durability is the caller's: every change that
 //! must survive a restart comes back as a [`Write`].
 
@@ -116,11 +116,62 @@ struct Lease {
     stream: u64,
 }
 
-/// What one stream (or one unary pull, stream 0) has outstanding.
-#[derive(Debug, Default, Clone, Copy)]
+/// Who takes messages, and how it takes an ordering key's messages.
+///
+/// Every receiver gets a key's messages in publish order, and a key is held
+/// by one receiver at a time. A streaming pull (`pipelined`) is sent a key's
+/// later messages while earlier ones are still outstanding, as Google does:
+/// its client hands them to the application in order. Unary pulls (all of
+/// them share id 0) and push endpoints (which post concurrently) get a
+/// key's next message only after the previous one is acknowledged. A nack
+/// or an expired lease gives the message back with every later one of its
+/// key, so they are delivered again in order.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Receiver {
+    pub id: u64,
+    pub pipelined: bool,
+}
+
+impl Receiver {
+    pub const UNARY: Self = Self {
+        id: 0,
+        pipelined: false,
+    };
+
+    pub fn stream(id: u64) -> Self {
+        Self {
+            id,
+            pipelined: true,
+        }
+    }
+
+    pub fn push(id: u64) -> Self {
+        Self {
+            id,
+            pipelined: false,
+        }
+    }
+}
+
+/// What one receiver has outstanding, and (streams only) the messages of
+/// the keys it holds that wait for it.
+#[derive(Debug, Default)]
 struct Flow {
     messages: i64,
     bytes: i64,
+    pipelined: bool,
+    queue: VecDeque<Pending>,
+}
+
+/// An ordering key with work: the receiver holding it and the ids it holds
+/// (leased, or queued for it), in order; and the messages behind those.
+/// When no receiver holds it, its first message is ready (or waiting out a
+/// backoff) and `waiting` has the rest.
+#[derive(Debug, Default)]
+struct Key {
+    owner: Option<u64>,
+    held: VecDeque<u64>,
+    waiting: VecDeque<Pending>,
 }
 
 /// A subscription and the messages it owes.
@@ -135,10 +186,9 @@ pub struct Subscription {
     leases: HashMap<u64, Lease>,
     /// Lease deadlines, possibly stale (checked against `leases`).
     expiries: BinaryHeap<Reverse<(Instant, u64)>>,
-    /// Ordering keys with a message outstanding, and the messages queued
-    /// behind it. A key with nothing left is removed, so per-key state lives
-    /// only while the key has work.
-    keys: HashMap<String, VecDeque<Pending>>,
+    /// Ordering keys with work. A key with nothing left is removed, so
+    /// per-key state lives only while the key has work.
+    keys: HashMap<String, Key>,
     /// Acknowledged messages kept for seeks (`retain_acked_messages`).
     retained: BTreeMap<u64, Msg>,
     flows: HashMap<u64, Flow>,
@@ -165,34 +215,104 @@ impl Subscription {
         })
     }
 
-    /// A new message (or one owed again): behind its key's outstanding
-    /// message if there is one, else ready.
+    /// A new message (or one owed again): queued for the stream holding
+    /// its key, behind the key's outstanding messages, or ready.
     fn enqueue(&mut self, pending: Pending) {
         if self.ordered(&pending.msg) {
-            let key = pending.msg.message.ordering_key.clone();
-            if let Some(queue) = self.keys.get_mut(&key) {
-                queue.push_back(pending);
+            let key = pending.msg.message.ordering_key.as_str();
+            if let Some(k) = self.keys.get_mut(key) {
+                match k.owner.and_then(|o| self.flows.get_mut(&o)) {
+                    Some(flow) if flow.pipelined => {
+                        k.held.push_back(pending.msg.id);
+                        flow.queue.push_back(pending);
+                    }
+                    _ => k.waiting.push_back(pending),
+                }
                 return;
             }
-            self.keys.insert(key, VecDeque::new());
+            self.keys.insert(key.to_owned(), Key::default());
         }
         self.ready.push_back(pending);
     }
 
-    /// The key of a finished message lets its next message go.
+    /// `receiver` takes a ready message: it now holds the message's key, and
+    /// a stream is queued the key's later messages too.
+    fn take_key(&mut self, pending: &Pending, receiver: Receiver) {
+        if !self.ordered(&pending.msg) {
+            return;
+        }
+        let key = self
+            .keys
+            .entry(pending.msg.message.ordering_key.clone())
+            .or_default();
+        key.owner = Some(receiver.id);
+        key.held.push_back(pending.msg.id);
+        if receiver.pipelined
+            && let Some(flow) = self.flows.get_mut(&receiver.id)
+        {
+            key.held.extend(key.waiting.iter().map(|p| p.msg.id));
+            flow.queue.extend(key.waiting.drain(..));
+        }
+    }
+
+    /// A message of a key is done (acknowledged or dead-lettered): once its
+    /// receiver holds nothing more of the key, the key's next message is
+    /// ready, or the key is forgotten.
     fn release_key(&mut self, msg: &Stored) {
         if !self.ordered(msg) {
             return;
         }
-        let key = &msg.message.ordering_key;
-        if let Some(queue) = self.keys.get_mut(key) {
-            match queue.pop_front() {
-                Some(next) => self.ready.push_back(next),
-                None => {
-                    self.keys.remove(key);
+        let key = msg.message.ordering_key.as_str();
+        let Some(k) = self.keys.get_mut(key) else {
+            return;
+        };
+        if let Some(at) = k.held.iter().position(|id| *id == msg.id) {
+            k.held.remove(at);
+        }
+        if k.held.is_empty() {
+            self.advance_key(key);
+        }
+    }
+
+    /// A leased message of a key came back (nack or expiry): it and every
+    /// later message its receiver holds go back in front of the key's
+    /// waiting ones, in order. Later messages were not at fault: their
+    /// delivery is not counted. True when the message is now the key's
+    /// head (nothing earlier is outstanding).
+    fn take_back(&mut self, msg: &Stored) -> bool {
+        let key = msg.message.ordering_key.as_str();
+        let Some(k) = self.keys.get_mut(key) else {
+            return true;
+        };
+        let Some(at) = k.held.iter().position(|id| *id == msg.id) else {
+            return k.held.is_empty();
+        };
+        let later: Vec<u64> = k.held.drain(at..).skip(1).collect();
+        let mut back = Vec::with_capacity(later.len());
+        for id in later {
+            if let Some(lease) = self.leases.remove(&id) {
+                if let Some(flow) = self.flows.get_mut(&lease.stream) {
+                    flow.messages -= 1;
+                    flow.bytes -= lease.pending.msg.size as i64;
                 }
+                let mut pending = lease.pending;
+                pending.attempts = pending.attempts.saturating_sub(1);
+                back.push(pending);
+            } else if let Some(flow) = k.owner.and_then(|o| self.flows.get_mut(&o))
+                && let Some(i) = flow.queue.iter().position(|p| p.msg.id == id)
+                && let Some(pending) = flow.queue.remove(i)
+            {
+                back.push(pending);
             }
         }
+        for pending in back.into_iter().rev() {
+            k.waiting.push_front(pending);
+        }
+        let head = k.held.is_empty();
+        if head {
+            k.owner = None;
+        }
+        head
     }
 
     fn end_lease(&mut self, id: u64) -> Option<Lease> {
@@ -205,8 +325,11 @@ impl Subscription {
     }
 
     /// A delivery that was not acknowledged: owed again now, after a
-    /// backoff, or dead-lettered.
+    /// backoff, or dead-lettered. An ordered message whose key has earlier
+    /// messages outstanding waits behind them instead.
     fn redeliver(&mut self, pending: Pending, now: Instant, writes: &mut Vec<Write>) {
+        let ordered = self.ordered(&pending.msg);
+        let head = !ordered || self.take_back(&pending.msg);
         if let Some((topic, max)) = self.dead_letter()
             && pending.attempts >= max
         {
@@ -216,7 +339,9 @@ impl Subscription {
                 topic: topic.to_owned(),
                 attempts: pending.attempts,
             });
-            self.release_key(&pending.msg);
+            if ordered && head {
+                self.advance_key(&pending.msg.message.ordering_key);
+            }
             return;
         }
         writes.push(Write::Attempts {
@@ -224,11 +349,31 @@ impl Subscription {
             id: pending.msg.id,
             attempts: pending.attempts,
         });
+        if !head {
+            if let Some(k) = self.keys.get_mut(&pending.msg.message.ordering_key) {
+                k.waiting.push_front(pending);
+            }
+            return;
+        }
         match backoff(self.config.retry_policy.as_ref(), pending.attempts) {
             Some(delay) if !delay.is_zero() => {
                 self.delayed.insert((now + delay, pending.msg.id), pending);
             }
             _ => self.ready.push_back(pending),
+        }
+    }
+
+    /// A key nobody holds: its next message is ready, or it is forgotten.
+    fn advance_key(&mut self, key: &str) {
+        let Some(k) = self.keys.get_mut(key) else {
+            return;
+        };
+        k.owner = None;
+        match k.waiting.pop_front() {
+            Some(next) => self.ready.push_back(next),
+            None => {
+                self.keys.remove(key);
+            }
         }
     }
 
@@ -246,12 +391,14 @@ impl Subscription {
                 .drain()
                 .map(|(_, l)| (l.pending.msg, l.pending.attempts)),
         );
-        for (_, queue) in self.keys.drain() {
-            all.extend(queue.into_iter().map(|p| (p.msg, p.attempts)));
+        for (_, key) in self.keys.drain() {
+            all.extend(key.waiting.into_iter().map(|p| (p.msg, p.attempts)));
         }
         self.expiries.clear();
         for flow in self.flows.values_mut() {
-            *flow = Flow::default();
+            all.extend(flow.queue.drain(..).map(|p| (p.msg, p.attempts)));
+            flow.messages = 0;
+            flow.bytes = 0;
         }
         all.sort_by_key(|(m, _)| m.id);
         all
@@ -262,7 +409,8 @@ impl Subscription {
         self.ready.len()
             + self.delayed.len()
             + self.leases.len()
-            + self.keys.values().map(VecDeque::len).sum::<usize>()
+            + self.keys.values().map(|k| k.waiting.len()).sum::<usize>()
+            + self.flows.values().map(|f| f.queue.len()).sum::<usize>()
     }
 
     /// Ordering keys holding state (a key with nothing outstanding has none).
@@ -758,12 +906,13 @@ impl Engine {
 
     // Receiving.
 
-    /// Leases up to `max_messages` ready messages to `stream` (0: a unary
-    /// pull) for `deadline`, within the stream's outstanding limits.
+    /// Leases up to `max_messages` messages to `receiver` for `deadline`,
+    /// within its outstanding limits: first those queued for it (later
+    /// messages of the keys it holds), then ready ones.
     pub fn pull(
         &mut self,
         sub: &str,
-        stream: u64,
+        receiver: Receiver,
         max_messages: i64,
         limits: (i64, i64),
         deadline: Duration,
@@ -771,22 +920,31 @@ impl Engine {
     ) -> Result<Vec<pb::ReceivedMessage>, BrokerError> {
         let s = self.subscription_mut(sub)?;
         s.last_active = now;
-        // The stream is connected from now until it closes.
-        s.flows.entry(stream).or_default();
+        // The receiver is connected from now until it closes.
+        s.flows.entry(receiver.id).or_default().pipelined = receiver.pipelined;
         let dead_letter = s.dead_letter().is_some();
         let (max_outstanding, max_bytes) = limits;
         let mut out = Vec::new();
         while (out.len() as i64) < max_messages {
-            let flow = s.flows.get(&stream).copied().unwrap_or_default();
+            let Some(flow) = s.flows.get_mut(&receiver.id) else {
+                break;
+            };
             if max_outstanding > 0 && flow.messages >= max_outstanding {
                 break;
             }
-            // A stream may always take one message, however large.
+            // A receiver may always take one message, however large.
             if max_bytes > 0 && flow.messages > 0 && flow.bytes >= max_bytes {
                 break;
             }
-            let Some(mut pending) = s.ready.pop_front() else {
-                break;
+            let mut pending = match flow.queue.pop_front() {
+                Some(queued) => queued,
+                None => match s.ready.pop_front() {
+                    Some(ready) => {
+                        s.take_key(&ready, receiver);
+                        ready
+                    }
+                    None => break,
+                },
             };
             pending.attempts += 1;
             let id = pending.msg.id;
@@ -799,9 +957,10 @@ impl Engine {
                     0
                 },
             });
-            let flow = s.flows.entry(stream).or_default();
-            flow.messages += 1;
-            flow.bytes += pending.msg.size as i64;
+            if let Some(flow) = s.flows.get_mut(&receiver.id) {
+                flow.messages += 1;
+                flow.bytes += pending.msg.size as i64;
+            }
             let expires = now + deadline;
             s.expiries.push(Reverse((expires, id)));
             s.leases.insert(
@@ -809,7 +968,7 @@ impl Engine {
                 Lease {
                     pending,
                     deadline: expires,
-                    stream,
+                    stream: receiver.id,
                 },
             );
         }
@@ -964,7 +1123,8 @@ impl Engine {
             }
             if s.ready
                 .iter()
-                .chain(s.keys.values().flatten())
+                .chain(s.keys.values().flat_map(|k| &k.waiting))
+                .chain(s.flows.values().flat_map(|f| &f.queue))
                 .chain(s.delayed.values())
                 .any(|p| p.msg.published() < cutoff)
             {
@@ -1026,12 +1186,35 @@ impl Engine {
         Ok(writes)
     }
 
-    /// A stream ended: its flow-control account goes (its leases run out
-    /// on their own deadlines, as on Google).
+    /// A receiver ended: its flow-control account goes (its leases run out
+    /// on their own deadlines, as on Google), and the messages queued for
+    /// it go back to their keys, in order.
     pub fn stream_closed(&mut self, sub: &str, stream: u64) {
-        if let Some(s) = self.subscriptions.get_mut(sub) {
-            s.flows.remove(&stream);
+        let Some(s) = self.subscriptions.get_mut(sub) else {
+            return;
+        };
+        let Some(flow) = s.flows.remove(&stream) else {
+            return;
+        };
+        let mut freed = Vec::new();
+        for pending in flow.queue.into_iter().rev() {
+            let key = pending.msg.message.ordering_key.as_str();
+            if let Some(k) = s.keys.get_mut(key) {
+                if let Some(at) = k.held.iter().position(|id| *id == pending.msg.id) {
+                    k.held.remove(at);
+                }
+                if k.held.is_empty() {
+                    freed.push(key.to_owned());
+                }
+                k.waiting.push_front(pending);
+            }
         }
+        freed.sort_unstable();
+        freed.dedup();
+        for key in freed {
+            s.advance_key(&key);
+        }
+        s.wake.notify_waiters();
     }
 
     pub fn touch(&mut self, sub: &str, now: Instant) {

@@ -11,7 +11,7 @@ use tokio_util::sync::CancellationToken;
 use tonic::{Request, Response, Status, Streaming};
 
 use crate::broker::{Broker, MAX_PULL, ack_deadline};
-use crate::engine::{DEFAULT_STREAM_OUTSTANDING, MAX_ACK_DEADLINE, MIN_ACK_DEADLINE};
+use crate::engine::{DEFAULT_STREAM_OUTSTANDING, MAX_ACK_DEADLINE, MIN_ACK_DEADLINE, Receiver};
 use crate::error::BrokerError;
 use crate::pb;
 use crate::pb::publisher_server::Publisher;
@@ -460,7 +460,7 @@ impl Pull {
             notified.as_mut().enable();
             let got = lock(&self.broker.engine).pull(
                 &self.sub,
-                self.id,
+                Receiver::stream(self.id),
                 MAX_PULL,
                 self.limits,
                 self.deadline,

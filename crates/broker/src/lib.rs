@@ -79,12 +79,23 @@ impl Running {
                 .max_decoding_message_size(MAX_DECODING),
         );
         let routes = grpc.into_axum_router().merge(rest::router(broker.clone()));
-        let incoming = tokio_stream::wrappers::TcpListenerStream::new(listener);
+        // Small frames go out at once: with Nagle's algorithm a response
+        // written while the client delays its TCP ack waits up to 40 ms.
+        // (The builder's `tcp_nodelay` applies only to listeners it binds.)
+        let incoming = tokio_stream::StreamExt::map(
+            tokio_stream::wrappers::TcpListenerStream::new(listener),
+            |accepted| {
+                accepted.inspect(|stream| {
+                    if let Err(e) = stream.set_nodelay(true) {
+                        tracing::debug!(error = %e, "cannot set TCP_NODELAY");
+                    }
+                })
+            },
+        );
         let stop = shutdown.clone();
         let server = tokio::spawn(async move {
             let served = tonic::transport::Server::builder()
                 .accept_http1(true)
-                .tcp_nodelay(true)
                 .add_routes(tonic::service::Routes::from(routes))
                 .serve_with_incoming_shutdown(incoming, stop.cancelled_owned())
                 .await;

@@ -54,7 +54,7 @@ pub enum Admin {
     DeleteSubscription(String),
 }
 
-enum Job {
+pub enum Job {
     /// New messages (and, for a dead letter, the source's acknowledgement).
     Publish {
         published: Published,
@@ -109,16 +109,18 @@ impl Persist {
         Ok((Self { jobs }, shared, thread))
     }
 
-    /// Stores published messages; once committed they are delivered.
-    pub async fn publish(&self, published: Published, also: Vec<Write>) -> Result<(), BrokerError> {
-        let (done, result) = oneshot::channel();
-        self.send(Job::Publish {
-            published,
-            also,
-            done,
-        })
-        .await?;
-        answer(result).await
+    /// A place in the writer's queue for one publish. Take it before the
+    /// engine numbers the messages and send while still holding the
+    /// engine's lock: the writer then commits and delivers publishes in id
+    /// order, so two publishers of one ordering key cannot overtake each
+    /// other between numbering and queueing.
+    pub async fn reserve(&self) -> Result<Reserved, BrokerError> {
+        self.jobs
+            .clone()
+            .reserve_owned()
+            .await
+            .map(Reserved)
+            .map_err(|_| BrokerError::Internal("the broker's writer has stopped".into()))
     }
 
     /// Queues acknowledgements and attempts.
@@ -139,6 +141,33 @@ impl Persist {
             .send(job)
             .await
             .map_err(|_| BrokerError::Internal("the broker's writer has stopped".into()))
+    }
+}
+
+/// A reserved place in the writer's queue ([`Persist::reserve`]).
+pub struct Reserved(mpsc::OwnedPermit<Job>);
+
+impl Reserved {
+    /// Queues published messages (and, for a dead letter, the source's
+    /// acknowledgement) without waiting; the answer comes once they are
+    /// committed, and they are delivered then.
+    pub fn publish(self, published: Published, also: Vec<Write>) -> Committed {
+        let (done, result) = oneshot::channel();
+        self.0.send(Job::Publish {
+            published,
+            also,
+            done,
+        });
+        Committed(result)
+    }
+}
+
+/// The commit of a queued publish, to wait for.
+pub struct Committed(oneshot::Receiver<Result<(), String>>);
+
+impl Committed {
+    pub async fn wait(self) -> Result<(), BrokerError> {
+        answer(self.0).await
     }
 }
 

@@ -12,6 +12,7 @@ use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 
 use crate::broker::{Broker, ack_deadline};
+use crate::engine::Receiver;
 use crate::pb;
 use crate::persist::lock;
 
@@ -78,7 +79,7 @@ async fn push(
         notified.as_mut().enable();
         let got = lock(&broker.engine).pull(
             &sub,
-            stream,
+            Receiver::push(stream),
             CONCURRENCY,
             (CONCURRENCY, 0),
             deadline,

@@ -47,6 +47,28 @@ fn keyed(key: &str, n: u32) -> pb::PubsubMessage {
     }
 }
 
+/// A subscription that dead-letters to `DLQ` after 5 attempts.
+fn engine_with_dead_letters(ordered: bool, now: Instant) -> Engine {
+    let mut e = engine();
+    e.create_topic(pb::Topic {
+        name: DLQ.into(),
+        ..pb::Topic::default()
+    })
+    .expect("dead-letter topic");
+    sub(
+        &mut e,
+        |s| {
+            s.enable_message_ordering = ordered;
+            s.dead_letter_policy = Some(pb::DeadLetterPolicy {
+                dead_letter_topic: DLQ.into(),
+                max_delivery_attempts: 5,
+            });
+        },
+        now,
+    );
+    e
+}
+
 fn expires_after_a_day(s: &mut pb::Subscription) {
     s.expiration_policy = Some(pb::ExpirationPolicy {
         ttl: Some(proto_duration(MIN_EXPIRY)),
@@ -59,7 +81,8 @@ fn publish(e: &mut Engine, messages: Vec<pb::PubsubMessage>) {
 }
 
 fn pull(e: &mut Engine, n: i64, now: Instant) -> Vec<pb::ReceivedMessage> {
-    e.pull(S, 1, n, (0, 0), LEASE, now).expect("pull")
+    e.pull(S, Receiver::UNARY, n, (0, 0), LEASE, now)
+        .expect("pull")
 }
 
 fn data(received: &[pb::ReceivedMessage]) -> Vec<String> {
@@ -118,7 +141,7 @@ fn a_bad_filter_is_refused_at_create_time_naming_it() {
 }
 
 #[test]
-fn an_ordering_key_releases_its_next_message_only_after_an_ack() {
+fn a_unary_pull_gets_a_keys_next_message_only_after_an_ack() {
     let now = Instant::now();
     let mut e = engine();
     sub(&mut e, |s| s.enable_message_ordering = true, now);
@@ -225,22 +248,7 @@ fn a_retry_policy_delays_redelivery_exponentially() {
 #[test]
 fn after_max_attempts_a_message_goes_to_the_dead_letter_topic() {
     let now = Instant::now();
-    let mut e = engine();
-    e.create_topic(pb::Topic {
-        name: DLQ.into(),
-        ..pb::Topic::default()
-    })
-    .expect("dlq");
-    sub(
-        &mut e,
-        |s| {
-            s.dead_letter_policy = Some(pb::DeadLetterPolicy {
-                dead_letter_topic: DLQ.into(),
-                max_delivery_attempts: 5,
-            });
-        },
-        now,
-    );
+    let mut e = engine_with_dead_letters(false, now);
     publish(&mut e, vec![message("x", &[("k", "v")])]);
     for attempt in 1..=5 {
         let got = pull(&mut e, 1, now);
@@ -319,17 +327,29 @@ fn a_stream_gets_no_more_than_its_outstanding_limit() {
         &mut e,
         (0..5).map(|i| message(&i.to_string(), &[])).collect(),
     );
-    let got = e.pull(S, 7, 10, (2, 0), LEASE, now).expect("pull");
+    let got = e
+        .pull(S, Receiver::stream(7), 10, (2, 0), LEASE, now)
+        .expect("pull");
     assert_eq!(got.len(), 2);
     assert!(
-        e.pull(S, 7, 10, (2, 0), LEASE, now)
+        e.pull(S, Receiver::stream(7), 10, (2, 0), LEASE, now)
             .expect("pull")
             .is_empty()
     );
     // Another stream has its own account.
-    assert_eq!(e.pull(S, 8, 10, (2, 0), LEASE, now).expect("pull").len(), 2);
+    assert_eq!(
+        e.pull(S, Receiver::stream(8), 10, (2, 0), LEASE, now)
+            .expect("pull")
+            .len(),
+        2
+    );
     e.acknowledge(S, &ids(&got[..1]), now).expect("ack");
-    assert_eq!(e.pull(S, 7, 10, (2, 0), LEASE, now).expect("pull").len(), 1);
+    assert_eq!(
+        e.pull(S, Receiver::stream(7), 10, (2, 0), LEASE, now)
+            .expect("pull")
+            .len(),
+        1
+    );
 }
 
 #[test]
@@ -450,7 +470,7 @@ fn a_subscription_with_a_stream_connected_does_not_expire() {
     sub(&mut e, expires_after_a_day, now);
     // A streaming pull connects and waits: nothing is published for days.
     assert!(
-        e.pull(S, 7, 10, (0, 0), LEASE, now)
+        e.pull(S, Receiver::stream(7), 10, (0, 0), LEASE, now)
             .expect("pull")
             .is_empty()
     );
@@ -462,5 +482,109 @@ fn a_subscription_with_a_stream_connected_does_not_expire() {
     assert!(
         matches!(&writes[..], [Write::SubscriptionExpired { .. }]),
         "{writes:?}"
+    );
+}
+
+fn stream_pull(e: &mut Engine, stream: u64, now: Instant) -> Vec<pb::ReceivedMessage> {
+    e.pull(S, Receiver::stream(stream), 100, (0, 0), LEASE, now)
+        .expect("pull")
+}
+
+#[test]
+fn a_stream_gets_a_keys_messages_in_order_without_waiting_for_acks() {
+    let now = Instant::now();
+    let mut e = engine();
+    sub(&mut e, |s| s.enable_message_ordering = true, now);
+    publish(&mut e, vec![keyed("a", 1), keyed("a", 2), keyed("b", 1)]);
+    assert_eq!(data(&stream_pull(&mut e, 7, now)), ["a1", "a2", "b1"]);
+    // Published while a1 and a2 are outstanding: to the stream holding a,
+    // never to another one.
+    publish(&mut e, vec![keyed("a", 3), keyed("c", 1)]);
+    assert_eq!(data(&stream_pull(&mut e, 8, now)), ["c1"]);
+    let more = stream_pull(&mut e, 7, now);
+    assert_eq!(data(&more), ["a3"]);
+    // Unary pulls do not get a held key either.
+    publish(&mut e, vec![keyed("a", 4)]);
+    assert!(pull(&mut e, 10, now).is_empty());
+    assert_eq!(data(&stream_pull(&mut e, 7, now)), ["a4"]);
+}
+
+#[test]
+fn a_nack_redelivers_the_message_and_every_later_one_of_its_key() {
+    let now = Instant::now();
+    let mut e = engine();
+    sub(&mut e, |s| s.enable_message_ordering = true, now);
+    publish(&mut e, (1..=4).map(|n| keyed("a", n)).collect::<Vec<_>>());
+    let got = stream_pull(&mut e, 7, now);
+    assert_eq!(data(&got), ["a1", "a2", "a3", "a4"]);
+    e.acknowledge(S, &ids(&got[..1]), now).expect("ack a1");
+    e.modify_ack_deadline(S, &ids(&got[1..2]), 0, now)
+        .expect("nack a2");
+    // a3 and a4 come back too, behind a2; a1 stays acknowledged.
+    let again = stream_pull(&mut e, 8, now);
+    assert_eq!(data(&again), ["a2", "a3", "a4"]);
+    // Their attempts: a2 failed once, a3 and a4 did not.
+    assert_eq!(ids(&again), ["2-2", "3-1", "4-1"]);
+    e.acknowledge(S, &ids(&again), now).expect("ack");
+    let s = e.subscription(S).expect("sub");
+    assert_eq!((s.live_keys(), s.backlog()), (0, 0));
+}
+
+#[test]
+fn an_expired_lease_brings_back_the_key_from_where_it_failed() {
+    let now = Instant::now();
+    let mut e = engine();
+    sub(&mut e, |s| s.enable_message_ordering = true, now);
+    publish(&mut e, vec![keyed("a", 1), keyed("a", 2), keyed("a", 3)]);
+    let got = stream_pull(&mut e, 7, now);
+    e.acknowledge(S, &ids(&got[..1]), now).expect("ack a1");
+    e.tick(now + LEASE + Duration::from_millis(1));
+    assert_eq!(data(&stream_pull(&mut e, 8, now + LEASE * 2)), ["a2", "a3"]);
+}
+
+#[test]
+fn a_closed_stream_gives_back_what_was_queued_for_it() {
+    let now = Instant::now();
+    let mut e = engine();
+    sub(&mut e, |s| s.enable_message_ordering = true, now);
+    publish(&mut e, vec![keyed("a", 1), keyed("b", 1)]);
+    // A stream with room for one message holds a; a2 is queued for it.
+    let got = e
+        .pull(S, Receiver::stream(7), 10, (1, 0), LEASE, now)
+        .expect("pull");
+    assert_eq!(data(&got), ["a1"]);
+    publish(&mut e, vec![keyed("a", 2)]);
+    e.stream_closed(S, 7);
+    // b was never taken; a2 waits until a1 is acknowledged (it may still
+    // be, through another connection).
+    assert_eq!(data(&stream_pull(&mut e, 8, now)), ["b1"]);
+    e.acknowledge(S, &ids(&got), now).expect("ack a1");
+    assert_eq!(data(&stream_pull(&mut e, 8, now)), ["a2"]);
+}
+
+#[test]
+fn a_dead_lettered_message_lets_its_key_go_on() {
+    let now = Instant::now();
+    let mut e = engine_with_dead_letters(true, now);
+    publish(&mut e, vec![keyed("a", 1), keyed("a", 2)]);
+    let mut dead = Vec::new();
+    for attempt in 1..=5 {
+        let got = stream_pull(&mut e, 7, now);
+        assert_eq!(data(&got), ["a1", "a2"], "attempt {attempt}");
+        dead = e
+            .modify_ack_deadline(S, &ids(&got[..1]), 0, now)
+            .expect("nack");
+    }
+    assert!(
+        dead.iter()
+            .any(|w| matches!(w, Write::DeadLetter { attempts: 5, .. })),
+        "{dead:?}"
+    );
+    let rest = stream_pull(&mut e, 7, now);
+    assert_eq!(data(&rest), ["a2"]);
+    assert_eq!(
+        ids(&rest),
+        ["2-1"],
+        "a2's deliveries behind a1 were not counted"
     );
 }
