@@ -3,9 +3,10 @@
 //! For each question: parse → record in the store (the execution's key
 //! `(question_uuid, retry_count)` makes a duplicate a no-op) → acknowledge to
 //! Pub/Sub → `delivery_acknowledgement` → hand to the service's worker. The
-//! hand-off waits while the worker's queue is full, and each stream holds at
-//! most [`MAX_OUTSTANDING`] unacknowledged messages, so a full queue stops the
-//! pulling instead of dropping or nacking in a loop.
+//! hand-off waits while the worker's queue is full: at most [`MAX_IN_FLIGHT`]
+//! messages are handled at once and each stream holds at most
+//! [`MAX_OUTSTANDING`] unacknowledged ones, so a full queue stops the pulling
+//! instead of dropping or nacking in a loop.
 //!
 //! A message that is not a valid question gets an `exception` event when its
 //! asker can be addressed (and a failed execution), else a dead letter. The
@@ -34,10 +35,15 @@ use crate::table::{Found, Key};
 use crate::worker::WorkerMsg;
 use crate::{NETWORK_SUBSCRIPTION, Shared};
 
-/// Unacknowledged messages one stream may hold. Small: a question is
-/// acknowledged as soon as it is recorded, so only a stalled store or a full
-/// worker queue lets them pile up, and then Pub/Sub should hold the rest.
-pub const MAX_OUTSTANDING: i64 = 100;
+/// Messages handled at once (recorded, acknowledged, handed over).
+pub const MAX_IN_FLIGHT: usize = 100;
+/// Unacknowledged messages one stream may hold (Pub/Sub's flow control).
+/// The client sends acknowledgements every 100 ms, and until Pub/Sub has
+/// them they count as outstanding: a stream allowed 100 took at most
+/// ~1,000 messages a second whatever the dispatcher could do. 2,000 leaves
+/// room for 20,000 a second; when handling stalls (a stalled store, a full
+/// worker queue) the stream stops at that and Pub/Sub holds the rest.
+pub const MAX_OUTSTANDING: i64 = 2000;
 /// Pause before re-subscribing after a stream ended (emulator restart, network).
 const RESUBSCRIBE_BACKOFF: Duration = Duration::from_secs(1);
 
@@ -62,7 +68,7 @@ fn nack(handler: Handler) {
 
 /// Pulls `subscription_id` until `shutdown`, handling each message in a
 /// task of its own so that their store writes are committed together. At
-/// most [`MAX_OUTSTANDING`] are handled at once: when they are stuck (a full
+/// most [`MAX_IN_FLIGHT`] are handled at once: when they are stuck (a full
 /// worker queue), pulling stops.
 async fn pull<F, Fut>(
     shared: &Arc<Shared>,
@@ -75,7 +81,7 @@ async fn pull<F, Fut>(
     F: FnMut(Message, Handler) -> Fut,
     Fut: std::future::Future<Output = ()> + Send + 'static,
 {
-    let permits = Arc::new(tokio::sync::Semaphore::new(MAX_OUTSTANDING as usize));
+    let permits = Arc::new(tokio::sync::Semaphore::new(MAX_IN_FLIGHT));
     loop {
         let mut stream =
             rouse_pubsub::subscribe(subscriber, &shared.pubsub, subscription_id, MAX_OUTSTANDING);
@@ -631,6 +637,9 @@ async fn record_reply(shared: &Arc<Shared>, attrs: Attributes, data: &[u8]) {
     else {
         return;
     };
+    if shared.ctx.replier.sent_here(event_uuid) {
+        return;
+    }
     match shared.store.get_execution(question_uuid).await {
         Ok(Some(_)) => {}
         Ok(None) => return,

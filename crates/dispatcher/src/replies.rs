@@ -128,11 +128,46 @@ impl<S: DispatchStore + ?Sized> Ledger for Arc<S> {
     }
 }
 
+/// Events remembered as published here: enough for the seconds it takes
+/// them to come back on the network subscription at full speed.
+const SENT_REMEMBERED: usize = 65_536;
+
+/// The uuids of the events this dispatcher published lately. Its own
+/// replies come back to it on the network subscription, already in the
+/// event store: looking them up and recording them again cost two reads
+/// and two writes per question.
+#[derive(Debug, Default)]
+struct Sent {
+    set: std::collections::HashSet<u128>,
+    order: std::collections::VecDeque<u128>,
+}
+
+impl Sent {
+    fn note(&mut self, event_uuid: &str) {
+        let Ok(uuid) = Uuid::parse_str(event_uuid) else {
+            return;
+        };
+        if self.set.insert(uuid.as_u128()) {
+            self.order.push_back(uuid.as_u128());
+            if self.order.len() > SENT_REMEMBERED
+                && let Some(oldest) = self.order.pop_front()
+            {
+                self.set.remove(&oldest);
+            }
+        }
+    }
+
+    fn contains(&self, event_uuid: &str) -> bool {
+        Uuid::parse_str(event_uuid).is_ok_and(|u| self.set.contains(&u.as_u128()))
+    }
+}
+
 #[derive(Clone)]
 pub struct Replier {
     publisher: Arc<dyn Publish>,
     store: Arc<dyn Ledger>,
     outbox_dirty: Arc<tokio::sync::Notify>,
+    sent: Arc<std::sync::Mutex<Sent>>,
 }
 
 impl Replier {
@@ -141,11 +176,30 @@ impl Replier {
             publisher,
             store,
             outbox_dirty: Arc::new(tokio::sync::Notify::new()),
+            sent: Arc::default(),
         }
+    }
+
+    /// Whether this dispatcher published (and so recorded) the event.
+    pub fn sent_here(&self, event_uuid: &str) -> bool {
+        self.sent
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
+            .contains(event_uuid)
+    }
+
+    /// Noted before publishing: the event may come back before the
+    /// publish call returns.
+    fn note_sent(&self, event_uuid: &str) {
+        self.sent
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
+            .note(event_uuid);
     }
 
     /// Publishes an ephemeral event (acknowledgement, heartbeat) and records it.
     pub async fn send_now(&self, event: NewEvent) {
+        self.note_sent(&event.event_uuid);
         match self.publisher.publish(outgoing(&event)).await {
             Ok(_) => {
                 if let Err(e) = self.store.record_event(&event, true).await {
@@ -160,6 +214,7 @@ impl Replier {
 
     /// Publishes an event already recorded in the outbox under `id`.
     pub async fn publish_recorded(&self, id: i64, event: &NewEvent) {
+        self.note_sent(&event.event_uuid);
         match self.publisher.publish(outgoing(event)).await {
             Ok(_) => {
                 if let Err(e) = self.store.mark_published(id).await {

@@ -13,7 +13,7 @@ use rouse_core::{Service, ServiceStatus};
 use rusqlite::{Connection, OptionalExtension, Row, params};
 use uuid::Uuid;
 
-use crate::sqlite::{from_micros, micros};
+use crate::sqlite::{Cached as _, from_micros, micros};
 use crate::{
     EventStore, ExecutionStore, NewEvent, NewRevision, RevisionStore, SqliteStore, StoreError,
 };
@@ -152,7 +152,7 @@ fn insert_event(
     event: &NewEvent,
     published: bool,
 ) -> Result<Option<i64>, StoreError> {
-    let n = conn.execute(
+    let n = conn.run(
         "INSERT OR IGNORE INTO events (event_uuid, question_uuid, retry_count, kind, attributes, data, published, recorded_at_us) \
          VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8)",
         params![
@@ -214,7 +214,7 @@ impl RevisionStore for SqliteStore {
                     Some(workdir.display().to_string()),
                 ),
             };
-            tx.execute(
+            tx.run(
                 &format!("INSERT INTO revisions ({REVISION_COLUMNS}) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11)"),
                 params![
                     revision.name,
@@ -230,13 +230,13 @@ impl RevisionStore for SqliteStore {
                     micros(now),
                 ],
             )?;
-            tx.execute(
+            tx.run(
                 "UPDATE services SET status = ?2, generation = generation + 1, updated_at_us = ?3 WHERE uuid = ?1",
                 params![uuid.to_string(), ServiceStatus::Ready.as_str(), micros(now)],
             )?;
             // A revision registered by hand serves at once, all traffic to
             // it; tags stay where they were.
-            tx.execute(
+            tx.run(
                 "INSERT INTO routing (service_uuid, serving, tags, traffic) VALUES (?1, ?2, '{}', '[]') \
                  ON CONFLICT (service_uuid) DO UPDATE SET serving = excluded.serving, traffic = '[]'",
                 params![uuid.to_string(), revision.name],
@@ -296,7 +296,7 @@ impl ExecutionStore for SqliteStore {
     async fn insert_execution(&self, e: &Execution) -> Result<bool, StoreError> {
         let e = e.clone();
         self.write(move |conn| {
-            let n = conn.execute(
+            let n = conn.run(
                 &format!(
                     "INSERT OR IGNORE INTO executions ({EXECUTION_COLUMNS}) \
                      VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15)"
@@ -332,7 +332,7 @@ impl ExecutionStore for SqliteStore {
         let (e, event) = (e.clone(), event.cloned());
         self.write(move |conn| {
             let tx = conn;
-            tx.execute(
+            tx.run(
                 "UPDATE executions SET status = ?3, revision = ?4, instance = ?5, cold_start = ?6, \
                  reason = ?7, ready_at_us = ?8, delivered_at_us = ?9, finished_at_us = ?10 \
                  WHERE question_uuid = ?1 AND retry_count = ?2",
@@ -361,14 +361,11 @@ impl ExecutionStore for SqliteStore {
     async fn get_execution(&self, question_uuid: &str) -> Result<Option<Execution>, StoreError> {
         let q = question_uuid.to_owned();
         self.with(move |conn| {
-            conn.query_row(
-                &format!(
-                    "SELECT {EXECUTION_COLUMNS} FROM executions WHERE question_uuid = ?1 \
-                     ORDER BY retry_count DESC LIMIT 1"
-                ),
-                [q],
-                read_execution,
-            )
+            conn.prepare_cached(&format!(
+                "SELECT {EXECUTION_COLUMNS} FROM executions WHERE question_uuid = ?1 \
+                 ORDER BY retry_count DESC LIMIT 1"
+            ))?
+            .query_row([q], read_execution)
             .optional()?
             .transpose()
         })
@@ -430,7 +427,7 @@ impl EventStore for SqliteStore {
 
     async fn mark_published(&self, event_id: i64) -> Result<(), StoreError> {
         self.write(move |conn| {
-            conn.execute("UPDATE events SET published = 1 WHERE id = ?1", [event_id])?;
+            conn.run("UPDATE events SET published = 1 WHERE id = ?1", [event_id])?;
             Ok(())
         })
         .await
@@ -500,7 +497,7 @@ impl EventStore for SqliteStore {
             data.to_vec(),
         );
         self.write(move |conn| {
-            conn.execute(
+            conn.run(
                 "INSERT INTO dead_letters (source, reason, attributes, data, recorded_at_us) VALUES (?1, ?2, ?3, ?4, ?5)",
                 params![source, reason, attributes, data, micros(SystemTime::now())],
             )?;

@@ -14,7 +14,7 @@ use async_trait::async_trait;
 use rusqlite::types::{FromSql, FromSqlError, FromSqlResult, ToSqlOutput, ValueRef};
 use rusqlite::{OptionalExtension, Row, ToSql, params};
 
-use crate::sqlite::{from_micros, micros};
+use crate::sqlite::{Cached as _, from_micros, micros};
 use crate::{SqliteStore, StoreError};
 
 /// A policy document as stored.
@@ -793,7 +793,7 @@ impl AuditStore for SqliteStore {
     async fn append_audit(&self, e: &AuditEntry) -> Result<i64, StoreError> {
         let e = e.clone();
         self.write(move |c| {
-            c.execute(
+            c.run(
                 "INSERT INTO audit (at_us, principal, action, resource, permission, decision, detail) \
                  VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)",
                 params![micros(e.at), e.principal, e.action, e.resource, e.permission, e.decision, e.detail],

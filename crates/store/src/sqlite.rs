@@ -427,8 +427,21 @@ fn write_groups(conn: Connection, jobs: std::sync::mpsc::Receiver<Job>) {
     }
 }
 
+/// `execute` through the connection's statement cache: the statements on a
+/// question's path are parsed once, not on every call.
+pub(crate) trait Cached {
+    fn run(&self, sql: &str, params: impl rusqlite::Params) -> rusqlite::Result<usize>;
+}
+
+impl Cached for Connection {
+    fn run(&self, sql: &str, params: impl rusqlite::Params) -> rusqlite::Result<usize> {
+        self.prepare_cached(sql)?.execute(params)
+    }
+}
+
 fn configure(conn: &mut Connection) -> rusqlite::Result<()> {
     conn.busy_timeout(BUSY_TIMEOUT)?;
+    conn.set_prepared_statement_cache_capacity(64);
     // WAL: readers never block the writer. synchronous=FULL: a committed
     // transaction survives power loss, which the dispatcher's "acknowledge only
     // after it is recorded" rule relies on.

@@ -140,38 +140,73 @@ impl Response {
     }
 }
 
-/// One request per connection, answered with `Connection: close`.
-fn handle(stream: TcpStream, instance: &str) {
-    // Best effort: without the timeout a silent client only costs a thread.
-    let _ = stream.set_read_timeout(Some(READ_TIMEOUT));
-    let mut reader = BufReader::new(&stream);
-    let response = match read_request(&mut reader) {
-        Ok((method, path, body)) => route(&method, &path, &body, instance),
-        Err(reason) => Response::text(400, reason),
-    };
-    let mut stream = &stream;
-    let head = format!(
-        "HTTP/1.1 {} {}\r\nContent-Type: {}\r\nContent-Length: {}\r\nConnection: close\r\n\r\n",
-        response.status,
-        reason_phrase(response.status),
-        response.content_type,
-        response.body.len(),
-    );
-    // The client may have gone; there is nobody to tell.
-    let _ = stream
-        .write_all(head.as_bytes())
-        .and_then(|()| stream.write_all(response.body.as_bytes()))
-        .and_then(|()| stream.flush());
+/// One request read off a connection.
+struct Request {
+    method: String,
+    path: String,
+    body: Vec<u8>,
+    /// The client asked to close the connection after this request.
+    close: bool,
 }
 
-fn read_request(reader: &mut impl BufRead) -> Result<(String, String, Vec<u8>), String> {
+/// Serves requests on one connection until the client closes it or asks
+/// to (`Connection: close`): HTTP/1.1 keeps connections alive, so a
+/// dispatcher delivering many questions reuses one.
+fn handle(stream: TcpStream, instance: &str) {
+    // Best effort: without the timeout a silent client only costs a thread;
+    // without no-delay a response may wait for the client's delayed ack.
+    let _ = stream.set_read_timeout(Some(READ_TIMEOUT));
+    let _ = stream.set_nodelay(true);
+    let mut reader = BufReader::new(&stream);
+    loop {
+        let (response, keep_alive) = match read_request(&mut reader) {
+            Ok(None) => return,
+            Ok(Some(request)) => (
+                route(&request.method, &request.path, &request.body, instance),
+                !request.close,
+            ),
+            Err(reason) => (Response::text(400, reason), false),
+        };
+        let mut out = format!(
+            "HTTP/1.1 {} {}\r\nContent-Type: {}\r\nContent-Length: {}\r\nConnection: {}\r\n\r\n",
+            response.status,
+            reason_phrase(response.status),
+            response.content_type,
+            response.body.len(),
+            if keep_alive { "keep-alive" } else { "close" },
+        )
+        .into_bytes();
+        out.extend_from_slice(response.body.as_bytes());
+        let mut stream = &stream;
+        // The client may have gone; there is nobody to tell.
+        if stream
+            .write_all(&out)
+            .and_then(|()| stream.flush())
+            .is_err()
+            || !keep_alive
+        {
+            return;
+        }
+    }
+}
+
+/// The next request, or `None` when the client closed the connection
+/// between requests.
+fn read_request(reader: &mut impl BufRead) -> Result<Option<Request>, String> {
     let mut line = String::new();
-    read_line(reader, &mut line)?;
+    match reader.read_line(&mut line) {
+        Ok(0) => return Ok(None),
+        Ok(_) => {}
+        Err(err) => return Err(format!("cannot read request: {err}")),
+    }
     let mut parts = line.split_whitespace();
     let (Some(method), Some(target)) = (parts.next(), parts.next()) else {
         return Err(format!("malformed request line `{}`", line.trim_end()));
     };
     let (method, path) = (method.to_owned(), target.to_owned());
+    // HTTP/1.0 closes unless asked to keep alive; 1.1 keeps alive unless
+    // asked to close.
+    let mut close = line.trim_end().ends_with("HTTP/1.0");
     let mut content_length = 0usize;
     let mut head_bytes = line.len();
     loop {
@@ -185,13 +220,16 @@ fn read_request(reader: &mut impl BufRead) -> Result<(String, String, Vec<u8>), 
         if header.is_empty() {
             break;
         }
-        if let Some((name, value)) = header.split_once(':')
-            && name.trim().eq_ignore_ascii_case("content-length")
-        {
+        let Some((name, value)) = header.split_once(':') else {
+            continue;
+        };
+        let (name, value) = (name.trim(), value.trim());
+        if name.eq_ignore_ascii_case("content-length") {
             content_length = value
-                .trim()
                 .parse()
-                .map_err(|_| format!("bad Content-Length `{}`", value.trim()))?;
+                .map_err(|_| format!("bad Content-Length `{value}`"))?;
+        } else if name.eq_ignore_ascii_case("connection") {
+            close = value.eq_ignore_ascii_case("close");
         }
     }
     if content_length > MAX_REQUEST_BYTES {
@@ -201,7 +239,12 @@ fn read_request(reader: &mut impl BufRead) -> Result<(String, String, Vec<u8>), 
     reader
         .read_exact(&mut body)
         .map_err(|err| format!("cannot read body: {err}"))?;
-    Ok((method, path, body))
+    Ok(Some(Request {
+        method,
+        path,
+        body,
+        close,
+    }))
 }
 
 fn read_line(reader: &mut impl BufRead, line: &mut String) -> Result<(), String> {

@@ -9,7 +9,10 @@
 //! | cold start, Docker runtime | `docker run` of the same image to ready + the warm round trip |
 //! | git push webhook → new revision serving (builder) | `docker build` + `docker run` to ready of the same context |
 //! | webhook response time (builder) | target only |
-//! | questions per second at saturation | a bare relay publishing the same two events the same way (the result once the acknowledgement was taken), measured in alternating rounds with Rouse because the emulator slows down as ordering keys accumulate |
+//! | questions per second at saturation (and the CPU each process spent per question) | a bare relay publishing the same two events the same way (the result once the acknowledgement was taken), measured in alternating rounds with Rouse so that drift affects both alike |
+//! | publish → receive on the broker, one message at a time | the same on the official emulator (when Java and gcloud are here), and its warm floor (a question's two hops) |
+//! | the broker's ceiling (messages/s, each its own ordering key) | - |
+//! | the broker's RSS and idle CPU after 100,000 ordering keys | the same after one warm-up round |
 //! | RSS with 1,000 idle services | RSS with none |
 //! | permission check, 10,000 bindings over 1,000 services (IAM engine) | target only |
 //! | token verification (Ed25519 JWT) | target only |
@@ -40,7 +43,7 @@ const NETWORK: &str = "octue.services";
 const WARM_N: usize = 200;
 const COLD_N: usize = 10;
 const FLOOR_N: usize = 10;
-const THROUGHPUT_N: usize = 1000;
+const THROUGHPUT_N: usize = 4000;
 /// Rounds the saturation paths alternate in, one per path so that each
 /// takes each place once (see the throughput part).
 const THROUGHPUT_ROUNDS: usize = 4;
@@ -359,37 +362,47 @@ fn rss_kib(pid: u32) -> Option<u64> {
         .and_then(|v| v.split_whitespace().next()?.parse().ok())
 }
 
-/// CPU time (user + system) of every process in process group `pgid`, in
-/// milliseconds: the emulator's Java process is in the group of `gcloud`.
-fn group_cpu_ms(pgid: u32) -> f64 {
-    let ticks: f64 = Command::new("getconf")
+/// Clock ticks per second, for `/proc/*/stat` times.
+fn clock_ticks() -> f64 {
+    Command::new("getconf")
         .arg("CLK_TCK")
         .output()
         .ok()
         .and_then(|o| String::from_utf8_lossy(&o.stdout).trim().parse().ok())
-        .unwrap_or(100.0);
-    let mut total = 0u64;
-    for entry in std::fs::read_dir("/proc").into_iter().flatten().flatten() {
-        let Ok(stat) = std::fs::read_to_string(entry.path().join("stat")) else {
-            continue;
-        };
-        // After the command name (which may hold spaces): state, ppid, pgrp, …
-        let Some((_, rest)) = stat.rsplit_once(") ") else {
-            continue;
-        };
-        let fields: Vec<&str> = rest.split_whitespace().collect();
-        if fields.get(2).and_then(|g| g.parse::<u32>().ok()) != Some(pgid) {
-            continue;
-        }
-        let field = |i: usize| {
-            fields
-                .get(i)
-                .and_then(|v| v.parse::<u64>().ok())
-                .unwrap_or(0)
-        };
-        total += field(11) + field(12);
-    }
-    total as f64 * 1000.0 / ticks
+        .unwrap_or(100.0)
+}
+
+/// A `/proc/*/stat` line's process group and CPU ticks (user + system),
+/// read after the command name (which may hold spaces).
+fn stat_group_and_ticks(stat: &str) -> Option<(u32, u64)> {
+    let (_, rest) = stat.rsplit_once(") ")?;
+    let fields: Vec<&str> = rest.split_whitespace().collect();
+    let field = |i: usize| fields.get(i).and_then(|v| v.parse::<u64>().ok());
+    let group = fields.get(2)?.parse().ok()?;
+    Some((group, field(11)? + field(12)?))
+}
+
+/// CPU time (user + system) of every process in process group `pgid`, in
+/// milliseconds: the emulator's Java process is in the group of `gcloud`.
+fn group_cpu_ms(pgid: u32) -> f64 {
+    let total: u64 = std::fs::read_dir("/proc")
+        .into_iter()
+        .flatten()
+        .flatten()
+        .filter_map(|entry| std::fs::read_to_string(entry.path().join("stat")).ok())
+        .filter_map(|stat| stat_group_and_ticks(&stat))
+        .filter(|(group, _)| *group == pgid)
+        .map(|(_, ticks)| ticks)
+        .sum();
+    total as f64 * 1000.0 / clock_ticks()
+}
+
+/// CPU time (user + system) of one process, all its threads, in milliseconds.
+fn process_cpu_ms(pid: u32) -> f64 {
+    std::fs::read_to_string(format!("/proc/{pid}/stat"))
+        .ok()
+        .and_then(|stat| stat_group_and_ticks(&stat))
+        .map_or(0.0, |(_, ticks)| ticks as f64 * 1000.0 / clock_ticks())
 }
 
 /// Waits until the service's instance has been stopped for idleness.
@@ -1130,17 +1143,26 @@ async fn throughput_part(b: &mut Bench, echo_cmd: &str, report: &mut Report) -> 
     ];
     let emulator = b.emulator.pid();
     let rss_before = rss_kib(b.server.pid()).unwrap_or(0);
-    // Seconds and emulator CPU milliseconds spent on each path.
-    let mut spent = [(0.0f64, 0.0f64); 4];
+    let server = b.server.pid();
+    let bench = std::process::id();
+    // Seconds, and the Pub/Sub's, the server's and this process's CPU
+    // milliseconds, spent on each path.
+    let mut spent = [(0.0f64, 0.0f64, 0.0f64, 0.0f64); 4];
     for round in 0..THROUGHPUT_ROUNDS {
         // Each path takes each place in a round once.
         for k in 0..paths.len() {
             let i = (round + k) % paths.len();
             let (topic, recipient) = &paths[i];
-            let cpu = group_cpu_ms(emulator);
+            let cpu = (
+                group_cpu_ms(emulator),
+                process_cpu_ms(server),
+                process_cpu_ms(bench),
+            );
             let rate = saturate(&mut b.asker, topic, recipient, per_round).await?;
             spent[i].0 += per_round as f64 / rate;
-            spent[i].1 += group_cpu_ms(emulator) - cpu;
+            spent[i].1 += group_cpu_ms(emulator) - cpu.0;
+            spent[i].2 += process_cpu_ms(server) - cpu.1;
+            spent[i].3 += process_cpu_ms(bench) - cpu.2;
         }
     }
     let total = (per_round * THROUGHPUT_ROUNDS) as f64;
@@ -1180,6 +1202,14 @@ async fn throughput_part(b: &mut Bench, echo_cmd: &str, report: &mut Report) -> 
         cpu(1),
         cpu(2),
         cpu(3)
+    );
+    println!(
+        "  (CPU per question through Rouse: the server {:.2} ms, the asker and relays {:.2} ms, Pub/Sub {:.2} ms; through the in-order relay: the asker and relays {:.2} ms; on {} cores)",
+        spent[0].2 / total,
+        spent[0].3 / total,
+        cpu(0),
+        spent[1].3 / total,
+        std::thread::available_parallelism().map_or(0, usize::from)
     );
     println!(
         "  (the server's RSS grew by {:.1} MiB while it answered those {} questions)",
@@ -1320,12 +1350,21 @@ async fn broker_part(b: &Bench, report: &mut Report) -> Result<(), String> {
         let mut pipe = Pipe::open(emulator.host(), "latency").await?;
         pipe.one_by_one(10).await?;
         let (trips, _) = pipe.one_by_one(PIPE_N / 10).await?;
-        Ok(percentile(&trips, 50.0))
+        // A question's two hops as the dispatcher makes them (the relay
+        // floor of the warm round trip), on the emulator.
+        let pubsub = PubSub::connect(pubsub_config(emulator.host()))
+            .await
+            .map_err(|e| e.to_string())?;
+        let (relay, _task) = start_relay(&pubsub, Relay::AckThenResult).await?;
+        let mut asker = Asker::new(emulator.host(), NETWORK).await;
+        round_trips(&mut asker, &relay, "bench/relay", 5).await?;
+        let hops = round_trips(&mut asker, &relay, "bench/relay", 50).await?;
+        Ok((percentile(&trips, 50.0), percentile(&hops, 50.0)))
     })
     .await;
     let t50 = percentile(&trips, 50.0);
     let (floor, versus) = match &official {
-        Ok(e50) => (
+        Ok((e50, _)) => (
             fmt_ms(*e50),
             format!("{:.0}× faster than the emulator", e50 / t50),
         ),
@@ -1341,6 +1380,15 @@ async fn broker_part(b: &Bench, report: &mut Report) -> Result<(), String> {
         versus,
         "≤ 1 ms".into(),
     );
+    if let Ok((_, hops)) = &official {
+        report.row(
+            "  (a question's two hops, emulator)",
+            fmt_ms(*hops),
+            String::new(),
+            "the warm floor there".into(),
+            String::new(),
+        );
+    }
     report.row(
         "  (publish call alone p50)",
         fmt_ms(percentile(&calls, 50.0)),
@@ -1351,9 +1399,13 @@ async fn broker_part(b: &Bench, report: &mut Report) -> Result<(), String> {
 
     let pid = b.emulator.pid();
     let mut pipe = Pipe::open(b.emulator.host(), "keys").await?;
+    // One round first, so that the allocator's arenas and SQLite's page
+    // cache have grown to their working size: the figure is what 100,000
+    // keys leave behind beyond that.
+    let mut rates = vec![pipe.saturate(KEYS_ROUND).await?];
+    tokio::time::sleep(Duration::from_secs(1)).await;
     let rss_before = rss_kib(pid).unwrap_or(0);
     let idle_before = idle_cpu_ms_per_s(pid).await;
-    let mut rates = Vec::new();
     for _ in 0..KEYS_N / KEYS_ROUND {
         rates.push(pipe.saturate(KEYS_ROUND).await?);
     }
@@ -1389,7 +1441,7 @@ async fn broker_part(b: &Bench, report: &mut Report) -> Result<(), String> {
         format!("{:+.1} ms/s", idle_after - idle_before),
         "flat".into(),
     );
-    report.json.insert("broker".into(), json!({"publish_to_receive_p50_ms": t50, "publish_to_receive_p99_ms": percentile(&trips, 99.0), "publish_call_p50_ms": percentile(&calls, 50.0), "emulator_publish_to_receive_p50_ms": official.as_ref().ok(), "target_p50_ms": 1.0, "ceiling_msgs_per_s": ceiling, "ceiling_rounds": rates, "keys": KEYS_N, "rss_kib_before": rss_before, "rss_kib_after": rss_after, "idle_cpu_ms_per_s_before": idle_before, "idle_cpu_ms_per_s_after": idle_after}));
+    report.json.insert("broker".into(), json!({"publish_to_receive_p50_ms": t50, "publish_to_receive_p99_ms": percentile(&trips, 99.0), "publish_call_p50_ms": percentile(&calls, 50.0), "emulator_publish_to_receive_p50_ms": official.as_ref().ok().map(|o| o.0), "emulator_two_hops_p50_ms": official.as_ref().ok().map(|o| o.1), "target_p50_ms": 1.0, "ceiling_msgs_per_s": ceiling, "ceiling_rounds": rates, "keys": KEYS_N, "rss_kib_before": rss_before, "rss_kib_after": rss_after, "idle_cpu_ms_per_s_before": idle_before, "idle_cpu_ms_per_s_after": idle_after}));
     Ok(())
 }
 
