@@ -392,13 +392,20 @@ impl Platform {
                 tokio::spawn(async move { server.await.map_err(|e| e.to_string()) }),
             ));
         }
+        let pubsub = match running.broker {
+            Some(addr) => format!(
+                "Rouse's embedded broker at http://{addr} (project `{}`)",
+                config.pubsub.project
+            ),
+            None => config.pubsub.to_string(),
+        };
         tracing::info!(
             api = %running.api.map_or_else(|| "-".to_owned(), |a| a.to_string()),
             webhooks = %running.webhooks.map_or_else(|| "-".to_owned(), |a| a.to_string()),
             broker = %running.broker.map_or_else(|| "-".to_owned(), |a| a.to_string()),
             roles = %config.roles.names(),
             store = %config.store_path.display(),
-            pubsub = %config.pubsub,
+            pubsub = %pubsub,
             network_topic = %config.network_topic,
             "rouse server ready"
         );
