@@ -10,7 +10,7 @@ use tokio_util::sync::CancellationToken;
 
 use crate::engine::{MAX_ACK_DEADLINE, MIN_ACK_DEADLINE, Receiver, Write};
 use crate::error::BrokerError;
-use crate::persist::{Admin, Persist, Shared, lock};
+use crate::persist::{Admin, Committed, Persist, Shared, lock};
 use crate::{names, pb};
 
 /// Google's publish limits.
@@ -171,19 +171,29 @@ impl Broker {
         messages: Vec<pb::PubsubMessage>,
     ) -> Result<Vec<String>, BrokerError> {
         check_messages(&messages)?;
-        let place = self.persist.reserve().await?;
-        let (ids, committed) = {
-            let mut engine = lock(&self.engine);
-            let published = engine.publish(topic, messages, SystemTime::now())?;
-            let ids = published
-                .messages
-                .iter()
-                .map(|(m, _)| m.message.message_id.clone())
-                .collect();
-            (ids, place.publish(published, Vec::new()))
-        };
+        let (ids, committed) = self.queue_publish(topic, messages, Vec::new()).await?;
         committed.wait().await?;
         Ok(ids)
+    }
+
+    /// Numbers messages for `topic` and queues them for the store in one
+    /// step under the engine's lock (see [`Persist::reserve`]), with `also`
+    /// in the same commit; returns their ids and the commit to wait for.
+    async fn queue_publish(
+        &self,
+        topic: &str,
+        messages: Vec<pb::PubsubMessage>,
+        also: Vec<Write>,
+    ) -> Result<(Vec<String>, Committed), BrokerError> {
+        let place = self.persist.reserve().await?;
+        let mut engine = lock(&self.engine);
+        let published = engine.publish(topic, messages, SystemTime::now())?;
+        let ids = published
+            .messages
+            .iter()
+            .map(|(m, _)| m.message.message_id.clone())
+            .collect();
+        Ok((ids, place.publish(published, also)))
     }
 
     /// Pulls what is ready now; waits up to `wait` for something to arrive.
@@ -287,24 +297,17 @@ impl Broker {
                         topic: topic.clone(),
                         attempts,
                     };
-                    let place = match self.persist.reserve().await {
-                        Ok(place) => place,
-                        Err(e) => {
-                            tracing::error!(%sub, %topic, error = %e, "cannot dead-letter a message");
-                            continue;
-                        }
-                    };
-                    let committed = {
-                        let mut engine = lock(&self.engine);
-                        engine
-                            .publish(&topic, vec![forwarded], SystemTime::now())
-                            .map(|published| place.publish(published, vec![source.clone()]))
-                    };
-                    match committed {
-                        Ok(committed) => {
+                    match self
+                        .queue_publish(&topic, vec![forwarded], vec![source.clone()])
+                        .await
+                    {
+                        Ok((_, committed)) => {
                             if let Err(e) = committed.wait().await {
                                 tracing::error!(%sub, %topic, error = %e, "cannot dead-letter a message");
                             }
+                        }
+                        Err(e @ BrokerError::Internal(_)) => {
+                            tracing::error!(%sub, %topic, error = %e, "cannot dead-letter a message");
                         }
                         Err(e) => {
                             // Google keeps the message when the dead-letter

@@ -174,6 +174,17 @@ struct Key {
     waiting: VecDeque<Pending>,
 }
 
+impl Key {
+    /// The holder no longer holds message `id`; true when it holds nothing
+    /// more of the key.
+    fn unhold(&mut self, id: u64) -> bool {
+        if let Some(at) = self.held.iter().position(|held| *held == id) {
+            self.held.remove(at);
+        }
+        self.held.is_empty()
+    }
+}
+
 /// A subscription and the messages it owes.
 #[derive(Debug)]
 pub struct Subscription {
@@ -263,13 +274,7 @@ impl Subscription {
             return;
         }
         let key = msg.message.ordering_key.as_str();
-        let Some(k) = self.keys.get_mut(key) else {
-            return;
-        };
-        if let Some(at) = k.held.iter().position(|id| *id == msg.id) {
-            k.held.remove(at);
-        }
-        if k.held.is_empty() {
+        if self.keys.get_mut(key).is_some_and(|k| k.unhold(msg.id)) {
             self.advance_key(key);
         }
     }
@@ -288,23 +293,23 @@ impl Subscription {
             return k.held.is_empty();
         };
         let later: Vec<u64> = k.held.drain(at..).skip(1).collect();
+        let owner = k.owner;
         let mut back = Vec::with_capacity(later.len());
         for id in later {
-            if let Some(lease) = self.leases.remove(&id) {
-                if let Some(flow) = self.flows.get_mut(&lease.stream) {
-                    flow.messages -= 1;
-                    flow.bytes -= lease.pending.msg.size as i64;
-                }
+            if let Some(lease) = self.end_lease(id) {
                 let mut pending = lease.pending;
                 pending.attempts = pending.attempts.saturating_sub(1);
                 back.push(pending);
-            } else if let Some(flow) = k.owner.and_then(|o| self.flows.get_mut(&o))
+            } else if let Some(flow) = owner.and_then(|o| self.flows.get_mut(&o))
                 && let Some(i) = flow.queue.iter().position(|p| p.msg.id == id)
                 && let Some(pending) = flow.queue.remove(i)
             {
                 back.push(pending);
             }
         }
+        let Some(k) = self.keys.get_mut(key) else {
+            return true;
+        };
         for pending in back.into_iter().rev() {
             k.waiting.push_front(pending);
         }
@@ -1200,10 +1205,7 @@ impl Engine {
         for pending in flow.queue.into_iter().rev() {
             let key = pending.msg.message.ordering_key.as_str();
             if let Some(k) = s.keys.get_mut(key) {
-                if let Some(at) = k.held.iter().position(|id| *id == pending.msg.id) {
-                    k.held.remove(at);
-                }
-                if k.held.is_empty() {
+                if k.unhold(pending.msg.id) {
                     freed.push(key.to_owned());
                 }
                 k.waiting.push_front(pending);
