@@ -594,4 +594,5 @@ pub mod echo_image;
 pub mod image_registry;
 pub mod octue;
 pub mod platform;
+pub mod postgres;
 pub mod pushes;

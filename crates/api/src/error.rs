@@ -170,7 +170,10 @@ impl From<StoreError> for ApiError {
             other @ (StoreError::Corrupt(_)
             | StoreError::Open { .. }
             | StoreError::Backend(_)
+            | StoreError::Postgres(_)
             | StoreError::Task(_)) => Self::Store(other),
+            // The database cannot be reached: the caller may try again.
+            StoreError::Pool(reason) => Self::Unavailable(format!("the store: {reason}")),
         }
     }
 }

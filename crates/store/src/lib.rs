@@ -17,6 +17,7 @@ mod builds;
 pub mod changes;
 mod dispatch;
 mod iam;
+mod postgres;
 mod sqlite;
 
 use async_trait::async_trait;
@@ -39,6 +40,7 @@ pub use iam::{
     IamData, IamSnapshot, IamStore, ParseDecisionError, PolicyStore, PublicKeyRecord, RoleStore,
     ServiceAccountRecord, StoredPolicy,
 };
+pub use postgres::PgStore;
 pub use sqlite::SqliteStore;
 
 #[derive(Debug, thiserror::Error)]
@@ -74,6 +76,10 @@ pub enum StoreError {
     Backend(#[from] rusqlite::Error),
     #[error("store task failed: {0}")]
     Task(String),
+    #[error("PostgreSQL failed: {0}")]
+    Postgres(#[from] tokio_postgres::Error),
+    #[error("no PostgreSQL connection: {0}")]
+    Pool(String),
 }
 
 /// The state every Rouse role reads and writes.

@@ -1,0 +1,1 @@
+//! The contract of the builds traits (being written).

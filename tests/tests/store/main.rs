@@ -1,0 +1,240 @@
+//! The store contract: every behaviour the roles rely on, run against both
+//! adapters, SQLite (a file in a temporary directory) and PostgreSQL (a
+//! server of the test's own, `rouse_tests::postgres`). A test is written
+//! once, generic over the store, and `contract!` runs it on each.
+
+use std::future::Future;
+use std::time::{Duration, SystemTime};
+
+use rouse_core::{ProjectName, Service, ServiceName};
+use rouse_store::{PgStore, SqliteStore, Store, StoreError};
+use rouse_tests::postgres::Postgres;
+use uuid::Uuid;
+
+mod builds;
+mod dispatch;
+mod iam;
+
+/// Every store trait: what a contract test may call.
+pub trait AllStores: Store + Clone {}
+impl<T> AllStores for T where T: Store + Clone {}
+
+/// Where a test's store lives; `open` may be called again to reopen it.
+pub trait Fixture {
+    type S: AllStores;
+    fn open(&self) -> impl Future<Output = Self::S>;
+}
+
+pub struct Sqlite(tempfile::TempDir);
+
+impl Sqlite {
+    pub async fn new() -> Self {
+        Self(tempfile::tempdir().expect("tempdir"))
+    }
+}
+
+impl Fixture for Sqlite {
+    type S = SqliteStore;
+    async fn open(&self) -> SqliteStore {
+        SqliteStore::open(&self.0.path().join("nested/rouse.db")).expect("open the SQLite store")
+    }
+}
+
+pub struct Pg {
+    url: String,
+    _server: Postgres,
+}
+
+impl Pg {
+    pub async fn new() -> Self {
+        let server = Postgres::start(false);
+        let url = server.create_database("rouse").await;
+        Self {
+            url,
+            _server: server,
+        }
+    }
+}
+
+impl Fixture for Pg {
+    type S = PgStore;
+    async fn open(&self) -> PgStore {
+        PgStore::connect(&self.url)
+            .await
+            .expect("connect to the PostgreSQL store")
+    }
+}
+
+/// Runs each named contract test (an `async fn(&impl Fixture)` in the
+/// invoking module) on SQLite and on PostgreSQL.
+macro_rules! contract {
+    ($($name:ident),* $(,)?) => {
+        mod sqlite {
+            $(
+                #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+                async fn $name() {
+                    let fixture = $crate::Sqlite::new().await;
+                    super::$name(&fixture).await;
+                }
+            )*
+        }
+        mod postgres {
+            $(
+                #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+                async fn $name() {
+                    let fixture = $crate::Pg::new().await;
+                    super::$name(&fixture).await;
+                }
+            )*
+        }
+    };
+}
+pub(crate) use contract;
+
+pub fn service(project: &str, name: &str) -> Service {
+    let p = ProjectName::parse(project).expect("valid project");
+    let n = ServiceName::parse(&p, name).expect("valid name");
+    Service::new(p, n, Uuid::new_v4(), SystemTime::now())
+}
+
+/// Microseconds since the epoch: what both stores keep of a time.
+pub fn micros(t: SystemTime) -> u128 {
+    t.duration_since(SystemTime::UNIX_EPOCH)
+        .expect("after the epoch")
+        .as_micros()
+}
+
+mod services {
+    use super::*;
+
+    contract!(
+        round_trip_survives_reopen,
+        duplicates_and_namespace_collisions_are_refused,
+        stale_updates_conflict,
+        concurrent_writes_keep_their_own_results,
+        list_filters_by_project,
+    );
+
+    async fn round_trip_survives_reopen(f: &impl Fixture) {
+        let mut s = service("experiment_2", "hpc-preprocessor");
+        s.env.set("A".into(), "1".into()).expect("valid env");
+        s.scaling.idle_timeout = Duration::from_millis(1500);
+        {
+            let store = f.open().await;
+            store.insert_service(&s).await.expect("insert");
+        }
+        let store = f.open().await;
+        let got = store
+            .get_service(&s.project, &s.name)
+            .await
+            .expect("get")
+            .expect("present");
+        assert_eq!(got.uuid, s.uuid);
+        assert_eq!(got.scaling, s.scaling);
+        assert_eq!(got.env, s.env);
+        assert_eq!(got.status, s.status);
+        assert_eq!(got.generation, s.generation);
+        // Timestamps are kept to the microsecond.
+        assert_eq!(micros(got.created_at), micros(s.created_at));
+        let by_uuid = store
+            .get_service_by_uuid(s.uuid)
+            .await
+            .expect("get by uuid")
+            .expect("present");
+        assert_eq!(by_uuid.qualified_name(), s.qualified_name());
+        assert!(
+            store
+                .get_service_by_uuid(Uuid::new_v4())
+                .await
+                .expect("get unknown")
+                .is_none()
+        );
+    }
+
+    async fn duplicates_and_namespace_collisions_are_refused(f: &impl Fixture) {
+        let store = f.open().await;
+        store
+            .insert_service(&service("experiment_2", "a"))
+            .await
+            .expect("first");
+        let dup = store.insert_service(&service("experiment_2", "a")).await;
+        assert!(
+            matches!(dup, Err(StoreError::AlreadyExists { .. })),
+            "{dup:?}"
+        );
+        let clash = store.insert_service(&service("experiment-2", "b")).await;
+        let msg = clash.expect_err("namespace clash").to_string();
+        assert!(
+            msg.contains("`experiment-2`") && msg.contains("`experiment_2`"),
+            "{msg}"
+        );
+        // The failed inserts left nothing behind.
+        assert_eq!(store.list_services(None).await.expect("list").len(), 1);
+    }
+
+    async fn stale_updates_conflict(f: &impl Fixture) {
+        let store = f.open().await;
+        let s = service("p", "svc");
+        store.insert_service(&s).await.expect("insert");
+        let mut a = s.clone();
+        a.scaling.max_instances = 7;
+        let stored = store.update_service(&a).await.expect("first update");
+        assert_eq!(stored.generation, 2);
+        let mut b = s.clone();
+        b.scaling.concurrency = 9;
+        let err = store.update_service(&b).await.expect_err("stale");
+        assert!(
+            matches!(err, StoreError::Conflict { expected: 1, .. }),
+            "{err}"
+        );
+        let read = store
+            .get_service_by_uuid(s.uuid)
+            .await
+            .expect("get")
+            .expect("present");
+        assert_eq!(read.scaling.max_instances, 7);
+        assert!(store.delete_service(s.uuid).await.expect("delete"));
+        let gone = store.update_service(&stored).await.expect_err("deleted");
+        assert!(matches!(gone, StoreError::NotFound { .. }), "{gone}");
+        assert!(!store.delete_service(s.uuid).await.expect("delete again"));
+    }
+
+    /// Writes at the same time still succeed or fail one by one: of two
+    /// services with one name, exactly one is recorded.
+    async fn concurrent_writes_keep_their_own_results(f: &impl Fixture) {
+        let store = f.open().await;
+        let mut tasks = Vec::new();
+        for i in 0..100 {
+            let store = store.clone();
+            let s = service("p", &format!("svc-{}", i / 2));
+            tasks.push(tokio::spawn(async move { store.insert_service(&s).await }));
+        }
+        let mut ok = 0;
+        for t in tasks {
+            match t.await.expect("join") {
+                Ok(()) => ok += 1,
+                Err(StoreError::AlreadyExists { .. }) => {}
+                Err(e) => panic!("unexpected {e}"),
+            }
+        }
+        assert_eq!(ok, 50);
+        assert_eq!(store.list_services(None).await.expect("list").len(), 50);
+    }
+
+    async fn list_filters_by_project(f: &impl Fixture) {
+        let store = f.open().await;
+        for (p, n) in [("b", "x"), ("a", "z"), ("a", "y")] {
+            store.insert_service(&service(p, n)).await.expect("insert");
+        }
+        let all: Vec<_> = store
+            .list_services(None)
+            .await
+            .expect("list")
+            .into_iter()
+            .map(|s| s.qualified_name())
+            .collect();
+        assert_eq!(all, ["a-y", "a-z", "b-x"]);
+        let a = ProjectName::parse("a").expect("valid");
+        assert_eq!(store.list_services(Some(&a)).await.expect("list").len(), 2);
+    }
+}
