@@ -18,15 +18,15 @@ use crate::{
     EventStore, ExecutionStore, NewEvent, NewRevision, RevisionStore, SqliteStore, StoreError,
 };
 
-fn corrupt(what: &str, e: impl std::fmt::Display) -> StoreError {
+pub(crate) fn corrupt(what: &str, e: impl std::fmt::Display) -> StoreError {
     StoreError::Corrupt(format!("{what}: {e}"))
 }
 
-fn attrs_json(a: &Attributes) -> String {
+pub(crate) fn attrs_json(a: &Attributes) -> String {
     serde_json::to_string(a).unwrap_or_else(|_| "{}".into())
 }
 
-fn attrs_from(s: &str) -> Result<Attributes, StoreError> {
+pub(crate) fn attrs_from(s: &str) -> Result<Attributes, StoreError> {
     serde_json::from_str(s).map_err(|e| corrupt("attributes", e))
 }
 
@@ -72,7 +72,7 @@ pub(crate) fn read_revision(row: &Row<'_>) -> rusqlite::Result<Result<Revision, 
     })())
 }
 
-const EXECUTION_COLUMNS: &str = "question_uuid, retry_count, service_uuid, status, revision, instance, \
+pub(crate) const EXECUTION_COLUMNS: &str = "question_uuid, retry_count, service_uuid, status, revision, instance, \
      cold_start, reason, attributes, data, received_at_us, ready_at_us, delivered_at_us, finished_at_us, asked_by";
 
 fn read_execution(row: &Row<'_>) -> rusqlite::Result<Result<Execution, StoreError>> {
@@ -113,7 +113,7 @@ fn read_execution(row: &Row<'_>) -> rusqlite::Result<Result<Execution, StoreErro
     })())
 }
 
-const EVENT_COLUMNS: &str = "id, question_uuid, kind, attributes, data, published, recorded_at_us";
+pub(crate) const EVENT_COLUMNS: &str = "id, question_uuid, kind, attributes, data, published, recorded_at_us";
 
 fn read_event(row: &Row<'_>) -> rusqlite::Result<Result<EventRecord, StoreError>> {
     let id: i64 = row.get(0)?;

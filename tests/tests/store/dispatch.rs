@@ -1,1 +1,322 @@
-//! The contract of the dispatch traits (being written).
+//! The contract of the dispatcher's traits: revisions, executions (one per
+//! question and retry, whichever process records it first), the event store
+//! and its outbox.
+
+use std::time::SystemTime;
+
+use rouse_core::protocol::Attributes;
+use rouse_core::revision::{DeliveryMode, Execution, ExecutionStatus, RevisionSource};
+use rouse_core::{Service, ServiceStatus};
+use rouse_store::{EventStore, ExecutionStore, NewEvent, NewRevision, RevisionStore, Store};
+use uuid::Uuid;
+
+use crate::{Fixture, contract, service};
+
+contract!(
+    revisions_are_numbered_and_make_the_service_ready,
+    concurrent_revisions_get_distinct_numbers,
+    executions_are_recorded_once_per_question_and_retry,
+    racing_intakes_record_a_question_once,
+    events_are_deduplicated_by_uuid_and_followed_by_id,
+);
+
+async fn with_service<F: Fixture>(f: &F) -> (F::S, Service) {
+    let store = f.open().await;
+    let s = service("p", "svc");
+    store.insert_service(&s).await.expect("insert");
+    (store, s)
+}
+
+fn execution(service: Uuid, q: &str, retry: u32) -> Execution {
+    Execution {
+        question_uuid: q.into(),
+        retry_count: retry,
+        service_uuid: service,
+        status: ExecutionStatus::Queued,
+        revision: None,
+        instance: None,
+        cold_start: None,
+        reason: None,
+        attributes: [("question_uuid".to_owned(), q.to_owned())].into(),
+        data: br#"{"kind":"question"}"#.to_vec(),
+        received_at: SystemTime::now(),
+        ready_at: None,
+        delivered_at: None,
+        finished_at: None,
+        asked_by: None,
+    }
+}
+
+fn event(uuid: &str, q: &str, kind: &str) -> NewEvent {
+    NewEvent {
+        event_uuid: uuid.into(),
+        question_uuid: q.into(),
+        retry_count: Some(0),
+        kind: kind.into(),
+        attributes: Attributes::new(),
+        data: format!(r#"{{"kind":"{kind}"}}"#).into_bytes(),
+    }
+}
+
+fn command() -> NewRevision {
+    NewRevision {
+        source: RevisionSource::Command {
+            program: "python3".into(),
+            args: vec!["service.py".into()],
+            workdir: "/srv".into(),
+        },
+        mode: DeliveryMode::Server,
+        probe_path: Some("/healthz".into()),
+    }
+}
+
+async fn revisions_are_numbered_and_make_the_service_ready(f: &impl Fixture) {
+    let (store, s) = with_service(f).await;
+    let new = command();
+    assert!(
+        store
+            .serving_revision(s.uuid)
+            .await
+            .expect("none yet")
+            .is_none()
+    );
+    let r1 = store
+        .insert_revision(&s, &new, SystemTime::now())
+        .await
+        .expect("r1");
+    let r2 = store
+        .insert_revision(
+            &s,
+            &NewRevision {
+                source: RevisionSource::Image("rouse/echo:latest".into()),
+                ..new.clone()
+            },
+            SystemTime::now(),
+        )
+        .await
+        .expect("r2");
+    assert_eq!(
+        (r1.name.as_str(), r2.name.as_str()),
+        ("svc-00001", "svc-00002")
+    );
+    let list = store.list_revisions(s.uuid).await.expect("list");
+    assert_eq!(list, vec![r2.clone(), r1], "newest first, round-tripped");
+    assert_eq!(
+        store.serving_revision(s.uuid).await.expect("serving"),
+        Some(r2),
+        "a revision registered by hand serves at once"
+    );
+    let svc = store
+        .get_service(&s.project, &s.name)
+        .await
+        .expect("get")
+        .expect("present");
+    assert_eq!(svc.status, ServiceStatus::Ready);
+    assert_eq!(svc.generation, s.generation + 2);
+    let gone = service("p", "gone");
+    let err = store
+        .insert_revision(&gone, &new, SystemTime::now())
+        .await
+        .expect_err("no such service");
+    assert!(err.to_string().contains("does not exist"), "{err}");
+}
+
+/// Two api replicas registering revisions of one service at once: each
+/// gets its own number.
+async fn concurrent_revisions_get_distinct_numbers(f: &impl Fixture) {
+    let (store, s) = with_service(f).await;
+    let tasks: Vec<_> = (0..8)
+        .map(|_| {
+            let (store, s) = (store.clone(), s.clone());
+            tokio::spawn(async move {
+                store
+                    .insert_revision(&s, &command(), SystemTime::now())
+                    .await
+            })
+        })
+        .collect();
+    let mut names = Vec::new();
+    for t in tasks {
+        names.push(t.await.expect("join").expect("insert revision").name);
+    }
+    names.sort();
+    let expected: Vec<String> = (1..=8).map(|i| format!("svc-{i:05}")).collect();
+    assert_eq!(names, expected);
+}
+
+async fn executions_are_recorded_once_per_question_and_retry(f: &impl Fixture) {
+    let (store, s) = with_service(f).await;
+    assert!(
+        store
+            .insert_execution(&execution(s.uuid, "q1", 0))
+            .await
+            .expect("insert")
+    );
+    assert!(
+        !store
+            .insert_execution(&execution(s.uuid, "q1", 0))
+            .await
+            .expect("dup")
+    );
+    assert!(
+        store
+            .insert_execution(&Execution {
+                asked_by: Some("serviceAccount:a@p.rouse".into()),
+                ..execution(s.uuid, "q1", 1)
+            })
+            .await
+            .expect("retry")
+    );
+    let got = store
+        .get_execution("q1")
+        .await
+        .expect("get")
+        .expect("present");
+    assert_eq!(got.retry_count, 1, "the latest retry");
+    assert_eq!(got.asked_by.as_deref(), Some("serviceAccount:a@p.rouse"));
+    assert_eq!(got.data, br#"{"kind":"question"}"#);
+    assert_eq!(
+        got.attributes.get("question_uuid").map(String::as_str),
+        Some("q1")
+    );
+    assert_eq!(
+        store
+            .unfinished_executions()
+            .await
+            .expect("unfinished")
+            .len(),
+        2
+    );
+
+    let mut done = got.clone();
+    done.status = ExecutionStatus::Succeeded;
+    done.cold_start = Some(true);
+    done.instance = Some("svc-00001-a".into());
+    done.finished_at = Some(SystemTime::now());
+    let id = store
+        .update_execution(&done, Some(&event("e1", "q1", "result")))
+        .await
+        .expect("finish");
+    assert!(id.is_some());
+    let finished = store
+        .get_execution("q1")
+        .await
+        .expect("get")
+        .expect("present");
+    assert_eq!(finished.status, ExecutionStatus::Succeeded);
+    assert_eq!(finished.cold_start, Some(true));
+    assert_eq!(finished.instance.as_deref(), Some("svc-00001-a"));
+    assert_eq!(
+        finished.asked_by.as_deref(),
+        Some("serviceAccount:a@p.rouse"),
+        "finishing keeps who asked"
+    );
+    assert_eq!(
+        store
+            .unfinished_executions()
+            .await
+            .expect("unfinished")
+            .len(),
+        1
+    );
+    let outbox = store.unpublished_events().await.expect("outbox");
+    assert_eq!(outbox.len(), 1);
+    assert_eq!(outbox[0].kind, "result");
+    store.mark_published(id.expect("id")).await.expect("mark");
+    assert!(store.unpublished_events().await.expect("outbox").is_empty());
+    assert_eq!(
+        store
+            .terminal_event("q1", 0)
+            .await
+            .expect("terminal")
+            .as_deref(),
+        Some("result")
+    );
+    assert_eq!(store.terminal_event("q1", 1).await.expect("terminal"), None);
+    let listed = store
+        .list_executions(Some(s.uuid), Some(ExecutionStatus::Succeeded), 10)
+        .await
+        .expect("list");
+    assert_eq!(listed.len(), 1);
+    assert_eq!(
+        store
+            .list_executions(None, None, 10)
+            .await
+            .expect("list all")
+            .len(),
+        2
+    );
+    assert_eq!(
+        store
+            .list_executions(None, None, 1)
+            .await
+            .expect("limited")
+            .len(),
+        1
+    );
+}
+
+/// Several dispatchers pulling one subscription may receive the same
+/// question: exactly one of them records it (and runs it).
+async fn racing_intakes_record_a_question_once(f: &impl Fixture) {
+    let (store, s) = with_service(f).await;
+    let mut tasks = Vec::new();
+    for q in 0..20 {
+        for _ in 0..3 {
+            let store = store.clone();
+            let e = execution(s.uuid, &format!("q{q}"), 0);
+            tasks.push(tokio::spawn(
+                async move { store.insert_execution(&e).await },
+            ));
+        }
+    }
+    let mut won = 0;
+    for t in tasks {
+        if t.await.expect("join").expect("insert") {
+            won += 1;
+        }
+    }
+    assert_eq!(won, 20, "one winner per question");
+    assert_eq!(
+        store
+            .unfinished_executions()
+            .await
+            .expect("unfinished")
+            .len(),
+        20
+    );
+}
+
+async fn events_are_deduplicated_by_uuid_and_followed_by_id(f: &impl Fixture) {
+    let (store, _s) = with_service(f).await;
+    let a = store
+        .record_event(&event("e1", "q", "heartbeat"), true)
+        .await
+        .expect("a");
+    assert!(
+        store
+            .record_event(&event("e1", "q", "heartbeat"), true)
+            .await
+            .expect("dup")
+            .is_none()
+    );
+    let b = store
+        .record_event(&event("e2", "q", "result"), true)
+        .await
+        .expect("b");
+    let all = store.events_after("q", 0).await.expect("all");
+    assert_eq!(all.len(), 2);
+    assert!(all.iter().all(|e| e.published));
+    assert_eq!(all[1].data, br#"{"kind":"result"}"#);
+    let after_a = store
+        .events_after("q", a.expect("id"))
+        .await
+        .expect("after");
+    assert_eq!(after_a.len(), 1);
+    assert_eq!(Some(after_a[0].id), b);
+    assert!(store.unpublished_events().await.expect("outbox").is_empty());
+    store
+        .dead_letter("test", "bad", &Attributes::new(), b"x")
+        .await
+        .expect("dead letter");
+}

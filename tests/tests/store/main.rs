@@ -7,7 +7,7 @@ use std::future::Future;
 use std::time::{Duration, SystemTime};
 
 use rouse_core::{ProjectName, Service, ServiceName};
-use rouse_store::{PgStore, SqliteStore, Store, StoreError};
+use rouse_store::{DispatchStore, PgStore, SqliteStore, Store, StoreError};
 use rouse_tests::postgres::Postgres;
 use uuid::Uuid;
 
@@ -16,8 +16,8 @@ mod dispatch;
 mod iam;
 
 /// Every store trait: what a contract test may call.
-pub trait AllStores: Store + Clone {}
-impl<T> AllStores for T where T: Store + Clone {}
+pub trait AllStores: Store + DispatchStore + Clone {}
+impl<T> AllStores for T where T: Store + DispatchStore + Clone {}
 
 /// Where a test's store lives; `open` may be called again to reopen it.
 pub trait Fixture {

@@ -165,14 +165,20 @@ impl PgStore {
     }
 }
 
-/// Whether PostgreSQL refused a transaction only because of another one
-/// running at the same time, so that running it again may succeed.
-pub(crate) fn retryable(e: &StoreError) -> bool {
+/// Whether PostgreSQL refused a transaction (on its `attempt`th run) only
+/// because of another one running at the same time, so that running it again
+/// may succeed. A unique violation counts for a few runs: PostgreSQL reports
+/// one as a serialisation failure only when the transaction had read that
+/// very key, not when it computed it (the next revision number, say); run
+/// again, the body sees the other transaction's row.
+pub(crate) fn retryable(e: &StoreError, attempt: u32) -> bool {
     match e {
-        StoreError::Postgres(e) => matches!(
-            e.code(),
-            Some(c) if *c == SqlState::T_R_SERIALIZATION_FAILURE || *c == SqlState::T_R_DEADLOCK_DETECTED
-        ),
+        StoreError::Postgres(e) => match e.code() {
+            Some(c) if *c == SqlState::T_R_SERIALIZATION_FAILURE => attempt < MAX_RETRIES,
+            Some(c) if *c == SqlState::T_R_DEADLOCK_DETECTED => attempt < MAX_RETRIES,
+            Some(c) if *c == SqlState::UNIQUE_VIOLATION => attempt < 3,
+            _ => false,
+        },
         _ => false,
     }
 }
@@ -206,10 +212,7 @@ macro_rules! write_tx {
                 Err(e) => Err(e),
             };
             match outcome {
-                Err(e)
-                    if $crate::postgres::retryable(&e)
-                        && attempt < $crate::postgres::MAX_RETRIES =>
-                {
+                Err(e) if $crate::postgres::retryable(&e, attempt) => {
                     attempt += 1;
                     tokio::time::sleep(std::time::Duration::from_millis(u64::from(attempt))).await;
                 }
