@@ -25,12 +25,23 @@ lint:
     cargo fmt --all --check
     cargo clippy --workspace --all-targets --locked -- -D warnings
 
-# Every test: unit, integration and end-to-end (the real emulator, the real binary).
+# Every test: unit, integration and end-to-end (the real broker and emulator,
+# the real binary), then the end-to-end tests again on PostgreSQL.
 test: setup lint build static-echo
     if cargo nextest --version >/dev/null 2>&1; then \
         cargo nextest run --workspace --locked --no-fail-fast; \
     else \
         cargo test --workspace --locked --no-fail-fast; \
+    fi
+    {{just_executable()}} test-postgres
+
+# The end-to-end tests with every `rouse server` on PostgreSQL (a server of
+# each test's own) instead of its SQLite file.
+test-postgres:
+    if cargo nextest --version >/dev/null 2>&1; then \
+        ROUSE_TEST_STORE=postgres cargo nextest run -p rouse-tests --locked --no-fail-fast -E 'not binary(store)'; \
+    else \
+        ROUSE_TEST_STORE=postgres cargo test -p rouse-tests --locked --no-fail-fast -- --skip store; \
     fi
 
 # Speed and memory figures next to floors measured in the same run (release build).

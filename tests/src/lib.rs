@@ -73,19 +73,46 @@ pub struct Emulator {
     host: String,
     official: bool,
     _dir: tempfile::TempDir,
+    /// With `ROUSE_TEST_STORE=postgres`: the PostgreSQL server the test's
+    /// `rouse server`s keep their state in (a database per data dir),
+    /// stopped with the emulator at the end of the test.
+    postgres: Option<postgres::Postgres>,
 }
 
 impl Emulator {
     /// Starts the Pub/Sub the tests run on (see the module documentation)
     /// and waits until it answers.
     pub fn start() -> Self {
-        match std::env::var("ROUSE_TEST_PUBSUB").as_deref() {
+        let mut started = match std::env::var("ROUSE_TEST_PUBSUB").as_deref() {
             Ok("emulator") => Self::official(),
             Ok("broker") | Ok("") | Err(_) => Self::broker(),
             Ok(other) => panic!(
                 "ROUSE_TEST_PUBSUB=`{other}`: use `broker` (Rouse's, the default) or `emulator` (the official one)"
             ),
+        };
+        started.postgres = match std::env::var("ROUSE_TEST_STORE").as_deref() {
+            Ok("postgres") => Some(postgres::Postgres::start(false)),
+            Ok("sqlite") | Ok("") | Err(_) => None,
+            Ok(other) => panic!(
+                "ROUSE_TEST_STORE=`{other}`: use `sqlite` (the default) or `postgres` (a PostgreSQL server of the test's own)"
+            ),
+        };
+        started
+    }
+
+    /// The `--store` flag for a server with its state in `data_dir`: none
+    /// (the SQLite file in the data dir), or a PostgreSQL database of the
+    /// data dir's own, so servers sharing a data dir share the database.
+    pub fn store_args(&self, data_dir: &Path) -> Vec<String> {
+        match &self.postgres {
+            Some(pg) => vec!["--store".into(), pg.database_for(data_dir)],
+            None => Vec::new(),
         }
+    }
+
+    /// Whether servers started against this keep their state in PostgreSQL.
+    pub fn on_postgres(&self) -> bool {
+        self.postgres.is_some()
     }
 
     /// Rouse's broker (`rouse broker`), its store in a temporary directory.
@@ -115,6 +142,7 @@ impl Emulator {
             host,
             official: false,
             _dir: dir,
+            postgres: None,
         };
         broker.wait_ready();
         broker
@@ -157,6 +185,7 @@ impl Emulator {
             host,
             official: true,
             _dir: dir,
+            postgres: None,
         };
         emulator.wait_ready();
         emulator
@@ -326,7 +355,13 @@ impl Server {
     /// Starts `rouse server` on a free port with its state in `data_dir`,
     /// talking to `emulator`, and waits for its ready line. `extra` adds flags.
     pub fn start(emulator: &Emulator, data_dir: &Path, extra: &[&str]) -> Self {
-        Self::try_start(emulator.host(), data_dir, extra).unwrap_or_else(|log| {
+        let store = match extra.contains(&"--store") {
+            true => Vec::new(),
+            false => emulator.store_args(data_dir),
+        };
+        let mut args: Vec<&str> = extra.to_vec();
+        args.extend(store.iter().map(String::as_str));
+        Self::try_start(emulator.host(), data_dir, &args).unwrap_or_else(|log| {
             panic!("rouse server did not become ready:\n{log}");
         })
     }

@@ -7,7 +7,7 @@ use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use rouse_pubsub::PubSubConfig;
-use rouse_server::{Config, Platform, Roles, Running};
+use rouse_server::{Config, Platform, Roles, Running, StoreLocation};
 
 use crate::{Emulator, Output};
 
@@ -24,7 +24,7 @@ impl InProcess {
         let config = Config {
             roles: Roles::ALL,
             data_dir: data_dir.to_owned(),
-            store_path: data_dir.join("rouse.db"),
+            store: StoreLocation::Sqlite(data_dir.join("rouse.db")),
             api_listen: ([127, 0, 0, 1], 0).into(),
             webhook_listen: ([127, 0, 0, 1], 0).into(),
             broker: None,
@@ -44,7 +44,7 @@ impl InProcess {
             registry_credentials: None,
             owner_credentials: None,
         };
-        let store_path = config.store_path.clone();
+        let store_path = data_dir.join("rouse.db");
         let running = Platform::start(config).await.expect("the platform starts");
         let endpoint = format!("http://{}", running.api.expect("the api listens"));
         Self {

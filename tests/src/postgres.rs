@@ -84,7 +84,16 @@ impl Postgres {
         let init = command(&bin, "initdb", user)
             .args(["-D"])
             .arg(&data)
-            .args(["-U", "rouse", "-A", "trust", "--no-sync", "-E", "UTF8", "--locale=C"])
+            .args([
+                "-U",
+                "rouse",
+                "-A",
+                "trust",
+                "--no-sync",
+                "-E",
+                "UTF8",
+                "--locale=C",
+            ])
             .stdin(Stdio::null())
             .output()
             .expect("run initdb");
@@ -104,7 +113,12 @@ impl Postgres {
             .arg(&data)
             .args(["-p", &port.to_string(), "-k"])
             .arg(dir.path())
-            .args(["-c", "listen_addresses=127.0.0.1", "-c", "max_connections=200"]);
+            .args([
+                "-c",
+                "listen_addresses=127.0.0.1",
+                "-c",
+                "max_connections=200",
+            ]);
         if !durable {
             cmd.args(["-c", "fsync=off", "-c", "synchronous_commit=off"]);
         }
@@ -165,6 +179,35 @@ impl Postgres {
         drop(client);
         let _ = task.await;
         self.database_url(name)
+    }
+
+    /// The URL of a database of `data_dir`'s own, created the first time
+    /// (with `createdb`, so that it works inside or outside a runtime).
+    pub fn database_for(&self, data_dir: &Path) -> String {
+        use std::hash::{Hash as _, Hasher as _};
+        let mut hasher = std::collections::hash_map::DefaultHasher::new();
+        data_dir.hash(&mut hasher);
+        let name = format!("rouse_{:016x}", hasher.finish());
+        let bin = bindir().expect("PostgreSQL's programs");
+        let out = Command::new(bin.join("createdb"))
+            .args([
+                "-h",
+                "127.0.0.1",
+                "-p",
+                &self.port.to_string(),
+                "-U",
+                "rouse",
+                &name,
+            ])
+            .stdin(Stdio::null())
+            .output()
+            .expect("run createdb");
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert!(
+            out.status.success() || stderr.contains("already exists"),
+            "createdb {name} failed: {stderr}"
+        );
+        self.database_url(&name)
     }
 
     pub fn pid(&self) -> u32 {

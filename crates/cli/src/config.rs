@@ -8,6 +8,7 @@ use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
+use rouse_server::StoreLocation;
 use serde::Deserialize;
 
 use crate::args::LogFormat;
@@ -67,7 +68,10 @@ pub struct DispatcherSection {
 #[derive(Debug, Default, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct StoreSection {
+    /// A SQLite file.
     pub path: Option<PathBuf>,
+    /// A PostgreSQL database, `postgres://…`.
+    pub url: Option<String>,
     #[serde(default, with = "humantime_serde_opt")]
     pub audit_retention: Option<Duration>,
 }
@@ -120,7 +124,7 @@ pub enum PubSubMode {
 pub struct ServerConfig {
     pub data_dir: PathBuf,
     pub api_listen: SocketAddr,
-    pub store_path: PathBuf,
+    pub store: StoreLocation,
     pub log_format: LogFormat,
     pub pubsub: rouse_pubsub::PubSubConfig,
     /// The embedded broker, when the mode is `embedded`.
@@ -204,11 +208,24 @@ impl ServerConfig {
                 .parse()
                 .map_err(|e| format!("bad built-in address: {e}"))?,
         };
-        let store_path = args
-            .store
-            .clone()
-            .or(file.store.path)
-            .unwrap_or_else(|| data_dir.join("rouse.db"));
+        let store = match (args.store.as_deref(), file.store.path, file.store.url) {
+            (Some(flag), _, _) => StoreLocation::parse(flag),
+            (None, Some(_), Some(_)) => {
+                return Err(
+                    "the config file's [store] sets both `path` and `url`; keep one (`path` for a SQLite file, `url` for PostgreSQL)".into(),
+                );
+            }
+            (None, _, Some(url)) => match StoreLocation::parse(&url) {
+                postgres @ StoreLocation::Postgres(_) => postgres,
+                StoreLocation::Sqlite(_) => {
+                    return Err(format!(
+                        "the config file's [store] url `{url}` is not a PostgreSQL URL; write postgres://USER:PASSWORD@HOST:PORT/DATABASE, or set `path` for a SQLite file"
+                    ));
+                }
+            },
+            (None, Some(path), None) => StoreLocation::Sqlite(path),
+            (None, None, None) => StoreLocation::Sqlite(data_dir.join("rouse.db")),
+        };
         let emulator_host = args
             .pubsub_emulator_host
             .clone()
@@ -335,7 +352,7 @@ impl ServerConfig {
             queue_capacity,
             data_dir,
             api_listen,
-            store_path,
+            store,
             log_format: global_log.or(file.log_format).unwrap_or(LogFormat::Human),
             pubsub: rouse_pubsub::PubSubConfig {
                 project,
@@ -356,7 +373,7 @@ impl ServerConfig {
         let Self {
             data_dir,
             api_listen,
-            store_path,
+            store,
             log_format: _,
             pubsub,
             broker,
@@ -374,7 +391,7 @@ impl ServerConfig {
         rouse_server::Config {
             roles,
             data_dir,
-            store_path,
+            store,
             api_listen,
             webhook_listen,
             pubsub,
@@ -480,12 +497,59 @@ mod tests {
             PathBuf::from("/from/file"),
             "file beats default"
         );
-        assert_eq!(cfg.store_path, PathBuf::from("/from/file/rouse.db"));
+        assert_eq!(
+            cfg.store,
+            StoreLocation::Sqlite(PathBuf::from("/from/file/rouse.db"))
+        );
         assert_eq!(cfg.pubsub.project, DEFAULT_EMULATOR_PROJECT);
         assert_eq!(cfg.network_topic, "main.octue.twined.services");
         assert_eq!(cfg.log_format, LogFormat::Human);
         assert_eq!(cfg.webhook_listen.port(), 7071, "default");
         assert_eq!(cfg.secrets_key, PathBuf::from("/from/file/secrets.key"));
+    }
+
+    #[test]
+    fn the_store_is_a_sqlite_file_or_a_postgres_url() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let path = dir.path().join("rouse.toml");
+        let p = path.to_str().expect("utf-8");
+        let resolve = |file: &str, extra: &[&str]| {
+            std::fs::write(&path, format!("data_dir = \"/d\"\n{file}")).expect("write");
+            let mut argv = vec!["rouse", "server", "--config", p];
+            argv.extend_from_slice(extra);
+            let (args, log) = server_args(&argv);
+            ServerConfig::resolve(&args, log)
+        };
+        let url = "postgres://rouse:secret@db.internal:5432/rouse";
+        let cfg = resolve("", &["--store", url]).expect("flag");
+        assert_eq!(cfg.store, StoreLocation::Postgres(url.into()));
+        assert_eq!(
+            cfg.store.to_string(),
+            "postgres://rouse:***@db.internal:5432/rouse",
+            "the password stays out of logs"
+        );
+        let cfg = resolve("[store]\nurl = \"postgresql://h/db\"\n", &[]).expect("file url");
+        assert_eq!(
+            cfg.store,
+            StoreLocation::Postgres("postgresql://h/db".into())
+        );
+        let cfg = resolve(
+            "[store]\nurl = \"postgresql://h/db\"\n",
+            &["--store", "/x.db"],
+        )
+        .expect("flag beats file");
+        assert_eq!(cfg.store, StoreLocation::Sqlite("/x.db".into()));
+        let err = resolve("[store]\nurl = \"/var/rouse.db\"\n", &[]).expect_err("not a url");
+        assert!(
+            err.contains("`/var/rouse.db`") && err.contains("postgres://"),
+            "{err}"
+        );
+        let err = resolve(
+            "[store]\nurl = \"postgres://h/db\"\npath = \"/a.db\"\n",
+            &[],
+        )
+        .expect_err("both");
+        assert!(err.contains("both"), "{err}");
     }
 
     #[test]

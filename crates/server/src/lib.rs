@@ -2,7 +2,8 @@
 //! resolved [`Config`] and starts the roles it names in this process, in
 //! this order:
 //!
-//! 1. the store (SQLite) and, for api and dispatcher, Pub/Sub (checked);
+//! 1. the store (a SQLite file, or PostgreSQL for several machines) and,
+//!    for api and dispatcher, Pub/Sub (checked);
 //! 2. the secrets key, loaded once and handed to every role that needs it
 //!    (the api seals, the builder opens trigger secrets, the dispatcher
 //!    opens instance secrets: no instance starts without them);
@@ -33,7 +34,7 @@ use rouse_dispatcher::{Dispatcher, DispatcherConfig, Parts};
 use rouse_pubsub::{PubSub, PubSubConfig};
 use rouse_runtime::{DockerRuntime, ProcessRuntime, Runtime};
 use rouse_secrets::SecretsKey;
-use rouse_store::{Changes, SqliteStore};
+use rouse_store::{Changes, PgStore, SqliteStore};
 use tokio::net::TcpListener;
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
@@ -111,7 +112,7 @@ impl Roles {
 pub struct Config {
     pub roles: Roles,
     pub data_dir: PathBuf,
-    pub store_path: PathBuf,
+    pub store: StoreLocation,
     pub api_listen: SocketAddr,
     /// Where the builder's webhook server listens; also the base of the
     /// webhook URLs the api shows with triggers.
@@ -136,6 +137,54 @@ pub struct Config {
     /// Where the first owner's key is copied for the CLI (unless a file is
     /// there); `None` leaves it in the data dir only.
     pub owner_credentials: Option<PathBuf>,
+}
+
+/// Where the state lives.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum StoreLocation {
+    /// One SQLite file: one machine (several processes may share it).
+    Sqlite(PathBuf),
+    /// A PostgreSQL database (`postgres://…`): processes on any machine.
+    Postgres(String),
+}
+
+impl StoreLocation {
+    /// A `postgres://` or `postgresql://` URL names a PostgreSQL database;
+    /// anything else is the path of a SQLite file.
+    pub fn parse(value: &str) -> Self {
+        if value.starts_with("postgres://") || value.starts_with("postgresql://") {
+            Self::Postgres(value.to_owned())
+        } else {
+            Self::Sqlite(PathBuf::from(value))
+        }
+    }
+}
+
+impl std::fmt::Display for StoreLocation {
+    /// The path, or the URL without its password.
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Self::Sqlite(path) => write!(f, "{}", path.display()),
+            Self::Postgres(url) => f.write_str(&rouse_store::redact_url(url)),
+        }
+    }
+}
+
+/// Every store trait some role uses: what the composition root hands out
+/// (each role gets it as the narrower trait it names).
+trait PlatformStore:
+    rouse_api::ApiStore
+    + rouse_dispatcher::FullStore
+    + rouse_builder::BuilderStore
+    + rouse_authz::AuthorityStore
+{
+}
+impl<T> PlatformStore for T where
+    T: rouse_api::ApiStore
+        + rouse_dispatcher::FullStore
+        + rouse_builder::BuilderStore
+        + rouse_authz::AuthorityStore
+{
 }
 
 /// The embedded Pub/Sub broker: where it listens (other processes and
@@ -204,7 +253,10 @@ pub struct Platform;
 impl Platform {
     pub async fn start(mut config: Config) -> Result<Running, StartError> {
         let registry = registry_config(&config)?;
-        let store = Arc::new(SqliteStore::open(&config.store_path)?);
+        let store: Arc<dyn PlatformStore> = match &config.store {
+            StoreLocation::Sqlite(path) => Arc::new(SqliteStore::open(path)?),
+            StoreLocation::Postgres(url) => Arc::new(PgStore::connect(url).await?),
+        };
         let key = Arc::new(
             SecretsKey::load_or_create(&config.secrets_key)
                 .map_err(|e| StartError::SecretsKey(e.to_string()))?,
@@ -404,7 +456,7 @@ impl Platform {
             webhooks = %running.webhooks.map_or_else(|| "-".to_owned(), |a| a.to_string()),
             broker = %running.broker.map_or_else(|| "-".to_owned(), |a| a.to_string()),
             roles = %config.roles.names(),
-            store = %config.store_path.display(),
+            store = %config.store,
             pubsub = %pubsub,
             network_topic = %config.network_topic,
             "rouse server ready"

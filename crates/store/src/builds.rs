@@ -84,14 +84,14 @@ pub struct BuildOrigin {
     pub image_id: Option<String>,
 }
 
-fn state_column(state: RevisionState) -> Option<&'static str> {
+pub(crate) fn state_column(state: RevisionState) -> Option<&'static str> {
     match state {
         RevisionState::Ready => None,
         other => Some(other.as_str()),
     }
 }
 
-fn state_from_column(value: Option<&str>) -> Result<RevisionState, StoreError> {
+pub(crate) fn state_from_column(value: Option<&str>) -> Result<RevisionState, StoreError> {
     value.map_or(Ok(RevisionState::Ready), |word| {
         word.parse()
             .map_err(|_| StoreError::Corrupt(format!("revision state `{word}`")))
@@ -228,23 +228,23 @@ pub trait SecretStore: Send + Sync + 'static {
     -> Result<Vec<(String, String)>, StoreError>;
 }
 
-fn corrupt(what: &str, e: impl std::fmt::Display) -> StoreError {
+pub(crate) fn corrupt(what: &str, e: impl std::fmt::Display) -> StoreError {
     StoreError::Corrupt(format!("{what}: {e}"))
 }
 
-fn json_list(v: &[String]) -> String {
+pub(crate) fn json_list(v: &[String]) -> String {
     serde_json::to_string(v).unwrap_or_else(|_| "[]".into())
 }
 
-fn list_from(what: &str, s: &str) -> Result<Vec<String>, StoreError> {
+pub(crate) fn list_from(what: &str, s: &str) -> Result<Vec<String>, StoreError> {
     serde_json::from_str(s).map_err(|e| corrupt(what, e))
 }
 
-fn parse_uuid(what: &str, s: &str) -> Result<Uuid, StoreError> {
+pub(crate) fn parse_uuid(what: &str, s: &str) -> Result<Uuid, StoreError> {
     Uuid::parse_str(s).map_err(|e| corrupt(what, e))
 }
 
-const TRIGGER_COLUMNS: &str = "id, service_uuid, repo, branch_pattern, tag_pattern, dockerfile, \
+pub(crate) const TRIGGER_COLUMNS: &str = "id, service_uuid, repo, branch_pattern, tag_pattern, dockerfile, \
      context_dir, included_files, ignored_files, webhook_secret, github_token, created_at_us";
 
 fn read_trigger(row: &Row<'_>) -> rusqlite::Result<Result<TriggerRecord, StoreError>> {
@@ -278,7 +278,7 @@ fn read_trigger(row: &Row<'_>) -> rusqlite::Result<Result<TriggerRecord, StoreEr
     })())
 }
 
-const BUILD_COLUMNS: &str = "id, service_uuid, trigger_id, status, step, source, commit_sha, branch, \
+pub(crate) const BUILD_COLUMNS: &str = "id, service_uuid, trigger_id, status, step, source, commit_sha, branch, \
      revision, image, failure, last_lines, created_at_us, started_at_us, finished_at_us, dockerfile, \
      cancel_requested";
 
@@ -320,7 +320,7 @@ fn read_build(row: &Row<'_>) -> rusqlite::Result<Result<BuildRecord, StoreError>
     })())
 }
 
-fn build_status(word: &str) -> Result<BuildStatus, StoreError> {
+pub(crate) fn build_status(word: &str) -> Result<BuildStatus, StoreError> {
     word.parse()
         .map_err(|_| StoreError::Corrupt(format!("build status `{word}`")))
 }
@@ -351,7 +351,7 @@ fn service_exists(conn: &Connection, uuid: Uuid) -> Result<(), StoreError> {
 }
 
 /// The statuses after which a build does not change.
-const TERMINAL_STATUSES: &str = "('succeeded', 'failed', 'cancelled', 'superseded')";
+pub(crate) const TERMINAL_STATUSES: &str = "('succeeded', 'failed', 'cancelled', 'superseded')";
 
 #[async_trait]
 impl TriggerStore for SqliteStore {
@@ -600,7 +600,7 @@ impl BuildStore for SqliteStore {
     }
 }
 
-const INFO_COLUMNS: &str = "commit_sha, branch, trigger_id, build_id, image_id, state";
+pub(crate) const INFO_COLUMNS: &str = "commit_sha, branch, trigger_id, build_id, image_id, state";
 
 fn read_info(row: &Row<'_>) -> rusqlite::Result<Result<RevisionInfo, StoreError>> {
     let revision = crate::dispatch::read_revision(row)?;
@@ -680,6 +680,40 @@ pub(crate) fn next_seq(conn: &Connection, uuid: Uuid) -> Result<u32, StoreError>
     u32::try_from(last.unwrap_or(0) + 1).map_err(|e| corrupt("revision seq", e))
 }
 
+/// A built revision's name: `<service>-<nnnnn>-<commit7>` when the origin
+/// has a commit.
+pub(crate) fn candidate_name(service_name: &str, seq: u32, origin: &BuildOrigin) -> String {
+    let base = Revision::name_for(service_name, seq);
+    match origin.commit.as_deref() {
+        Some(c) if c.len() >= 7 => format!("{base}-{}", &c[..7]),
+        _ => base,
+    }
+}
+
+/// The `image`, `program`, `args` and `workdir` columns of a revision.
+pub(crate) fn source_columns(
+    source: &RevisionSource,
+) -> (
+    Option<String>,
+    Option<String>,
+    Option<String>,
+    Option<String>,
+) {
+    match source {
+        RevisionSource::Image(image) => (Some(image.clone()), None, None, None),
+        RevisionSource::Command {
+            program,
+            args,
+            workdir,
+        } => (
+            None,
+            Some(program.clone()),
+            Some(serde_json::to_string(args).unwrap_or_else(|_| "[]".into())),
+            Some(workdir.display().to_string()),
+        ),
+    }
+}
+
 #[async_trait]
 impl RolloutStore for SqliteStore {
     async fn insert_candidate_revision(
@@ -694,24 +728,8 @@ impl RolloutStore for SqliteStore {
         self.write(move |conn| {
             service_exists(conn, uuid)?;
             let seq = next_seq(conn, uuid)?;
-            let base = Revision::name_for(&service_name, seq);
-            let name = match origin.commit.as_deref() {
-                Some(c) if c.len() >= 7 => format!("{base}-{}", &c[..7]),
-                _ => base,
-            };
-            let (image, program, args, workdir) = match &new.source {
-                RevisionSource::Image(image) => (Some(image.clone()), None, None, None),
-                RevisionSource::Command {
-                    program,
-                    args,
-                    workdir,
-                } => (
-                    None,
-                    Some(program.clone()),
-                    Some(serde_json::to_string(args).unwrap_or_else(|_| "[]".into())),
-                    Some(workdir.display().to_string()),
-                ),
-            };
+            let name = candidate_name(&service_name, seq, &origin);
+            let (image, program, args, workdir) = source_columns(&new.source);
             conn.execute(
                 "INSERT INTO revisions (name, service_uuid, seq, runtime, image, program, args, workdir, \
                  mode, probe_path, created_at_us, commit_sha, branch, trigger_id, build_id, image_id, state) \

@@ -113,7 +113,8 @@ fn read_execution(row: &Row<'_>) -> rusqlite::Result<Result<Execution, StoreErro
     })())
 }
 
-pub(crate) const EVENT_COLUMNS: &str = "id, question_uuid, kind, attributes, data, published, recorded_at_us";
+pub(crate) const EVENT_COLUMNS: &str =
+    "id, question_uuid, kind, attributes, data, published, recorded_at_us";
 
 fn read_event(row: &Row<'_>) -> rusqlite::Result<Result<EventRecord, StoreError>> {
     let id: i64 = row.get(0)?;

@@ -324,9 +324,11 @@ fn read_audit(r: &Row<'_>) -> rusqlite::Result<AuditEntry> {
     })
 }
 
-const ACCOUNT_COLUMNS: &str = "email, project, display_name, description, disabled, created_at_us";
-const KEY_COLUMNS: &str = "key_id, principal, public_key, created_at_us";
-const AUDIT_COLUMNS: &str = "id, at_us, principal, action, resource, permission, decision, detail";
+pub(crate) const ACCOUNT_COLUMNS: &str =
+    "email, project, display_name, description, disabled, created_at_us";
+pub(crate) const KEY_COLUMNS: &str = "key_id, principal, public_key, created_at_us";
+pub(crate) const AUDIT_COLUMNS: &str =
+    "id, at_us, principal, action, resource, permission, decision, detail";
 
 #[async_trait]
 impl PolicyStore for SqliteStore {

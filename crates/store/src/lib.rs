@@ -40,7 +40,7 @@ pub use iam::{
     IamData, IamSnapshot, IamStore, ParseDecisionError, PolicyStore, PublicKeyRecord, RoleStore,
     ServiceAccountRecord, StoredPolicy,
 };
-pub use postgres::PgStore;
+pub use postgres::{PgStore, redact_url};
 pub use sqlite::SqliteStore;
 
 #[derive(Debug, thiserror::Error)]

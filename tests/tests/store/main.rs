@@ -7,7 +7,10 @@ use std::future::Future;
 use std::time::{Duration, SystemTime};
 
 use rouse_core::{ProjectName, Service, ServiceName};
-use rouse_store::{DispatchStore, PgStore, SqliteStore, Store, StoreError};
+use rouse_store::{
+    BuildStore, DispatchStore, IamStore, PgStore, RolloutStore, SecretStore, SqliteStore, Store,
+    StoreError, TrialStore, TriggerStore,
+};
 use rouse_tests::postgres::Postgres;
 use uuid::Uuid;
 
@@ -16,8 +19,30 @@ mod dispatch;
 mod iam;
 
 /// Every store trait: what a contract test may call.
-pub trait AllStores: Store + DispatchStore + Clone {}
-impl<T> AllStores for T where T: Store + DispatchStore + Clone {}
+pub trait AllStores:
+    Store
+    + DispatchStore
+    + TriggerStore
+    + BuildStore
+    + RolloutStore
+    + TrialStore
+    + SecretStore
+    + IamStore
+    + Clone
+{
+}
+impl<T> AllStores for T where
+    T: Store
+        + DispatchStore
+        + TriggerStore
+        + BuildStore
+        + RolloutStore
+        + TrialStore
+        + SecretStore
+        + IamStore
+        + Clone
+{
+}
 
 /// Where a test's store lives; `open` may be called again to reopen it.
 pub trait Fixture {

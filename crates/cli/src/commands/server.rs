@@ -27,9 +27,11 @@ pub struct ServerArgs {
     /// Address of the control-plane API [default: 127.0.0.1:7070].
     #[arg(long, env = "ROUSE_API_LISTEN")]
     pub api_listen: Option<SocketAddr>,
-    /// The SQLite store file [default: <data-dir>/rouse.db].
+    /// Where the state lives: a SQLite file, or a PostgreSQL database
+    /// (`postgres://USER:PASSWORD@HOST:PORT/DATABASE`) that processes on
+    /// several machines share [default: <data-dir>/rouse.db].
     #[arg(long, env = "ROUSE_STORE")]
-    pub store: Option<PathBuf>,
+    pub store: Option<String>,
     /// Which Pub/Sub to use: `embedded` (Rouse's own broker, in this
     /// process), `emulator` (at --pubsub-emulator-host) or `google`
     /// [default: emulator with an emulator host, google with a project, else embedded].

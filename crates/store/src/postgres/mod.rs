@@ -35,7 +35,7 @@ const MIGRATIONS: &[&str] = &[include_str!("schema.sql")];
 
 /// The advisory lock taken while migrating (any fixed number; this one
 /// spells "rouse" in ASCII).
-const MIGRATION_LOCK: i64 = 0x726f_7573_65;
+const MIGRATION_LOCK: i64 = 0x72_6f_75_73_65;
 
 /// Connections per process. A dispatcher's burst holds one per write in
 /// flight; PostgreSQL's default `max_connections` (100) leaves room for
@@ -183,11 +183,6 @@ pub(crate) fn retryable(e: &StoreError, attempt: u32) -> bool {
     }
 }
 
-/// Whether `e` is a unique-constraint violation.
-pub(crate) fn unique_violation(e: &tokio_postgres::Error) -> bool {
-    e.code() == Some(&SqlState::UNIQUE_VIOLATION)
-}
-
 /// Runs `$body` (an expression that may use `?` and `return` with
 /// [`StoreError`]s) in a `SERIALIZABLE` transaction named `$tx`, committing
 /// it if the body succeeds; a transaction refused because of a concurrent
@@ -292,8 +287,9 @@ const SERVICE_COLUMNS: &str = "uuid, project, name, status, min_instances, max_i
 
 fn read_service(row: &Row) -> Result<Service, StoreError> {
     let uuid: String = get(row, 0)?;
-    let corrupt =
-        |what: &str, e: &dyn std::fmt::Display| StoreError::Corrupt(format!("service {uuid}: {what}: {e}"));
+    let corrupt = |what: &str, e: &dyn std::fmt::Display| {
+        StoreError::Corrupt(format!("service {uuid}: {what}: {e}"))
+    };
     let project: String = get(row, 1)?;
     let name: String = get(row, 2)?;
     let status: String = get(row, 3)?;
@@ -444,7 +440,7 @@ impl Store for PgStore {
             &c,
             &format!(
                 "SELECT {SERVICE_COLUMNS} FROM services \
-                 WHERE $1::TEXT IS NULL OR project = $1 ORDER BY project, name"
+                 WHERE $1::TEXT IS NULL OR project = $1 ORDER BY project COLLATE \"C\", name COLLATE \"C\""
             ),
             &[&project],
         )
