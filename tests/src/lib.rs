@@ -83,6 +83,13 @@ impl Emulator {
     /// Starts the Pub/Sub the tests run on (see the module documentation)
     /// and waits until it answers.
     pub fn start() -> Self {
+        Self::start_keeping(None)
+    }
+
+    /// Like [`Emulator::start`], the state kept in `store` (what
+    /// [`Emulator::stop`] handed back) when there is one: a Pub/Sub restart
+    /// that the platform's own state outlives.
+    pub fn start_keeping(store: Option<postgres::Postgres>) -> Self {
         let mut started = match std::env::var("ROUSE_TEST_PUBSUB").as_deref() {
             Ok("emulator") => Self::official(),
             Ok("broker") | Ok("") | Err(_) => Self::broker(),
@@ -90,6 +97,10 @@ impl Emulator {
                 "ROUSE_TEST_PUBSUB=`{other}`: use `broker` (Rouse's, the default) or `emulator` (the official one)"
             ),
         };
+        if store.is_some() {
+            started.postgres = store;
+            return started;
+        }
         started.postgres = match std::env::var("ROUSE_TEST_STORE").as_deref() {
             Ok("postgres") => Some(postgres::Postgres::start(false)),
             Ok("sqlite") | Ok("") | Err(_) => None,
@@ -224,9 +235,14 @@ impl Emulator {
         std::fs::read_to_string(self._dir.path().join("emulator.log")).unwrap_or_default()
     }
 
-    /// Stops the emulator (it keeps no state: everything on it is lost).
-    pub fn stop(mut self) {
+    /// Stops the Pub/Sub endpoint (the official emulator keeps no state:
+    /// everything on it is lost). The platform's PostgreSQL, if the test
+    /// runs on one, is handed back: keep it while servers still use it, and
+    /// give it to [`Emulator::start_keeping`].
+    #[must_use = "dropping the returned PostgreSQL stops it"]
+    pub fn stop(mut self) -> Option<postgres::Postgres> {
         self.shutdown();
+        self.postgres.take()
     }
 
     fn shutdown(&mut self) {
@@ -361,9 +377,17 @@ impl Server {
         };
         let mut args: Vec<&str> = extra.to_vec();
         args.extend(store.iter().map(String::as_str));
-        Self::try_start(emulator.host(), data_dir, &args).unwrap_or_else(|log| {
+        let server = Self::try_start(emulator.host(), data_dir, &args).unwrap_or_else(|log| {
             panic!("rouse server did not become ready:\n{log}");
-        })
+        });
+        if !store.is_empty() {
+            let log = server.log();
+            assert!(
+                log.contains("store=postgres://"),
+                "the server was to keep its state in PostgreSQL:\n{log}"
+            );
+        }
+        server
     }
 
     /// Like [`Self::start`]; on failure returns the server's log.

@@ -437,8 +437,8 @@ async fn restart_keeps_services_and_recreates_what_went_missing() {
 
     // An emulator restart loses everything; the next start recreates it all.
     assert!(server.stop().success());
-    emulator.stop();
-    let fresh = Emulator::start();
+    let store = emulator.stop();
+    let fresh = Emulator::start_keeping(store);
     let server = Server::start(&fresh, data.path(), &[]);
     let ps = pubsub(&fresh).await;
     for s in [&a, &b] {
@@ -457,7 +457,7 @@ async fn pubsub_failure_during_create_leaves_nothing_behind() {
         .rouse(&["services", "create", "kept", "--project", "p"])
         .ok();
     let host = emulator.host().to_owned();
-    emulator.stop();
+    let _store = emulator.stop();
 
     let started = Instant::now();
     let failed = server.rouse(&["services", "create", "lost", "--project", "p"]);
