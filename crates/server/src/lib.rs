@@ -253,9 +253,12 @@ pub struct Platform;
 impl Platform {
     pub async fn start(mut config: Config) -> Result<Running, StartError> {
         let registry = registry_config(&config)?;
-        let store: Arc<dyn PlatformStore> = match &config.store {
-            StoreLocation::Sqlite(path) => Arc::new(SqliteStore::open(path)?),
-            StoreLocation::Postgres(url) => Arc::new(PgStore::connect(url).await?),
+        let (store, postgres): (Arc<dyn PlatformStore>, _) = match &config.store {
+            StoreLocation::Sqlite(path) => (Arc::new(SqliteStore::open(path)?), None),
+            StoreLocation::Postgres(url) => {
+                let pg = PgStore::connect(url).await?;
+                (Arc::new(pg.clone()), Some(pg))
+            }
         };
         let key = Arc::new(
             SecretsKey::load_or_create(&config.secrets_key)
@@ -273,6 +276,13 @@ impl Platform {
             roles: Vec::new(),
             upkeep: Vec::new(),
         };
+
+        // Roles in other processes (other machines) wake this one's at once.
+        if let Some(pg) = &postgres {
+            running
+                .upkeep
+                .push(pg.listen(changes.clone(), shutdown.clone().cancelled_owned()));
+        }
 
         // Bound first, so the addresses are known to what is made next.
         let api_listener = match config.roles.api {

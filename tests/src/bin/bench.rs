@@ -48,6 +48,11 @@ const THROUGHPUT_N: usize = 4000;
 /// takes each place once (see the throughput part).
 const THROUGHPUT_ROUNDS: usize = 4;
 const IDLE_SERVICES: usize = 1000;
+/// Questions per store in the SQLite-vs-PostgreSQL part, in alternating
+/// rounds, and warm round trips after each round.
+const STORE_N: usize = 2000;
+const STORE_ROUNDS: usize = 4;
+const STORE_WARM_N: usize = 25;
 /// Messages sent one at a time for publish → receive.
 const PIPE_N: usize = 500;
 /// Ordering keys sent through the broker for its RSS and idle CPU, in
@@ -909,7 +914,7 @@ fn fmt_ms(v: f64) -> String {
     format!("{v:.2} ms")
 }
 
-/// `ROUSE_BENCH=warm,cold,docker,builder,throughput,broker,memory,iam` runs only those parts.
+/// `ROUSE_BENCH=warm,cold,docker,builder,throughput,store,broker,memory,iam` runs only those parts.
 fn wanted(part: &str) -> bool {
     std::env::var("ROUSE_BENCH").map_or(true, |v| v.split(',').any(|p| p.trim() == part))
 }
@@ -1331,6 +1336,94 @@ impl Pipe {
 }
 
 /// CPU a process group uses per second while nothing is asked of it.
+/// Questions through one dispatcher on SQLite (the bench's server) and on
+/// PostgreSQL (a second server, its database durable as in production),
+/// in alternating rounds: questions/s, the warm round trip and the CPU each
+/// spends per question, the database's own included.
+async fn store_part(b: &mut Bench, echo_cmd: &str, report: &mut Report) -> Result<(), String> {
+    let pg = rouse_tests::postgres::Postgres::start(true);
+    let url = pg.create_database("rouse").await;
+    let data = tempfile::tempdir().map_err(|e| format!("a temporary directory: {e}"))?;
+    let pg_server = Server::try_start(b.emulator.host(), data.path(), &["--store", &url])
+        .map_err(|log| format!("rouse server on PostgreSQL did not start:\n{log}"))?;
+    pg_server.allow_anonymous_askers("bench");
+    let settings = [
+        "--min-instances",
+        "2",
+        "--max-instances",
+        "2",
+        "--concurrency",
+        "200",
+        "--idle-timeout",
+        "1h",
+    ];
+    let source = ["--command", echo_cmd, "--workdir", "/tmp"];
+    let on_sqlite = create(&b.server, "store-sqlite", &settings, &source)?;
+    let on_pg = create(&pg_server, "store-pg", &settings, &source)?;
+    let recipient = "bench/store";
+    round_trips(&mut b.asker, &on_sqlite, recipient, 5).await?;
+    round_trips(&mut b.asker, &on_pg, recipient, 5).await?;
+    let paths = [
+        (on_sqlite, b.server.pid(), None),
+        (on_pg, pg_server.pid(), Some(pg.pid())),
+    ];
+    // Per path: seconds, server CPU ms, database CPU ms; warm round trips.
+    let mut spent = [(0.0f64, 0.0f64, 0.0f64); 2];
+    let mut warm: [Vec<f64>; 2] = [Vec::new(), Vec::new()];
+    let per_round = STORE_N / STORE_ROUNDS;
+    for round in 0..STORE_ROUNDS {
+        for k in 0..paths.len() {
+            let i = (round + k) % paths.len();
+            let (topic, server, db) = &paths[i];
+            let cpu = (process_cpu_ms(*server), db.map_or(0.0, group_cpu_ms));
+            let rate = saturate(&mut b.asker, topic, recipient, per_round).await?;
+            spent[i].0 += per_round as f64 / rate;
+            spent[i].1 += process_cpu_ms(*server) - cpu.0;
+            spent[i].2 += db.map_or(0.0, group_cpu_ms) - cpu.1;
+            warm[i].extend(round_trips(&mut b.asker, topic, recipient, STORE_WARM_N).await?);
+        }
+    }
+    let total = (per_round * STORE_ROUNDS) as f64;
+    let rate = |i: usize| total / spent[i].0;
+    let cpu = |i: usize| (spent[i].1 / total, spent[i].2 / total);
+    let ((sqlite_server, _), (pg_rouse, pg_db)) = (cpu(0), cpu(1));
+    let (sqlite50, pg50) = (percentile(&warm[0], 50.0), percentile(&warm[1], 50.0));
+    report.row(
+        "questions/s on PostgreSQL (one dispatcher)",
+        format!("{:.0}/s", rate(1)),
+        format!("{:.0}/s", rate(0)),
+        format!("{:.0}% of SQLite's", 100.0 * rate(1) / rate(0)),
+        "-".into(),
+    );
+    report.row(
+        "warm round trip p50 on PostgreSQL",
+        fmt_ms(pg50),
+        fmt_ms(sqlite50),
+        format!("{:+.2} ms over SQLite", pg50 - sqlite50),
+        "-".into(),
+    );
+    report.row(
+        "CPU per question, PostgreSQL (rouse + database)",
+        format!("{:.2} + {:.2} ms", pg_rouse, pg_db),
+        format!("{sqlite_server:.2} ms"),
+        format!("{:+.2} ms over SQLite", pg_rouse + pg_db - sqlite_server),
+        "-".into(),
+    );
+    report.json.insert(
+        "store".into(),
+        json!({
+            "sqlite_per_s": rate(0), "postgres_per_s": rate(1),
+            "sqlite_warm_p50_ms": sqlite50, "postgres_warm_p50_ms": pg50,
+            "sqlite_server_cpu_ms_per_question": sqlite_server,
+            "postgres_server_cpu_ms_per_question": pg_rouse,
+            "postgres_database_cpu_ms_per_question": pg_db,
+        }),
+    );
+    drop(pg_server);
+    drop(pg);
+    Ok(())
+}
+
 async fn idle_cpu_ms_per_s(pgid: u32) -> f64 {
     let before = group_cpu_ms(pgid);
     tokio::time::sleep(Duration::from_secs(2)).await;
@@ -1661,6 +1754,13 @@ async fn main() {
                     Err(e) => Err(e.clone()),
                 };
                 report.settle("questions/s at saturation", "throughput_per_s", outcome);
+            }
+            if wanted("store") {
+                let outcome = match &echo_cmd {
+                    Ok(cmd) => guarded(store_part(&mut b, cmd, &mut report)).await,
+                    Err(e) => Err(e.clone()),
+                };
+                report.settle("SQLite vs PostgreSQL", "store", outcome);
             }
             if wanted("broker") {
                 let outcome = if b.emulator.is_official() {

@@ -32,7 +32,7 @@ contract!(
     concurrent_secret_writes_each_bump_the_generation,
 );
 
-fn image(i: &str) -> NewRevision {
+pub(crate) fn image(i: &str) -> NewRevision {
     NewRevision {
         source: RevisionSource::Image(i.into()),
         mode: DeliveryMode::Server,
@@ -40,7 +40,7 @@ fn image(i: &str) -> NewRevision {
     }
 }
 
-fn build(id: &str, service: Uuid) -> BuildRecord {
+pub(crate) fn build(id: &str, service: Uuid) -> BuildRecord {
     BuildRecord {
         id: id.into(),
         service_uuid: service,

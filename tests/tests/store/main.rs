@@ -263,3 +263,62 @@ mod services {
         assert_eq!(store.list_services(Some(&a)).await.expect("list").len(), 2);
     }
 }
+
+/// PostgreSQL only: a change written through one store (another process,
+/// another machine) wakes the roles listening through another.
+mod notices {
+    use std::time::Duration;
+
+    use rouse_store::{BuildStore, Changes, RevisionStore, Store};
+    use tokio::sync::watch;
+
+    use super::*;
+
+    async fn woken(rx: &mut watch::Receiver<u64>, what: &str) {
+        tokio::time::timeout(Duration::from_secs(5), rx.changed())
+            .await
+            .unwrap_or_else(|_| panic!("no notice of {what} within 5 s"))
+            .expect("the changes are alive");
+        rx.borrow_and_update();
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_change_written_elsewhere_wakes_the_listener() {
+        let f = Pg::new().await;
+        let (here, elsewhere) = (f.open().await, f.open().await);
+        let changes = Changes::new();
+        let (mut services, mut builds, mut revisions) =
+            (changes.services(), changes.builds(), changes.revisions());
+        let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+        let listening = here.listen(changes.clone(), async {
+            let _ = stopped.await;
+        });
+        // Listening begins with a wake-up for whatever changed before.
+        woken(&mut services, "the start").await;
+        woken(&mut builds, "the start").await;
+        woken(&mut revisions, "the start").await;
+
+        let s = service("p", "svc");
+        elsewhere.insert_service(&s).await.expect("insert");
+        woken(&mut services, "a new service").await;
+        elsewhere
+            .insert_revision(&s, &builds::image("one"), SystemTime::now())
+            .await
+            .expect("revision");
+        woken(&mut services, "a new revision").await;
+        woken(&mut revisions, "a new revision").await;
+        elsewhere
+            .insert_build(&builds::build("b1", s.uuid))
+            .await
+            .expect("build");
+        woken(&mut builds, "a queued build").await;
+        // Executions, the hot path, send no notice.
+        assert!(!builds.has_changed().expect("alive"));
+
+        let _ = stop.send(());
+        tokio::time::timeout(Duration::from_secs(5), listening)
+            .await
+            .expect("the listener stops on shutdown")
+            .expect("join");
+    }
+}

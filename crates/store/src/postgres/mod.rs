@@ -15,6 +15,7 @@
 mod builds;
 mod dispatch;
 mod iam;
+mod notify;
 
 use std::time::Duration;
 
@@ -31,7 +32,7 @@ use crate::{Store, StoreError};
 
 /// Schema versions, applied in order; the index + 1 is the version. Never
 /// edit one that has shipped: add another.
-const MIGRATIONS: &[&str] = &[include_str!("schema.sql")];
+const MIGRATIONS: &[&str] = &[include_str!("schema.sql"), include_str!("notify.sql")];
 
 /// The advisory lock taken while migrating (any fixed number; this one
 /// spells "rouse" in ASCII).
@@ -53,6 +54,8 @@ pub(crate) const MAX_RETRIES: u32 = 20;
 #[derive(Clone)]
 pub struct PgStore {
     pool: Pool,
+    /// For connections of its own (change notices).
+    config: tokio_postgres::Config,
     /// The URL without its password, for messages.
     display: String,
 }
@@ -103,7 +106,7 @@ impl PgStore {
             config.application_name("rouse");
         }
         let manager = Manager::from_config(
-            config,
+            config.clone(),
             NoTls,
             ManagerConfig {
                 recycling_method: RecyclingMethod::Fast,
@@ -118,6 +121,7 @@ impl PgStore {
             .map_err(|e| open_err(e.into()))?;
         let store = Self {
             pool,
+            config,
             display: display.clone(),
         };
         store.migrate().await.map_err(|e| open_err(e.into()))?;
