@@ -424,6 +424,13 @@ impl Server {
         let sink = log.clone();
         std::thread::spawn(move || {
             for line in BufReader::new(stderr).lines().map_while(Result::ok) {
+                // Logged first, so that the ready line is in the log when
+                // the server is handed over.
+                {
+                    let mut l = sink.lock().expect("log lock");
+                    l.push_str(&line);
+                    l.push('\n');
+                }
                 if let Some(addr) = line
                     .contains("rouse server ready")
                     .then(|| field(&line, "api="))
@@ -431,9 +438,6 @@ impl Server {
                 {
                     let _ = ready_tx.send((addr, field(&line, "webhooks=")));
                 }
-                let mut l = sink.lock().expect("log lock");
-                l.push_str(&line);
-                l.push('\n');
             }
         });
         let deadline = Instant::now() + SERVER_START_TIMEOUT;

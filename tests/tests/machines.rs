@@ -1,0 +1,162 @@
+//! End-to-end: the roles as if on three machines. `rouse server --roles
+//! api`, `--roles builder` and `--roles dispatcher`, each with a data dir of
+//! its own, share nothing but a PostgreSQL database, Pub/Sub and the secrets
+//! key (a file every machine is given, as a secret manager would). A
+//! service created through the api is answered by the dispatcher; a secret
+//! sealed by the api opens in the dispatcher's instances; a build submitted
+//! through the api is taken by the builder on its machine (how long that
+//! took is printed: the database's notice wakes it, where its poll would
+//! take up to 1 s; `tests/tests/store` asserts the notices themselves).
+
+use std::path::Path;
+use std::time::{Duration, Instant};
+
+use rouse_tests::asker::Asker;
+use rouse_tests::postgres::Postgres;
+use rouse_tests::{Emulator, Server, workspace_bin};
+use serde_json::json;
+
+const NETWORK: &str = "octue.services";
+const ANSWER: Duration = Duration::from_secs(60);
+
+fn machine(emulator: &Emulator, data: &Path, roles: &str, url: &str, key: &Path) -> Server {
+    let key = key.to_str().expect("utf-8 path");
+    Server::start(
+        emulator,
+        data,
+        &["--roles", roles, "--store", url, "--secrets-key", key],
+    )
+}
+
+async fn version(asker: &mut Asker, topic: &str, dispatcher: &Server) -> String {
+    let q = asker.ask(topic, "m/echo", json!({"n": 1})).await;
+    let a = asker.answer(&q, ANSWER).await;
+    assert_eq!(a.kind, "result", "{:?}\n{}", a.data, dispatcher.log());
+    a.data["output_values"]["version"]
+        .as_str()
+        .unwrap_or("(none)")
+        .to_owned()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn roles_on_three_machines_share_only_postgres() {
+    let emulator = Emulator::start();
+    let pg = Postgres::start(false);
+    let url = pg.create_database("rouse").await;
+    let shared = tempfile::tempdir().expect("tempdir");
+    let key = shared.path().join("secrets.key");
+    let (a, b, c) = (
+        tempfile::tempdir().expect("tempdir"),
+        tempfile::tempdir().expect("tempdir"),
+        tempfile::tempdir().expect("tempdir"),
+    );
+    // The api first: it bootstraps the owner.
+    let api = machine(&emulator, a.path(), "api", &url, &key);
+    let dispatcher = machine(&emulator, b.path(), "dispatcher", &url, &key);
+    let builder = machine(&emulator, c.path(), "builder", &url, &key);
+    for server in [&api, &dispatcher, &builder] {
+        assert!(
+            server.log().contains("store=postgres://rouse@"),
+            "{}",
+            server.log()
+        );
+    }
+    api.allow_anonymous_askers("m");
+    let service = api
+        .rouse(&[
+            "services",
+            "create",
+            "echo",
+            "--project",
+            "m",
+            "--format",
+            "json",
+        ])
+        .json();
+    let topic = service["topic"].as_str().expect("topic").to_owned();
+    api.rouse(&[
+        "services",
+        "update",
+        "echo",
+        "--project",
+        "m",
+        "--idle-timeout",
+        "1s",
+    ])
+    .ok();
+    let echo = workspace_bin("echo");
+    api.rouse(&[
+        "revisions",
+        "create",
+        "echo",
+        "--project",
+        "m",
+        "--command",
+        echo.to_str().expect("utf-8 path"),
+        "--workdir",
+        "/tmp",
+    ])
+    .ok();
+    let mut asker = Asker::new(emulator.host(), NETWORK).await;
+    assert_eq!(version(&mut asker, &topic, &dispatcher).await, "(none)");
+
+    // A secret sealed on the api's machine opens on the dispatcher's.
+    api.rouse(&[
+        "secrets",
+        "set",
+        "echo",
+        "--project",
+        "m",
+        "ECHO_VERSION=sealed-on-a",
+    ])
+    .ok();
+    let begun = Instant::now();
+    let mut seen = version(&mut asker, &topic, &dispatcher).await;
+    // A warm instance keeps its environment until it stops idle (1 s).
+    while seen != "sealed-on-a" && begun.elapsed() < Duration::from_secs(30) {
+        tokio::time::sleep(Duration::from_millis(1500)).await;
+        seen = version(&mut asker, &topic, &dispatcher).await;
+    }
+    assert_eq!(seen, "sealed-on-a", "{}", dispatcher.log());
+
+    // A build submitted through the api: the builder, on its own machine,
+    // takes it on the database's notice.
+    let context = tempfile::tempdir().expect("tempdir");
+    std::fs::write(context.path().join("Dockerfile"), "FROM scratch\n").expect("Dockerfile");
+    let submitted = Instant::now();
+    let build = api
+        .rouse(&[
+            "builds",
+            "submit",
+            "echo",
+            "--project",
+            "m",
+            "--source",
+            context.path().to_str().expect("utf-8 path"),
+            "--format",
+            "json",
+        ])
+        .json();
+    let id = build["id"].as_str().expect("build id").to_owned();
+    let taken = api.wait_build(
+        &id,
+        &[
+            "fetching",
+            "building",
+            "pushing",
+            "rolling-out",
+            "succeeded",
+            "failed",
+        ],
+        &[&builder],
+    );
+    let waited = submitted.elapsed();
+    assert_ne!(taken["status"], "queued", "{taken}");
+    assert!(
+        builder.log().contains(&id),
+        "the builder on its own machine took the build:\n{}",
+        builder.log()
+    );
+    println!("submitted → taken by the builder: {waited:?} (its poll is 1 s)");
+    drop(pg);
+}
