@@ -18,6 +18,7 @@ pub struct Postgres {
     child: Child,
     port: u16,
     dir: tempfile::TempDir,
+    durable: bool,
 }
 
 /// Where PostgreSQL's server programs are: `ROUSE_PG_BINDIR`, else the newest
@@ -65,6 +66,40 @@ fn command(bin: &Path, program: &str, user: Option<(u32, u32)>) -> Command {
     cmd
 }
 
+/// `postgres` on `port` over the cluster in `dir/data`, its log appended to
+/// `dir/postgres.log`.
+fn spawn(bin: &Path, user: Option<(u32, u32)>, dir: &Path, port: u16, durable: bool) -> Child {
+    let log = std::fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(dir.join("postgres.log"))
+        .expect("postgres log");
+    if let Some((uid, gid)) = user {
+        std::os::unix::fs::chown(dir.join("postgres.log"), Some(uid), Some(gid))
+            .expect("chown log");
+    }
+    let mut cmd = command(bin, "postgres", user);
+    cmd.arg("-D")
+        .arg(dir.join("data"))
+        .args(["-p", &port.to_string(), "-k"])
+        .arg(dir)
+        .args([
+            "-c",
+            "listen_addresses=127.0.0.1",
+            "-c",
+            "max_connections=200",
+        ]);
+    if !durable {
+        cmd.args(["-c", "fsync=off", "-c", "synchronous_commit=off"]);
+    }
+    cmd.stdin(Stdio::null())
+        .stdout(log.try_clone().expect("log handle"))
+        .stderr(log)
+        .process_group(0)
+        .spawn()
+        .expect("run postgres")
+}
+
 impl Postgres {
     /// A new cluster, started and ready. `durable`: fsync as in production
     /// (the benchmark); the tests run without it.
@@ -103,35 +138,25 @@ impl Postgres {
             String::from_utf8_lossy(&init.stderr)
         );
         let port = free_port();
-        let log = std::fs::File::create(dir.path().join("postgres.log")).expect("postgres log");
-        if let Some((uid, gid)) = user {
-            std::os::unix::fs::chown(dir.path().join("postgres.log"), Some(uid), Some(gid))
-                .expect("chown log");
-        }
-        let mut cmd = command(&bin, "postgres", user);
-        cmd.arg("-D")
-            .arg(&data)
-            .args(["-p", &port.to_string(), "-k"])
-            .arg(dir.path())
-            .args([
-                "-c",
-                "listen_addresses=127.0.0.1",
-                "-c",
-                "max_connections=200",
-            ]);
-        if !durable {
-            cmd.args(["-c", "fsync=off", "-c", "synchronous_commit=off"]);
-        }
-        let child = cmd
-            .stdin(Stdio::null())
-            .stdout(log.try_clone().expect("log handle"))
-            .stderr(log)
-            .process_group(0)
-            .spawn()
-            .expect("run postgres");
-        let mut server = Self { child, port, dir };
+        let mut server = Self {
+            child: spawn(&bin, user, dir.path(), port, durable),
+            port,
+            dir,
+            durable,
+        };
         server.wait_ready(&bin, user);
         server
+    }
+
+    /// Stops the server (a fast shutdown: clients are disconnected) and
+    /// starts it again on the same data and port, as a database restart or
+    /// failover does to its clients.
+    pub fn restart(&mut self) {
+        self.shutdown();
+        let bin = bindir().expect("PostgreSQL's programs");
+        let user = run_as();
+        self.child = spawn(&bin, user, self.dir.path(), self.port, self.durable);
+        self.wait_ready(&bin, user);
     }
 
     fn wait_ready(&mut self, bin: &Path, user: Option<(u32, u32)>) {

@@ -160,3 +160,75 @@ async fn roles_on_three_machines_share_only_postgres() {
     println!("submitted → taken by the builder: {waited:?} (its poll is 1 s)");
     drop(pg);
 }
+
+/// The database restarts under a running server (a failover, an upgrade):
+/// calls made while it is down fail with a clear error, the server keeps
+/// running, and once it is back questions are answered again without a
+/// restart of Rouse.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_postgres_restart_is_survived() {
+    let emulator = Emulator::start();
+    let mut pg = Postgres::start(false);
+    let url = pg.create_database("rouse").await;
+    let data = tempfile::tempdir().expect("tempdir");
+    let key = data.path().join("secrets.key");
+    let server = machine(&emulator, data.path(), "all", &url, &key);
+    server.allow_anonymous_askers("m");
+    let service = server
+        .rouse(&[
+            "services",
+            "create",
+            "echo",
+            "--project",
+            "m",
+            "--format",
+            "json",
+        ])
+        .json();
+    let topic = service["topic"].as_str().expect("topic").to_owned();
+    let echo = workspace_bin("echo");
+    server
+        .rouse(&[
+            "revisions",
+            "create",
+            "echo",
+            "--project",
+            "m",
+            "--command",
+            echo.to_str().expect("utf-8 path"),
+            "--workdir",
+            "/tmp",
+        ])
+        .ok();
+    let mut asker = Asker::new(emulator.host(), NETWORK).await;
+    version(&mut asker, &topic, &server).await;
+
+    pg.restart();
+    // Pooled connections died with the old server: each is found broken on
+    // its next use and replaced.
+    let begun = Instant::now();
+    loop {
+        let listed = server.rouse(&["services", "list", "--format", "json"]);
+        if listed.code == 0 {
+            assert!(listed.stdout.contains("echo"), "{}", listed.stdout);
+            break;
+        }
+        assert!(
+            begun.elapsed() < Duration::from_secs(30),
+            "the api did not recover from the database restart: {}\n{}",
+            listed.stderr,
+            server.log()
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    // Questions are recorded and answered again; none is lost.
+    let mut questions = Vec::new();
+    for i in 0..10 {
+        questions.push(asker.ask(&topic, "m/echo", json!({"i": i})).await);
+    }
+    for q in &questions {
+        let a = asker.answer(q, ANSWER).await;
+        assert_eq!(a.kind, "result", "{q}: {:?}\n{}", a.data, server.log());
+    }
+    assert!(matches!(server.stop().code(), Some(0)));
+}
