@@ -293,7 +293,10 @@ impl ExecutionStore for PgStore {
         e: &Execution,
         event: Option<&NewEvent>,
     ) -> Result<Option<i64>, StoreError> {
-        write_tx!(self, |tx| {
+        // An update by key and an insert-or-ignore: nothing read decides
+        // what is written, so READ COMMITTED is enough (and spares the
+        // predicate locks of SERIALIZABLE on the hottest write).
+        write_tx!(self, tokio_postgres::IsolationLevel::ReadCommitted, |tx| {
             exec(
                 &tx,
                 "UPDATE executions SET status = $3, revision = $4, instance = $5, cold_start = $6, \

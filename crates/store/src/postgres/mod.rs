@@ -39,9 +39,9 @@ const MIGRATIONS: &[&str] = &[include_str!("schema.sql"), include_str!("notify.s
 const MIGRATION_LOCK: i64 = 0x72_6f_75_73_65;
 
 /// Connections per process. A dispatcher's burst holds one per write in
-/// flight; PostgreSQL's default `max_connections` (100) leaves room for
-/// several processes.
-const POOL_SIZE: usize = 16;
+/// flight (its intake handles 100 questions at once); PostgreSQL's default
+/// `max_connections` (100) leaves room for a few processes.
+const POOL_SIZE: usize = 32;
 
 /// How long a call waits for a free connection, and a new connection for
 /// the server, before failing.
@@ -188,17 +188,25 @@ pub(crate) fn retryable(e: &StoreError, attempt: u32) -> bool {
 }
 
 /// Runs `$body` (an expression that may use `?` and `return` with
-/// [`StoreError`]s) in a `SERIALIZABLE` transaction named `$tx`, committing
-/// it if the body succeeds; a transaction refused because of a concurrent
-/// one is run again.
+/// [`StoreError`]s) in a `SERIALIZABLE` transaction named `$tx` (or at the
+/// isolation level given before it, for writes that read nothing they
+/// decide on), committing it if the body succeeds; a transaction refused
+/// because of a concurrent one is run again.
 macro_rules! write_tx {
-    ($store:expr, |$tx:ident| $body:expr) => {{
+    ($store:expr, |$tx:ident| $body:expr) => {
+        $crate::postgres::write_tx!(
+            $store,
+            tokio_postgres::IsolationLevel::Serializable,
+            |$tx| $body
+        )
+    };
+    ($store:expr, $isolation:expr, |$tx:ident| $body:expr) => {{
         let mut client = $store.client().await?;
         let mut attempt: u32 = 0;
         loop {
             let $tx = client
                 .build_transaction()
-                .isolation_level(tokio_postgres::IsolationLevel::Serializable)
+                .isolation_level($isolation)
                 .start()
                 .await?;
             let outcome: Result<_, $crate::StoreError> = async { $body }.await;
