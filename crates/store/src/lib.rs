@@ -17,6 +17,7 @@ mod builds;
 pub mod changes;
 mod dispatch;
 mod iam;
+mod leases;
 mod postgres;
 mod sqlite;
 
@@ -212,6 +213,33 @@ pub trait EventStore: Send + Sync + 'static {
         attributes: &Attributes,
         data: &[u8],
     ) -> Result<(), StoreError>;
+}
+
+/// Who holds a lease (see [`LeaseStore`]).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Lease {
+    /// The caller holds it, until the time it asked for.
+    Held,
+    /// Another holder does, until `until` (unless it renews it).
+    Taken { holder: String, until: SystemTime },
+}
+
+/// Leases: a named job that one process at a time does (the active
+/// dispatcher), held for a while and renewed; a holder that stops renewing
+/// loses it when it expires.
+#[async_trait]
+pub trait LeaseStore: Send + Sync + 'static {
+    /// Takes (or renews) lease `name` for `holder` until `now + ttl` if it
+    /// is free, expired, or already `holder`'s; otherwise says who holds it.
+    async fn acquire_lease(
+        &self,
+        name: &str,
+        holder: &str,
+        ttl: std::time::Duration,
+        now: SystemTime,
+    ) -> Result<Lease, StoreError>;
+    /// Gives the lease up if `holder` holds it, so another may take it at once.
+    async fn release_lease(&self, name: &str, holder: &str) -> Result<(), StoreError>;
 }
 
 /// The dispatcher's state: [`RevisionStore`], [`ExecutionStore`] and

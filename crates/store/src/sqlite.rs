@@ -270,6 +270,14 @@ CREATE INDEX revisions_by_state ON revisions (state) WHERE state IS NOT NULL;
     r#"
 ALTER TABLE executions ADD COLUMN asked_by TEXT;
 "#,
+    // Leases: the active dispatcher among several on one store.
+    r#"
+CREATE TABLE leases (
+    name          TEXT PRIMARY KEY,
+    holder        TEXT NOT NULL,
+    expires_at_us INTEGER NOT NULL
+);
+"#,
 ];
 
 /// How long a statement waits for a lock held by another process (another

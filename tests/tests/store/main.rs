@@ -8,8 +8,8 @@ use std::time::{Duration, SystemTime};
 
 use rouse_core::{ProjectName, Service, ServiceName};
 use rouse_store::{
-    BuildStore, DispatchStore, IamStore, PgStore, RolloutStore, SecretStore, SqliteStore, Store,
-    StoreError, TrialStore, TriggerStore,
+    BuildStore, DispatchStore, IamStore, LeaseStore, PgStore, RolloutStore, SecretStore,
+    SqliteStore, Store, StoreError, TrialStore, TriggerStore,
 };
 use rouse_tests::postgres::Postgres;
 use uuid::Uuid;
@@ -28,6 +28,7 @@ pub trait AllStores:
     + TrialStore
     + SecretStore
     + IamStore
+    + LeaseStore
     + Clone
 {
 }
@@ -40,6 +41,7 @@ impl<T> AllStores for T where
         + TrialStore
         + SecretStore
         + IamStore
+        + LeaseStore
         + Clone
 {
 }
@@ -320,5 +322,119 @@ mod notices {
             .await
             .expect("the listener stops on shutdown")
             .expect("join");
+    }
+}
+
+/// Leases: one holder at a time, taken over only once expired.
+mod leases {
+    use std::time::Duration;
+
+    use rouse_store::{Lease, LeaseStore};
+
+    use super::*;
+
+    contract!(
+        a_lease_has_one_holder_until_it_expires,
+        racing_takers_one_wins
+    );
+
+    const TTL: Duration = Duration::from_secs(10);
+
+    async fn a_lease_has_one_holder_until_it_expires(f: &impl Fixture) {
+        let (one, other) = (f.open().await, f.open().await);
+        let t0 = SystemTime::now();
+        assert_eq!(
+            one.acquire_lease("dispatcher", "a", TTL, t0)
+                .await
+                .expect("take"),
+            Lease::Held
+        );
+        let held = other
+            .acquire_lease("dispatcher", "b", TTL, t0 + Duration::from_secs(1))
+            .await
+            .expect("try");
+        let Lease::Taken { holder, until } = held else {
+            panic!("b took a held lease: {held:?}")
+        };
+        assert_eq!(holder, "a");
+        assert_eq!(micros(until), micros(t0 + TTL));
+        // Renewed, it lasts from the renewal on.
+        let t1 = t0 + Duration::from_secs(8);
+        assert_eq!(
+            one.acquire_lease("dispatcher", "a", TTL, t1)
+                .await
+                .expect("renew"),
+            Lease::Held
+        );
+        assert!(matches!(
+            other
+                .acquire_lease("dispatcher", "b", TTL, t0 + TTL + Duration::from_secs(1))
+                .await
+                .expect("try"),
+            Lease::Taken { .. }
+        ));
+        // Not renewed: expired, and taken over.
+        let late = t1 + TTL + Duration::from_secs(1);
+        assert_eq!(
+            other
+                .acquire_lease("dispatcher", "b", TTL, late)
+                .await
+                .expect("take over"),
+            Lease::Held
+        );
+        let lost = one
+            .acquire_lease("dispatcher", "a", TTL, late)
+            .await
+            .expect("renew too late");
+        assert!(
+            matches!(&lost, Lease::Taken { holder, .. } if holder == "b"),
+            "{lost:?}"
+        );
+        // Only the holder gives it up; then it is free at once.
+        one.release_lease("dispatcher", "a").await.expect("release");
+        assert!(matches!(
+            one.acquire_lease("dispatcher", "a", TTL, late)
+                .await
+                .expect("try"),
+            Lease::Taken { .. }
+        ));
+        other
+            .release_lease("dispatcher", "b")
+            .await
+            .expect("release");
+        assert_eq!(
+            one.acquire_lease("dispatcher", "a", TTL, late)
+                .await
+                .expect("take"),
+            Lease::Held
+        );
+        // Leases are named: another name is another lease.
+        assert_eq!(
+            other
+                .acquire_lease("other", "b", TTL, late)
+                .await
+                .expect("take"),
+            Lease::Held
+        );
+    }
+
+    async fn racing_takers_one_wins(f: &impl Fixture) {
+        let mut tasks = Vec::new();
+        let now = SystemTime::now();
+        for i in 0..8 {
+            let store = f.open().await;
+            tasks.push(tokio::spawn(async move {
+                store
+                    .acquire_lease("dispatcher", &format!("d{i}"), TTL, now)
+                    .await
+            }));
+        }
+        let mut held = 0;
+        for t in tasks {
+            if t.await.expect("join").expect("acquire") == Lease::Held {
+                held += 1;
+            }
+        }
+        assert_eq!(held, 1);
     }
 }

@@ -15,6 +15,7 @@
 mod builds;
 mod dispatch;
 mod iam;
+mod leases;
 mod notify;
 
 use std::time::Duration;
@@ -32,7 +33,11 @@ use crate::{Store, StoreError};
 
 /// Schema versions, applied in order; the index + 1 is the version. Never
 /// edit one that has shipped: add another.
-const MIGRATIONS: &[&str] = &[include_str!("schema.sql"), include_str!("notify.sql")];
+const MIGRATIONS: &[&str] = &[
+    include_str!("schema.sql"),
+    include_str!("notify.sql"),
+    include_str!("leases.sql"),
+];
 
 /// The advisory lock taken while migrating (any fixed number; this one
 /// spells "rouse" in ASCII).
