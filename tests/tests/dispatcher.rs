@@ -777,3 +777,90 @@ async fn questions_for_services_the_dispatcher_has_not_read_yet_are_answered() {
     let msg = a.data["exception_message"].as_str().unwrap_or_default();
     assert!(msg.contains("no service `fresh/nobody`"), "{msg}");
 }
+
+/// Several dispatchers on one store: one is active (it holds the store's
+/// dispatcher lease), the others stand by. `kill -9` of the active one in
+/// the middle of a burst: a standby takes over once the lease expires and
+/// resumes the unfinished questions, each answered exactly once. A clean
+/// stop gives the lease up, so the next standby takes over at once.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_standby_dispatcher_takes_over_from_a_dead_one() {
+    let emulator = Emulator::start();
+    let data = tempfile::tempdir().expect("tempdir");
+    let api = Server::start(&emulator, data.path(), &["--roles", "api"]);
+    api.allow_anonymous_askers("p");
+    let active = Server::start(&emulator, data.path(), &["--roles", "dispatcher"]);
+    let standby = Server::start(&emulator, data.path(), &["--roles", "dispatcher"]);
+    assert!(standby.log().contains("standing by"), "{}", standby.log());
+    let svc = echo_service(&api, "standby", &["--max-instances", "2"], &[]);
+    let mut asker = Asker::new(emulator.host(), NETWORK).await;
+    let mut questions = Vec::new();
+    for i in 0..20 {
+        questions.push(
+            asker
+                .ask(&topic(&svc), "p/standby", json!({"sleep_ms": 200, "i": i}))
+                .await,
+        );
+    }
+    wait_until(SETTLE, "some of the 20 questions answered", || {
+        let seen = asker.all();
+        let answered = questions
+            .iter()
+            .filter(|q| {
+                seen.get(*q)
+                    .is_some_and(|evs| evs.iter().any(|e| e.kind == "result"))
+            })
+            .count();
+        if answered >= 1 && answered < questions.len() {
+            Ok(())
+        } else {
+            Err(format!("{answered} answered"))
+        }
+    })
+    .await;
+    assert!(
+        !standby.log().contains("took the dispatcher lease over"),
+        "the standby ran while the active dispatcher held the lease:\n{}",
+        standby.log()
+    );
+    active.kill9();
+    for q in &questions {
+        let a = asker.answer(q, Duration::from_secs(120)).await;
+        assert_eq!(a.kind, "result", "{q}: {:?}\n{}", a.data, standby.log());
+    }
+    // Exactly one result each (a second one would come from the standby
+    // running a question again: give it time to).
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    let all = asker.all().clone();
+    for q in &questions {
+        let results: HashSet<_> = all[q]
+            .iter()
+            .filter(|e| e.kind == "result")
+            .map(|e| e.attributes["uuid"].clone())
+            .collect();
+        assert_eq!(results.len(), 1, "{q}: {:?}", all[q]);
+    }
+    let log = standby.log();
+    assert!(log.contains("took the dispatcher lease over"), "{log}");
+    assert!(log.contains("resuming unfinished executions"), "{log}");
+
+    // A clean stop gives the lease up: the next standby takes over without
+    // waiting for it to expire (10 s).
+    let next = Server::start(&emulator, data.path(), &["--roles", "dispatcher"]);
+    assert!(next.log().contains("standing by"), "{}", next.log());
+    assert!(standby.stop().success());
+    wait_until(
+        Duration::from_secs(8),
+        "the next standby taking over after a clean stop",
+        || match next.log().contains("took the dispatcher lease over") {
+            true => Ok(()),
+            false => Err(next.log()),
+        },
+    )
+    .await;
+    let q = asker
+        .ask(&topic(&svc), "p/standby", json!({"after": "handover"}))
+        .await;
+    assert_eq!(asker.answer(&q, ANSWER).await.kind, "result");
+    drop(api);
+}

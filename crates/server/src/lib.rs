@@ -20,6 +20,7 @@
 //! Listeners are bound here (port 0 works), and [`Running::shutdown`] stops
 //! everything within [`DRAIN_DEADLINE`].
 
+mod lease;
 mod secrets;
 
 use std::net::SocketAddr;
@@ -34,7 +35,7 @@ use rouse_dispatcher::{Dispatcher, DispatcherConfig, Parts};
 use rouse_pubsub::{PubSub, PubSubConfig};
 use rouse_runtime::{DockerRuntime, ProcessRuntime, Runtime};
 use rouse_secrets::SecretsKey;
-use rouse_store::{Changes, PgStore, SqliteStore};
+use rouse_store::{Changes, Lease, LeaseStore, PgStore, SqliteStore};
 use tokio::net::TcpListener;
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
@@ -177,6 +178,7 @@ trait PlatformStore:
     + rouse_dispatcher::FullStore
     + rouse_builder::BuilderStore
     + rouse_authz::AuthorityStore
+    + LeaseStore
 {
 }
 impl<T> PlatformStore for T where
@@ -184,6 +186,7 @@ impl<T> PlatformStore for T where
         + rouse_dispatcher::FullStore
         + rouse_builder::BuilderStore
         + rouse_authz::AuthorityStore
+        + LeaseStore
 {
 }
 
@@ -219,6 +222,8 @@ pub enum StartError {
     Dispatcher(#[from] rouse_dispatcher::DispatchError),
     #[error("the builder cannot start: {0}")]
     Builder(#[from] rouse_builder::BuilderError),
+    #[error("{0}")]
+    Lease(String),
     #[error("cannot listen on {addr} for {what} ({source}); choose another with {flag}")]
     Listen {
         addr: SocketAddr,
@@ -389,28 +394,63 @@ impl Platform {
         if let (true, Some(pubsub), Some(authority)) =
             (config.roles.dispatcher, &pubsub, &authority)
         {
-            let (process, docker) = runtimes(&config).await;
-            let parts = Parts {
-                config: DispatcherConfig {
-                    network_topic: config.network_topic.clone(),
-                    pubsub_project: config.pubsub.project.clone(),
-                    emulator_host: config.pubsub.emulator_host.clone(),
-                    logs_dir: logs_dir.clone(),
-                    heartbeat_interval: config.heartbeat_interval,
-                    queue_capacity: config.queue_capacity,
-                    resync_interval: DispatcherConfig::DEFAULT_RESYNC,
-                },
+            // One active dispatcher per store (see `lease`): this one runs
+            // now if it holds the lease, else it stands by.
+            let holder = lease::holder_id();
+            let leases: Arc<dyn LeaseStore> = store.clone();
+            let inputs = DispatcherInputs {
+                config: config.clone(),
                 store: store.clone(),
                 pubsub: pubsub.clone(),
-                process,
-                docker,
                 authority: authority.clone(),
                 changes: changes.clone(),
-                secrets: Arc::new(ServiceSecrets::new(store.clone(), key.clone())),
+                key: key.clone(),
+                logs_dir: logs_dir.clone(),
             };
-            let (dispatcher, handle) = Dispatcher::start(parts, shutdown.clone()).await?;
-            running.roles.push(("dispatcher", handle));
-            hooks = Arc::new(Hooks(dispatcher));
+            match lease::try_take(leases.as_ref(), &holder)
+                .await
+                .map_err(StartError::Lease)?
+            {
+                Lease::Held => {
+                    let parts = inputs.parts().await;
+                    let (dispatcher, handle) = Dispatcher::start(parts, shutdown.clone()).await?;
+                    hooks = Arc::new(Hooks(dispatcher));
+                    running.servers.push((
+                        "the dispatcher",
+                        lease::keep(leases, holder, shutdown.clone(), async move {
+                            let _ = handle.await;
+                        }),
+                    ));
+                }
+                Lease::Taken { holder: active, .. } => {
+                    tracing::info!(
+                        %active,
+                        "standing by: another dispatcher holds this store's dispatcher lease; this one takes over if it stops renewing it (within {:?})",
+                        lease::LEASE_TTL
+                    );
+                    let shutdown = shutdown.clone();
+                    running.servers.push((
+                        "the dispatcher",
+                        tokio::spawn(async move {
+                            if !lease::wait_for(leases.as_ref(), &holder, &shutdown).await {
+                                return Ok(());
+                            }
+                            tracing::info!(
+                                "took the dispatcher lease over: starting the dispatcher"
+                            );
+                            let parts = inputs.parts().await;
+                            let (_dispatcher, handle) = Dispatcher::start(parts, shutdown.clone())
+                                .await
+                                .map_err(|e| format!("the dispatcher cannot start: {e}"))?;
+                            lease::keep(leases, holder, shutdown, async move {
+                                let _ = handle.await;
+                            })
+                            .await
+                            .map_err(|e| e.to_string())?
+                        }),
+                    ));
+                }
+            }
         }
 
         if let Some(listener) = webhook_listener {
@@ -604,6 +644,44 @@ fn registry_config(config: &Config) -> Result<Option<RegistryConfig>, StartError
 }
 
 /// The api's way into a dispatcher of the same process.
+/// What the dispatcher is made of, kept until it starts (a standby starts
+/// it later).
+struct DispatcherInputs {
+    config: Config,
+    store: Arc<dyn PlatformStore>,
+    pubsub: PubSub,
+    authority: Arc<Authority>,
+    changes: Changes,
+    key: Arc<SecretsKey>,
+    logs_dir: PathBuf,
+}
+
+impl DispatcherInputs {
+    /// The dispatcher's parts; the runtimes first stop instances an earlier
+    /// run (or a dead active dispatcher on this machine) left behind.
+    async fn parts(self) -> Parts {
+        let (process, docker) = runtimes(&self.config).await;
+        Parts {
+            config: DispatcherConfig {
+                network_topic: self.config.network_topic.clone(),
+                pubsub_project: self.config.pubsub.project.clone(),
+                emulator_host: self.config.pubsub.emulator_host.clone(),
+                logs_dir: self.logs_dir,
+                heartbeat_interval: self.config.heartbeat_interval,
+                queue_capacity: self.config.queue_capacity,
+                resync_interval: DispatcherConfig::DEFAULT_RESYNC,
+            },
+            store: self.store.clone(),
+            pubsub: self.pubsub,
+            process,
+            docker,
+            authority: self.authority,
+            changes: self.changes,
+            secrets: Arc::new(ServiceSecrets::new(self.store, self.key)),
+        }
+    }
+}
+
 struct Hooks(Dispatcher);
 
 #[async_trait::async_trait]
