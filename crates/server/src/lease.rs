@@ -102,10 +102,10 @@ pub fn keep(
         }
         shutdown.cancel();
         dispatcher.await;
-        if lost.is_none() {
-            if let Err(e) = store.release_lease(DISPATCHER_LEASE, &holder).await {
-                tracing::warn!(error = %e, "could not give the dispatcher lease up; a standby takes over when it expires");
-            }
+        if lost.is_none()
+            && let Err(e) = store.release_lease(DISPATCHER_LEASE, &holder).await
+        {
+            tracing::warn!(error = %e, "could not give the dispatcher lease up; a standby takes over when it expires");
         }
         lost.map_or(Ok(()), Err)
     })
