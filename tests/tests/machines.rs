@@ -50,8 +50,11 @@ async fn roles_on_three_machines_share_only_postgres() {
         tempfile::tempdir().expect("tempdir"),
         tempfile::tempdir().expect("tempdir"),
     );
-    // The api first: it bootstraps the owner.
+    // The api first: it bootstraps the owner. The askers' grant before
+    // the dispatcher starts, which then reads it at once (a later change
+    // reaches it at its next look, within 250 ms).
     let api = machine(&emulator, a.path(), "api", &url, &key);
+    api.allow_anonymous_askers("m");
     let dispatcher = machine(&emulator, b.path(), "dispatcher", &url, &key);
     let builder = machine(&emulator, c.path(), "builder", &url, &key);
     for server in [&api, &dispatcher, &builder] {
@@ -61,7 +64,6 @@ async fn roles_on_three_machines_share_only_postgres() {
             server.log()
         );
     }
-    api.allow_anonymous_askers("m");
     let service = api
         .rouse(&[
             "services",
