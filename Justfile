@@ -20,10 +20,12 @@ static-echo:
 build:
     cargo build --workspace --all-targets --locked
 
-# Formatting and lints, as CI runs them.
+# Formatting and lints, as CI runs them; the Terraform module parsed and
+# cross-checked offline (no provider can be downloaded to `terraform validate`).
 lint:
     cargo fmt --all --check
     cargo clippy --workspace --all-targets --locked -- -D warnings
+    .ci/terraform-check
 
 # Every test: unit, integration and end-to-end (the real broker and emulator,
 # the real binary), then the end-to-end tests again on PostgreSQL.
