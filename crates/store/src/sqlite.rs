@@ -749,134 +749,31 @@ impl Store for SqliteStore {
     }
 }
 
+// What the stores share is tested once, on both, by the contract suite
+// (`tests/tests/store`); here only what is SQLite's own.
 #[cfg(test)]
 mod tests {
     use super::*;
 
-    fn service(project: &str, name: &str) -> Service {
-        let p = ProjectName::parse(project).expect("valid project");
-        let n = ServiceName::parse(&p, name).expect("valid name");
-        Service::new(p, n, Uuid::new_v4(), SystemTime::now())
-    }
-
-    fn open(dir: &tempfile::TempDir) -> SqliteStore {
-        SqliteStore::open(&dir.path().join("nested/rouse.db")).expect("open")
-    }
-
     #[tokio::test]
-    async fn round_trip_survives_reopen() {
+    async fn the_file_is_in_wal_mode_with_full_sync() {
         let dir = tempfile::tempdir().expect("tempdir");
-        let mut s = service("experiment_2", "hpc-preprocessor");
-        s.env.set("A".into(), "1".into()).expect("valid env");
-        s.scaling.idle_timeout = Duration::from_millis(1500);
-        {
-            let store = open(&dir);
-            store.insert_service(&s).await.expect("insert");
-        }
-        let store = open(&dir);
-        let got = store
-            .get_service(&s.project, &s.name)
-            .await
-            .expect("get")
-            .expect("present");
-        // Timestamps are kept to the microsecond.
-        assert_eq!(got.uuid, s.uuid);
-        assert_eq!(got.scaling, s.scaling);
-        assert_eq!(got.env, s.env);
-        assert_eq!(micros(got.created_at), micros(s.created_at));
-        let mode: String = store
-            .with(|c| Ok(c.pragma_query_value(None, "journal_mode", |r| r.get(0))?))
+        let store = SqliteStore::open(&dir.path().join("nested/rouse.db")).expect("open");
+        let (mode, sync): (String, i64) = store
+            .with(|c| {
+                Ok((
+                    c.pragma_query_value(None, "journal_mode", |r| r.get(0))?,
+                    c.pragma_query_value(None, "synchronous", |r| r.get(0))?,
+                ))
+            })
             .await
             .expect("pragma");
         assert_eq!(mode, "wal");
-    }
-
-    #[tokio::test]
-    async fn duplicates_and_namespace_collisions_are_refused() {
-        let dir = tempfile::tempdir().expect("tempdir");
-        let store = open(&dir);
-        store
-            .insert_service(&service("experiment_2", "a"))
+        // synchronous is per connection: the writer's is what commits.
+        let writer_sync: i64 = store
+            .write(|c| Ok(c.pragma_query_value(None, "synchronous", |r| r.get(0))?))
             .await
-            .expect("first");
-        let dup = store.insert_service(&service("experiment_2", "a")).await;
-        assert!(
-            matches!(dup, Err(StoreError::AlreadyExists { .. })),
-            "{dup:?}"
-        );
-        let clash = store.insert_service(&service("experiment-2", "b")).await;
-        let msg = clash.expect_err("namespace clash").to_string();
-        assert!(
-            msg.contains("`experiment-2`") && msg.contains("`experiment_2`"),
-            "{msg}"
-        );
-        // The failed inserts left nothing behind.
-        assert_eq!(store.list_services(None).await.expect("list").len(), 1);
-    }
-
-    #[tokio::test]
-    async fn stale_updates_conflict() {
-        let dir = tempfile::tempdir().expect("tempdir");
-        let store = open(&dir);
-        let s = service("p", "svc");
-        store.insert_service(&s).await.expect("insert");
-        let mut a = s.clone();
-        a.scaling.max_instances = 7;
-        let stored = store.update_service(&a).await.expect("first update");
-        assert_eq!(stored.generation, 2);
-        let mut b = s.clone();
-        b.scaling.concurrency = 9;
-        let err = store.update_service(&b).await.expect_err("stale");
-        assert!(
-            matches!(err, StoreError::Conflict { expected: 1, .. }),
-            "{err}"
-        );
-        assert!(store.delete_service(s.uuid).await.expect("delete"));
-        let gone = store.update_service(&stored).await.expect_err("deleted");
-        assert!(matches!(gone, StoreError::NotFound { .. }), "{gone}");
-        assert!(!store.delete_service(s.uuid).await.expect("delete again"));
-    }
-
-    /// Writes committed in one group still succeed or fail one by one.
-    #[tokio::test]
-    async fn grouped_writes_keep_their_own_results() {
-        let dir = tempfile::tempdir().expect("tempdir");
-        let store = open(&dir);
-        let mut tasks = Vec::new();
-        for i in 0..100 {
-            let store = store.clone();
-            // Every name twice: exactly one of each pair may win.
-            let s = service("p", &format!("svc-{}", i / 2));
-            tasks.push(tokio::spawn(async move { store.insert_service(&s).await }));
-        }
-        let mut ok = 0;
-        for t in tasks {
-            match t.await.expect("join") {
-                Ok(()) => ok += 1,
-                Err(StoreError::AlreadyExists { .. }) => {}
-                Err(e) => panic!("unexpected {e}"),
-            }
-        }
-        assert_eq!(ok, 50);
-        assert_eq!(store.list_services(None).await.expect("list").len(), 50);
-    }
-
-    #[tokio::test]
-    async fn list_filters_by_project() {
-        let dir = tempfile::tempdir().expect("tempdir");
-        let store = open(&dir);
-        for (p, n) in [("b", "x"), ("a", "z"), ("a", "y")] {
-            store.insert_service(&service(p, n)).await.expect("insert");
-        }
-        let all: Vec<_> = store
-            .list_services(None)
-            .await
-            .expect("list")
-            .into_iter()
-            .map(|s| s.qualified_name())
-            .collect();
-        assert_eq!(all, ["a-y", "a-z", "b-x"]);
-        let a = ProjectName::parse("a").expect("valid");
-        assert_eq!(store.list_services(Some(&a)).await.expect("list").len(), 2);
+            .expect("pragma");
+        assert_eq!((sync, writer_sync), (2, 2), "FULL on both connections");
     }
 }

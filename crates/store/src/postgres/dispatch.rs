@@ -166,19 +166,7 @@ impl RevisionStore for PgStore {
                 // As stored: to the microsecond.
                 created_at: from_micros(micros(now)),
             };
-            let (image, program, args, workdir) = match &made.source {
-                RevisionSource::Image(image) => (Some(image.clone()), None, None, None),
-                RevisionSource::Command {
-                    program,
-                    args,
-                    workdir,
-                } => (
-                    None,
-                    Some(program.clone()),
-                    Some(serde_json::to_string(args).unwrap_or_else(|_| "[]".into())),
-                    Some(workdir.display().to_string()),
-                ),
-            };
+            let (image, program, args, workdir) = crate::builds::source_columns(&made.source);
             exec(
                 &tx,
                 &format!(
