@@ -234,3 +234,42 @@ async fn a_postgres_restart_is_survived() {
     }
     assert!(matches!(server.stop().code(), Some(0)));
 }
+
+/// A database that cannot be reached, or a URL that is not one, stops the
+/// server at start with a message naming it (without its password) and the
+/// fix, within the connect timeout.
+#[test]
+fn an_unreachable_or_malformed_store_url_is_a_clear_error() {
+    let data = tempfile::tempdir().expect("tempdir");
+    let port = rouse_tests::free_port();
+    let url = format!("postgres://rouse:hunter2@127.0.0.1:{port}/rouse");
+    let started = Instant::now();
+    let log = Server::try_start("127.0.0.1:1", data.path(), &["--store", &url])
+        .err()
+        .expect("the server must not start");
+    assert!(
+        log.contains(&format!("postgres://rouse:***@127.0.0.1:{port}/rouse")),
+        "{log}"
+    );
+    assert!(!log.contains("hunter2"), "the password was logged: {log}");
+    assert!(
+        log.contains("Connection refused"),
+        "the cause is named: {log}"
+    );
+    assert!(
+        started.elapsed() < Duration::from_secs(30),
+        "took {:?}",
+        started.elapsed()
+    );
+    let log = Server::try_start(
+        "127.0.0.1:1",
+        data.path(),
+        &["--store", "postgres://rouse@127.0.0.1:notaport/rouse"],
+    )
+    .err()
+    .expect("the server must not start");
+    assert!(
+        log.contains("postgres://USER:PASSWORD@HOST:PORT/DATABASE"),
+        "{log}"
+    );
+}

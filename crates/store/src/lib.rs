@@ -68,7 +68,7 @@ pub enum StoreError {
     EtagMismatch { resource: String, expected: String },
     #[error("the store holds a record it cannot read: {0}")]
     Corrupt(String),
-    #[error("cannot open the store at {path}: {source}")]
+    #[error("{path}: {source}")]
     Open {
         path: String,
         source: Box<dyn std::error::Error + Send + Sync>,

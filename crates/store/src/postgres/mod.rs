@@ -129,7 +129,10 @@ impl PgStore {
             config,
             display: display.clone(),
         };
-        store.migrate().await.map_err(|e| open_err(e.into()))?;
+        store
+            .migrate()
+            .await
+            .map_err(|e| open_err(with_causes(&e).into()))?;
         Ok(store)
     }
 
@@ -172,6 +175,21 @@ impl PgStore {
         tx.commit().await?;
         Ok(())
     }
+}
+
+/// `e` and every cause under it: the driver's own message ("error
+/// connecting to server") leaves out why (refused, timed out, bad password).
+fn with_causes(e: &dyn std::error::Error) -> String {
+    let mut text = e.to_string();
+    let mut cause = e.source();
+    while let Some(c) = cause {
+        let more = c.to_string();
+        if !text.contains(&more) {
+            text = format!("{text}: {more}");
+        }
+        cause = c.source();
+    }
+    text
 }
 
 /// Whether PostgreSQL refused a transaction (on its `attempt`th run) only
