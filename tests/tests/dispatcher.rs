@@ -780,9 +780,11 @@ async fn questions_for_services_the_dispatcher_has_not_read_yet_are_answered() {
 
 /// Several dispatchers on one store: one is active (it holds the store's
 /// dispatcher lease), the others stand by. `kill -9` of the active one in
-/// the middle of a burst: a standby takes over once the lease expires and
-/// resumes the unfinished questions, each answered exactly once. A clean
-/// stop gives the lease up, so the next standby takes over at once.
+/// the middle of a burst: a standby on the same machine sees its process is
+/// gone and takes over without waiting the lease out (on another machine
+/// it would once the lease expired), and resumes the unfinished questions,
+/// each answered exactly once. A clean stop gives the lease up, so the next
+/// standby takes over at once.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_standby_dispatcher_takes_over_from_a_dead_one() {
     let emulator = Emulator::start();
@@ -842,6 +844,7 @@ async fn a_standby_dispatcher_takes_over_from_a_dead_one() {
     }
     let log = standby.log();
     assert!(log.contains("took the dispatcher lease over"), "{log}");
+    assert!(log.contains("gone from this machine"), "{log}");
     assert!(log.contains("resuming unfinished executions"), "{log}");
 
     // A clean stop gives the lease up: the next standby takes over without

@@ -2,7 +2,9 @@
 //! process holds the store's `dispatcher` lease. A second dispatcher on the
 //! same store stands by, and takes over (resuming the unfinished questions,
 //! as a restart does) once the active one stops renewing: killed, cut off or
-//! stopped (a clean stop gives the lease up at once). An active dispatcher
+//! stopped (a clean stop gives the lease up at once; a holder whose process
+//! is gone from this machine is replaced at once too, so a dispatcher
+//! restarted after a crash does not wait the lease out). An active dispatcher
 //! that cannot renew its lease in time stops, so that two never run the same
 //! questions.
 
@@ -23,22 +25,59 @@ pub const LEASE_TTL: Duration = Duration::from_secs(10);
 /// looks.
 pub const RENEW_EVERY: Duration = Duration::from_secs(3);
 
-/// This process, as a lease holder: host, pid and a random part (a pid is
-/// reused after a restart).
+/// This process, as a lease holder: `host:pid:start` (the start time tells
+/// a reused pid apart).
 pub fn holder_id() -> String {
-    let host = std::fs::read_to_string("/proc/sys/kernel/hostname")
-        .map(|h| h.trim().to_owned())
-        .unwrap_or_else(|_| "unknown-host".into());
-    let nonce = uuid::Uuid::new_v4().simple().to_string();
-    format!("{host}:{}:{}", std::process::id(), &nonce[..8])
+    let pid = std::process::id();
+    format!("{}:{pid}:{}", hostname(), start_time(pid).unwrap_or(0))
 }
 
-/// Takes the lease if it can, once.
+fn hostname() -> String {
+    std::fs::read_to_string("/proc/sys/kernel/hostname")
+        .map(|h| h.trim().to_owned())
+        .unwrap_or_else(|_| "unknown-host".into())
+}
+
+/// A process's start time (clock ticks after boot), from `/proc`.
+fn start_time(pid: u32) -> Option<u64> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    let (_, rest) = stat.rsplit_once(") ")?;
+    rest.split_whitespace().nth(19)?.parse().ok()
+}
+
+/// Whether `holder` was a process of this machine that is gone: its lease
+/// need not be waited out (a dispatcher restarted after a crash takes over
+/// at once).
+fn gone_from_here(holder: &str) -> bool {
+    let mut parts = holder.rsplitn(3, ':');
+    let (Some(start), Some(pid), Some(host)) = (parts.next(), parts.next(), parts.next()) else {
+        return false;
+    };
+    let (Ok(start), Ok(pid)) = (start.parse::<u64>(), pid.parse::<u32>()) else {
+        return false;
+    };
+    host == hostname() && start_time(pid) != Some(start)
+}
+
+/// Takes the lease if it can, once: free, expired, ours, or held by a
+/// process of this machine that is gone.
 pub async fn try_take(store: &dyn LeaseStore, holder: &str) -> Result<Lease, String> {
-    store
-        .acquire_lease(DISPATCHER_LEASE, holder, LEASE_TTL, SystemTime::now())
+    let now = SystemTime::now();
+    let read = |e: rouse_store::StoreError| format!("cannot read the dispatcher lease: {e}");
+    match store
+        .acquire_lease(DISPATCHER_LEASE, holder, LEASE_TTL, now)
         .await
-        .map_err(|e| format!("cannot read the dispatcher lease: {e}"))
+        .map_err(read)?
+    {
+        Lease::Taken { holder: dead, .. } if gone_from_here(&dead) => {
+            tracing::info!(previous = %dead, "the dispatcher lease's holder is gone from this machine: taking it over without waiting for it to expire");
+            store
+                .take_lease_from(DISPATCHER_LEASE, holder, &dead, LEASE_TTL, now)
+                .await
+                .map_err(read)
+        }
+        other => Ok(other),
+    }
 }
 
 /// Waits (standing by) until this process holds the lease; `false` if
@@ -109,4 +148,24 @@ pub fn keep(
         }
         lost.map_or(Ok(()), Err)
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_holder_is_gone_only_if_it_was_here_and_its_process_is_not() {
+        let me = holder_id();
+        assert!(!gone_from_here(&me), "this process is alive: {me}");
+        let pid = std::process::id();
+        let host = hostname();
+        // Same pid, another start: the pid was reused.
+        assert!(gone_from_here(&format!("{host}:{pid}:1")));
+        // A pid no process has (above the kernel's maximum).
+        assert!(gone_from_here(&format!("{host}:4294967295:1")));
+        // Another machine: only its lease's expiry tells.
+        assert!(!gone_from_here("elsewhere:4294967295:1"));
+        assert!(!gone_from_here("not a holder"));
+    }
 }

@@ -8,13 +8,31 @@ use rusqlite::params;
 use crate::sqlite::{from_micros, micros};
 use crate::{Lease, LeaseStore, SqliteStore, StoreError};
 
-/// Takes the lease if it is free, expired or the holder's own.
+/// Takes the lease if it is free, expired, the holder's own, or still held
+/// by the previous holder named last (known to be dead).
 pub(crate) const ACQUIRE: &str = "INSERT INTO leases (name, holder, expires_at_us) VALUES (?1, ?2, ?3) \
      ON CONFLICT (name) DO UPDATE SET holder = excluded.holder, expires_at_us = excluded.expires_at_us \
-     WHERE leases.holder = excluded.holder OR leases.expires_at_us < ?4";
+     WHERE leases.holder = excluded.holder OR leases.expires_at_us < ?4 OR leases.holder = ?5";
 
 pub(crate) fn until(now: SystemTime, ttl: Duration) -> SystemTime {
     now.checked_add(ttl).unwrap_or(now)
+}
+
+/// Who holds lease `name` now, as `me` sees it.
+fn current(conn: &rusqlite::Connection, name: &str, me: &str) -> Result<Lease, StoreError> {
+    let (holder, expires): (String, i64) = conn.query_row(
+        "SELECT holder, expires_at_us FROM leases WHERE name = ?1",
+        [name],
+        |r| Ok((r.get(0)?, r.get(1)?)),
+    )?;
+    Ok(if holder == me {
+        Lease::Held
+    } else {
+        Lease::Taken {
+            holder,
+            until: from_micros(expires),
+        }
+    })
 }
 
 #[async_trait]
@@ -26,25 +44,24 @@ impl LeaseStore for SqliteStore {
         ttl: Duration,
         now: SystemTime,
     ) -> Result<Lease, StoreError> {
-        let (name, me) = (name.to_owned(), holder.to_owned());
+        self.take_lease_from(name, holder, holder, ttl, now).await
+    }
+
+    async fn take_lease_from(
+        &self,
+        name: &str,
+        holder: &str,
+        previous: &str,
+        ttl: Duration,
+        now: SystemTime,
+    ) -> Result<Lease, StoreError> {
+        let (name, me, previous) = (name.to_owned(), holder.to_owned(), previous.to_owned());
         self.write(move |conn| {
             conn.execute(
                 ACQUIRE,
-                params![name, me, micros(until(now, ttl)), micros(now)],
+                params![name, me, micros(until(now, ttl)), micros(now), previous],
             )?;
-            let (holder, expires): (String, i64) = conn.query_row(
-                "SELECT holder, expires_at_us FROM leases WHERE name = ?1",
-                [&name],
-                |r| Ok((r.get(0)?, r.get(1)?)),
-            )?;
-            Ok(if holder == me {
-                Lease::Held
-            } else {
-                Lease::Taken {
-                    holder,
-                    until: from_micros(expires),
-                }
-            })
+            current(conn, &name, &me)
         })
         .await
     }

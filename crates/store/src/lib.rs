@@ -238,6 +238,17 @@ pub trait LeaseStore: Send + Sync + 'static {
         ttl: std::time::Duration,
         now: SystemTime,
     ) -> Result<Lease, StoreError>;
+    /// Takes lease `name` for `holder` if `previous` still holds it (known
+    /// dead by other means, say a process gone from this machine), however
+    /// long it had left; otherwise says who holds it.
+    async fn take_lease_from(
+        &self,
+        name: &str,
+        holder: &str,
+        previous: &str,
+        ttl: std::time::Duration,
+        now: SystemTime,
+    ) -> Result<Lease, StoreError>;
     /// Gives the lease up if `holder` holds it, so another may take it at once.
     async fn release_lease(&self, name: &str, holder: &str) -> Result<(), StoreError>;
 }

@@ -408,6 +408,22 @@ mod leases {
                 .expect("take"),
             Lease::Held
         );
+        // A holder known to be dead is replaced at once, unexpired; one
+        // that is not the named one is not.
+        assert!(matches!(
+            other
+                .take_lease_from("dispatcher", "c", "b", TTL, late)
+                .await
+                .expect("try"),
+            Lease::Taken { .. }
+        ));
+        assert_eq!(
+            other
+                .take_lease_from("dispatcher", "c", "a", TTL, late)
+                .await
+                .expect("take from the dead"),
+            Lease::Held
+        );
         // Leases are named: another name is another lease.
         assert_eq!(
             other

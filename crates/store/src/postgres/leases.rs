@@ -3,11 +3,32 @@
 use std::time::{Duration, SystemTime};
 
 use async_trait::async_trait;
+use deadpool_postgres::GenericClient;
 
 use super::{PgStore, exec, get, row, write_tx};
 use crate::leases::until;
 use crate::sqlite::{from_micros, micros};
 use crate::{Lease, LeaseStore, StoreError};
+
+/// Who holds lease `name` now, as `me` sees it.
+async fn current<C: GenericClient>(c: &C, name: &str, me: &str) -> Result<Lease, StoreError> {
+    let found = row(
+        c,
+        "SELECT holder, expires_at_us FROM leases WHERE name = $1",
+        &[&name],
+    )
+    .await?
+    .ok_or_else(|| StoreError::Corrupt(format!("lease `{name}` is missing")))?;
+    let holder: String = get(&found, 0)?;
+    Ok(if holder == me {
+        Lease::Held
+    } else {
+        Lease::Taken {
+            holder,
+            until: from_micros(get(&found, 1)?),
+        }
+    })
+}
 
 #[async_trait]
 impl LeaseStore for PgStore {
@@ -18,32 +39,28 @@ impl LeaseStore for PgStore {
         ttl: Duration,
         now: SystemTime,
     ) -> Result<Lease, StoreError> {
+        self.take_lease_from(name, holder, holder, ttl, now).await
+    }
+
+    async fn take_lease_from(
+        &self,
+        name: &str,
+        holder: &str,
+        previous: &str,
+        ttl: Duration,
+        now: SystemTime,
+    ) -> Result<Lease, StoreError> {
         let (expires, now_us) = (micros(until(now, ttl)), micros(now));
         write_tx!(self, |tx| {
             exec(
                 &tx,
                 "INSERT INTO leases (name, holder, expires_at_us) VALUES ($1, $2, $3) \
                  ON CONFLICT (name) DO UPDATE SET holder = excluded.holder, expires_at_us = excluded.expires_at_us \
-                 WHERE leases.holder = excluded.holder OR leases.expires_at_us < $4",
-                &[&name, &holder, &expires, &now_us],
+                 WHERE leases.holder = excluded.holder OR leases.expires_at_us < $4 OR leases.holder = $5",
+                &[&name, &holder, &expires, &now_us, &previous],
             )
             .await?;
-            let found = row(
-                &tx,
-                "SELECT holder, expires_at_us FROM leases WHERE name = $1",
-                &[&name],
-            )
-            .await?
-            .ok_or_else(|| StoreError::Corrupt(format!("lease `{name}` vanished")))?;
-            let current: String = get(&found, 0)?;
-            Ok(if current == holder {
-                Lease::Held
-            } else {
-                Lease::Taken {
-                    holder: current,
-                    until: from_micros(get(&found, 1)?),
-                }
-            })
+            current(&tx, name, holder).await
         })
     }
 
