@@ -28,6 +28,24 @@ fn machine(emulator: &Emulator, data: &Path, roles: &str, url: &str, key: &Path)
     )
 }
 
+/// Registers the echo example (the process runtime) as service `m/echo`'s
+/// revision.
+fn echo_revision(api: &Server) {
+    let echo = workspace_bin("echo");
+    api.rouse(&[
+        "revisions",
+        "create",
+        "echo",
+        "--project",
+        "m",
+        "--command",
+        echo.to_str().expect("utf-8 path"),
+        "--workdir",
+        "/tmp",
+    ])
+    .ok();
+}
+
 async fn version(asker: &mut Asker, topic: &str, dispatcher: &Server) -> String {
     let q = asker.ask(topic, "m/echo", json!({"n": 1})).await;
     let a = asker.answer(&q, ANSWER).await;
@@ -86,19 +104,7 @@ async fn roles_on_three_machines_share_only_postgres() {
         "1s",
     ])
     .ok();
-    let echo = workspace_bin("echo");
-    api.rouse(&[
-        "revisions",
-        "create",
-        "echo",
-        "--project",
-        "m",
-        "--command",
-        echo.to_str().expect("utf-8 path"),
-        "--workdir",
-        "/tmp",
-    ])
-    .ok();
+    echo_revision(&api);
     let mut asker = Asker::new(emulator.host(), NETWORK).await;
     assert_eq!(version(&mut asker, &topic, &dispatcher).await, "(none)");
 
@@ -188,20 +194,7 @@ async fn a_postgres_restart_is_survived() {
         ])
         .json();
     let topic = service["topic"].as_str().expect("topic").to_owned();
-    let echo = workspace_bin("echo");
-    server
-        .rouse(&[
-            "revisions",
-            "create",
-            "echo",
-            "--project",
-            "m",
-            "--command",
-            echo.to_str().expect("utf-8 path"),
-            "--workdir",
-            "/tmp",
-        ])
-        .ok();
+    echo_revision(&server);
     let mut asker = Asker::new(emulator.host(), NETWORK).await;
     version(&mut asker, &topic, &server).await;
 

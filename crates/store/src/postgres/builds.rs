@@ -216,35 +216,27 @@ impl TriggerStore for PgStore {
     }
 
     async fn get_trigger(&self, id: &str) -> Result<Option<TriggerRecord>, StoreError> {
-        let c = self.client().await?;
-        row(
-            &c,
+        self.one(
             &format!("SELECT {TRIGGER_COLUMNS} FROM triggers WHERE id = $1"),
             &[&id],
+            read_trigger,
         )
-        .await?
-        .as_ref()
-        .map(read_trigger)
-        .transpose()
+        .await
     }
 
     async fn list_triggers(
         &self,
         service_uuid: Option<Uuid>,
     ) -> Result<Vec<TriggerRecord>, StoreError> {
-        let c = self.client().await?;
-        rows(
-            &c,
+        self.all(
             &format!(
                 "SELECT {TRIGGER_COLUMNS} FROM triggers \
                  WHERE $1::TEXT IS NULL OR service_uuid = $1 ORDER BY created_at_us, id COLLATE \"C\""
             ),
             &[&service_uuid.map(|u| u.to_string())],
-        )
-        .await?
-        .iter()
-        .map(read_trigger)
-        .collect()
+        read_trigger,
+)
+.await
     }
 
     async fn delete_trigger(&self, id: &str) -> Result<bool, StoreError> {
@@ -334,16 +326,12 @@ impl BuildStore for PgStore {
     }
 
     async fn get_build(&self, id: &str) -> Result<Option<BuildRecord>, StoreError> {
-        let c = self.client().await?;
-        row(
-            &c,
+        self.one(
             &format!("SELECT {BUILD_COLUMNS} FROM builds WHERE id = $1"),
             &[&id],
+            read_build,
         )
-        .await?
-        .as_ref()
-        .map(read_build)
-        .transpose()
+        .await
     }
 
     async fn list_builds(
@@ -352,9 +340,7 @@ impl BuildStore for PgStore {
         unfinished: bool,
         limit: u32,
     ) -> Result<Vec<BuildRecord>, StoreError> {
-        let c = self.client().await?;
-        rows(
-            &c,
+        self.all(
             &format!(
                 "SELECT {BUILD_COLUMNS} FROM builds \
                  WHERE ($1::TEXT IS NULL OR service_uuid = $1) \
@@ -366,11 +352,9 @@ impl BuildStore for PgStore {
                 &unfinished,
                 &int(limit),
             ],
+            read_build,
         )
-        .await?
-        .iter()
-        .map(read_build)
-        .collect()
+        .await
     }
 
     async fn request_cancel(&self, id: &str) -> Result<bool, StoreError> {
@@ -544,18 +528,14 @@ impl RolloutStore for PgStore {
     }
 
     async fn revision_infos(&self, service_uuid: Uuid) -> Result<Vec<RevisionInfo>, StoreError> {
-        let c = self.client().await?;
-        rows(
-            &c,
+        self.all(
             &format!(
                 "SELECT {REVISION_COLUMNS}, {INFO_COLUMNS} FROM revisions WHERE service_uuid = $1 ORDER BY seq DESC"
             ),
             &[&service_uuid.to_string()],
-        )
-        .await?
-        .iter()
-        .map(read_info)
-        .collect()
+        read_info,
+)
+.await
     }
 
     async fn routing(&self, service_uuid: Uuid) -> Result<Routing, StoreError> {
@@ -575,19 +555,15 @@ impl RolloutStore for PgStore {
 #[async_trait]
 impl TrialStore for PgStore {
     async fn candidates(&self) -> Result<Vec<Revision>, StoreError> {
-        let c = self.client().await?;
-        rows(
-            &c,
+        self.all(
             &format!(
                 "SELECT {REVISION_COLUMNS} FROM revisions WHERE state = 'candidate' \
                  ORDER BY created_at_us, name COLLATE \"C\""
             ),
             &[],
+            read_revision,
         )
-        .await?
-        .iter()
-        .map(read_revision)
-        .collect()
+        .await
     }
 
     async fn claim_trial(&self, name: &str) -> Result<bool, StoreError> {

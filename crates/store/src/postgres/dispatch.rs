@@ -208,18 +208,14 @@ impl RevisionStore for PgStore {
     }
 
     async fn list_revisions(&self, service_uuid: Uuid) -> Result<Vec<Revision>, StoreError> {
-        let c = self.client().await?;
-        rows(
-            &c,
+        self.all(
             &format!(
                 "SELECT {REVISION_COLUMNS} FROM revisions WHERE service_uuid = $1 ORDER BY seq DESC"
             ),
             &[&service_uuid.to_string()],
+            read_revision,
         )
-        .await?
-        .iter()
-        .map(read_revision)
-        .collect()
+        .await
     }
 
     async fn serving_revision(&self, service_uuid: Uuid) -> Result<Option<Revision>, StoreError> {
@@ -312,19 +308,15 @@ impl ExecutionStore for PgStore {
     }
 
     async fn get_execution(&self, question_uuid: &str) -> Result<Option<Execution>, StoreError> {
-        let c = self.client().await?;
-        row(
-            &c,
+        self.one(
             &format!(
                 "SELECT {EXECUTION_COLUMNS} FROM executions WHERE question_uuid = $1 \
                  ORDER BY retry_count DESC LIMIT 1"
             ),
             &[&question_uuid],
+            read_execution,
         )
-        .await?
-        .as_ref()
-        .map(read_execution)
-        .transpose()
+        .await
     }
 
     async fn list_executions(
@@ -333,9 +325,7 @@ impl ExecutionStore for PgStore {
         status: Option<ExecutionStatus>,
         limit: u32,
     ) -> Result<Vec<Execution>, StoreError> {
-        let c = self.client().await?;
-        rows(
-            &c,
+        self.all(
             &format!(
                 "SELECT {EXECUTION_COLUMNS} FROM executions \
                  WHERE ($1::TEXT IS NULL OR service_uuid = $1) AND ($2::TEXT IS NULL OR status = $2) \
@@ -346,27 +336,21 @@ impl ExecutionStore for PgStore {
                 &status.map(ExecutionStatus::as_str),
                 &int(limit),
             ],
-        )
-        .await?
-        .iter()
-        .map(read_execution)
-        .collect()
+        read_execution,
+)
+.await
     }
 
     async fn unfinished_executions(&self) -> Result<Vec<Execution>, StoreError> {
-        let c = self.client().await?;
-        rows(
-            &c,
+        self.all(
             &format!(
                 "SELECT {EXECUTION_COLUMNS} FROM executions \
                  WHERE status IN ('queued', 'waking', 'running') ORDER BY received_at_us"
             ),
             &[],
+            read_execution,
         )
-        .await?
-        .iter()
-        .map(read_execution)
-        .collect()
+        .await
     }
 }
 
@@ -393,16 +377,12 @@ impl EventStore for PgStore {
     }
 
     async fn unpublished_events(&self) -> Result<Vec<EventRecord>, StoreError> {
-        let c = self.client().await?;
-        rows(
-            &c,
+        self.all(
             &format!("SELECT {EVENT_COLUMNS} FROM events WHERE NOT published ORDER BY id"),
             &[],
+            read_event,
         )
-        .await?
-        .iter()
-        .map(read_event)
-        .collect()
+        .await
     }
 
     async fn events_after(
@@ -410,18 +390,14 @@ impl EventStore for PgStore {
         question_uuid: &str,
         after: i64,
     ) -> Result<Vec<EventRecord>, StoreError> {
-        let c = self.client().await?;
-        rows(
-            &c,
+        self.all(
             &format!(
                 "SELECT {EVENT_COLUMNS} FROM events WHERE question_uuid = $1 AND id > $2 ORDER BY id"
             ),
             &[&question_uuid, &after],
-        )
-        .await?
-        .iter()
-        .map(read_event)
-        .collect()
+        read_event,
+)
+.await
     }
 
     async fn terminal_event(

@@ -75,16 +75,12 @@ fn read_pair(r: &Row) -> Result<(String, String), StoreError> {
 #[async_trait]
 impl PolicyStore for PgStore {
     async fn get_policy(&self, resource: &str) -> Result<Option<StoredPolicy>, StoreError> {
-        let c = self.client().await?;
-        row(
-            &c,
+        self.one(
             &format!("SELECT {POLICY_COLUMNS} FROM policies WHERE resource = $1"),
             &[&resource],
+            read_policy,
         )
-        .await?
-        .as_ref()
-        .map(read_policy)
-        .transpose()
+        .await
     }
 
     async fn set_policy(
@@ -208,35 +204,27 @@ impl AccountStore for PgStore {
         &self,
         email: &str,
     ) -> Result<Option<ServiceAccountRecord>, StoreError> {
-        let c = self.client().await?;
-        row(
-            &c,
+        self.one(
             &format!("SELECT {ACCOUNT_COLUMNS} FROM service_accounts WHERE email = $1"),
             &[&email],
+            read_account,
         )
-        .await?
-        .as_ref()
-        .map(read_account)
-        .transpose()
+        .await
     }
 
     async fn list_service_accounts(
         &self,
         project: Option<&str>,
     ) -> Result<Vec<ServiceAccountRecord>, StoreError> {
-        let c = self.client().await?;
-        rows(
-            &c,
+        self.all(
             &format!(
                 "SELECT {ACCOUNT_COLUMNS} FROM service_accounts \
                  WHERE $1::TEXT IS NULL OR project = $1 ORDER BY email COLLATE \"C\""
             ),
             &[&project],
+            read_account,
         )
-        .await?
-        .iter()
-        .map(read_account)
-        .collect()
+        .await
     }
 
     async fn set_service_account_disabled(
@@ -292,31 +280,23 @@ impl AccountStore for PgStore {
     }
 
     async fn get_key(&self, key_id: &str) -> Result<Option<PublicKeyRecord>, StoreError> {
-        let c = self.client().await?;
-        row(
-            &c,
+        self.one(
             &format!("SELECT {KEY_COLUMNS} FROM principal_keys WHERE key_id = $1"),
             &[&key_id],
+            read_key,
         )
-        .await?
-        .as_ref()
-        .map(read_key)
-        .transpose()
+        .await
     }
 
     async fn list_keys(&self, principal: &str) -> Result<Vec<PublicKeyRecord>, StoreError> {
-        let c = self.client().await?;
-        rows(
-            &c,
+        self.all(
             &format!(
                 "SELECT {KEY_COLUMNS} FROM principal_keys WHERE principal = $1 ORDER BY created_at_us"
             ),
             &[&principal],
-        )
-        .await?
-        .iter()
-        .map(read_key)
-        .collect()
+        read_key,
+)
+.await
     }
 
     async fn delete_key(&self, key_id: &str) -> Result<bool, StoreError> {
@@ -360,16 +340,12 @@ impl RoleStore for PgStore {
     }
 
     async fn list_roles(&self) -> Result<Vec<(String, String)>, StoreError> {
-        let c = self.client().await?;
-        rows(
-            &c,
+        self.all(
             "SELECT name, document FROM custom_roles ORDER BY name COLLATE \"C\"",
             &[],
+            read_pair,
         )
-        .await?
-        .iter()
-        .map(read_pair)
-        .collect()
+        .await
     }
 
     async fn delete_role(&self, name: &str) -> Result<bool, StoreError> {

@@ -141,6 +141,28 @@ impl PgStore {
         &self.display
     }
 
+    /// Every row of `sql`, each read by `read`.
+    pub(crate) async fn all<T>(
+        &self,
+        sql: &str,
+        params: &[&(dyn ToSql + Sync)],
+        read: fn(&Row) -> Result<T, StoreError>,
+    ) -> Result<Vec<T>, StoreError> {
+        let c = self.client().await?;
+        rows(&c, sql, params).await?.iter().map(read).collect()
+    }
+
+    /// The row of `sql`, if any, read by `read`.
+    pub(crate) async fn one<T>(
+        &self,
+        sql: &str,
+        params: &[&(dyn ToSql + Sync)],
+        read: fn(&Row) -> Result<T, StoreError>,
+    ) -> Result<Option<T>, StoreError> {
+        let c = self.client().await?;
+        row(&c, sql, params).await?.as_ref().map(read).transpose()
+    }
+
     pub(crate) async fn client(&self) -> Result<deadpool_postgres::Client, StoreError> {
         self.pool.get().await.map_err(|e| match e {
             deadpool_postgres::PoolError::Backend(e) => StoreError::Postgres(e),
@@ -440,29 +462,21 @@ impl Store for PgStore {
         project: &ProjectName,
         name: &ServiceName,
     ) -> Result<Option<Service>, StoreError> {
-        let c = self.client().await?;
-        row(
-            &c,
+        self.one(
             &format!("SELECT {SERVICE_COLUMNS} FROM services WHERE project = $1 AND name = $2"),
             &[&project.as_str(), &name.as_str()],
+            read_service,
         )
-        .await?
-        .as_ref()
-        .map(read_service)
-        .transpose()
+        .await
     }
 
     async fn get_service_by_uuid(&self, uuid: Uuid) -> Result<Option<Service>, StoreError> {
-        let c = self.client().await?;
-        row(
-            &c,
+        self.one(
             &format!("SELECT {SERVICE_COLUMNS} FROM services WHERE uuid = $1"),
             &[&uuid.to_string()],
+            read_service,
         )
-        .await?
-        .as_ref()
-        .map(read_service)
-        .transpose()
+        .await
     }
 
     async fn list_services(
