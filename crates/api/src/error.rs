@@ -171,6 +171,7 @@ impl From<StoreError> for ApiError {
             | StoreError::Open { .. }
             | StoreError::Backend(_)
             | StoreError::Postgres(_)
+            | StoreError::Fenced { .. }
             | StoreError::Task(_)) => Self::Store(other),
             // The database cannot be reached: the caller may try again.
             StoreError::Pool(reason) => Self::Unavailable(format!("the store: {reason}")),

@@ -139,6 +139,7 @@ pub fn execution_to_pb(
         delivered_at,
         finished_at,
         asked_by,
+        dispatcher: _,
     } = e;
     pb::Execution {
         id: question_uuid.clone(),

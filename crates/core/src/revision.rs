@@ -160,6 +160,10 @@ pub struct Execution {
     /// it; `None` for an anonymous asker. It may read and follow this
     /// execution without `executions.get`.
     pub asked_by: Option<String>,
+    /// The dispatcher that runs it (the holder of its service's lease that
+    /// took it); `None` until one has. A write by another dispatcher is
+    /// refused, so a dispatcher taken over cannot run or answer it again.
+    pub dispatcher: Option<String>,
 }
 
 impl Execution {
@@ -188,6 +192,7 @@ impl Execution {
             delivered_at: None,
             finished_at: None,
             asked_by: None,
+            dispatcher: None,
         }
     }
 }

@@ -145,6 +145,8 @@ pub async fn service(
         sender: service.sruid().to_string(),
         project: service.project.clone(),
         name: service.name.clone(),
+        // Only the dispatcher that runs a service pulls its topic.
+        dispatcher: Some(shared.shards.holder.clone()),
     });
     pull(
         &shared,
@@ -166,6 +168,9 @@ struct Target {
     sender: String,
     project: ProjectName,
     name: ServiceName,
+    /// This dispatcher if it runs the service; `None`: another does, and
+    /// claims the question once it is recorded.
+    dispatcher: Option<String>,
 }
 
 /// Whether the question's asker holds `services.ask` on the target service,
@@ -297,6 +302,7 @@ async fn accept(
     };
     let execution = Execution {
         asked_by,
+        dispatcher: target.dispatcher.clone(),
         ..Execution::received(
             question.question_uuid.clone(),
             question.retry_count,
@@ -554,6 +560,7 @@ async fn route(shared: &Arc<Shared>, attrs: Attributes, msg: Message, handler: H
     }
     let target = Target {
         uuid,
+        dispatcher: service.owned.then(|| shared.shards.holder.clone()),
         project: service.project.clone(),
         name: service.name.clone(),
         sender: match serving {

@@ -10,6 +10,9 @@
 //! - [`deliver`]: push envelopes and job arguments, and what an answer means.
 //! - [`replies`]: reply events, their outbox, and how an execution ends.
 //! - `trials`: readiness trials of built revisions, claimed from the store.
+//! - [`shards`]: several dispatchers on one store share the services, each
+//!   running those whose lease it holds; executions are fenced by the
+//!   dispatcher that runs them.
 //! - `table` and `sync`: the services served, one table behind one lock,
 //!   kept in line with the store on every change notice from a role in
 //!   this process ([`rouse_store::Changes`]) and, as a backstop for a
@@ -27,6 +30,7 @@ pub mod launch;
 pub mod replies;
 pub mod routes;
 pub mod scale;
+pub mod shards;
 mod sync;
 mod table;
 mod trials;
@@ -38,7 +42,7 @@ use std::time::Duration;
 use rouse_authz::Authority;
 use rouse_pubsub::{PubSub, PubSubError, SubscriptionSpec};
 use rouse_runtime::Runtime;
-use rouse_store::{Changes, DispatchStore, RolloutStore, Store, TrialStore};
+use rouse_store::{Changes, DispatchStore, LeaseStore, RolloutStore, Store, TrialStore};
 use tokio::sync::oneshot;
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
@@ -49,12 +53,13 @@ pub use crate::config::{DispatcherConfig, NETWORK_SUBSCRIPTION};
 pub use crate::launch::InstanceSecrets;
 use crate::launch::Launcher;
 use crate::replies::{Ledger, Replier};
+use crate::shards::Shards;
 use crate::table::{Key, ServiceTable};
 use crate::worker::{Context, WorkerMsg};
 
 /// Everything the dispatcher's store must do.
-pub trait FullStore: Store + DispatchStore + RolloutStore + TrialStore {}
-impl<T: Store + DispatchStore + RolloutStore + TrialStore> FullStore for T {}
+pub trait FullStore: Store + DispatchStore + RolloutStore + TrialStore + LeaseStore {}
+impl<T: Store + DispatchStore + RolloutStore + TrialStore + LeaseStore> FullStore for T {}
 
 #[derive(Debug, thiserror::Error)]
 pub enum DispatchError {
@@ -73,6 +78,7 @@ pub struct Shared {
     pub authority: Arc<Authority>,
     changes: Changes,
     table: ServiceTable,
+    shards: Shards,
 }
 
 impl Shared {
@@ -101,11 +107,16 @@ pub struct Parts {
     /// Extra environment of a service's instances (its decrypted secrets):
     /// required, so no instance ever starts without them.
     pub secrets: Arc<dyn InstanceSecrets>,
+    /// This process as a lease holder (`host:pid:start`, see
+    /// [`rouse_runtime::holder::this_process`]): unique among the
+    /// dispatchers on the store.
+    pub holder: String,
 }
 
 impl Dispatcher {
     /// Starts the dispatcher: flushes the outbox, subscribes to the network
-    /// topic and every service topic, and resumes unfinished executions.
+    /// topic, takes its share of the services (their leases), subscribes to
+    /// their topics, and resumes their unfinished executions.
     /// Runs until `shutdown` is cancelled; the handle completes when every
     /// worker has ended and stopped its instances.
     pub async fn start(
@@ -121,6 +132,7 @@ impl Dispatcher {
             authority,
             changes,
             secrets,
+            holder,
         } = parts;
         pubsub
             .ensure_subscription(
@@ -154,6 +166,7 @@ impl Dispatcher {
             authority,
             changes,
             table: ServiceTable::default(),
+            shards: Shards::new(holder),
         });
         let flushed = shared.ctx.replier.flush_outbox().await;
         if flushed > 0 {
@@ -163,8 +176,10 @@ impl Dispatcher {
             );
         }
         let subscriber = Arc::new(shared.pubsub.subscriber().await?);
+        shards::renew(&shared).await;
         sync::sync(&shared, &subscriber, &shutdown).await?;
-        sync::resume(&shared).await?;
+        shards::balance(&shared, &subscriber, &shutdown).await;
+        shards::claim(&shared).await;
 
         let tasks = &shared.ctx.tasks;
         let network = intake::network(shared.clone(), subscriber.clone(), shutdown.clone());
@@ -180,6 +195,8 @@ impl Dispatcher {
             drop(this.table.drain());
             this.ctx.tasks.close();
             this.ctx.tasks.wait().await;
+            // Every instance has stopped: the others may take over at once.
+            shards::release(&this).await;
         });
         tracing::info!("dispatcher started");
         Ok((Self { shared }, handle))

@@ -342,6 +342,10 @@ impl Replier {
         match self.store.update_execution(&execution, Some(&event)).await {
             Ok(Some(id)) => self.publish_recorded(id, &event).await,
             Ok(None) => {}
+            Err(e @ StoreError::Fenced { .. }) => {
+                // Another dispatcher took it over and answers it.
+                tracing::warn!(question = %execution.question_uuid, error = %e, "not answering a question taken over by another dispatcher");
+            }
             Err(e) => {
                 tracing::error!(question = %execution.question_uuid, error = %e, "cannot record an execution's end; publishing its event anyway");
                 self.send_now(event).await;

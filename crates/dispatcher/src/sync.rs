@@ -3,25 +3,26 @@
 //! generation moved: settings, serving revision or routes) or gone, and
 //! [`sync`] applies that: a worker and intake for a new service, the new
 //! settings, revision and lanes for a changed one, intake and workers
-//! stopped for a deleted one. At start, [`resume`] hands unfinished
-//! executions back to their workers.
+//! stopped for a deleted one. Only the services this dispatcher holds the
+//! lease of ([`crate::shards`]) get a worker and intake; the others are in
+//! the table for routing only.
 
 use std::collections::HashMap;
 use std::sync::Arc;
 
 use rouse_core::Service;
-use rouse_core::protocol::Reply;
-use rouse_core::revision::{ExecutionStatus, Revision};
+use rouse_core::revision::Revision;
 use rouse_pubsub::Subscriber;
 use tokio::sync::mpsc;
+use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 use uuid::Uuid;
 
 use crate::config::WORKER_CHANNEL;
 use crate::routes::Routes;
-use crate::table::{Entry, Key};
+use crate::table::Entry;
 use crate::worker::{Worker, WorkerMsg};
-use crate::{DispatchError, Shared, intake};
+use crate::{DispatchError, Shared, intake, shards};
 
 /// How the store's services differ from the table's.
 #[derive(Debug, Default, PartialEq)]
@@ -75,27 +76,44 @@ pub(crate) async fn sync(
     // Deleted services: cancelling stops intake and the workers.
     for entry in shared.table.remove(&changes.removed) {
         entry.intake.cancel();
-        tracing::info!(service = %entry.service.qualified_name(), "service deleted; its worker stops");
+        shards::forget(shared, entry.service.uuid).await;
+        if entry.owned {
+            tracing::info!(service = %entry.service.qualified_name(), "service deleted; its worker stops");
+        }
     }
     Ok(())
 }
 
-/// Syncs on every services notice, or every resync interval, until
-/// `shutdown`.
+/// Until `shutdown`: re-reads the registry on every services notice (or
+/// every resync interval) and takes the services to run; renews the
+/// leases every [`shards::RENEW_EVERY`]; claims questions other
+/// dispatchers recorded for this one's services on every notice of one
+/// and every [`shards::CLAIM_EVERY`].
 pub(crate) async fn keep_in_sync(
     shared: &Arc<Shared>,
     subscriber: &Arc<Subscriber>,
     shutdown: &CancellationToken,
 ) {
-    let mut changed = shared.changes.services();
+    let mut services = shared.changes.services();
+    let mut handovers = shared.changes.handovers();
+    let (mut synced, mut renewed) = (Instant::now(), Instant::now());
     loop {
-        tokio::select! {
+        let changed = tokio::select! {
             () = shutdown.cancelled() => return,
-            () = rouse_store::changes::next(&mut changed, shared.ctx.config.resync_interval) => {}
+            r = services.changed() => r.is_ok(),
+            _ = handovers.changed() => false,
+            () = tokio::time::sleep(shards::CLAIM_EVERY) => false,
+        };
+        if renewed.elapsed() >= shards::RENEW_EVERY {
+            shards::renew(shared).await;
+            renewed = Instant::now();
+            synced = Instant::now();
+            shards::balance(shared, subscriber, shutdown).await;
+        } else if changed || synced.elapsed() >= shared.ctx.config.resync_interval {
+            synced = Instant::now();
+            shards::balance(shared, subscriber, shutdown).await;
         }
-        if let Err(e) = sync(shared, subscriber, shutdown).await {
-            tracing::warn!(error = %e, "cannot re-read the service registry");
-        }
+        shards::claim(shared).await;
     }
 }
 
@@ -109,6 +127,20 @@ async fn add(
     let revision = shared.store.serving_revision(service.uuid).await?;
     let (routes, lane_revisions) = routes_of(shared, &service, revision.as_ref()).await?;
     let token = shutdown.child_token();
+    if !shared.shards.holds(service.uuid) {
+        // Another dispatcher's: questions taken from the network topic are
+        // recorded for it, and nothing runs here.
+        shared.table.insert(Entry {
+            service,
+            revision,
+            tx: forwarder(shared, token.clone()),
+            intake: token,
+            routes,
+            lanes: HashMap::new(),
+            owned: false,
+        });
+        return Ok(());
+    }
     let (tx, rx) = mpsc::channel(WORKER_CHANNEL);
     let worker = Worker::new(
         shared.ctx.clone(),
@@ -140,8 +172,31 @@ async fn add(
         intake: token,
         routes,
         lanes,
+        owned: true,
     });
     Ok(())
+}
+
+/// The `tx` of a service another dispatcher runs: what reaches it is
+/// already recorded for that one, so it is dropped; a cancel is not ours.
+fn forwarder(shared: &Shared, stop: CancellationToken) -> mpsc::Sender<WorkerMsg> {
+    let (tx, mut rx) = mpsc::channel(WORKER_CHANNEL);
+    shared.ctx.tasks.spawn(async move {
+        loop {
+            let msg = tokio::select! {
+                () = stop.cancelled() => return,
+                msg = rx.recv() => msg,
+            };
+            match msg {
+                Some(WorkerMsg::Cancel { done, .. }) => {
+                    let _ = done.send(false);
+                }
+                Some(_) => {}
+                None => return,
+            }
+        }
+    });
+    tx
 }
 
 /// A changed service: its workers get the new settings and revision; lanes
@@ -153,6 +208,9 @@ async fn update(shared: &Arc<Shared>, service: Service) -> Result<(), DispatchEr
         entry.service = service.clone();
         entry.revision = revision.clone();
         entry.routes = routes;
+        if !entry.owned {
+            return None;
+        }
         let mut lanes = HashMap::new();
         let mut kept = Vec::new();
         for lane in lane_revisions {
@@ -167,9 +225,9 @@ async fn update(shared: &Arc<Shared>, service: Service) -> Result<(), DispatchEr
         }
         // Lanes no longer routed to stop once their channel closes.
         entry.lanes = lanes;
-        (entry.tx.clone(), kept)
+        Some((entry.tx.clone(), kept))
     });
-    let Some((tx, kept)) = updated else {
+    let Some((tx, kept)) = updated.flatten() else {
         return Ok(());
     };
     for (lane_tx, lane) in kept {
@@ -183,37 +241,6 @@ async fn update(shared: &Arc<Shared>, service: Service) -> Result<(), DispatchEr
     let _ = tx
         .send(WorkerMsg::Update(Box::new(service), revision.map(Box::new)))
         .await;
-    Ok(())
-}
-
-/// Hands every unfinished execution back to its worker.
-pub(crate) async fn resume(shared: &Arc<Shared>) -> Result<(), DispatchError> {
-    let unfinished = shared.store.unfinished_executions().await?;
-    if !unfinished.is_empty() {
-        tracing::info!(
-            executions = unfinished.len(),
-            "resuming unfinished executions"
-        );
-    }
-    for execution in unfinished {
-        match shared.table.lookup(Key::Uuid(execution.service_uuid)) {
-            Ok(service) => {
-                let _ = service.tx.send(WorkerMsg::Run(Box::new(execution))).await;
-            }
-            Err(_) => {
-                let reply = Reply::exception(
-                    "ServiceNotFound",
-                    "the service was deleted before the question ran",
-                );
-                let (status, sender) = (ExecutionStatus::Failed, "rouse/dispatcher");
-                shared
-                    .ctx
-                    .replier
-                    .finish(execution, reply, status, sender)
-                    .await;
-            }
-        }
-    }
     Ok(())
 }
 

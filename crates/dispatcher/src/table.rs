@@ -29,6 +29,9 @@ pub(crate) struct Entry {
     /// A worker per other revision the routes reach (dropping its sender
     /// stops it).
     pub lanes: HashMap<String, mpsc::Sender<WorkerMsg>>,
+    /// Whether this dispatcher runs it (holds its lease). If not, `tx`
+    /// leads nowhere: its questions are recorded for the one that does.
+    pub owned: bool,
 }
 
 /// How a caller names a service.
@@ -49,6 +52,8 @@ pub(crate) struct Found {
     pub tx: mpsc::Sender<WorkerMsg>,
     /// The serving revision's name.
     pub serving: Option<String>,
+    /// Whether this dispatcher runs it.
+    pub owned: bool,
     routes: Routes,
     lanes: HashMap<String, mpsc::Sender<WorkerMsg>>,
 }
@@ -126,6 +131,7 @@ impl ServiceTable {
             name: entry.service.name.clone(),
             tx: entry.tx.clone(),
             serving: entry.revision.as_ref().map(|r| r.name.clone()),
+            owned: entry.owned,
             routes: entry.routes.clone(),
             lanes: entry.lanes.clone(),
         })
@@ -204,6 +210,7 @@ mod tests {
             intake: CancellationToken::new(),
             routes: Routes::default(),
             lanes: HashMap::new(),
+            owned: true,
         };
         (entry, rx)
     }

@@ -16,6 +16,7 @@ use rouse_core::Service;
 use rouse_core::protocol::{Question, Reply};
 use rouse_core::revision::{DeliveryMode, Execution, ExecutionStatus, Revision};
 use rouse_runtime::{Instance, InstanceSpec, Probe};
+use rouse_store::StoreError;
 use tokio::sync::{mpsc, oneshot};
 use tokio::task::JoinHandle;
 use tokio::time::Instant;
@@ -523,6 +524,14 @@ impl Worker {
         tokio::spawn(async move {
             if let Err(e) = ctx.store.update_execution(&execution, None).await {
                 tracing::warn!(error = %e, "could not record a delivery");
+                if matches!(e, StoreError::Fenced { .. }) {
+                    // Another dispatcher runs it now: not delivered here too.
+                    let _ = tx.send(Internal::Finished {
+                        key: key(&execution),
+                        slot,
+                    });
+                    return;
+                }
             }
             let outcome = match instance.addr() {
                 Some(addr) => {
@@ -605,6 +614,15 @@ impl Worker {
                     execution.delivered_at = Some(now);
                     if let Err(e) = ctx.store.update_execution(&execution, None).await {
                         tracing::warn!(error = %e, "could not record a job start");
+                        if matches!(e, StoreError::Fenced { .. }) {
+                            // Another dispatcher runs it now: not here too.
+                            instance.stop(STOP_GRACE).await;
+                            let _ = tx.send(Internal::Finished {
+                                key: k,
+                                slot: slot_id,
+                            });
+                            return;
+                        }
                     }
                     match tokio::time::timeout(timeout, instance.exited()).await {
                         Ok(exit) => {

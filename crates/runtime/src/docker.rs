@@ -75,6 +75,9 @@ pub const MANAGED_BY: &str = "rouse";
 pub const INSTANCE_LABEL: &str = "rouse.instance";
 /// Label carrying the runtime's owner (see [`DockerRuntime::with_owner`]).
 pub const OWNER_LABEL: &str = "rouse.owner";
+/// The process that started a container (`host:pid:start`, see
+/// [`crate::holder`]): a restarted peer leaves a live one's containers alone.
+pub const PROCESS_LABEL: &str = "rouse.process";
 
 const DEFAULT_SOCKET: &str = "/var/run/docker.sock";
 /// Bound on the start-up check of the engine: a local socket answers in
@@ -157,8 +160,10 @@ impl DockerRuntime {
     /// have started: labelled `managed-by=rouse` and with this runtime's
     /// owner (or, for a runtime without one, with no owner label). That is
     /// what a crashed platform left behind; call it at start-up, before
-    /// starting anything. Returns how many were removed; tries them all
-    /// before reporting the first failure.
+    /// starting anything. Containers started by another process of this
+    /// machine that still runs (a peer dispatcher on the same data dir) are
+    /// left alone. Returns how many were removed; tries them all before
+    /// reporting the first failure.
     pub async fn remove_stale(&self) -> Result<usize, RuntimeError> {
         let mut labels = vec![format!("{MANAGED_BY_LABEL}={MANAGED_BY}")];
         if let Some(owner) = &self.owner {
@@ -183,6 +188,12 @@ impl DockerRuntime {
         for id in containers
             .into_iter()
             .filter(|c| owned_by(c.labels.as_ref(), self.owner.as_deref()))
+            .filter(|c| {
+                !c.labels
+                    .as_ref()
+                    .and_then(|l| l.get(PROCESS_LABEL))
+                    .is_some_and(|p| crate::holder::other_live_process_here(p))
+            })
             .filter_map(|c| c.id)
         {
             match force_remove(&self.docker, &id).await {
@@ -210,6 +221,7 @@ impl DockerRuntime {
         if let Some(owner) = &self.owner {
             labels.insert(OWNER_LABEL.to_owned(), owner.clone());
         }
+        labels.insert(PROCESS_LABEL.to_owned(), crate::holder::this_process());
         labels
     }
 }

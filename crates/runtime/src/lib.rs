@@ -27,6 +27,7 @@
 mod docker;
 #[cfg(feature = "fake")]
 mod fake;
+pub mod holder;
 mod instance;
 mod logs;
 mod probe;

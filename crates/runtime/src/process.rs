@@ -68,9 +68,10 @@ impl ProcessRuntime {
     }
 
     /// A runtime that records every running instance in `dir` (created when
-    /// needed) as `<instance_id>.pid`, holding `<pid> <starttime>\n`: the
-    /// process id (which is also its process group id) and its start time
-    /// (field 22 of `/proc/<pid>/stat`, in clock ticks since boot). The file
+    /// needed) as `<instance_id>.pid`, holding `<pid> <starttime> <owner pid>
+    /// <owner starttime>\n`: the process id (which is also its process group
+    /// id) and its start time (field 22 of `/proc/<pid>/stat`, in clock
+    /// ticks since boot), then the same of the process that started it. The file
     /// is written before [`Runtime::start`] returns (a start that cannot
     /// write it fails) and removed once the process has exited and been
     /// reaped. Give each platform its own directory: see
@@ -85,7 +86,10 @@ impl ProcessRuntime {
     /// platform left running, as recorded in the state directory, and
     /// removes every pid file there (files it cannot read are logged and
     /// removed too). Call it at start-up, before starting anything: it would
-    /// kill this runtime's own instances as well.
+    /// kill this runtime's own instances as well. Instances started by
+    /// another process that still runs (a peer dispatcher sharing the
+    /// directory; each pid file names its owner's pid and start time) are
+    /// left alone.
     ///
     /// A group is only signalled if its leader is still the process that was
     /// recorded (same pid *and* start time). Each gets SIGTERM; after up to
@@ -313,6 +317,9 @@ impl Runtime for ProcessRuntime {
 struct PidRecord {
     pgid: Pid,
     starttime: u64,
+    /// The process that started it (pid and start time); files written
+    /// before owners were recorded have none.
+    owner: Option<(u32, u64)>,
 }
 
 impl PidRecord {
@@ -320,11 +327,29 @@ impl PidRecord {
         let mut fields = content.split_ascii_whitespace();
         let pid: u32 = fields.next()?.parse().ok()?;
         let starttime = fields.next()?.parse().ok()?;
-        if fields.next().is_some() {
-            return None;
-        }
+        let owner = match (fields.next(), fields.next(), fields.next()) {
+            (None, _, _) => None,
+            (Some(pid), Some(start), None) => Some((pid.parse().ok()?, start.parse().ok()?)),
+            _ => return None,
+        };
         let pgid = Pid::from_raw(i32::try_from(pid).ok()?)?;
-        Some(Self { pgid, starttime })
+        Some(Self {
+            pgid,
+            starttime,
+            owner,
+        })
+    }
+
+    /// Whether the process that started it is another one still running:
+    /// a live peer sharing the state directory, whose instances are its own.
+    fn owner_is_another_live_process(&self) -> bool {
+        let Some((pid, start)) = self.owner else {
+            return false;
+        };
+        pid != std::process::id()
+            && Pid::from_raw(i32::try_from(pid).unwrap_or(0)).is_some_and(
+                |p| matches!(proc_stat(p), Some(stat) if stat.starttime == start && !stat.ended),
+            )
     }
 
     /// Whether the recorded process is still there (a zombie is not: it has
@@ -390,7 +415,13 @@ fn write_pid_file(dir: &Path, instance_id: &str, pgid: Pid) -> std::io::Result<P
     std::fs::create_dir_all(dir).map_err(|err| context(dir, err))?;
     let path = dir.join(format!("{instance_id}{PID_SUFFIX}"));
     let tmp = dir.join(format!("{instance_id}{TMP_SUFFIX}"));
-    let content = format!("{} {}\n", pgid.as_raw_pid(), stat.starttime);
+    let own = std::process::id();
+    let content = format!(
+        "{} {} {own} {}\n",
+        pgid.as_raw_pid(),
+        stat.starttime,
+        crate::holder::start_time(own).unwrap_or(0)
+    );
     let written = std::fs::File::create(&tmp)
         .and_then(|mut file| file.write_all(content.as_bytes()))
         .map_err(|err| context(&tmp, err))
@@ -446,6 +477,10 @@ fn scan_state_dir(dir: &Path) -> Vec<(PathBuf, Option<PidRecord>)> {
             Ok(Some(record)) if record.pgid == own_pid || record.pgid.as_raw_pid() == 1 => {
                 tracing::warn!(pid_file = %path.display(), pid = record.pgid.as_raw_pid(), "pid file names this process or init; removing it");
                 None
+            }
+            Ok(Some(record)) if record.owner_is_another_live_process() => {
+                tracing::debug!(pid_file = %path.display(), "an instance of another running process sharing this directory; leaving it");
+                continue;
             }
             Ok(Some(record)) if record.is_running() => Some(record),
             Ok(Some(record)) => {
@@ -612,14 +647,23 @@ mod tests {
     }
 
     #[test]
-    fn pid_records_are_two_numbers() {
+    fn pid_records_are_two_numbers_and_the_owner() {
         let record = PidRecord::parse("123 456\n").expect("parses");
         assert_eq!(record.pgid.as_raw_pid(), 123);
         assert_eq!(record.starttime, 456);
+        assert_eq!(record.owner, None);
+        let owned = PidRecord::parse("123 456 77 88\n").expect("parses");
+        assert_eq!(owned.owner, Some((77, 88)));
+        assert!(!owned.owner_is_another_live_process());
+        let ppid = std::os::unix::process::parent_id();
+        let parent = crate::holder::start_time(ppid).expect("parent stat");
+        let peer = PidRecord::parse(&format!("123 456 {ppid} {parent}")).expect("parses");
+        assert!(peer.owner_is_another_live_process());
         for bad in [
             "",
             "123",
             "123 456 789",
+            "123 456 7 8 9",
             "0 456",
             "-5 456",
             "abc 456",

@@ -20,7 +20,6 @@
 //! Listeners are bound here (port 0 works), and [`Running::shutdown`] stops
 //! everything within [`DRAIN_DEADLINE`].
 
-mod lease;
 mod secrets;
 
 use std::net::SocketAddr;
@@ -35,7 +34,7 @@ use rouse_dispatcher::{Dispatcher, DispatcherConfig, Parts};
 use rouse_pubsub::{PubSub, PubSubConfig};
 use rouse_runtime::{DockerRuntime, ProcessRuntime, Runtime};
 use rouse_secrets::SecretsKey;
-use rouse_store::{Changes, Lease, LeaseStore, PgStore, SqliteStore};
+use rouse_store::{Changes, LeaseStore, PgStore, SqliteStore};
 use tokio::net::TcpListener;
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
@@ -222,8 +221,6 @@ pub enum StartError {
     Dispatcher(#[from] rouse_dispatcher::DispatchError),
     #[error("the builder cannot start: {0}")]
     Builder(#[from] rouse_builder::BuilderError),
-    #[error("{0}")]
-    Lease(String),
     #[error("cannot listen on {addr} for {what} ({source}); choose another with {flag}")]
     Listen {
         addr: SocketAddr,
@@ -394,10 +391,8 @@ impl Platform {
         if let (true, Some(pubsub), Some(authority)) =
             (config.roles.dispatcher, &pubsub, &authority)
         {
-            // One active dispatcher per store (see `lease`): this one runs
-            // now if it holds the lease, else it stands by.
-            let holder = lease::holder_id();
-            let leases: Arc<dyn LeaseStore> = store.clone();
+            // Every dispatcher on the store runs the services whose lease it
+            // holds (see `rouse_dispatcher::shards`).
             let inputs = DispatcherInputs {
                 config: config.clone(),
                 store: store.clone(),
@@ -407,50 +402,16 @@ impl Platform {
                 key: key.clone(),
                 logs_dir: logs_dir.clone(),
             };
-            match lease::try_take(leases.as_ref(), &holder)
-                .await
-                .map_err(StartError::Lease)?
-            {
-                Lease::Held => {
-                    let parts = inputs.parts().await;
-                    let (dispatcher, handle) = Dispatcher::start(parts, shutdown.clone()).await?;
-                    hooks = Arc::new(Hooks(dispatcher));
-                    running.servers.push((
-                        "the dispatcher",
-                        lease::keep(leases, holder, shutdown.clone(), async move {
-                            let _ = handle.await;
-                        }),
-                    ));
-                }
-                Lease::Taken { holder: active, .. } => {
-                    tracing::info!(
-                        %active,
-                        "standing by: another dispatcher holds this store's dispatcher lease; this one takes over if it stops renewing it (within {:?})",
-                        lease::LEASE_TTL
-                    );
-                    let shutdown = shutdown.clone();
-                    running.servers.push((
-                        "the dispatcher",
-                        tokio::spawn(async move {
-                            if !lease::wait_for(leases.as_ref(), &holder, &shutdown).await {
-                                return Ok(());
-                            }
-                            tracing::info!(
-                                "took the dispatcher lease over: starting the dispatcher"
-                            );
-                            let parts = inputs.parts().await;
-                            let (_dispatcher, handle) = Dispatcher::start(parts, shutdown.clone())
-                                .await
-                                .map_err(|e| format!("the dispatcher cannot start: {e}"))?;
-                            lease::keep(leases, holder, shutdown, async move {
-                                let _ = handle.await;
-                            })
-                            .await
-                            .map_err(|e| e.to_string())?
-                        }),
-                    ));
-                }
-            }
+            let (dispatcher, handle) =
+                Dispatcher::start(inputs.parts().await, shutdown.clone()).await?;
+            hooks = Arc::new(Hooks(dispatcher));
+            running.servers.push((
+                "the dispatcher",
+                tokio::spawn(async move {
+                    let _ = handle.await;
+                    Ok(())
+                }),
+            ));
         }
 
         if let Some(listener) = webhook_listener {
@@ -644,8 +605,7 @@ fn registry_config(config: &Config) -> Result<Option<RegistryConfig>, StartError
 }
 
 /// The api's way into a dispatcher of the same process.
-/// What the dispatcher is made of, kept until it starts (a standby starts
-/// it later).
+/// What the dispatcher is made of.
 struct DispatcherInputs {
     config: Config,
     store: Arc<dyn PlatformStore>,
@@ -658,7 +618,8 @@ struct DispatcherInputs {
 
 impl DispatcherInputs {
     /// The dispatcher's parts; the runtimes first stop instances an earlier
-    /// run (or a dead active dispatcher on this machine) left behind.
+    /// run (or a dead dispatcher on this machine sharing the data dir) left
+    /// behind.
     async fn parts(self) -> Parts {
         let (process, docker) = runtimes(&self.config).await;
         Parts {
@@ -678,6 +639,7 @@ impl DispatcherInputs {
             authority: self.authority,
             changes: self.changes,
             secrets: Arc::new(ServiceSecrets::new(self.store, self.key)),
+            holder: rouse_runtime::holder::this_process(),
         }
     }
 }

@@ -14,6 +14,7 @@ pub struct Changes {
     services: watch::Sender<u64>,
     builds: watch::Sender<u64>,
     revisions: watch::Sender<u64>,
+    handovers: watch::Sender<u64>,
 }
 
 impl Default for Changes {
@@ -28,6 +29,7 @@ impl Changes {
             services: watch::Sender::new(0),
             builds: watch::Sender::new(0),
             revisions: watch::Sender::new(0),
+            handovers: watch::Sender::new(0),
         }
     }
 
@@ -44,6 +46,16 @@ impl Changes {
     /// A revision became a candidate or got its trial's verdict.
     pub fn revisions_changed(&self) {
         self.revisions.send_modify(|n| *n += 1);
+    }
+
+    /// A question was recorded by a dispatcher that does not run its
+    /// service: the one that does should claim it.
+    pub fn handed_over(&self) {
+        self.handovers.send_modify(|n| *n += 1);
+    }
+
+    pub fn handovers(&self) -> watch::Receiver<u64> {
+        self.handovers.subscribe()
     }
 
     pub fn services(&self) -> watch::Receiver<u64> {

@@ -73,7 +73,7 @@ pub(crate) fn read_revision(row: &Row<'_>) -> rusqlite::Result<Result<Revision, 
 }
 
 pub(crate) const EXECUTION_COLUMNS: &str = "question_uuid, retry_count, service_uuid, status, revision, instance, \
-     cold_start, reason, attributes, data, received_at_us, ready_at_us, delivered_at_us, finished_at_us, asked_by";
+     cold_start, reason, attributes, data, received_at_us, ready_at_us, delivered_at_us, finished_at_us, asked_by, dispatcher";
 
 fn read_execution(row: &Row<'_>) -> rusqlite::Result<Result<Execution, StoreError>> {
     let question_uuid: String = row.get(0)?;
@@ -91,6 +91,7 @@ fn read_execution(row: &Row<'_>) -> rusqlite::Result<Result<Execution, StoreErro
     let delivered: Option<i64> = row.get(12)?;
     let finished: Option<i64> = row.get(13)?;
     let asked_by: Option<String> = row.get(14)?;
+    let dispatcher: Option<String> = row.get(15)?;
     Ok((|| {
         Ok(Execution {
             retry_count: u32::try_from(retry).map_err(|e| corrupt("retry_count", e))?,
@@ -109,6 +110,7 @@ fn read_execution(row: &Row<'_>) -> rusqlite::Result<Result<Execution, StoreErro
             delivered_at: delivered.map(from_micros),
             finished_at: finished.map(from_micros),
             asked_by,
+            dispatcher,
         })
     })())
 }
@@ -292,7 +294,7 @@ impl ExecutionStore for SqliteStore {
             let n = conn.run(
                 &format!(
                     "INSERT OR IGNORE INTO executions ({EXECUTION_COLUMNS}) \
-                     VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15)"
+                     VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15, ?16)"
                 ),
                 params![
                     e.question_uuid,
@@ -310,6 +312,7 @@ impl ExecutionStore for SqliteStore {
                     opt_micros(e.delivered_at),
                     opt_micros(e.finished_at),
                     e.asked_by,
+                    e.dispatcher,
                 ],
             )?;
             Ok(n == 1)
@@ -325,10 +328,10 @@ impl ExecutionStore for SqliteStore {
         let (e, event) = (e.clone(), event.cloned());
         self.write(move |conn| {
             let tx = conn;
-            tx.run(
+            let n = tx.run(
                 "UPDATE executions SET status = ?3, revision = ?4, instance = ?5, cold_start = ?6, \
                  reason = ?7, ready_at_us = ?8, delivered_at_us = ?9, finished_at_us = ?10 \
-                 WHERE question_uuid = ?1 AND retry_count = ?2",
+                 WHERE question_uuid = ?1 AND retry_count = ?2 AND dispatcher IS ?11",
                 params![
                     e.question_uuid,
                     e.retry_count,
@@ -340,8 +343,15 @@ impl ExecutionStore for SqliteStore {
                     opt_micros(e.ready_at),
                     opt_micros(e.delivered_at),
                     opt_micros(e.finished_at),
+                    e.dispatcher,
                 ],
             )?;
+            if n == 0 {
+                return Err(StoreError::Fenced {
+                    question_uuid: e.question_uuid,
+                    retry_count: e.retry_count,
+                });
+            }
             let id = match &event {
                 Some(ev) => insert_event(tx, ev, false)?,
                 None => None,
@@ -403,6 +413,34 @@ impl ExecutionStore for SqliteStore {
             )
         })
         .await
+    }
+
+    async fn claim_executions(
+        &self,
+        services: &[Uuid],
+        dispatcher: &str,
+    ) -> Result<Vec<Execution>, StoreError> {
+        let services =
+            serde_json::to_string(&services.iter().map(Uuid::to_string).collect::<Vec<_>>())
+                .map_err(|e| StoreError::Task(e.to_string()))?;
+        let dispatcher = dispatcher.to_owned();
+        let mut claimed = self
+            .write(move |conn| {
+                collect(
+                    conn,
+                    &format!(
+                        "UPDATE executions SET dispatcher = ?1 \
+                         WHERE service_uuid IN (SELECT value FROM json_each(?2)) \
+                         AND status IN ('queued', 'waking', 'running') AND dispatcher IS NOT ?1 \
+                         RETURNING {EXECUTION_COLUMNS}"
+                    ),
+                    params![dispatcher, services],
+                    read_execution,
+                )
+            })
+            .await?;
+        claimed.sort_by_key(|e| e.received_at);
+        Ok(claimed)
     }
 }
 

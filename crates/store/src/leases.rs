@@ -6,7 +6,7 @@ use async_trait::async_trait;
 use rusqlite::params;
 
 use crate::sqlite::{from_micros, micros};
-use crate::{Lease, LeaseStore, SqliteStore, StoreError};
+use crate::{Lease, LeaseRecord, LeaseStore, SqliteStore, StoreError};
 
 /// Takes the lease if it is free, expired, the holder's own, or still held
 /// by the previous holder named last (known to be dead).
@@ -74,6 +74,46 @@ impl LeaseStore for SqliteStore {
                 params![name, holder],
             )?;
             Ok(())
+        })
+        .await
+    }
+
+    async fn renew_leases(
+        &self,
+        holder: &str,
+        ttl: Duration,
+        now: SystemTime,
+    ) -> Result<Vec<String>, StoreError> {
+        let holder = holder.to_owned();
+        self.write(move |conn| {
+            let mut stmt = conn.prepare_cached(
+                "UPDATE leases SET expires_at_us = ?2 WHERE holder = ?1 RETURNING name",
+            )?;
+            let names = stmt
+                .query_map(params![holder, micros(until(now, ttl))], |r| r.get(0))?
+                .collect::<rusqlite::Result<Vec<String>>>()?;
+            Ok(names)
+        })
+        .await
+    }
+
+    async fn leases(&self, prefix: &str) -> Result<Vec<LeaseRecord>, StoreError> {
+        let prefix = prefix.to_owned();
+        self.with(move |conn| {
+            let mut stmt = conn.prepare_cached(
+                "SELECT name, holder, expires_at_us FROM leases \
+                 WHERE substr(name, 1, length(?1)) = ?1 ORDER BY name",
+            )?;
+            let rows = stmt
+                .query_map([prefix], |r| {
+                    Ok(LeaseRecord {
+                        name: r.get(0)?,
+                        holder: r.get(1)?,
+                        until: from_micros(r.get(2)?),
+                    })
+                })?
+                .collect::<rusqlite::Result<Vec<_>>>()?;
+            Ok(rows)
         })
         .await
     }

@@ -75,6 +75,13 @@ pub enum StoreError {
     },
     #[error("store failure: {0}")]
     Backend(#[from] rusqlite::Error),
+    #[error(
+        "question {question_uuid} (retry {retry_count}) is no longer this dispatcher's: another took it over"
+    )]
+    Fenced {
+        question_uuid: String,
+        retry_count: u32,
+    },
     #[error("store task failed: {0}")]
     Task(String),
     #[error("PostgreSQL failed: {0}")]
@@ -160,6 +167,8 @@ pub trait ExecutionStore: Send + Sync + 'static {
     /// Updates an execution's status, revision, instance and timings, and
     /// records `event` (unpublished) in the same transaction. Returns the
     /// event's id, or `None` if there was no event or it was already recorded.
+    /// Fenced: refused with [`StoreError::Fenced`] unless the stored
+    /// execution's `dispatcher` is still `execution.dispatcher`.
     async fn update_execution(
         &self,
         execution: &Execution,
@@ -176,6 +185,15 @@ pub trait ExecutionStore: Send + Sync + 'static {
     ) -> Result<Vec<Execution>, StoreError>;
     /// Executions not yet finished, oldest first: what a restart resumes.
     async fn unfinished_executions(&self) -> Result<Vec<Execution>, StoreError>;
+    /// Makes `dispatcher` the one that runs every unfinished execution of
+    /// `services` that another dispatcher (or none) ran, and returns them,
+    /// oldest first, as they were (`delivered_at` says whether one was
+    /// delivered already). From then on only `dispatcher` may update them.
+    async fn claim_executions(
+        &self,
+        services: &[Uuid],
+        dispatcher: &str,
+    ) -> Result<Vec<Execution>, StoreError>;
 }
 
 /// The event store: what a question's execution said, and the outbox of
@@ -251,6 +269,25 @@ pub trait LeaseStore: Send + Sync + 'static {
     ) -> Result<Lease, StoreError>;
     /// Gives the lease up if `holder` holds it, so another may take it at once.
     async fn release_lease(&self, name: &str, holder: &str) -> Result<(), StoreError>;
+    /// Renews every lease `holder` holds until `now + ttl`, expired or not
+    /// (none was taken by another, or it would not be `holder`'s); returns
+    /// their names.
+    async fn renew_leases(
+        &self,
+        holder: &str,
+        ttl: std::time::Duration,
+        now: SystemTime,
+    ) -> Result<Vec<String>, StoreError>;
+    /// Every lease whose name starts with `prefix`, expired or not, by name.
+    async fn leases(&self, prefix: &str) -> Result<Vec<LeaseRecord>, StoreError>;
+}
+
+/// A lease as stored.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct LeaseRecord {
+    pub name: String,
+    pub holder: String,
+    pub until: SystemTime,
 }
 
 /// The dispatcher's state: [`RevisionStore`], [`ExecutionStore`] and

@@ -278,6 +278,12 @@ CREATE TABLE leases (
     expires_at_us INTEGER NOT NULL
 );
 "#,
+    // Which dispatcher runs each execution (several dispatchers share the
+    // services, each holding the leases of its own): the fence every
+    // update of an execution checks.
+    r#"
+ALTER TABLE executions ADD COLUMN dispatcher TEXT;
+"#,
 ];
 
 /// How long a statement waits for a lock held by another process (another

@@ -269,6 +269,7 @@ fn answer(body: &[u8], instance: &str) -> Response {
         Ok(input_values) => input_values,
         Err(reason) => return Response::text(400, reason),
     };
+    record_delivery(&input_values);
     if let Some(ms) = input_values.get("sleep_ms").and_then(Value::as_u64) {
         std::thread::sleep(Duration::from_millis(ms));
     }
@@ -288,6 +289,25 @@ fn answer(body: &[u8], instance: &str) -> Response {
         status: 200,
         content_type: "application/json",
         body: echo_answer(input_values, instance).to_string(),
+    }
+}
+
+/// With `$ECHO_DELIVERY_LOG` set, appends the question's inputs to that
+/// file, one line per delivery (one `write` on a file opened for appending,
+/// so lines from several instances do not interleave): how tests count the
+/// deliveries a service saw.
+fn record_delivery(input_values: &Value) {
+    let Some(path) = std::env::var_os("ECHO_DELIVERY_LOG") else {
+        return;
+    };
+    let line = format!("{input_values}\n");
+    let written = std::fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(&path)
+        .and_then(|mut file| file.write_all(line.as_bytes()));
+    if let Err(err) = written {
+        eprintln!("echo: cannot record a delivery: {err}");
     }
 }
 

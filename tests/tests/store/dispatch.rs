@@ -18,6 +18,7 @@ contract!(
     executions_are_recorded_once_per_question_and_retry,
     racing_intakes_record_a_question_once,
     events_are_deduplicated_by_uuid_and_followed_by_id,
+    claiming_fences_the_previous_dispatcher_out,
 );
 
 async fn with_service<F: Fixture>(f: &F) -> (F::S, Service) {
@@ -44,6 +45,7 @@ fn execution(service: Uuid, q: &str, retry: u32) -> Execution {
         delivered_at: None,
         finished_at: None,
         asked_by: None,
+        dispatcher: None,
     }
 }
 
@@ -319,4 +321,81 @@ async fn events_are_deduplicated_by_uuid_and_followed_by_id(f: &impl Fixture) {
         .dead_letter("test", "bad", &Attributes::new(), b"x")
         .await
         .expect("dead letter");
+}
+
+/// Several dispatchers: the holder of a service claims its unfinished
+/// executions (recorded by another dispatcher, or none); from then on only
+/// the claimant may update them, so the one it took over from can neither
+/// record a delivery nor an answer.
+async fn claiming_fences_the_previous_dispatcher_out(f: &impl Fixture) {
+    let (store, s) = with_service(f).await;
+    let other = service("p", "other");
+    store.insert_service(&other).await.expect("insert");
+    let mut by_a = execution(s.uuid, "qa", 0);
+    by_a.dispatcher = Some("a".into());
+    let unclaimed = execution(s.uuid, "qn", 0);
+    let mut done = execution(s.uuid, "qd", 0);
+    done.dispatcher = Some("a".into());
+    done.status = ExecutionStatus::Succeeded;
+    let elsewhere = execution(other.uuid, "qo", 0);
+    for e in [&by_a, &unclaimed, &done, &elsewhere] {
+        assert!(store.insert_execution(e).await.expect("insert"));
+    }
+    // a records a delivery: its own execution.
+    by_a.status = ExecutionStatus::Running;
+    by_a.delivered_at = Some(SystemTime::now());
+    store.update_execution(&by_a, None).await.expect("a's own");
+
+    let claimed = store.claim_executions(&[s.uuid], "b").await.expect("claim");
+    let mut names: Vec<_> = claimed.iter().map(|e| e.question_uuid.as_str()).collect();
+    names.sort_unstable();
+    assert_eq!(names, ["qa", "qn"], "unfinished ones of the service only");
+    let qa = claimed
+        .iter()
+        .find(|e| e.question_uuid == "qa")
+        .expect("qa");
+    assert_eq!(qa.dispatcher.as_deref(), Some("b"));
+    assert!(
+        qa.delivered_at.is_some(),
+        "the claimant sees it was delivered"
+    );
+    assert!(
+        store
+            .claim_executions(&[s.uuid], "b")
+            .await
+            .expect("again")
+            .is_empty(),
+        "what b holds is not claimed twice"
+    );
+
+    // a's answer is refused, and records no event.
+    by_a.status = ExecutionStatus::Succeeded;
+    let answer = event("ev-a", "qa", "result");
+    match store.update_execution(&by_a, Some(&answer)).await {
+        Err(rouse_store::StoreError::Fenced { question_uuid, .. }) => {
+            assert_eq!(question_uuid, "qa")
+        }
+        other => panic!("a's write after the claim: {other:?}"),
+    }
+    assert_eq!(
+        store.terminal_event("qa", 0).await.expect("events"),
+        None,
+        "no answer recorded for a"
+    );
+    // b's is taken.
+    let mut by_b = qa.clone();
+    by_b.status = ExecutionStatus::Succeeded;
+    let id = store
+        .update_execution(&by_b, Some(&event("ev-b", "qa", "result")))
+        .await
+        .expect("b's own");
+    assert!(id.is_some());
+    assert_eq!(
+        store
+            .get_execution("qa")
+            .await
+            .expect("get")
+            .map(|e| e.status),
+        Some(ExecutionStatus::Succeeded)
+    );
 }

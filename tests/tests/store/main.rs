@@ -335,7 +335,8 @@ mod leases {
 
     contract!(
         a_lease_has_one_holder_until_it_expires,
-        racing_takers_one_wins
+        racing_takers_one_wins,
+        a_holder_renews_all_its_leases_and_they_are_listed_by_prefix
     );
 
     const TTL: Duration = Duration::from_secs(10);
@@ -452,5 +453,56 @@ mod leases {
             }
         }
         assert_eq!(held, 1);
+    }
+
+    async fn a_holder_renews_all_its_leases_and_they_are_listed_by_prefix(f: &impl Fixture) {
+        let store = f.open().await;
+        let t0 = SystemTime::now();
+        for (name, holder) in [
+            ("service:1", "a"),
+            ("service:2", "a"),
+            ("service:3", "b"),
+            ("dispatcher:a", "a"),
+        ] {
+            assert_eq!(
+                store
+                    .acquire_lease(name, holder, TTL, t0)
+                    .await
+                    .expect("take"),
+                Lease::Held
+            );
+        }
+        // Renewed later than it expired: still a's, as no one took it.
+        let late = t0 + TTL + Duration::from_secs(5);
+        let mut renewed = store.renew_leases("a", TTL, late).await.expect("renew");
+        renewed.sort();
+        assert_eq!(renewed, ["dispatcher:a", "service:1", "service:2"]);
+        let services = store.leases("service:").await.expect("list");
+        let seen: Vec<_> = services
+            .iter()
+            .map(|l| (l.name.as_str(), l.holder.as_str()))
+            .collect();
+        assert_eq!(
+            seen,
+            [("service:1", "a"), ("service:2", "a"), ("service:3", "b")]
+        );
+        let until = |name: &str| {
+            services
+                .iter()
+                .find(|l| l.name == name)
+                .map(|l| l.until)
+                .expect("listed")
+        };
+        assert!(until("service:1") > late, "renewed");
+        assert!(until("service:3") < late, "b's is not renewed by a");
+        assert_eq!(store.leases("").await.expect("all").len(), 4);
+        assert!(store.leases("nothing:").await.expect("none").is_empty());
+        assert!(
+            store
+                .renew_leases("c", TTL, late)
+                .await
+                .expect("none")
+                .is_empty()
+        );
     }
 }

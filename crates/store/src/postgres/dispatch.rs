@@ -77,6 +77,7 @@ fn read_execution(row: &Row) -> Result<Execution, StoreError> {
         delivered_at: delivered.map(from_micros),
         finished_at: finished.map(from_micros),
         asked_by: get(row, 14)?,
+        dispatcher: get(row, 15)?,
     })
 }
 
@@ -247,7 +248,7 @@ impl ExecutionStore for PgStore {
             &c,
             &format!(
                 "INSERT INTO executions ({EXECUTION_COLUMNS}) \
-                 VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15) \
+                 VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16) \
                  ON CONFLICT (question_uuid, retry_count) DO NOTHING"
             ),
             &[
@@ -266,6 +267,7 @@ impl ExecutionStore for PgStore {
                 &opt_micros(e.delivered_at),
                 &opt_micros(e.finished_at),
                 &e.asked_by,
+                &e.dispatcher,
             ],
         )
         .await?;
@@ -281,11 +283,11 @@ impl ExecutionStore for PgStore {
         // what is written, so READ COMMITTED is enough (and spares the
         // predicate locks of SERIALIZABLE on the hottest write).
         write_tx!(self, tokio_postgres::IsolationLevel::ReadCommitted, |tx| {
-            exec(
+            let n = exec(
                 &tx,
                 "UPDATE executions SET status = $3, revision = $4, instance = $5, cold_start = $6, \
                  reason = $7, ready_at_us = $8, delivered_at_us = $9, finished_at_us = $10 \
-                 WHERE question_uuid = $1 AND retry_count = $2",
+                 WHERE question_uuid = $1 AND retry_count = $2 AND dispatcher IS NOT DISTINCT FROM $11",
                 &[
                     &e.question_uuid,
                     &int(e.retry_count),
@@ -297,9 +299,16 @@ impl ExecutionStore for PgStore {
                     &opt_micros(e.ready_at),
                     &opt_micros(e.delivered_at),
                     &opt_micros(e.finished_at),
+                    &e.dispatcher,
                 ],
             )
             .await?;
+            if n == 0 {
+                return Err(StoreError::Fenced {
+                    question_uuid: e.question_uuid.clone(),
+                    retry_count: e.retry_count,
+                });
+            }
             match event {
                 Some(ev) => insert_event(&tx, ev, false).await,
                 None => Ok(None),
@@ -351,6 +360,27 @@ impl ExecutionStore for PgStore {
             read_execution,
         )
         .await
+    }
+
+    async fn claim_executions(
+        &self,
+        services: &[Uuid],
+        dispatcher: &str,
+    ) -> Result<Vec<Execution>, StoreError> {
+        let services: Vec<String> = services.iter().map(Uuid::to_string).collect();
+        let mut claimed = self
+            .all(
+                &format!(
+                    "UPDATE executions SET dispatcher = $1 \
+                     WHERE service_uuid = ANY($2) AND status IN ('queued', 'waking', 'running') \
+                     AND dispatcher IS DISTINCT FROM $1 RETURNING {EXECUTION_COLUMNS}"
+                ),
+                &[&dispatcher, &services],
+                read_execution,
+            )
+            .await?;
+        claimed.sort_by_key(|e| e.received_at);
+        Ok(claimed)
     }
 }
 

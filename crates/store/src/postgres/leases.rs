@@ -8,7 +8,8 @@ use deadpool_postgres::GenericClient;
 use super::{PgStore, exec, get, row, write_tx};
 use crate::leases::until;
 use crate::sqlite::{from_micros, micros};
-use crate::{Lease, LeaseStore, StoreError};
+use crate::{Lease, LeaseRecord, LeaseStore, StoreError};
+use tokio_postgres::Row;
 
 /// Who holds lease `name` now, as `me` sees it.
 async fn current<C: GenericClient>(c: &C, name: &str, me: &str) -> Result<Lease, StoreError> {
@@ -74,4 +75,36 @@ impl LeaseStore for PgStore {
         .await?;
         Ok(())
     }
+
+    async fn renew_leases(
+        &self,
+        holder: &str,
+        ttl: Duration,
+        now: SystemTime,
+    ) -> Result<Vec<String>, StoreError> {
+        self.all(
+            "UPDATE leases SET expires_at_us = $2 WHERE holder = $1 RETURNING name",
+            &[&holder, &micros(until(now, ttl))],
+            |r| get(r, 0),
+        )
+        .await
+    }
+
+    async fn leases(&self, prefix: &str) -> Result<Vec<LeaseRecord>, StoreError> {
+        self.all(
+            "SELECT name, holder, expires_at_us FROM leases \
+             WHERE left(name, length($1)) = $1 ORDER BY name COLLATE \"C\"",
+            &[&prefix],
+            read_lease,
+        )
+        .await
+    }
+}
+
+fn read_lease(r: &Row) -> Result<LeaseRecord, StoreError> {
+    Ok(LeaseRecord {
+        name: get(r, 0)?,
+        holder: get(r, 1)?,
+        until: from_micros(get(r, 2)?),
+    })
 }

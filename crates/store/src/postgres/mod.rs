@@ -37,6 +37,7 @@ const MIGRATIONS: &[&str] = &[
     include_str!("schema.sql"),
     include_str!("notify.sql"),
     include_str!("leases.sql"),
+    include_str!("shards.sql"),
 ];
 
 /// The advisory lock taken while migrating (any fixed number; this one

@@ -19,6 +19,8 @@ pub(crate) const SERVICES: &str = "rouse_services";
 pub(crate) const BUILDS: &str = "rouse_builds";
 /// A revision became a candidate or got its trial's verdict.
 pub(crate) const REVISIONS: &str = "rouse_revisions";
+/// A question was recorded for a service by a dispatcher that does not run it.
+pub(crate) const HANDOVER: &str = "rouse_handover";
 
 /// How long to wait before connecting again after the listening connection
 /// was lost.
@@ -76,18 +78,20 @@ async fn relay(
     });
     client
         .batch_execute(&format!(
-            "LISTEN {SERVICES}; LISTEN {BUILDS}; LISTEN {REVISIONS};"
+            "LISTEN {SERVICES}; LISTEN {BUILDS}; LISTEN {REVISIONS}; LISTEN {HANDOVER};"
         ))
         .await?;
     // Whatever changed while no one listened.
     changes.services_changed();
     changes.builds_changed();
     changes.revisions_changed();
+    changes.handed_over();
     while let Some(channel) = notices.recv().await {
         match channel.as_str() {
             SERVICES => changes.services_changed(),
             BUILDS => changes.builds_changed(),
             REVISIONS => changes.revisions_changed(),
+            HANDOVER => changes.handed_over(),
             _ => {}
         }
     }
