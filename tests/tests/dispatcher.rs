@@ -936,6 +936,7 @@ async fn dispatchers_share_the_services_and_a_killed_ones_questions_run_once() {
     })
     .await;
     dispatchers[busiest].take().expect("running").kill9();
+    let killed = std::time::Instant::now();
     wait_until(
         shards_renewal_and_margin(),
         "a survivor taking the killed dispatcher's services over",
@@ -958,6 +959,13 @@ async fn dispatchers_share_the_services_and_a_killed_ones_questions_run_once() {
     // At most what the killed one had delivered: two instances of each of
     // its services, one question each.
     assert!(interrupted.len() <= 2 * shares[busiest], "{interrupted:?}");
+    // The questions it had taken from Pub/Sub and not recorded come back
+    // once their lease lapses (10 s, not the client's default 60 s).
+    let all_answered = killed.elapsed();
+    assert!(
+        all_answered < Duration::from_secs(30),
+        "the last question was answered {all_answered:?} after the kill (leases last 10 s)"
+    );
 
     // A clean stop hands over at once (no waiting for expiry).
     let survivors: Vec<usize> = (0..3).filter(|d| dispatchers[*d].is_some()).collect();

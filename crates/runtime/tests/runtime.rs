@@ -812,14 +812,17 @@ fn pid_file(state: &Path, id: &str) -> PathBuf {
 fn read_pid_file(path: &Path) -> (u32, u64) {
     let content = std::fs::read_to_string(path)
         .unwrap_or_else(|err| panic!("cannot read {}: {err}", path.display()));
-    let (pid, starttime) = content
-        .trim_end()
-        .split_once(' ')
-        .unwrap_or_else(|| panic!("not `<pid> <starttime>`: {content:?}"));
-    (
-        pid.parse().expect("a pid"),
-        starttime.parse().expect("a start time"),
-    )
+    let fields: Vec<u32> = content
+        .split_ascii_whitespace()
+        .map(|f| f.parse().expect("a number"))
+        .collect();
+    let own = std::process::id();
+    assert_eq!(
+        fields[2..],
+        [own, u32::try_from(starttime(own)).expect("small")],
+        "not `<pid> <starttime> <owner pid> <owner starttime>`: {content:?}"
+    );
+    (fields[0], u64::from(fields[1]))
 }
 
 /// Field 22 of `/proc/<pid>/stat`.
@@ -1029,6 +1032,34 @@ async fn process_remove_stale_spares_reused_pids_and_drops_bad_files() {
     assert_eq!(runtime.remove_stale().await.expect("idempotent"), 0);
     unrelated.kill().expect("kill sleep");
     unrelated.wait().expect("reap sleep");
+
+    // An instance of another live process sharing the directory (a peer
+    // dispatcher; here the test's parent stands in for it): left alone,
+    // and killed once its owner is gone.
+    let mut peers = std::process::Command::new("sleep")
+        .arg("300")
+        .process_group(0)
+        .spawn()
+        .expect("sleep starts");
+    let peer_pid = peers.id();
+    let parent = std::os::unix::process::parent_id();
+    let record = |owner_start: u64| {
+        format!(
+            "{peer_pid} {} {parent} {owner_start}\n",
+            starttime(peer_pid)
+        )
+    };
+    std::fs::write(state.join("peer.pid"), record(starttime(parent))).expect("write");
+    assert_eq!(runtime.remove_stale().await.expect("a peer's"), 0);
+    assert!(
+        alive(peer_pid),
+        "a live peer's instance {peer_pid} was killed"
+    );
+    assert_eq!(files_in(&state), ["notes.txt", "peer.pid"]);
+    std::fs::write(state.join("peer.pid"), record(starttime(parent) + 1)).expect("write");
+    assert_eq!(runtime.remove_stale().await.expect("a dead owner's"), 1);
+    peers.wait().expect("reap sleep");
+    assert_eq!(files_in(&state), ["notes.txt"]);
 
     // No state directory (yet), or none at all: nothing to do.
     let missing = ProcessRuntime::with_state_dir(dir.path().join("never-created"));
