@@ -74,12 +74,12 @@ variable "webhooks_public" {
 
 variable "dispatcher_count" {
   type        = number
-  description = "How many dispatcher instances run. One is active (it holds the store's dispatcher lease); the others stand by and take over within about 10 s if it dies. Several active dispatchers sharing the questions are not built yet, so more than one adds availability, not throughput."
+  description = "How many dispatcher instances run. They share the services (each runs those whose lease it holds), and when one dies the others take its services over within about 10 s. Each holds up to 32 database connections when busy: keep dispatchers + api instances within the database tier's connection limit."
   default     = 1
 
   validation {
-    condition     = var.dispatcher_count >= 1 && var.dispatcher_count <= 3 && floor(var.dispatcher_count) == var.dispatcher_count
-    error_message = "dispatcher_count must be 1, 2 or 3: one active dispatcher and up to two standing by (more only adds idle standbys)."
+    condition     = var.dispatcher_count >= 1 && var.dispatcher_count <= 10 && floor(var.dispatcher_count) == var.dispatcher_count
+    error_message = "dispatcher_count must be a whole number from 1 to 10."
   }
 }
 

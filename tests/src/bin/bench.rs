@@ -248,17 +248,29 @@ async fn saturate(
     recipient: &str,
     n: usize,
 ) -> Result<f64, String> {
-    let publisher = Arc::new(
-        asker
+    saturate_all(asker, &[(topic.to_owned(), recipient.to_owned())], n).await
+}
+
+/// [`saturate`] over several services (`(topic, recipient)`), taken in turn.
+async fn saturate_all(
+    asker: &mut Asker,
+    targets: &[(String, String)],
+    n: usize,
+) -> Result<f64, String> {
+    let mut publishers = Vec::with_capacity(targets.len());
+    for (topic, recipient) in targets {
+        let publisher = asker
             .pubsub
             .publisher(topic)
             .await
-            .map_err(|e| e.to_string())?,
-    );
+            .map_err(|e| e.to_string())?;
+        publishers.push((Arc::new(publisher), recipient.as_str()));
+    }
     let start = Instant::now();
     let mut tasks = tokio::task::JoinSet::new();
     let mut questions = Vec::with_capacity(n);
     for i in 0..n {
+        let (publisher, recipient) = &publishers[i % publishers.len()];
         let q = uuid::Uuid::new_v4().to_string();
         let attributes = question_attributes(&q, recipient);
         questions.push(q.clone());
@@ -935,7 +947,7 @@ fn fmt_ms(v: f64) -> String {
     format!("{v:.2} ms")
 }
 
-/// `ROUSE_BENCH=warm,cold,docker,builder,throughput,store,broker,memory,iam` runs only those parts.
+/// `ROUSE_BENCH=warm,cold,docker,builder,throughput,store,dispatchers,broker,memory,iam` runs only those parts.
 fn wanted(part: &str) -> bool {
     std::env::var("ROUSE_BENCH").map_or(true, |v| v.split(',').any(|p| p.trim() == part))
 }
@@ -1445,6 +1457,99 @@ async fn store_part(b: &mut Bench, echo_cmd: &str, report: &mut Report) -> Resul
     Ok(())
 }
 
+/// Services the dispatchers part spreads its questions over.
+const SHARED_SERVICES: usize = 6;
+/// Questions per dispatcher count.
+const SHARED_N: usize = 3000;
+
+/// Several dispatchers on one PostgreSQL: questions/s over
+/// [`SHARED_SERVICES`] services with 1, 2 and 3 dispatchers (each a fresh
+/// database, api and dispatchers, the services created once all are up so
+/// that they spread), and the CPU all of them spent per question.
+async fn dispatchers_part(
+    b: &mut Bench,
+    echo_cmd: &str,
+    report: &mut Report,
+) -> Result<(), String> {
+    let pg = rouse_tests::postgres::Postgres::start(true);
+    let settings = [
+        "--min-instances",
+        "1",
+        "--max-instances",
+        "1",
+        "--concurrency",
+        "200",
+        "--idle-timeout",
+        "1h",
+    ];
+    let source = ["--command", echo_cmd, "--workdir", "/tmp"];
+    let mut rates = Vec::new();
+    for count in 1..=3usize {
+        let url = pg.create_database(&format!("shared{count}")).await;
+        let data = tempfile::tempdir().map_err(|e| format!("a temporary directory: {e}"))?;
+        let start = |roles: &str| {
+            Server::try_start(
+                b.emulator.host(),
+                data.path(),
+                &["--store", &url, "--roles", roles],
+            )
+            .map_err(|log| format!("rouse server --roles {roles} did not start:\n{log}"))
+        };
+        let api = start("api")?;
+        api.allow_anonymous_askers("bench");
+        let dispatchers = (0..count)
+            .map(|_| start("dispatcher"))
+            .collect::<Result<Vec<_>, _>>()?;
+        let mut targets = Vec::new();
+        for n in 0..SHARED_SERVICES {
+            let name = format!("shared-{n}");
+            let topic = create(&api, &name, &settings, &source)?;
+            targets.push((topic, format!("bench/{name}")));
+        }
+        // Each service's first answer: it has a dispatcher and a warm instance.
+        for (topic, recipient) in &targets {
+            round_trips(&mut b.asker, topic, recipient, 3).await?;
+        }
+        let held: Vec<usize> = dispatchers
+            .iter()
+            .map(|d| {
+                let log = d.log();
+                targets
+                    .iter()
+                    .filter(|(topic, _)| {
+                        let uuid = topic.trim_start_matches("octue.services.");
+                        log.lines()
+                            .any(|l| l.contains(uuid) && l.contains("runs the service now"))
+                    })
+                    .count()
+            })
+            .collect();
+        let cpu = |pids: &[u32]| pids.iter().map(|p| process_cpu_ms(*p)).sum::<f64>();
+        let pids: Vec<u32> = dispatchers.iter().map(Server::pid).collect();
+        let (cpu0, db0) = (cpu(&pids), tree_cpu_ms(pg.pid()));
+        let rate = saturate_all(&mut b.asker, &targets, SHARED_N).await?;
+        let per_q = (cpu(&pids) - cpu0) / SHARED_N as f64;
+        let db_per_q = (tree_cpu_ms(pg.pid()) - db0) / SHARED_N as f64;
+        rates.push(json!({
+            "dispatchers": count, "per_s": rate, "services_held": held,
+            "dispatcher_cpu_ms_per_question": per_q, "database_cpu_ms_per_question": db_per_q,
+        }));
+        let floor = rates[0]["per_s"].as_f64().unwrap_or(rate);
+        report.row(
+            &format!("questions/s, {count} dispatcher(s) on PostgreSQL ({SHARED_SERVICES} services, held {held:?})"),
+            format!("{rate:.0}/s"),
+            format!("{floor:.0}/s"),
+            format!("{:.0}% of one's; CPU {per_q:.2} + {db_per_q:.2} ms/question", 100.0 * rate / floor),
+            "-".into(),
+        );
+        drop(dispatchers);
+        drop(api);
+    }
+    report.json.insert("dispatchers".into(), json!(rates));
+    drop(pg);
+    Ok(())
+}
+
 async fn idle_cpu_ms_per_s(pgid: u32) -> f64 {
     let before = group_cpu_ms(pgid);
     tokio::time::sleep(Duration::from_secs(2)).await;
@@ -1782,6 +1887,13 @@ async fn main() {
                     Err(e) => Err(e.clone()),
                 };
                 report.settle("SQLite vs PostgreSQL", "store", outcome);
+            }
+            if wanted("dispatchers") {
+                let outcome = match &echo_cmd {
+                    Ok(cmd) => guarded(dispatchers_part(&mut b, cmd, &mut report)).await,
+                    Err(e) => Err(e.clone()),
+                };
+                report.settle("several dispatchers", "dispatchers", outcome);
             }
             if wanted("broker") {
                 let outcome = if b.emulator.is_official() {
