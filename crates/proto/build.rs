@@ -16,6 +16,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         "rouse/v1/executions.proto",
         "rouse/v1/iam.proto",
         "rouse/v1/builds.proto",
+        "rouse/v1/nodes.proto",
     ];
     for f in &files {
         println!("cargo:rerun-if-changed={}", root.join(f).display());

@@ -654,6 +654,7 @@ pub fn workspace_bin(name: &str) -> PathBuf {
 
 pub mod asker;
 pub mod echo_image;
+pub mod engines;
 pub mod image_registry;
 pub mod octue;
 pub mod platform;

@@ -9,7 +9,8 @@ use rouse_authz::Authority;
 use rouse_core::{ProjectName, Service, ServiceName};
 use rouse_secrets::SecretsKey;
 use rouse_store::{
-    BuildStore, Changes, DispatchStore, IamStore, RolloutStore, SecretStore, Store, TriggerStore,
+    BuildStore, Changes, DispatchStore, IamStore, NodeStore, RolloutStore, SecretStore, Store,
+    TriggerStore,
 };
 
 use crate::error::ApiError;
@@ -19,11 +20,25 @@ use crate::messaging::Messaging;
 /// Everything the API's store must do: the API manages every record, so it
 /// names every store trait.
 pub trait ApiStore:
-    Store + DispatchStore + IamStore + TriggerStore + BuildStore + RolloutStore + SecretStore
+    Store
+    + DispatchStore
+    + IamStore
+    + TriggerStore
+    + BuildStore
+    + RolloutStore
+    + SecretStore
+    + NodeStore
 {
 }
 impl<T> ApiStore for T where
-    T: Store + DispatchStore + IamStore + TriggerStore + BuildStore + RolloutStore + SecretStore
+    T: Store
+        + DispatchStore
+        + IamStore
+        + TriggerStore
+        + BuildStore
+        + RolloutStore
+        + SecretStore
+        + NodeStore
 {
 }
 

@@ -40,6 +40,8 @@ pub enum ApiError {
     /// A build or a trigger (`kind`) looked up by id.
     #[error("{kind} `{id}` does not exist; `rouse {kind}s list --project P` shows those that do")]
     RecordNotFound { kind: &'static str, id: String },
+    #[error("node `{name}` does not exist; `rouse nodes list` shows those that do")]
+    NodeNotFound { name: String },
     #[error(
         "revision `{revision}` is not a revision of `{service}`; `rouse revisions list {service} --project {project}` shows them"
     )]
@@ -125,6 +127,7 @@ impl ApiError {
             | Self::ServiceGone { .. }
             | Self::ExecutionNotFound { .. }
             | Self::RecordNotFound { .. }
+            | Self::NodeNotFound { .. }
             | Self::RevisionNotFound { .. }
             | Self::TagNotFound { .. }
             | Self::SecretNotFound { .. }

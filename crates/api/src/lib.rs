@@ -24,6 +24,7 @@ pub mod hooks;
 pub mod iam;
 pub mod messaging;
 pub mod methods;
+pub mod nodes;
 pub mod reconcile;
 pub mod retention;
 pub mod revisions;
@@ -87,6 +88,9 @@ pub async fn serve(
         .add_service(pb::builds_server::BuildsServer::new(
             builds::BuildsApi::new(backend.clone()),
         ))
+        .add_service(pb::nodes_server::NodesServer::new(nodes::NodesApi::new(
+            backend.clone(),
+        )))
         .add_service(pb::secrets_server::SecretsServer::new(
             secrets::SecretsApi::new(backend),
         ))

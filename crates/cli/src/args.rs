@@ -8,6 +8,7 @@ use crate::commands::builds::BuildsCommand;
 use crate::commands::executions::ExecutionsCommand;
 use crate::commands::iam::IamCommand;
 use crate::commands::logs::LogsArgs;
+use crate::commands::nodes::NodesCommand;
 use crate::commands::projects::ProjectsCommand;
 use crate::commands::revisions::RevisionsCommand;
 use crate::commands::secrets::SecretsCommand;
@@ -74,6 +75,9 @@ pub enum Command {
     /// A service's secrets, injected into its instances as environment variables.
     #[command(subcommand)]
     Secrets(SecretsCommand),
+    /// Docker engines instances are placed on: add, list, drain, remove.
+    #[command(subcommand)]
+    Nodes(NodesCommand),
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum, serde::Deserialize)]

@@ -29,6 +29,10 @@ pub enum Outcome {
     /// caller waits briefly for its exit, so that the asker hears how it
     /// ended and its last log lines.
     Crashed { detail: String },
+    /// No connection could be made: the question never reached the
+    /// instance (gone, or its node's engine stopped), so it can go to
+    /// another one.
+    NotDelivered { detail: String },
 }
 
 /// How long to wait for an Octue service's own result after it answered the
@@ -95,6 +99,11 @@ pub async fn post(
                     humantime::format_duration(timeout)
                 ),
             ));
+        }
+        Err(e) if e.is_connect() => {
+            return Outcome::NotDelivered {
+                detail: format!("the service's instance cannot be reached ({e})"),
+            };
         }
         Err(e) => {
             return Outcome::Crashed {

@@ -266,7 +266,9 @@ impl Replier {
     pub async fn complete(&self, execution: Execution, outcome: Outcome, sender: &str) {
         let reply = match outcome {
             Outcome::Reply(reply) => reply,
-            Outcome::Crashed { detail } => deliver::crashed(&detail, None, ""),
+            Outcome::Crashed { detail } | Outcome::NotDelivered { detail } => {
+                deliver::crashed(&detail, None, "")
+            }
             Outcome::SelfReported { fallback, grace } => {
                 let deadline = tokio::time::Instant::now() + grace;
                 loop {

@@ -59,8 +59,23 @@ pub enum WorkerMsg {
 enum Internal {
     Started(u64, Result<Arc<Instance>, String>),
     Exited(u64, String),
-    Finished { key: Key, slot: u64 },
+    Finished {
+        key: Key,
+        slot: u64,
+    },
+    /// The instance could not be reached: the question goes back to the
+    /// queue, and the instance is given up.
+    Undelivered {
+        execution: Box<Execution>,
+        slot: u64,
+        detail: String,
+    },
 }
+
+/// How often a question that could not reach an instance goes back to the
+/// queue before it fails: instances that cannot be reached are given up,
+/// so a second try reaches a fresh one.
+const MAX_UNDELIVERED: u32 = 3;
 
 type Key = (String, u32);
 
@@ -93,6 +108,8 @@ pub struct Worker {
     queue: VecDeque<Execution>,
     slots: HashMap<u64, Slot>,
     running: HashMap<Key, Running>,
+    /// Questions that went back to the queue undelivered, and how often.
+    undelivered: HashMap<Key, u32>,
     next_slot: u64,
     internal_tx: mpsc::UnboundedSender<Internal>,
     internal_rx: mpsc::UnboundedReceiver<Internal>,
@@ -114,6 +131,7 @@ impl Worker {
             queue: VecDeque::new(),
             slots: HashMap::new(),
             running: HashMap::new(),
+            undelivered: HashMap::new(),
             next_slot: 1,
             internal_tx,
             internal_rx,
@@ -291,8 +309,38 @@ impl Worker {
                     tracing::warn!(service = %self.service.qualified_name(), instance = instance.unwrap_or_default(), %description, "instance exited");
                 }
             }
+            Internal::Undelivered {
+                execution,
+                slot,
+                detail,
+            } => {
+                let k = key(&execution);
+                self.running.remove(&k);
+                if let Some(gone) = self.slots.remove(&slot) {
+                    tracing::warn!(service = %self.service.qualified_name(), instance = gone.instance.as_ref().map(|i| i.id().to_owned()).unwrap_or_default(), %detail, "an instance cannot be reached; giving it up");
+                    self.stop_instance(gone);
+                }
+                let tries = self.undelivered.entry(k.clone()).or_insert(0);
+                *tries += 1;
+                if *tries >= MAX_UNDELIVERED {
+                    self.undelivered.remove(&k);
+                    self.finish(*execution, Reply::exception("ServiceCrashed", detail))
+                        .await;
+                } else {
+                    let mut execution = *execution;
+                    execution.status = ExecutionStatus::Queued;
+                    execution.delivered_at = None;
+                    execution.instance = None;
+                    // Recorded as not delivered, so a takeover runs it.
+                    if let Err(e) = self.ctx.store.update_execution(&execution, None).await {
+                        tracing::warn!(error = %e, "could not record an undelivered question");
+                    }
+                    self.queue.push_front(execution);
+                }
+            }
             Internal::Finished { key, slot } => {
                 self.running.remove(&key);
+                self.undelivered.remove(&key);
                 if self.mode() == DeliveryMode::Job {
                     self.slots.remove(&slot);
                 } else {
@@ -542,6 +590,14 @@ impl Worker {
                         &subscription,
                     );
                     match deliver::post(&ctx.http, addr, &envelope, timeout).await {
+                        deliver::Outcome::NotDelivered { detail } => {
+                            let _ = tx.send(Internal::Undelivered {
+                                execution: Box::new(execution),
+                                slot,
+                                detail,
+                            });
+                            return;
+                        }
                         deliver::Outcome::Crashed { detail } => {
                             // Its exit and last words reach us a moment after
                             // the connection broke.

@@ -80,6 +80,10 @@ permissions! {
     ProjectsList = "projects.list",
     ProjectsUpdate = "projects.update",
     ProjectsDelete = "projects.delete",
+    NodesCreate = "nodes.create",
+    NodesList = "nodes.list",
+    NodesUpdate = "nodes.update",
+    NodesDelete = "nodes.delete",
 }
 
 // A set is a u64; this fails to compile the day a 65th permission is added.

@@ -37,6 +37,7 @@ pub enum PredefinedRole {
 
 /// Reading metadata: every `get` and `list`, and reading policies.
 const READ: PermissionSet = PermissionSet::of(&[
+    P::NodesList,
     P::ServicesGet,
     P::ServicesList,
     P::RevisionsGet,
@@ -77,6 +78,9 @@ const EDITOR: PermissionSet = PermissionSet::ALL.minus(PermissionSet::of(&[
     P::ProjectsCreate,
     P::ProjectsUpdate,
     P::ProjectsDelete,
+    P::NodesCreate,
+    P::NodesUpdate,
+    P::NodesDelete,
 ]));
 const VIEWER: PermissionSet = READ.with(P::LogsRead);
 const SERVICE_USER: PermissionSet = PermissionSet::of(&[P::ServicesAsk, P::ServicesGet]);

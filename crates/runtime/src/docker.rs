@@ -151,6 +151,56 @@ impl DockerRuntime {
         self
     }
 
+    /// The instance ids of Rouse's running containers on this engine,
+    /// whoever started them.
+    pub async fn running_instances(&self) -> Result<Vec<String>, RuntimeError> {
+        let containers = self
+            .containers(vec![format!("{MANAGED_BY_LABEL}={MANAGED_BY}")], false)
+            .await?;
+        Ok(containers
+            .into_iter()
+            .filter_map(|c| c.labels?.get(INSTANCE_LABEL).cloned())
+            .collect())
+    }
+
+    /// The containers with every label of `labels` (`all`: stopped ones too).
+    async fn containers(
+        &self,
+        labels: Vec<String>,
+        all: bool,
+    ) -> Result<Vec<bollard::models::ContainerSummary>, RuntimeError> {
+        let target = labels.join(",");
+        let options = ListContainersOptionsBuilder::default()
+            .all(all)
+            .filters(&HashMap::from([("label".to_owned(), labels)]))
+            .build();
+        self.docker
+            .list_containers(Some(options))
+            .await
+            .map_err(|source| RuntimeError::Docker {
+                action: "list",
+                target: format!("containers labelled {target}"),
+                source,
+            })
+    }
+
+    /// Pulls `image` (from the registry its name starts with).
+    async fn pull(&self, image: &str) -> Result<(), DockerError> {
+        let (from, tag) = match image.rsplit_once(':') {
+            Some((from, tag)) if !tag.contains('/') => (from, tag),
+            _ => (image, "latest"),
+        };
+        let options = bollard::query_parameters::CreateImageOptionsBuilder::default()
+            .from_image(from)
+            .tag(tag)
+            .build();
+        let mut progress = self.docker.create_image(Some(options), None, None);
+        while let Some(step) = progress.next().await {
+            step?;
+        }
+        Ok(())
+    }
+
     /// The name of the container of an instance.
     pub fn container_name(instance_id: &str) -> String {
         format!("rouse-{instance_id}")
@@ -170,19 +220,7 @@ impl DockerRuntime {
             labels.push(format!("{OWNER_LABEL}={owner}"));
         }
         let target = labels.join(",");
-        let options = ListContainersOptionsBuilder::default()
-            .all(true)
-            .filters(&HashMap::from([("label".to_owned(), labels)]))
-            .build();
-        let containers = self
-            .docker
-            .list_containers(Some(options))
-            .await
-            .map_err(|source| RuntimeError::Docker {
-                action: "list",
-                target: format!("containers labelled {target}"),
-                source,
-            })?;
+        let containers = self.containers(labels, true).await?;
         let mut removed = 0;
         let mut first_error = None;
         for id in containers
@@ -286,7 +324,22 @@ impl Runtime for DockerRuntime {
         let options = CreateContainerOptionsBuilder::default()
             .name(&container)
             .build();
-        match self.docker.create_container(Some(options), body).await {
+        let mut created = self
+            .docker
+            .create_container(Some(options.clone()), body.clone())
+            .await;
+        if let Err(DockerError::DockerResponseServerError {
+            status_code: 404, ..
+        }) = &created
+            && from_registry(&image)
+        {
+            // Not here yet: the registry the builder pushes to has it.
+            match self.pull(&image).await {
+                Ok(()) => created = self.docker.create_container(Some(options), body).await,
+                Err(e) => tracing::warn!(%image, error = %e, "cannot pull the image"),
+            }
+        }
+        match created {
             Ok(_) => {}
             Err(DockerError::DockerResponseServerError {
                 status_code: 404, ..
@@ -326,6 +379,14 @@ impl Runtime for DockerRuntime {
             }),
         }))
     }
+}
+
+/// Whether an image name starts with a registry host (`host:port/…`,
+/// `host.domain/…` or `localhost/…`), so a missing image may be pulled.
+fn from_registry(image: &str) -> bool {
+    image
+        .split_once('/')
+        .is_some_and(|(host, _)| host.contains('.') || host.contains(':') || host == "localhost")
 }
 
 /// Whether a container's labels name `owner` (`None`: no owner label).

@@ -30,6 +30,7 @@ mod fake;
 pub mod holder;
 mod instance;
 mod logs;
+pub mod nodes;
 mod probe;
 mod process;
 
@@ -118,6 +119,9 @@ pub trait Runtime: Send + Sync + 'static {
 /// Why an instance could not be started.
 #[derive(Debug, thiserror::Error)]
 pub enum RuntimeError {
+    #[error("no Docker engine can take the instance: {why}")]
+    NoNode { why: String },
+
     #[error("instance id `{id}` is not usable: {reason}")]
     InvalidInstanceId { id: String, reason: &'static str },
 

@@ -32,6 +32,7 @@ use rouse_authz::Authority;
 use rouse_builder::{Builder, BuilderConfig, RegistryConfig};
 use rouse_dispatcher::{Dispatcher, DispatcherConfig, Parts};
 use rouse_pubsub::{PubSub, PubSubConfig};
+use rouse_runtime::nodes::{NodeSpec, Placement};
 use rouse_runtime::{DockerRuntime, ProcessRuntime, Runtime};
 use rouse_secrets::SecretsKey;
 use rouse_store::{Changes, LeaseStore, PgStore, SqliteStore};
@@ -545,16 +546,15 @@ async fn bind(
 /// instances a crashed earlier run left behind are stopped first. The data
 /// dir names this platform, so several platforms on one engine leave each
 /// other's containers alone.
-async fn runtimes(config: &Config) -> (Arc<dyn Runtime>, Option<Arc<dyn Runtime>>) {
+async fn runtimes(config: &Config) -> (Arc<dyn Runtime>, Arc<Placement>) {
     let process = ProcessRuntime::with_state_dir(config.data_dir.join("instances"));
     match process.remove_stale().await {
         Ok(0) => {}
         Ok(n) => tracing::info!(processes = n, "stopped instances left by an earlier run"),
         Err(e) => tracing::warn!(error = %e, "cannot check for instances left by an earlier run"),
     }
-    let docker: Option<Arc<dyn Runtime>> = match DockerRuntime::connect()
-        .map(|d| d.with_owner(config.data_dir.display().to_string()))
-    {
+    let owner = config.data_dir.display().to_string();
+    let local = match DockerRuntime::connect().map(|d| d.with_owner(owner.clone())) {
         Ok(d) => {
             match d.remove_stale().await {
                 Ok(0) => {}
@@ -565,14 +565,50 @@ async fn runtimes(config: &Config) -> (Arc<dyn Runtime>, Option<Arc<dyn Runtime>
                     tracing::warn!(error = %e, "cannot list containers left by an earlier run")
                 }
             }
-            Some(Arc::new(d))
+            Some(d)
         }
         Err(e) => {
-            tracing::warn!(error = %e, "no Docker engine: image revisions cannot run, command revisions can");
+            tracing::warn!(error = %e, "no Docker engine here: image revisions run only on nodes (`rouse nodes add`), command revisions run");
             None
         }
     };
-    (Arc::new(process), docker)
+    (
+        Arc::new(process),
+        Arc::new(Placement::new(local, Some(owner))),
+    )
+}
+
+/// How often the dispatcher re-reads the nodes (`rouse nodes …`).
+const NODES_POLL: Duration = Duration::from_secs(2);
+
+/// Keeps `placement`'s nodes as the store has them, until it is dropped.
+fn keep_nodes(store: Arc<dyn PlatformStore>, placement: std::sync::Weak<Placement>) {
+    tokio::spawn(async move {
+        loop {
+            let nodes = store.list_nodes().await;
+            let Some(placement) = placement.upgrade() else {
+                return;
+            };
+            match nodes {
+                Ok(nodes) => {
+                    let specs = nodes
+                        .into_iter()
+                        .map(|n| NodeSpec {
+                            name: n.name,
+                            docker_host: n.docker_host,
+                            capacity: n.capacity,
+                            labels: n.labels,
+                            draining: n.draining,
+                        })
+                        .collect();
+                    placement.set_nodes(specs).await;
+                }
+                Err(e) => tracing::warn!(error = %e, "cannot read the nodes"),
+            }
+            drop(placement);
+            tokio::time::sleep(NODES_POLL).await;
+        }
+    });
 }
 
 /// The registry built images go to, with its credentials read now so that a
@@ -621,7 +657,9 @@ impl DispatcherInputs {
     /// run (or a dead dispatcher on this machine sharing the data dir) left
     /// behind.
     async fn parts(self) -> Parts {
-        let (process, docker) = runtimes(&self.config).await;
+        let (process, placement) = runtimes(&self.config).await;
+        keep_nodes(self.store.clone(), Arc::downgrade(&placement));
+        let docker: Option<Arc<dyn Runtime>> = Some(placement);
         Parts {
             config: DispatcherConfig {
                 network_topic: self.config.network_topic.clone(),

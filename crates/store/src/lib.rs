@@ -18,6 +18,7 @@ pub mod changes;
 mod dispatch;
 mod iam;
 mod leases;
+mod nodes;
 mod postgres;
 mod sqlite;
 
@@ -280,6 +281,34 @@ pub trait LeaseStore: Send + Sync + 'static {
     ) -> Result<Vec<String>, StoreError>;
     /// Every lease whose name starts with `prefix`, expired or not, by name.
     async fn leases(&self, prefix: &str) -> Result<Vec<LeaseRecord>, StoreError>;
+}
+
+/// A Docker engine instances may run on (seed `003`'s nodes).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct NodeRecord {
+    pub name: String,
+    /// How to reach its engine: `unix:///path` or `tcp://host:port`.
+    pub docker_host: String,
+    /// Most instances placed on it.
+    pub capacity: u32,
+    /// `key=value` labels a service's node selector matches.
+    pub labels: std::collections::BTreeMap<String, String>,
+    /// Draining: no new instance is placed on it.
+    pub draining: bool,
+    pub created_at: SystemTime,
+}
+
+/// The nodes instances are placed on, besides the local engine.
+#[async_trait]
+pub trait NodeStore: Send + Sync + 'static {
+    /// Records a node. Fails with [`StoreError::Duplicate`] if the name is taken.
+    async fn insert_node(&self, node: &NodeRecord) -> Result<(), StoreError>;
+    /// Every node, by name.
+    async fn list_nodes(&self) -> Result<Vec<NodeRecord>, StoreError>;
+    /// Marks a node draining (or not); `false` if there is no such node.
+    async fn set_node_draining(&self, name: &str, draining: bool) -> Result<bool, StoreError>;
+    /// Forgets a node; `false` if there was none.
+    async fn delete_node(&self, name: &str) -> Result<bool, StoreError>;
 }
 
 /// A lease as stored.

@@ -284,6 +284,17 @@ CREATE TABLE leases (
     r#"
 ALTER TABLE executions ADD COLUMN dispatcher TEXT;
 "#,
+    // Nodes: Docker engines instances may be placed on.
+    r#"
+CREATE TABLE nodes (
+    name          TEXT PRIMARY KEY,
+    docker_host   TEXT NOT NULL,
+    capacity      INTEGER NOT NULL,
+    labels        TEXT NOT NULL,
+    draining      INTEGER NOT NULL DEFAULT 0,
+    created_at_us INTEGER NOT NULL
+);
+"#,
 ];
 
 /// How long a statement waits for a lock held by another process (another

@@ -8,7 +8,7 @@ use std::time::{Duration, SystemTime};
 
 use rouse_core::{ProjectName, Service, ServiceName};
 use rouse_store::{
-    BuildStore, DispatchStore, IamStore, LeaseStore, PgStore, RolloutStore, SecretStore,
+    BuildStore, DispatchStore, IamStore, LeaseStore, NodeStore, PgStore, RolloutStore, SecretStore,
     SqliteStore, Store, StoreError, TrialStore, TriggerStore,
 };
 use rouse_tests::postgres::Postgres;
@@ -29,6 +29,7 @@ pub trait AllStores:
     + SecretStore
     + IamStore
     + LeaseStore
+    + NodeStore
     + Clone
 {
 }
@@ -42,6 +43,7 @@ impl<T> AllStores for T where
         + SecretStore
         + IamStore
         + LeaseStore
+        + NodeStore
         + Clone
 {
 }
@@ -504,5 +506,46 @@ mod leases {
                 .expect("none")
                 .is_empty()
         );
+    }
+}
+
+/// Nodes: named once, listed by name, drained and removed by name.
+mod nodes {
+    use std::collections::BTreeMap;
+
+    use rouse_store::{NodeRecord, StoreError};
+
+    use super::*;
+
+    contract!(nodes_are_named_once_drained_and_removed);
+
+    fn node(name: &str) -> NodeRecord {
+        NodeRecord {
+            name: name.into(),
+            docker_host: format!("unix:///run/{name}.sock"),
+            capacity: 4,
+            labels: BTreeMap::from([("zone".to_owned(), "a".to_owned())]),
+            draining: false,
+            created_at: SystemTime::UNIX_EPOCH + std::time::Duration::from_secs(1_700_000_000),
+        }
+    }
+
+    async fn nodes_are_named_once_drained_and_removed(f: &impl Fixture) {
+        let store = f.open().await;
+        store.insert_node(&node("b")).await.expect("b");
+        store.insert_node(&node("a")).await.expect("a");
+        match store.insert_node(&node("a")).await {
+            Err(StoreError::Duplicate { what: "node", name }) => assert_eq!(name, "a"),
+            other => panic!("a second `a`: {other:?}"),
+        }
+        let listed = store.list_nodes().await.expect("list");
+        assert_eq!(listed, [node("a"), node("b")]);
+        assert!(store.set_node_draining("a", true).await.expect("drain"));
+        assert!(!store.set_node_draining("nobody", true).await.expect("none"));
+        let listed = f.open().await.list_nodes().await.expect("reopened");
+        assert!(listed[0].draining && !listed[1].draining);
+        assert!(store.delete_node("a").await.expect("remove"));
+        assert!(!store.delete_node("a").await.expect("gone"));
+        assert_eq!(store.list_nodes().await.expect("list"), [node("b")]);
     }
 }

@@ -8,6 +8,7 @@ pub mod builds;
 pub mod executions;
 pub mod iam;
 pub mod logs;
+pub mod nodes;
 pub mod policy;
 pub mod projects;
 pub mod revisions;
@@ -49,6 +50,7 @@ pub async fn run(cli: Cli) -> Result<(), CliError> {
         Command::Triggers(cmd) => triggers::run(&ctx, cmd).await,
         Command::Builds(cmd) => builds::run(&ctx, cmd).await,
         Command::Secrets(cmd) => secrets::run(&ctx, cmd).await,
+        Command::Nodes(cmd) => nodes::run(&ctx, cmd).await,
         Command::Server(_) | Command::Broker(_) => {
             unreachable!("`rouse server` and `rouse broker` returned above")
         }

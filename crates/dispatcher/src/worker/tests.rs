@@ -12,7 +12,7 @@
 //!   are committed by a thread of its own, and while a test waits for one
 //!   the paused clock would otherwise jump to the next timer.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashMap};
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::sync::Arc;
@@ -67,6 +67,8 @@ struct FakeRuntime {
     cold_start: Duration,
     hold: Duration,
     seen: Arc<watch::Sender<Seen>>,
+    /// Each serving instance's listener task, by instance id.
+    servers: Arc<std::sync::Mutex<HashMap<String, tokio::task::AbortHandle>>>,
 }
 
 impl FakeRuntime {
@@ -75,7 +77,16 @@ impl FakeRuntime {
             cold_start,
             hold,
             seen: Arc::new(watch::channel(Seen::default()).0),
+            servers: Arc::default(),
         })
+    }
+
+    /// Stops instance `id` answering (its listener closes) without any
+    /// notice of an exit: what a lost node looks like from here.
+    fn cut_off(&self, id: &str) {
+        if let Some(server) = self.servers.lock().expect("servers").remove(id) {
+            server.abort();
+        }
     }
 
     /// Waits until what was seen satisfies `f`.
@@ -173,6 +184,7 @@ impl Runtime for FakeRuntime {
             cold_start: self.cold_start,
             hold: self.hold,
             seen: self.seen.clone(),
+            servers: self.servers.clone(),
         });
         let id = spec.instance_id.clone();
         let mut server = None;
@@ -181,7 +193,12 @@ impl Runtime for FakeRuntime {
                 .await
                 .map_err(RuntimeError::Port)?;
             let addr = listener.local_addr().map_err(RuntimeError::Port)?;
-            server = Some(tokio::spawn(this.clone().serve(listener, id.clone())));
+            let task = tokio::spawn(this.clone().serve(listener, id.clone()));
+            self.servers
+                .lock()
+                .expect("servers")
+                .insert(id.clone(), task.abort_handle());
+            server = Some(task);
             Some(addr)
         } else {
             None
@@ -582,6 +599,39 @@ async fn min_instances_stay_warm_and_answer_without_a_cold_start() {
     assert_eq!(data["output_values"]["instance"], seen.started[0].as_str());
     assert_eq!(h.execution("q-warm").await.cold_start, Some(false));
     assert_eq!(h.runtime.seen().started.len(), 1, "no other instance woke");
+}
+
+/// An instance that cannot be reached (its node's engine gone, no exit
+/// notice yet): the question never reached it, so it is given up and the
+/// question delivered to a new instance instead of failing.
+#[tokio::test(start_paused = true)]
+async fn a_question_that_cannot_reach_its_instance_goes_to_another() {
+    let h = Harness::start(
+        scaling(1, 3, 1),
+        DeliveryMode::Server,
+        Duration::from_secs(1),
+        Duration::ZERO,
+    )
+    .await;
+    let warm = h.runtime.until("the warm instance", |s| s.alive == 1).await;
+    let lost = warm.started[0].clone();
+    h.runtime.cut_off(&lost);
+    h.ask("q-lost").await;
+    let (data, _) = h.publisher.terminal("q-lost").await;
+    assert_eq!(data["kind"], "result", "{data}");
+    let seen = h.runtime.seen();
+    assert_eq!(seen.started.len(), 2, "{seen:?}");
+    assert_eq!(data["output_values"]["instance"], seen.started[1].as_str());
+    assert!(
+        seen.exits.iter().any(|(id, _)| *id == lost),
+        "the unreachable instance was stopped: {seen:?}"
+    );
+    let execution = h.execution("q-lost").await;
+    assert_eq!(execution.status, ExecutionStatus::Succeeded);
+    assert_eq!(
+        execution.instance.as_deref(),
+        Some(seen.started[1].as_str())
+    );
 }
 
 #[tokio::test(start_paused = true)]

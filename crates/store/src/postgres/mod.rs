@@ -16,6 +16,7 @@ mod builds;
 mod dispatch;
 mod iam;
 mod leases;
+mod nodes;
 mod notify;
 
 use std::time::Duration;
@@ -38,6 +39,7 @@ const MIGRATIONS: &[&str] = &[
     include_str!("notify.sql"),
     include_str!("leases.sql"),
     include_str!("shards.sql"),
+    include_str!("nodes.sql"),
 ];
 
 /// The advisory lock taken while migrating (any fixed number; this one

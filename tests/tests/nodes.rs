@@ -1,0 +1,304 @@
+//! End-to-end: nodes (seed `003`'s `deploy.py node …`) on real parts. A
+//! second `dockerd` of the test's own is the second node; the image reaches
+//! it through Debian's `docker-registry` on loopback, as built images do.
+
+use std::time::Duration;
+
+use rouse_tests::asker::Asker;
+use rouse_tests::echo_image::EchoImage;
+use rouse_tests::engines::{DockerNode, Registry};
+use rouse_tests::{Emulator, Server, wait_until};
+use serde_json::{Value, json};
+
+const NETWORK: &str = "octue.services";
+const ANSWER: Duration = Duration::from_secs(60);
+const SETTLE: Duration = Duration::from_secs(30);
+
+fn docker(args: &[&str]) -> std::process::Output {
+    std::process::Command::new("docker")
+        .args(args)
+        .output()
+        .expect("the docker CLI")
+}
+
+/// Rouse's containers on the machine's own engine.
+fn local_containers() -> usize {
+    let out = docker(&["ps", "-q", "--filter", "label=managed-by=rouse"]);
+    String::from_utf8_lossy(&out.stdout).lines().count()
+}
+
+fn nodes(server: &Server) -> Vec<Value> {
+    server
+        .rouse(&["nodes", "list", "--format", "json"])
+        .json()
+        .as_array()
+        .cloned()
+        .unwrap_or_default()
+}
+
+/// The echo image pushed to `registry` as `<registry>/p-<name>:v1` (what
+/// the builder does with `--registry`), and removed from the local engine
+/// so that only the registry has it.
+fn pushed_echo(registry: &Registry, name: &str) -> (EchoImage, String) {
+    let echo = EchoImage::build(&format!("rouse-nodes-{name}:{}", std::process::id()));
+    let image = format!("{}/p-{name}:v1", registry.addr);
+    assert!(docker(&["tag", &echo.tag, &image]).status.success());
+    let pushed = docker(&["push", &image]);
+    assert!(pushed.status.success(), "{pushed:?}");
+    assert!(docker(&["rmi", &image]).status.success());
+    (echo, image)
+}
+
+/// Service `p/<name>` running `image`, at most `max` instances; its topic.
+fn image_service(server: &Server, name: &str, max: &str, image: &str) -> String {
+    let svc = server
+        .rouse(&[
+            "services",
+            "create",
+            name,
+            "--project",
+            "p",
+            "--format",
+            "json",
+        ])
+        .json();
+    server
+        .rouse(&[
+            "services",
+            "update",
+            name,
+            "--project",
+            "p",
+            "--max-instances",
+            max,
+        ])
+        .ok();
+    server
+        .rouse(&[
+            "revisions",
+            "create",
+            name,
+            "--project",
+            "p",
+            "--image",
+            image,
+        ])
+        .ok();
+    svc["topic"].as_str().expect("topic").to_owned()
+}
+
+/// Bad input is named with its fix; nodes are added, listed with their
+/// health and instances, drained and removed (only once empty). A burst
+/// spreads a service's instances over the local engine and the node; the
+/// node's engine stopped, its questions finish on the local engine, none
+/// lost, and the node shows unhealthy.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn instances_spread_over_nodes_and_a_stopped_node_loses_nothing() {
+    let registry = Registry::start();
+    let mut node = DockerNode::start();
+    let (_echo, image) = pushed_echo(&registry, "spread");
+
+    let emulator = Emulator::start();
+    let data = tempfile::tempdir().expect("tempdir");
+    let server = Server::start(&emulator, data.path(), &[]);
+    server.allow_anonymous_askers("p");
+
+    // Bad input.
+    let tcp = server.rouse(&[
+        "nodes",
+        "add",
+        "far",
+        "--docker-host",
+        "tcp://10.0.0.9:2375",
+    ]);
+    assert_eq!(tcp.code, 2, "{tcp:?}");
+    assert!(
+        tcp.stderr.contains("tcp://10.0.0.9:2375") && tcp.stderr.contains("ssh -nNT -L"),
+        "{}",
+        tcp.stderr
+    );
+    let dead = server.rouse(&[
+        "nodes",
+        "add",
+        "dead",
+        "--docker-host",
+        "unix:///nonexistent/docker.sock",
+    ]);
+    assert_eq!(dead.code, 2, "{dead:?}");
+    assert!(dead.stderr.contains("does not answer"), "{}", dead.stderr);
+    let name = server.rouse(&[
+        "nodes",
+        "add",
+        "Node_2",
+        "--docker-host",
+        &node.docker_host(),
+    ]);
+    assert!(name.stderr.contains("`Node_2`"), "{}", name.stderr);
+    let label = server.rouse(&[
+        "nodes",
+        "add",
+        "n",
+        "--docker-host",
+        &node.docker_host(),
+        "--label",
+        "novalue",
+    ]);
+    assert_eq!(label.code, 2, "{label:?}");
+    assert!(label.stderr.contains("KEY=VALUE"), "{}", label.stderr);
+    assert!(nodes(&server).is_empty());
+
+    let added = server
+        .rouse(&[
+            "nodes",
+            "add",
+            "node-2",
+            "--docker-host",
+            &node.docker_host(),
+            "--capacity",
+            "4",
+            "--label",
+            "zone=b",
+            "--format",
+            "json",
+        ])
+        .json();
+    assert_eq!(added["healthy"], true, "{added}");
+    assert_eq!(added["labels"]["zone"], "b");
+    let again = server.rouse(&[
+        "nodes",
+        "add",
+        "node-2",
+        "--docker-host",
+        &node.docker_host(),
+    ]);
+    assert!(again.stderr.contains("already exists"), "{}", again.stderr);
+    // The dispatcher re-reads the nodes every 2 s.
+    tokio::time::sleep(Duration::from_secs(3)).await;
+
+    let topic = image_service(&server, "spread", "4", &image);
+    let mut asker = Asker::new(emulator.host(), NETWORK).await;
+    let burst: Vec<String> = {
+        let mut qs = Vec::new();
+        for i in 0..16 {
+            qs.push(
+                asker
+                    .ask(&topic, "p/spread", json!({"sleep_ms": 300, "i": i}))
+                    .await,
+            );
+        }
+        qs
+    };
+    for q in &burst {
+        let a = asker.answer(q, ANSWER).await;
+        assert_eq!(a.kind, "result", "{:?}\n{}", a.data, server.log());
+    }
+    // Four instances, spread: both engines run some, the node within its capacity.
+    let (here, there) = (local_containers(), node.rouse_containers());
+    assert!(
+        here >= 1 && there >= 1,
+        "local {here}, node {there}\n{}",
+        server.log()
+    );
+    assert!(there <= 4);
+    let listed = nodes(&server);
+    assert_eq!(listed.len(), 1);
+    assert_eq!(listed[0]["instances"], there as u64, "{listed:?}");
+    let table = server.rouse(&["nodes", "list"]).ok().to_owned();
+    assert!(
+        table.contains("node-2") && table.contains("ready"),
+        "{table}"
+    );
+
+    // A node with instances is not removed.
+    let busy = server.rouse(&["nodes", "remove", "node-2"]);
+    assert_eq!(busy.code, 1, "{busy:?}");
+    assert!(
+        busy.stderr.contains("nodes drain node-2"),
+        "{}",
+        busy.stderr
+    );
+
+    // The node's engine stops under its warm instances: questions go to
+    // the local engine (an instance that cannot be reached is given up and
+    // its question delivered elsewhere), none is lost.
+    node.stop();
+    let mut after = Vec::new();
+    for i in 0..12 {
+        after.push(asker.ask(&topic, "p/spread", json!({"after": i})).await);
+    }
+    for q in &after {
+        let a = asker.answer(q, ANSWER).await;
+        assert_eq!(a.kind, "result", "{:?}\n{}", a.data, server.log());
+    }
+    wait_until(SETTLE, "the node shown unhealthy", || {
+        let listed = nodes(&server);
+        match listed[0]["healthy"] == false {
+            true => Ok(()),
+            false => Err(format!("{listed:?}")),
+        }
+    })
+    .await;
+    let table = server.rouse(&["nodes", "list"]).ok().to_owned();
+    assert!(table.contains("unhealthy"), "{table}");
+
+    // Drained and empty: removed.
+    let drained = server
+        .rouse(&["nodes", "drain", "node-2", "--format", "json"])
+        .json();
+    assert_eq!(drained["draining"], true);
+    let removed = server.rouse(&["nodes", "remove", "node-2"]);
+    assert_eq!(removed.code, 0, "{removed:?}");
+    assert!(nodes(&server).is_empty());
+    let gone = server.rouse(&["nodes", "drain", "node-2"]);
+    assert!(
+        gone.stderr.contains("node `node-2` does not exist"),
+        "{}",
+        gone.stderr
+    );
+    drop((server, node, registry));
+}
+
+/// A draining node gets no new instance.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_draining_node_gets_no_new_instance() {
+    let registry = Registry::start();
+    let node = DockerNode::start();
+    let (_echo, image) = pushed_echo(&registry, "drained");
+
+    let emulator = Emulator::start();
+    let data = tempfile::tempdir().expect("tempdir");
+    let server = Server::start(&emulator, data.path(), &[]);
+    server.allow_anonymous_askers("p");
+    server
+        .rouse(&[
+            "nodes",
+            "add",
+            "node-2",
+            "--docker-host",
+            &node.docker_host(),
+        ])
+        .ok();
+    server.rouse(&["nodes", "drain", "node-2"]).ok();
+    // The dispatcher re-reads the nodes every 2 s.
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    let topic = image_service(&server, "drained", "3", &image);
+    let mut asker = Asker::new(emulator.host(), NETWORK).await;
+    let mut qs = Vec::new();
+    for i in 0..9 {
+        qs.push(
+            asker
+                .ask(&topic, "p/drained", json!({"sleep_ms": 200, "i": i}))
+                .await,
+        );
+    }
+    for q in &qs {
+        assert_eq!(asker.answer(q, ANSWER).await.kind, "result");
+    }
+    assert_eq!(
+        node.rouse_containers(),
+        0,
+        "an instance went to the draining node"
+    );
+    assert!(local_containers() >= 1);
+    drop((server, node, registry));
+}
