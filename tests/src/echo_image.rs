@@ -66,13 +66,23 @@ impl EchoImage {
 
 impl Drop for EchoImage {
     fn drop(&mut self) {
+        // `ancestor=` matches by image id, and every test's echo image has
+        // the same id (the build cache), so the containers are narrowed to
+        // those created from this tag: another test's are left running.
         let filter = format!("ancestor={}", self.tag);
+        let tagged = format!("{}:latest", self.tag);
         if let Ok(listed) = Command::new("docker")
-            .args(["ps", "-aq", "--filter", &filter])
+            .args(["ps", "-a", "--filter", &filter])
+            .args(["--format", "{{.ID}} {{.Image}}"])
             .output()
         {
-            let ids = String::from_utf8_lossy(&listed.stdout);
-            let ids: Vec<&str> = ids.split_whitespace().collect();
+            let listed = String::from_utf8_lossy(&listed.stdout);
+            let ids: Vec<&str> = listed
+                .lines()
+                .filter_map(|l| l.split_once(' '))
+                .filter(|(_, image)| *image == self.tag || *image == tagged)
+                .map(|(id, _)| id)
+                .collect();
             if !ids.is_empty() {
                 let _ = Command::new("docker")
                     .args(["rm", "-f", "-v"])

@@ -599,6 +599,34 @@ impl Drop for Server {
                 let _ = self.child.wait();
             }
         }
+        remove_containers_of(self.child.id());
+    }
+}
+
+/// Removes the local engine's containers that the server process `pid`
+/// started (their `rouse.process` label is `host:pid:start`), for a server
+/// that was killed or failed a test before stopping its instances; other
+/// tests' containers are left alone.
+fn remove_containers_of(pid: u32) {
+    let Ok(listed) = Command::new("docker")
+        .args(["ps", "-a", "--filter", "label=managed-by=rouse"])
+        .args(["--format", "{{.ID}} {{.Label \"rouse.process\"}}"])
+        .output()
+    else {
+        return;
+    };
+    let listed = String::from_utf8_lossy(&listed.stdout);
+    let ids: Vec<&str> = listed
+        .lines()
+        .filter_map(|l| l.split_once(' '))
+        .filter(|(_, process)| process.rsplit(':').nth(1) == Some(pid.to_string().as_str()))
+        .map(|(id, _)| id)
+        .collect();
+    if !ids.is_empty() {
+        let _ = Command::new("docker")
+            .args(["rm", "-f", "-v"])
+            .args(&ids)
+            .output();
     }
 }
 

@@ -21,10 +21,20 @@ fn docker(args: &[&str]) -> std::process::Output {
         .expect("the docker CLI")
 }
 
-/// Rouse's containers on the machine's own engine.
-fn local_containers() -> usize {
-    let out = docker(&["ps", "-q", "--filter", "label=managed-by=rouse"]);
-    String::from_utf8_lossy(&out.stdout).lines().count()
+/// Rouse's running containers of `image` on the machine's own engine
+/// (other tests run theirs beside).
+fn local_containers(image: &str) -> usize {
+    let out = docker(&[
+        "ps",
+        "--filter",
+        "label=managed-by=rouse",
+        "--format",
+        "{{.Image}}",
+    ]);
+    String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .filter(|l| *l == image)
+        .count()
 }
 
 fn nodes(server: &Server) -> Vec<Value> {
@@ -36,17 +46,27 @@ fn nodes(server: &Server) -> Vec<Value> {
         .unwrap_or_default()
 }
 
+/// An image tag removed from the local engine when dropped.
+struct Untag(String);
+
+impl Drop for Untag {
+    fn drop(&mut self) {
+        let _ = docker(&["rmi", &self.0]);
+    }
+}
+
 /// The echo image pushed to `registry` as `<registry>/p-<name>:v1` (what
 /// the builder does with `--registry`), and removed from the local engine
-/// so that only the registry has it.
-fn pushed_echo(registry: &Registry, name: &str) -> (EchoImage, String) {
+/// so that only the registry has it; the copy the dispatcher pulls is
+/// removed when the returned guards drop.
+fn pushed_echo(registry: &Registry, name: &str) -> ((Untag, EchoImage), String) {
     let echo = EchoImage::build(&format!("rouse-nodes-{name}:{}", std::process::id()));
     let image = format!("{}/p-{name}:v1", registry.addr);
     assert!(docker(&["tag", &echo.tag, &image]).status.success());
     let pushed = docker(&["push", &image]);
     assert!(pushed.status.success(), "{pushed:?}");
     assert!(docker(&["rmi", &image]).status.success());
-    (echo, image)
+    ((Untag(image.clone()), echo), image)
 }
 
 /// Service `p/<name>` running `image`, at most `max` instances; its topic.
@@ -193,7 +213,7 @@ async fn instances_spread_over_nodes_and_a_stopped_node_loses_nothing() {
         assert_eq!(a.kind, "result", "{:?}\n{}", a.data, server.log());
     }
     // Four instances, spread: both engines run some, the node within its capacity.
-    let (here, there) = (local_containers(), node.rouse_containers());
+    let (here, there) = (local_containers(&image), node.rouse_containers());
     assert!(
         here >= 1 && there >= 1,
         "local {here}, node {there}\n{}",
@@ -299,6 +319,6 @@ async fn a_draining_node_gets_no_new_instance() {
         0,
         "an instance went to the draining node"
     );
-    assert!(local_containers() >= 1);
+    assert!(local_containers(&image) >= 1);
     drop((server, node, registry));
 }
