@@ -71,27 +71,36 @@ impl Drop for EchoImage {
         // those created from this tag: another test's are left running.
         let filter = format!("ancestor={}", self.tag);
         let tagged = format!("{}:latest", self.tag);
-        if let Ok(listed) = Command::new("docker")
-            .args(["ps", "-a", "--filter", &filter])
-            .args(["--format", "{{.ID}} {{.Image}}"])
-            .output()
-        {
-            let listed = String::from_utf8_lossy(&listed.stdout);
-            let ids: Vec<&str> = listed
-                .lines()
-                .filter_map(|l| l.split_once(' '))
-                .filter(|(_, image)| *image == self.tag || *image == tagged)
-                .map(|(id, _)| id)
-                .collect();
-            if !ids.is_empty() {
-                let _ = Command::new("docker")
-                    .args(["rm", "-f", "-v"])
-                    .args(&ids)
-                    .output();
-            }
-        }
+        remove_containers(&filter, "{{.Image}}", |image| {
+            image == self.tag || image == tagged
+        });
         let _ = Command::new("docker")
             .args(["rmi", "-f", &self.tag])
+            .output();
+    }
+}
+
+/// Removes (with their volumes) the containers that `docker ps -a --filter
+/// <filter>` lists whose `field` (a `--format` template) `pick` accepts.
+pub fn remove_containers(filter: &str, field: &str, pick: impl Fn(&str) -> bool) {
+    let Ok(listed) = Command::new("docker")
+        .args(["ps", "-a", "--filter", filter])
+        .args(["--format", &format!("{{{{.ID}}}} {field}")])
+        .output()
+    else {
+        return;
+    };
+    let listed = String::from_utf8_lossy(&listed.stdout);
+    let ids: Vec<&str> = listed
+        .lines()
+        .filter_map(|l| l.split_once(' '))
+        .filter(|(_, value)| pick(value))
+        .map(|(id, _)| id)
+        .collect();
+    if !ids.is_empty() {
+        let _ = Command::new("docker")
+            .args(["rm", "-f", "-v"])
+            .args(&ids)
             .output();
     }
 }

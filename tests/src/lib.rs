@@ -608,26 +608,12 @@ impl Drop for Server {
 /// that was killed or failed a test before stopping its instances; other
 /// tests' containers are left alone.
 fn remove_containers_of(pid: u32) {
-    let Ok(listed) = Command::new("docker")
-        .args(["ps", "-a", "--filter", "label=managed-by=rouse"])
-        .args(["--format", "{{.ID}} {{.Label \"rouse.process\"}}"])
-        .output()
-    else {
-        return;
-    };
-    let listed = String::from_utf8_lossy(&listed.stdout);
-    let ids: Vec<&str> = listed
-        .lines()
-        .filter_map(|l| l.split_once(' '))
-        .filter(|(_, process)| process.rsplit(':').nth(1) == Some(pid.to_string().as_str()))
-        .map(|(id, _)| id)
-        .collect();
-    if !ids.is_empty() {
-        let _ = Command::new("docker")
-            .args(["rm", "-f", "-v"])
-            .args(&ids)
-            .output();
-    }
+    let pid = pid.to_string();
+    echo_image::remove_containers(
+        "label=managed-by=rouse",
+        "{{.Label \"rouse.process\"}}",
+        |process| process.rsplit(':').nth(1) == Some(pid.as_str()),
+    );
 }
 
 /// The value of `key` (e.g. `api=`) in a log line, up to the next space.
