@@ -390,8 +390,51 @@ impl Server {
         server
     }
 
+    /// `rouse services create <name> --project <project>`: the new
+    /// service (its `topic` among the rest).
+    pub fn create_service(&self, project: &str, name: &str) -> serde_json::Value {
+        self.rouse(&[
+            "services",
+            "create",
+            name,
+            "--project",
+            project,
+            "--format",
+            "json",
+        ])
+        .json()
+    }
+
+    /// Service `<project>/<name>` with a revision of `image` (and the
+    /// revision flags `flags`, e.g. `--mode job`); its topic.
+    pub fn image_service(&self, project: &str, name: &str, image: &str, flags: &[&str]) -> String {
+        let service = self.create_service(project, name);
+        let mut args = vec![
+            "revisions",
+            "create",
+            name,
+            "--project",
+            project,
+            "--image",
+            image,
+        ];
+        args.extend_from_slice(flags);
+        self.rouse(&args).ok();
+        service["topic"].as_str().expect("topic").to_owned()
+    }
+
     /// Like [`Self::start`]; on failure returns the server's log.
     pub fn try_start(pubsub_host: &str, data_dir: &Path, extra: &[&str]) -> Result<Self, String> {
+        Self::try_start_with_env(pubsub_host, data_dir, extra, &[])
+    }
+
+    /// Like [`Self::try_start`], with `env` added to the server's environment.
+    pub fn try_start_with_env(
+        pubsub_host: &str,
+        data_dir: &Path,
+        extra: &[&str],
+        env: &[(&str, &str)],
+    ) -> Result<Self, String> {
         // Each server its own webhook port, so that servers run side by side.
         let webhooks: &[&str] = if extra.iter().any(|a| a.starts_with("--webhook-listen")) {
             &[]
@@ -413,6 +456,7 @@ impl Server {
             .env_remove("ROUSE_LOG_FORMAT")
             .env_remove("ROUSE_CONFIG")
             .env_remove("GOOGLE_CLOUD_PROJECT")
+            .envs(env.iter().copied())
             .stdin(Stdio::null())
             .stdout(Stdio::null())
             .stderr(Stdio::piped())
@@ -667,6 +711,7 @@ pub fn workspace_bin(name: &str) -> PathBuf {
 }
 
 pub mod asker;
+pub mod cloud_run;
 pub mod echo_image;
 pub mod engines;
 pub mod image_registry;

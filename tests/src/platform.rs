@@ -43,6 +43,7 @@ impl InProcess {
             registry: None,
             registry_credentials: None,
             owner_credentials: None,
+            runtime: Default::default(),
         };
         let store_path = data_dir.join("rouse.db");
         let running = Platform::start(config).await.expect("the platform starts");

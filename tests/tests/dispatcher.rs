@@ -37,17 +37,7 @@ fn platform(extra: &[&str]) -> Platform {
 /// Creates service `name` in project `p` with `settings`, and an echo revision
 /// (`revision` adds flags). Returns the service's JSON.
 fn echo_service(server: &Server, name: &str, settings: &[&str], revision: &[&str]) -> Value {
-    let created = server
-        .rouse(&[
-            "services",
-            "create",
-            name,
-            "--project",
-            "p",
-            "--format",
-            "json",
-        ])
-        .json();
+    let created = server.create_service("p", name);
     if !settings.is_empty() {
         let mut args = vec!["services", "update", name, "--project", "p"];
         args.extend_from_slice(settings);

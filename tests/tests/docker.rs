@@ -117,29 +117,7 @@ fn execution(server: &Server, id: &str) -> Value {
 }
 
 fn create_service(server: &Server, name: &str, image: &str) -> String {
-    let service = server
-        .rouse(&[
-            "services",
-            "create",
-            name,
-            "--project",
-            "p",
-            "--format",
-            "json",
-        ])
-        .json();
-    server
-        .rouse(&[
-            "revisions",
-            "create",
-            name,
-            "--project",
-            "p",
-            "--image",
-            image,
-        ])
-        .ok();
-    service["topic"].as_str().expect("topic").to_owned()
+    server.image_service("p", name, image, &[])
 }
 
 fn message(answer: &Value) -> &str {

@@ -41,17 +41,7 @@ fn platform() -> Platform {
 
 /// Service `name` in project `project` with an echo revision; its topic.
 fn echo_service(server: &Server, project: &str, name: &str) -> String {
-    let created = server
-        .rouse(&[
-            "services",
-            "create",
-            name,
-            "--project",
-            project,
-            "--format",
-            "json",
-        ])
-        .json();
+    let created = server.create_service(project, name);
     let echo = workspace_bin("echo");
     server
         .rouse(&[

@@ -71,17 +71,7 @@ fn pushed_echo(registry: &Registry, name: &str) -> ((Untag, EchoImage), String) 
 
 /// Service `p/<name>` running `image`, at most `max` instances; its topic.
 fn image_service(server: &Server, name: &str, max: &str, image: &str) -> String {
-    let svc = server
-        .rouse(&[
-            "services",
-            "create",
-            name,
-            "--project",
-            "p",
-            "--format",
-            "json",
-        ])
-        .json();
+    let topic = server.image_service("p", name, image, &[]);
     server
         .rouse(&[
             "services",
@@ -93,18 +83,7 @@ fn image_service(server: &Server, name: &str, max: &str, image: &str) -> String 
             max,
         ])
         .ok();
-    server
-        .rouse(&[
-            "revisions",
-            "create",
-            name,
-            "--project",
-            "p",
-            "--image",
-            image,
-        ])
-        .ok();
-    svc["topic"].as_str().expect("topic").to_owned()
+    topic
 }
 
 /// Bad input is named with its fix; nodes are added, listed with their

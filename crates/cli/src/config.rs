@@ -12,7 +12,7 @@ use rouse_server::StoreLocation;
 use serde::Deserialize;
 
 use crate::args::LogFormat;
-use crate::commands::server::ServerArgs;
+use crate::commands::server::{RuntimeKind, ServerArgs};
 
 /// The default API address: loopback only, since the API is the control plane.
 pub const DEFAULT_API_LISTEN: &str = "127.0.0.1:7070";
@@ -45,6 +45,20 @@ pub struct FileConfig {
     pub dispatcher: DispatcherSection,
     #[serde(default)]
     pub builder: BuilderSection,
+    #[serde(default)]
+    pub runtime: RuntimeSection,
+}
+
+/// `[runtime]`: what runs image revisions.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RuntimeSection {
+    pub kind: Option<RuntimeKind>,
+    pub cloudrun_project: Option<String>,
+    pub cloudrun_region: Option<String>,
+    pub cloudrun_endpoint: Option<String>,
+    #[serde(default, with = "humantime_serde_opt")]
+    pub cloudrun_poll: Option<Duration>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -145,9 +159,68 @@ pub struct ServerConfig {
     pub registry: Option<String>,
     /// A JSON file `{"username": …, "password": …}` for the registry.
     pub registry_credentials: Option<PathBuf>,
+    /// What runs image revisions.
+    pub runtime: rouse_server::ImageRuntime,
 }
 
 pub use rouse_server::Roles;
+
+/// `--runtime` and the Cloud Run settings: Cloud Run needs a region, and
+/// Cloud Run settings without `--runtime cloudrun` are a mistake.
+fn image_runtime(
+    args: &ServerArgs,
+    file: RuntimeSection,
+    pubsub_project: &str,
+) -> Result<rouse_server::ImageRuntime, String> {
+    let kind = args.runtime.or(file.kind).unwrap_or(RuntimeKind::Docker);
+    let project = args.cloudrun_project.clone().or(file.cloudrun_project);
+    let region = args.cloudrun_region.clone().or(file.cloudrun_region);
+    let endpoint = args.cloudrun_endpoint.clone().or(file.cloudrun_endpoint);
+    let poll = args.cloudrun_poll.or(file.cloudrun_poll);
+    match kind {
+        RuntimeKind::Docker => {
+            let given = [
+                ("--cloudrun-project", project.is_some()),
+                ("--cloudrun-region", region.is_some()),
+                ("--cloudrun-endpoint", endpoint.is_some()),
+                ("--cloudrun-poll", poll.is_some()),
+            ];
+            match given.iter().find(|(_, set)| *set) {
+                Some((flag, _)) => Err(format!(
+                    "{flag} is given but the runtime is docker: add --runtime cloudrun (ROUSE_RUNTIME), or drop it"
+                )),
+                None => Ok(rouse_server::ImageRuntime::Docker),
+            }
+        }
+        RuntimeKind::Cloudrun => {
+            let region = region.ok_or(
+                "Cloud Run needs a region: set --cloudrun-region (ROUSE_CLOUDRUN_REGION), e.g. europe-west1",
+            )?;
+            let poll = poll.unwrap_or(std::time::Duration::from_secs(1));
+            if poll.is_zero() || poll > Duration::from_secs(60) {
+                return Err(format!(
+                    "--cloudrun-poll {} is out of range; use 100ms..=1m",
+                    humantime::format_duration(poll)
+                ));
+            }
+            if let Some(e) = &endpoint
+                && !(e.starts_with("http://") || e.starts_with("https://"))
+            {
+                return Err(format!(
+                    "--cloudrun-endpoint `{e}` is not a URL; write e.g. https://run.googleapis.com"
+                ));
+            }
+            Ok(rouse_server::ImageRuntime::CloudRun(
+                rouse_server::CloudRunSettings {
+                    project: project.unwrap_or_else(|| pubsub_project.to_owned()),
+                    region,
+                    endpoint,
+                    poll,
+                },
+            ))
+        }
+    }
+}
 
 impl FileConfig {
     pub fn load(path: &Path) -> Result<Self, String> {
@@ -340,7 +413,9 @@ impl ServerConfig {
                 path.display()
             ));
         }
+        let runtime = image_runtime(args, file.runtime, &project)?;
         Ok(Self {
+            runtime,
             registry,
             registry_credentials,
             webhook_listen,
@@ -387,6 +462,7 @@ impl ServerConfig {
             secrets_key,
             registry,
             registry_credentials,
+            runtime,
         } = self.clone();
         rouse_server::Config {
             roles,
@@ -405,6 +481,7 @@ impl ServerConfig {
             registry,
             registry_credentials,
             owner_credentials,
+            runtime,
         }
     }
 }

@@ -7,7 +7,6 @@
 //! `--attributes <json> --input-values <json>` (Octue's `ask-local` style)
 //! and in `ROUSE_QUESTION`/`ROUSE_QUESTION_ATTRIBUTES`.
 
-use std::net::SocketAddr;
 use std::time::{Duration, SystemTime};
 
 use base64::Engine as _;
@@ -74,21 +73,20 @@ pub fn push_envelope(
     })
 }
 
-/// POSTs the envelope and interprets the answer. `logs` reads the instance's
-/// last log lines for error messages.
+/// POSTs the envelope to `url` (with `bearer` as its `Authorization`, for
+/// a target that checks an ID token) and interprets the answer.
 pub async fn post(
     client: &reqwest::Client,
-    addr: SocketAddr,
+    url: &str,
+    bearer: Option<&str>,
     envelope: &Value,
     timeout: Duration,
 ) -> Outcome {
-    let url = format!("http://{addr}/");
-    let sent = client
-        .post(&url)
-        .json(envelope)
-        .timeout(timeout)
-        .send()
-        .await;
+    let mut request = client.post(url).json(envelope).timeout(timeout);
+    if let Some(token) = bearer {
+        request = request.bearer_auth(token);
+    }
+    let sent = request.send().await;
     let response = match sent {
         Ok(r) => r,
         Err(e) if e.is_timeout() => {

@@ -581,15 +581,20 @@ impl Worker {
                     return;
                 }
             }
-            let outcome = match instance.addr() {
-                Some(addr) => {
+            let target = match instance.url() {
+                Some(url) => instance.bearer().await.map(|token| (url, token)),
+                None => Err("the instance has no address to deliver to".to_owned()),
+            };
+            let outcome = match target {
+                Ok((url, token)) => {
                     let envelope = deliver::push_envelope(
                         &execution.attributes,
                         &execution.data,
                         &execution.question_uuid,
                         &subscription,
                     );
-                    match deliver::post(&ctx.http, addr, &envelope, timeout).await {
+                    let sent = deliver::post(&ctx.http, &url, token.as_deref(), &envelope, timeout);
+                    match sent.await {
                         deliver::Outcome::NotDelivered { detail } => {
                             let _ = tx.send(Internal::Undelivered {
                                 execution: Box::new(execution),
@@ -614,10 +619,7 @@ impl Worker {
                         other => other,
                     }
                 }
-                None => Outcome::Reply(Reply::exception(
-                    "ServiceCrashed",
-                    "the instance has no address to deliver to",
-                )),
+                Err(why) => Outcome::Reply(Reply::exception("ServiceCrashed", why)),
             };
             let k = key(&execution);
             ctx.replier.complete(execution, outcome, &sender).await;

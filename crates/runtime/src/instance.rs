@@ -28,6 +28,7 @@ pub struct Instance {
 pub(crate) enum Control {
     Process(process::Control),
     Docker(docker::Control),
+    Remote(Arc<dyn crate::remote::Remote>),
     #[cfg(feature = "fake")]
     Fake(crate::fake::Control),
 }
@@ -92,6 +93,24 @@ impl Instance {
         self.inner.addr
     }
 
+    /// The base URL a request goes to: `http://<addr>/` for an instance
+    /// here, the service's own URL for a remote one; `None` for a job.
+    pub fn url(&self) -> Option<String> {
+        match &self.inner.control {
+            Control::Remote(remote) => remote.url(),
+            _ => self.inner.addr.map(|a| format!("http://{a}/")),
+        }
+    }
+
+    /// The bearer token a request must carry, if its target checks one (a
+    /// remote service's ID token); `Err` says why none could be had.
+    pub async fn bearer(&self) -> Result<Option<String>, String> {
+        match &self.inner.control {
+            Control::Remote(remote) => remote.bearer().await,
+            _ => Ok(None),
+        }
+    }
+
     /// The log file its output is appended to.
     pub fn log_path(&self) -> &std::path::Path {
         &self.inner.log_path
@@ -135,6 +154,17 @@ impl Instance {
         }
         let started = Instant::now();
         let deadline = started + timeout;
+        if let Control::Remote(_) = &self.inner.control {
+            // A remote service is started once it serves: only an exit
+            // since then stops it from being ready.
+            return match (self.inner.listen, self.exit()) {
+                (false, _) => Err(WakeError::NoPort {
+                    instance_id: self.inner.id.clone(),
+                }),
+                (true, Some(exit)) => Err(self.exited_error(exit)),
+                (true, None) => Ok(started.elapsed()),
+            };
+        }
         let Some(addr) = self.inner.addr else {
             if self.inner.listen {
                 // A container that died before its port was known: its exit
@@ -177,6 +207,7 @@ impl Instance {
         match &self.inner.control {
             Control::Process(control) => control.stop(self, grace).await,
             Control::Docker(control) => control.stop(self, grace).await,
+            Control::Remote(remote) => remote.stop().await,
             #[cfg(feature = "fake")]
             Control::Fake(control) => control.stop().await,
         }
@@ -216,6 +247,7 @@ impl Drop for Inner {
         match &self.control {
             Control::Process(control) => control.abandon(&self.id, exited),
             Control::Docker(control) => control.abandon(&self.id),
+            Control::Remote(remote) => remote.clone().abandon(),
             #[cfg(feature = "fake")]
             Control::Fake(control) => control.abandon(),
         }

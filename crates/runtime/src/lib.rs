@@ -20,6 +20,10 @@
 //! Dropping the last handle of an instance that was not stopped kills it:
 //! an instance nobody can stop must not outlive its owner.
 //!
+//! An adapter for a platform that runs instances elsewhere (Cloud Run)
+//! makes them with [`Instance::remote`] and a [`Remote`]: reached at a URL
+//! with a bearer token instead of an address here.
+//!
 //! With the feature `fake`, [`Instance::fake`] makes an instance nothing
 //! runs behind, for unit tests of code that drives a runtime (a test's own
 //! [`Runtime`] returns them).
@@ -33,6 +37,7 @@ mod logs;
 pub mod nodes;
 mod probe;
 mod process;
+mod remote;
 
 use std::collections::BTreeMap;
 use std::path::PathBuf;
@@ -46,6 +51,7 @@ pub use fake::{FAKE_STOP, Fake};
 pub use instance::Instance;
 pub use logs::tail_lines;
 pub use process::ProcessRuntime;
+pub use remote::Remote;
 
 /// What to run.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -124,6 +130,14 @@ pub enum RuntimeError {
 
     #[error("instance id `{id}` is not usable: {reason}")]
     InvalidInstanceId { id: String, reason: &'static str },
+
+    #[error("{platform} could not {action} `{target}`: {reason}")]
+    Platform {
+        platform: &'static str,
+        action: &'static str,
+        target: String,
+        reason: String,
+    },
 
     #[error("the {runtime} runtime cannot run {what}")]
     Unsupported { runtime: &'static str, what: String },
@@ -211,7 +225,7 @@ fn or_no_output(logs: &str) -> &str {
 pub const WAKE_ERROR_LOG_LINES: usize = 20;
 
 /// Checks the rule on [`InstanceSpec::instance_id`].
-fn validate_instance_id(id: &str) -> Result<(), RuntimeError> {
+pub fn validate_instance_id(id: &str) -> Result<(), RuntimeError> {
     let reason = if id.is_empty() {
         "it is empty"
     } else if id.len() > 63 {

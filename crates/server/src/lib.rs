@@ -138,6 +138,67 @@ pub struct Config {
     /// Where the first owner's key is copied for the CLI (unless a file is
     /// there); `None` leaves it in the data dir only.
     pub owner_credentials: Option<PathBuf>,
+    /// What runs image revisions.
+    pub runtime: ImageRuntime,
+}
+
+/// What runs image revisions (command revisions always run as processes
+/// here).
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub enum ImageRuntime {
+    /// The local Docker engine and the nodes added with `rouse nodes add`.
+    #[default]
+    Docker,
+    /// Cloud Run: job-mode revisions as Cloud Run Jobs, server-mode ones as
+    /// private Cloud Run services (a build with the `cloudrun` feature).
+    CloudRun(CloudRunSettings),
+}
+
+/// Where Cloud Run is.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct CloudRunSettings {
+    pub project: String,
+    pub region: String,
+    /// The Admin API; `None` is Google's. A plain `http://` one (a local
+    /// stand-in) is called without credentials.
+    pub endpoint: Option<String>,
+    /// How often a running execution is looked at.
+    pub poll: Duration,
+}
+
+/// The runtime image revisions use instead of the local engine and the
+/// nodes, if one is configured.
+#[cfg(feature = "cloudrun")]
+async fn image_runtime(config: &Config) -> Result<Option<Arc<dyn Runtime>>, StartError> {
+    match &config.runtime {
+        ImageRuntime::Docker => Ok(None),
+        ImageRuntime::CloudRun(s) => {
+            let runtime =
+                rouse_cloudrun::CloudRunRuntime::connect(&rouse_cloudrun::CloudRunConfig {
+                    project: s.project.clone(),
+                    region: s.region.clone(),
+                    endpoint: s.endpoint.clone(),
+                    poll: s.poll,
+                })
+                .await
+                .map_err(StartError::Config)?;
+            tracing::info!(
+                parent = runtime.parent(),
+                "image revisions run on Cloud Run"
+            );
+            Ok(Some(Arc::new(runtime)))
+        }
+    }
+}
+
+#[cfg(not(feature = "cloudrun"))]
+async fn image_runtime(config: &Config) -> Result<Option<Arc<dyn Runtime>>, StartError> {
+    match &config.runtime {
+        ImageRuntime::Docker => Ok(None),
+        ImageRuntime::CloudRun(_) => Err(StartError::Config(
+            "this rouse was built without Cloud Run: build it with `cargo build --release -p rouse-cli --features cloudrun`, or use --runtime docker".into(),
+        )),
+    }
 }
 
 /// Where the state lives.
@@ -404,7 +465,7 @@ impl Platform {
                 logs_dir: logs_dir.clone(),
             };
             let (dispatcher, handle) =
-                Dispatcher::start(inputs.parts().await, shutdown.clone()).await?;
+                Dispatcher::start(inputs.parts().await?, shutdown.clone()).await?;
             hooks = Arc::new(Hooks(dispatcher));
             running.servers.push((
                 "the dispatcher",
@@ -542,17 +603,23 @@ async fn bind(
         })
 }
 
-/// The process runtime, and the Docker runtime where an engine answers;
-/// instances a crashed earlier run left behind are stopped first. The data
-/// dir names this platform, so several platforms on one engine leave each
-/// other's containers alone.
-async fn runtimes(config: &Config) -> (Arc<dyn Runtime>, Arc<Placement>) {
+/// The process runtime; instances a crashed earlier run left behind are
+/// stopped first.
+async fn process_runtime(config: &Config) -> Arc<dyn Runtime> {
     let process = ProcessRuntime::with_state_dir(config.data_dir.join("instances"));
     match process.remove_stale().await {
         Ok(0) => {}
         Ok(n) => tracing::info!(processes = n, "stopped instances left by an earlier run"),
         Err(e) => tracing::warn!(error = %e, "cannot check for instances left by an earlier run"),
     }
+    Arc::new(process)
+}
+
+/// The local engine (where one answers) and the nodes; containers a
+/// crashed earlier run left behind are removed first. The data dir names
+/// this platform, so several platforms on one engine leave each other's
+/// containers alone.
+async fn placement(config: &Config) -> Arc<Placement> {
     let owner = config.data_dir.display().to_string();
     let local = match DockerRuntime::connect().map(|d| d.with_owner(owner.clone())) {
         Ok(d) => {
@@ -572,10 +639,7 @@ async fn runtimes(config: &Config) -> (Arc<dyn Runtime>, Arc<Placement>) {
             None
         }
     };
-    (
-        Arc::new(process),
-        Arc::new(Placement::new(local, Some(owner))),
-    )
+    Arc::new(Placement::new(local, Some(owner)))
 }
 
 /// How often the dispatcher re-reads the nodes (`rouse nodes …`).
@@ -656,11 +720,18 @@ impl DispatcherInputs {
     /// The dispatcher's parts; the runtimes first stop instances an earlier
     /// run (or a dead dispatcher on this machine sharing the data dir) left
     /// behind.
-    async fn parts(self) -> Parts {
-        let (process, placement) = runtimes(&self.config).await;
-        keep_nodes(self.store.clone(), Arc::downgrade(&placement));
-        let docker: Option<Arc<dyn Runtime>> = Some(placement);
-        Parts {
+    async fn parts(self) -> Result<Parts, StartError> {
+        let process = process_runtime(&self.config).await;
+        let images: Arc<dyn Runtime> = match image_runtime(&self.config).await? {
+            Some(remote) => remote,
+            None => {
+                let placement = placement(&self.config).await;
+                keep_nodes(self.store.clone(), Arc::downgrade(&placement));
+                placement
+            }
+        };
+        let docker = Some(images);
+        Ok(Parts {
             config: DispatcherConfig {
                 network_topic: self.config.network_topic.clone(),
                 pubsub_project: self.config.pubsub.project.clone(),
@@ -678,7 +749,7 @@ impl DispatcherInputs {
             changes: self.changes,
             secrets: Arc::new(ServiceSecrets::new(self.store, self.key)),
             holder: rouse_runtime::holder::this_process(),
-        }
+        })
     }
 }
 

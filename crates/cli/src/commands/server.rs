@@ -77,6 +77,34 @@ pub struct ServerArgs {
     /// A JSON file `{"username": …, "password": …}` the registry accepts (as `docker login`).
     #[arg(long, env = "ROUSE_REGISTRY_CREDENTIALS")]
     pub registry_credentials: Option<PathBuf>,
+    /// What runs image revisions: `docker` (the local engine and the nodes)
+    /// or `cloudrun` (a build with the `cloudrun` feature) [default: docker].
+    #[arg(long, env = "ROUSE_RUNTIME", value_enum)]
+    pub runtime: Option<RuntimeKind>,
+    /// The Google Cloud project Cloud Run jobs and services are made in
+    /// [default: the Pub/Sub project].
+    #[arg(long, env = "ROUSE_CLOUDRUN_PROJECT")]
+    pub cloudrun_project: Option<String>,
+    /// The Cloud Run region, e.g. `europe-west1` (needed with `--runtime cloudrun`).
+    #[arg(long, env = "ROUSE_CLOUDRUN_REGION")]
+    pub cloudrun_region: Option<String>,
+    /// The Cloud Run Admin API [default: Google's]; a plain `http://` one
+    /// (a local stand-in) is called without credentials.
+    #[arg(long, env = "ROUSE_CLOUDRUN_ENDPOINT")]
+    pub cloudrun_endpoint: Option<String>,
+    /// How often a running Cloud Run execution is looked at [default: 1s].
+    #[arg(long, env = "ROUSE_CLOUDRUN_POLL", value_parser = humantime::parse_duration)]
+    pub cloudrun_poll: Option<Duration>,
+}
+
+/// What runs image revisions.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Deserialize, clap::ValueEnum)]
+#[serde(rename_all = "lowercase")]
+pub enum RuntimeKind {
+    /// The local Docker engine and the nodes added with `rouse nodes add`.
+    Docker,
+    /// Cloud Run Jobs and private Cloud Run services.
+    Cloudrun,
 }
 
 pub async fn run(args: ServerArgs, log_format: Option<LogFormat>) -> Result<(), CliError> {
