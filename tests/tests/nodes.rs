@@ -257,47 +257,146 @@ async fn instances_spread_over_nodes_and_a_stopped_node_loses_nothing() {
     drop((server, node, registry));
 }
 
-/// A draining node gets no new instance.
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_draining_node_gets_no_new_instance() {
-    let registry = Registry::start();
-    let node = DockerNode::start();
-    let (_echo, image) = pushed_echo(&registry, "drained");
+/// What the draining and selector tests start: a registry with the echo
+/// pushed as `p-<name>`, a second engine added as node `node` (with the
+/// `nodes add` flags `flags`, drained if `drain`) and seen by the
+/// dispatcher, and a server whose project `p` anyone may ask.
+struct Cluster {
+    server: Server,
+    emulator: Emulator,
+    node: DockerNode,
+    image: String,
+    _registry: Registry,
+    _echo: (Untag, EchoImage),
+    _data: tempfile::TempDir,
+}
 
+async fn cluster(name: &str, node: &str, flags: &[&str], drain: bool) -> Cluster {
+    let registry = Registry::start();
+    let engine = DockerNode::start();
+    let (echo, image) = pushed_echo(&registry, name);
     let emulator = Emulator::start();
     let data = tempfile::tempdir().expect("tempdir");
     let server = Server::start(&emulator, data.path(), &[]);
     server.allow_anonymous_askers("p");
-    server
-        .rouse(&[
-            "nodes",
-            "add",
-            "node-2",
-            "--docker-host",
-            &node.docker_host(),
-        ])
-        .ok();
-    server.rouse(&["nodes", "drain", "node-2"]).ok();
+    let host = engine.docker_host();
+    let mut args = vec!["nodes", "add", node, "--docker-host", &host];
+    args.extend_from_slice(flags);
+    server.rouse(&args).ok();
+    if drain {
+        server.rouse(&["nodes", "drain", node]).ok();
+    }
     // The dispatcher re-reads the nodes every 2 s.
     tokio::time::sleep(Duration::from_secs(3)).await;
-    let topic = image_service(&server, "drained", "3", &image);
-    let mut asker = Asker::new(emulator.host(), NETWORK).await;
+    Cluster {
+        server,
+        emulator,
+        node: engine,
+        image,
+        _registry: registry,
+        _echo: echo,
+        _data: data,
+    }
+}
+
+/// Asks `n` questions of `recipient` at once (each sleeping 200 ms in the
+/// service) and asserts every one is answered with a result.
+async fn all_answered(asker: &mut Asker, topic: &str, recipient: &str, n: usize, log: &Server) {
     let mut qs = Vec::new();
-    for i in 0..9 {
+    for i in 0..n {
         qs.push(
             asker
-                .ask(&topic, "p/drained", json!({"sleep_ms": 200, "i": i}))
+                .ask(topic, recipient, json!({"sleep_ms": 200, "i": i}))
                 .await,
         );
     }
     for q in &qs {
-        assert_eq!(asker.answer(q, ANSWER).await.kind, "result");
+        let a = asker.answer(q, ANSWER).await;
+        assert_eq!(a.kind, "result", "{:?}\n{}", a.data, log.log());
     }
+}
+
+/// A draining node gets no new instance.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_draining_node_gets_no_new_instance() {
+    let c = cluster("drained", "node-2", &[], true).await;
+    let topic = image_service(&c.server, "drained", "3", &c.image);
+    let mut asker = Asker::new(c.emulator.host(), NETWORK).await;
+    all_answered(&mut asker, &topic, "p/drained", 9, &c.server).await;
     assert_eq!(
-        node.rouse_containers(),
+        c.node.rouse_containers(),
         0,
         "an instance went to the draining node"
     );
-    assert!(local_containers(&image) >= 1);
-    drop((server, node, registry));
+    assert!(local_containers(&c.image) >= 1);
+}
+
+/// A service with a node selector runs only on nodes carrying its labels
+/// (the local engine carries none); when no node matches, the asker hears
+/// which selector could not be met. A bad selector is refused by name.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_node_selector_keeps_a_service_on_matching_nodes() {
+    let c = cluster("zoned", "node-b", &["--label", "zone=b"], false).await;
+    let (server, image) = (&c.server, &c.image);
+    let topic = image_service(server, "zoned", "2", image);
+    let bad = server.rouse(&[
+        "services",
+        "update",
+        "zoned",
+        "--project",
+        "p",
+        "--node-selector",
+        "zone=a b",
+    ]);
+    assert_eq!(bad.code, 2, "{bad:?}");
+    assert!(
+        bad.stderr.contains("node selector") && bad.stderr.contains("`zone=a b`"),
+        "{}",
+        bad.stderr
+    );
+    let set = server
+        .rouse(&[
+            "services",
+            "update",
+            "zoned",
+            "--project",
+            "p",
+            "--node-selector",
+            "zone=b",
+            "--format",
+            "json",
+        ])
+        .json();
+    assert_eq!(set["node_selector"]["zone"], "b", "{set}");
+
+    let mut asker = Asker::new(c.emulator.host(), NETWORK).await;
+    all_answered(&mut asker, &topic, "p/zoned", 6, server).await;
+    assert!(c.node.rouse_containers() >= 1);
+    assert_eq!(
+        local_containers(image),
+        0,
+        "an instance of a service selecting zone=b ran on the local engine"
+    );
+
+    // No node carries zone=c: the question ends with the reason.
+    let nowhere = image_service(server, "nowhere", "1", image);
+    server
+        .rouse(&[
+            "services",
+            "update",
+            "nowhere",
+            "--project",
+            "p",
+            "--node-selector",
+            "zone=c",
+        ])
+        .ok();
+    let q = asker.ask(&nowhere, "p/nowhere", json!({"n": 1})).await;
+    let a = asker.answer(&q, ANSWER).await;
+    assert_eq!(a.kind, "exception", "{:?}", a.data);
+    let message = a.data["exception_message"].as_str().unwrap_or_default();
+    assert!(
+        message.contains("node selector zone=c") && message.contains("node-b: lacks a label"),
+        "{message}"
+    );
 }

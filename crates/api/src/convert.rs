@@ -60,6 +60,7 @@ pub fn service_to_pb(s: &Service, serving: Option<&str>, routing: &Routing) -> p
         status,
         scaling,
         env,
+        node_selector,
         generation,
         created_at,
         updated_at,
@@ -87,6 +88,10 @@ pub fn service_to_pb(s: &Service, serving: Option<&str>, routing: &Routing) -> p
         scaling: Some(scaling_to_pb(scaling)),
         env: env
             .as_map()
+            .iter()
+            .map(|(k, v)| (k.clone(), v.clone()))
+            .collect(),
+        node_selector: node_selector
             .iter()
             .map(|(k, v)| (k.clone(), v.clone()))
             .collect(),

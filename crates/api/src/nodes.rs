@@ -56,19 +56,7 @@ fn node_name(value: &str) -> Result<String, ApiError> {
 }
 
 fn labels(given: BTreeMap<String, String>) -> Result<BTreeMap<String, String>, ApiError> {
-    for (key, value) in &given {
-        let word = |s: &str| {
-            !s.is_empty()
-                && s.len() <= 63
-                && s.chars()
-                    .all(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.'))
-        };
-        if !word(key) || !(value.is_empty() || word(value)) {
-            return Err(ApiError::InvalidArgument(format!(
-                "label `{key}={value}` is not usable: keys and values are up to 63 letters, digits, `-`, `_` and `.` (e.g. `zone=a`)"
-            )));
-        }
-    }
+    rouse_core::service::check_labels(&given).map_err(ApiError::InvalidArgument)?;
     Ok(given)
 }
 

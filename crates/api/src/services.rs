@@ -8,6 +8,7 @@
 //! behind; if the server dies half-way, the reconciliation at start finishes
 //! the job.
 
+use std::collections::BTreeMap;
 use std::time::SystemTime;
 
 use rouse_core::{ProjectName, Service, ServiceStatus};
@@ -153,6 +154,19 @@ pub fn apply_update(service: &mut Service, req: &pb::UpdateServiceRequest) -> Re
             .env
             .set(k.clone(), v.clone())
             .map_err(|e| invalid(&e))?;
+    }
+    if req.clear_node_selector {
+        service.node_selector.clear();
+    }
+    if !req.node_selector.is_empty() {
+        let selector: BTreeMap<String, String> = req
+            .node_selector
+            .iter()
+            .map(|(k, v)| (k.clone(), v.clone()))
+            .collect();
+        rouse_core::service::check_labels(&selector)
+            .map_err(|e| invalid(&format!("node selector: {e}")))?;
+        service.node_selector = selector;
     }
     let s = &mut service.scaling;
     if let Some(v) = req.min_instances {

@@ -40,6 +40,9 @@ pub struct ServiceView {
     pub context_root: String,
     pub scaling: ScalingView,
     pub env: BTreeMap<String, String>,
+    /// Labels a node must carry for the service's image instances; empty:
+    /// any engine.
+    pub node_selector: BTreeMap<String, String>,
     /// The revision serving untagged questions when no split applies;
     /// `null` while none can serve.
     pub serving_revision: Option<String>,
@@ -92,6 +95,11 @@ impl From<&pb::Service> for ServiceView {
                 request_timeout: duration(scaling.request_timeout.as_ref()),
             },
             env: s.env.iter().map(|(k, v)| (k.clone(), v.clone())).collect(),
+            node_selector: s
+                .node_selector
+                .iter()
+                .map(|(k, v)| (k.clone(), v.clone()))
+                .collect(),
             serving_revision: Some(s.serving_revision.clone()).filter(|r| !r.is_empty()),
             serving_sruid: Some(s.sruid.clone()).filter(|r| !r.is_empty()),
             tags: s.tags.iter().map(|(t, r)| (t.clone(), r.clone())).collect(),
@@ -280,6 +288,9 @@ impl View for ServiceView {
         }
         for (k, v) in &s.env {
             rows.push(("env", format!("{k}={v}")));
+        }
+        for (k, v) in &s.node_selector {
+            rows.push(("node selector", format!("{k}={v}")));
         }
         rows.push(("created", s.create_time.clone()));
         rows.push(("updated", s.update_time.clone()));

@@ -633,6 +633,7 @@ mod tests {
             extra_args: Vec::new(),
             log_path: "/tmp/x.log".into(),
             listen: true,
+            node_selector: BTreeMap::new(),
         }
     }
 

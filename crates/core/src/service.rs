@@ -247,6 +247,9 @@ pub struct Service {
     pub status: ServiceStatus,
     pub scaling: Scaling,
     pub env: EnvVars,
+    /// Labels a node must carry for this service's image instances to be
+    /// placed on it (Kubernetes' `nodeSelector`); empty: any engine.
+    pub node_selector: BTreeMap<String, String>,
     /// Bumped by every change to the record; the store refuses a write based on
     /// a stale generation, so concurrent updates never lose each other's changes.
     pub generation: u64,
@@ -264,6 +267,7 @@ impl Service {
             status: ServiceStatus::Provisioning,
             scaling: Scaling::default(),
             env: EnvVars::default(),
+            node_selector: BTreeMap::new(),
             generation: 1,
             created_at: now,
             updated_at: now,
@@ -297,6 +301,27 @@ impl Service {
             name: self.name.as_str().to_owned(),
             revision_tag: None,
         }
+    }
+}
+
+/// Checks node labels (and selectors): keys and values up to 63 letters,
+/// digits, `-`, `_` and `.`, values possibly empty. `Err` names the first
+/// bad pair and the rule.
+pub fn check_labels(labels: &BTreeMap<String, String>) -> Result<(), String> {
+    let word = |s: &str| {
+        !s.is_empty()
+            && s.len() <= 63
+            && s.chars()
+                .all(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.'))
+    };
+    match labels
+        .iter()
+        .find(|(k, v)| !word(k) || !(v.is_empty() || word(v)))
+    {
+        Some((key, value)) => Err(format!(
+            "label `{key}={value}` is not usable: keys and values are up to 63 letters, digits, `-`, `_` and `.` (e.g. `zone=a`)"
+        )),
+        None => Ok(()),
     }
 }
 

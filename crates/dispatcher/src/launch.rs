@@ -109,5 +109,6 @@ pub(crate) fn instance_spec(
             .join(service.uuid.to_string())
             .join(format!("{instance_id}.log")),
         listen,
+        node_selector: service.node_selector.clone(),
     }
 }

@@ -278,6 +278,7 @@ impl Runtime for DockerRuntime {
             extra_args,
             log_path,
             listen,
+            node_selector: _,
         } = spec;
         validate_instance_id(&instance_id)?;
         let image = match source {

@@ -98,6 +98,9 @@ pub struct InstanceSpec {
     /// `false` for job-mode instances that need no port: no `PORT` is
     /// allocated or published.
     pub listen: bool,
+    /// Labels a node must carry to take the instance (the service's node
+    /// selector; see `nodes::Placement`); empty: any engine.
+    pub node_selector: BTreeMap<String, String>,
 }
 
 /// How an instance ended.

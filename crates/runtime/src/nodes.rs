@@ -92,6 +92,15 @@ fn service_of(instance_id: &str) -> &str {
     instance_id.rsplit_once('-').map_or(instance_id, |(s, _)| s)
 }
 
+/// Whether a node with `labels` may take an instance whose service has
+/// `selector`: it carries every pair (an empty selector takes any node).
+pub fn matches_selector(
+    labels: &BTreeMap<String, String>,
+    selector: &BTreeMap<String, String>,
+) -> bool {
+    selector.iter().all(|(k, v)| labels.get(k) == Some(v))
+}
+
 /// The local engine's name in placements and logs.
 const LOCAL: &str = "local";
 
@@ -100,6 +109,7 @@ struct Engine {
     name: String,
     capacity: Option<u32>,
     draining: bool,
+    labels: BTreeMap<String, String>,
     runtime: Option<DockerRuntime>,
     docker_host: String,
 }
@@ -145,6 +155,7 @@ impl Placement {
                     let mut e = engine.lock().await;
                     e.capacity = Some(spec.capacity);
                     e.draining = spec.draining;
+                    e.labels = spec.labels;
                     drop(e);
                     engine
                 }
@@ -152,6 +163,7 @@ impl Placement {
                     name: spec.name,
                     capacity: Some(spec.capacity),
                     draining: spec.draining,
+                    labels: spec.labels,
                     runtime: None,
                     docker_host: spec.docker_host,
                 })),
@@ -190,7 +202,10 @@ impl Runtime for Placement {
         // (instances of this service, instances, index): -1 is the local engine.
         let mut best: Option<((usize, usize, i64), DockerRuntime, String)> = None;
         let mut passed_over = Vec::new();
-        if let Some(local) = &self.local {
+        let selector = &spec.node_selector;
+        if !selector.is_empty() {
+            passed_over.push(format!("{LOCAL}: carries no labels"));
+        } else if let Some(local) = &self.local {
             let health = look(local).await;
             if health.problem.is_none() {
                 let (mine, all) = counts(LOCAL, &health.instances, &starting);
@@ -200,6 +215,10 @@ impl Runtime for Placement {
         for (i, engine) in nodes.iter().enumerate() {
             let mut e = engine.lock().await;
             if e.draining {
+                continue;
+            }
+            if !matches_selector(&e.labels, selector) {
+                passed_over.push(format!("{}: lacks a label", e.name));
                 continue;
             }
             if e.runtime.is_none() {
@@ -237,11 +256,22 @@ impl Runtime for Placement {
             }
         }
         let Some((_, runtime, name)) = best else {
+            let wanted = match selector.is_empty() {
+                true => String::new(),
+                false => format!(
+                    " with the service's node selector {}",
+                    selector
+                        .iter()
+                        .map(|(k, v)| format!("{k}={v}"))
+                        .collect::<Vec<_>>()
+                        .join(",")
+                ),
+            };
             return Err(RuntimeError::NoNode {
                 why: if passed_over.is_empty() {
-                    "no Docker engine here and no node".into()
+                    format!("no Docker engine here and no node{wanted}")
                 } else {
-                    passed_over.join("; ")
+                    format!("none{wanted} ({})", passed_over.join("; "))
                 },
             });
         };
@@ -255,5 +285,34 @@ impl Runtime for Placement {
             starting.remove(at);
         }
         started
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn map(pairs: &[(&str, &str)]) -> BTreeMap<String, String> {
+        pairs
+            .iter()
+            .map(|(k, v)| ((*k).to_owned(), (*v).to_owned()))
+            .collect()
+    }
+
+    #[test]
+    fn a_selector_takes_nodes_carrying_all_its_labels() {
+        let labels = map(&[("zone", "b"), ("gpu", "yes")]);
+        assert!(matches_selector(&labels, &map(&[])));
+        assert!(matches_selector(&labels, &map(&[("zone", "b")])));
+        assert!(matches_selector(
+            &labels,
+            &map(&[("zone", "b"), ("gpu", "yes")])
+        ));
+        assert!(!matches_selector(&labels, &map(&[("zone", "c")])));
+        assert!(!matches_selector(
+            &labels,
+            &map(&[("zone", "b"), ("ssd", "yes")])
+        ));
+        assert!(!matches_selector(&map(&[]), &map(&[("zone", "b")])));
     }
 }

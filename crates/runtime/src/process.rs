@@ -172,6 +172,7 @@ impl Runtime for ProcessRuntime {
             extra_args,
             log_path,
             listen,
+            node_selector: _,
         } = spec;
         validate_instance_id(&instance_id)?;
         let (program, args, workdir) = match source {

@@ -75,6 +75,7 @@ fn spec(id: &str, source: Source, logs: &Path, listen: bool) -> InstanceSpec {
         extra_args: Vec::new(),
         log_path: logs.join(format!("{id}/instance.log")),
         listen,
+        node_selector: BTreeMap::new(),
     }
 }
 

@@ -295,6 +295,10 @@ CREATE TABLE nodes (
     created_at_us INTEGER NOT NULL
 );
 "#,
+    // A service's node selector: labels a node must carry.
+    r#"
+ALTER TABLE services ADD COLUMN node_selector TEXT NOT NULL DEFAULT '{}';
+"#,
 ];
 
 /// How long a statement waits for a lock held by another process (another
@@ -513,7 +517,8 @@ fn from_millis(ms: i64) -> Duration {
 }
 
 const SERVICE_COLUMNS: &str = "uuid, project, name, status, min_instances, max_instances, concurrency, \
-     idle_timeout_ms, wake_timeout_ms, request_timeout_ms, env, generation, created_at_us, updated_at_us";
+     idle_timeout_ms, wake_timeout_ms, request_timeout_ms, env, generation, created_at_us, updated_at_us, \
+     node_selector";
 
 /// The raw columns of a `services` row; turned into a [`Service`] outside the
 /// row callback so that validation errors stay typed.
@@ -527,6 +532,7 @@ struct ServiceRow {
     generation: i64,
     created_at_us: i64,
     updated_at_us: i64,
+    node_selector: String,
 }
 
 impl ServiceRow {
@@ -548,6 +554,7 @@ impl ServiceRow {
             generation: row.get(11)?,
             created_at_us: row.get(12)?,
             updated_at_us: row.get(13)?,
+            node_selector: row.get(14)?,
         })
     }
 
@@ -572,6 +579,8 @@ impl ServiceRow {
         };
         let env = serde_json::from_str(&self.env).map_err(|e| corrupt("env", &e))?;
         let env = EnvVars::from_map(env).map_err(|e| corrupt("env", &e))?;
+        let node_selector =
+            serde_json::from_str(&self.node_selector).map_err(|e| corrupt("node_selector", &e))?;
         Ok(Service {
             project,
             name,
@@ -579,6 +588,7 @@ impl ServiceRow {
             status,
             scaling,
             env,
+            node_selector,
             generation: u64::try_from(self.generation).map_err(|e| corrupt("generation", &e))?,
             created_at: from_micros(self.created_at_us),
             updated_at: from_micros(self.updated_at_us),
@@ -589,6 +599,10 @@ impl ServiceRow {
 fn env_json(service: &Service) -> String {
     // A map of strings always serialises.
     serde_json::to_string(service.env.as_map()).unwrap_or_else(|_| "{}".into())
+}
+
+pub(crate) fn selector_json(service: &Service) -> String {
+    serde_json::to_string(&service.node_selector).unwrap_or_else(|_| "{}".into())
 }
 
 #[async_trait]
@@ -635,7 +649,7 @@ impl Store for SqliteStore {
             tx.execute(
                 &format!(
                     "INSERT INTO services ({SERVICE_COLUMNS}) \
-                     VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14)"
+                     VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15)"
                 ),
                 params![
                     s.uuid.to_string(),
@@ -652,6 +666,7 @@ impl Store for SqliteStore {
                     i64::try_from(s.generation).unwrap_or(i64::MAX),
                     micros(s.created_at),
                     micros(s.updated_at),
+                    selector_json(&s),
                 ],
             )?;
             Ok(())
@@ -720,8 +735,8 @@ impl Store for SqliteStore {
             let changed = conn.execute(
                 "UPDATE services SET status = ?3, min_instances = ?4, max_instances = ?5, \
                  concurrency = ?6, idle_timeout_ms = ?7, wake_timeout_ms = ?8, \
-                 request_timeout_ms = ?9, env = ?10, generation = ?11, updated_at_us = ?12 \
-                 WHERE uuid = ?1 AND generation = ?2",
+                 request_timeout_ms = ?9, env = ?10, generation = ?11, updated_at_us = ?12, \
+                 node_selector = ?13 WHERE uuid = ?1 AND generation = ?2",
                 params![
                     s.uuid.to_string(),
                     i64::try_from(expected).unwrap_or(i64::MAX),
@@ -735,6 +750,7 @@ impl Store for SqliteStore {
                     env_json(&s),
                     i64::try_from(s.generation).unwrap_or(i64::MAX),
                     micros(s.updated_at),
+                    selector_json(&s),
                 ],
             )?;
             if changed == 1 {

@@ -207,6 +207,7 @@ mod services {
         store.insert_service(&s).await.expect("insert");
         let mut a = s.clone();
         a.scaling.max_instances = 7;
+        a.node_selector.insert("zone".into(), "b".into());
         let stored = store.update_service(&a).await.expect("first update");
         assert_eq!(stored.generation, 2);
         let mut b = s.clone();
@@ -222,6 +223,7 @@ mod services {
             .expect("get")
             .expect("present");
         assert_eq!(read.scaling.max_instances, 7);
+        assert_eq!(read.node_selector, a.node_selector);
         assert!(store.delete_service(s.uuid).await.expect("delete"));
         let gone = store.update_service(&stored).await.expect_err("deleted");
         assert!(matches!(gone, StoreError::NotFound { .. }), "{gone}");

@@ -112,6 +112,13 @@ pub struct UpdateArgs {
     /// Remove every environment variable first.
     #[arg(long)]
     clear_env: bool,
+    /// Place image instances only on nodes with this label (repeatable,
+    /// all must match; replaces the selector): KEY=VALUE.
+    #[arg(long = "node-selector", value_name = "KEY=VALUE", value_parser = parse_env)]
+    node_selector: Vec<(String, String)>,
+    /// Any engine will do again.
+    #[arg(long, conflicts_with = "node_selector")]
+    clear_node_selector: bool,
 }
 
 fn parse_env(s: &str) -> Result<(String, String), String> {
@@ -204,6 +211,8 @@ async fn update(ctx: &Context, args: UpdateArgs) -> Result<(), CliError> {
         env,
         remove_env,
         clear_env,
+        node_selector,
+        clear_node_selector,
     } = args;
     let nothing = min_instances.is_none()
         && max_instances.is_none()
@@ -213,10 +222,12 @@ async fn update(ctx: &Context, args: UpdateArgs) -> Result<(), CliError> {
         && request_timeout.is_none()
         && env.is_empty()
         && remove_env.is_empty()
-        && !clear_env;
+        && !clear_env
+        && node_selector.is_empty()
+        && !clear_node_selector;
     if nothing {
         return Err(CliError::usage(
-            "nothing to update: pass at least one of --min-instances, --max-instances, --concurrency, --idle-timeout, --wake-timeout, --request-timeout, --env, --remove-env, --clear-env",
+            "nothing to update: pass at least one of --min-instances, --max-instances, --concurrency, --idle-timeout, --wake-timeout, --request-timeout, --env, --remove-env, --clear-env, --node-selector, --clear-node-selector",
         ));
     }
     let mut api = ctx.client(ServicesClient::new).await?;
@@ -233,6 +244,8 @@ async fn update(ctx: &Context, args: UpdateArgs) -> Result<(), CliError> {
             set_env: env.into_iter().collect(),
             remove_env,
             clear_env,
+            node_selector: node_selector.into_iter().collect(),
+            clear_node_selector,
         }))
         .await?;
     ctx.print_one(&ServiceView::from(&s))

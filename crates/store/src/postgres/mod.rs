@@ -40,6 +40,7 @@ const MIGRATIONS: &[&str] = &[
     include_str!("leases.sql"),
     include_str!("shards.sql"),
     include_str!("nodes.sql"),
+    include_str!("selectors.sql"),
 ];
 
 /// The advisory lock taken while migrating (any fixed number; this one
@@ -343,7 +344,8 @@ fn from_millis(ms: i64) -> Duration {
 }
 
 const SERVICE_COLUMNS: &str = "uuid, project, name, status, min_instances, max_instances, concurrency, \
-     idle_timeout_ms, wake_timeout_ms, request_timeout_ms, env, generation, created_at_us, updated_at_us";
+     idle_timeout_ms, wake_timeout_ms, request_timeout_ms, env, generation, created_at_us, updated_at_us, \
+     node_selector";
 
 fn read_service(row: &Row) -> Result<Service, StoreError> {
     let uuid: String = get(row, 0)?;
@@ -371,6 +373,9 @@ fn read_service(row: &Row) -> Result<Service, StoreError> {
     let env = serde_json::from_str(&env).map_err(|e| corrupt("env", &e))?;
     let env = EnvVars::from_map(env).map_err(|e| corrupt("env", &e))?;
     let generation: i64 = get(row, 11)?;
+    let node_selector: String = get(row, 14)?;
+    let node_selector =
+        serde_json::from_str(&node_selector).map_err(|e| corrupt("node_selector", &e))?;
     Ok(Service {
         uuid: Uuid::parse_str(&uuid).map_err(|e| corrupt("uuid", &e))?,
         project,
@@ -378,6 +383,7 @@ fn read_service(row: &Row) -> Result<Service, StoreError> {
         status: ServiceStatus::parse(&status).ok_or_else(|| corrupt("status", &status))?,
         scaling,
         env,
+        node_selector,
         generation: u64::try_from(generation).map_err(|e| corrupt("generation", &e))?,
         created_at: from_micros(get(row, 12)?),
         updated_at: from_micros(get(row, 13)?),
@@ -395,6 +401,7 @@ impl Store for PgStore {
         let namespace = s.project.namespace();
         let uuid = s.uuid.to_string();
         let env = env_json(s);
+        let selector = crate::sqlite::selector_json(s);
         write_tx!(self, |tx| {
             let existing = row(
                 &tx,
@@ -436,7 +443,7 @@ impl Store for PgStore {
                 &tx,
                 &format!(
                     "INSERT INTO services ({SERVICE_COLUMNS}) \
-                     VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14)"
+                     VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15)"
                 ),
                 &[
                     &uuid,
@@ -453,6 +460,7 @@ impl Store for PgStore {
                     &big(s.generation),
                     &micros(s.created_at),
                     &micros(s.updated_at),
+                    &selector,
                 ],
             )
             .await?;
@@ -507,13 +515,14 @@ impl Store for PgStore {
         let expected = s.generation;
         s.generation += 1;
         let (uuid, env) = (s.uuid.to_string(), env_json(&s));
+        let selector = crate::sqlite::selector_json(&s);
         write_tx!(self, |tx| {
             let changed = exec(
                 &tx,
                 "UPDATE services SET status = $3, min_instances = $4, max_instances = $5, \
                  concurrency = $6, idle_timeout_ms = $7, wake_timeout_ms = $8, \
-                 request_timeout_ms = $9, env = $10, generation = $11, updated_at_us = $12 \
-                 WHERE uuid = $1 AND generation = $2",
+                 request_timeout_ms = $9, env = $10, generation = $11, updated_at_us = $12, \
+                 node_selector = $13 WHERE uuid = $1 AND generation = $2",
                 &[
                     &uuid,
                     &big(expected),
@@ -527,6 +536,7 @@ impl Store for PgStore {
                     &env,
                     &big(s.generation),
                     &micros(s.updated_at),
+                    &selector,
                 ],
             )
             .await?;
