@@ -259,7 +259,21 @@ pub(crate) async fn balance(
 /// that another dispatcher (or none) runs, and hands them to their
 /// workers; those already delivered end with `QuestionInterrupted`.
 pub(crate) async fn claim(shared: &Arc<Shared>) {
-    let services = shared.shards.held();
+    // Only services whose worker runs here: a question claimed for a
+    // service held but not yet (or no longer) running here would name this
+    // dispatcher with nothing to run it, and no later claim would see it.
+    // The others are claimed on a later tick, once their worker runs.
+    let services: Vec<Uuid> = shared
+        .shards
+        .held()
+        .into_iter()
+        .filter(|s| {
+            shared
+                .table
+                .lookup(Key::Uuid(*s))
+                .is_ok_and(|entry| entry.owned)
+        })
+        .collect();
     if services.is_empty() {
         return;
     }
