@@ -196,6 +196,20 @@ async fn api_builder_and_dispatcher_run_as_three_processes() {
         &[&builder, &dispatcher],
     );
     assert_eq!(rolling["status"], "rolling-out", "{rolling}");
+    // The candidate is recorded on the build a moment after `rolling-out`:
+    // the kill is meant for a rollout under way, so it waits for it.
+    let begun = Instant::now();
+    while api.build(&b2)["revision"]
+        .as_str()
+        .is_none_or(str::is_empty)
+    {
+        assert!(
+            begun.elapsed() < Duration::from_secs(60),
+            "no candidate recorded: {}",
+            api.build(&b2)
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
     builder.kill9();
     builder = role(&emulator, data.path(), "builder");
     let ended = api.wait_build(&b2, &["failed"], &[&builder]);
