@@ -291,16 +291,11 @@ impl CloudRunRuntime {
         spec: InstanceSpec,
         image: &str,
     ) -> Result<Instance, RuntimeError> {
-        // Every instance shares the service: its id is not part of it.
+        // Every instance shares the service: its id is in neither the
+        // service's environment nor (see `resource_id`) its name.
         let mut env = spec.env.clone();
         env.remove("ROUSE_INSTANCE");
-        let id = resource_id(
-            &InstanceSpec {
-                env: env.clone(),
-                ..spec.clone()
-            },
-            &[image],
-        );
+        let id = resource_id(&spec, &[image]);
         let name = format!("{}/services/{id}", self.parent);
         let served = self.serve(&name, &id, image, &spec, env).await?;
         note(
