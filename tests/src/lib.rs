@@ -625,10 +625,12 @@ impl Server {
         status.unwrap_or_else(|| panic!("rouse server ignored SIGTERM:\n{}", self.log()))
     }
 
-    /// SIGKILL: a crash, with no chance to clean up.
-    pub fn kill9(mut self) {
+    /// SIGKILL: a crash, with no chance to clean up. Returns what the
+    /// server logged until then.
+    pub fn kill9(mut self) -> String {
         let _ = self.child.kill();
         let _ = self.child.wait();
+        self.log()
     }
 }
 

@@ -637,15 +637,13 @@ async fn kill_9_with_questions_in_flight_loses_none_and_runs_none_twice() {
         server,
         data,
     } = p;
-    server.kill9();
+    let before = server.kill9();
     let server = Server::start(&emulator, data.path(), &[]);
-    let interrupted = answered_once_and_delivered_at_most_once(
-        &mut asker,
-        &questions,
-        deliveries.path(),
-        &server.log(),
-    )
-    .await;
+    let interrupted =
+        answered_once_and_delivered_at_most_once(&mut asker, &questions, deliveries.path(), || {
+            format!("{before}{}", server.log())
+        })
+        .await;
     // At most what ran at the crash: two instances, one question each.
     assert!(interrupted.len() <= 2, "{interrupted:?}");
     assert!(
@@ -679,12 +677,16 @@ async fn answered_once_and_delivered_at_most_once(
     asker: &mut Asker,
     questions: &[String],
     deliveries: &std::path::Path,
-    logs: &str,
+    logs: impl Fn() -> String,
 ) -> Vec<u64> {
     for q in questions {
-        asker.answer(q, Duration::from_secs(120)).await;
+        if let Err(e) = asker.try_answer(q, Duration::from_secs(120)).await {
+            panic!("{e}\nthe dispatchers on {q}:\n{}", trail(&logs(), q));
+        }
     }
     tokio::time::sleep(Duration::from_secs(2)).await;
+    let logs = logs();
+    let logs = logs.as_str();
     let all = asker.all().clone();
     let delivered = std::fs::read_to_string(deliveries).expect("delivery log");
     let mut times: HashMap<u64, usize> = HashMap::new();
@@ -700,7 +702,13 @@ async fn answered_once_and_delivered_at_most_once(
             .filter(|e| e.kind == "result" || e.kind == "exception")
             .map(|e| (e.attributes["uuid"].clone(), e))
             .collect();
-        assert_eq!(terminal.len(), 1, "{q} (i = {i}): {:?}\n{logs}", all[q]);
+        assert_eq!(
+            terminal.len(),
+            1,
+            "{q} (i = {i}): {:?}\n{}",
+            all[q],
+            trail(logs, q)
+        );
         let answer = terminal.values().next().expect("one");
         let seen = times.get(&i).copied().unwrap_or(0);
         assert!(seen <= 1, "question i = {i} was delivered {seen} times");
@@ -713,14 +721,31 @@ async fn answered_once_and_delivered_at_most_once(
             assert_eq!(seen, 1, "i = {i} answered without a delivery");
         } else {
             assert_eq!(
-                answer.data["exception_type"], "QuestionInterrupted",
-                "{q} (i = {i}): {:?}\n{logs}",
-                answer.data
+                answer.data["exception_type"],
+                "QuestionInterrupted",
+                "{q} (i = {i}): {:?}\n{}",
+                answer.data,
+                trail(logs, q)
             );
             interrupted.push(i);
         }
     }
     interrupted
+}
+
+/// What the dispatchers logged about `question`, with every warning,
+/// error and takeover around it (a whole burst's log is too long to read).
+fn trail(logs: &str, question: &str) -> String {
+    logs.lines()
+        .filter(|l| {
+            l.contains(question)
+                || l.contains("WARN")
+                || l.contains("ERROR")
+                || l.contains("took the service over")
+                || l.contains("taken over from")
+        })
+        .collect::<Vec<_>>()
+        .join("\n")
 }
 
 /// A dispatcher in its own process learns of new services and revisions
@@ -925,7 +950,7 @@ async fn dispatchers_share_the_services_and_a_killed_ones_questions_run_once() {
         }
     })
     .await;
-    dispatchers[busiest].take().expect("running").kill9();
+    let killed_log = dispatchers[busiest].take().expect("running").kill9();
     let killed = std::time::Instant::now();
     wait_until(
         shards_renewal_and_margin(),
@@ -942,9 +967,12 @@ async fn dispatchers_share_the_services_and_a_killed_ones_questions_run_once() {
         },
     )
     .await;
-    let logs: String = dispatchers.iter().flatten().map(|d| d.log()).collect();
+    let logs = || {
+        let survivors: String = dispatchers.iter().flatten().map(|d| d.log()).collect();
+        format!("{killed_log}{survivors}")
+    };
     let interrupted =
-        answered_once_and_delivered_at_most_once(&mut asker, &questions, deliveries.path(), &logs)
+        answered_once_and_delivered_at_most_once(&mut asker, &questions, deliveries.path(), logs)
             .await;
     // At most what the killed one had delivered: two instances of each of
     // its services, one question each.

@@ -5,8 +5,9 @@
 //! one is harmless). A `result` or `exception` is first recorded, unpublished,
 //! in the same store transaction that finishes the execution; then published
 //! and marked. At start, and whenever a publish failed, the outbox is flushed
-//! again, so every question gets its terminal event exactly once even across
-//! a crash (a crash between publish and mark re-sends it with the same event
+//! again, and a dispatcher taking services over publishes what their last
+//! holder left in it, so every question gets its terminal event exactly once
+//! even across a crash (a crash between publish and mark re-sends it with the same event
 //! uuid, which receivers can recognise).
 
 use std::sync::Arc;
@@ -237,6 +238,12 @@ impl Replier {
                 return 0;
             }
         };
+        self.publish_pending(pending).await
+    }
+
+    /// Publishes recorded, unpublished events in order, marking each; stops
+    /// at the first refusal (the outbox retries). Returns how many were sent.
+    pub async fn publish_pending(&self, pending: Vec<EventRecord>) -> usize {
         let mut sent = 0;
         for record in pending {
             let message = Outgoing {
@@ -354,6 +361,12 @@ impl Replier {
             }
         }
         tracing::debug!(question = %execution.question_uuid, status = %execution.status, "execution finished");
+    }
+
+    /// Has [`Replier::run_outbox`] flush the whole outbox (until it is
+    /// empty).
+    pub fn retry_outbox(&self) {
+        self.outbox_dirty.notify_one();
     }
 
     /// Flushes the outbox whenever a publish failed, until `shutdown`.

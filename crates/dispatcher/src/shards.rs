@@ -211,6 +211,7 @@ pub(crate) async fn balance(
     if !members.contains(&shards.holder.as_str()) {
         members.push(&shards.holder);
     }
+    let mut taken_over = Vec::new();
     let holders: HashMap<&str, &LeaseRecord> = leases
         .iter()
         .filter_map(|l| Some((l.name.strip_prefix(SERVICE)?, l)))
@@ -237,6 +238,9 @@ pub(crate) async fn balance(
                 match current.map(|l| &l.holder) {
                     Some(gone) => {
                         tracing::info!(%service, previous = %gone, "took the service over from a dispatcher that stopped renewing its lease (or whose process is gone)");
+                        if *gone != shards.holder {
+                            taken_over.push(service);
+                        }
                     }
                     None => tracing::info!(%service, "this dispatcher runs the service now"),
                 }
@@ -252,6 +256,35 @@ pub(crate) async fn balance(
     }
     if let Err(e) = crate::sync::sync(shared, subscriber, shutdown).await {
         tracing::warn!(error = %e, "cannot re-read the service registry");
+    }
+    if !taken_over.is_empty() {
+        publish_left_over(shared, &taken_over).await;
+    }
+}
+
+/// Publishes the answers the previous holder of `services` recorded and
+/// did not publish: it was killed between the two, and its own outbox
+/// flush runs only when it starts again, which it may never do. (One that
+/// merely stopped renewing may publish it too: the same event, by uuid.)
+async fn publish_left_over(shared: &Arc<Shared>, services: &[Uuid]) {
+    match shared.store.unpublished_events_of(services).await {
+        Ok(pending) if pending.is_empty() => {}
+        Ok(pending) => {
+            let left = pending.len();
+            let sent = shared.ctx.replier.publish_pending(pending).await;
+            tracing::info!(
+                sent,
+                left,
+                "published the answers a dispatcher taken over from had recorded and not sent"
+            );
+            if sent < left {
+                shared.ctx.replier.retry_outbox();
+            }
+        }
+        Err(e) => {
+            tracing::warn!(error = %e, "cannot read the outbox of services taken over; the outbox retries");
+            shared.ctx.replier.retry_outbox();
+        }
     }
 }
 

@@ -476,6 +476,29 @@ impl EventStore for SqliteStore {
         .await
     }
 
+    async fn unpublished_events_of(
+        &self,
+        services: &[Uuid],
+    ) -> Result<Vec<EventRecord>, StoreError> {
+        let services =
+            serde_json::to_string(&services.iter().map(Uuid::to_string).collect::<Vec<_>>())
+                .map_err(|e| StoreError::Task(e.to_string()))?;
+        self.with(move |conn| {
+            collect(
+                conn,
+                &format!(
+                    "SELECT {EVENT_COLUMNS} FROM events WHERE published = 0 AND EXISTS \
+                     (SELECT 1 FROM executions x WHERE x.question_uuid = events.question_uuid \
+                     AND x.retry_count = events.retry_count \
+                     AND x.service_uuid IN (SELECT value FROM json_each(?1))) ORDER BY id"
+                ),
+                [services],
+                read_event,
+            )
+        })
+        .await
+    }
+
     async fn events_after(
         &self,
         question_uuid: &str,

@@ -211,6 +211,13 @@ pub trait EventStore: Send + Sync + 'static {
     async fn mark_published(&self, event_id: i64) -> Result<(), StoreError>;
     /// Emitted events that have not reached Pub/Sub yet, oldest first.
     async fn unpublished_events(&self) -> Result<Vec<EventRecord>, StoreError>;
+    /// The unpublished events of questions to `services`, oldest first: a
+    /// dispatcher taking services over publishes what their last holder
+    /// recorded and did not get to send (it was killed in between).
+    async fn unpublished_events_of(
+        &self,
+        services: &[Uuid],
+    ) -> Result<Vec<EventRecord>, StoreError>;
     /// A question's events with an id above `after`, in order.
     async fn events_after(
         &self,

@@ -19,6 +19,7 @@ contract!(
     racing_intakes_record_a_question_once,
     events_are_deduplicated_by_uuid_and_followed_by_id,
     claiming_fences_the_previous_dispatcher_out,
+    a_services_unpublished_answers_are_found_for_its_next_holder,
 );
 
 async fn with_service<F: Fixture>(f: &F) -> (F::S, Service) {
@@ -397,5 +398,71 @@ async fn claiming_fences_the_previous_dispatcher_out(f: &impl Fixture) {
             .expect("get")
             .map(|e| e.status),
         Some(ExecutionStatus::Succeeded)
+    );
+}
+
+/// A dispatcher killed between recording an answer and publishing it left
+/// it in the outbox: the one taking its services over finds it there, and
+/// only the answers to those services (another live dispatcher publishes
+/// its own).
+async fn a_services_unpublished_answers_are_found_for_its_next_holder(f: &impl Fixture) {
+    let (store, s) = with_service(f).await;
+    let other = service("p", "other");
+    store.insert_service(&other).await.expect("insert");
+    let mut ids = Vec::new();
+    for (service, q, retry, published) in [
+        (s.uuid, "q1", 0, false),
+        (s.uuid, "q1", 1, true),
+        (s.uuid, "q2", 0, false),
+        (other.uuid, "q3", 0, false),
+    ] {
+        let mut e = execution(service, q, retry);
+        e.dispatcher = Some("a".into());
+        assert!(store.insert_execution(&e).await.expect("insert"));
+        e.status = ExecutionStatus::Succeeded;
+        e.finished_at = Some(SystemTime::now());
+        let mut answer = event(&format!("{q}-{retry}"), q, "result");
+        answer.retry_count = Some(retry);
+        let id = store
+            .update_execution(&e, Some(&answer))
+            .await
+            .expect("finish")
+            .expect("an event id");
+        if published {
+            store.mark_published(id).await.expect("mark");
+        }
+        ids.push(id);
+    }
+    // An event of a question no execution records (a reply seen on the
+    // network topic) is nobody's to publish.
+    store
+        .record_event(&event("stray", "q-none", "result"), false)
+        .await
+        .expect("stray");
+    let left = store.unpublished_events_of(&[s.uuid]).await.expect("left");
+    let got: Vec<i64> = left.iter().map(|e| e.id).collect();
+    assert_eq!(got, [ids[0], ids[2]], "q1 retry 0 and q2, oldest first");
+    assert_eq!(left[0].question_uuid, "q1");
+    assert_eq!(left[0].kind, "result");
+    assert!(
+        store
+            .unpublished_events_of(&[])
+            .await
+            .expect("none")
+            .is_empty()
+    );
+    let both = store
+        .unpublished_events_of(&[s.uuid, other.uuid])
+        .await
+        .expect("both");
+    assert_eq!(both.len(), 3);
+    store.mark_published(ids[0]).await.expect("mark");
+    assert_eq!(
+        store
+            .unpublished_events_of(&[s.uuid])
+            .await
+            .expect("after")
+            .len(),
+        1
     );
 }

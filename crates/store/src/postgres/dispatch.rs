@@ -415,6 +415,23 @@ impl EventStore for PgStore {
         .await
     }
 
+    async fn unpublished_events_of(
+        &self,
+        services: &[Uuid],
+    ) -> Result<Vec<EventRecord>, StoreError> {
+        let services: Vec<String> = services.iter().map(Uuid::to_string).collect();
+        self.all(
+            &format!(
+                "SELECT {EVENT_COLUMNS} FROM events WHERE NOT published AND EXISTS \
+                 (SELECT 1 FROM executions x WHERE x.question_uuid = events.question_uuid \
+                 AND x.retry_count = events.retry_count AND x.service_uuid = ANY($1)) ORDER BY id"
+            ),
+            &[&services],
+            read_event,
+        )
+        .await
+    }
+
     async fn events_after(
         &self,
         question_uuid: &str,
