@@ -16,12 +16,28 @@ const STOP_GRACE: Duration = Duration::from_secs(20);
 pub struct DockerNode {
     child: Option<Child>,
     dir: tempfile::TempDir,
+    tcp: Option<String>,
 }
 
 impl DockerNode {
     /// Starts the engine and waits until it answers. Needs root (as the
     /// machine's own engine does).
     pub fn start() -> Self {
+        Self::launch(false)
+    }
+
+    /// [`DockerNode::start`], the engine also listening for its API on a
+    /// loopback TCP port, unencrypted ([`DockerNode::tcp_host`]).
+    pub fn start_with_tcp() -> Self {
+        Self::launch(true)
+    }
+
+    /// `tcp://127.0.0.1:<port>`, for an engine started with TCP.
+    pub fn tcp_host(&self) -> Option<&str> {
+        self.tcp.as_deref()
+    }
+
+    fn launch(tcp: bool) -> Self {
         let dir = tempfile::Builder::new()
             .prefix("rouse-node-")
             .tempdir()
@@ -39,7 +55,13 @@ impl DockerNode {
         )
         .expect("daemon.json");
         let log = std::fs::File::create(dir.path().join("dockerd.log")).expect("dockerd.log");
-        let child = Command::new("dockerd")
+        let tcp = tcp.then(|| format!("tcp://127.0.0.1:{}", free_port()));
+        let mut command = Command::new("dockerd");
+        if let Some(tcp) = &tcp {
+            // Unencrypted on loopback: newer engines want that said.
+            command.arg("--host").arg(tcp).arg("--tls=false");
+        }
+        let child = command
             .arg("--config-file")
             .arg(&config)
             .arg("--host")
@@ -65,6 +87,7 @@ impl DockerNode {
         let node = Self {
             child: Some(child),
             dir,
+            tcp,
         };
         let deadline = Instant::now() + READY;
         while !node.answers() {
@@ -109,6 +132,23 @@ impl DockerNode {
     pub fn rouse_containers(&self) -> usize {
         let out = self.docker(&["ps", "-q", "--filter", "label=managed-by=rouse"]);
         String::from_utf8_lossy(&out.stdout).lines().count()
+    }
+
+    /// The `rouse.port` labels of Rouse's containers on this engine,
+    /// running or not ("" for one without).
+    pub fn rouse_ports(&self) -> Vec<String> {
+        let out = self.docker(&[
+            "ps",
+            "-a",
+            "--filter",
+            "label=managed-by=rouse",
+            "--format",
+            "{{.Label \"rouse.port\"}}",
+        ]);
+        String::from_utf8_lossy(&out.stdout)
+            .lines()
+            .map(str::to_owned)
+            .collect()
     }
 
     /// Stops the engine (SIGTERM, as `systemctl stop docker` does; it
@@ -209,6 +249,113 @@ impl Registry {
 }
 
 impl Drop for Registry {
+    fn drop(&mut self) {
+        signal(self.child.id(), "TERM", false);
+        if wait_for(&mut self.child, STOP_GRACE).is_none() {
+            signal(self.child.id(), "KILL", false);
+            let _ = self.child.wait();
+        }
+    }
+}
+
+/// An OpenSSH server of the test's own on a loopback port (Debian's
+/// `openssh-server`; the system's sshd is never used), letting in one key
+/// made for it, with `DOCKER_HOST` set for its sessions so that `docker`
+/// there (as `ssh … docker system dial-stdio` runs it) reaches `engine`.
+/// Stopped by pid on drop.
+pub struct Sshd {
+    child: Child,
+    port: u16,
+    dir: tempfile::TempDir,
+}
+
+impl Sshd {
+    pub fn start(engine: &DockerNode) -> Self {
+        let dir = tempfile::Builder::new()
+            .prefix("rouse-sshd-")
+            .tempdir()
+            .expect("sshd dir");
+        for key in ["host_key", "client_key"] {
+            let made = Command::new("ssh-keygen")
+                .args(["-q", "-t", "ed25519", "-N", "", "-f"])
+                .arg(dir.path().join(key))
+                .output()
+                .expect("ssh-keygen (`.ci/setup` installs openssh-client)");
+            assert!(made.status.success(), "{made:?}");
+        }
+        std::fs::copy(
+            dir.path().join("client_key.pub"),
+            dir.path().join("authorized_keys"),
+        )
+        .expect("authorized_keys");
+        // Privilege separation wants its directory (systemd makes it).
+        let _ = std::fs::create_dir_all("/run/sshd");
+        let port = free_port();
+        let config = dir.path().join("sshd_config");
+        std::fs::write(
+            &config,
+            format!(
+                "Port {port}\nListenAddress 127.0.0.1\nHostKey {host_key}\nPidFile {pid}\n\
+                 AuthorizedKeysFile {keys}\nStrictModes no\nUsePAM no\n\
+                 PasswordAuthentication no\nKbdInteractiveAuthentication no\n\
+                 PermitRootLogin prohibit-password\nSetEnv DOCKER_HOST={engine}\n",
+                host_key = dir.path().join("host_key").display(),
+                pid = dir.path().join("sshd.pid").display(),
+                keys = dir.path().join("authorized_keys").display(),
+                engine = engine.docker_host(),
+            ),
+        )
+        .expect("sshd_config");
+        let log = std::fs::File::create(dir.path().join("sshd.log")).expect("sshd.log");
+        let child = Command::new("/usr/sbin/sshd")
+            .args(["-D", "-e", "-f"])
+            .arg(&config)
+            .stdin(Stdio::null())
+            .stdout(log.try_clone().expect("log"))
+            .stderr(log)
+            .spawn()
+            .expect("/usr/sbin/sshd (`.ci/setup` installs openssh-server)");
+        let sshd = Self { child, port, dir };
+        let deadline = Instant::now() + READY;
+        while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
+            assert!(
+                Instant::now() < deadline,
+                "sshd did not listen within {READY:?}:\n{}",
+                sshd.log()
+            );
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        sshd
+    }
+
+    /// `ssh://<user>@127.0.0.1:<port>`.
+    pub fn docker_host(&self) -> String {
+        let user = std::env::var("USER")
+            .ok()
+            .filter(|u| !u.is_empty())
+            .unwrap_or_else(|| {
+                let out = Command::new("id").arg("-un").output().expect("id -un");
+                String::from_utf8_lossy(&out.stdout).trim().to_owned()
+            });
+        format!("ssh://{user}@127.0.0.1:{}", self.port)
+    }
+
+    /// The `ROUSE_SSH_COMMAND` that logs in with the test's key and keeps
+    /// the host key in the test's own file (never ~/.ssh).
+    pub fn ssh_command(&self) -> String {
+        format!(
+            "ssh -F /dev/null -i {} -o IdentitiesOnly=yes -o UserKnownHostsFile={} -o StrictHostKeyChecking=accept-new",
+            self.dir.path().join("client_key").display(),
+            self.dir.path().join("known_hosts").display()
+        )
+    }
+
+    pub fn log(&self) -> String {
+        std::fs::read_to_string(self.dir.path().join("sshd.log")).unwrap_or_default()
+    }
+}
+
+impl Drop for Sshd {
     fn drop(&mut self) {
         signal(self.child.id(), "TERM", false);
         if wait_for(&mut self.child, STOP_GRACE).is_none() {

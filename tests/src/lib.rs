@@ -371,15 +371,26 @@ impl Server {
     /// Starts `rouse server` on a free port with its state in `data_dir`,
     /// talking to `emulator`, and waits for its ready line. `extra` adds flags.
     pub fn start(emulator: &Emulator, data_dir: &Path, extra: &[&str]) -> Self {
+        Self::start_with_env(emulator, data_dir, extra, &[])
+    }
+
+    /// Like [`Self::start`], with `env` added to the server's environment.
+    pub fn start_with_env(
+        emulator: &Emulator,
+        data_dir: &Path,
+        extra: &[&str],
+        env: &[(&str, &str)],
+    ) -> Self {
         let store = match extra.contains(&"--store") {
             true => Vec::new(),
             false => emulator.store_args(data_dir),
         };
         let mut args: Vec<&str> = extra.to_vec();
         args.extend(store.iter().map(String::as_str));
-        let server = Self::try_start(emulator.host(), data_dir, &args).unwrap_or_else(|log| {
-            panic!("rouse server did not become ready:\n{log}");
-        });
+        let server = Self::try_start_with_env(emulator.host(), data_dir, &args, env)
+            .unwrap_or_else(|log| {
+                panic!("rouse server did not become ready:\n{log}");
+            });
         if !store.is_empty() {
             let log = server.log();
             assert!(

@@ -6,8 +6,8 @@ use std::time::Duration;
 
 use rouse_tests::asker::Asker;
 use rouse_tests::echo_image::EchoImage;
-use rouse_tests::engines::{DockerNode, Registry};
-use rouse_tests::{Emulator, Server, wait_until};
+use rouse_tests::engines::{DockerNode, Registry, Sshd};
+use rouse_tests::{Emulator, Server, free_port, wait_until};
 use serde_json::{Value, json};
 
 const NETWORK: &str = "octue.services";
@@ -103,18 +103,20 @@ async fn instances_spread_over_nodes_and_a_stopped_node_loses_nothing() {
     server.allow_anonymous_askers("p");
 
     // Bad input.
-    let tcp = server.rouse(&[
+    let tls = server.rouse(&[
         "nodes",
         "add",
         "far",
         "--docker-host",
-        "tcp://10.0.0.9:2375",
+        "https://10.0.0.9:2376",
     ]);
-    assert_eq!(tcp.code, 2, "{tcp:?}");
+    assert_eq!(tls.code, 2, "{tls:?}");
     assert!(
-        tcp.stderr.contains("tcp://10.0.0.9:2375") && tcp.stderr.contains("ssh -nNT -L"),
+        tls.stderr.contains("`https://10.0.0.9:2376`")
+            && tls.stderr.contains("not supported")
+            && tls.stderr.contains("ssh://"),
         "{}",
-        tcp.stderr
+        tls.stderr
     );
     let dead = server.rouse(&[
         "nodes",
@@ -399,4 +401,114 @@ async fn a_node_selector_keeps_a_service_on_matching_nodes() {
         message.contains("node selector zone=c") && message.contains("node-b: lacks a label"),
         "{message}"
     );
+}
+
+/// Nodes on other machines, reached as the Docker CLI reaches them: one
+/// engine at `tcp://` and (the same engine) at `ssh://` through an sshd of
+/// the test's own running `docker system dial-stdio`. Each service's
+/// instances run there, reached at the node's address on ports of the
+/// node range that no two instances share. An `ssh://` node that cannot
+/// be reached is refused with what ssh said.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn nodes_at_tcp_and_ssh_addresses_run_instances() {
+    let registry = Registry::start();
+    let engine = DockerNode::start_with_tcp();
+    let sshd = Sshd::start(&engine);
+    let (_echo, image) = pushed_echo(&registry, "far");
+    let emulator = Emulator::start();
+    let data = tempfile::tempdir().expect("tempdir");
+    let ssh_command = sshd.ssh_command();
+    let server = Server::start_with_env(
+        &emulator,
+        data.path(),
+        &[],
+        &[("ROUSE_SSH_COMMAND", &ssh_command)],
+    );
+    server.allow_anonymous_askers("p");
+
+    let closed = format!("ssh://root@127.0.0.1:{}", free_port());
+    let refused = server.rouse(&["nodes", "add", "nowhere", "--docker-host", &closed]);
+    assert_eq!(refused.code, 2, "{refused:?}");
+    assert!(
+        refused.stderr.contains("does not answer") && refused.stderr.contains("Connection refused"),
+        "{}",
+        refused.stderr
+    );
+    let tcp = engine.tcp_host().expect("tcp").to_owned();
+    server
+        .rouse(&[
+            "nodes",
+            "add",
+            "by-tcp",
+            "--docker-host",
+            &tcp,
+            "--label",
+            "via=tcp",
+        ])
+        .ok();
+    let ssh = sshd.docker_host();
+    server
+        .rouse(&[
+            "nodes",
+            "add",
+            "by-ssh",
+            "--docker-host",
+            &ssh,
+            "--label",
+            "via=ssh",
+        ])
+        .ok();
+    let listed = nodes(&server);
+    for node in &listed {
+        assert_eq!(node["healthy"], true, "{listed:?}\n{}", sshd.log());
+    }
+    // The dispatcher re-reads the nodes every 2 s.
+    tokio::time::sleep(Duration::from_secs(3)).await;
+
+    let mut asker = Asker::new(emulator.host(), NETWORK).await;
+    for via in ["tcp", "ssh"] {
+        let name = format!("far-{via}");
+        let topic = image_service(&server, &name, "3", &image);
+        server
+            .rouse(&[
+                "services",
+                "update",
+                &name,
+                "--project",
+                "p",
+                "--node-selector",
+                &format!("via={via}"),
+            ])
+            .ok();
+        all_answered(&mut asker, &topic, &format!("p/{name}"), 9, &server).await;
+        let names = engine.docker(&["ps", "-a", "--format", "{{.Names}}"]);
+        let names = String::from_utf8_lossy(&names.stdout).to_string();
+        assert!(
+            names.lines().any(|n| n.contains(&name)),
+            "no instance of {name} on the node: {names}\n{}",
+            server.log()
+        );
+    }
+    assert_eq!(
+        local_containers(&image),
+        0,
+        "an instance ran on the local engine"
+    );
+    let ports = engine.rouse_ports();
+    let mut seen = std::collections::HashSet::new();
+    for port in &ports {
+        let n: u16 = port
+            .parse()
+            .unwrap_or_else(|_| panic!("port label `{port}`"));
+        assert!((30000..=32767).contains(&n), "{ports:?}");
+        assert!(seen.insert(n), "two instances share port {n}: {ports:?}");
+    }
+    assert!(!ports.is_empty());
+    assert!(
+        sshd.log().contains("Accepted publickey"),
+        "the ssh node was not reached through ssh:\n{}",
+        sshd.log()
+    );
+    drop(server);
+    drop((sshd, engine, registry));
 }

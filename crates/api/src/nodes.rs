@@ -90,12 +90,12 @@ impl pb::nodes_server::Nodes for NodesApi {
         let permit = self.backend.permit(&request, &Resource::Root).await?;
         let req = request.into_inner();
         let name = node_name(&req.name)?;
-        rouse_runtime::nodes::socket_of(&req.docker_host)
+        rouse_runtime::nodes::parse_docker_host(&req.docker_host)
             .map_err(|e| ApiError::InvalidArgument(format!("--docker-host {e}")))?;
         let health = rouse_runtime::nodes::probe(&req.docker_host).await;
         if let Some(problem) = &health.problem {
             return Err(ApiError::InvalidArgument(format!(
-                "the engine of node `{name}` at {} does not answer ({problem}); start it, or check the socket path",
+                "the engine of node `{name}` at {} does not answer ({problem}); start it, or check the address",
                 req.docker_host
             ))
             .into());

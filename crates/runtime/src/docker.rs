@@ -43,7 +43,7 @@
 
 use std::collections::HashMap;
 use std::io::{Read, Write};
-use std::net::SocketAddr;
+use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 use std::os::unix::net::UnixStream;
 use std::time::Duration;
 
@@ -60,6 +60,7 @@ use tokio::sync::watch;
 
 use crate::instance::{self, Instance, Parts};
 use crate::logs::{self, LogWriter};
+use crate::nodes::DockerHost;
 use crate::process::signal_name;
 use crate::{ExitInfo, InstanceSpec, Runtime, RuntimeError, Source, validate_instance_id};
 
@@ -78,6 +79,14 @@ pub const OWNER_LABEL: &str = "rouse.owner";
 /// The process that started a container (`host:pid:start`, see
 /// [`crate::holder`]): a restarted peer leaves a live one's containers alone.
 pub const PROCESS_LABEL: &str = "rouse.process";
+/// On a node reached over the network: the host port the instance listens
+/// on, so that two instances (started by any dispatcher) never share one.
+pub const PORT_LABEL: &str = "rouse.port";
+/// The host ports instances on a node reached over the network listen on:
+/// Kubernetes' NodePort range, which operators already keep free.
+pub const NODE_PORTS: std::ops::RangeInclusive<u16> = 30000..=32767;
+/// Ports tried before a start on such a node gives up.
+const PORT_ATTEMPTS: u32 = 8;
 
 const DEFAULT_SOCKET: &str = "/var/run/docker.sock";
 /// Bound on the start-up check of the engine: a local socket answers in
@@ -105,6 +114,9 @@ const WAIT_MAX_FAILURES: u32 = 20;
 pub struct DockerRuntime {
     docker: Docker,
     owner: Option<String>,
+    /// For an engine on another machine (`tcp://`, `ssh://`): the address
+    /// its instances are reached at. `None`: this machine's loopback.
+    node_ip: Option<IpAddr>,
 }
 
 impl DockerRuntime {
@@ -140,6 +152,52 @@ impl DockerRuntime {
         Ok(Self {
             docker,
             owner: None,
+            node_ip: None,
+        })
+    }
+
+    /// Connects to the engine at `host` (see [`crate::nodes::DockerHost`])
+    /// and checks that it answers, agreeing on the API version. An engine
+    /// on another machine (`tcp://`, `ssh://`) has its instances reached at
+    /// the host's address, on ports from [`NODE_PORTS`].
+    pub async fn connect_host(host: &DockerHost) -> Result<Self, RuntimeError> {
+        let unreachable = |reason: String| RuntimeError::EngineUnreachable {
+            socket: host.to_string(),
+            reason,
+        };
+        let (docker, ip) = match host {
+            DockerHost::Unix(path) => {
+                let path = path.clone();
+                return tokio::task::spawn_blocking(move || Self::connect_to(&path))
+                    .await
+                    .map_err(|e| unreachable(e.to_string()))?;
+            }
+            DockerHost::Tcp { host: name, port } => {
+                let docker = Docker::connect_with_http(
+                    &format!("tcp://{}:{port}", bracketed(name)),
+                    REQUEST_TIMEOUT_SECS,
+                    bollard::API_DEFAULT_VERSION,
+                )
+                .map_err(|e| unreachable(e.to_string()))?;
+                let docker = tokio::time::timeout(CONNECT_TIMEOUT, docker.negotiate_version())
+                    .await
+                    .map_err(|_| unreachable(format!("no answer within {CONNECT_TIMEOUT:?}")))?
+                    .map_err(|e| unreachable(e.to_string()))?;
+                (docker, resolve(name).await.map_err(unreachable)?)
+            }
+            DockerHost::Ssh(target) => {
+                let docker = target
+                    .connect(REQUEST_TIMEOUT_SECS)
+                    .await
+                    .map_err(unreachable)?;
+                (docker, resolve(&target.host).await.map_err(unreachable)?)
+            }
+        };
+        tracing::debug!(engine = %host, %ip, "connected to a node's Docker engine");
+        Ok(Self {
+            docker,
+            owner: None,
+            node_ip: Some(ip),
         })
     }
 
@@ -199,6 +257,140 @@ impl DockerRuntime {
             step?;
         }
         Ok(())
+    }
+
+    /// Creates `container`, pulling its image first where it comes from a
+    /// registry and is not on this engine yet.
+    async fn create(
+        &self,
+        container: &str,
+        image: &str,
+        body: ContainerCreateBody,
+    ) -> Result<(), RuntimeError> {
+        let options = CreateContainerOptionsBuilder::default()
+            .name(container)
+            .build();
+        let mut created = self
+            .docker
+            .create_container(Some(options.clone()), body.clone())
+            .await;
+        if let Err(DockerError::DockerResponseServerError {
+            status_code: 404, ..
+        }) = &created
+            && from_registry(image)
+        {
+            // Not here yet: the registry the builder pushes to has it.
+            match self.pull(image).await {
+                Ok(()) => created = self.docker.create_container(Some(options), body).await,
+                Err(e) => tracing::warn!(%image, error = %e, "cannot pull the image"),
+            }
+        }
+        match created {
+            Ok(_) => Ok(()),
+            Err(DockerError::DockerResponseServerError {
+                status_code: 404, ..
+            }) => Err(RuntimeError::ImageNotFound {
+                image: image.to_owned(),
+            }),
+            Err(DockerError::DockerResponseServerError {
+                status_code: 409, ..
+            }) => Err(RuntimeError::ContainerExists {
+                container: container.to_owned(),
+            }),
+            Err(source) => Err(RuntimeError::Docker {
+                action: "create",
+                target: container.to_owned(),
+                source,
+            }),
+        }
+    }
+
+    /// A port of [`NODE_PORTS`] no instance on this node has: a place in
+    /// the range drawn from the instance id (random) and `attempt`, then
+    /// the next port up that is free of Rouse's containers.
+    async fn node_port(&self, instance_id: &str, attempt: u32) -> Result<u16, RuntimeError> {
+        let used: std::collections::HashSet<u16> = self
+            .containers(vec![format!("{MANAGED_BY_LABEL}={MANAGED_BY}")], true)
+            .await?
+            .into_iter()
+            .filter_map(|c| c.labels?.get(PORT_LABEL)?.parse().ok())
+            .collect();
+        let span = u32::from(NODE_PORTS.end() - NODE_PORTS.start()) + 1;
+        let start = fnv(instance_id.as_bytes(), attempt) % span;
+        (0..span)
+            .map(|i| {
+                let offset = u16::try_from((start + i) % span).unwrap_or(0);
+                NODE_PORTS.start() + offset
+            })
+            .find(|p| !used.contains(p))
+            .ok_or_else(|| {
+                RuntimeError::Port(std::io::Error::other(format!(
+                    "every port of {}-{} on the node has an instance",
+                    NODE_PORTS.start(),
+                    NODE_PORTS.end()
+                )))
+            })
+    }
+
+    /// Whether another live container on this node was given `port` before
+    /// `container` was (creation time to the nanosecond, then id): then it
+    /// keeps the port. Every dispatcher that checks sees the same order.
+    async fn port_taken(&self, container: &str, port: u16) -> Result<bool, RuntimeError> {
+        let others = self
+            .containers(vec![format!("{PORT_LABEL}={port}")], true)
+            .await?;
+        let ours = self.created(container).await?;
+        for other in others {
+            let Some(id) = other.id else { continue };
+            if id == ours.1 {
+                continue;
+            }
+            let ended = matches!(
+                other.state,
+                Some(
+                    bollard::models::ContainerSummaryStateEnum::EXITED
+                        | bollard::models::ContainerSummaryStateEnum::DEAD
+                        | bollard::models::ContainerSummaryStateEnum::REMOVING
+                )
+            );
+            if ended {
+                continue;
+            }
+            match self.created(&id).await {
+                Ok(theirs) if theirs < ours => return Ok(true),
+                Ok(_) => {}
+                // Removed since the listing: it no longer holds the port.
+                Err(RuntimeError::Docker {
+                    source:
+                        DockerError::DockerResponseServerError {
+                            status_code: 404, ..
+                        },
+                    ..
+                }) => {}
+                Err(e) => return Err(e),
+            }
+        }
+        Ok(false)
+    }
+
+    /// A container's creation time (nanoseconds since the epoch) and id.
+    async fn created(&self, container: &str) -> Result<(u128, String), RuntimeError> {
+        let inspected = self
+            .docker
+            .inspect_container(container, None::<InspectContainerOptions>)
+            .await
+            .map_err(|source| RuntimeError::Docker {
+                action: "inspect",
+                target: container.to_owned(),
+                source,
+            })?;
+        let at = inspected
+            .created
+            .as_deref()
+            .and_then(|t| humantime::parse_rfc3339(t).ok())
+            .and_then(|t| t.duration_since(std::time::UNIX_EPOCH).ok())
+            .map_or(0, |d| d.as_nanos());
+        Ok((at, inspected.id.unwrap_or_default()))
     }
 
     /// The name of the container of an instance.
@@ -300,62 +492,71 @@ impl Runtime for DockerRuntime {
             source,
         };
 
-        let port = if listen { Some(free_port()?) } else { None };
-        let mut env: Vec<String> = env
-            .iter()
-            .filter(|(name, _)| !(listen && name.as_str() == "PORT"))
-            .map(|(name, value)| format!("{name}={value}"))
-            .collect();
-        if let Some(port) = port {
-            env.push(format!("PORT={port}"));
-        }
-        let body = ContainerCreateBody {
-            image: Some(image.clone()),
-            env: Some(env),
-            cmd: (!extra_args.is_empty()).then_some(extra_args),
-            labels: Some(self.labels(&instance_id)),
-            host_config: Some(HostConfig {
-                init: Some(true),
-                // See the module docs.
-                network_mode: Some("host".to_owned()),
-                ..Default::default()
-            }),
-            ..Default::default()
-        };
-        let options = CreateContainerOptionsBuilder::default()
-            .name(&container)
-            .build();
-        let mut created = self
-            .docker
-            .create_container(Some(options.clone()), body.clone())
-            .await;
-        if let Err(DockerError::DockerResponseServerError {
-            status_code: 404, ..
-        }) = &created
-            && from_registry(&image)
-        {
-            // Not here yet: the registry the builder pushes to has it.
-            match self.pull(&image).await {
-                Ok(()) => created = self.docker.create_container(Some(options), body).await,
-                Err(e) => tracing::warn!(%image, error = %e, "cannot pull the image"),
+        let mut attempt = 0;
+        let port = loop {
+            let port = match (listen, self.node_ip) {
+                (false, _) => None,
+                (true, None) => Some(free_port()?),
+                (true, Some(_)) => Some(self.node_port(&instance_id, attempt).await?),
+            };
+            let mut env: Vec<String> = env
+                .iter()
+                .filter(|(name, _)| !(listen && name.as_str() == "PORT"))
+                .map(|(name, value)| format!("{name}={value}"))
+                .collect();
+            let mut labels = self.labels(&instance_id);
+            if let Some(port) = port {
+                env.push(format!("PORT={port}"));
+                if self.node_ip.is_some() {
+                    labels.insert(PORT_LABEL.to_owned(), port.to_string());
+                }
             }
-        }
-        match created {
-            Ok(_) => {}
-            Err(DockerError::DockerResponseServerError {
-                status_code: 404, ..
-            }) => return Err(RuntimeError::ImageNotFound { image }),
-            Err(DockerError::DockerResponseServerError {
-                status_code: 409, ..
-            }) => return Err(RuntimeError::ContainerExists { container }),
-            Err(source) => return Err(docker_error("create", source)),
-        }
+            let body = ContainerCreateBody {
+                image: Some(image.clone()),
+                env: Some(env),
+                cmd: (!extra_args.is_empty()).then(|| extra_args.clone()),
+                labels: Some(labels),
+                host_config: Some(HostConfig {
+                    init: Some(true),
+                    // See the module docs.
+                    network_mode: Some("host".to_owned()),
+                    ..Default::default()
+                }),
+                ..Default::default()
+            };
+            self.create(&container, &image, body).await?;
+            let (Some(port), Some(_)) = (port, self.node_ip) else {
+                break port;
+            };
+            // Another dispatcher may have chosen the same port on this
+            // node at the same moment: the container created first keeps it.
+            match self.port_taken(&container, port).await {
+                Ok(false) => break Some(port),
+                Ok(true) if attempt + 1 < PORT_ATTEMPTS => {
+                    let _ = force_remove(&self.docker, &container).await;
+                    attempt += 1;
+                }
+                Ok(true) => {
+                    let _ = force_remove(&self.docker, &container).await;
+                    return Err(RuntimeError::Port(std::io::Error::other(format!(
+                        "{PORT_ATTEMPTS} ports of {}-{} chosen for {container} were taken by other instances on the node",
+                        NODE_PORTS.start(),
+                        NODE_PORTS.end()
+                    ))));
+                }
+                Err(e) => {
+                    let _ = force_remove(&self.docker, &container).await;
+                    return Err(e);
+                }
+            }
+        };
         // From here on a failure must not leave the container behind.
         if let Err(source) = self.docker.start_container(&container, None).await {
             let _ = force_remove(&self.docker, &container).await;
             return Err(docker_error("start", source));
         }
-        let addr = port.map(|port| SocketAddr::from(([127, 0, 0, 1], port)));
+        let ip = self.node_ip.unwrap_or(IpAddr::V4(Ipv4Addr::LOCALHOST));
+        let addr = port.map(|port| SocketAddr::new(ip, port));
         tracing::debug!(instance = %instance_id, %image, ?addr, "container started");
 
         let log_task = tokio::spawn(copy_logs(self.docker.clone(), container.clone(), log));
@@ -396,6 +597,42 @@ fn owned_by(labels: Option<&HashMap<String, String>>, owner: Option<&str>) -> bo
         .and_then(|labels| labels.get(OWNER_LABEL))
         .map(String::as_str)
         == owner
+}
+
+/// FNV-1a of `bytes` and `salt`: a stable, spread-out number.
+fn fnv(bytes: &[u8], salt: u32) -> u32 {
+    let mut hash: u32 = 0x811c_9dc5;
+    for byte in bytes.iter().chain(&salt.to_le_bytes()) {
+        hash ^= u32::from(*byte);
+        hash = hash.wrapping_mul(0x0100_0193);
+    }
+    hash
+}
+
+/// `name` as a URL's host: an IPv6 address in brackets.
+fn bracketed(name: &str) -> String {
+    match name.parse::<std::net::Ipv6Addr>() {
+        Ok(_) => format!("[{name}]"),
+        Err(_) => name.to_owned(),
+    }
+}
+
+/// The address of `name` (IPv4 first), where a node's instances are reached.
+async fn resolve(name: &str) -> Result<IpAddr, String> {
+    if let Ok(ip) = name.parse() {
+        return Ok(ip);
+    }
+    let found: Vec<IpAddr> = tokio::net::lookup_host((name, 0))
+        .await
+        .map_err(|e| format!("cannot resolve `{name}`: {e}"))?
+        .map(|a| a.ip())
+        .collect();
+    found
+        .iter()
+        .find(|ip| ip.is_ipv4())
+        .or(found.first())
+        .copied()
+        .ok_or_else(|| format!("`{name}` resolves to no address"))
 }
 
 /// A port that was free a moment ago. Another process could take it before
@@ -625,7 +862,7 @@ fn engine_api_version(socket: &str) -> Result<ClientVersion, String> {
     parse_api_version(api).ok_or_else(|| format!("unreadable API version `{api}`"))
 }
 
-fn parse_api_version(text: &str) -> Option<ClientVersion> {
+pub(crate) fn parse_api_version(text: &str) -> Option<ClientVersion> {
     let (major, minor) = text.split_once('.')?;
     Some(ClientVersion {
         major_version: major.parse().ok()?,

@@ -38,13 +38,15 @@ pub mod nodes;
 mod probe;
 mod process;
 mod remote;
+pub mod ssh;
 
 use std::collections::BTreeMap;
 use std::path::PathBuf;
 use std::time::Duration;
 
 pub use docker::{
-    CONTAINER_PORT, DockerRuntime, INSTANCE_LABEL, MANAGED_BY, MANAGED_BY_LABEL, OWNER_LABEL,
+    CONTAINER_PORT, DockerRuntime, INSTANCE_LABEL, MANAGED_BY, MANAGED_BY_LABEL, NODE_PORTS,
+    OWNER_LABEL, PORT_LABEL,
 };
 #[cfg(feature = "fake")]
 pub use fake::{FAKE_STOP, Fake};
@@ -176,7 +178,7 @@ pub enum RuntimeError {
     Port(#[source] std::io::Error),
 
     #[error(
-        "cannot reach the Docker engine at `{socket}`: {reason}; is it running, and may this user use its socket?"
+        "cannot reach the Docker engine at `{socket}`: {reason}; is it running, and may this user reach it?"
     )]
     EngineUnreachable { socket: String, reason: String },
 

@@ -10,14 +10,21 @@
 //! contact is lost (see [`DockerRuntime`]), and their services start new
 //! ones elsewhere.
 //!
-//! A node is reached through a `unix://` socket, and its instances (host
-//! network) at 127.0.0.1: an engine on this machine, or a remote one whose
-//! socket and ports are forwarded here. `tcp://` and `ssh://` engines are
-//! refused with that advice.
+//! A node's engine is reached at its docker host ([`DockerHost`]):
+//!
+//! - `unix:///path/docker.sock`: an engine on this machine (or one whose
+//!   socket and ports are forwarded here); its instances listen on free
+//!   ports of 127.0.0.1, as the local engine's do.
+//! - `tcp://host:port`: the engine's unencrypted API (keep it on a private
+//!   network); `ssh://[user@]host[:port]`: through SSH, as the Docker CLI
+//!   does ([`crate::ssh`]). Instances there listen on the host's network at
+//!   `host`, on ports of [`crate::NODE_PORTS`] no other instance on the
+//!   node has (see [`DockerRuntime::connect_host`]).
 
 use std::collections::BTreeMap;
 use std::sync::{Arc, RwLock};
 
+use crate::ssh::SshTarget;
 use crate::{DockerRuntime, Instance, InstanceSpec, Runtime, RuntimeError};
 
 /// A node as the placement sees it.
@@ -30,20 +37,135 @@ pub struct NodeSpec {
     pub draining: bool,
 }
 
-/// The socket path of a `unix://` docker host; a clear error for others.
-pub fn socket_of(docker_host: &str) -> Result<String, String> {
-    match docker_host.split_once("://") {
-        Some(("unix", path)) if path.starts_with('/') => Ok(path.to_owned()),
-        Some(("unix", _)) => Err(format!(
-            "`{docker_host}`: give the socket's absolute path, e.g. unix:///var/run/docker.sock"
-        )),
-        Some((scheme @ ("tcp" | "ssh" | "http" | "https"), _)) => Err(format!(
-            "`{docker_host}`: {scheme}:// engines are not supported yet; forward the engine's socket to this machine (e.g. `ssh -nNT -L /run/rouse/node.sock:/var/run/docker.sock HOST`) and give unix:///run/rouse/node.sock"
-        )),
-        _ => Err(format!(
-            "`{docker_host}` is not a Docker host; give unix:///path/to/docker.sock"
-        )),
+/// Where a Docker engine listens, as `DOCKER_HOST` and `docker -H` write it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum DockerHost {
+    /// `unix:///path`: the socket's path.
+    Unix(String),
+    /// `tcp://host[:port]` (port 2375 when left out).
+    Tcp { host: String, port: u16 },
+    /// `ssh://[user@]host[:port]`.
+    Ssh(SshTarget),
+}
+
+/// Docker's port for an engine's plain (unencrypted) TCP API.
+const DOCKER_TCP_PORT: u16 = 2375;
+
+impl std::fmt::Display for DockerHost {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Self::Unix(path) => write!(f, "unix://{path}"),
+            Self::Tcp { host, port } => match host.contains(':') {
+                true => write!(f, "tcp://[{host}]:{port}"),
+                false => write!(f, "tcp://{host}:{port}"),
+            },
+            Self::Ssh(target) => {
+                write!(f, "ssh://{}", target.destination)?;
+                match target.port {
+                    Some(port) => write!(f, ":{port}"),
+                    None => Ok(()),
+                }
+            }
+        }
     }
+}
+
+const EXAMPLES: &str =
+    "unix:///var/run/docker.sock, tcp://10.0.0.5:2375 or ssh://rouse@node-b.internal";
+
+/// Reads a docker host; a clear error naming the form otherwise.
+pub fn parse_docker_host(docker_host: &str) -> Result<DockerHost, String> {
+    let bad = |why: &str| format!("`{docker_host}`: {why}; e.g. {EXAMPLES}");
+    let Some((scheme, rest)) = docker_host.split_once("://") else {
+        return Err(bad("not a Docker host (no scheme)"));
+    };
+    match scheme {
+        "unix" if rest.starts_with('/') => Ok(DockerHost::Unix(rest.to_owned())),
+        "unix" => Err(bad("give the socket's absolute path")),
+        "tcp" => {
+            let (host, port) = host_port(rest).map_err(|why| bad(&why))?;
+            Ok(DockerHost::Tcp {
+                host,
+                port: port.unwrap_or(DOCKER_TCP_PORT),
+            })
+        }
+        "ssh" => {
+            let (user, at) = match rest.rsplit_once('@') {
+                Some((user, at)) => (Some(user), at),
+                None => (None, rest),
+            };
+            if let Some(user) = user
+                && (user.is_empty()
+                    || !user
+                        .chars()
+                        .all(|c| c.is_ascii_alphanumeric() || "._-".contains(c)))
+            {
+                return Err(bad(&format!("`{user}` is not a user name")));
+            }
+            let (host, port) = host_port(at).map_err(|why| bad(&why))?;
+            let destination = match user {
+                Some(user) => format!("{user}@{host}"),
+                None => host.clone(),
+            };
+            Ok(DockerHost::Ssh(SshTarget {
+                destination,
+                host,
+                port,
+            }))
+        }
+        "http" | "https" | "tcps" => Err(bad(&format!(
+            "{scheme}:// is not supported (TLS to the engine is not either); use tcp:// on a private network, or ssh://"
+        ))),
+        _ => Err(bad(&format!("unknown scheme `{scheme}`"))),
+    }
+}
+
+/// `host[:port]` or `[v6]:port`, with nothing after it.
+fn host_port(text: &str) -> Result<(String, Option<u16>), String> {
+    let (host, port) = if let Some(v6) = text.strip_prefix('[') {
+        let (host, after) = v6
+            .split_once(']')
+            .ok_or_else(|| format!("`{text}`: an unclosed `[`"))?;
+        match after {
+            "" => (host, None),
+            _ => (
+                host,
+                Some(
+                    after
+                        .strip_prefix(':')
+                        .ok_or_else(|| format!("`{after}` after the address"))?,
+                ),
+            ),
+        }
+    } else {
+        match text.rsplit_once(':') {
+            Some((host, port)) => (host, Some(port)),
+            None => (text, None),
+        }
+    };
+    if host.is_empty() {
+        return Err("no host".into());
+    }
+    if host.contains('/') || port.is_some_and(|p| p.contains('/')) {
+        return Err("a path after the host is not allowed".into());
+    }
+    if !host
+        .chars()
+        .all(|c| c.is_ascii_alphanumeric() || ".-_:".contains(c))
+        || host.starts_with('-')
+    {
+        return Err(format!("`{host}` is not a host name or address"));
+    }
+    let port = match port {
+        None => None,
+        Some(p) => Some(
+            p.parse::<u16>()
+                .ok()
+                .filter(|p| *p > 0)
+                .ok_or_else(|| format!("`{p}` is not a port"))?,
+        ),
+    };
+    Ok((host.to_owned(), port))
 }
 
 /// What a look at a node's engine found.
@@ -67,10 +189,9 @@ pub async fn probe(docker_host: &str) -> NodeHealth {
 }
 
 async fn connect(docker_host: &str) -> Result<DockerRuntime, String> {
-    let socket = socket_of(docker_host)?;
-    tokio::task::spawn_blocking(move || DockerRuntime::connect_to(&socket))
+    let host = parse_docker_host(docker_host)?;
+    DockerRuntime::connect_host(&host)
         .await
-        .map_err(|e| e.to_string())?
         .map_err(|e| e.to_string())
 }
 
@@ -297,6 +418,52 @@ mod tests {
             .iter()
             .map(|(k, v)| ((*k).to_owned(), (*v).to_owned()))
             .collect()
+    }
+
+    #[test]
+    fn docker_hosts_are_read_as_docker_writes_them() {
+        assert_eq!(
+            parse_docker_host("unix:///var/run/docker.sock"),
+            Ok(DockerHost::Unix("/var/run/docker.sock".into()))
+        );
+        assert_eq!(
+            parse_docker_host("tcp://10.0.0.5"),
+            Ok(DockerHost::Tcp {
+                host: "10.0.0.5".into(),
+                port: 2375
+            })
+        );
+        assert_eq!(
+            parse_docker_host("tcp://[fd00::5]:2376").map(|h| h.to_string()),
+            Ok("tcp://[fd00::5]:2376".into())
+        );
+        assert_eq!(
+            parse_docker_host("ssh://rouse@node-b.internal:2222"),
+            Ok(DockerHost::Ssh(SshTarget {
+                destination: "rouse@node-b.internal".into(),
+                host: "node-b.internal".into(),
+                port: Some(2222),
+            }))
+        );
+        assert_eq!(
+            parse_docker_host("ssh://node-b").map(|h| h.to_string()),
+            Ok("ssh://node-b".into())
+        );
+        for (bad, says) in [
+            ("unix://docker.sock", "absolute path"),
+            ("/var/run/docker.sock", "no scheme"),
+            ("tcp://h:99999", "`99999` is not a port"),
+            ("tcp://:2375", "no host"),
+            ("ssh://u@h/var/run/docker.sock", "path after the host"),
+            ("ssh://-oProxyCommand=x", "not a host name"),
+            ("ssh://a b@h", "not a user name"),
+            ("https://h:2376", "not supported"),
+            ("npipe:////./pipe/docker", "unknown scheme"),
+        ] {
+            let e = parse_docker_host(bad).expect_err(bad);
+            assert!(e.contains(says) && e.contains(bad), "{bad}: {e}");
+            assert!(e.contains("e.g. unix://"), "{bad}: {e}");
+        }
     }
 
     #[test]

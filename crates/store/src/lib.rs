@@ -294,7 +294,7 @@ pub trait LeaseStore: Send + Sync + 'static {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct NodeRecord {
     pub name: String,
-    /// How to reach its engine: `unix:///path` or `tcp://host:port`.
+    /// How to reach its engine: `unix:///path`, `tcp://host[:port]` or `ssh://[user@]host[:port]`.
     pub docker_host: String,
     /// Most instances placed on it.
     pub capacity: u32,

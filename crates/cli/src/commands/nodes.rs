@@ -17,8 +17,10 @@ pub enum NodesCommand {
     Add {
         /// The node's name: lowercase letters, digits and `-`.
         name: String,
-        /// Its engine: unix:///path/to/docker.sock (an engine on this
-        /// machine, or a remote one's socket forwarded here).
+        /// Its engine, as for `docker -H`: unix:///path/to/docker.sock (on
+        /// this machine), tcp://HOST[:PORT] (plain API, private networks
+        /// only) or ssh://[USER@]HOST[:PORT] (`docker system dial-stdio`
+        /// over the system's ssh; ROUSE_SSH_COMMAND replaces `ssh`).
         #[arg(long)]
         docker_host: String,
         /// Most instances placed on it [default: 10].
