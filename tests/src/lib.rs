@@ -363,6 +363,7 @@ pub struct Server {
     child: Child,
     endpoint: String,
     webhooks: Option<String>,
+    ingress: Option<String>,
     log: Arc<Mutex<String>>,
     owner_key: PathBuf,
 }
@@ -452,12 +453,18 @@ impl Server {
         } else {
             &["--webhook-listen", "127.0.0.1:0"]
         };
+        let ingress: &[&str] = if extra.iter().any(|a| a.starts_with("--ingress-listen")) {
+            &[]
+        } else {
+            &["--ingress-listen", "127.0.0.1:0"]
+        };
         let mut child = Command::new(rouse_bin())
             .arg("server")
             .arg("--data-dir")
             .arg(data_dir)
             .args(["--api-listen", "127.0.0.1:0"])
             .args(webhooks)
+            .args(ingress)
             .args(extra)
             .env("PUBSUB_EMULATOR_HOST", pubsub_host)
             // The owner's credentials go next to the data, not to the
@@ -491,18 +498,20 @@ impl Server {
                     .then(|| field(&line, "api="))
                     .flatten()
                 {
-                    let _ = ready_tx.send((addr, field(&line, "webhooks=")));
+                    let _ =
+                        ready_tx.send((addr, field(&line, "webhooks="), field(&line, "ingress=")));
                 }
             }
         });
         let deadline = Instant::now() + SERVER_START_TIMEOUT;
         loop {
             match ready_rx.recv_timeout(Duration::from_millis(50)) {
-                Ok((addr, webhooks)) => {
+                Ok((addr, webhooks, ingress)) => {
                     return Ok(Self {
                         child,
                         endpoint: format!("http://{addr}"),
                         webhooks: webhooks.filter(|w| w != "-").map(|w| format!("http://{w}")),
+                        ingress: ingress.filter(|w| w != "-").map(|w| format!("http://{w}")),
                         log,
                         owner_key: data_dir.join("owner-key.json"),
                     });
@@ -531,6 +540,13 @@ impl Server {
     }
 
     /// Base URL of the builder's webhook server (`http://127.0.0.1:PORT`).
+    /// `http://<ingress address>` (ingress role).
+    pub fn ingress(&self) -> &str {
+        self.ingress
+            .as_deref()
+            .unwrap_or_else(|| panic!("this server runs no ingress:\n{}", self.log()))
+    }
+
     pub fn webhooks(&self) -> &str {
         self.webhooks
             .as_deref()

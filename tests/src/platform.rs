@@ -27,6 +27,7 @@ impl InProcess {
             store: StoreLocation::Sqlite(data_dir.join("rouse.db")),
             api_listen: ([127, 0, 0, 1], 0).into(),
             webhook_listen: ([127, 0, 0, 1], 0).into(),
+            ingress_listen: ([127, 0, 0, 1], 0).into(),
             broker: None,
             pubsub: PubSubConfig {
                 project: "rouse-local".into(),

@@ -255,6 +255,39 @@ impl Snapshot {
         Ok(Caller::anonymous())
     }
 
+    /// The caller of an HTTP request to `project/service` through the
+    /// ingress: the principal of its `Authorization` header (`Bearer
+    /// <token>`, or `Token <token>`) for this service (audience
+    /// `projects/P/services/S`, no question) or for the API; anonymous
+    /// without one.
+    pub fn http_caller(
+        &self,
+        authorization: Option<&str>,
+        project: &ProjectName,
+        service: &ServiceName,
+        now: SystemTime,
+    ) -> Result<Caller, AuthError> {
+        let Some(value) = authorization.map(str::trim).filter(|v| !v.is_empty()) else {
+            return Ok(Caller::anonymous());
+        };
+        let token = ["Bearer ", "bearer ", "Token ", "token "]
+            .iter()
+            .find_map(|scheme| value.strip_prefix(scheme))
+            .ok_or(AuthError::NotBearer)?
+            .trim();
+        let audience = rouse_identity::service_audience(project, service);
+        let claims =
+            match rouse_identity::verify(token, &audience, None, now, |kid| self.lookup(kid)) {
+                Err(rouse_identity::TokenError::WrongAudience { .. }) => {
+                    rouse_identity::verify(token, rouse_identity::API_AUDIENCE, None, now, |kid| {
+                        self.lookup(kid)
+                    })?
+                }
+                other => other?,
+            };
+        self.caller_of(&claims)
+    }
+
     /// Whether `project` trusts the `sender` attribute of questions.
     pub fn trusts_sender(&self, project: &str) -> bool {
         self.trusted.contains(project)

@@ -4,6 +4,7 @@ use clap::{Parser, Subcommand, ValueEnum};
 
 use crate::commands::ask::AskArgs;
 use crate::commands::audit::AuditCommand;
+use crate::commands::auth::AuthCommand;
 use crate::commands::builds::BuildsCommand;
 use crate::commands::executions::ExecutionsCommand;
 use crate::commands::iam::IamCommand;
@@ -78,6 +79,9 @@ pub enum Command {
     /// Docker engines instances are placed on: add, list, drain, remove.
     #[command(subcommand)]
     Nodes(NodesCommand),
+    /// Tokens for HTTP clients (`curl -H "Authorization: Bearer …"`).
+    #[command(subcommand)]
+    Auth(AuthCommand),
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum, serde::Deserialize)]

@@ -23,6 +23,8 @@ pub const DEFAULT_NETWORK_TOPIC: &str = "octue.services";
 /// The builder's webhook server: loopback by default; put a proxy in front
 /// of it (or listen wider) for GitHub to reach it.
 pub const DEFAULT_WEBHOOK_LISTEN: &str = "127.0.0.1:7071";
+/// Where the ingress listens by default (Knative's and Cloud Run's port).
+pub const DEFAULT_INGRESS_LISTEN: &str = "127.0.0.1:8080";
 /// Where the embedded Pub/Sub broker listens by default: the emulator's
 /// usual port, so `PUBSUB_EMULATOR_HOST=localhost:8085` clients find it.
 pub const DEFAULT_BROKER_LISTEN: &str = "127.0.0.1:8085";
@@ -77,6 +79,7 @@ pub struct DispatcherSection {
     #[serde(default, with = "humantime_serde_opt")]
     pub heartbeat_interval: Option<Duration>,
     pub queue_capacity: Option<usize>,
+    pub ingress_listen: Option<SocketAddr>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -151,6 +154,8 @@ pub struct ServerConfig {
     pub queue_capacity: usize,
     /// Where the builder's webhook server listens.
     pub webhook_listen: SocketAddr,
+    /// Where the ingress listens.
+    pub ingress_listen: SocketAddr,
     /// GitHub's REST API (commit statuses).
     pub github_api_url: String,
     /// The key sealing secrets, kept outside the store.
@@ -384,6 +389,12 @@ impl ServerConfig {
                 .parse()
                 .map_err(|e| format!("bad built-in address: {e}"))?,
         };
+        let ingress_listen = match args.ingress_listen.or(file.dispatcher.ingress_listen) {
+            Some(a) => a,
+            None => DEFAULT_INGRESS_LISTEN
+                .parse()
+                .map_err(|e| format!("bad built-in address: {e}"))?,
+        };
         let github_api_url = args
             .github_api_url
             .clone()
@@ -419,6 +430,7 @@ impl ServerConfig {
             registry,
             registry_credentials,
             webhook_listen,
+            ingress_listen,
             github_api_url,
             secrets_key,
             roles,
@@ -458,6 +470,7 @@ impl ServerConfig {
             audit_retention,
             queue_capacity,
             webhook_listen,
+            ingress_listen,
             github_api_url,
             secrets_key,
             registry,
@@ -470,6 +483,7 @@ impl ServerConfig {
             store,
             api_listen,
             webhook_listen,
+            ingress_listen,
             pubsub,
             broker,
             network_topic,

@@ -9,6 +9,8 @@
 //! - [`scale`]: the pure scaling decision the workers apply.
 //! - [`deliver`]: push envelopes and job arguments, and what an answer means.
 //! - [`replies`]: reply events, their outbox, and how an execution ends.
+//! - `ingress`: HTTP services behind one port, routed by context root;
+//!   a request waits in its service worker's queue like a question.
 //! - `trials`: readiness trials of built revisions, claimed from the store.
 //! - [`shards`]: several dispatchers on one store share the services, each
 //!   running those whose lease it holds; executions are fenced by the
@@ -25,6 +27,7 @@
 
 mod config;
 pub mod deliver;
+mod ingress;
 pub mod intake;
 pub mod launch;
 pub mod replies;
@@ -200,6 +203,16 @@ impl Dispatcher {
         });
         tracing::info!("dispatcher started");
         Ok((Self { shared }, handle))
+    }
+
+    /// Serves the ingress (HTTP services behind one port, see
+    /// [`ingress`](crate::ingress)) on `listener` until `shutdown`.
+    pub async fn serve_ingress(
+        &self,
+        listener: tokio::net::TcpListener,
+        shutdown: CancellationToken,
+    ) -> std::io::Result<()> {
+        ingress::serve(self.shared.clone(), listener, shutdown).await
     }
 
     /// Cancels a queued or running question. `false` if it is not running here.

@@ -40,6 +40,8 @@ pub(crate) enum Key<'a> {
     Uuid(Uuid),
     /// `namespace/name` of its SRUID.
     Sruid(&'a str, &'a str),
+    /// Its context root, `/<project>-<service>` (the ingress's routes).
+    Root(&'a str),
 }
 
 /// A service as a lookup found it.
@@ -54,6 +56,8 @@ pub(crate) struct Found {
     pub serving: Option<String>,
     /// Whether this dispatcher runs it.
     pub owned: bool,
+    /// Its scaling settings (timeouts included).
+    pub scaling: rouse_core::service::Scaling,
     routes: Routes,
     lanes: HashMap<String, mpsc::Sender<WorkerMsg>>,
 }
@@ -94,6 +98,8 @@ struct Inner {
     by_uuid: HashMap<Uuid, Entry>,
     /// `(namespace, name)` → service uuid, for routing by SRUID.
     by_sruid: HashMap<(String, String), Uuid>,
+    /// Context root → service uuid, for routing HTTP requests.
+    by_root: HashMap<String, Uuid>,
 }
 
 #[derive(Default)]
@@ -116,10 +122,11 @@ impl ServiceTable {
                 .by_sruid
                 .get(&(namespace.to_owned(), name.to_owned()))
                 .copied(),
+            Key::Root(root) => inner.by_root.get(root).copied(),
         };
         let Some(entry) = uuid.and_then(|u| inner.by_uuid.get(&u)) else {
             return Err(match key {
-                Key::Uuid(_) => missing,
+                Key::Uuid(_) | Key::Root(_) => missing,
                 Key::Sruid(namespace, _) => Missing {
                     namespace_is_ours: inner.by_sruid.keys().any(|(ns, _)| ns == namespace),
                 },
@@ -132,6 +139,7 @@ impl ServiceTable {
             tx: entry.tx.clone(),
             serving: entry.revision.as_ref().map(|r| r.name.clone()),
             owned: entry.owned,
+            scaling: entry.service.scaling,
             routes: entry.routes.clone(),
             lanes: entry.lanes.clone(),
         })
@@ -157,6 +165,9 @@ impl ServiceTable {
             inner
                 .by_sruid
                 .insert((sruid.namespace, sruid.name), entry.service.uuid);
+            inner
+                .by_root
+                .insert(entry.service.context_root(), entry.service.uuid);
             inner.by_uuid.insert(entry.service.uuid, entry);
         }
     }
@@ -177,6 +188,7 @@ impl ServiceTable {
             .filter_map(|u| inner.by_uuid.remove(u))
             .collect();
         inner.by_sruid.retain(|_, u| !uuids.contains(u));
+        inner.by_root.retain(|_, u| !uuids.contains(u));
         gone
     }
 
@@ -185,6 +197,7 @@ impl ServiceTable {
         match self.inner.write() {
             Ok(mut inner) => {
                 inner.by_sruid.clear();
+                inner.by_root.clear();
                 inner.by_uuid.drain().map(|(_, e)| e).collect()
             }
             Err(_) => Vec::new(),

@@ -53,6 +53,42 @@ pub enum WorkerMsg {
         question_uuid: String,
         done: oneshot::Sender<bool>,
     },
+    /// An HTTP request of the ingress wants an instance of the serving
+    /// revision: it waits in the worker's queue like a question (and counts
+    /// as work when scaling) until an instance with room is ready.
+    Http(oneshot::Sender<Result<HttpLease, LeaseError>>),
+}
+
+/// A ready instance lent to one HTTP request: it counts against the
+/// instance's `concurrency` until dropped.
+pub struct HttpLease {
+    pub instance: Arc<Instance>,
+    _release: Release,
+}
+
+/// Gives the lent slot back when the request is done (or its client gone).
+struct Release {
+    tx: mpsc::UnboundedSender<Internal>,
+    slot: u64,
+}
+
+impl Drop for Release {
+    fn drop(&mut self) {
+        let _ = self.tx.send(Internal::HttpDone(self.slot));
+    }
+}
+
+/// Why an HTTP request got no instance.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum LeaseError {
+    /// The service has no revision to serve yet.
+    NotDeployed(String),
+    /// Its revision runs as a job per question: nothing listens.
+    JobMode(String),
+    /// Its queue of waiting requests is full.
+    QueueFull,
+    /// No instance could be woken.
+    WakeFailed(String),
 }
 
 /// Reports from the worker's own tasks.
@@ -63,6 +99,8 @@ enum Internal {
         key: Key,
         slot: u64,
     },
+    /// An HTTP request lent an instance is done with it.
+    HttpDone(u64),
     /// The instance could not be reached: the question goes back to the
     /// queue, and the instance is given up.
     Undelivered {
@@ -110,6 +148,8 @@ pub struct Worker {
     running: HashMap<Key, Running>,
     /// Questions that went back to the queue undelivered, and how often.
     undelivered: HashMap<Key, u32>,
+    /// HTTP requests waiting for an instance, oldest first.
+    http_waiting: VecDeque<oneshot::Sender<Result<HttpLease, LeaseError>>>,
     next_slot: u64,
     internal_tx: mpsc::UnboundedSender<Internal>,
     internal_rx: mpsc::UnboundedReceiver<Internal>,
@@ -132,6 +172,7 @@ impl Worker {
             slots: HashMap::new(),
             running: HashMap::new(),
             undelivered: HashMap::new(),
+            http_waiting: VecDeque::new(),
             next_slot: 1,
             internal_tx,
             internal_rx,
@@ -220,6 +261,39 @@ impl Worker {
                 let cancelled = self.cancel(&question_uuid).await;
                 let _ = done.send(cancelled);
             }
+            WorkerMsg::Http(reply) => {
+                if self.revision.is_none() {
+                    match self.ctx.store.serving_revision(self.service.uuid).await {
+                        Ok(revision) => self.revision = revision,
+                        Err(e) => {
+                            tracing::warn!(service = %self.service.qualified_name(), error = %e, "cannot read the serving revision")
+                        }
+                    }
+                }
+                let refused = match &self.revision {
+                    None => Some(LeaseError::NotDeployed(format!(
+                        "service `{}` has no revision to serve yet; register one with `rouse revisions create {} --project {}`",
+                        self.service.qualified_name(),
+                        self.service.name,
+                        self.service.project
+                    ))),
+                    Some(r) if r.mode == DeliveryMode::Job => Some(LeaseError::JobMode(format!(
+                        "service `{}` runs revision {} as a job per question, which serves no HTTP; make a server-mode revision (`--mode server`) to reach it over HTTP",
+                        self.service.qualified_name(),
+                        r.name
+                    ))),
+                    Some(_) if self.http_waiting.len() >= self.ctx.config.queue_capacity => {
+                        Some(LeaseError::QueueFull)
+                    }
+                    Some(_) => None,
+                };
+                match refused {
+                    Some(e) => {
+                        let _ = reply.send(Err(e));
+                    }
+                    None => self.http_waiting.push_back(reply),
+                }
+            }
         }
     }
 
@@ -300,6 +374,11 @@ impl Worker {
                     self.finish(e, Reply::exception("ServiceWakeFailed", reason.clone()))
                         .await;
                 }
+                if nothing_else {
+                    for waiter in self.http_waiting.drain(..) {
+                        let _ = waiter.send(Err(LeaseError::WakeFailed(reason.clone())));
+                    }
+                }
             }
             Internal::Exited(id, description) => {
                 if let Some(slot) = self.slots.remove(&id)
@@ -336,6 +415,11 @@ impl Worker {
                         tracing::warn!(error = %e, "could not record an undelivered question");
                     }
                     self.queue.push_front(execution);
+                }
+            }
+            Internal::HttpDone(slot) => {
+                if self.mode() == DeliveryMode::Server {
+                    self.release(slot);
                 }
             }
             Internal::Finished { key, slot } => {
@@ -386,10 +470,12 @@ impl Worker {
                 idle_since: s.idle_since,
             })
             .collect();
+        // A request whose client went away while it waited wants nothing.
+        self.http_waiting.retain(|w| !w.is_closed());
         let decision = scale::decide(
             &self.service.scaling,
             revision.mode,
-            self.queue.len(),
+            self.queue.len() + self.http_waiting.len(),
             &views,
             now,
         );
@@ -513,19 +599,57 @@ impl Worker {
         });
     }
 
+    /// The ready instance of `revision` with room and the least work.
+    fn least_loaded(&self, revision: &Revision) -> Option<u64> {
+        let concurrency = self.service.scaling.concurrency;
+        self.slots
+            .iter()
+            .filter(|(_, s)| s.ready && s.in_flight < concurrency && s.revision == revision.name)
+            .min_by_key(|(_, s)| s.in_flight)
+            .map(|(id, _)| *id)
+    }
+
+    /// Lends ready instances with room to waiting HTTP requests, least
+    /// loaded first, oldest request first.
+    fn lend(&mut self, revision: &Revision) {
+        while !self.http_waiting.is_empty() {
+            let Some(slot_id) = self.least_loaded(revision) else {
+                return;
+            };
+            let Some(waiter) = self.http_waiting.pop_front() else {
+                return;
+            };
+            if waiter.is_closed() {
+                continue;
+            }
+            let Some(slot) = self.slots.get_mut(&slot_id) else {
+                return;
+            };
+            let Some(instance) = slot.instance.clone() else {
+                return;
+            };
+            slot.in_flight += 1;
+            slot.idle_since = None;
+            let lease = HttpLease {
+                instance,
+                _release: Release {
+                    tx: self.internal_tx.clone(),
+                    slot: slot_id,
+                },
+            };
+            // A client gone since: the lease drops here and gives the slot back.
+            let _ = waiter.send(Ok(lease));
+        }
+    }
+
     /// Delivers queued questions to ready instances with room, least loaded first.
     fn assign(&mut self, revision: &Revision) {
-        let concurrency = self.service.scaling.concurrency;
+        // Requests first: a person (or a program) is waiting on the line.
+        self.lend(revision);
         while !self.queue.is_empty() {
-            let best = self
-                .slots
-                .iter()
-                .filter(|(_, s)| {
-                    s.ready && s.in_flight < concurrency && s.revision == revision.name
-                })
-                .min_by_key(|(_, s)| s.in_flight)
-                .map(|(id, _)| *id);
-            let Some(slot_id) = best else { return };
+            let Some(slot_id) = self.least_loaded(revision) else {
+                return;
+            };
             let Some(mut execution) = self.queue.pop_front() else {
                 return;
             };

@@ -52,6 +52,8 @@ pub struct Roles {
     pub api: bool,
     pub builder: bool,
     pub dispatcher: bool,
+    /// HTTP services behind one port; runs beside a dispatcher.
+    pub ingress: bool,
 }
 
 impl Roles {
@@ -59,6 +61,7 @@ impl Roles {
         api: true,
         builder: true,
         dispatcher: true,
+        ingress: true,
     };
 
     /// `all`, or a comma-separated list of `api`, `builder`, `dispatcher`.
@@ -67,6 +70,7 @@ impl Roles {
             api: false,
             builder: false,
             dispatcher: false,
+            ingress: false,
         };
         for role in s.split(',').map(str::trim).filter(|r| !r.is_empty()) {
             match role {
@@ -74,20 +78,21 @@ impl Roles {
                 "api" => roles.api = true,
                 "builder" => roles.builder = true,
                 "dispatcher" => roles.dispatcher = true,
-                "ingress" => {
-                    return Err(format!(
-                        "role `{role}` is not built yet; use `api`, `builder`, `dispatcher` or `all`"
-                    ));
-                }
+                "ingress" => roles.ingress = true,
                 other => {
                     return Err(format!(
-                        "unknown role `{other}` in --roles `{s}`; use a comma-separated list of api, builder, dispatcher, or all"
+                        "unknown role `{other}` in --roles `{s}`; use a comma-separated list of api, builder, dispatcher, ingress, or all"
                     ));
                 }
             }
         }
-        if !(roles.api || roles.builder || roles.dispatcher) {
+        if !(roles.api || roles.builder || roles.dispatcher || roles.ingress) {
             return Err(format!("--roles `{s}` names no role; use e.g. `all`"));
+        }
+        if roles.ingress && !roles.dispatcher {
+            return Err(format!(
+                "--roles `{s}`: the ingress hands requests to the instances its dispatcher runs, so it runs beside one; use `dispatcher,ingress`"
+            ));
         }
         Ok(roles)
     }
@@ -102,6 +107,9 @@ impl Roles {
         }
         if self.dispatcher {
             names.push("dispatcher");
+        }
+        if self.ingress {
+            names.push("ingress");
         }
         names.join(",")
     }
@@ -118,6 +126,8 @@ pub struct Config {
     /// Where the builder's webhook server listens; also the base of the
     /// webhook URLs the api shows with triggers.
     pub webhook_listen: SocketAddr,
+    /// Where the ingress (HTTP services by context root) listens.
+    pub ingress_listen: SocketAddr,
     pub pubsub: PubSubConfig,
     /// Run Rouse's own Pub/Sub broker in this process (when it runs the api
     /// or the dispatcher) and use it instead of `pubsub.emulator_host`.
@@ -298,6 +308,8 @@ pub struct Running {
     pub api: Option<SocketAddr>,
     /// Where the webhook server listens (builder role).
     pub webhooks: Option<SocketAddr>,
+    /// Where the ingress listens (ingress role).
+    pub ingress: Option<SocketAddr>,
     /// Where the embedded Pub/Sub broker listens, if this process runs it.
     pub broker: Option<SocketAddr>,
     /// Stopped last, once nothing publishes any more.
@@ -333,6 +345,7 @@ impl Platform {
         let mut running = Running {
             api: None,
             webhooks: None,
+            ingress: None,
             broker: None,
             embedded: None,
             shutdown: shutdown.clone(),
@@ -371,6 +384,18 @@ impl Platform {
             ),
             false => None,
         };
+        let ingress_listener = match config.roles.ingress {
+            true => Some(
+                bind(
+                    config.ingress_listen,
+                    "the ingress",
+                    "--ingress-listen or ROUSE_INGRESS_LISTEN",
+                )
+                .await?,
+            ),
+            false => None,
+        };
+        running.ingress = ingress_listener.as_ref().and_then(|l| l.local_addr().ok());
         running.api = api_listener.as_ref().and_then(|l| l.local_addr().ok());
         running.webhooks = webhook_listener.as_ref().and_then(|l| l.local_addr().ok());
         let webhook_url = format!(
@@ -466,6 +491,18 @@ impl Platform {
             };
             let (dispatcher, handle) =
                 Dispatcher::start(inputs.parts().await?, shutdown.clone()).await?;
+            if let Some(listener) = ingress_listener {
+                let (ingress, token) = (dispatcher.clone(), shutdown.clone());
+                running.servers.push((
+                    "the ingress",
+                    tokio::spawn(async move {
+                        ingress
+                            .serve_ingress(listener, token)
+                            .await
+                            .map_err(|e| e.to_string())
+                    }),
+                ));
+            }
             hooks = Arc::new(Hooks(dispatcher));
             running.servers.push((
                 "the dispatcher",
@@ -527,6 +564,7 @@ impl Platform {
         tracing::info!(
             api = %running.api.map_or_else(|| "-".to_owned(), |a| a.to_string()),
             webhooks = %running.webhooks.map_or_else(|| "-".to_owned(), |a| a.to_string()),
+            ingress = %running.ingress.map_or_else(|| "-".to_owned(), |a| a.to_string()),
             broker = %running.broker.map_or_else(|| "-".to_owned(), |a| a.to_string()),
             roles = %config.roles.names(),
             store = %config.store,
@@ -769,14 +807,22 @@ mod tests {
     #[test]
     fn roles_parse_each_role_and_all() {
         assert_eq!(Roles::parse("all"), Ok(Roles::ALL));
-        assert_eq!(Roles::parse("api, builder,dispatcher"), Ok(Roles::ALL));
+        assert_eq!(
+            Roles::parse("api, builder,dispatcher,ingress"),
+            Ok(Roles::ALL)
+        );
         assert_eq!(
             Roles::parse("builder"),
             Ok(Roles {
                 api: false,
                 builder: true,
-                dispatcher: false
+                dispatcher: false,
+                ingress: false,
             })
+        );
+        assert_eq!(
+            Roles::parse("dispatcher,ingress").map(Roles::names),
+            Ok("dispatcher,ingress".into())
         );
         assert_eq!(
             Roles::parse("dispatcher").map(Roles::names),
@@ -791,8 +837,11 @@ mod tests {
             e.contains("`bilder`") && e.contains("api, builder, dispatcher"),
             "{e}"
         );
-        let e = Roles::parse("ingress").expect_err("not built");
-        assert!(e.contains("`ingress` is not built yet"), "{e}");
+        let e = Roles::parse("api,ingress").expect_err("alone");
+        assert!(
+            e.contains("runs beside one") && e.contains("dispatcher,ingress"),
+            "{e}"
+        );
         let e = Roles::parse(" , ").expect_err("empty");
         assert!(e.contains("names no role"), "{e}");
     }

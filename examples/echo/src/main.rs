@@ -9,6 +9,11 @@
 //!   and answers `200 {"echo": <input_values>, "instance": "<name>"}`, with
 //!   `"version": $ECHO_VERSION` added when that variable is set.
 //!   `GET /healthz` answers `200 ok`.
+//! - **HTTP service**: any request under `$CONTEXT_ROOT` (`/<project>-<service>`,
+//!   set by Rouse; the ingress routes by it) answers `200` with a JSON
+//!   description of what arrived: method, path, the `X-Forwarded-*`
+//!   headers, the body's length and the instance's name. `?sleep_ms=N`
+//!   answers after N ms.
 //! - **job mode**: `echo --attributes <json> --input-values <json>` prints
 //!   `{"echo": <input_values>}` as one JSON line and exits 0.
 //!
@@ -144,6 +149,8 @@ impl Response {
 struct Request {
     method: String,
     path: String,
+    /// `X-Forwarded-*` headers, lower-cased names.
+    forwarded: Vec<(String, String)>,
     body: Vec<u8>,
     /// The client asked to close the connection after this request.
     close: bool,
@@ -161,10 +168,7 @@ fn handle(stream: TcpStream, instance: &str) {
     loop {
         let (response, keep_alive) = match read_request(&mut reader) {
             Ok(None) => return,
-            Ok(Some(request)) => (
-                route(&request.method, &request.path, &request.body, instance),
-                !request.close,
-            ),
+            Ok(Some(request)) => (route(&request, instance), !request.close),
             Err(reason) => (Response::text(400, reason), false),
         };
         let mut out = format!(
@@ -208,6 +212,7 @@ fn read_request(reader: &mut impl BufRead) -> Result<Option<Request>, String> {
     // asked to close.
     let mut close = line.trim_end().ends_with("HTTP/1.0");
     let mut content_length = 0usize;
+    let mut forwarded = Vec::new();
     let mut head_bytes = line.len();
     loop {
         line.clear();
@@ -230,6 +235,8 @@ fn read_request(reader: &mut impl BufRead) -> Result<Option<Request>, String> {
                 .map_err(|_| format!("bad Content-Length `{value}`"))?;
         } else if name.eq_ignore_ascii_case("connection") {
             close = value.eq_ignore_ascii_case("close");
+        } else if name.to_ascii_lowercase().starts_with("x-forwarded-") {
+            forwarded.push((name.to_ascii_lowercase(), value.to_owned()));
         }
     }
     if content_length > MAX_REQUEST_BYTES {
@@ -242,6 +249,7 @@ fn read_request(reader: &mut impl BufRead) -> Result<Option<Request>, String> {
     Ok(Some(Request {
         method,
         path,
+        forwarded,
         body,
         close,
     }))
@@ -255,12 +263,55 @@ fn read_line(reader: &mut impl BufRead, line: &mut String) -> Result<(), String>
     }
 }
 
-fn route(method: &str, path: &str, body: &[u8], instance: &str) -> Response {
+fn route(request: &Request, instance: &str) -> Response {
+    let (method, path) = (request.method.as_str(), request.path.as_str());
     match (method, path) {
         ("GET", "/healthz") => Response::text(200, "ok"),
-        ("POST", "/") => answer(body, instance),
+        ("POST", "/") => answer(&request.body, instance),
         (_, "/" | "/healthz") => Response::text(405, format!("{method} is not allowed on {path}")),
+        _ if under_context_root(path) => described(request, instance),
         _ => Response::text(404, format!("no route for {path}")),
+    }
+}
+
+/// Whether `path` is `$CONTEXT_ROOT` or below it.
+fn under_context_root(path: &str) -> bool {
+    let Ok(root) = std::env::var("CONTEXT_ROOT") else {
+        return false;
+    };
+    let path = path.split('?').next().unwrap_or_default();
+    !root.is_empty()
+        && path
+            .strip_prefix(root.as_str())
+            .is_some_and(|rest| rest.is_empty() || rest.starts_with('/') || rest.starts_with(':'))
+}
+
+/// An HTTP service's answer: what arrived, after `?sleep_ms=N`.
+fn described(request: &Request, instance: &str) -> Response {
+    let query = request.path.split_once('?').map(|(_, q)| q).unwrap_or("");
+    let sleep = query
+        .split('&')
+        .find_map(|kv| kv.strip_prefix("sleep_ms="))
+        .and_then(|v| v.parse::<u64>().ok());
+    if let Some(ms) = sleep {
+        std::thread::sleep(Duration::from_millis(ms));
+    }
+    let forwarded: serde_json::Map<String, Value> = request
+        .forwarded
+        .iter()
+        .map(|(k, v)| (k.clone(), Value::from(v.clone())))
+        .collect();
+    Response {
+        status: 200,
+        content_type: "application/json",
+        body: json!({
+            "method": request.method,
+            "path": request.path,
+            "forwarded": forwarded,
+            "body_bytes": request.body.len(),
+            "instance": instance,
+        })
+        .to_string(),
     }
 }
 

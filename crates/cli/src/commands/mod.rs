@@ -3,6 +3,7 @@
 
 pub mod ask;
 pub mod audit;
+pub mod auth;
 pub mod broker;
 pub mod builds;
 pub mod executions;
@@ -51,6 +52,7 @@ pub async fn run(cli: Cli) -> Result<(), CliError> {
         Command::Builds(cmd) => builds::run(&ctx, cmd).await,
         Command::Secrets(cmd) => secrets::run(&ctx, cmd).await,
         Command::Nodes(cmd) => nodes::run(&ctx, cmd).await,
+        Command::Auth(cmd) => auth::run(&ctx, cmd).await,
         Command::Server(_) | Command::Broker(_) => {
             unreachable!("`rouse server` and `rouse broker` returned above")
         }

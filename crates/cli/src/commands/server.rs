@@ -1,4 +1,4 @@
-//! `rouse server`: runs the platform's roles (api, builder, dispatcher) in
+//! `rouse server`: runs the platform's roles (api, builder, dispatcher, ingress) in
 //! this process. A thin main: resolve the configuration, start tracing,
 //! [`rouse_server::Platform::start`], run until Ctrl-C / SIGTERM (or a
 //! server fails), stop within the drain deadline.
@@ -18,7 +18,8 @@ pub struct ServerArgs {
     /// TOML configuration file; flags and environment variables override it.
     #[arg(long, env = "ROUSE_CONFIG")]
     pub config: Option<PathBuf>,
-    /// Roles to run: all, or a comma-separated list of api, builder, dispatcher.
+    /// Roles to run: all, or a comma-separated list of api, builder, dispatcher, ingress
+    /// (the ingress runs beside a dispatcher).
     #[arg(long, env = "ROUSE_ROLES", default_value = "all")]
     pub roles: String,
     /// Where Rouse keeps its state [default: $XDG_DATA_HOME/rouse, else ~/.local/share/rouse].
@@ -64,6 +65,10 @@ pub struct ServerArgs {
     /// `/webhooks/git`) [default: 127.0.0.1:7071].
     #[arg(long, env = "ROUSE_WEBHOOK_LISTEN")]
     pub webhook_listen: Option<SocketAddr>,
+    /// Address of the ingress: HTTP services by path, `/<project>-<service>/…`
+    /// [default: 127.0.0.1:8080].
+    #[arg(long, env = "ROUSE_INGRESS_LISTEN")]
+    pub ingress_listen: Option<SocketAddr>,
     /// GitHub's REST API, for commit statuses [default: https://api.github.com].
     #[arg(long, env = "ROUSE_GITHUB_API_URL")]
     pub github_api_url: Option<String>,

@@ -1,0 +1,468 @@
+//! The ingress: HTTP services behind one port, routed by path (seed `001`'s
+//! nginx recipe), woken by their first request.
+//!
+//! `/<project>-<service>[/…]` (the service's `CONTEXT_ROOT`) goes to an
+//! instance of its serving revision, `/<project>-<service>:<tag>[/…]` to
+//! the revision with that tag; the path is passed on whole, as services
+//! listen under their context root. A request:
+//!
+//! 1. is checked like a question: its caller (an `Authorization: Bearer`
+//!    or `Token` Rouse token for the service or the API; anonymous without
+//!    one) must hold `services.ask` on the service (granted by
+//!    `roles/invoker`, `roles/serviceUser` and up; `allUsers` for a public
+//!    service), and the decision is audited;
+//! 2. waits in the service worker's bounded queue for an instance with
+//!    room, counting as work when scaling (so it wakes one at zero), for
+//!    at most the service's `wake_timeout`;
+//! 3. is proxied to that instance, bodies streamed both ways, with the
+//!    `X-Forwarded-*` headers set, for at most its `request_timeout`.
+//!
+//! Errors are answered in plain text naming the cause: 404 for a path that
+//! names no service (with the route form), 401/403 for callers, 503 with
+//! `Retry-After` when the queue is full or no instance came, 503 naming the
+//! reason when waking failed, 502 when the instance could not be reached,
+//! 504 after the request timeout.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::{Duration, SystemTime};
+
+use axum::body::Body;
+use axum::extract::{ConnectInfo, State};
+use axum::http::{HeaderMap, HeaderName, HeaderValue, Request, Response, StatusCode, Uri, header};
+use hyper_util::client::legacy::Client;
+use hyper_util::client::legacy::connect::HttpConnector;
+use hyper_util::rt::TokioExecutor;
+use rouse_authz::decision_entry;
+use rouse_iam::{Permission, Resource};
+use rouse_store::AuditDecision;
+use tokio::sync::oneshot;
+use tokio_util::sync::CancellationToken;
+
+use crate::Shared;
+use crate::table::Key;
+use crate::worker::{HttpLease, LeaseError, WorkerMsg};
+
+/// Seconds a client is told to wait before retrying a 503.
+const RETRY_AFTER_SECS: &str = "1";
+/// Headers that belong to one connection, not to the request (RFC 9110 §7.6.1).
+const HOP_BY_HOP: [&str; 8] = [
+    "connection",
+    "keep-alive",
+    "proxy-authenticate",
+    "proxy-authorization",
+    "te",
+    "trailer",
+    "transfer-encoding",
+    "upgrade",
+];
+
+#[derive(Clone)]
+struct Ingress {
+    shared: Arc<Shared>,
+    client: Client<HttpConnector, Body>,
+}
+
+/// Serves the ingress on `listener` until `shutdown`.
+pub(crate) async fn serve(
+    shared: Arc<Shared>,
+    listener: tokio::net::TcpListener,
+    shutdown: CancellationToken,
+) -> std::io::Result<()> {
+    let mut connector = HttpConnector::new();
+    connector.set_nodelay(true);
+    let client = Client::builder(TokioExecutor::new())
+        .pool_idle_timeout(Duration::from_secs(30))
+        .build(connector);
+    let router = axum::Router::new()
+        .fallback(handle)
+        .with_state(Ingress { shared, client });
+    axum::serve(
+        listener,
+        router.into_make_service_with_connect_info::<SocketAddr>(),
+    )
+    .with_graceful_shutdown(shutdown.cancelled_owned())
+    .await
+}
+
+fn plain(status: StatusCode, text: String) -> Response<Body> {
+    let mut response = Response::new(Body::from(text + "\n"));
+    *response.status_mut() = status;
+    response.headers_mut().insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("text/plain; charset=utf-8"),
+    );
+    if status == StatusCode::SERVICE_UNAVAILABLE {
+        response.headers_mut().insert(
+            header::RETRY_AFTER,
+            HeaderValue::from_static(RETRY_AFTER_SECS),
+        );
+    }
+    response
+}
+
+/// The context root and tag a path names: `/<root>[:<tag>][/…]`.
+fn route_of(path: &str) -> Option<(&str, Option<&str>)> {
+    let rest = path.strip_prefix('/')?;
+    let first = rest.split('/').next().unwrap_or_default();
+    if first.is_empty() {
+        return None;
+    }
+    let root = &path[..=first.len()];
+    match root.split_once(':') {
+        Some((root, tag)) if !tag.is_empty() => Some((root, Some(tag))),
+        Some(_) => None,
+        None => Some((root, None)),
+    }
+}
+
+async fn handle(
+    State(ingress): State<Ingress>,
+    ConnectInfo(client): ConnectInfo<SocketAddr>,
+    request: Request<Body>,
+) -> Response<Body> {
+    let path = request.uri().path().to_owned();
+    let Some((root, tag)) = route_of(&path) else {
+        return plain(
+            StatusCode::NOT_FOUND,
+            format!(
+                "`{path}` names no service: requests go to /<project>-<service>/… (the service's CONTEXT_ROOT), or /<project>-<service>:<tag>/… for a tagged revision"
+            ),
+        );
+    };
+    let shared = &ingress.shared;
+    let Ok(found) = shared.table.lookup(Key::Root(root)) else {
+        return plain(
+            StatusCode::NOT_FOUND,
+            format!(
+                "no service has the context root `{root}`: requests go to /<project>-<service>/…; `rouse services list` shows the services"
+            ),
+        );
+    };
+    let resource = Resource::Service(found.project.clone(), found.name.clone());
+    if let Err(refused) = authorize(shared, request.headers(), &resource, &found).await {
+        return refused;
+    }
+    if !found.owned {
+        return plain(
+            StatusCode::SERVICE_UNAVAILABLE,
+            format!(
+                "service `{root}` is run by another dispatcher; send its requests to that dispatcher's ingress"
+            ),
+        );
+    }
+    let split_key = uuid::Uuid::new_v4().to_string();
+    let tx = match found.lane(tag, &split_key) {
+        Ok(Some((_, lane))) => lane,
+        Ok(None) => found.tx.clone(),
+        Err(why) => return plain(StatusCode::NOT_FOUND, why),
+    };
+    let scaling = found.scaling;
+    // The request waits (its queue is bounded by the worker) at most the
+    // wake timeout for an instance, whatever it waits on.
+    let deadline = tokio::time::Instant::now() + scaling.wake_timeout;
+    let (reply, lent) = oneshot::channel();
+    match tokio::time::timeout_at(deadline, tx.send(WorkerMsg::Http(reply))).await {
+        Ok(Ok(())) => {}
+        Ok(Err(_)) => {
+            return plain(
+                StatusCode::SERVICE_UNAVAILABLE,
+                format!("service `{root}` stopped here; retry"),
+            );
+        }
+        Err(_) => {
+            return plain(
+                StatusCode::SERVICE_UNAVAILABLE,
+                format!("service `{root}` has too much work queued; retry shortly"),
+            );
+        }
+    }
+    let lease = match tokio::time::timeout_at(deadline, lent).await {
+        Ok(Ok(Ok(lease))) => lease,
+        Ok(Ok(Err(e))) => return refused_lease(root, e),
+        Ok(Err(_)) => {
+            return plain(
+                StatusCode::SERVICE_UNAVAILABLE,
+                format!("service `{root}` stopped here while the request waited; retry"),
+            );
+        }
+        Err(_) => {
+            return plain(
+                StatusCode::SERVICE_UNAVAILABLE,
+                format!(
+                    "no instance of `{root}` was free within its wake timeout of {}s; retry shortly",
+                    scaling.wake_timeout.as_secs()
+                ),
+            );
+        }
+    };
+    proxy(
+        &ingress,
+        request,
+        client,
+        lease,
+        scaling.request_timeout,
+        root,
+    )
+    .await
+}
+
+fn refused_lease(root: &str, e: LeaseError) -> Response<Body> {
+    match e {
+        LeaseError::NotDeployed(why) | LeaseError::JobMode(why) => {
+            plain(StatusCode::SERVICE_UNAVAILABLE, why)
+        }
+        LeaseError::QueueFull => plain(
+            StatusCode::SERVICE_UNAVAILABLE,
+            format!("the queue of requests waiting for `{root}` is full; retry shortly"),
+        ),
+        LeaseError::WakeFailed(why) => plain(
+            StatusCode::SERVICE_UNAVAILABLE,
+            format!("service `{root}` could not be woken: {why}"),
+        ),
+    }
+}
+
+/// Whether the request's caller may call the service, audited. `Err` is
+/// the answer when not.
+async fn authorize(
+    shared: &Shared,
+    headers: &HeaderMap,
+    resource: &Resource,
+    found: &crate::table::Found,
+) -> Result<(), Response<Body>> {
+    let snapshot = shared.authority.snapshot();
+    let permission = Permission::ServicesAsk;
+    let authorization = headers
+        .get(header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok());
+    let now = SystemTime::now();
+    let (caller, token_error) =
+        match snapshot.http_caller(authorization, &found.project, &found.name, now) {
+            Ok(caller) => (caller, None),
+            // Not a Rouse token: a public service may do its own
+            // authentication with it, so it is judged as anonymous.
+            Err(e) => (rouse_iam::Caller::anonymous(), Some(e.to_string())),
+        };
+    let decision = snapshot.check(&caller, permission, resource, now);
+    let mut entry = decision_entry(&caller, "http", resource, permission, &decision);
+    match (decision, token_error) {
+        (Ok(_), _) => {
+            shared.authority.audit(entry).await;
+            Ok(())
+        }
+        (Err(denied), Some(token_error)) => {
+            entry.principal = "unauthenticated".into();
+            entry.decision = AuditDecision::Denied;
+            shared.authority.audit(entry).await;
+            Err(unauthorized(format!(
+                "the request's Authorization header is refused ({token_error}), and anonymous callers may not call `{resource}` ({denied})"
+            )))
+        }
+        (Err(denied), None) if caller.is_anonymous() => {
+            shared.authority.audit(entry).await;
+            Err(unauthorized(format!(
+                "`{resource}` requires authentication: send `Authorization: Bearer $(rouse auth print-access-token --service {} --project {})` ({denied})",
+                found.name, found.project
+            )))
+        }
+        (Err(denied), None) => {
+            shared.authority.audit(entry).await;
+            Err(plain(StatusCode::FORBIDDEN, denied.to_string()))
+        }
+    }
+}
+
+fn unauthorized(text: String) -> Response<Body> {
+    let mut response = plain(StatusCode::UNAUTHORIZED, text);
+    response.headers_mut().insert(
+        header::WWW_AUTHENTICATE,
+        HeaderValue::from_static("Bearer realm=\"rouse\""),
+    );
+    response
+}
+
+/// Sends `request` to the lent instance and streams its answer back.
+async fn proxy(
+    ingress: &Ingress,
+    request: Request<Body>,
+    client: SocketAddr,
+    lease: HttpLease,
+    timeout: Duration,
+    root: &str,
+) -> Response<Body> {
+    let Some(base) = lease.instance.url() else {
+        return plain(
+            StatusCode::BAD_GATEWAY,
+            format!("the instance of `{root}` has no address"),
+        );
+    };
+    let Some(authority) = base
+        .strip_prefix("http://")
+        .map(|rest| rest.trim_end_matches('/').to_owned())
+    else {
+        return plain(
+            StatusCode::BAD_GATEWAY,
+            format!(
+                "the instance of `{root}` is at {base}, which the ingress cannot reach yet (only instances on this platform's engines)"
+            ),
+        );
+    };
+    let (mut parts, body) = request.into_parts();
+    let path_and_query = parts
+        .uri
+        .path_and_query()
+        .map_or("/", |p| p.as_str())
+        .to_owned();
+    let uri = match Uri::builder()
+        .scheme("http")
+        .authority(authority.as_str())
+        .path_and_query(path_and_query)
+        .build()
+    {
+        Ok(uri) => uri,
+        Err(e) => {
+            return plain(
+                StatusCode::BAD_GATEWAY,
+                format!("cannot address the instance of `{root}`: {e}"),
+            );
+        }
+    };
+    let host = parts.headers.get(header::HOST).cloned();
+    strip_hop_by_hop(&mut parts.headers);
+    forwarded(&mut parts.headers, client, host);
+    parts.uri = uri;
+    parts.version = axum::http::Version::HTTP_11;
+    let upstream = Request::from_parts(parts, body);
+    let sent = tokio::time::timeout(timeout, ingress.client.request(upstream)).await;
+    match sent {
+        Ok(Ok(response)) => {
+            let (mut parts, body) = response.into_parts();
+            strip_hop_by_hop(&mut parts.headers);
+            // The lease (the instance's slot) is held until the body is sent.
+            let body = Body::new(Leased {
+                body,
+                _lease: lease,
+            });
+            Response::from_parts(parts, body)
+        }
+        Ok(Err(e)) => plain(
+            StatusCode::BAD_GATEWAY,
+            format!("the instance of `{root}` could not be reached: {e}"),
+        ),
+        Err(_) => plain(
+            StatusCode::GATEWAY_TIMEOUT,
+            format!(
+                "`{root}` did not answer within its request timeout of {}s",
+                timeout.as_secs()
+            ),
+        ),
+    }
+}
+
+fn strip_hop_by_hop(headers: &mut HeaderMap) {
+    // Headers the Connection header names are hop-by-hop too.
+    let named: Vec<HeaderName> = headers
+        .get_all(header::CONNECTION)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(','))
+        .filter_map(|n| HeaderName::try_from(n.trim()).ok())
+        .collect();
+    for name in named {
+        headers.remove(name);
+    }
+    for name in HOP_BY_HOP {
+        headers.remove(name);
+    }
+}
+
+/// Sets `X-Forwarded-For` (appended to), `-Host` and `-Proto`.
+fn forwarded(headers: &mut HeaderMap, client: SocketAddr, host: Option<HeaderValue>) {
+    let ip = client.ip().to_string();
+    let chain = match headers.get("x-forwarded-for").and_then(|v| v.to_str().ok()) {
+        Some(before) => format!("{before}, {ip}"),
+        None => ip,
+    };
+    if let Ok(value) = HeaderValue::try_from(chain) {
+        headers.insert("x-forwarded-for", value);
+    }
+    if let Some(host) = host {
+        headers.insert("x-forwarded-host", host);
+    }
+    headers.insert("x-forwarded-proto", HeaderValue::from_static("http"));
+}
+
+/// A response body that holds the instance's slot until it has been sent.
+struct Leased {
+    body: hyper::body::Incoming,
+    _lease: HttpLease,
+}
+
+impl hyper::body::Body for Leased {
+    type Data = hyper::body::Bytes;
+    type Error = hyper::Error;
+
+    fn poll_frame(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Option<Result<hyper::body::Frame<Self::Data>, Self::Error>>> {
+        std::pin::Pin::new(&mut self.body).poll_frame(cx)
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.body.is_end_stream()
+    }
+
+    fn size_hint(&self) -> hyper::body::SizeHint {
+        self.body.size_hint()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_path_names_a_context_root_and_maybe_a_tag() {
+        assert_eq!(route_of("/p-web"), Some(("/p-web", None)));
+        assert_eq!(route_of("/p-web/"), Some(("/p-web", None)));
+        assert_eq!(route_of("/p-web/a/b"), Some(("/p-web", None)));
+        assert_eq!(
+            route_of("/p-web:canary/x"),
+            Some(("/p-web", Some("canary")))
+        );
+        assert_eq!(route_of("/"), None);
+        assert_eq!(route_of(""), None);
+        assert_eq!(route_of("/p-web:/x"), None);
+    }
+
+    #[test]
+    fn hop_by_hop_headers_stay_behind() {
+        let mut headers = HeaderMap::new();
+        headers.insert(
+            header::CONNECTION,
+            HeaderValue::from_static("keep-alive, x-secret"),
+        );
+        headers.insert("x-secret", HeaderValue::from_static("1"));
+        headers.insert("keep-alive", HeaderValue::from_static("timeout=5"));
+        headers.insert("x-kept", HeaderValue::from_static("1"));
+        strip_hop_by_hop(&mut headers);
+        assert_eq!(headers.len(), 1, "{headers:?}");
+        assert!(headers.contains_key("x-kept"));
+    }
+
+    #[test]
+    fn the_forwarded_chain_is_appended_to() {
+        let mut headers = HeaderMap::new();
+        headers.insert("x-forwarded-for", HeaderValue::from_static("10.0.0.1"));
+        forwarded(
+            &mut headers,
+            "127.0.0.1:5000".parse().expect("addr"),
+            Some(HeaderValue::from_static("example.test")),
+        );
+        assert_eq!(headers["x-forwarded-for"], "10.0.0.1, 127.0.0.1");
+        assert_eq!(headers["x-forwarded-host"], "example.test");
+        assert_eq!(headers["x-forwarded-proto"], "http");
+    }
+}

@@ -1,0 +1,318 @@
+//! End-to-end: the ingress (HTTP services behind one port, routed by their
+//! context root `/<project>-<service>`, woken by the first request), with
+//! the real binary, the echo example as the HTTP service, and IAM.
+
+use std::collections::HashSet;
+use std::path::Path;
+use std::time::Duration;
+
+use rouse_tests::{Emulator, Server, wait_until, workspace_bin};
+use serde_json::Value;
+
+/// Service `p/<name>` running the echo example (process runtime, server
+/// mode) with the service settings `settings`.
+fn echo_service(server: &Server, name: &str, settings: &[&str]) {
+    server.create_service("p", name);
+    if !settings.is_empty() {
+        let mut args = vec!["services", "update", name, "--project", "p"];
+        args.extend_from_slice(settings);
+        server.rouse(&args).ok();
+    }
+    let echo = workspace_bin("echo");
+    server
+        .rouse(&[
+            "revisions",
+            "create",
+            name,
+            "--project",
+            "p",
+            "--command",
+            echo.to_str().expect("utf-8 path"),
+            "--workdir",
+            "/tmp",
+        ])
+        .ok();
+}
+
+/// `rouse auth print-access-token` as the holder of `key`, for `service`
+/// (or the API).
+fn token(server: &Server, key: &Path, service: Option<&str>) -> String {
+    let mut args = vec!["auth", "print-access-token"];
+    if let Some(service) = service {
+        args.extend(["--service", service, "--project", "p"]);
+    }
+    let out = server.rouse_as(Some(key), &args);
+    assert_eq!(out.code, 0, "{out:?}");
+    out.stdout.trim().to_owned()
+}
+
+struct Answer {
+    status: u16,
+    headers: reqwest::header::HeaderMap,
+    text: String,
+}
+
+impl Answer {
+    fn json(&self) -> Value {
+        serde_json::from_str(&self.text).unwrap_or_else(|e| panic!("{e}: {}", self.text))
+    }
+}
+
+async fn get(http: &reqwest::Client, url: &str, bearer: Option<&str>) -> Answer {
+    let mut request = http.get(url);
+    if let Some(token) = bearer {
+        request = request.bearer_auth(token);
+    }
+    let response = request.send().await.expect("the ingress answers");
+    Answer {
+        status: response.status().as_u16(),
+        headers: response.headers().clone(),
+        text: response.text().await.expect("a body"),
+    }
+}
+
+/// Two services behind one port, each answering under its own context root
+/// (the path passed on whole, `X-Forwarded-*` set); the first request wakes
+/// an instance and the next reuses it; after the idle timeout the service is
+/// back at zero and the next request wakes a new one. Callers are checked
+/// and audited like askers: anonymous → 401 (with how to get a token), a
+/// token of a caller without `services.ask` → 403, a token for another
+/// service → 401, an `roles/invoker` caller's token (for the service, or for
+/// the API) → 200. Paths that name no service get 404 with the route form.
+#[tokio::test]
+async fn services_behind_one_port_wake_on_their_first_request_for_allowed_callers() {
+    let emulator = Emulator::start();
+    let data = tempfile::tempdir().expect("tempdir");
+    let server = Server::start(&emulator, data.path(), &[]);
+    echo_service(&server, "web", &["--idle-timeout", "2s"]);
+    echo_service(&server, "shop", &[]);
+    let keys = tempfile::tempdir().expect("keys");
+    let key_of = |name: &str| {
+        server
+            .rouse(&["iam", "service-accounts", "create", name, "--project", "p"])
+            .ok();
+        let file = keys.path().join(format!("{name}.json"));
+        server
+            .rouse(&[
+                "iam",
+                "service-accounts",
+                "keys",
+                "create",
+                file.to_str().expect("utf-8"),
+                &format!("--iam-account={name}@p.rouse"),
+            ])
+            .ok();
+        file
+    };
+    let caller = key_of("caller");
+    let stranger = key_of("stranger");
+    server
+        .rouse(&[
+            "projects",
+            "add-iam-policy-binding",
+            "p",
+            "--member=serviceAccount:caller@p.rouse",
+            "--role=roles/invoker",
+        ])
+        .ok();
+    let http = reqwest::Client::new();
+    let ingress = server.ingress().to_owned();
+    let web = format!("{ingress}/p-web/hello?x=1");
+
+    // Who may call.
+    let anonymous = get(&http, &web, None).await;
+    assert_eq!(anonymous.status, 401, "{}", anonymous.text);
+    assert!(
+        anonymous
+            .text
+            .contains("rouse auth print-access-token --service web --project p"),
+        "{}",
+        anonymous.text
+    );
+    assert!(anonymous.headers.contains_key("www-authenticate"));
+    let denied = get(&http, &web, Some(&token(&server, &stranger, Some("web")))).await;
+    assert_eq!(denied.status, 403, "{}", denied.text);
+    assert!(denied.text.contains("services.ask"), "{}", denied.text);
+    let web_token = token(&server, &caller, Some("web"));
+    let elsewhere = get(&http, &format!("{ingress}/p-shop/"), Some(&web_token)).await;
+    assert_eq!(
+        elsewhere.status, 401,
+        "a token for web used on shop: {}",
+        elsewhere.text
+    );
+    assert!(elsewhere.text.contains("audience"), "{}", elsewhere.text);
+
+    // Cold, then warm, under the service's context root.
+    let cold = get(&http, &web, Some(&web_token)).await;
+    assert_eq!(cold.status, 200, "{}\n{}", cold.text, server.log());
+    let cold = cold.json();
+    assert_eq!(cold["method"], "GET");
+    assert_eq!(
+        cold["path"], "/p-web/hello?x=1",
+        "the path is passed on whole"
+    );
+    assert_eq!(cold["forwarded"]["x-forwarded-for"], "127.0.0.1", "{cold}");
+    assert_eq!(cold["forwarded"]["x-forwarded-proto"], "http", "{cold}");
+    assert!(
+        cold["forwarded"]["x-forwarded-host"]
+            .as_str()
+            .is_some_and(|h| ingress.ends_with(h)),
+        "{cold}"
+    );
+    let warm = get(&http, &web, Some(&web_token)).await.json();
+    assert_eq!(
+        warm["instance"], cold["instance"],
+        "the second request reuses the instance"
+    );
+    let api_token = token(&server, &caller, None);
+    let shop = get(&http, &format!("{ingress}/p-shop/cart"), Some(&api_token)).await;
+    assert_eq!(shop.status, 200, "{}", shop.text);
+    assert_eq!(shop.json()["path"], "/p-shop/cart");
+    assert_ne!(shop.json()["instance"], cold["instance"]);
+
+    // Scale to zero after the idle timeout, and wake again.
+    wait_until(
+        Duration::from_secs(20),
+        "web's instance stopped after its idle timeout",
+        || match server.log().contains("stopping idle instance") {
+            true => Ok(()),
+            false => Err("not yet".into()),
+        },
+    )
+    .await;
+    let again = get(&http, &web, Some(&web_token)).await;
+    assert_eq!(again.status, 200, "{}", again.text);
+    assert_ne!(
+        again.json()["instance"],
+        cold["instance"],
+        "a new instance woke"
+    );
+
+    // Paths that name no service.
+    for path in ["/", "/p-nothing/x", "/p-web:/x"] {
+        let lost = get(&http, &format!("{ingress}{path}"), None).await;
+        assert_eq!(lost.status, 404, "{path}: {}", lost.text);
+        assert!(
+            lost.text.contains("/<project>-<service>"),
+            "{path}: {}",
+            lost.text
+        );
+    }
+
+    // Audited: the anonymous refusal and the grants.
+    let audit = server
+        .rouse(&["audit", "list", "--limit", "500", "--format", "json"])
+        .json();
+    let http_entries: Vec<&Value> = audit
+        .as_array()
+        .into_iter()
+        .flatten()
+        .filter(|e| e["action"] == "http")
+        .collect();
+    assert!(
+        http_entries
+            .iter()
+            .any(|e| e["decision"] == "denied" && e["principal"] == "anonymous"),
+        "{audit}"
+    );
+    assert!(
+        http_entries.iter().any(
+            |e| e["decision"] == "granted" && e["principal"] == "serviceAccount:caller@p.rouse"
+        ),
+        "{audit}"
+    );
+}
+
+/// 200 requests at once to a service at zero with `max_instances 3,
+/// concurrency 4`: every one answered 200 (none refused or failed), by at
+/// most three instances.
+#[tokio::test]
+async fn a_burst_of_requests_wakes_at_most_max_instances() {
+    let emulator = Emulator::start();
+    let data = tempfile::tempdir().expect("tempdir");
+    let server = Server::start(&emulator, data.path(), &[]);
+    server.allow_anonymous_askers("p");
+    echo_service(
+        &server,
+        "burst",
+        &["--max-instances", "3", "--concurrency", "4"],
+    );
+    let http = reqwest::Client::new();
+    let url = format!("{}/p-burst/work?sleep_ms=50", server.ingress());
+    let mut requests = Vec::new();
+    for _ in 0..200 {
+        let (http, url) = (http.clone(), url.clone());
+        requests.push(tokio::spawn(async move { get(&http, &url, None).await }));
+    }
+    let mut instances = HashSet::new();
+    for r in requests {
+        let answer = r.await.expect("join");
+        assert_eq!(answer.status, 200, "{}\n{}", answer.text, server.log());
+        instances.insert(
+            answer.json()["instance"]
+                .as_str()
+                .expect("instance")
+                .to_owned(),
+        );
+    }
+    assert!(
+        (1..=3).contains(&instances.len()),
+        "instances: {instances:?}"
+    );
+}
+
+/// Requests that cannot be served say why: a service with no revision, a
+/// job-mode service, and one whose instance cannot wake.
+#[tokio::test]
+async fn requests_that_cannot_be_served_say_why() {
+    let emulator = Emulator::start();
+    let data = tempfile::tempdir().expect("tempdir");
+    let server = Server::start(&emulator, data.path(), &[]);
+    server.allow_anonymous_askers("p");
+    server.create_service("p", "empty");
+    server.create_service("p", "broken");
+    server
+        .rouse(&[
+            "revisions",
+            "create",
+            "broken",
+            "--project",
+            "p",
+            "--command",
+            "/bin/false",
+            "--workdir",
+            "/tmp",
+        ])
+        .ok();
+    server.create_service("p", "batch");
+    let echo = workspace_bin("echo");
+    server
+        .rouse(&[
+            "revisions",
+            "create",
+            "batch",
+            "--project",
+            "p",
+            "--command",
+            echo.to_str().expect("utf-8 path"),
+            "--workdir",
+            "/tmp",
+            "--mode",
+            "job",
+        ])
+        .ok();
+    let http = reqwest::Client::new();
+    let ingress = server.ingress();
+    for (service, says) in [
+        ("empty", "rouse revisions create empty --project p"),
+        ("batch", "--mode server"),
+        ("broken", "could not be woken"),
+    ] {
+        let answer = get(&http, &format!("{ingress}/p-{service}/"), None).await;
+        assert_eq!(answer.status, 503, "{service}: {}", answer.text);
+        assert!(answer.text.contains(says), "{service}: {}", answer.text);
+        assert!(answer.headers.contains_key("retry-after"), "{service}");
+    }
+    // The platform goes on serving.
+    assert!(server.rouse(&["services", "list"]).code == 0);
+}
