@@ -417,6 +417,40 @@ impl Server {
         .json()
     }
 
+    /// Service `<project>/<name>` with the service settings `settings` (flags
+    /// of `services update`) and a revision running the echo example with
+    /// the process runtime (plus the revision flags `revision`); the
+    /// service as created.
+    pub fn echo_service(
+        &self,
+        project: &str,
+        name: &str,
+        settings: &[&str],
+        revision: &[&str],
+    ) -> serde_json::Value {
+        let created = self.create_service(project, name);
+        if !settings.is_empty() {
+            let mut args = vec!["services", "update", name, "--project", project];
+            args.extend_from_slice(settings);
+            self.rouse(&args).ok();
+        }
+        let echo = workspace_bin("echo");
+        let mut args = vec![
+            "revisions",
+            "create",
+            name,
+            "--project",
+            project,
+            "--command",
+            echo.to_str().expect("utf-8 path"),
+            "--workdir",
+            "/tmp",
+        ];
+        args.extend_from_slice(revision);
+        self.rouse(&args).ok();
+        created
+    }
+
     /// Service `<project>/<name>` with a revision of `image` (and the
     /// revision flags `flags`, e.g. `--mode job`); its topic.
     pub fn image_service(&self, project: &str, name: &str, image: &str, flags: &[&str]) -> String {

@@ -28,6 +28,7 @@ impl InProcess {
             api_listen: ([127, 0, 0, 1], 0).into(),
             webhook_listen: ([127, 0, 0, 1], 0).into(),
             ingress_listen: ([127, 0, 0, 1], 0).into(),
+            ingress_tls: None,
             broker: None,
             pubsub: PubSubConfig {
                 project: "rouse-local".into(),

@@ -37,27 +37,7 @@ fn platform(extra: &[&str]) -> Platform {
 /// Creates service `name` in project `p` with `settings`, and an echo revision
 /// (`revision` adds flags). Returns the service's JSON.
 fn echo_service(server: &Server, name: &str, settings: &[&str], revision: &[&str]) -> Value {
-    let created = server.create_service("p", name);
-    if !settings.is_empty() {
-        let mut args = vec!["services", "update", name, "--project", "p"];
-        args.extend_from_slice(settings);
-        server.rouse(&args).ok();
-    }
-    let echo = workspace_bin("echo");
-    let mut args = vec![
-        "revisions",
-        "create",
-        name,
-        "--project",
-        "p",
-        "--command",
-        echo.to_str().expect("utf-8 path"),
-        "--workdir",
-        "/tmp",
-    ];
-    args.extend_from_slice(revision);
-    server.rouse(&args).ok();
-    created
+    server.echo_service("p", name, settings, revision)
 }
 
 fn topic(service: &Value) -> String {

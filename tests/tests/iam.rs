@@ -15,7 +15,7 @@ use std::time::{Duration, SystemTime};
 use rouse_identity::KeyFile;
 use rouse_proto as pb;
 use rouse_tests::asker::{Asker, question_attributes};
-use rouse_tests::{Emulator, Server, workspace_bin};
+use rouse_tests::{Emulator, Server};
 use serde_json::{Value, json};
 use tonic::metadata::MetadataValue;
 
@@ -41,21 +41,7 @@ fn platform() -> Platform {
 
 /// Service `name` in project `project` with an echo revision; its topic.
 fn echo_service(server: &Server, project: &str, name: &str) -> String {
-    let created = server.create_service(project, name);
-    let echo = workspace_bin("echo");
-    server
-        .rouse(&[
-            "revisions",
-            "create",
-            name,
-            "--project",
-            project,
-            "--command",
-            echo.to_str().expect("utf-8 path"),
-            "--workdir",
-            "/tmp",
-        ])
-        .ok();
+    let created = server.echo_service(project, name, &[], &[]);
     created["topic"].as_str().expect("topic").to_owned()
 }
 

@@ -6,32 +6,13 @@ use std::collections::HashSet;
 use std::path::Path;
 use std::time::Duration;
 
-use rouse_tests::{Emulator, Server, wait_until, workspace_bin};
+use rouse_tests::{Emulator, Server, wait_until};
 use serde_json::Value;
 
 /// Service `p/<name>` running the echo example (process runtime, server
 /// mode) with the service settings `settings`.
 fn echo_service(server: &Server, name: &str, settings: &[&str]) {
-    server.create_service("p", name);
-    if !settings.is_empty() {
-        let mut args = vec!["services", "update", name, "--project", "p"];
-        args.extend_from_slice(settings);
-        server.rouse(&args).ok();
-    }
-    let echo = workspace_bin("echo");
-    server
-        .rouse(&[
-            "revisions",
-            "create",
-            name,
-            "--project",
-            "p",
-            "--command",
-            echo.to_str().expect("utf-8 path"),
-            "--workdir",
-            "/tmp",
-        ])
-        .ok();
+    server.echo_service("p", name, settings, &[]);
 }
 
 /// `rouse auth print-access-token` as the holder of `key`, for `service`
@@ -44,6 +25,32 @@ fn token(server: &Server, key: &Path, service: Option<&str>) -> String {
     let out = server.rouse_as(Some(key), &args);
     assert_eq!(out.code, 0, "{out:?}");
     out.stdout.trim().to_owned()
+}
+
+/// `promtool check metrics` (Debian's `prometheus`, which `.ci/setup`
+/// installs) finds nothing wrong with `text`.
+fn promtool_accepts(text: &str) {
+    use std::io::Write as _;
+    let mut child = std::process::Command::new("promtool")
+        .args(["check", "metrics"])
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .expect("promtool (`.ci/setup` installs Debian's prometheus)");
+    child
+        .stdin
+        .take()
+        .expect("stdin")
+        .write_all(text.as_bytes())
+        .expect("write to promtool");
+    let out = child.wait_with_output().expect("promtool runs");
+    assert!(
+        out.status.success(),
+        "promtool check metrics: {}{}\n{text}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
 }
 
 struct Answer {
@@ -199,6 +206,25 @@ async fn services_behind_one_port_wake_on_their_first_request_for_allowed_caller
         );
     }
 
+    // Metrics, in a format Prometheus's own checker accepts.
+    let metrics = get(&http, &format!("{ingress}/metrics"), None).await;
+    assert_eq!(metrics.status, 200, "{}", metrics.text);
+    for needle in [
+        "rouse_http_requests_total{service=\"p-web\",code=\"200\"} 3",
+        "rouse_http_requests_total{service=\"p-web\",code=\"401\"} 1",
+        "rouse_http_requests_total{service=\"p-web\",code=\"403\"} 1",
+        "rouse_cold_starts_total{service=\"p-web\"} 2",
+        "rouse_cold_start_seconds_count{service=\"p-web\"} 2",
+        "rouse_queue_depth{service=\"p-web\"} 0",
+    ] {
+        assert!(
+            metrics.text.contains(needle),
+            "{needle} in:\n{}",
+            metrics.text
+        );
+    }
+    promtool_accepts(&metrics.text);
+
     // Audited: the anonymous refusal and the grants.
     let audit = server
         .rouse(&["audit", "list", "--limit", "500", "--format", "json"])
@@ -284,23 +310,7 @@ async fn requests_that_cannot_be_served_say_why() {
             "/tmp",
         ])
         .ok();
-    server.create_service("p", "batch");
-    let echo = workspace_bin("echo");
-    server
-        .rouse(&[
-            "revisions",
-            "create",
-            "batch",
-            "--project",
-            "p",
-            "--command",
-            echo.to_str().expect("utf-8 path"),
-            "--workdir",
-            "/tmp",
-            "--mode",
-            "job",
-        ])
-        .ok();
+    server.echo_service("p", "batch", &[], &["--mode", "job"]);
     let http = reqwest::Client::new();
     let ingress = server.ingress();
     for (service, says) in [
@@ -315,4 +325,112 @@ async fn requests_that_cannot_be_served_say_why() {
     }
     // The platform goes on serving.
     assert!(server.rouse(&["services", "list"]).code == 0);
+}
+
+/// A test CA and a certificate it signed for 127.0.0.1 (openssl):
+/// (CA certificate, certificate, key).
+fn certificates(dir: &Path) -> (std::path::PathBuf, std::path::PathBuf, std::path::PathBuf) {
+    let run = |args: &[&str]| {
+        let out = std::process::Command::new("openssl")
+            .args(args)
+            .current_dir(dir)
+            .output()
+            .expect("openssl");
+        assert!(out.status.success(), "openssl {args:?}: {out:?}");
+    };
+    let ec = [
+        "-newkey",
+        "ec",
+        "-pkeyopt",
+        "ec_paramgen_curve:prime256v1",
+        "-nodes",
+    ];
+    let mut ca = vec!["req", "-x509", "-days", "1", "-subj", "/CN=rouse-test-ca"];
+    ca.extend(ec);
+    ca.extend(["-keyout", "ca.key", "-out", "ca.pem"]);
+    run(&ca);
+    let mut csr = vec!["req", "-subj", "/CN=127.0.0.1"];
+    csr.extend(ec);
+    csr.extend(["-keyout", "key.pem", "-out", "cert.csr"]);
+    run(&csr);
+    std::fs::write(
+        dir.join("ext.cnf"),
+        "subjectAltName=IP:127.0.0.1\nbasicConstraints=CA:FALSE\n",
+    )
+    .expect("ext.cnf");
+    run(&[
+        "x509",
+        "-req",
+        "-in",
+        "cert.csr",
+        "-CA",
+        "ca.pem",
+        "-CAkey",
+        "ca.key",
+        "-CAcreateserial",
+        "-days",
+        "1",
+        "-extfile",
+        "ext.cnf",
+        "-out",
+        "cert.pem",
+    ]);
+    (
+        dir.join("ca.pem"),
+        dir.join("cert.pem"),
+        dir.join("key.pem"),
+    )
+}
+
+/// `--tls-cert/--tls-key`: the ingress serves HTTPS with that certificate
+/// (and says `X-Forwarded-Proto: https`); a half-given or unreadable
+/// certificate is refused at start, naming the file.
+#[tokio::test]
+async fn the_ingress_serves_https_with_a_given_certificate() {
+    let emulator = Emulator::start();
+    let data = tempfile::tempdir().expect("tempdir");
+    let (ca, cert, key) = certificates(data.path());
+    let (cert_arg, key_arg) = (cert.to_str().expect("utf-8"), key.to_str().expect("utf-8"));
+
+    let half = Server::try_start(emulator.host(), data.path(), &["--tls-cert", cert_arg]);
+    let half = half.err().expect("refused");
+    assert!(half.contains("--tls-key"), "{half}");
+    let garbage = data.path().join("garbage.pem");
+    std::fs::write(&garbage, "not a certificate").expect("write");
+    let bad = Server::try_start(
+        emulator.host(),
+        data.path(),
+        &[
+            "--tls-cert",
+            garbage.to_str().expect("utf-8"),
+            "--tls-key",
+            key_arg,
+        ],
+    );
+    let bad = bad.err().expect("refused");
+    assert!(bad.contains("garbage.pem"), "{bad}");
+
+    let server = Server::start(
+        &emulator,
+        data.path(),
+        &["--tls-cert", cert_arg, "--tls-key", key_arg],
+    );
+    server.allow_anonymous_askers("p");
+    echo_service(&server, "secure", &[]);
+    let root = reqwest::Certificate::from_pem(&std::fs::read(&ca).expect("CA"))
+        .expect("a PEM certificate");
+    let https = reqwest::Client::builder()
+        .add_root_certificate(root)
+        .build()
+        .expect("client");
+    let url = server.ingress().replacen("http://", "https://", 1) + "/p-secure/x";
+    let answer = get(&https, &url, None).await;
+    assert_eq!(answer.status, 200, "{}", answer.text);
+    assert_eq!(answer.json()["forwarded"]["x-forwarded-proto"], "https");
+    // Plain HTTP to the TLS port gets nothing served.
+    let plain = reqwest::Client::new()
+        .get(format!("{}/p-secure/x", server.ingress()))
+        .send()
+        .await;
+    assert!(plain.is_err() || plain.is_ok_and(|r| r.status() != 200));
 }

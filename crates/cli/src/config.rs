@@ -80,6 +80,8 @@ pub struct DispatcherSection {
     pub heartbeat_interval: Option<Duration>,
     pub queue_capacity: Option<usize>,
     pub ingress_listen: Option<SocketAddr>,
+    pub tls_cert: Option<PathBuf>,
+    pub tls_key: Option<PathBuf>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -156,6 +158,8 @@ pub struct ServerConfig {
     pub webhook_listen: SocketAddr,
     /// Where the ingress listens.
     pub ingress_listen: SocketAddr,
+    /// The ingress's certificate chain and key.
+    pub ingress_tls: Option<(PathBuf, PathBuf)>,
     /// GitHub's REST API (commit statuses).
     pub github_api_url: String,
     /// The key sealing secrets, kept outside the store.
@@ -395,6 +399,30 @@ impl ServerConfig {
                 .parse()
                 .map_err(|e| format!("bad built-in address: {e}"))?,
         };
+        let tls_cert = args.tls_cert.clone().or(file.dispatcher.tls_cert);
+        let tls_key = args.tls_key.clone().or(file.dispatcher.tls_key);
+        let ingress_tls = match (tls_cert, tls_key) {
+            (Some(cert), Some(key)) => Some((cert, key)),
+            (None, None) => None,
+            (Some(cert), None) => {
+                return Err(format!(
+                    "--tls-cert {} is given without its key: add --tls-key (ROUSE_TLS_KEY or [dispatcher] tls_key)",
+                    cert.display()
+                ));
+            }
+            (None, Some(key)) => {
+                return Err(format!(
+                    "--tls-key {} is given without its certificate: add --tls-cert (ROUSE_TLS_CERT or [dispatcher] tls_cert)",
+                    key.display()
+                ));
+            }
+        };
+        if ingress_tls.is_some() && !roles.ingress {
+            return Err(
+                "--tls-cert/--tls-key are for the ingress, which these --roles do not run; add `ingress` (beside `dispatcher`) or drop them"
+                    .into(),
+            );
+        }
         let github_api_url = args
             .github_api_url
             .clone()
@@ -431,6 +459,7 @@ impl ServerConfig {
             registry_credentials,
             webhook_listen,
             ingress_listen,
+            ingress_tls,
             github_api_url,
             secrets_key,
             roles,
@@ -471,6 +500,7 @@ impl ServerConfig {
             queue_capacity,
             webhook_listen,
             ingress_listen,
+            ingress_tls,
             github_api_url,
             secrets_key,
             registry,
@@ -484,6 +514,7 @@ impl ServerConfig {
             api_listen,
             webhook_listen,
             ingress_listen,
+            ingress_tls,
             pubsub,
             broker,
             network_topic,

@@ -61,12 +61,55 @@ const HOP_BY_HOP: [&str; 8] = [
 struct Ingress {
     shared: Arc<Shared>,
     client: Client<HttpConnector, Body>,
+    /// `https` behind TLS, else `http` (for `X-Forwarded-Proto`).
+    scheme: &'static str,
 }
 
-/// Serves the ingress on `listener` until `shutdown`.
+/// How long a client has to finish the TLS handshake.
+const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// The ingress's TLS: a certificate chain and its private key, PEM files
+/// (`--tls-cert`, `--tls-key`). Errors name the file and what is wrong.
+pub fn tls_config(
+    cert: &std::path::Path,
+    key: &std::path::Path,
+) -> Result<Arc<rustls::ServerConfig>, String> {
+    use rustls_pki_types::pem::PemObject as _;
+    use rustls_pki_types::{CertificateDer, PrivateKeyDer};
+    let chain: Vec<CertificateDer<'static>> = CertificateDer::pem_file_iter(cert)
+        .and_then(Iterator::collect)
+        .map_err(|e| format!("--tls-cert {}: {e}", cert.display()))?;
+    if chain.is_empty() {
+        return Err(format!(
+            "--tls-cert {}: no PEM certificate in it (`-----BEGIN CERTIFICATE-----`)",
+            cert.display()
+        ));
+    }
+    let private = PrivateKeyDer::from_pem_file(key)
+        .map_err(|e| format!("--tls-key {}: {e}", key.display()))?;
+    let provider = Arc::new(rustls::crypto::aws_lc_rs::default_provider());
+    let mut config = rustls::ServerConfig::builder_with_provider(provider)
+        .with_safe_default_protocol_versions()
+        .map_err(|e| format!("TLS: {e}"))?
+        .with_no_client_auth()
+        .with_single_cert(chain, private)
+        .map_err(|e| {
+            format!(
+                "--tls-cert {} and --tls-key {} do not make a certificate: {e}",
+                cert.display(),
+                key.display()
+            )
+        })?;
+    config.alpn_protocols = vec![b"h2".to_vec(), b"http/1.1".to_vec()];
+    Ok(Arc::new(config))
+}
+
+/// Serves the ingress on `listener` (behind `tls` when given) until
+/// `shutdown`.
 pub(crate) async fn serve(
     shared: Arc<Shared>,
     listener: tokio::net::TcpListener,
+    tls: Option<Arc<rustls::ServerConfig>>,
     shutdown: CancellationToken,
 ) -> std::io::Result<()> {
     let mut connector = HttpConnector::new();
@@ -74,15 +117,66 @@ pub(crate) async fn serve(
     let client = Client::builder(TokioExecutor::new())
         .pool_idle_timeout(Duration::from_secs(30))
         .build(connector);
+    let scheme = if tls.is_some() { "https" } else { "http" };
     let router = axum::Router::new()
+        .route("/metrics", axum::routing::get(metrics))
         .fallback(handle)
-        .with_state(Ingress { shared, client });
-    axum::serve(
-        listener,
-        router.into_make_service_with_connect_info::<SocketAddr>(),
-    )
-    .with_graceful_shutdown(shutdown.cancelled_owned())
-    .await
+        .with_state(Ingress {
+            shared,
+            client,
+            scheme,
+        });
+    let Some(tls) = tls else {
+        return axum::serve(
+            listener,
+            router.into_make_service_with_connect_info::<SocketAddr>(),
+        )
+        .with_graceful_shutdown(shutdown.cancelled_owned())
+        .await;
+    };
+    let acceptor = tokio_rustls::TlsAcceptor::from(tls);
+    loop {
+        let (stream, peer) = tokio::select! {
+            () = shutdown.cancelled() => return Ok(()),
+            accepted = listener.accept() => match accepted {
+                Ok(accepted) => accepted,
+                Err(e) => {
+                    // Out of file descriptors, say: the listener stays.
+                    tracing::warn!(error = %e, "the ingress cannot accept a connection");
+                    tokio::time::sleep(Duration::from_millis(100)).await;
+                    continue;
+                }
+            },
+        };
+        let _ = stream.set_nodelay(true);
+        let (acceptor, router, shutdown) = (acceptor.clone(), router.clone(), shutdown.clone());
+        tokio::spawn(async move {
+            let tls = match tokio::time::timeout(HANDSHAKE_TIMEOUT, acceptor.accept(stream)).await {
+                Ok(Ok(tls)) => tls,
+                Ok(Err(e)) => {
+                    tracing::debug!(%peer, error = %e, "a TLS handshake failed");
+                    return;
+                }
+                Err(_) => return,
+            };
+            let service =
+                hyper::service::service_fn(move |mut request: Request<hyper::body::Incoming>| {
+                    request.extensions_mut().insert(ConnectInfo(peer));
+                    let mut router = router.clone();
+                    async move {
+                        use tower_service::Service as _;
+                        router.call(request.map(Body::new)).await
+                    }
+                });
+            let builder = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new());
+            let connection =
+                builder.serve_connection_with_upgrades(hyper_util::rt::TokioIo::new(tls), service);
+            tokio::select! {
+                _ = connection => {}
+                () = shutdown.cancelled() => {}
+            }
+        });
+    }
 }
 
 fn plain(status: StatusCode, text: String) -> Response<Body> {
@@ -116,6 +210,17 @@ fn route_of(path: &str) -> Option<(&str, Option<&str>)> {
     }
 }
 
+/// `/metrics`: the dispatcher's metrics in the Prometheus text format (no
+/// context root can be `/metrics`: it has no `-`).
+async fn metrics(State(ingress): State<Ingress>) -> Response<Body> {
+    let mut response = Response::new(Body::from(ingress.shared.ctx.metrics.encode()));
+    response.headers_mut().insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("text/plain; version=0.0.4; charset=utf-8"),
+    );
+    response
+}
+
 async fn handle(
     State(ingress): State<Ingress>,
     ConnectInfo(client): ConnectInfo<SocketAddr>,
@@ -139,6 +244,25 @@ async fn handle(
             ),
         );
     };
+    let response = serve_service(&ingress, request, client, root, tag, found).await;
+    ingress
+        .shared
+        .ctx
+        .metrics
+        .http_request(root.trim_start_matches('/'), response.status().as_u16());
+    response
+}
+
+/// A request for the service `found` (at `root`, `tag`).
+async fn serve_service(
+    ingress: &Ingress,
+    request: Request<Body>,
+    client: SocketAddr,
+    root: &str,
+    tag: Option<&str>,
+    found: crate::table::Found,
+) -> Response<Body> {
+    let shared = &ingress.shared;
     let resource = Resource::Service(found.project.clone(), found.name.clone());
     if let Err(refused) = authorize(shared, request.headers(), &resource, &found).await {
         return refused;
@@ -197,7 +321,7 @@ async fn handle(
         }
     };
     proxy(
-        &ingress,
+        ingress,
         request,
         client,
         lease,
@@ -330,7 +454,7 @@ async fn proxy(
     };
     let host = parts.headers.get(header::HOST).cloned();
     strip_hop_by_hop(&mut parts.headers);
-    forwarded(&mut parts.headers, client, host);
+    forwarded(&mut parts.headers, client, host, ingress.scheme);
     parts.uri = uri;
     parts.version = axum::http::Version::HTTP_11;
     let upstream = Request::from_parts(parts, body);
@@ -378,7 +502,12 @@ fn strip_hop_by_hop(headers: &mut HeaderMap) {
 }
 
 /// Sets `X-Forwarded-For` (appended to), `-Host` and `-Proto`.
-fn forwarded(headers: &mut HeaderMap, client: SocketAddr, host: Option<HeaderValue>) {
+fn forwarded(
+    headers: &mut HeaderMap,
+    client: SocketAddr,
+    host: Option<HeaderValue>,
+    scheme: &'static str,
+) {
     let ip = client.ip().to_string();
     let chain = match headers.get("x-forwarded-for").and_then(|v| v.to_str().ok()) {
         Some(before) => format!("{before}, {ip}"),
@@ -390,7 +519,7 @@ fn forwarded(headers: &mut HeaderMap, client: SocketAddr, host: Option<HeaderVal
     if let Some(host) = host {
         headers.insert("x-forwarded-host", host);
     }
-    headers.insert("x-forwarded-proto", HeaderValue::from_static("http"));
+    headers.insert("x-forwarded-proto", HeaderValue::from_static(scheme));
 }
 
 /// A response body that holds the instance's slot until it has been sent.
@@ -460,6 +589,7 @@ mod tests {
             &mut headers,
             "127.0.0.1:5000".parse().expect("addr"),
             Some(HeaderValue::from_static("example.test")),
+            "http",
         );
         assert_eq!(headers["x-forwarded-for"], "10.0.0.1, 127.0.0.1");
         assert_eq!(headers["x-forwarded-host"], "example.test");

@@ -274,6 +274,9 @@ async fn accept(
         .publish_time
         .and_then(|t| SystemTime::try_from(t).ok())
         .unwrap_or_else(SystemTime::now);
+    if let Ok(lag) = SystemTime::now().duration_since(asked_at) {
+        shared.ctx.metrics.lag(lag);
+    }
     let (asked_by, granted) = match authorize(
         shared,
         target,

@@ -27,9 +27,10 @@
 
 mod config;
 pub mod deliver;
-mod ingress;
+pub mod ingress;
 pub mod intake;
 pub mod launch;
+pub mod metrics;
 pub mod replies;
 pub mod routes;
 pub mod scale;
@@ -146,8 +147,10 @@ impl Dispatcher {
             .await?;
         let publisher = Arc::new(pubsub.publisher(&config.network_topic).await?);
         let ledger: Arc<dyn Ledger> = Arc::new(store.clone());
-        let replier = Replier::new(publisher, ledger.clone());
+        let metrics = Arc::new(metrics::Metrics::default());
+        let replier = Replier::new(publisher, ledger.clone(), metrics.clone());
         let ctx = Arc::new(Context {
+            metrics,
             config,
             store: ledger,
             replier,
@@ -210,9 +213,10 @@ impl Dispatcher {
     pub async fn serve_ingress(
         &self,
         listener: tokio::net::TcpListener,
+        tls: Option<Arc<rustls::ServerConfig>>,
         shutdown: CancellationToken,
     ) -> std::io::Result<()> {
-        ingress::serve(self.shared.clone(), listener, shutdown).await
+        ingress::serve(self.shared.clone(), listener, tls, shutdown).await
     }
 
     /// Cancels a queued or running question. `false` if it is not running here.

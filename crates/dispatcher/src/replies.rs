@@ -169,11 +169,17 @@ pub struct Replier {
     store: Arc<dyn Ledger>,
     outbox_dirty: Arc<tokio::sync::Notify>,
     sent: Arc<std::sync::Mutex<Sent>>,
+    metrics: Arc<crate::metrics::Metrics>,
 }
 
 impl Replier {
-    pub fn new(publisher: Arc<dyn Publish>, store: Arc<dyn Ledger>) -> Self {
+    pub fn new(
+        publisher: Arc<dyn Publish>,
+        store: Arc<dyn Ledger>,
+        metrics: Arc<crate::metrics::Metrics>,
+    ) -> Self {
         Self {
+            metrics,
             publisher,
             store,
             outbox_dirty: Arc::new(tokio::sync::Notify::new()),
@@ -333,6 +339,8 @@ impl Replier {
             if let Err(e) = self.store.update_execution(&execution, None).await {
                 tracing::error!(question = %execution.question_uuid, error = %e, "cannot record an execution's end");
             }
+            self.metrics
+                .question_ended(execution.service_uuid, &execution.status.to_string());
             return;
         }
         if let Reply::Exception {
@@ -347,6 +355,8 @@ impl Replier {
             }
         }
         execution.status = status;
+        self.metrics
+            .question_ended(execution.service_uuid, &execution.status.to_string());
         let event = build_event(&execution.attributes, sender, &reply);
         match self.store.update_execution(&execution, Some(&event)).await {
             Ok(Some(id)) => self.publish_recorded(id, &event).await,

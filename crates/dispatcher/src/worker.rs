@@ -37,6 +37,8 @@ pub struct Context {
     pub replier: Replier,
     pub http: reqwest::Client,
     pub launcher: Launcher,
+    /// What the dispatcher counts (served at the ingress's `/metrics`).
+    pub metrics: Arc<crate::metrics::Metrics>,
     /// Every long-lived task (workers, intake, the outbox, the trials) and
     /// every instance stop a worker hands off: awaited at shutdown, so that
     /// the dispatcher ends only once its instances have.
@@ -129,6 +131,8 @@ struct Slot {
     revision: String,
     /// Executions waiting for this instance to wake (cold starts).
     waking: Vec<Key>,
+    /// When it was asked for.
+    asked_at: Instant,
 }
 
 struct Running {
@@ -163,6 +167,7 @@ impl Worker {
         stop: CancellationToken,
     ) -> Self {
         let (internal_tx, internal_rx) = mpsc::unbounded_channel();
+        ctx.metrics.name(service.uuid, service.qualified_name());
         Self {
             ctx,
             stop,
@@ -333,6 +338,9 @@ impl Worker {
                 let now = Instant::now();
                 match self.slots.get_mut(&id) {
                     Some(slot) => {
+                        self.ctx
+                            .metrics
+                            .cold_start(&self.service.qualified_name(), slot.asked_at.elapsed());
                         slot.ready = true;
                         slot.idle_since = Some(now);
                         slot.instance = Some(instance.clone());
@@ -358,6 +366,7 @@ impl Worker {
             Internal::Started(id, Err(reason)) => {
                 let waking = self.slots.remove(&id).map(|s| s.waking).unwrap_or_default();
                 tracing::warn!(service = %self.service.qualified_name(), %reason, "instance failed to wake");
+                self.ctx.metrics.wake_failed(&self.service.qualified_name());
                 // With nothing else alive, every queued question fails: retrying a
                 // start that just failed would loop. Otherwise only those that
                 // were waiting for this instance do.
@@ -472,6 +481,11 @@ impl Worker {
             .collect();
         // A request whose client went away while it waited wants nothing.
         self.http_waiting.retain(|w| !w.is_closed());
+        self.ctx.metrics.gauges(
+            &self.service.qualified_name(),
+            self.queue.len() + self.http_waiting.len(),
+            self.slots.len(),
+        );
         let decision = scale::decide(
             &self.service.scaling,
             revision.mode,
@@ -520,6 +534,7 @@ impl Worker {
                 idle_since: None,
                 revision: revision.name.clone(),
                 waking: Vec::new(),
+                asked_at: Instant::now(),
             },
         );
         (id, instance_id)

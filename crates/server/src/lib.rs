@@ -128,6 +128,9 @@ pub struct Config {
     pub webhook_listen: SocketAddr,
     /// Where the ingress (HTTP services by context root) listens.
     pub ingress_listen: SocketAddr,
+    /// The ingress's certificate chain and key (PEM files): HTTPS instead
+    /// of HTTP.
+    pub ingress_tls: Option<(PathBuf, PathBuf)>,
     pub pubsub: PubSubConfig,
     /// Run Rouse's own Pub/Sub broker in this process (when it runs the api
     /// or the dispatcher) and use it instead of `pubsub.emulator_host`.
@@ -384,6 +387,12 @@ impl Platform {
             ),
             false => None,
         };
+        let ingress_tls = match (&config.ingress_tls, config.roles.ingress) {
+            (Some((cert, key)), true) => {
+                Some(rouse_dispatcher::ingress::tls_config(cert, key).map_err(StartError::Config)?)
+            }
+            _ => None,
+        };
         let ingress_listener = match config.roles.ingress {
             true => Some(
                 bind(
@@ -497,7 +506,7 @@ impl Platform {
                     "the ingress",
                     tokio::spawn(async move {
                         ingress
-                            .serve_ingress(listener, token)
+                            .serve_ingress(listener, ingress_tls, token)
                             .await
                             .map_err(|e| e.to_string())
                     }),

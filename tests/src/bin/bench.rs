@@ -14,6 +14,9 @@
 //! | the broker's ceiling (messages/s, each its own ordering key) | - |
 //! | the broker's RSS and idle CPU after 100,000 ordering keys | the same after one warm-up round |
 //! | RSS with 1,000 idle services | RSS with none |
+//! | warm HTTP request through the ingress (p50, p99) | the same request straight to the instance, interleaved |
+//! | HTTP requests/s through the ingress | the same load straight to the instance, in alternating rounds |
+//! | cold first HTTP request (process runtime) | spawning the same process to ready + the warm request |
 //! | permission check, 10,000 bindings over 1,000 services (IAM engine) | target only |
 //! | token verification (Ed25519 JWT) | target only |
 //!
@@ -947,9 +950,175 @@ fn fmt_ms(v: f64) -> String {
     format!("{v:.2} ms")
 }
 
-/// `ROUSE_BENCH=warm,cold,docker,builder,throughput,store,dispatchers,broker,memory,iam` runs only those parts.
+/// `ROUSE_BENCH=warm,cold,docker,builder,throughput,store,dispatchers,broker,ingress,memory,iam` runs only those parts.
 fn wanted(part: &str) -> bool {
     std::env::var("ROUSE_BENCH").map_or(true, |v| v.split(',').any(|p| p.trim() == part))
+}
+
+/// Sequential GETs of `url` on one keep-alive client: milliseconds each.
+async fn http_gets(client: &reqwest::Client, url: &str, n: usize) -> Result<Vec<f64>, String> {
+    let mut out = Vec::with_capacity(n);
+    for _ in 0..n {
+        let start = Instant::now();
+        let response = client
+            .get(url)
+            .send()
+            .await
+            .map_err(|e| format!("GET {url}: {e}"))?;
+        let status = response.status();
+        let body = response
+            .bytes()
+            .await
+            .map_err(|e| format!("GET {url}: {e}"))?;
+        if !status.is_success() {
+            return Err(format!(
+                "GET {url}: {status} {}",
+                String::from_utf8_lossy(&body)
+            ));
+        }
+        out.push(ms(start.elapsed()));
+    }
+    Ok(out)
+}
+
+/// `n` GETs of `url` from `clients` concurrent clients: requests per second.
+async fn http_rate(url: &str, clients: usize, n: usize) -> Result<f64, String> {
+    let client = reqwest::Client::new();
+    let start = Instant::now();
+    let mut tasks = Vec::new();
+    for _ in 0..clients {
+        let (client, url) = (client.clone(), url.to_owned());
+        tasks.push(tokio::spawn(async move {
+            http_gets(&client, &url, n / clients).await
+        }));
+    }
+    for t in tasks {
+        t.await.map_err(|e| e.to_string())??;
+    }
+    Ok((n / clients * clients) as f64 / start.elapsed().as_secs_f64())
+}
+
+/// The port a service's instance listens on, from the server's log of its start.
+fn instance_port(server: &Server, instance: &str) -> Result<u16, String> {
+    server
+        .log()
+        .lines()
+        .filter(|l| l.contains("process started") && l.contains(&format!("instance={instance}")))
+        .find_map(|l| {
+            let at = l.find("port=Some(")? + "port=Some(".len();
+            l[at..].split(')').next()?.parse().ok()
+        })
+        .ok_or_else(|| format!("no start of instance {instance} in the server's log"))
+}
+
+/// The ingress (issue 12): a warm proxied request next to the same request
+/// straight to the instance, requests/s both ways, and the cold first
+/// request next to spawning the process to ready.
+async fn ingress_part(
+    b: &mut Bench,
+    echo: &Path,
+    echo_cmd: &str,
+    report: &mut Report,
+) -> Result<(), String> {
+    const N: usize = 2000;
+    const RATE_N: usize = 8000;
+    const CLIENTS: usize = 16;
+    create(
+        &b.server,
+        "web",
+        &[
+            "--min-instances",
+            "1",
+            "--max-instances",
+            "1",
+            "--concurrency",
+            "64",
+            "--idle-timeout",
+            "1h",
+        ],
+        &["--command", echo_cmd, "--workdir", "/tmp"],
+    )?;
+    let client = reqwest::Client::new();
+    let via = format!("{}/bench-web/x", b.server.ingress());
+    let first = client
+        .get(&via)
+        .send()
+        .await
+        .map_err(|e| e.to_string())?
+        .json::<Value>()
+        .await
+        .map_err(|e| e.to_string())?;
+    let instance = first["instance"]
+        .as_str()
+        .ok_or("no instance in the answer")?;
+    let direct = format!(
+        "http://127.0.0.1:{}/bench-web/x",
+        instance_port(&b.server, instance)?
+    );
+    http_gets(&client, &direct, 100).await?;
+    http_gets(&client, &via, 100).await?;
+    let (mut floor, mut proxied) = (Vec::new(), Vec::new());
+    for _ in 0..N / 100 {
+        floor.extend(http_gets(&client, &direct, 100).await?);
+        proxied.extend(http_gets(&client, &via, 100).await?);
+    }
+    for (name, p, target) in [("p50", 50.0, 0.5), ("p99", 99.0, 2.0)] {
+        let (v, f) = (percentile(&proxied, p), percentile(&floor, p));
+        report.row(
+            &format!("warm HTTP via ingress {name}"),
+            fmt_ms(v),
+            fmt_ms(f),
+            format!("overhead {:+.3} ms", v - f),
+            format!("≤ +{target} ms"),
+        );
+    }
+    // Alternating rounds, so that drift affects both alike.
+    let (mut direct_rates, mut via_rates) = (Vec::new(), Vec::new());
+    for _ in 0..2 {
+        direct_rates.push(http_rate(&direct, CLIENTS, RATE_N / 2).await?);
+        via_rates.push(http_rate(&via, CLIENTS, RATE_N / 2).await?);
+    }
+    let mean = |v: &[f64]| v.iter().sum::<f64>() / v.len() as f64;
+    let (rate_via, rate_direct) = (mean(&via_rates), mean(&direct_rates));
+    report.row(
+        "HTTP requests/s via ingress",
+        format!("{rate_via:.0}/s"),
+        format!("{rate_direct:.0}/s"),
+        format!("{:.0}% of direct", 100.0 * rate_via / rate_direct),
+        "≥ 80%".into(),
+    );
+    // Cold: from zero to the first answer, next to spawning it to ready.
+    create(
+        &b.server,
+        "webcold",
+        &["--idle-timeout", "1s"],
+        &["--command", echo_cmd, "--workdir", "/tmp"],
+    )?;
+    let cold_url = format!("{}/bench-webcold/x", b.server.ingress());
+    http_gets(&client, &cold_url, 1).await?;
+    let mut cold = Vec::new();
+    let mut spawn = Vec::new();
+    for _ in 0..COLD_N {
+        let stops = b.server.log().matches("stopping idle instance").count();
+        wait_idle_stop(&b.server, stops).await?;
+        cold.extend(http_gets(&client, &cold_url, 1).await?);
+        spawn.push(spawn_to_ready(echo)?);
+    }
+    let warm50 = percentile(&floor, 50.0);
+    let (cold50, floor50) = (percentile(&cold, 50.0), percentile(&spawn, 50.0) + warm50);
+    report.row(
+        "cold first HTTP request p50",
+        fmt_ms(cold50),
+        fmt_ms(floor50),
+        format!("overhead {:+.2} ms", cold50 - floor50),
+        "≤ +50 ms".into(),
+    );
+    report.json.insert("ingress".into(), json!({
+        "warm_ms": {"p50": percentile(&proxied, 50.0), "p99": percentile(&proxied, 99.0), "direct_p50": percentile(&floor, 50.0), "direct_p99": percentile(&floor, 99.0), "target_overhead_p50": 0.5, "target_overhead_p99": 2.0},
+        "requests_per_s": {"via": rate_via, "direct": rate_direct, "rounds_via": via_rates, "rounds_direct": direct_rates, "target_ratio": 0.8},
+        "cold_first_request_ms": {"p50": cold50, "samples": cold, "floor_p50": floor50, "spawn_to_ready_p50": percentile(&spawn, 50.0), "target_overhead_p50": 50.0},
+    }));
+    Ok(())
 }
 
 /// What every part measures against: the platform, an asker and the bare
@@ -1902,6 +2071,15 @@ async fn main() {
                     guarded(broker_part(&b, &mut report)).await
                 };
                 report.settle("the broker alone", "broker", outcome);
+            }
+            if wanted("ingress") {
+                let outcome = match (&echo, &echo_cmd) {
+                    (Ok(echo), Ok(cmd)) => {
+                        guarded(ingress_part(&mut b, echo, cmd, &mut report)).await
+                    }
+                    (Err(e), _) | (_, Err(e)) => Err(e.clone()),
+                };
+                report.settle("the ingress", "ingress", outcome);
             }
             if wanted("memory") {
                 let outcome = guarded(memory_part(&b, &mut report)).await;

@@ -69,6 +69,13 @@ pub struct ServerArgs {
     /// [default: 127.0.0.1:8080].
     #[arg(long, env = "ROUSE_INGRESS_LISTEN")]
     pub ingress_listen: Option<SocketAddr>,
+    /// The ingress's certificate chain, a PEM file: it serves HTTPS (with
+    /// --tls-key).
+    #[arg(long, env = "ROUSE_TLS_CERT")]
+    pub tls_cert: Option<PathBuf>,
+    /// The private key of --tls-cert, a PEM file.
+    #[arg(long, env = "ROUSE_TLS_KEY")]
+    pub tls_key: Option<PathBuf>,
     /// GitHub's REST API, for commit statuses [default: https://api.github.com].
     #[arg(long, env = "ROUSE_GITHUB_API_URL")]
     pub github_api_url: Option<String>,

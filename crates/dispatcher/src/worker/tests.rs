@@ -397,6 +397,7 @@ impl Harness {
         let runtime = FakeRuntime::new(cold_start, hold);
         let publisher = Arc::new(FakePublisher::default());
         let ledger: Arc<dyn Ledger> = Arc::new(OffClock(store.clone()));
+        let metrics = Arc::new(crate::metrics::Metrics::default());
         let ctx = Arc::new(Context {
             config: DispatcherConfig {
                 network_topic: "octue.services".into(),
@@ -408,7 +409,8 @@ impl Harness {
                 resync_interval: DispatcherConfig::DEFAULT_RESYNC,
             },
             store: ledger.clone(),
-            replier: Replier::new(publisher.clone(), ledger),
+            replier: Replier::new(publisher.clone(), ledger, metrics.clone()),
+            metrics,
             http: reqwest::Client::new(),
             launcher: Launcher {
                 process: runtime.clone(),
