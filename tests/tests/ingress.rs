@@ -434,3 +434,64 @@ async fn the_ingress_serves_https_with_a_given_certificate() {
         .await;
     assert!(plain.is_err() || plain.is_ok_and(|r| r.status() != 200));
 }
+
+/// Bad requests are bounded: a declared body over the limit → 413 at once;
+/// an oversized head → 431; a client that
+/// never finishes its head is disconnected; the ingress goes on serving.
+#[tokio::test]
+async fn oversized_and_slow_requests_are_refused() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let emulator = Emulator::start();
+    let data = tempfile::tempdir().expect("tempdir");
+    let server = Server::start(&emulator, data.path(), &[]);
+    server.allow_anonymous_askers("p");
+    echo_service(&server, "bounded", &[]);
+    let ingress = server.ingress().to_owned();
+    let url = format!("{ingress}/p-bounded/upload");
+    let http = reqwest::Client::new();
+
+    // A declared body over the limit: 413 before any of it is read.
+    let addr = ingress.trim_start_matches("http://").to_owned();
+    let mut stream = tokio::net::TcpStream::connect(&addr)
+        .await
+        .expect("connect");
+    stream
+        .write_all(
+            format!(
+                "POST /p-bounded/upload HTTP/1.1\r\nHost: x\r\nContent-Length: {}\r\nConnection: close\r\n\r\n",
+                33 * 1024 * 1024
+            )
+            .as_bytes(),
+        )
+        .await
+        .expect("write");
+    let mut answer = Vec::new();
+    let _ = tokio::time::timeout(Duration::from_secs(30), stream.read_to_end(&mut answer)).await;
+    let answer = String::from_utf8_lossy(&answer);
+    assert!(answer.starts_with("HTTP/1.1 413"), "{answer}");
+    assert!(answer.contains("32 MiB"), "{answer}");
+
+    let huge = http
+        .get(&url)
+        .header("x-padding", "y".repeat(100 * 1024))
+        .send()
+        .await
+        .expect("an answer");
+    assert_eq!(huge.status().as_u16(), 431);
+
+    let mut slow = tokio::net::TcpStream::connect(&addr)
+        .await
+        .expect("connect");
+    slow.write_all(b"GET /p-bounded/ HTTP/1.1\r\nHost: x\r\n")
+        .await
+        .expect("write");
+    let mut rest = Vec::new();
+    let read = tokio::time::timeout(Duration::from_secs(20), slow.read_to_end(&mut rest)).await;
+    assert!(
+        read.is_ok(),
+        "a half-sent request head kept its connection for 20 s"
+    );
+
+    let fine = get(&http, &format!("{ingress}/p-bounded/"), None).await;
+    assert_eq!(fine.status, 200, "{}", fine.text);
+}

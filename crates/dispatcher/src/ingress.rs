@@ -67,6 +67,15 @@ struct Ingress {
 
 /// How long a client has to finish the TLS handshake.
 const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
+/// How long a client has to send a request's head (slowloris).
+const HEADER_TIMEOUT: Duration = Duration::from_secs(10);
+/// The largest request head read (headers and request line), as hyper
+/// buffers it: beyond it, 431.
+const MAX_HEAD_BYTES: usize = 64 * 1024;
+/// The largest request body passed on (Cloud Run's HTTP/1 limit): a
+/// larger declared length is answered 413 at once, a longer stream is cut
+/// off with 413.
+pub const MAX_BODY_BYTES: u64 = 32 * 1024 * 1024;
 
 /// The ingress's TLS: a certificate chain and its private key, PEM files
 /// (`--tls-cert`, `--tls-key`). Errors name the file and what is wrong.
@@ -126,15 +135,7 @@ pub(crate) async fn serve(
             client,
             scheme,
         });
-    let Some(tls) = tls else {
-        return axum::serve(
-            listener,
-            router.into_make_service_with_connect_info::<SocketAddr>(),
-        )
-        .with_graceful_shutdown(shutdown.cancelled_owned())
-        .await;
-    };
-    let acceptor = tokio_rustls::TlsAcceptor::from(tls);
+    let acceptor = tls.map(tokio_rustls::TlsAcceptor::from);
     loop {
         let (stream, peer) = tokio::select! {
             () = shutdown.cancelled() => return Ok(()),
@@ -151,14 +152,6 @@ pub(crate) async fn serve(
         let _ = stream.set_nodelay(true);
         let (acceptor, router, shutdown) = (acceptor.clone(), router.clone(), shutdown.clone());
         tokio::spawn(async move {
-            let tls = match tokio::time::timeout(HANDSHAKE_TIMEOUT, acceptor.accept(stream)).await {
-                Ok(Ok(tls)) => tls,
-                Ok(Err(e)) => {
-                    tracing::debug!(%peer, error = %e, "a TLS handshake failed");
-                    return;
-                }
-                Err(_) => return,
-            };
             let service =
                 hyper::service::service_fn(move |mut request: Request<hyper::body::Incoming>| {
                     request.extensions_mut().insert(ConnectInfo(peer));
@@ -168,12 +161,46 @@ pub(crate) async fn serve(
                         router.call(request.map(Body::new)).await
                     }
                 });
-            let builder = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new());
-            let connection =
-                builder.serve_connection_with_upgrades(hyper_util::rt::TokioIo::new(tls), service);
-            tokio::select! {
-                _ = connection => {}
-                () = shutdown.cancelled() => {}
+            let mut builder = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new());
+            // A client that sends its request head slowly (slowloris) is
+            // cut off; an oversized head is answered 431 by hyper.
+            builder
+                .http1()
+                .timer(hyper_util::rt::TokioTimer::new())
+                .header_read_timeout(HEADER_TIMEOUT)
+                .max_buf_size(MAX_HEAD_BYTES);
+            let served = match acceptor {
+                Some(acceptor) => {
+                    let tls = match tokio::time::timeout(HANDSHAKE_TIMEOUT, acceptor.accept(stream))
+                        .await
+                    {
+                        Ok(Ok(tls)) => tls,
+                        Ok(Err(e)) => {
+                            tracing::debug!(%peer, error = %e, "a TLS handshake failed");
+                            return;
+                        }
+                        Err(_) => return,
+                    };
+                    let connection = builder
+                        .serve_connection_with_upgrades(hyper_util::rt::TokioIo::new(tls), service);
+                    tokio::select! {
+                        served = connection => served,
+                        () = shutdown.cancelled() => Ok(()),
+                    }
+                }
+                None => {
+                    let connection = builder.serve_connection_with_upgrades(
+                        hyper_util::rt::TokioIo::new(stream),
+                        service,
+                    );
+                    tokio::select! {
+                        served = connection => served,
+                        () = shutdown.cancelled() => Ok(()),
+                    }
+                }
+            };
+            if let Err(e) = served {
+                tracing::debug!(%peer, error = %e, "an ingress connection ended");
             }
         });
     }
@@ -274,6 +301,14 @@ async fn serve_service(
                 "service `{root}` is run by another dispatcher; send its requests to that dispatcher's ingress"
             ),
         );
+    }
+    let declared = request
+        .headers()
+        .get(header::CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.parse::<u64>().ok());
+    if declared.is_some_and(|n| n > MAX_BODY_BYTES) {
+        return too_large(root);
     }
     let split_key = uuid::Uuid::new_v4().to_string();
     let tx = match found.lane(tag, &split_key) {
@@ -433,6 +468,10 @@ async fn proxy(
         );
     };
     let (mut parts, body) = request.into_parts();
+    let body = Body::new(http_body_util::Limited::new(
+        body,
+        usize::try_from(MAX_BODY_BYTES).unwrap_or(usize::MAX),
+    ));
     let path_and_query = parts
         .uri
         .path_and_query()
@@ -470,6 +509,7 @@ async fn proxy(
             });
             Response::from_parts(parts, body)
         }
+        Ok(Err(e)) if body_too_long(&e) => too_large(root),
         Ok(Err(e)) => plain(
             StatusCode::BAD_GATEWAY,
             format!("the instance of `{root}` could not be reached: {e}"),
@@ -482,6 +522,28 @@ async fn proxy(
             ),
         ),
     }
+}
+
+fn too_large(root: &str) -> Response<Body> {
+    plain(
+        StatusCode::PAYLOAD_TOO_LARGE,
+        format!(
+            "the request body for `{root}` is larger than the ingress passes on ({} MiB)",
+            MAX_BODY_BYTES / (1024 * 1024)
+        ),
+    )
+}
+
+/// Whether sending failed because the body went past [`MAX_BODY_BYTES`].
+fn body_too_long(e: &(dyn std::error::Error + 'static)) -> bool {
+    let mut cause = Some(e);
+    while let Some(c) = cause {
+        if c.is::<http_body_util::LengthLimitError>() {
+            return true;
+        }
+        cause = c.source();
+    }
+    false
 }
 
 fn strip_hop_by_hop(headers: &mut HeaderMap) {
