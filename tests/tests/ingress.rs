@@ -225,28 +225,30 @@ async fn services_behind_one_port_wake_on_their_first_request_for_allowed_caller
     }
     promtool_accepts(&metrics.text);
 
-    // Audited: the anonymous refusal and the grants.
-    let audit = server
-        .rouse(&["audit", "list", "--limit", "500", "--format", "json"])
-        .json();
-    let http_entries: Vec<&Value> = audit
-        .as_array()
-        .into_iter()
-        .flatten()
-        .filter(|e| e["action"] == "http")
-        .collect();
-    assert!(
-        http_entries
+    // Audited: the anonymous refusal and the grants (grants are written
+    // just after their requests).
+    wait_until(Duration::from_secs(10), "the requests audited", || {
+        let audit = server
+            .rouse(&["audit", "list", "--limit", "500", "--format", "json"])
+            .json();
+        let http_entries: Vec<&Value> = audit
+            .as_array()
+            .into_iter()
+            .flatten()
+            .filter(|e| e["action"] == "http")
+            .collect();
+        let denied = http_entries
             .iter()
-            .any(|e| e["decision"] == "denied" && e["principal"] == "anonymous"),
-        "{audit}"
-    );
-    assert!(
-        http_entries.iter().any(
-            |e| e["decision"] == "granted" && e["principal"] == "serviceAccount:caller@p.rouse"
-        ),
-        "{audit}"
-    );
+            .any(|e| e["decision"] == "denied" && e["principal"] == "anonymous");
+        let granted = http_entries.iter().any(|e| {
+            e["decision"] == "granted" && e["principal"] == "serviceAccount:caller@p.rouse"
+        });
+        match denied && granted {
+            true => Ok(()),
+            false => Err(format!("denied {denied}, granted {granted}: {audit}")),
+        }
+    })
+    .await;
 }
 
 /// 200 requests at once to a service at zero with `max_instances 3,

@@ -35,7 +35,7 @@ use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::rt::TokioExecutor;
 use rouse_authz::decision_entry;
 use rouse_iam::{Permission, Resource};
-use rouse_store::AuditDecision;
+use rouse_store::{AuditDecision, AuditEntry};
 use tokio::sync::oneshot;
 use tokio_util::sync::CancellationToken;
 
@@ -61,6 +61,8 @@ const HOP_BY_HOP: [&str; 8] = [
 struct Ingress {
     shared: Arc<Shared>,
     client: Client<HttpConnector, Body>,
+    /// Grants to audit, written off the request's path (see [`write_audits`]).
+    audits: tokio::sync::mpsc::Sender<AuditEntry>,
     /// `https` behind TLS, else `http` (for `X-Forwarded-Proto`).
     scheme: &'static str,
 }
@@ -127,14 +129,48 @@ pub(crate) async fn serve(
         .pool_idle_timeout(Duration::from_secs(30))
         .build(connector);
     let scheme = if tls.is_some() { "https" } else { "http" };
+    let (audits, pending) = tokio::sync::mpsc::channel(AUDIT_QUEUE);
+    let writer = tokio::spawn(write_audits(shared.clone(), pending));
     let router = axum::Router::new()
         .route("/metrics", axum::routing::get(metrics))
         .fallback(handle)
         .with_state(Ingress {
             shared,
             client,
+            audits,
             scheme,
         });
+    let served = accept(listener, tls, router, shutdown).await;
+    // Every connection has ended with the shutdown, and with them every
+    // sender: the last grants are written before the ingress is done.
+    let _ = writer.await;
+    served
+}
+
+/// Grants waiting to be written, at most; beyond it requests wait.
+const AUDIT_QUEUE: usize = 4096;
+/// Grants written at once (one group commit on SQLite).
+const AUDIT_BATCH: usize = 256;
+
+/// Writes audited grants as they come, a batch at a time, until every
+/// sender is gone. A request does not wait for its grant's write (a store
+/// write per request would bound the ingress by the store), only for room
+/// in the queue.
+async fn write_audits(shared: Arc<Shared>, mut pending: tokio::sync::mpsc::Receiver<AuditEntry>) {
+    let mut batch = Vec::with_capacity(AUDIT_BATCH);
+    while pending.recv_many(&mut batch, AUDIT_BATCH).await > 0 {
+        let writes = batch.drain(..).map(|entry| shared.authority.audit(entry));
+        futures::future::join_all(writes).await;
+    }
+}
+
+/// Serves connections on `listener` until `shutdown`.
+async fn accept(
+    listener: tokio::net::TcpListener,
+    tls: Option<Arc<rustls::ServerConfig>>,
+    router: axum::Router,
+    shutdown: CancellationToken,
+) -> std::io::Result<()> {
     let acceptor = tls.map(tokio_rustls::TlsAcceptor::from);
     loop {
         let (stream, peer) = tokio::select! {
@@ -289,9 +325,8 @@ async fn serve_service(
     tag: Option<&str>,
     found: crate::table::Found,
 ) -> Response<Body> {
-    let shared = &ingress.shared;
     let resource = Resource::Service(found.project.clone(), found.name.clone());
-    if let Err(refused) = authorize(shared, request.headers(), &resource, &found).await {
+    if let Err(refused) = authorize(ingress, request.headers(), &resource, &found).await {
         return refused;
     }
     if !found.owned {
@@ -385,11 +420,12 @@ fn refused_lease(root: &str, e: LeaseError) -> Response<Body> {
 /// Whether the request's caller may call the service, audited. `Err` is
 /// the answer when not.
 async fn authorize(
-    shared: &Shared,
+    ingress: &Ingress,
     headers: &HeaderMap,
     resource: &Resource,
     found: &crate::table::Found,
 ) -> Result<(), Response<Body>> {
+    let shared = &ingress.shared;
     let snapshot = shared.authority.snapshot();
     let permission = Permission::ServicesAsk;
     let authorization = headers
@@ -407,7 +443,9 @@ async fn authorize(
     let mut entry = decision_entry(&caller, "http", resource, permission, &decision);
     match (decision, token_error) {
         (Ok(_), _) => {
-            shared.authority.audit(entry).await;
+            if let Err(refused) = ingress.audits.send(entry).await {
+                shared.authority.audit(refused.0).await;
+            }
             Ok(())
         }
         (Err(denied), Some(token_error)) => {

@@ -154,6 +154,8 @@ pub struct Worker {
     undelivered: HashMap<Key, u32>,
     /// HTTP requests waiting for an instance, oldest first.
     http_waiting: VecDeque<oneshot::Sender<Result<HttpLease, LeaseError>>>,
+    /// Queue depth and instances as last reported to the metrics.
+    gauges: (usize, usize),
     next_slot: u64,
     internal_tx: mpsc::UnboundedSender<Internal>,
     internal_rx: mpsc::UnboundedReceiver<Internal>,
@@ -178,6 +180,8 @@ impl Worker {
             running: HashMap::new(),
             undelivered: HashMap::new(),
             http_waiting: VecDeque::new(),
+            // Reported at the first look, whatever it finds.
+            gauges: (usize::MAX, usize::MAX),
             next_slot: 1,
             internal_tx,
             internal_rx,
@@ -481,11 +485,13 @@ impl Worker {
             .collect();
         // A request whose client went away while it waited wants nothing.
         self.http_waiting.retain(|w| !w.is_closed());
-        self.ctx.metrics.gauges(
-            &self.service.qualified_name(),
-            self.queue.len() + self.http_waiting.len(),
-            self.slots.len(),
-        );
+        let gauges = (self.queue.len() + self.http_waiting.len(), self.slots.len());
+        if gauges != self.gauges {
+            self.gauges = gauges;
+            self.ctx
+                .metrics
+                .gauges(&self.service.qualified_name(), gauges.0, gauges.1);
+        }
         let decision = scale::decide(
             &self.service.scaling,
             revision.mode,
