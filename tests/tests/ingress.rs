@@ -158,6 +158,10 @@ async fn services_behind_one_port_wake_on_their_first_request_for_allowed_caller
         cold["path"], "/p-web/hello?x=1",
         "the path is passed on whole"
     );
+    assert_eq!(
+        cold["authorization"], false,
+        "the caller's Rouse token stays at the ingress"
+    );
     assert_eq!(cold["forwarded"]["x-forwarded-for"], "127.0.0.1", "{cold}");
     assert_eq!(cold["forwarded"]["x-forwarded-proto"], "http", "{cold}");
     assert!(
@@ -266,6 +270,15 @@ async fn a_burst_of_requests_wakes_at_most_max_instances() {
         &["--max-instances", "3", "--concurrency", "4"],
     );
     let http = reqwest::Client::new();
+    // A public service's own credentials (not a Rouse token) pass through.
+    let own = get(
+        &http,
+        &format!("{}/p-burst/login", server.ingress()),
+        Some("the-service-s-own-token"),
+    )
+    .await;
+    assert_eq!(own.status, 200, "{}", own.text);
+    assert_eq!(own.json()["authorization"], true);
     let url = format!("{}/p-burst/work?sleep_ms=50", server.ingress());
     let mut requests = Vec::new();
     for _ in 0..200 {

@@ -326,8 +326,15 @@ async fn serve_service(
     found: crate::table::Found,
 ) -> Response<Body> {
     let resource = Resource::Service(found.project.clone(), found.name.clone());
-    if let Err(refused) = authorize(ingress, request.headers(), &resource, &found).await {
-        return refused;
+    let mut request = request;
+    match authorize(ingress, request.headers(), &resource, &found).await {
+        Err(refused) => return refused,
+        // The caller's Rouse token is the ingress's to check, not the
+        // service's to keep: an API token could call the API as the caller.
+        Ok(Credential::Rouse) => {
+            request.headers_mut().remove(header::AUTHORIZATION);
+        }
+        Ok(Credential::None | Credential::Foreign) => {}
     }
     if !found.owned {
         return plain(
@@ -417,6 +424,15 @@ fn refused_lease(root: &str, e: LeaseError) -> Response<Body> {
     }
 }
 
+/// What a request's `Authorization` header held.
+enum Credential {
+    None,
+    /// A Rouse token, verified: removed before the request is passed on.
+    Rouse,
+    /// Something else (a public service's own scheme): passed on as is.
+    Foreign,
+}
+
 /// Whether the request's caller may call the service, audited. `Err` is
 /// the answer when not.
 async fn authorize(
@@ -424,7 +440,7 @@ async fn authorize(
     headers: &HeaderMap,
     resource: &Resource,
     found: &crate::table::Found,
-) -> Result<(), Response<Body>> {
+) -> Result<Credential, Response<Body>> {
     let shared = &ingress.shared;
     let snapshot = shared.authority.snapshot();
     let permission = Permission::ServicesAsk;
@@ -442,11 +458,15 @@ async fn authorize(
     let decision = snapshot.check(&caller, permission, resource, now);
     let mut entry = decision_entry(&caller, "http", resource, permission, &decision);
     match (decision, token_error) {
-        (Ok(_), _) => {
+        (Ok(_), token_error) => {
             if let Err(refused) = ingress.audits.send(entry).await {
                 shared.authority.audit(refused.0).await;
             }
-            Ok(())
+            Ok(match (authorization, token_error) {
+                (None, _) => Credential::None,
+                (Some(_), None) => Credential::Rouse,
+                (Some(_), Some(_)) => Credential::Foreign,
+            })
         }
         (Err(denied), Some(token_error)) => {
             entry.principal = "unauthenticated".into();

@@ -146,7 +146,8 @@ pub struct Worker {
     /// Cancelled when the service is deleted or the dispatcher stops.
     stop: CancellationToken,
     service: Service,
-    revision: Option<Revision>,
+    /// Shared, so that each turn of the loop takes it without a copy.
+    revision: Option<Arc<Revision>>,
     queue: VecDeque<Execution>,
     slots: HashMap<u64, Slot>,
     running: HashMap<Key, Running>,
@@ -174,7 +175,7 @@ impl Worker {
             ctx,
             stop,
             service,
-            revision,
+            revision: revision.map(Arc::new),
             queue: VecDeque::new(),
             slots: HashMap::new(),
             running: HashMap::new(),
@@ -238,7 +239,7 @@ impl Worker {
                     // api) may have made a revision serve since the last
                     // re-read: the store decides, not a stale table.
                     match self.ctx.store.serving_revision(self.service.uuid).await {
-                        Ok(revision) => self.revision = revision,
+                        Ok(revision) => self.revision = revision.map(Arc::new),
                         Err(e) => {
                             tracing::warn!(service = %self.service.qualified_name(), error = %e, "cannot read the serving revision")
                         }
@@ -260,7 +261,7 @@ impl Worker {
             WorkerMsg::Update(service, revision) => {
                 self.service = *service;
                 if let Some(r) = revision {
-                    self.revision = Some(*r);
+                    self.revision = Some(Arc::new(*r));
                 }
             }
             WorkerMsg::Cancel {
@@ -273,7 +274,7 @@ impl Worker {
             WorkerMsg::Http(reply) => {
                 if self.revision.is_none() {
                     match self.ctx.store.serving_revision(self.service.uuid).await {
-                        Ok(revision) => self.revision = revision,
+                        Ok(revision) => self.revision = revision.map(Arc::new),
                         Err(e) => {
                             tracing::warn!(service = %self.service.qualified_name(), error = %e, "cannot read the serving revision")
                         }

@@ -12,7 +12,8 @@
 //! - **HTTP service**: any request under `$CONTEXT_ROOT` (`/<project>-<service>`,
 //!   set by Rouse; the ingress routes by it) answers `200` with a JSON
 //!   description of what arrived: method, path, the `X-Forwarded-*`
-//!   headers, the body's length and the instance's name. `?sleep_ms=N`
+//!   headers, whether an `Authorization` header came, the body's length
+//!   and the instance's name. `?sleep_ms=N`
 //!   answers after N ms.
 //! - **job mode**: `echo --attributes <json> --input-values <json>` prints
 //!   `{"echo": <input_values>}` as one JSON line and exits 0.
@@ -151,6 +152,8 @@ struct Request {
     path: String,
     /// `X-Forwarded-*` headers, lower-cased names.
     forwarded: Vec<(String, String)>,
+    /// Whether an `Authorization` header came.
+    authorization: bool,
     body: Vec<u8>,
     /// The client asked to close the connection after this request.
     close: bool,
@@ -213,6 +216,7 @@ fn read_request(reader: &mut impl BufRead) -> Result<Option<Request>, String> {
     let mut close = line.trim_end().ends_with("HTTP/1.0");
     let mut content_length = 0usize;
     let mut forwarded = Vec::new();
+    let mut authorization = false;
     let mut head_bytes = line.len();
     loop {
         line.clear();
@@ -235,6 +239,8 @@ fn read_request(reader: &mut impl BufRead) -> Result<Option<Request>, String> {
                 .map_err(|_| format!("bad Content-Length `{value}`"))?;
         } else if name.eq_ignore_ascii_case("connection") {
             close = value.eq_ignore_ascii_case("close");
+        } else if name.eq_ignore_ascii_case("authorization") {
+            authorization = true;
         } else if name.to_ascii_lowercase().starts_with("x-forwarded-") {
             forwarded.push((name.to_ascii_lowercase(), value.to_owned()));
         }
@@ -250,6 +256,7 @@ fn read_request(reader: &mut impl BufRead) -> Result<Option<Request>, String> {
         method,
         path,
         forwarded,
+        authorization,
         body,
         close,
     }))
@@ -308,6 +315,7 @@ fn described(request: &Request, instance: &str) -> Response {
             "method": request.method,
             "path": request.path,
             "forwarded": forwarded,
+            "authorization": request.authorization,
             "body_bytes": request.body.len(),
             "instance": instance,
         })
