@@ -510,3 +510,52 @@ async fn oversized_and_slow_requests_are_refused() {
     let fine = get(&http, &format!("{ingress}/p-bounded/"), None).await;
     assert_eq!(fine.status, 200, "{}", fine.text);
 }
+
+/// An upgrade (what a WebSocket handshake is) passes through the ingress:
+/// the instance's `101` reaches the client and bytes flow both ways on the
+/// joined connection until the client closes; the ingress goes on serving.
+#[tokio::test]
+async fn an_upgraded_connection_is_joined_through_to_the_instance() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let emulator = Emulator::start();
+    let data = tempfile::tempdir().expect("tempdir");
+    let server = Server::start(&emulator, data.path(), &[]);
+    server.allow_anonymous_askers("p");
+    echo_service(&server, "live", &[]);
+    let addr = server.ingress().trim_start_matches("http://").to_owned();
+    let mut stream = tokio::net::TcpStream::connect(&addr)
+        .await
+        .expect("connect");
+    stream
+        .write_all(b"GET /p-live/socket HTTP/1.1\r\nHost: x\r\nConnection: Upgrade\r\nUpgrade: rouse-echo\r\n\r\n")
+        .await
+        .expect("write");
+    let mut head = Vec::new();
+    let mut byte = [0u8; 1];
+    while !head.ends_with(b"\r\n\r\n") {
+        let n = tokio::time::timeout(ANSWER_WAIT, stream.read(&mut byte))
+            .await
+            .expect("an answer in time")
+            .expect("read");
+        assert_eq!(n, 1, "closed after {:?}", String::from_utf8_lossy(&head));
+        head.push(byte[0]);
+    }
+    let head = String::from_utf8_lossy(&head).to_ascii_lowercase();
+    assert!(head.starts_with("http/1.1 101"), "{head}");
+    assert!(head.contains("upgrade: rouse-echo"), "{head}");
+    for message in [&b"ping"[..], b"a longer message, twice over"] {
+        stream.write_all(message).await.expect("write");
+        let mut back = vec![0u8; message.len()];
+        tokio::time::timeout(ANSWER_WAIT, stream.read_exact(&mut back))
+            .await
+            .expect("echoed in time")
+            .expect("read");
+        assert_eq!(back, message);
+    }
+    drop(stream);
+    let http = reqwest::Client::new();
+    let after = get(&http, &format!("{}/p-live/", server.ingress()), None).await;
+    assert_eq!(after.status, 200, "{}", after.text);
+}
+
+const ANSWER_WAIT: Duration = Duration::from_secs(30);

@@ -67,6 +67,12 @@ struct Ingress {
     scheme: &'static str,
 }
 
+/// How long a request for a service this dispatcher does not run (yet)
+/// waits for it to take the service: a new service is taken within a
+/// lease renewal.
+const OWNERSHIP_WAIT: Duration = Duration::from_secs(4);
+/// How long a request for a service the table lacks waits for a re-read.
+const LOOKUP_WAIT: Duration = Duration::from_secs(1);
 /// How long a client has to finish the TLS handshake.
 const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
 /// How long a client has to send a request's head (slowloris).
@@ -299,7 +305,7 @@ async fn handle(
         );
     };
     let shared = &ingress.shared;
-    let Ok(found) = shared.table.lookup(Key::Root(root)) else {
+    let Some(found) = lookup(shared, root).await else {
         return plain(
             StatusCode::NOT_FOUND,
             format!(
@@ -314,6 +320,25 @@ async fn handle(
         .metrics
         .http_request(root.trim_start_matches('/'), response.status().as_u16());
     response
+}
+
+/// The service at `root`. One the table does not have (yet: created a
+/// moment ago, in another process, or being taken over here) has the
+/// registry re-read at once and is looked for again for up to
+/// [`LOOKUP_WAIT`], as intake does for a question.
+async fn lookup(shared: &Shared, root: &str) -> Option<crate::table::Found> {
+    if let Ok(found) = shared.table.lookup(Key::Root(root)) {
+        return Some(found);
+    }
+    shared.request_sync();
+    let deadline = tokio::time::Instant::now() + LOOKUP_WAIT;
+    while tokio::time::Instant::now() < deadline {
+        tokio::time::sleep(Duration::from_millis(20)).await;
+        if let Ok(found) = shared.table.lookup(Key::Root(root)) {
+            return Some(found);
+        }
+    }
+    None
 }
 
 /// A request for the service `found` (at `root`, `tag`).
@@ -336,13 +361,29 @@ async fn serve_service(
         }
         Ok(Credential::None | Credential::Foreign) => {}
     }
-    if !found.owned {
-        return plain(
-            StatusCode::SERVICE_UNAVAILABLE,
-            format!(
-                "service `{root}` is run by another dispatcher; send its requests to that dispatcher's ingress"
-            ),
-        );
+    // A service just created is in the table a moment before this
+    // dispatcher takes its lease; one another dispatcher runs stays theirs.
+    let mut found = found;
+    let deadline = tokio::time::Instant::now() + OWNERSHIP_WAIT.min(found.scaling.wake_timeout);
+    while !found.owned {
+        if tokio::time::Instant::now() >= deadline {
+            return plain(
+                StatusCode::SERVICE_UNAVAILABLE,
+                format!(
+                    "service `{root}` is run by another dispatcher; send its requests to that dispatcher's ingress"
+                ),
+            );
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+        match ingress.shared.table.lookup(Key::Uuid(found.uuid)) {
+            Ok(now) => found = now,
+            Err(_) => {
+                return plain(
+                    StatusCode::NOT_FOUND,
+                    format!("service `{root}` was deleted while the request waited"),
+                );
+            }
+        }
     }
     let declared = request
         .headers()
@@ -502,7 +543,7 @@ fn unauthorized(text: String) -> Response<Body> {
 /// Sends `request` to the lent instance and streams its answer back.
 async fn proxy(
     ingress: &Ingress,
-    request: Request<Body>,
+    mut request: Request<Body>,
     client: SocketAddr,
     lease: HttpLease,
     timeout: Duration,
@@ -525,6 +566,15 @@ async fn proxy(
             ),
         );
     };
+    // An upgrade (WebSocket, or any protocol the client and the service
+    // agree on): asked for with `Connection: upgrade`, passed on, and once
+    // the instance answers 101 the two connections are joined.
+    let upgrade = request
+        .headers()
+        .get(header::UPGRADE)
+        .filter(|_| wants_upgrade(request.headers()))
+        .cloned();
+    let client_side = upgrade.is_some().then(|| hyper::upgrade::on(&mut request));
     let (mut parts, body) = request.into_parts();
     let body = Body::new(http_body_util::Limited::new(
         body,
@@ -551,6 +601,12 @@ async fn proxy(
     };
     let host = parts.headers.get(header::HOST).cloned();
     strip_hop_by_hop(&mut parts.headers);
+    if let Some(protocol) = &upgrade {
+        parts
+            .headers
+            .insert(header::CONNECTION, HeaderValue::from_static("upgrade"));
+        parts.headers.insert(header::UPGRADE, protocol.clone());
+    }
     forwarded(&mut parts.headers, client, host, ingress.scheme);
     parts.uri = uri;
     parts.version = axum::http::Version::HTTP_11;
@@ -558,6 +614,11 @@ async fn proxy(
     let sent = tokio::time::timeout(timeout, ingress.client.request(upstream)).await;
     match sent {
         Ok(Ok(response)) => {
+            if let (StatusCode::SWITCHING_PROTOCOLS, Some(client_side), Some(protocol)) =
+                (response.status(), client_side, upgrade)
+            {
+                return switched(response, client_side, protocol, lease);
+            }
             let (mut parts, body) = response.into_parts();
             strip_hop_by_hop(&mut parts.headers);
             // The lease (the instance's slot) is held until the body is sent.
@@ -580,6 +641,48 @@ async fn proxy(
             ),
         ),
     }
+}
+
+/// Whether the request's `Connection` header asks for an upgrade.
+fn wants_upgrade(headers: &HeaderMap) -> bool {
+    headers
+        .get_all(header::CONNECTION)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(','))
+        .any(|t| t.trim().eq_ignore_ascii_case("upgrade"))
+}
+
+/// The instance switched protocols: answers the client 101 and, once both
+/// sides have switched, copies bytes both ways until either closes. The
+/// instance's slot is held for as long as the connection lasts.
+fn switched(
+    mut response: Response<hyper::body::Incoming>,
+    client_side: hyper::upgrade::OnUpgrade,
+    protocol: HeaderValue,
+    lease: HttpLease,
+) -> Response<Body> {
+    let instance_side = hyper::upgrade::on(&mut response);
+    tokio::spawn(async move {
+        let _lease = lease;
+        match tokio::join!(client_side, instance_side) {
+            (Ok(client), Ok(instance)) => {
+                let mut client = hyper_util::rt::TokioIo::new(client);
+                let mut instance = hyper_util::rt::TokioIo::new(instance);
+                let _ = tokio::io::copy_bidirectional(&mut client, &mut instance).await;
+            }
+            (Err(e), _) | (_, Err(e)) => {
+                tracing::debug!(error = %e, "an upgraded connection did not switch");
+            }
+        }
+    });
+    let (mut parts, _) = response.into_parts();
+    strip_hop_by_hop(&mut parts.headers);
+    parts
+        .headers
+        .insert(header::CONNECTION, HeaderValue::from_static("upgrade"));
+    parts.headers.insert(header::UPGRADE, protocol);
+    Response::from_parts(parts, Body::empty())
 }
 
 fn too_large(root: &str) -> Response<Body> {

@@ -87,7 +87,7 @@ pub struct Shared {
 
 impl Shared {
     /// Asks for the registry to be re-read from the store now.
-    fn request_sync(&self) {
+    pub(crate) fn request_sync(&self) {
         self.changes.services_changed();
     }
 }

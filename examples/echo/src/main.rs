@@ -14,7 +14,9 @@
 //!   description of what arrived: method, path, the `X-Forwarded-*`
 //!   headers, whether an `Authorization` header came, the body's length
 //!   and the instance's name. `?sleep_ms=N`
-//!   answers after N ms.
+//!   answers after N ms. A request asking to upgrade (`Connection: upgrade`,
+//!   `Upgrade: P`) is answered `101` and every byte sent after it is sent
+//!   back, until the client closes.
 //! - **job mode**: `echo --attributes <json> --input-values <json>` prints
 //!   `{"echo": <input_values>}` as one JSON line and exits 0.
 //!
@@ -154,6 +156,8 @@ struct Request {
     forwarded: Vec<(String, String)>,
     /// Whether an `Authorization` header came.
     authorization: bool,
+    /// The protocol of `Upgrade` when `Connection` asks for an upgrade.
+    upgrade: Option<String>,
     body: Vec<u8>,
     /// The client asked to close the connection after this request.
     close: bool,
@@ -171,6 +175,14 @@ fn handle(stream: TcpStream, instance: &str) {
     loop {
         let (response, keep_alive) = match read_request(&mut reader) {
             Ok(None) => return,
+            Ok(Some(request)) if request.upgrade.is_some() && under_context_root(&request.path) => {
+                echo_upgraded(
+                    &stream,
+                    reader,
+                    request.upgrade.as_deref().unwrap_or_default(),
+                );
+                return;
+            }
             Ok(Some(request)) => (route(&request, instance), !request.close),
             Err(reason) => (Response::text(400, reason), false),
         };
@@ -217,6 +229,7 @@ fn read_request(reader: &mut impl BufRead) -> Result<Option<Request>, String> {
     let mut content_length = 0usize;
     let mut forwarded = Vec::new();
     let mut authorization = false;
+    let (mut upgrade, mut upgrading) = (None, false);
     let mut head_bytes = line.len();
     loop {
         line.clear();
@@ -239,6 +252,11 @@ fn read_request(reader: &mut impl BufRead) -> Result<Option<Request>, String> {
                 .map_err(|_| format!("bad Content-Length `{value}`"))?;
         } else if name.eq_ignore_ascii_case("connection") {
             close = value.eq_ignore_ascii_case("close");
+            upgrading = value
+                .split(',')
+                .any(|t| t.trim().eq_ignore_ascii_case("upgrade"));
+        } else if name.eq_ignore_ascii_case("upgrade") {
+            upgrade = Some(value.to_owned());
         } else if name.eq_ignore_ascii_case("authorization") {
             authorization = true;
         } else if name.to_ascii_lowercase().starts_with("x-forwarded-") {
@@ -257,6 +275,7 @@ fn read_request(reader: &mut impl BufRead) -> Result<Option<Request>, String> {
         path,
         forwarded,
         authorization,
+        upgrade: upgrade.filter(|_| upgrading),
         body,
         close,
     }))
@@ -278,6 +297,31 @@ fn route(request: &Request, instance: &str) -> Response {
         (_, "/" | "/healthz") => Response::text(405, format!("{method} is not allowed on {path}")),
         _ if under_context_root(path) => described(request, instance),
         _ => Response::text(404, format!("no route for {path}")),
+    }
+}
+
+/// Switches to `protocol` and sends back every byte that comes, until the
+/// client closes.
+fn echo_upgraded(stream: &TcpStream, mut reader: BufReader<&TcpStream>, protocol: &str) {
+    use std::io::Read as _;
+    let mut out = stream;
+    let switched = format!(
+        "HTTP/1.1 101 Switching Protocols\r\nConnection: upgrade\r\nUpgrade: {protocol}\r\n\r\n"
+    );
+    if out.write_all(switched.as_bytes()).is_err() {
+        return;
+    }
+    let _ = stream.set_read_timeout(None);
+    let mut buf = [0u8; 8192];
+    loop {
+        match reader.read(&mut buf) {
+            Ok(0) | Err(_) => return,
+            Ok(n) => {
+                if out.write_all(&buf[..n]).and_then(|()| out.flush()).is_err() {
+                    return;
+                }
+            }
+        }
     }
 }
 
