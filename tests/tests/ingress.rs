@@ -219,7 +219,7 @@ async fn services_behind_one_port_wake_on_their_first_request_for_allowed_caller
         "rouse_http_requests_total{service=\"p-web\",code=\"403\"} 1",
         "rouse_cold_starts_total{service=\"p-web\"} 2",
         "rouse_cold_start_seconds_count{service=\"p-web\"} 2",
-        "rouse_queue_depth{service=\"p-web\"} 0",
+        "rouse_queue_depth{service=\"p-web\",revision=\"web-00001\"} 0",
     ] {
         assert!(
             metrics.text.contains(needle),

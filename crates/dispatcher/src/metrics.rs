@@ -8,8 +8,8 @@
 //! | `rouse_http_requests_total` | counter | service, code |
 //! | `rouse_cold_starts_total`, `rouse_cold_start_seconds` | counter, histogram (start asked → ready) | service |
 //! | `rouse_wake_failures_total` | counter | service |
-//! | `rouse_queue_depth` | gauge (questions and requests waiting) | service |
-//! | `rouse_instances` | gauge (starting or running) | service |
+//! | `rouse_queue_depth` | gauge (questions and requests waiting) | service, revision |
+//! | `rouse_instances` | gauge (starting or running) | service, revision |
 //! | `rouse_dispatcher_lag_seconds` | histogram (Pub/Sub accepted a question → recorded here) | - |
 
 use std::collections::HashMap;
@@ -162,14 +162,26 @@ impl Metrics {
         self.wake_failures.get_or_create(&service(name)).inc();
     }
 
-    pub(crate) fn gauges(&self, name: &str, queued: usize, instances: usize) {
-        let labels = service(name);
+    /// A worker's queue and instances; each revision's worker (the serving
+    /// one, and those tags or a split reach) reports its own.
+    pub(crate) fn gauges(&self, name: &str, revision: &str, queued: usize, instances: usize) {
+        let mut labels = service(name);
+        labels.push(("revision".to_owned(), revision.to_owned()));
         self.queue_depth
             .get_or_create(&labels)
             .set(i64::try_from(queued).unwrap_or(i64::MAX));
         self.instances
             .get_or_create(&labels)
             .set(i64::try_from(instances).unwrap_or(i64::MAX));
+    }
+
+    /// Drops the gauges a worker reported for `revision` (it runs another
+    /// one now, or stopped).
+    pub(crate) fn forget_gauges(&self, name: &str, revision: &str) {
+        let mut labels = service(name);
+        labels.push(("revision".to_owned(), revision.to_owned()));
+        self.queue_depth.remove(&labels);
+        self.instances.remove(&labels);
     }
 
     pub(crate) fn lag(&self, took: Duration) {

@@ -155,8 +155,10 @@ pub struct Worker {
     undelivered: HashMap<Key, u32>,
     /// HTTP requests waiting for an instance, oldest first.
     http_waiting: VecDeque<oneshot::Sender<Result<HttpLease, LeaseError>>>,
-    /// Queue depth and instances as last reported to the metrics.
+    /// Queue depth and instances as last reported to the metrics, and for
+    /// which revision.
     gauges: (usize, usize),
+    gauged: Option<String>,
     next_slot: u64,
     internal_tx: mpsc::UnboundedSender<Internal>,
     internal_rx: mpsc::UnboundedReceiver<Internal>,
@@ -183,6 +185,7 @@ impl Worker {
             http_waiting: VecDeque::new(),
             // Reported at the first look, whatever it finds.
             gauges: (usize::MAX, usize::MAX),
+            gauged: None,
             next_slot: 1,
             internal_tx,
             internal_rx,
@@ -487,11 +490,16 @@ impl Worker {
         // A request whose client went away while it waited wants nothing.
         self.http_waiting.retain(|w| !w.is_closed());
         let gauges = (self.queue.len() + self.http_waiting.len(), self.slots.len());
-        if gauges != self.gauges {
+        if gauges != self.gauges || self.gauged.as_deref() != Some(revision.name.as_str()) {
+            let name = self.service.qualified_name();
+            if let Some(old) = self.gauged.take().filter(|old| *old != revision.name) {
+                self.ctx.metrics.forget_gauges(&name, &old);
+            }
             self.gauges = gauges;
+            self.gauged = Some(revision.name.clone());
             self.ctx
                 .metrics
-                .gauges(&self.service.qualified_name(), gauges.0, gauges.1);
+                .gauges(&name, &revision.name, gauges.0, gauges.1);
         }
         let decision = scale::decide(
             &self.service.scaling,
@@ -914,6 +922,11 @@ impl Worker {
     /// Questions still queued or running stay recorded as unfinished, so a
     /// restart resumes them.
     async fn shutdown(&mut self) {
+        if let Some(revision) = self.gauged.take() {
+            self.ctx
+                .metrics
+                .forget_gauges(&self.service.qualified_name(), &revision);
+        }
         for (_, run) in self.running.drain() {
             run.task.abort();
         }
