@@ -417,6 +417,31 @@ impl Server {
         .json()
     }
 
+    /// Creates service account `<name>@<project>.rouse` with a key written
+    /// to `dir`; the key file.
+    pub fn service_account(&self, dir: &Path, project: &str, name: &str) -> PathBuf {
+        self.rouse(&[
+            "iam",
+            "service-accounts",
+            "create",
+            name,
+            "--project",
+            project,
+        ])
+        .ok();
+        let file = dir.join(format!("{name}.json"));
+        self.rouse(&[
+            "iam",
+            "service-accounts",
+            "keys",
+            "create",
+            file.to_str().expect("utf-8 path"),
+            &format!("--iam-account={name}@{project}.rouse"),
+        ])
+        .ok();
+        file
+    }
+
     /// Service `<project>/<name>` with the service settings `settings` (flags
     /// of `services update`) and a revision running the echo example with
     /// the process runtime (plus the revision flags `revision`); the

@@ -47,28 +47,7 @@ fn echo_service(server: &Server, project: &str, name: &str) -> String {
 
 /// Creates service account `name@project.rouse` with a key; the key file.
 fn service_account(server: &Server, dir: &Path, project: &str, name: &str) -> PathBuf {
-    server
-        .rouse(&[
-            "iam",
-            "service-accounts",
-            "create",
-            name,
-            "--project",
-            project,
-        ])
-        .ok();
-    let file = dir.join(format!("{name}.json"));
-    server
-        .rouse(&[
-            "iam",
-            "service-accounts",
-            "keys",
-            "create",
-            file.to_str().expect("utf-8 path"),
-            &format!("--iam-account={name}@{project}.rouse"),
-        ])
-        .ok();
-    file
+    server.service_account(dir, project, name)
 }
 
 fn sign(key: &KeyFile, audience: &str, question: Option<&str>, at: SystemTime) -> String {

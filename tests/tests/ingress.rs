@@ -94,23 +94,7 @@ async fn services_behind_one_port_wake_on_their_first_request_for_allowed_caller
     echo_service(&server, "web", &["--idle-timeout", "2s"]);
     echo_service(&server, "shop", &[]);
     let keys = tempfile::tempdir().expect("keys");
-    let key_of = |name: &str| {
-        server
-            .rouse(&["iam", "service-accounts", "create", name, "--project", "p"])
-            .ok();
-        let file = keys.path().join(format!("{name}.json"));
-        server
-            .rouse(&[
-                "iam",
-                "service-accounts",
-                "keys",
-                "create",
-                file.to_str().expect("utf-8"),
-                &format!("--iam-account={name}@p.rouse"),
-            ])
-            .ok();
-        file
-    };
+    let key_of = |name: &str| server.service_account(keys.path(), "p", name);
     let caller = key_of("caller");
     let stranger = key_of("stranger");
     server

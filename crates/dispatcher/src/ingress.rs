@@ -323,22 +323,18 @@ async fn handle(
 }
 
 /// The service at `root`. One the table does not have (yet: created a
-/// moment ago, in another process, or being taken over here) has the
-/// registry re-read at once and is looked for again for up to
-/// [`LOOKUP_WAIT`], as intake does for a question.
+/// moment ago, in another process, or being taken over here) is waited
+/// for after a re-read of the registry, up to [`LOOKUP_WAIT`], as intake
+/// waits for a question's recipient.
 async fn lookup(shared: &Shared, root: &str) -> Option<crate::table::Found> {
-    if let Ok(found) = shared.table.lookup(Key::Root(root)) {
-        return Some(found);
-    }
-    shared.request_sync();
-    let deadline = tokio::time::Instant::now() + LOOKUP_WAIT;
-    while tokio::time::Instant::now() < deadline {
-        tokio::time::sleep(Duration::from_millis(20)).await;
-        if let Ok(found) = shared.table.lookup(Key::Root(root)) {
-            return Some(found);
+    match shared.table.lookup(Key::Root(root)) {
+        Ok(found) => Some(found),
+        Err(_) => {
+            shared
+                .await_entry(Key::Root(root), LOOKUP_WAIT, |_| true)
+                .await
         }
     }
-    None
 }
 
 /// A request for the service `found` (at `root`, `tag`).
@@ -363,23 +359,24 @@ async fn serve_service(
     }
     // A service just created is in the table a moment before this
     // dispatcher takes its lease; one another dispatcher runs stays theirs.
-    let mut found = found;
-    let deadline = tokio::time::Instant::now() + OWNERSHIP_WAIT.min(found.scaling.wake_timeout);
-    while !found.owned {
-        if tokio::time::Instant::now() >= deadline {
-            return plain(
-                StatusCode::SERVICE_UNAVAILABLE,
-                format!(
-                    "service `{root}` is run by another dispatcher; send its requests to that dispatcher's ingress"
-                ),
-            );
+    let found = match found.owned {
+        true => found,
+        false => {
+            let within = OWNERSHIP_WAIT.min(found.scaling.wake_timeout);
+            let key = Key::Uuid(found.uuid);
+            match ingress.shared.await_entry(key, within, |f| f.owned).await {
+                Some(found) => found,
+                None => {
+                    return plain(
+                        StatusCode::SERVICE_UNAVAILABLE,
+                        format!(
+                            "service `{root}` is run by another dispatcher; send its requests to that dispatcher's ingress"
+                        ),
+                    );
+                }
+            }
         }
-        tokio::time::sleep(Duration::from_millis(20)).await;
-        // Taking a service over replaces its entry: absent for a moment.
-        if let Ok(now) = ingress.shared.table.lookup(Key::Uuid(found.uuid)) {
-            found = now;
-        }
-    }
+    };
     let declared = request
         .headers()
         .get(header::CONTENT_LENGTH)
@@ -544,21 +541,15 @@ async fn proxy(
     timeout: Duration,
     root: &str,
 ) -> Response<Body> {
-    let Some(base) = lease.instance.url() else {
+    let Some(authority) = lease.instance.addr().map(|a| a.to_string()) else {
         return plain(
             StatusCode::BAD_GATEWAY,
-            format!("the instance of `{root}` has no address"),
-        );
-    };
-    let Some(authority) = base
-        .strip_prefix("http://")
-        .map(|rest| rest.trim_end_matches('/').to_owned())
-    else {
-        return plain(
-            StatusCode::BAD_GATEWAY,
-            format!(
-                "the instance of `{root}` is at {base}, which the ingress cannot reach yet (only instances on this platform's engines)"
-            ),
+            match lease.instance.url() {
+                Some(url) => format!(
+                    "the instance of `{root}` is at {url}, which the ingress cannot reach yet (only instances on this platform's engines)"
+                ),
+                None => format!("the instance of `{root}` has no address"),
+            },
         );
     };
     // An upgrade (WebSocket, or any protocol the client and the service

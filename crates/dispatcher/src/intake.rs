@@ -579,8 +579,6 @@ async fn route(shared: &Arc<Shared>, attrs: Attributes, msg: Message, handler: H
 /// 2 s: a sync takes milliseconds, and a waiting question holds one of the
 /// stream's [`MAX_OUTSTANDING`] slots.
 const CATCH_UP: Duration = Duration::from_secs(2);
-/// How often the waiting question looks at the registry.
-const CATCH_UP_POLL: Duration = Duration::from_millis(20);
 
 enum CatchUp {
     /// The registry has it now.
@@ -624,20 +622,13 @@ async fn catch_up(shared: &Shared, sruid: &Sruid) -> CatchUp {
             .is_some_and(|m| m.namespace_is_ours);
         return CatchUp::Unknown { namespace_is_ours };
     }
-    shared.request_sync();
-    let deadline = tokio::time::Instant::now() + CATCH_UP;
-    loop {
-        if let Ok(found) = shared
-            .table
-            .lookup(Key::Sruid(&sruid.namespace, &sruid.name))
-        {
-            return CatchUp::Registered(Box::new(found));
-        }
-        if tokio::time::Instant::now() >= deadline {
+    let key = Key::Sruid(&sruid.namespace, &sruid.name);
+    match shared.await_entry(key, CATCH_UP, |_| true).await {
+        Some(found) => CatchUp::Registered(Box::new(found)),
+        None => {
             tracing::debug!(recipient = %sruid, "the registry has not caught up with the store; leaving the question to Pub/Sub");
-            return CatchUp::Later;
+            CatchUp::Later
         }
-        tokio::time::sleep(CATCH_UP_POLL).await;
     }
 }
 

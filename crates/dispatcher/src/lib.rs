@@ -61,6 +61,9 @@ use crate::shards::Shards;
 use crate::table::{Key, ServiceTable};
 use crate::worker::{Context, WorkerMsg};
 
+/// How often [`Shared::await_entry`] looks at the table again.
+const AWAIT_POLL: Duration = Duration::from_millis(20);
+
 /// Everything the dispatcher's store must do.
 pub trait FullStore: Store + DispatchStore + RolloutStore + TrialStore + LeaseStore {}
 impl<T: Store + DispatchStore + RolloutStore + TrialStore + LeaseStore> FullStore for T {}
@@ -89,6 +92,30 @@ impl Shared {
     /// Asks for the registry to be re-read from the store now.
     pub(crate) fn request_sync(&self) {
         self.changes.services_changed();
+    }
+
+    /// Has the registry re-read at once and waits, up to `within`, for the
+    /// table's entry under `key` to satisfy `ready` (a service just created,
+    /// or being taken over here). The entry as last found, if it did.
+    pub(crate) async fn await_entry(
+        &self,
+        key: Key<'_>,
+        within: Duration,
+        ready: impl Fn(&table::Found) -> bool,
+    ) -> Option<table::Found> {
+        self.request_sync();
+        let deadline = tokio::time::Instant::now() + within;
+        loop {
+            if let Ok(found) = self.table.lookup(key)
+                && ready(&found)
+            {
+                return Some(found);
+            }
+            if tokio::time::Instant::now() >= deadline {
+                return None;
+            }
+            tokio::time::sleep(AWAIT_POLL).await;
+        }
     }
 }
 /// The running dispatcher.

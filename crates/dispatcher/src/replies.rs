@@ -340,7 +340,7 @@ impl Replier {
                 tracing::error!(question = %execution.question_uuid, error = %e, "cannot record an execution's end");
             }
             self.metrics
-                .question_ended(execution.service_uuid, &execution.status.to_string());
+                .question_ended(execution.service_uuid, execution.status.as_str());
             return;
         }
         if let Reply::Exception {
@@ -356,7 +356,7 @@ impl Replier {
         }
         execution.status = status;
         self.metrics
-            .question_ended(execution.service_uuid, &execution.status.to_string());
+            .question_ended(execution.service_uuid, execution.status.as_str());
         let event = build_event(&execution.attributes, sender, &reply);
         match self.store.update_execution(&execution, Some(&event)).await {
             Ok(Some(id)) => self.publish_recorded(id, &event).await,

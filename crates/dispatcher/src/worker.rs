@@ -234,20 +234,25 @@ impl Worker {
         self.shutdown().await;
     }
 
+    /// With no serving revision known, reads it from the store: a role in
+    /// another process (a build's rollout, the api) may have made one serve
+    /// since the last re-read; the store decides, not a stale table.
+    async fn read_revision_if_none(&mut self) {
+        if self.revision.is_some() {
+            return;
+        }
+        match self.ctx.store.serving_revision(self.service.uuid).await {
+            Ok(revision) => self.revision = revision.map(Arc::new),
+            Err(e) => {
+                tracing::warn!(service = %self.service.qualified_name(), error = %e, "cannot read the serving revision")
+            }
+        }
+    }
+
     async fn on_message(&mut self, msg: WorkerMsg) {
         match msg {
             WorkerMsg::Run(execution) => {
-                if self.revision.is_none() {
-                    // A role in another process (a build's rollout, the
-                    // api) may have made a revision serve since the last
-                    // re-read: the store decides, not a stale table.
-                    match self.ctx.store.serving_revision(self.service.uuid).await {
-                        Ok(revision) => self.revision = revision.map(Arc::new),
-                        Err(e) => {
-                            tracing::warn!(service = %self.service.qualified_name(), error = %e, "cannot read the serving revision")
-                        }
-                    }
-                }
+                self.read_revision_if_none().await;
                 if self.revision.is_none() {
                     let reason = format!(
                         "service `{}` has no revision to run yet; register one with `rouse revisions create {} --project {}`",
@@ -275,14 +280,7 @@ impl Worker {
                 let _ = done.send(cancelled);
             }
             WorkerMsg::Http(reply) => {
-                if self.revision.is_none() {
-                    match self.ctx.store.serving_revision(self.service.uuid).await {
-                        Ok(revision) => self.revision = revision.map(Arc::new),
-                        Err(e) => {
-                            tracing::warn!(service = %self.service.qualified_name(), error = %e, "cannot read the serving revision")
-                        }
-                    }
-                }
+                self.read_revision_if_none().await;
                 let refused = match &self.revision {
                     None => Some(LeaseError::NotDeployed(format!(
                         "service `{}` has no revision to serve yet; register one with `rouse revisions create {} --project {}`",

@@ -305,9 +305,9 @@ impl DockerRuntime {
         }
     }
 
-    /// A port of [`NODE_PORTS`] no instance on this node has: a place in
-    /// the range drawn from the instance id (random) and `attempt`, then
-    /// the next port up that is free of Rouse's containers.
+    /// A port of [`NODE_PORTS`] no instance on this node has: a random
+    /// place in the range, then the next port up that is free of Rouse's
+    /// containers.
     async fn node_port(&self, instance_id: &str, attempt: u32) -> Result<u16, RuntimeError> {
         let used: std::collections::HashSet<u16> = self
             .containers(vec![format!("{MANAGED_BY_LABEL}={MANAGED_BY}")], true)
@@ -316,7 +316,12 @@ impl DockerRuntime {
             .filter_map(|c| c.labels?.get(PORT_LABEL)?.parse().ok())
             .collect();
         let span = u32::from(NODE_PORTS.end() - NODE_PORTS.start()) + 1;
-        let start = fnv(instance_id.as_bytes(), attempt) % span;
+        // A random place, different for each instance and attempt.
+        let random = std::hash::BuildHasher::hash_one(
+            &std::collections::hash_map::RandomState::new(),
+            (instance_id, attempt),
+        );
+        let start = u32::try_from(random % u64::from(span)).unwrap_or(0);
         (0..span)
             .map(|i| {
                 let offset = u16::try_from((start + i) % span).unwrap_or(0);
@@ -597,16 +602,6 @@ fn owned_by(labels: Option<&HashMap<String, String>>, owner: Option<&str>) -> bo
         .and_then(|labels| labels.get(OWNER_LABEL))
         .map(String::as_str)
         == owner
-}
-
-/// FNV-1a of `bytes` and `salt`: a stable, spread-out number.
-fn fnv(bytes: &[u8], salt: u32) -> u32 {
-    let mut hash: u32 = 0x811c_9dc5;
-    for byte in bytes.iter().chain(&salt.to_le_bytes()) {
-        hash ^= u32::from(*byte);
-        hash = hash.wrapping_mul(0x0100_0193);
-    }
-    hash
 }
 
 /// `name` as a URL's host: an IPv6 address in brackets.
