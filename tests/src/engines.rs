@@ -364,3 +364,119 @@ impl Drop for Sshd {
         }
     }
 }
+
+/// Debian's `pebble` (Let's Encrypt's ACME test server) on loopback ports,
+/// with `pebble-challtestsrv` as its DNS server: every name resolves to
+/// 127.0.0.1, so the CA fetches HTTP-01 challenges from `http_port` there.
+/// Both are stopped by pid on drop.
+pub struct Pebble {
+    pebble: Child,
+    dns: Child,
+    directory: String,
+    management: u16,
+    dir: tempfile::TempDir,
+}
+
+impl Pebble {
+    /// Starts both; pebble serves its directory over HTTPS with `cert` and
+    /// `key` (a certificate for 127.0.0.1 signed by a test CA of the
+    /// caller's) and validates challenges on `http_port`.
+    pub fn start(cert: &Path, key: &Path, http_port: u16) -> Self {
+        let dir = tempfile::Builder::new()
+            .prefix("rouse-pebble-")
+            .tempdir()
+            .expect("pebble dir");
+        let (dns_port, dns_management) = (free_port(), free_port());
+        let dns_log = std::fs::File::create(dir.path().join("dns.log")).expect("dns.log");
+        let dns = Command::new("pebble-challtestsrv")
+            .args(["-dns01", &format!("127.0.0.1:{dns_port}")])
+            .args(["-management", &format!("127.0.0.1:{dns_management}")])
+            .args(["-http01", "", "-https01", "", "-tlsalpn01", ""])
+            .args(["-defaultIPv4", "127.0.0.1", "-defaultIPv6", ""])
+            .stdin(Stdio::null())
+            .stdout(dns_log.try_clone().expect("log"))
+            .stderr(dns_log)
+            .spawn()
+            .expect("pebble-challtestsrv (`.ci/setup` installs Debian's pebble)");
+        let (port, management) = (free_port(), free_port());
+        let config = dir.path().join("pebble.json");
+        let json = serde_json::json!({"pebble": {
+            "listenAddress": format!("127.0.0.1:{port}"),
+            "managementListenAddress": format!("127.0.0.1:{management}"),
+            "certificate": cert,
+            "privateKey": key,
+            "httpPort": http_port,
+            "tlsPort": free_port(),
+            "ocspResponderURL": "",
+            "externalAccountBindingRequired": false,
+        }});
+        std::fs::write(&config, json.to_string()).expect("pebble.json");
+        let log = std::fs::File::create(dir.path().join("pebble.log")).expect("pebble.log");
+        let pebble = Command::new("pebble")
+            .arg("-config")
+            .arg(&config)
+            .args(["-dnsserver", &format!("127.0.0.1:{dns_port}")])
+            // No random sleep before validating, no nonces refused on purpose.
+            .env("PEBBLE_VA_NOSLEEP", "1")
+            .env("PEBBLE_WFE_NONCEREJECT", "0")
+            .stdin(Stdio::null())
+            .stdout(log.try_clone().expect("log"))
+            .stderr(log)
+            .spawn()
+            .expect("pebble (`.ci/setup` installs Debian's pebble)");
+        let pebble = Self {
+            pebble,
+            dns,
+            directory: format!("https://127.0.0.1:{port}/dir"),
+            management,
+            dir,
+        };
+        let deadline = Instant::now() + READY;
+        // The DNS server's management port stands for its DNS port (UDP).
+        for port in [port, management, dns_management] {
+            while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
+                assert!(
+                    Instant::now() < deadline,
+                    "pebble did not listen within {READY:?}:\n{}",
+                    pebble.log()
+                );
+                std::thread::sleep(Duration::from_millis(50));
+            }
+        }
+        pebble
+    }
+
+    /// The ACME directory URL.
+    pub fn directory(&self) -> &str {
+        &self.directory
+    }
+
+    /// The management interface (`/roots/0`: the root the issued
+    /// certificates chain to), over HTTPS with the caller's certificate.
+    pub fn management(&self) -> String {
+        format!("https://127.0.0.1:{}", self.management)
+    }
+
+    /// What pebble and its DNS server logged.
+    pub fn log(&self) -> String {
+        let read =
+            |name: &str| std::fs::read_to_string(self.dir.path().join(name)).unwrap_or_default();
+        format!(
+            "pebble:\n{}\nchalltestsrv:\n{}",
+            read("pebble.log"),
+            read("dns.log")
+        )
+    }
+}
+
+impl Drop for Pebble {
+    fn drop(&mut self) {
+        for child in [&mut self.pebble, &mut self.dns] {
+            signal(child.id(), "TERM", false);
+            if wait_for(child, STOP_GRACE).is_none() {
+                signal(child.id(), "KILL", false);
+                let _ = child.wait();
+            }
+        }
+    }
+}

@@ -29,6 +29,8 @@ impl InProcess {
             webhook_listen: ([127, 0, 0, 1], 0).into(),
             ingress_listen: ([127, 0, 0, 1], 0).into(),
             ingress_tls: None,
+            ingress_acme: None,
+            ingress_http_listen: None,
             broker: None,
             pubsub: PubSubConfig {
                 project: "rouse-local".into(),

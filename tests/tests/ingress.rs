@@ -543,3 +543,247 @@ async fn an_upgraded_connection_is_joined_through_to_the_instance() {
 }
 
 const ANSWER_WAIT: Duration = Duration::from_secs(30);
+
+/// The leaf certificate (PEM) the TLS server at `addr` serves for `name`,
+/// if openssl verifies it against `root` for that name; else openssl's words.
+fn served_certificate(addr: &str, name: &str, root: &Path) -> Result<String, String> {
+    let out = std::process::Command::new("openssl")
+        .args(["s_client", "-connect", addr, "-servername", name])
+        .args(["-verify_return_error", "-verify_hostname", name, "-CAfile"])
+        .arg(root)
+        .stdin(std::process::Stdio::null())
+        .output()
+        .map_err(|e| format!("openssl: {e}"))?;
+    let text = String::from_utf8_lossy(&out.stdout);
+    if !text.contains("Verify return code: 0 (ok)") {
+        return Err(format!("{text}{}", String::from_utf8_lossy(&out.stderr)));
+    }
+    first_certificate(&text).ok_or_else(|| format!("no certificate in: {text}"))
+}
+
+/// The first PEM certificate in `text`.
+fn first_certificate(text: &str) -> Option<String> {
+    const END: &str = "-----END CERTIFICATE-----";
+    let start = text.find("-----BEGIN CERTIFICATE-----")?;
+    let end = start + text[start..].find(END)? + END.len();
+    Some(text[start..end].to_owned())
+}
+
+/// One TLS connection (openssl s_client) kept open across requests.
+struct TlsSession {
+    child: std::process::Child,
+    stdin: std::process::ChildStdin,
+    seen: std::sync::Arc<std::sync::Mutex<Vec<u8>>>,
+    /// What openssl said on stderr.
+    said: std::sync::Arc<std::sync::Mutex<Vec<u8>>>,
+    name: String,
+}
+
+impl TlsSession {
+    fn open(addr: &str, name: &str, root: &Path) -> Self {
+        use std::io::Read as _;
+        let mut child = std::process::Command::new("openssl")
+            .args(["s_client", "-quiet", "-connect", addr, "-servername", name])
+            .args(["-verify_return_error", "-CAfile"])
+            .arg(root)
+            .stdin(std::process::Stdio::piped())
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::piped())
+            .spawn()
+            .expect("openssl");
+        let stdin = child.stdin.take().expect("stdin");
+        let seen = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
+        let said = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
+        let copy = |mut from: Box<dyn std::io::Read + Send>,
+                    sink: std::sync::Arc<std::sync::Mutex<Vec<u8>>>| {
+            std::thread::spawn(move || {
+                let mut buf = [0u8; 4096];
+                while let Ok(n @ 1..) = from.read(&mut buf) {
+                    sink.lock().expect("lock").extend_from_slice(&buf[..n]);
+                }
+            })
+        };
+        copy(Box::new(child.stdout.take().expect("stdout")), seen.clone());
+        copy(Box::new(child.stderr.take().expect("stderr")), said.clone());
+        Self {
+            child,
+            stdin,
+            seen,
+            said,
+            name: name.to_owned(),
+        }
+    }
+
+    /// `GET path` on this connection: the response's status line.
+    async fn get(&mut self, path: &str) -> String {
+        use std::io::Write as _;
+        self.seen.lock().expect("lock").clear();
+        write!(
+            self.stdin,
+            "GET {path} HTTP/1.1\r\nHost: {}\r\n\r\n",
+            self.name
+        )
+        .and_then(|()| self.stdin.flush())
+        .unwrap_or_else(|e| {
+            let said = String::from_utf8_lossy(&self.said.lock().expect("lock")).into_owned();
+            panic!("the kept connection is gone ({e}); openssl said: {said}")
+        });
+        let seen = self.seen.clone();
+        wait_until(
+            Duration::from_secs(30),
+            "an answer on the kept connection",
+            || {
+                let seen = String::from_utf8_lossy(&seen.lock().expect("lock")).into_owned();
+                let (head, body) = seen.split_once("\r\n\r\n").ok_or_else(|| seen.clone())?;
+                let length = head
+                    .lines()
+                    .find_map(|l| {
+                        l.to_ascii_lowercase()
+                            .strip_prefix("content-length:")
+                            .map(|v| v.trim().parse::<usize>())
+                    })
+                    .ok_or_else(|| format!("no content-length: {head}"))?
+                    .map_err(|e| e.to_string())?;
+                match body.len() >= length {
+                    true => Ok(head.lines().next().unwrap_or_default().to_owned()),
+                    false => Err(seen.clone()),
+                }
+            },
+        )
+        .await
+    }
+}
+
+impl Drop for TlsSession {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// ACME against Debian's pebble (`.ci/setup` installs it), with its DNS
+/// answering 127.0.0.1 for every name: the ingress answers the HTTP-01
+/// challenge on its plain-HTTP port, serves the certificate pebble issued
+/// (verified by openssl against pebble's root for the name), renews it
+/// ahead of expiry (here at once: `--acme-renew-before` longer than its
+/// life) while a connection opened before goes on serving, redirects plain
+/// HTTP to HTTPS, keeps the certificate's key sealed, and after a restart
+/// serves the kept certificate at once rather than ordering another.
+#[tokio::test]
+async fn the_ingress_gets_and_renews_its_certificate_over_acme() {
+    let emulator = Emulator::start();
+    let data = tempfile::tempdir().expect("tempdir");
+    let pki = tempfile::tempdir().expect("tempdir");
+    let (ca, cert, key) = certificates(pki.path());
+    let http_port = rouse_tests::free_port();
+    let pebble = rouse_tests::engines::Pebble::start(&cert, &key, http_port);
+    let domain = "app.rouse.test";
+    let http_listen = format!("127.0.0.1:{http_port}");
+    let ca_arg = ca.to_str().expect("utf-8");
+    let flags = [
+        "--acme-directory",
+        pebble.directory(),
+        "--acme-ca-cert",
+        ca_arg,
+        "--domain",
+        domain,
+        "--acme-email",
+        "ops@rouse.test",
+        "--ingress-http-listen",
+        &http_listen,
+    ];
+    let mut renewing = flags.to_vec();
+    renewing.extend(["--acme-renew-before", "100000d"]);
+    let server = Server::start(&emulator, data.path(), &renewing);
+    server.allow_anonymous_askers("p");
+    echo_service(&server, "acme", &[]);
+
+    let trusting_ca = reqwest::Client::builder()
+        .add_root_certificate(
+            reqwest::Certificate::from_pem(&std::fs::read(&ca).expect("CA")).expect("PEM"),
+        )
+        .build()
+        .expect("client");
+    let issuing_root = trusting_ca
+        .get(format!("{}/roots/0", pebble.management()))
+        .send()
+        .await
+        .expect("pebble's management interface")
+        .text()
+        .await
+        .expect("pebble's root");
+    let root = pki.path().join("issued-root.pem");
+    std::fs::write(&root, issuing_root).expect("root");
+    let addr = server.ingress().trim_start_matches("http://").to_owned();
+
+    let first = wait_until(
+        Duration::from_secs(90),
+        "a certificate from pebble served by the ingress",
+        || served_certificate(&addr, domain, &root),
+    )
+    .await;
+    let mut kept_open = TlsSession::open(&addr, domain, &root);
+    // Requests go on over the connection opened before the renewal (one a
+    // second, within the ingress's idle limit) until new connections get
+    // the renewed certificate, and after.
+    let deadline = std::time::Instant::now() + Duration::from_secs(90);
+    loop {
+        assert_eq!(kept_open.get("/p-acme/kept").await, "HTTP/1.1 200 OK");
+        let served = served_certificate(&addr, domain, &root).expect("a certificate");
+        if served != first {
+            break;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "no renewed certificate within 90 s:\n{}\n{}",
+            server.log(),
+            pebble.log()
+        );
+        tokio::time::sleep(Duration::from_secs(1)).await;
+    }
+    assert_eq!(kept_open.get("/p-acme/after").await, "HTTP/1.1 200 OK");
+    drop(kept_open);
+
+    // Plain HTTP is sent to HTTPS, path and query kept.
+    let answer = reqwest::Client::builder()
+        .redirect(reqwest::redirect::Policy::none())
+        .build()
+        .expect("client")
+        .get(format!("http://{http_listen}/p-acme/x?y=1"))
+        .header("host", domain)
+        .send()
+        .await
+        .expect("plain HTTP");
+    assert_eq!(answer.status(), 308);
+    let port = addr.rsplit(':').next().expect("a port");
+    assert_eq!(
+        answer.headers()["location"],
+        format!("https://{domain}:{port}/p-acme/x?y=1").as_str()
+    );
+
+    // The key is kept sealed, readable by its owner only.
+    let sealed_key = data.path().join("acme/certificate.key.sealed");
+    let sealed = std::fs::read(&sealed_key).expect("the sealed key");
+    assert!(!String::from_utf8_lossy(&sealed).contains("PRIVATE KEY"));
+    use std::os::unix::fs::PermissionsExt as _;
+    let mode = std::fs::metadata(&sealed_key)
+        .expect("metadata")
+        .permissions()
+        .mode();
+    assert_eq!(mode & 0o777, 0o600);
+
+    // After a restart (renewal not due with the default), the kept
+    // certificate is served at once.
+    server.stop();
+    let kept = std::fs::read_to_string(data.path().join("acme/certificate.pem")).expect("kept");
+    let kept = first_certificate(&kept).expect("a kept certificate");
+    let server = Server::start(&emulator, data.path(), &flags);
+    let addr = server.ingress().trim_start_matches("http://").to_owned();
+    let served = served_certificate(&addr, domain, &root).expect("served at once");
+    assert_eq!(served, kept);
+    assert!(
+        !server.log().contains("ACME certificate issued"),
+        "{}",
+        server.log()
+    );
+}

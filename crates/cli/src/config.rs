@@ -82,6 +82,13 @@ pub struct DispatcherSection {
     pub ingress_listen: Option<SocketAddr>,
     pub tls_cert: Option<PathBuf>,
     pub tls_key: Option<PathBuf>,
+    pub acme_directory: Option<String>,
+    pub acme_email: Option<String>,
+    pub domains: Option<Vec<String>>,
+    pub acme_ca_cert: Option<PathBuf>,
+    #[serde(default, with = "humantime_serde_opt")]
+    pub acme_renew_before: Option<Duration>,
+    pub ingress_http_listen: Option<SocketAddr>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -160,6 +167,10 @@ pub struct ServerConfig {
     pub ingress_listen: SocketAddr,
     /// The ingress's certificate chain and key.
     pub ingress_tls: Option<(PathBuf, PathBuf)>,
+    /// The ingress's certificates from an ACME CA.
+    pub ingress_acme: Option<rouse_dispatcher::acme::AcmeConfig>,
+    /// Plain HTTP beside an HTTPS ingress (ACME challenges, redirects).
+    pub ingress_http_listen: Option<SocketAddr>,
     /// GitHub's REST API (commit statuses).
     pub github_api_url: String,
     /// The key sealing secrets, kept outside the store.
@@ -173,6 +184,83 @@ pub struct ServerConfig {
 }
 
 pub use rouse_server::Roles;
+
+/// The ACME settings (flags over the file) and the plain-HTTP listener:
+/// ACME needs its names and the ingress role; the ACME-only settings need
+/// `--acme-directory`; with ACME the plain listener defaults to port 80 of
+/// the ingress's host (where the CA fetches its challenges).
+/// The ACME settings of the config file's `[dispatcher]`.
+struct AcmeFile {
+    directory: Option<String>,
+    email: Option<String>,
+    domains: Option<Vec<String>>,
+    ca_cert: Option<PathBuf>,
+    renew_before: Option<Duration>,
+    http_listen: Option<SocketAddr>,
+}
+
+fn ingress_acme(
+    args: &ServerArgs,
+    file: AcmeFile,
+    data_dir: &std::path::Path,
+    ingress_listen: SocketAddr,
+    ingress: bool,
+) -> Result<
+    (
+        Option<rouse_dispatcher::acme::AcmeConfig>,
+        Option<SocketAddr>,
+    ),
+    String,
+> {
+    let directory = args.acme_directory.clone().or(file.directory);
+    let email = args.acme_email.clone().or(file.email);
+    let domains = match args.domains.is_empty() {
+        false => args.domains.clone(),
+        true => file.domains.unwrap_or_default(),
+    };
+    let ca_cert = args.acme_ca_cert.clone().or(file.ca_cert);
+    let renew_before = args.acme_renew_before.or(file.renew_before);
+    let http_listen = args.ingress_http_listen.or(file.http_listen);
+    let Some(directory) = directory else {
+        let given = [
+            ("--domain", !domains.is_empty()),
+            ("--acme-email", email.is_some()),
+            ("--acme-ca-cert", ca_cert.is_some()),
+            ("--acme-renew-before", renew_before.is_some()),
+        ];
+        if let Some((flag, _)) = given.iter().find(|(_, set)| *set) {
+            return Err(format!(
+                "{flag} is an ACME setting but no CA is given: add --acme-directory URL (ROUSE_ACME_DIRECTORY), or drop it"
+            ));
+        }
+        return Ok((None, http_listen));
+    };
+    if !ingress {
+        return Err(
+            "--acme-directory is for the ingress, which these --roles do not run; add `ingress` (beside `dispatcher`) or drop it"
+                .into(),
+        );
+    }
+    if let Some(root) = &ca_cert
+        && !root.is_file()
+    {
+        return Err(format!(
+            "--acme-ca-cert {}: no such file; give the PEM root the ACME directory's HTTPS is signed by",
+            root.display()
+        ));
+    }
+    let config = rouse_dispatcher::acme::AcmeConfig {
+        directory,
+        email,
+        domains,
+        ca_cert,
+        renew_before,
+        state_dir: data_dir.join("acme"),
+    };
+    config.check()?;
+    let http_listen = http_listen.unwrap_or(SocketAddr::new(ingress_listen.ip(), 80));
+    Ok((Some(config), Some(http_listen)))
+}
 
 /// `--runtime` and the Cloud Run settings: Cloud Run needs a region, and
 /// Cloud Run settings without `--runtime cloudrun` are a mistake.
@@ -423,6 +511,32 @@ impl ServerConfig {
                     .into(),
             );
         }
+        let (ingress_acme, ingress_http_listen) = ingress_acme(
+            args,
+            AcmeFile {
+                directory: file.dispatcher.acme_directory,
+                email: file.dispatcher.acme_email,
+                domains: file.dispatcher.domains,
+                ca_cert: file.dispatcher.acme_ca_cert,
+                renew_before: file.dispatcher.acme_renew_before,
+                http_listen: file.dispatcher.ingress_http_listen,
+            },
+            &data_dir,
+            ingress_listen,
+            roles.ingress,
+        )?;
+        if ingress_acme.is_some() && ingress_tls.is_some() {
+            return Err(
+                "--acme-directory and --tls-cert/--tls-key both give the ingress a certificate; keep one"
+                    .into(),
+            );
+        }
+        if ingress_http_listen.is_some() && ingress_acme.is_none() && ingress_tls.is_none() {
+            return Err(
+                "--ingress-http-listen is for an HTTPS ingress (ACME challenges and redirects); without --tls-cert or --acme-directory the ingress serves plain HTTP already: drop it"
+                    .into(),
+            );
+        }
         let github_api_url = args
             .github_api_url
             .clone()
@@ -460,6 +574,8 @@ impl ServerConfig {
             webhook_listen,
             ingress_listen,
             ingress_tls,
+            ingress_acme,
+            ingress_http_listen,
             github_api_url,
             secrets_key,
             roles,
@@ -501,6 +617,8 @@ impl ServerConfig {
             webhook_listen,
             ingress_listen,
             ingress_tls,
+            ingress_acme,
+            ingress_http_listen,
             github_api_url,
             secrets_key,
             registry,
@@ -515,6 +633,8 @@ impl ServerConfig {
             webhook_listen,
             ingress_listen,
             ingress_tls,
+            ingress_acme,
+            ingress_http_listen,
             pubsub,
             broker,
             network_topic,
@@ -579,6 +699,60 @@ mod tests {
         args.pubsub = Some(PubSubMode::Google);
         let err = ServerConfig::resolve(&args, None).expect_err("no project");
         assert!(err.contains("--pubsub-project"), "{err}");
+    }
+
+    #[test]
+    fn acme_settings_need_a_ca_names_and_the_ingress() {
+        let resolve = |extra: &[&str]| {
+            let mut argv = vec![
+                "rouse",
+                "server",
+                "--data-dir",
+                "/d",
+                "--pubsub",
+                "embedded",
+            ];
+            argv.extend(extra);
+            ServerConfig::resolve(&server_args(&argv).0, None)
+        };
+        let ca = ["--acme-directory", "https://ca.example/dir"];
+        let cfg = resolve(&[&ca[..], &["--domain", "a.example", "--domain", "b.example"]].concat())
+            .expect("resolve");
+        let acme = cfg.ingress_acme.expect("acme");
+        assert_eq!(acme.domains, ["a.example", "b.example"]);
+        assert_eq!(acme.state_dir, PathBuf::from("/d/acme"));
+        // The CA fetches challenges on port 80 of the ingress's host.
+        assert_eq!(
+            cfg.ingress_http_listen,
+            Some("127.0.0.1:80".parse().expect("addr"))
+        );
+        for (extra, says) in [
+            (&ca[..], "--domain"),
+            (&["--domain", "a.example"][..], "--acme-directory"),
+            (
+                &[&ca[..], &["--domain", "*.a.example"]].concat()[..],
+                "wildcard",
+            ),
+            (
+                &[
+                    &ca[..],
+                    &["--domain", "a.example", "--tls-cert", "c", "--tls-key", "k"],
+                ]
+                .concat()[..],
+                "keep one",
+            ),
+            (
+                &[&ca[..], &["--domain", "a.example", "--roles", "api"]].concat()[..],
+                "ingress",
+            ),
+            (
+                &["--ingress-http-listen", "127.0.0.1:80"][..],
+                "plain HTTP already",
+            ),
+        ] {
+            let e = resolve(extra).expect_err(says);
+            assert!(e.contains(says), "{extra:?}: {e}");
+        }
     }
 
     #[test]

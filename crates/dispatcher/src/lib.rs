@@ -9,6 +9,7 @@
 //! - [`scale`]: the pure scaling decision the workers apply.
 //! - [`deliver`]: push envelopes and job arguments, and what an answer means.
 //! - [`replies`]: reply events, their outbox, and how an execution ends.
+//! - [`acme`]: the ingress's certificates from an ACME CA, renewed live.
 //! - `ingress`: HTTP services behind one port, routed by context root;
 //!   a request waits in its service worker's queue like a question.
 //! - `trials`: readiness trials of built revisions, claimed from the store.
@@ -25,6 +26,7 @@
 //! returns completes once all of them have ended and every instance has
 //! been stopped.
 
+pub mod acme;
 mod config;
 pub mod deliver;
 pub mod ingress;

@@ -101,7 +101,7 @@ pub(crate) async fn try_revision(
     let probe = revision
         .probe_path
         .clone()
-        .map_or(rouse_runtime::Probe::Tcp, rouse_runtime::Probe::Http);
+        .map_or(rouse_runtime::Probe::Serving, rouse_runtime::Probe::Http);
     let instance = ctx
         .launcher
         .start(service.uuid, &revision.source, spec)

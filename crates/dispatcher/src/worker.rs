@@ -603,7 +603,10 @@ impl Worker {
         }
         let spec = self.spec(revision, &instance_id, true, Vec::new());
         let source = revision.source.clone();
-        let probe = revision.probe_path.clone().map_or(Probe::Tcp, Probe::Http);
+        let probe = revision
+            .probe_path
+            .clone()
+            .map_or(Probe::Serving, Probe::Http);
         let wake_timeout = self.service.scaling.wake_timeout;
         let tx = self.internal_tx.clone();
         tracing::info!(service = %self.service.qualified_name(), instance = %instance_id, revision = %revision.name, "waking an instance");

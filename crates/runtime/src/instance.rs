@@ -134,8 +134,9 @@ impl Instance {
         }
     }
 
-    /// Waits until the instance accepts connections on its port
-    /// ([`Probe::Tcp`]) or answers the HTTP probe, polling every 5 ms.
+    /// Waits until the instance passes `probe` (accepts connections on its
+    /// port, answers HTTP, or answers the HTTP probe below 500), polling
+    /// every 5 ms.
     /// Fails at once if the instance exits first, or after `timeout`; both
     /// errors carry the last log lines. Returns how long it waited.
     pub async fn wait_ready(

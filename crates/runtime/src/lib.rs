@@ -76,6 +76,11 @@ pub enum Source {
 pub enum Probe {
     /// It accepts TCP connections on its port.
     Tcp,
+    /// It answers HTTP: `GET /` gets a status line, whatever the status.
+    /// The default for revisions that listen (every listening instance is
+    /// sent HTTP): a port that is open before the server loop runs does
+    /// not count, so no request meets a half-started server.
+    Serving,
     /// `GET <path>` (e.g. `"/healthz"`) gets an HTTP response with a status
     /// below 500: anything the server itself answers, even 404, shows it is
     /// serving; 5xx means it is up but says it is not ready.

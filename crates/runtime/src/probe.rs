@@ -21,15 +21,22 @@ pub(crate) struct Prober {
     addr: SocketAddr,
     /// The whole HTTP request, formatted once; `None` probes TCP.
     http: Option<Vec<u8>>,
+    /// The statuses that count as ready: below this.
+    below: u16,
 }
 
 impl Prober {
     pub(crate) fn new(probe: &Probe, addr: SocketAddr) -> Self {
-        let http = match probe {
-            Probe::Tcp => None,
-            Probe::Http(path) => {
+        let (path, below) = match probe {
+            Probe::Tcp => (None, 0),
+            Probe::Serving => (Some("/"), 1000),
+            Probe::Http(path) => (Some(path.as_str()), 500),
+        };
+        let http = match path {
+            None => None,
+            Some(path) => {
                 let path = if path.starts_with('/') {
-                    path.clone()
+                    path.to_owned()
                 } else {
                     format!("/{path}")
                 };
@@ -41,7 +48,7 @@ impl Prober {
                 )
             }
         };
-        Self { addr, http }
+        Self { addr, http, below }
     }
 
     /// One attempt, bounded by `deadline`.
@@ -55,12 +62,12 @@ impl Prober {
     async fn attempt(&self) -> bool {
         match &self.http {
             None => TcpStream::connect(self.addr).await.is_ok(),
-            Some(request) => http_status_below_500(self.addr, request).await,
+            Some(request) => http_status_below(self.addr, request, self.below).await,
         }
     }
 }
 
-async fn http_status_below_500(addr: SocketAddr, request: &[u8]) -> bool {
+async fn http_status_below(addr: SocketAddr, request: &[u8], below: u16) -> bool {
     let Ok(mut stream) = TcpStream::connect(addr).await else {
         return false;
     };
@@ -76,7 +83,7 @@ async fn http_status_below_500(addr: SocketAddr, request: &[u8]) -> bool {
             Ok(n) => filled += n,
         }
     }
-    parse_status(&head).is_some_and(|status| status < 500)
+    parse_status(&head).is_some_and(|status| status < below)
 }
 
 fn parse_status(head: &[u8; 12]) -> Option<u16> {
@@ -105,6 +112,51 @@ mod tests {
         assert!(prober.is_ready(deadline).await);
         drop(listener);
         assert!(!prober.is_ready(deadline).await);
+    }
+
+    /// An open port whose owner does not answer HTTP is not serving; one
+    /// that answers anything, even 503, is.
+    #[tokio::test]
+    async fn serving_means_answering_http_at_all() {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+            .await
+            .expect("bind");
+        let addr = listener.local_addr().expect("address");
+        let deadline = Instant::now() + Duration::from_secs(5);
+        let mut serving = Prober::new(&Probe::Serving, addr);
+        let mut health = Prober::new(&Probe::Http("/healthz".into()), addr);
+        // Accepted (by the kernel's backlog) but never answered.
+        assert!(
+            !serving
+                .is_ready(Instant::now() + Duration::from_millis(200))
+                .await
+        );
+        let answer = |status: &'static str| {
+            let listener = &listener;
+            async move {
+                let (mut stream, _) = listener.accept().await.expect("accept");
+                let mut request = [0u8; 512];
+                let _ = stream.read(&mut request).await;
+                let head = format!("HTTP/1.1 {status}\r\nContent-Length: 0\r\n\r\n");
+                stream.write_all(head.as_bytes()).await.expect("answer");
+                String::from_utf8_lossy(&request).into_owned()
+            }
+        };
+        // The unanswered attempt is still in the backlog: drain it.
+        let _ = listener.accept().await;
+        let (ready, request) = tokio::join!(
+            serving.is_ready(deadline),
+            answer("503 Service Unavailable")
+        );
+        assert!(ready);
+        assert!(request.starts_with("GET / HTTP/1.1\r\n"), "{request}");
+        let (ready, request) =
+            tokio::join!(health.is_ready(deadline), answer("503 Service Unavailable"));
+        assert!(!ready, "an explicit probe's 5xx is not ready");
+        assert!(
+            request.starts_with("GET /healthz HTTP/1.1\r\n"),
+            "{request}"
+        );
     }
 
     #[test]

@@ -131,6 +131,12 @@ pub struct Config {
     /// The ingress's certificate chain and key (PEM files): HTTPS instead
     /// of HTTP.
     pub ingress_tls: Option<(PathBuf, PathBuf)>,
+    /// The ingress's certificates from an ACME CA, renewed live: HTTPS
+    /// instead of HTTP.
+    pub ingress_acme: Option<rouse_dispatcher::acme::AcmeConfig>,
+    /// Plain HTTP beside an HTTPS ingress: ACME's HTTP-01 challenges, and
+    /// redirects to HTTPS for the rest.
+    pub ingress_http_listen: Option<SocketAddr>,
     pub pubsub: PubSubConfig,
     /// Run Rouse's own Pub/Sub broker in this process (when it runs the api
     /// or the dispatcher) and use it instead of `pubsub.emulator_host`.
@@ -313,6 +319,8 @@ pub struct Running {
     pub webhooks: Option<SocketAddr>,
     /// Where the ingress listens (ingress role).
     pub ingress: Option<SocketAddr>,
+    /// Where the ingress's plain-HTTP side listens (challenges, redirects).
+    pub ingress_http: Option<SocketAddr>,
     /// Where the embedded Pub/Sub broker listens, if this process runs it.
     pub broker: Option<SocketAddr>,
     /// Stopped last, once nothing publishes any more.
@@ -349,6 +357,7 @@ impl Platform {
             api: None,
             webhooks: None,
             ingress: None,
+            ingress_http: None,
             broker: None,
             embedded: None,
             shutdown: shutdown.clone(),
@@ -387,10 +396,29 @@ impl Platform {
             ),
             false => None,
         };
-        let ingress_tls = match (&config.ingress_tls, config.roles.ingress) {
-            (Some((cert, key)), true) => {
+        let acme = match (&config.ingress_acme, config.roles.ingress) {
+            (Some(acme), true) => Some(
+                rouse_dispatcher::acme::Acme::new(acme.clone(), key.clone())
+                    .map_err(StartError::Config)?,
+            ),
+            _ => None,
+        };
+        let ingress_tls = match (&config.ingress_tls, &acme, config.roles.ingress) {
+            (Some((cert, key)), _, true) => {
                 Some(rouse_dispatcher::ingress::tls_config(cert, key).map_err(StartError::Config)?)
             }
+            (None, Some(acme), true) => Some(acme.tls_config().map_err(StartError::Config)?),
+            _ => None,
+        };
+        let ingress_http_listener = match (config.ingress_http_listen, config.roles.ingress) {
+            (Some(addr), true) => Some(
+                bind(
+                    addr,
+                    "the ingress's plain HTTP (ACME challenges, redirects)",
+                    "--ingress-http-listen or ROUSE_INGRESS_HTTP_LISTEN",
+                )
+                .await?,
+            ),
             _ => None,
         };
         let ingress_listener = match config.roles.ingress {
@@ -405,6 +433,29 @@ impl Platform {
             false => None,
         };
         running.ingress = ingress_listener.as_ref().and_then(|l| l.local_addr().ok());
+        running.ingress_http = ingress_http_listener
+            .as_ref()
+            .and_then(|l| l.local_addr().ok());
+        if let (Some(listener), Some(https)) = (ingress_http_listener, running.ingress) {
+            let challenges = acme
+                .as_ref()
+                .map(rouse_dispatcher::acme::Acme::challenges)
+                .unwrap_or_default();
+            let token = shutdown.clone();
+            running.servers.push((
+                "the ingress's plain HTTP",
+                tokio::spawn(async move {
+                    rouse_dispatcher::acme::serve_http(listener, challenges, https.port(), token)
+                        .await
+                        .map_err(|e| e.to_string())
+                }),
+            ));
+        }
+        if let Some(acme) = acme {
+            running
+                .upkeep
+                .push(tokio::spawn(acme.run(shutdown.clone())));
+        }
         running.api = api_listener.as_ref().and_then(|l| l.local_addr().ok());
         running.webhooks = webhook_listener.as_ref().and_then(|l| l.local_addr().ok());
         let webhook_url = format!(

@@ -50,7 +50,7 @@ pub struct CreateArgs {
     /// `server` (HTTP server on $PORT, questions POSTed) or `job` (one instance per question).
     #[arg(long, default_value = "server", value_parser = ["server", "job"])]
     mode: String,
-    /// HTTP readiness probe path (e.g. /healthz); by default the TCP port is probed.
+    /// HTTP readiness probe path (e.g. /healthz): ready once it answers below 500; by default ready once `GET /` gets any HTTP answer (an open port alone is not enough).
     #[arg(long)]
     probe_path: Option<String>,
 }

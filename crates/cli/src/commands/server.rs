@@ -76,6 +76,31 @@ pub struct ServerArgs {
     /// The private key of --tls-cert, a PEM file.
     #[arg(long, env = "ROUSE_TLS_KEY")]
     pub tls_key: Option<PathBuf>,
+    /// Get the ingress's certificate from this ACME CA's directory and renew
+    /// it (Let's Encrypt: https://acme-v02.api.letsencrypt.org/directory);
+    /// needs --domain.
+    #[arg(long, env = "ROUSE_ACME_DIRECTORY")]
+    pub acme_directory: Option<String>,
+    /// A contact address for the ACME account.
+    #[arg(long, env = "ROUSE_ACME_EMAIL")]
+    pub acme_email: Option<String>,
+    /// A name the ACME certificate is for; repeat for more (the CA checks
+    /// each over HTTP-01 on port 80, see --ingress-http-listen).
+    #[arg(long = "domain", env = "ROUSE_DOMAINS", value_delimiter = ',')]
+    pub domains: Vec<String>,
+    /// A PEM root to trust for the ACME directory's HTTPS (a private or
+    /// test CA) [default: the system's roots].
+    #[arg(long, env = "ROUSE_ACME_CA_CERT")]
+    pub acme_ca_cert: Option<PathBuf>,
+    /// How long before expiry the ACME certificate is renewed [default: a
+    /// third of its lifetime].
+    #[arg(long, env = "ROUSE_ACME_RENEW_BEFORE", value_parser = humantime::parse_duration)]
+    pub acme_renew_before: Option<Duration>,
+    /// Plain HTTP beside an HTTPS ingress: answers ACME challenges and
+    /// redirects the rest to HTTPS [default with --acme-directory: the
+    /// ingress's host, port 80; otherwise none].
+    #[arg(long, env = "ROUSE_INGRESS_HTTP_LISTEN")]
+    pub ingress_http_listen: Option<SocketAddr>,
     /// GitHub's REST API, for commit statuses [default: https://api.github.com].
     #[arg(long, env = "ROUSE_GITHUB_API_URL")]
     pub github_api_url: Option<String>,
