@@ -31,6 +31,7 @@ impl InProcess {
             ingress_tls: None,
             ingress_acme: None,
             ingress_http_listen: None,
+            internal_networks: rouse_server::Network::default_internal(),
             broker: None,
             pubsub: PubSubConfig {
                 project: "rouse-local".into(),

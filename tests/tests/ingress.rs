@@ -787,3 +787,110 @@ async fn the_ingress_gets_and_renews_its_certificate_over_acme() {
         server.log()
     );
 }
+
+/// `services update --ingress internal`: requests from outside the
+/// server's internal networks get 403 naming the setting and the address
+/// (here the networks leave loopback out, so the test's own requests come
+/// from outside), other services are unaffected, and `--ingress all` opens
+/// it again. `--allow-unauthenticated` lets anonymous callers in (the
+/// `allUsers` grant of `roles/invoker`); `--no-allow-unauthenticated` takes
+/// it back.
+#[tokio::test]
+async fn internal_services_and_unauthenticated_callers_are_per_service_settings() {
+    let emulator = Emulator::start();
+    let data = tempfile::tempdir().expect("tempdir");
+    let server = Server::start(
+        &emulator,
+        data.path(),
+        &["--internal-networks", "10.0.0.0/8,fd00::/8"],
+    );
+    server.allow_anonymous_askers("p");
+    echo_service(&server, "inner", &["--ingress", "internal"]);
+    echo_service(&server, "outer", &[]);
+    let described = server
+        .rouse(&[
+            "services",
+            "describe",
+            "inner",
+            "--project",
+            "p",
+            "--format",
+            "json",
+        ])
+        .json();
+    assert_eq!(described["ingress"], "internal");
+    let http = reqwest::Client::new();
+    let ingress = server.ingress().to_owned();
+
+    let refused = get(&http, &format!("{ingress}/p-inner/x"), None).await;
+    assert_eq!(refused.status, 403, "{}", refused.text);
+    assert!(
+        refused.text.contains("internal") && refused.text.contains("127.0.0.1"),
+        "{}",
+        refused.text
+    );
+    let other = get(&http, &format!("{ingress}/p-outer/x"), None).await;
+    assert_eq!(other.status, 200, "{}", other.text);
+
+    server
+        .rouse(&[
+            "services",
+            "update",
+            "inner",
+            "--project",
+            "p",
+            "--ingress",
+            "all",
+        ])
+        .ok();
+    let opened = get(&http, &format!("{ingress}/p-inner/x"), None).await;
+    assert_eq!(opened.status, 200, "{}", opened.text);
+
+    // Project q lets no one in by default.
+    let update_site = |flag: &str| {
+        server
+            .rouse(&["services", "update", "site", "--project", "q", flag])
+            .ok();
+    };
+    server.echo_service("q", "site", &[], &[]);
+    let url = format!("{ingress}/q-site/");
+    assert_eq!(get(&http, &url, None).await.status, 401);
+    update_site("--allow-unauthenticated");
+    let public = get(&http, &url, None).await;
+    assert_eq!(public.status, 200, "{}", public.text);
+    let policy = server
+        .rouse(&[
+            "services",
+            "get-iam-policy",
+            "site",
+            "--project",
+            "q",
+            "--format",
+            "json",
+        ])
+        .json();
+    assert!(
+        policy["bindings"]
+            .as_array()
+            .expect("bindings")
+            .iter()
+            .any(|b| b["role"] == "roles/invoker"
+                && b["members"]
+                    .as_array()
+                    .is_some_and(|m| m.iter().any(|m| m == "allUsers"))),
+        "{policy}"
+    );
+    update_site("--no-allow-unauthenticated");
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    loop {
+        let status = get(&http, &url, None).await.status;
+        if status == 401 {
+            break;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "anonymous callers still get {status} after --no-allow-unauthenticated"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}

@@ -61,6 +61,7 @@ pub fn service_to_pb(s: &Service, serving: Option<&str>, routing: &Routing) -> p
         scaling,
         env,
         node_selector,
+        ingress,
         generation,
         created_at,
         updated_at,
@@ -95,6 +96,7 @@ pub fn service_to_pb(s: &Service, serving: Option<&str>, routing: &Routing) -> p
             .iter()
             .map(|(k, v)| (k.clone(), v.clone()))
             .collect(),
+        ingress: ingress.to_string(),
         status: status.to_string(),
         create_time: Some((*created_at).into()),
         update_time: Some((*updated_at).into()),

@@ -168,6 +168,14 @@ pub fn apply_update(service: &mut Service, req: &pb::UpdateServiceRequest) -> Re
             .map_err(|e| invalid(&format!("node selector: {e}")))?;
         service.node_selector = selector;
     }
+    if !req.ingress.is_empty() {
+        service.ingress = rouse_core::IngressPolicy::parse(&req.ingress).ok_or_else(|| {
+            ApiError::InvalidArgument(format!(
+                "ingress `{}` is not a setting; use `all` (requests from anywhere) or `internal` (from the internal networks only)",
+                req.ingress
+            ))
+        })?;
+    }
     let s = &mut service.scaling;
     if let Some(v) = req.min_instances {
         s.min_instances = v;
@@ -437,6 +445,19 @@ mod tests {
         };
         let err = api.update(&bad).await.expect_err("min > max");
         assert!(matches!(err, ApiError::InvalidArgument(_)), "{err}");
+
+        let internal = pb::UpdateServiceRequest {
+            ingress: "internal".into(),
+            ..req.clone()
+        };
+        let updated = api.update(&internal).await.expect("ingress");
+        assert_eq!(updated.ingress, rouse_core::IngressPolicy::Internal);
+        let bad = pb::UpdateServiceRequest {
+            ingress: "private".into(),
+            ..req.clone()
+        };
+        let err = api.update(&bad).await.expect_err("not a setting");
+        assert!(err.to_string().contains("`private`"), "{err}");
 
         api.delete("experiment_2", "hpc").await.expect("delete");
         assert!(broker.topics.lock().expect("lock").is_empty());

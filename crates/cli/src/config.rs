@@ -89,6 +89,7 @@ pub struct DispatcherSection {
     #[serde(default, with = "humantime_serde_opt")]
     pub acme_renew_before: Option<Duration>,
     pub ingress_http_listen: Option<SocketAddr>,
+    pub internal_networks: Option<Vec<String>>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -171,6 +172,8 @@ pub struct ServerConfig {
     pub ingress_acme: Option<rouse_dispatcher::acme::AcmeConfig>,
     /// Plain HTTP beside an HTTPS ingress (ACME challenges, redirects).
     pub ingress_http_listen: Option<SocketAddr>,
+    /// Where requests for `--ingress internal` services may come from.
+    pub internal_networks: Vec<rouse_dispatcher::ingress::Network>,
     /// GitHub's REST API (commit statuses).
     pub github_api_url: String,
     /// The key sealing secrets, kept outside the store.
@@ -511,6 +514,18 @@ impl ServerConfig {
                     .into(),
             );
         }
+        let internal_networks = match args.internal_networks.is_empty() {
+            false => Some(args.internal_networks.clone()),
+            true => file.dispatcher.internal_networks,
+        };
+        let internal_networks = match internal_networks {
+            None => rouse_dispatcher::ingress::Network::default_internal(),
+            Some(list) => list
+                .iter()
+                .map(|n| rouse_dispatcher::ingress::Network::parse(n.trim()))
+                .collect::<Result<Vec<_>, _>>()
+                .map_err(|e| format!("--internal-networks: {e}"))?,
+        };
         let (ingress_acme, ingress_http_listen) = ingress_acme(
             args,
             AcmeFile {
@@ -576,6 +591,7 @@ impl ServerConfig {
             ingress_tls,
             ingress_acme,
             ingress_http_listen,
+            internal_networks,
             github_api_url,
             secrets_key,
             roles,
@@ -619,6 +635,7 @@ impl ServerConfig {
             ingress_tls,
             ingress_acme,
             ingress_http_listen,
+            internal_networks,
             github_api_url,
             secrets_key,
             registry,
@@ -635,6 +652,7 @@ impl ServerConfig {
             ingress_tls,
             ingress_acme,
             ingress_http_listen,
+            internal_networks,
             pubsub,
             broker,
             network_topic,

@@ -43,6 +43,8 @@ pub struct ServiceView {
     /// Labels a node must carry for the service's image instances; empty:
     /// any engine.
     pub node_selector: BTreeMap<String, String>,
+    /// Where its HTTP requests may come from: `all` or `internal`.
+    pub ingress: String,
     /// The revision serving untagged questions when no split applies;
     /// `null` while none can serve.
     pub serving_revision: Option<String>,
@@ -100,6 +102,11 @@ impl From<&pb::Service> for ServiceView {
                 .iter()
                 .map(|(k, v)| (k.clone(), v.clone()))
                 .collect(),
+            ingress: if s.ingress.is_empty() {
+                "all".to_owned()
+            } else {
+                s.ingress.clone()
+            },
             serving_revision: Some(s.serving_revision.clone()).filter(|r| !r.is_empty()),
             serving_sruid: Some(s.sruid.clone()).filter(|r| !r.is_empty()),
             tags: s.tags.iter().map(|(t, r)| (t.clone(), r.clone())).collect(),
@@ -292,6 +299,7 @@ impl View for ServiceView {
         for (k, v) in &s.node_selector {
             rows.push(("node selector", format!("{k}={v}")));
         }
+        rows.push(("ingress", s.ingress.clone()));
         rows.push(("created", s.create_time.clone()));
         rows.push(("updated", s.update_time.clone()));
         rows.push(("generation", s.generation.to_string()));

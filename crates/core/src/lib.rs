@@ -17,5 +17,7 @@ pub mod service;
 pub mod sruid;
 
 pub use names::{NameError, ProjectName, ServiceName};
-pub use service::{EnvError, EnvVars, Scaling, ScalingError, Service, ServiceStatus};
+pub use service::{
+    EnvError, EnvVars, IngressPolicy, Scaling, ScalingError, Service, ServiceStatus,
+};
 pub use sruid::{Sruid, SruidError};

@@ -238,6 +238,40 @@ impl EnvVars {
     }
 }
 
+/// Where HTTP requests for a service may come from (Cloud Run's
+/// `--ingress`): the ingress refuses the others before any check of the
+/// caller. Questions over Pub/Sub are not affected.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Hash)]
+pub enum IngressPolicy {
+    /// From anywhere.
+    #[default]
+    All,
+    /// Only from the internal networks (`rouse server --internal-networks`:
+    /// loopback and private addresses by default).
+    Internal,
+}
+
+impl IngressPolicy {
+    pub const ALL: [Self; 2] = [Self::All, Self::Internal];
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::All => "all",
+            Self::Internal => "internal",
+        }
+    }
+
+    pub fn parse(s: &str) -> Option<Self> {
+        Self::ALL.into_iter().find(|v| v.as_str() == s)
+    }
+}
+
+impl fmt::Display for IngressPolicy {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
 /// Everything Rouse records about a service.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Service {
@@ -250,6 +284,8 @@ pub struct Service {
     /// Labels a node must carry for this service's image instances to be
     /// placed on it (Kubernetes' `nodeSelector`); empty: any engine.
     pub node_selector: BTreeMap<String, String>,
+    /// Where its HTTP requests may come from.
+    pub ingress: IngressPolicy,
     /// Bumped by every change to the record; the store refuses a write based on
     /// a stale generation, so concurrent updates never lose each other's changes.
     pub generation: u64,
@@ -268,6 +304,7 @@ impl Service {
             scaling: Scaling::default(),
             env: EnvVars::default(),
             node_selector: BTreeMap::new(),
+            ingress: IngressPolicy::All,
             generation: 1,
             created_at: now,
             updated_at: now,

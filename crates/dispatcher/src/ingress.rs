@@ -23,7 +23,7 @@
 //! reason when waking failed, 502 when the instance could not be reached,
 //! 504 after the request timeout.
 
-use std::net::SocketAddr;
+use std::net::{IpAddr, SocketAddr};
 use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 
@@ -34,6 +34,7 @@ use hyper_util::client::legacy::Client;
 use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::rt::TokioExecutor;
 use rouse_authz::decision_entry;
+use rouse_core::IngressPolicy;
 use rouse_iam::{Permission, Resource};
 use rouse_store::{AuditDecision, AuditEntry};
 use tokio::sync::oneshot;
@@ -57,9 +58,96 @@ const HOP_BY_HOP: [&str; 8] = [
     "upgrade",
 ];
 
+/// An IP network, `ADDRESS/PREFIX` (`10.0.0.0/8`, `fd00::/8`); a bare
+/// address is a network of one.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Network {
+    addr: IpAddr,
+    prefix: u8,
+}
+
+impl Network {
+    /// What `--ingress internal` admits by default: loopback, the private
+    /// ranges (RFC 1918, RFC 6598's shared space, IPv6 unique local) and
+    /// link-local addresses.
+    pub const DEFAULT_INTERNAL: &[&str] = &[
+        "127.0.0.0/8",
+        "10.0.0.0/8",
+        "172.16.0.0/12",
+        "192.168.0.0/16",
+        "100.64.0.0/10",
+        "169.254.0.0/16",
+        "::1/128",
+        "fc00::/7",
+        "fe80::/10",
+    ];
+
+    /// Parses `ADDRESS[/PREFIX]`, naming the bad part.
+    pub fn parse(s: &str) -> Result<Self, String> {
+        let (addr, prefix) = match s.split_once('/') {
+            Some((addr, prefix)) => (addr, Some(prefix)),
+            None => (s, None),
+        };
+        let addr: IpAddr = addr.parse().map_err(|_| {
+            format!("`{s}` is not a network: give ADDRESS/PREFIX, e.g. 10.0.0.0/8 or fd00::/8")
+        })?;
+        let max = if addr.is_ipv4() { 32 } else { 128 };
+        let prefix = match prefix {
+            None => max,
+            Some(p) => p.parse::<u8>().ok().filter(|p| *p <= max).ok_or_else(|| {
+                format!("`{s}`: the prefix length must be 0..={max} for this address")
+            })?,
+        };
+        Ok(Self { addr, prefix })
+    }
+
+    /// Whether `ip` is in this network (an IPv4-mapped IPv6 address counts
+    /// as its IPv4 address).
+    pub fn contains(&self, ip: IpAddr) -> bool {
+        let ip = match ip {
+            IpAddr::V6(v6) => v6.to_ipv4_mapped().map_or(ip, IpAddr::V4),
+            v4 => v4,
+        };
+        let (a, b, bits) = match (self.addr, ip) {
+            (IpAddr::V4(a), IpAddr::V4(b)) => {
+                (u128::from(a.to_bits()), u128::from(b.to_bits()), 32)
+            }
+            (IpAddr::V6(a), IpAddr::V6(b)) => (a.to_bits(), b.to_bits(), 128),
+            _ => return false,
+        };
+        let shift = bits - u32::from(self.prefix);
+        shift >= bits || (a >> shift) == (b >> shift)
+    }
+
+    /// [`Self::DEFAULT_INTERNAL`], parsed.
+    pub fn default_internal() -> Vec<Self> {
+        Self::DEFAULT_INTERNAL
+            .iter()
+            .filter_map(|n| Self::parse(n).ok())
+            .collect()
+    }
+}
+
+impl std::fmt::Display for Network {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{}/{}", self.addr, self.prefix)
+    }
+}
+
+/// How the ingress serves, beyond where it listens.
+#[derive(Debug, Clone, Default)]
+pub struct IngressOptions {
+    /// TLS, when it serves HTTPS.
+    pub tls: Option<Arc<rustls::ServerConfig>>,
+    /// Where requests for `--ingress internal` services may come from.
+    pub internal_networks: Vec<Network>,
+}
+
 #[derive(Clone)]
 struct Ingress {
     shared: Arc<Shared>,
+    /// Where requests for internal services may come from.
+    internal: Arc<[Network]>,
     client: Client<HttpConnector, Body>,
     /// Grants to audit, written off the request's path (see [`write_audits`]).
     audits: tokio::sync::mpsc::Sender<AuditEntry>,
@@ -126,9 +214,13 @@ pub fn tls_config(
 pub(crate) async fn serve(
     shared: Arc<Shared>,
     listener: tokio::net::TcpListener,
-    tls: Option<Arc<rustls::ServerConfig>>,
+    options: IngressOptions,
     shutdown: CancellationToken,
 ) -> std::io::Result<()> {
+    let IngressOptions {
+        tls,
+        internal_networks,
+    } = options;
     let mut connector = HttpConnector::new();
     connector.set_nodelay(true);
     let client = Client::builder(TokioExecutor::new())
@@ -142,6 +234,7 @@ pub(crate) async fn serve(
         .fallback(handle)
         .with_state(Ingress {
             shared,
+            internal: internal_networks.into(),
             client,
             audits,
             scheme,
@@ -346,6 +439,17 @@ async fn serve_service(
     tag: Option<&str>,
     found: crate::table::Found,
 ) -> Response<Body> {
+    if found.ingress == IngressPolicy::Internal
+        && !ingress.internal.iter().any(|n| n.contains(client.ip()))
+    {
+        return plain(
+            StatusCode::FORBIDDEN,
+            format!(
+                "service `{root}` takes requests from the internal networks only (its ingress is `internal`), and {} is not in them; call it from inside, or `rouse services update --ingress all` (the networks are `rouse server --internal-networks`)",
+                client.ip()
+            ),
+        );
+    }
     let resource = Resource::Service(found.project.clone(), found.name.clone());
     let mut request = request;
     match authorize(ingress, request.headers(), &resource, &found).await {
@@ -760,6 +864,43 @@ impl hyper::body::Body for Leased {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn networks_hold_their_addresses() {
+        let net = |s: &str| Network::parse(s).expect(s);
+        let ip = |s: &str| s.parse::<IpAddr>().expect(s);
+        assert!(net("10.0.0.0/8").contains(ip("10.200.3.4")));
+        assert!(!net("10.0.0.0/8").contains(ip("11.0.0.1")));
+        assert!(net("172.16.0.0/12").contains(ip("172.31.255.255")));
+        assert!(!net("172.16.0.0/12").contains(ip("172.32.0.0")));
+        assert!(net("0.0.0.0/0").contains(ip("203.0.113.9")));
+        assert!(net("192.0.2.7").contains(ip("192.0.2.7")));
+        assert!(!net("192.0.2.7").contains(ip("192.0.2.8")));
+        assert!(net("fc00::/7").contains(ip("fd12::1")));
+        assert!(!net("fc00::/7").contains(ip("2001:db8::1")));
+        // An IPv4 client on a dual-stack socket.
+        assert!(net("127.0.0.0/8").contains(ip("::ffff:127.0.0.1")));
+        assert!(!net("::1/128").contains(ip("127.0.0.1")));
+        let internal = Network::default_internal();
+        assert_eq!(internal.len(), Network::DEFAULT_INTERNAL.len());
+        for inside in ["127.0.0.1", "10.1.2.3", "192.168.1.1", "::1", "fe80::1"] {
+            assert!(internal.iter().any(|n| n.contains(ip(inside))), "{inside}");
+        }
+        for outside in ["203.0.113.9", "8.8.8.8", "2001:db8::1"] {
+            assert!(
+                !internal.iter().any(|n| n.contains(ip(outside))),
+                "{outside}"
+            );
+        }
+        for (bad, says) in [
+            ("10.0.0.0/33", "0..=32"),
+            ("ten/8", "not a network"),
+            ("::/129", "0..=128"),
+        ] {
+            let e = Network::parse(bad).expect_err(bad);
+            assert!(e.contains(says) && e.contains(bad), "{e}");
+        }
+    }
 
     #[test]
     fn a_path_names_a_context_root_and_maybe_a_tag() {

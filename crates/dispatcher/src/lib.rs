@@ -242,10 +242,10 @@ impl Dispatcher {
     pub async fn serve_ingress(
         &self,
         listener: tokio::net::TcpListener,
-        tls: Option<Arc<rustls::ServerConfig>>,
+        options: ingress::IngressOptions,
         shutdown: CancellationToken,
     ) -> std::io::Result<()> {
-        ingress::serve(self.shared.clone(), listener, tls, shutdown).await
+        ingress::serve(self.shared.clone(), listener, options, shutdown).await
     }
 
     /// Cancels a queued or running question. `false` if it is not running here.

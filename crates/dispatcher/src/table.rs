@@ -58,6 +58,8 @@ pub(crate) struct Found {
     pub owned: bool,
     /// Its scaling settings (timeouts included).
     pub scaling: rouse_core::service::Scaling,
+    /// Where its HTTP requests may come from.
+    pub ingress: rouse_core::IngressPolicy,
     routes: Routes,
     lanes: HashMap<String, mpsc::Sender<WorkerMsg>>,
 }
@@ -140,6 +142,7 @@ impl ServiceTable {
             serving: entry.revision.as_ref().map(|r| r.name.clone()),
             owned: entry.owned,
             scaling: entry.service.scaling,
+            ingress: entry.service.ingress,
             routes: entry.routes.clone(),
             lanes: entry.lanes.clone(),
         })

@@ -40,6 +40,7 @@ use tokio::net::TcpListener;
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 
+pub use rouse_dispatcher::ingress::Network;
 pub use secrets::ServiceSecrets;
 
 /// How long the roles get to stop (instances stopped, builds ended, calls
@@ -137,6 +138,8 @@ pub struct Config {
     /// Plain HTTP beside an HTTPS ingress: ACME's HTTP-01 challenges, and
     /// redirects to HTTPS for the rest.
     pub ingress_http_listen: Option<SocketAddr>,
+    /// Where requests for `--ingress internal` services may come from.
+    pub internal_networks: Vec<rouse_dispatcher::ingress::Network>,
     pub pubsub: PubSubConfig,
     /// Run Rouse's own Pub/Sub broker in this process (when it runs the api
     /// or the dispatcher) and use it instead of `pubsub.emulator_host`.
@@ -553,11 +556,15 @@ impl Platform {
                 Dispatcher::start(inputs.parts().await?, shutdown.clone()).await?;
             if let Some(listener) = ingress_listener {
                 let (ingress, token) = (dispatcher.clone(), shutdown.clone());
+                let options = rouse_dispatcher::ingress::IngressOptions {
+                    tls: ingress_tls,
+                    internal_networks: config.internal_networks.clone(),
+                };
                 running.servers.push((
                     "the ingress",
                     tokio::spawn(async move {
                         ingress
-                            .serve_ingress(listener, ingress_tls, token)
+                            .serve_ingress(listener, options, token)
                             .await
                             .map_err(|e| e.to_string())
                     }),

@@ -14,7 +14,9 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use async_trait::async_trait;
-use rouse_core::{EnvVars, ProjectName, Scaling, Service, ServiceName, ServiceStatus};
+use rouse_core::{
+    EnvVars, IngressPolicy, ProjectName, Scaling, Service, ServiceName, ServiceStatus,
+};
 use rusqlite::{Connection, OptionalExtension, Row, params};
 use uuid::Uuid;
 
@@ -299,6 +301,10 @@ CREATE TABLE nodes (
     r#"
 ALTER TABLE services ADD COLUMN node_selector TEXT NOT NULL DEFAULT '{}';
 "#,
+    // Where a service's HTTP requests may come from: `all` or `internal`.
+    r#"
+ALTER TABLE services ADD COLUMN ingress TEXT NOT NULL DEFAULT 'all';
+"#,
 ];
 
 /// How long a statement waits for a lock held by another process (another
@@ -518,7 +524,7 @@ fn from_millis(ms: i64) -> Duration {
 
 const SERVICE_COLUMNS: &str = "uuid, project, name, status, min_instances, max_instances, concurrency, \
      idle_timeout_ms, wake_timeout_ms, request_timeout_ms, env, generation, created_at_us, updated_at_us, \
-     node_selector";
+     node_selector, ingress";
 
 /// The raw columns of a `services` row; turned into a [`Service`] outside the
 /// row callback so that validation errors stay typed.
@@ -533,6 +539,7 @@ struct ServiceRow {
     created_at_us: i64,
     updated_at_us: i64,
     node_selector: String,
+    ingress: String,
 }
 
 impl ServiceRow {
@@ -555,6 +562,7 @@ impl ServiceRow {
             created_at_us: row.get(12)?,
             updated_at_us: row.get(13)?,
             node_selector: row.get(14)?,
+            ingress: row.get(15)?,
         })
     }
 
@@ -581,6 +589,8 @@ impl ServiceRow {
         let env = EnvVars::from_map(env).map_err(|e| corrupt("env", &e))?;
         let node_selector =
             serde_json::from_str(&self.node_selector).map_err(|e| corrupt("node_selector", &e))?;
+        let ingress =
+            IngressPolicy::parse(&self.ingress).ok_or_else(|| corrupt("ingress", &self.ingress))?;
         Ok(Service {
             project,
             name,
@@ -589,6 +599,7 @@ impl ServiceRow {
             scaling,
             env,
             node_selector,
+            ingress,
             generation: u64::try_from(self.generation).map_err(|e| corrupt("generation", &e))?,
             created_at: from_micros(self.created_at_us),
             updated_at: from_micros(self.updated_at_us),
@@ -649,7 +660,7 @@ impl Store for SqliteStore {
             tx.execute(
                 &format!(
                     "INSERT INTO services ({SERVICE_COLUMNS}) \
-                     VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15)"
+                     VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15, ?16)"
                 ),
                 params![
                     s.uuid.to_string(),
@@ -667,6 +678,7 @@ impl Store for SqliteStore {
                     micros(s.created_at),
                     micros(s.updated_at),
                     selector_json(&s),
+                    s.ingress.as_str(),
                 ],
             )?;
             Ok(())
@@ -736,7 +748,7 @@ impl Store for SqliteStore {
                 "UPDATE services SET status = ?3, min_instances = ?4, max_instances = ?5, \
                  concurrency = ?6, idle_timeout_ms = ?7, wake_timeout_ms = ?8, \
                  request_timeout_ms = ?9, env = ?10, generation = ?11, updated_at_us = ?12, \
-                 node_selector = ?13 WHERE uuid = ?1 AND generation = ?2",
+                 node_selector = ?13, ingress = ?14 WHERE uuid = ?1 AND generation = ?2",
                 params![
                     s.uuid.to_string(),
                     i64::try_from(expected).unwrap_or(i64::MAX),
@@ -751,6 +763,7 @@ impl Store for SqliteStore {
                     i64::try_from(s.generation).unwrap_or(i64::MAX),
                     micros(s.updated_at),
                     selector_json(&s),
+                    s.ingress.as_str(),
                 ],
             )?;
             if changed == 1 {

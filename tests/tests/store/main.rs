@@ -208,6 +208,7 @@ mod services {
         let mut a = s.clone();
         a.scaling.max_instances = 7;
         a.node_selector.insert("zone".into(), "b".into());
+        a.ingress = rouse_core::IngressPolicy::Internal;
         let stored = store.update_service(&a).await.expect("first update");
         assert_eq!(stored.generation, 2);
         let mut b = s.clone();
@@ -224,6 +225,7 @@ mod services {
             .expect("present");
         assert_eq!(read.scaling.max_instances, 7);
         assert_eq!(read.node_selector, a.node_selector);
+        assert_eq!(read.ingress, rouse_core::IngressPolicy::Internal);
         assert!(store.delete_service(s.uuid).await.expect("delete"));
         let gone = store.update_service(&stored).await.expect_err("deleted");
         assert!(matches!(gone, StoreError::NotFound { .. }), "{gone}");

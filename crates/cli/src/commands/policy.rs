@@ -39,7 +39,7 @@ pub struct Target {
     /// The resource's name on the wire, e.g. `projects/p/services/s`.
     name: String,
     /// How messages name it, e.g. "service `s` of project `p`".
-    what: String,
+    pub what: String,
     /// The command that reads its policy, for hints.
     get_command: String,
 }
@@ -307,6 +307,22 @@ pub async fn add_binding(
         ));
     }
     ctx.print_policy(&policy, format)
+}
+
+/// Grants (`public`) or takes away `roles/invoker` for `allUsers` on
+/// `target`, without a condition (gcloud's `--[no-]allow-unauthenticated`).
+/// `false` when there was nothing to change.
+pub async fn set_public(ctx: &Context, target: &Target, public: bool) -> Result<bool, CliError> {
+    const ROLE: &str = "roles/invoker";
+    const MEMBER: &str = "allUsers";
+    let (_, written) = modify(ctx, target, |p| match public {
+        true => Ok(p.add_binding(ROLE, MEMBER, None)),
+        false => Ok(p
+            .remove_binding(ROLE, MEMBER, &ConditionFilter::Unconditional)
+            .is_ok()),
+    })
+    .await?;
+    Ok(written)
 }
 
 pub async fn remove_binding(

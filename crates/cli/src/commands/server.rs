@@ -101,6 +101,11 @@ pub struct ServerArgs {
     /// ingress's host, port 80; otherwise none].
     #[arg(long, env = "ROUSE_INGRESS_HTTP_LISTEN")]
     pub ingress_http_listen: Option<SocketAddr>,
+    /// The networks whose requests `--ingress internal` services take,
+    /// comma-separated ADDRESS/PREFIX [default: loopback, 10.0.0.0/8,
+    /// 172.16.0.0/12, 192.168.0.0/16, 100.64.0.0/10, link-local, fc00::/7].
+    #[arg(long, env = "ROUSE_INTERNAL_NETWORKS", value_delimiter = ',')]
+    pub internal_networks: Vec<String>,
     /// GitHub's REST API, for commit statuses [default: https://api.github.com].
     #[arg(long, env = "ROUSE_GITHUB_API_URL")]
     pub github_api_url: Option<String>,

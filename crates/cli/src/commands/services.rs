@@ -18,6 +18,14 @@ pub enum ServicesCommand {
         name: String,
         #[command(flatten)]
         project: ProjectArg,
+        /// Where its HTTP requests may come from: `all`, or `internal` (the
+        /// internal networks only) [default: all].
+        #[arg(long, value_parser = ["all", "internal"])]
+        ingress: Option<String>,
+        /// Let anyone call it without a token: grants `roles/invoker` to
+        /// `allUsers` on it (as gcloud's flag does).
+        #[arg(long)]
+        allow_unauthenticated: bool,
     },
     /// List services, of one project or of all.
     List {
@@ -119,6 +127,17 @@ pub struct UpdateArgs {
     /// Any engine will do again.
     #[arg(long, conflicts_with = "node_selector")]
     clear_node_selector: bool,
+    /// Where its HTTP requests may come from: `all`, or `internal` (the
+    /// internal networks only).
+    #[arg(long, value_parser = ["all", "internal"])]
+    ingress: Option<String>,
+    /// Let anyone call it without a token (`roles/invoker` for `allUsers`).
+    #[arg(long, conflicts_with = "no_allow_unauthenticated")]
+    allow_unauthenticated: bool,
+    /// Require a caller with `services.ask` again (removes the `allUsers`
+    /// grant of `roles/invoker`).
+    #[arg(long)]
+    no_allow_unauthenticated: bool,
 }
 
 fn parse_env(s: &str) -> Result<(String, String), String> {
@@ -130,14 +149,37 @@ fn parse_env(s: &str) -> Result<(String, String), String> {
 
 pub async fn run(ctx: &Context, cmd: ServicesCommand) -> Result<(), CliError> {
     match cmd {
-        ServicesCommand::Create { name, project } => {
+        ServicesCommand::Create {
+            name,
+            project,
+            ingress,
+            allow_unauthenticated,
+        } => {
             let mut api = ctx.client(ServicesClient::new).await?;
-            let s = ctx
+            let mut s = ctx
                 .call(api.create_service(pb::CreateServiceRequest {
-                    project: project.project,
-                    name,
+                    project: project.project.clone(),
+                    name: name.clone(),
                 }))
                 .await?;
+            if let Some(ingress) = ingress {
+                s = ctx
+                    .call(api.update_service(pb::UpdateServiceRequest {
+                        project: project.project.clone(),
+                        name: name.clone(),
+                        ingress,
+                        ..Default::default()
+                    }))
+                    .await?;
+            }
+            if allow_unauthenticated {
+                let target = Target::service(&project.project, &name)?;
+                policy::set_public(ctx, &target, true).await?;
+                ctx.note(format_args!(
+                    "anyone may call {} (roles/invoker for allUsers)",
+                    target.what
+                ));
+            }
             ctx.print_one(&ServiceView::from(&s))
         }
         ServicesCommand::List { project } => {
@@ -213,6 +255,9 @@ async fn update(ctx: &Context, args: UpdateArgs) -> Result<(), CliError> {
         clear_env,
         node_selector,
         clear_node_selector,
+        ingress,
+        allow_unauthenticated,
+        no_allow_unauthenticated,
     } = args;
     let nothing = min_instances.is_none()
         && max_instances.is_none()
@@ -224,17 +269,39 @@ async fn update(ctx: &Context, args: UpdateArgs) -> Result<(), CliError> {
         && remove_env.is_empty()
         && !clear_env
         && node_selector.is_empty()
-        && !clear_node_selector;
-    if nothing {
+        && !clear_node_selector
+        && ingress.is_none();
+    if nothing && !allow_unauthenticated && !no_allow_unauthenticated {
         return Err(CliError::usage(
-            "nothing to update: pass at least one of --min-instances, --max-instances, --concurrency, --idle-timeout, --wake-timeout, --request-timeout, --env, --remove-env, --clear-env, --node-selector, --clear-node-selector",
+            "nothing to update: pass at least one of --min-instances, --max-instances, --concurrency, --idle-timeout, --wake-timeout, --request-timeout, --env, --remove-env, --clear-env, --node-selector, --clear-node-selector, --ingress, --allow-unauthenticated, --no-allow-unauthenticated",
         ));
     }
+    if allow_unauthenticated || no_allow_unauthenticated {
+        let target = Target::service(&project.project, &name)?;
+        let changed = policy::set_public(ctx, &target, allow_unauthenticated).await?;
+        let what = match (allow_unauthenticated, changed) {
+            (true, true) => "anyone may call it now (roles/invoker for allUsers)",
+            (true, false) => "anyone could call it already; nothing changed",
+            (false, true) => "callers need services.ask again (allUsers' roles/invoker removed)",
+            (false, false) => "allUsers had no unconditional roles/invoker on it; nothing changed",
+        };
+        ctx.note(format_args!("{}: {what}", target.what));
+    }
     let mut api = ctx.client(ServicesClient::new).await?;
+    if nothing {
+        let s = ctx
+            .call(api.get_service(pb::GetServiceRequest {
+                project: project.project,
+                name,
+            }))
+            .await?;
+        return ctx.print_one(&ServiceView::from(&s));
+    }
     let s = ctx
         .call(api.update_service(pb::UpdateServiceRequest {
             project: project.project,
             name,
+            ingress: ingress.unwrap_or_default(),
             min_instances,
             max_instances,
             concurrency,

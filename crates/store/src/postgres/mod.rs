@@ -23,7 +23,9 @@ use std::time::Duration;
 
 use async_trait::async_trait;
 use deadpool_postgres::{GenericClient, Manager, ManagerConfig, Pool, RecyclingMethod, Runtime};
-use rouse_core::{EnvVars, ProjectName, Scaling, Service, ServiceName, ServiceStatus};
+use rouse_core::{
+    EnvVars, IngressPolicy, ProjectName, Scaling, Service, ServiceName, ServiceStatus,
+};
 use tokio_postgres::error::SqlState;
 use tokio_postgres::types::ToSql;
 use tokio_postgres::{NoTls, Row};
@@ -41,6 +43,7 @@ const MIGRATIONS: &[&str] = &[
     include_str!("shards.sql"),
     include_str!("nodes.sql"),
     include_str!("selectors.sql"),
+    include_str!("ingress.sql"),
 ];
 
 /// The advisory lock taken while migrating (any fixed number; this one
@@ -345,7 +348,7 @@ fn from_millis(ms: i64) -> Duration {
 
 const SERVICE_COLUMNS: &str = "uuid, project, name, status, min_instances, max_instances, concurrency, \
      idle_timeout_ms, wake_timeout_ms, request_timeout_ms, env, generation, created_at_us, updated_at_us, \
-     node_selector";
+     node_selector, ingress";
 
 fn read_service(row: &Row) -> Result<Service, StoreError> {
     let uuid: String = get(row, 0)?;
@@ -376,6 +379,8 @@ fn read_service(row: &Row) -> Result<Service, StoreError> {
     let node_selector: String = get(row, 14)?;
     let node_selector =
         serde_json::from_str(&node_selector).map_err(|e| corrupt("node_selector", &e))?;
+    let ingress: String = get(row, 15)?;
+    let ingress = IngressPolicy::parse(&ingress).ok_or_else(|| corrupt("ingress", &ingress))?;
     Ok(Service {
         uuid: Uuid::parse_str(&uuid).map_err(|e| corrupt("uuid", &e))?,
         project,
@@ -384,6 +389,7 @@ fn read_service(row: &Row) -> Result<Service, StoreError> {
         scaling,
         env,
         node_selector,
+        ingress,
         generation: u64::try_from(generation).map_err(|e| corrupt("generation", &e))?,
         created_at: from_micros(get(row, 12)?),
         updated_at: from_micros(get(row, 13)?),
@@ -443,7 +449,7 @@ impl Store for PgStore {
                 &tx,
                 &format!(
                     "INSERT INTO services ({SERVICE_COLUMNS}) \
-                     VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15)"
+                     VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16)"
                 ),
                 &[
                     &uuid,
@@ -461,6 +467,7 @@ impl Store for PgStore {
                     &micros(s.created_at),
                     &micros(s.updated_at),
                     &selector,
+                    &s.ingress.as_str(),
                 ],
             )
             .await?;
@@ -522,7 +529,7 @@ impl Store for PgStore {
                 "UPDATE services SET status = $3, min_instances = $4, max_instances = $5, \
                  concurrency = $6, idle_timeout_ms = $7, wake_timeout_ms = $8, \
                  request_timeout_ms = $9, env = $10, generation = $11, updated_at_us = $12, \
-                 node_selector = $13 WHERE uuid = $1 AND generation = $2",
+                 node_selector = $13, ingress = $14 WHERE uuid = $1 AND generation = $2",
                 &[
                     &uuid,
                     &big(expected),
@@ -537,6 +544,7 @@ impl Store for PgStore {
                     &big(s.generation),
                     &micros(s.updated_at),
                     &selector,
+                    &s.ingress.as_str(),
                 ],
             )
             .await?;
