@@ -787,6 +787,32 @@ pub async fn wait_until<T>(
     }
 }
 
+/// `promtool check metrics` (Debian's `prometheus`, which `.ci/setup`
+/// installs) finds nothing wrong with `text`.
+pub fn promtool_accepts(text: &str) {
+    use std::io::Write as _;
+    let mut child = std::process::Command::new("promtool")
+        .args(["check", "metrics"])
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .expect("promtool (`.ci/setup` installs Debian's prometheus)");
+    child
+        .stdin
+        .take()
+        .expect("stdin")
+        .write_all(text.as_bytes())
+        .expect("write to promtool");
+    let out = child.wait_with_output().expect("promtool runs");
+    assert!(
+        out.status.success(),
+        "promtool check metrics: {}{}\n{text}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
 /// A binary of the workspace built for this test run (`echo`, …).
 pub fn workspace_bin(name: &str) -> PathBuf {
     let bin = rouse_bin().with_file_name(name);

@@ -222,6 +222,26 @@ async fn a_push_builds_rolls_out_and_reports_back() {
     let b1 = answer["build_id"].as_str().expect("a build id").to_owned();
     let done = server.wait_build(&b1, BUILD_ENDED, &[]);
     assert_eq!(done["status"], "succeeded", "{done}\n{}", server.log());
+    // The builder's metrics time each step of it.
+    let metrics = reqwest::get(format!("{}/metrics", server.webhooks()))
+        .await
+        .expect("/metrics")
+        .text()
+        .await
+        .expect("metrics text");
+    for step in ["queued", "fetching", "building", "rolling-out"] {
+        assert!(
+            metrics.contains(&format!(
+                "rouse_build_step_seconds_count{{step=\"{step}\"}}"
+            )),
+            "{step}: {metrics}"
+        );
+    }
+    assert!(
+        metrics.contains("rouse_builds_total{status=\"succeeded\"} 1"),
+        "{metrics}"
+    );
+    rouse_tests::promtool_accepts(&metrics);
     assert_eq!(done["commit"], v1.as_str());
     let rev1 = done["revision"].as_str().expect("a revision").to_owned();
     assert_eq!(rev1, format!("echo-00001-{}", &v1[..7]));

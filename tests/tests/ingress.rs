@@ -6,7 +6,7 @@ use std::collections::HashSet;
 use std::path::Path;
 use std::time::Duration;
 
-use rouse_tests::{Emulator, Server, wait_until};
+use rouse_tests::{Emulator, Server, promtool_accepts, wait_until};
 use serde_json::Value;
 
 /// Service `p/<name>` running the echo example (process runtime, server
@@ -25,32 +25,6 @@ fn token(server: &Server, key: &Path, service: Option<&str>) -> String {
     let out = server.rouse_as(Some(key), &args);
     assert_eq!(out.code, 0, "{out:?}");
     out.stdout.trim().to_owned()
-}
-
-/// `promtool check metrics` (Debian's `prometheus`, which `.ci/setup`
-/// installs) finds nothing wrong with `text`.
-fn promtool_accepts(text: &str) {
-    use std::io::Write as _;
-    let mut child = std::process::Command::new("promtool")
-        .args(["check", "metrics"])
-        .stdin(std::process::Stdio::piped())
-        .stdout(std::process::Stdio::piped())
-        .stderr(std::process::Stdio::piped())
-        .spawn()
-        .expect("promtool (`.ci/setup` installs Debian's prometheus)");
-    child
-        .stdin
-        .take()
-        .expect("stdin")
-        .write_all(text.as_bytes())
-        .expect("write to promtool");
-    let out = child.wait_with_output().expect("promtool runs");
-    assert!(
-        out.status.success(),
-        "promtool check metrics: {}{}\n{text}",
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    );
 }
 
 struct Answer {

@@ -488,6 +488,18 @@ async fn nodes_at_tcp_and_ssh_addresses_run_instances() {
             "no instance of {name} on the node: {names}\n{}",
             server.log()
         );
+        // The ingress's metrics count the node's instances.
+        let metrics = reqwest::get(format!("{}/metrics", server.ingress()))
+            .await
+            .expect("/metrics")
+            .text()
+            .await
+            .expect("metrics text");
+        let counted = metrics
+            .lines()
+            .find_map(|l| l.strip_prefix(&format!("rouse_node_instances{{node=\"by-{via}\"}} ")))
+            .and_then(|n| n.parse::<i64>().ok());
+        assert!(counted.is_some_and(|n| n >= 1), "{metrics}");
     }
     assert_eq!(
         local_containers(&image),

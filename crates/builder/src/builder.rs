@@ -74,6 +74,8 @@ pub struct Builder {
 }
 
 struct Inner {
+    /// Step durations and ends, served at the webhook port's `/metrics`.
+    metrics: Arc<crate::metrics::BuildMetrics>,
     store: Arc<dyn BuilderStore>,
     key: Arc<SecretsKey>,
     changes: Changes,
@@ -83,6 +85,11 @@ struct Inner {
 }
 
 impl Builder {
+    /// What the builder counts (served at the webhook port's `/metrics`).
+    pub fn metrics(&self) -> &crate::metrics::BuildMetrics {
+        &self.inner.metrics
+    }
+
     /// Marks builds a previous run left running as failed, prepares the
     /// pipeline and starts taking queued builds from the store. The handle
     /// completes once `shutdown` is cancelled and the running builds stopped.
@@ -104,11 +111,13 @@ impl Builder {
             fetcher: GitFetcher::new(GitConfig::new(&config.state_dir)),
             registry: config.registry.clone(),
         });
+        let metrics = Arc::new(crate::metrics::BuildMetrics::default());
         let sink = Arc::new(Recorder {
             store: store.clone(),
             reporter,
             key: key.clone(),
             webhook_url: config.webhook_url.clone(),
+            metrics: metrics.clone(),
         });
         let queue = BuildQueue::new(config.queue.clone(), pipeline, sink)
             .map_err(|e| BuilderError::Config(e.to_string()))?;
@@ -120,6 +129,7 @@ impl Builder {
                 changes,
                 queue,
                 taken: Mutex::new(HashSet::new()),
+                metrics,
             }),
         };
         let intake = builder.clone();

@@ -51,6 +51,7 @@ pub mod git;
 pub mod github;
 pub mod glob;
 pub mod log;
+pub mod metrics;
 pub mod payload;
 pub mod pipeline;
 pub mod queue;

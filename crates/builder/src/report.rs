@@ -18,6 +18,7 @@ pub(crate) struct Recorder {
     pub reporter: StatusReporter,
     pub key: Arc<SecretsKey>,
     pub webhook_url: String,
+    pub metrics: Arc<crate::metrics::BuildMetrics>,
 }
 
 #[async_trait::async_trait]
@@ -32,6 +33,8 @@ impl StatusSink for Recorder {
                 return;
             }
         };
+        self.metrics
+            .moved(&update.build, update.status, record.created_at);
         let now = SystemTime::now();
         record.status = update.status;
         if update.status.is_running() {

@@ -80,12 +80,25 @@ fn json(status: StatusCode, body: serde_json::Value) -> Response {
         .into_response()
 }
 
+/// `GET /metrics`: the builder's metrics in the Prometheus text format.
+async fn metrics(State(builder): State<Builder>) -> Response {
+    (
+        [(
+            axum::http::header::CONTENT_TYPE,
+            rouse_core::prometheus::CONTENT_TYPE,
+        )],
+        builder.metrics().encode(),
+    )
+        .into_response()
+}
+
 /// The webhook routes over `builder`.
 pub fn router(builder: Builder) -> Router {
     Router::new()
         .route("/webhooks/github", post(github))
         .route("/webhooks/git", post(generic))
         .route("/builds/{id}", get(build_status))
+        .route("/metrics", get(metrics))
         // A larger body is answered 413 by axum itself, unread.
         .layer(DefaultBodyLimit::max(payload::MAX_BODY_BYTES))
         .with_state(builder)

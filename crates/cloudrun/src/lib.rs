@@ -276,13 +276,9 @@ impl CloudRunRuntime {
             executions: self.executions.clone(),
             exit: exit_tx,
         });
-        Ok(Instance::remote(
-            &spec.instance_id,
-            false,
-            spec.log_path,
-            exit_rx,
-            remote,
-        ))
+        let instance = Instance::remote(&spec.instance_id, false, spec.log_path, exit_rx, remote);
+        instance.placed_on("cloudrun");
+        Ok(instance)
     }
 
     /// The revision's service, made if it does not exist; a handle on it.
@@ -310,13 +306,9 @@ impl CloudRunRuntime {
             served,
             exit: Arc::new(exit_tx),
         });
-        Ok(Instance::remote(
-            &spec.instance_id,
-            true,
-            spec.log_path,
-            exit_rx,
-            remote,
-        ))
+        let instance = Instance::remote(&spec.instance_id, true, spec.log_path, exit_rx, remote);
+        instance.placed_on("cloudrun");
+        Ok(instance)
     }
 
     async fn serve(

@@ -11,6 +11,7 @@
 
 pub mod build;
 pub mod names;
+pub mod prometheus;
 pub mod protocol;
 pub mod revision;
 pub mod service;

@@ -378,7 +378,7 @@ async fn metrics(State(ingress): State<Ingress>) -> Response<Body> {
     let mut response = Response::new(Body::from(ingress.shared.ctx.metrics.encode()));
     response.headers_mut().insert(
         header::CONTENT_TYPE,
-        HeaderValue::from_static("text/plain; version=0.0.4; charset=utf-8"),
+        HeaderValue::from_static(rouse_core::prometheus::CONTENT_TYPE),
     );
     response
 }

@@ -10,10 +10,11 @@
 //! | `rouse_wake_failures_total` | counter | service |
 //! | `rouse_queue_depth` | gauge (questions and requests waiting) | service, revision |
 //! | `rouse_instances` | gauge (starting or running) | service, revision |
+//! | `rouse_node_instances` | gauge (ready) | node |
 //! | `rouse_dispatcher_lag_seconds` | histogram (Pub/Sub accepted a question → recorded here) | - |
 
 use std::collections::HashMap;
-use std::sync::RwLock;
+use std::sync::{Arc, RwLock};
 use std::time::Duration;
 
 use prometheus_client::encoding::text::encode;
@@ -45,6 +46,7 @@ pub struct Metrics {
     wake_failures: Family<Labels, Counter>,
     queue_depth: Family<Labels, Gauge>,
     instances: Family<Labels, Gauge>,
+    node_instances: Family<Labels, Gauge>,
     lag: Histogram,
     /// Service uuid → `<project>-<service>`, as workers start.
     names: RwLock<HashMap<Uuid, String>>,
@@ -99,6 +101,12 @@ impl Default for Metrics {
             "Instances starting or running, by service",
             instances.clone(),
         );
+        let node_instances = Family::<Labels, Gauge>::default();
+        registry.register(
+            "rouse_node_instances",
+            "Instances running (ready), by node (local: this machine's engine or processes)",
+            node_instances.clone(),
+        );
         let lag = Seconds.new_metric();
         registry.register(
             "rouse_dispatcher_lag_seconds",
@@ -114,6 +122,7 @@ impl Default for Metrics {
             wake_failures,
             queue_depth,
             instances,
+            node_instances,
             lag,
             names: RwLock::default(),
         }
@@ -184,6 +193,16 @@ impl Metrics {
         self.instances.remove(&labels);
     }
 
+    /// An instance ready on `node`, counted until the guard is dropped.
+    pub(crate) fn on_node(self: &Arc<Self>, node: &str) -> OnNode {
+        let labels = vec![("node".to_owned(), node.to_owned())];
+        self.node_instances.get_or_create(&labels).inc();
+        OnNode {
+            metrics: self.clone(),
+            labels,
+        }
+    }
+
     pub(crate) fn lag(&self, took: Duration) {
         self.lag.observe(took.as_secs_f64());
     }
@@ -193,37 +212,23 @@ impl Metrics {
         let mut out = String::new();
         // Writing into a String cannot fail.
         let _ = encode(&mut out, &self.registry);
-        prometheus_text(&out)
+        rouse_core::prometheus::from_openmetrics(&out)
     }
 }
 
-/// OpenMetrics text (what the crate writes) as Prometheus text, which
-/// every scraper and `promtool` read: a counter family is named with its
-/// samples' `_total`, and there is no `# EOF`.
-fn prometheus_text(openmetrics: &str) -> String {
-    let counters: std::collections::HashSet<&str> = openmetrics
-        .lines()
-        .filter_map(|l| l.strip_prefix("# TYPE ")?.strip_suffix(" counter"))
-        .collect();
-    let mut out = String::with_capacity(openmetrics.len());
-    for line in openmetrics.lines() {
-        if line == "# EOF" {
-            continue;
-        }
-        let renamed = ["# HELP ", "# TYPE "].iter().find_map(|prefix| {
-            let rest = line.strip_prefix(prefix)?;
-            let (name, tail) = rest.split_once(' ')?;
-            counters
-                .contains(name)
-                .then(|| format!("{prefix}{name}_total {tail}"))
-        });
-        match renamed {
-            Some(line) => out.push_str(&line),
-            None => out.push_str(line),
-        }
-        out.push('\n');
+/// One instance counted on its node (see [`Metrics::on_node`]).
+pub(crate) struct OnNode {
+    metrics: Arc<Metrics>,
+    labels: Labels,
+}
+
+impl Drop for OnNode {
+    fn drop(&mut self) {
+        self.metrics
+            .node_instances
+            .get_or_create(&self.labels)
+            .dec();
     }
-    out
 }
 
 #[cfg(test)]
@@ -237,6 +242,18 @@ mod tests {
         m.question_ended(Uuid::nil(), "succeeded");
         m.http_request("p-web", 200);
         m.cold_start("p-web", Duration::from_millis(30));
+        let m = Arc::new(m);
+        let (a, b) = (m.on_node("node-2"), m.on_node("node-2"));
+        let text = m.encode();
+        assert!(
+            text.contains("rouse_node_instances{node=\"node-2\"} 2"),
+            "{text}"
+        );
+        drop((a, b));
+        assert!(
+            m.encode()
+                .contains("rouse_node_instances{node=\"node-2\"} 0")
+        );
         let text = m.encode();
         assert!(
             text.contains("# HELP rouse_questions_total Questions"),

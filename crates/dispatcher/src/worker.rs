@@ -133,6 +133,8 @@ struct Slot {
     waking: Vec<Key>,
     /// When it was asked for.
     asked_at: Instant,
+    /// Counts it on its node while it is ready (dropped with the slot).
+    on_node: Option<crate::metrics::OnNode>,
 }
 
 struct Running {
@@ -349,6 +351,7 @@ impl Worker {
                             .cold_start(&self.service.qualified_name(), slot.asked_at.elapsed());
                         slot.ready = true;
                         slot.idle_since = Some(now);
+                        slot.on_node = Some(self.ctx.metrics.on_node(instance.node()));
                         slot.instance = Some(instance.clone());
                         let waking = std::mem::take(&mut slot.waking);
                         let ready_at = SystemTime::now();
@@ -548,6 +551,7 @@ impl Worker {
                 revision: revision.name.clone(),
                 waking: Vec::new(),
                 asked_at: Instant::now(),
+                on_node: None,
             },
         );
         (id, instance_id)

@@ -43,6 +43,8 @@ pub(crate) struct Inner {
     /// Set once a stop has completed; the lock makes concurrent stops wait
     /// for the first.
     stopped: Mutex<bool>,
+    /// Where it runs, once placed on a node or another platform.
+    node: std::sync::OnceLock<String>,
 }
 
 pub(crate) struct Parts {
@@ -77,6 +79,7 @@ impl Instance {
                 exit,
                 control,
                 stopped: Mutex::new(false),
+                node: std::sync::OnceLock::new(),
             }),
         }
     }
@@ -84,6 +87,20 @@ impl Instance {
     /// The instance id it was started with.
     pub fn id(&self) -> &str {
         &self.inner.id
+    }
+
+    /// Where it runs: a node's name (`rouse nodes`), `cloudrun`, or
+    /// `local` (this machine's engine or processes).
+    pub fn node(&self) -> &str {
+        self.inner
+            .node
+            .get()
+            .map_or(crate::nodes::LOCAL, String::as_str)
+    }
+
+    /// Records where it was placed (once; later calls change nothing).
+    pub fn placed_on(&self, node: &str) {
+        let _ = self.inner.node.set(node.to_owned());
     }
 
     /// Host-side address the instance listens on (`127.0.0.1:<port>`);

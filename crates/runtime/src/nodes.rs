@@ -223,7 +223,7 @@ pub fn matches_selector(
 }
 
 /// The local engine's name in placements and logs.
-const LOCAL: &str = "local";
+pub const LOCAL: &str = "local";
 
 /// One engine instances may go to.
 struct Engine {
@@ -401,6 +401,9 @@ impl Runtime for Placement {
         starting.push(placed.clone());
         drop(starting);
         let started = runtime.start(spec).await;
+        if let Ok(instance) = &started {
+            instance.placed_on(&placed.0);
+        }
         let mut starting = self.starting.lock().await;
         if let Some(at) = starting.iter().position(|p| *p == placed) {
             starting.remove(at);
