@@ -32,6 +32,7 @@ impl InProcess {
             ingress_acme: None,
             ingress_http_listen: None,
             internal_networks: rouse_server::Network::default_internal(),
+            ingress_limits: rouse_server::IngressLimits::default(),
             broker: None,
             pubsub: PubSubConfig {
                 project: "rouse-local".into(),

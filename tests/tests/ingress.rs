@@ -408,15 +408,30 @@ async fn the_ingress_serves_https_with_a_given_certificate() {
     assert!(plain.is_err() || plain.is_ok_and(|r| r.status() != 200));
 }
 
-/// Bad requests are bounded: a declared body over the limit → 413 at once;
-/// an oversized head → 431; a client that
-/// never finishes its head is disconnected; the ingress goes on serving.
+/// Bad requests are bounded by the configured limits
+/// (`--ingress-max-body/-max-head/-header-timeout`): a declared body over
+/// the limit → 413 at once, one within it reaches the instance whole; an
+/// oversized head → 431; a client that never finishes its head is
+/// disconnected after the header timeout; the ingress goes on serving.
 #[tokio::test]
 async fn oversized_and_slow_requests_are_refused() {
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
     let emulator = Emulator::start();
     let data = tempfile::tempdir().expect("tempdir");
-    let server = Server::start(&emulator, data.path(), &[]);
+    // Limits below the defaults (32 MiB, 64 KiB, 10 s), so that each is
+    // seen to be the one configured.
+    let server = Server::start(
+        &emulator,
+        data.path(),
+        &[
+            "--ingress-max-body",
+            "1MiB",
+            "--ingress-max-head",
+            "16KiB",
+            "--ingress-header-timeout",
+            "2s",
+        ],
+    );
     server.allow_anonymous_askers("p");
     echo_service(&server, "bounded", &[]);
     let ingress = server.ingress().to_owned();
@@ -432,7 +447,7 @@ async fn oversized_and_slow_requests_are_refused() {
         .write_all(
             format!(
                 "POST /p-bounded/upload HTTP/1.1\r\nHost: x\r\nContent-Length: {}\r\nConnection: close\r\n\r\n",
-                33 * 1024 * 1024
+                2 * 1024 * 1024
             )
             .as_bytes(),
         )
@@ -442,11 +457,21 @@ async fn oversized_and_slow_requests_are_refused() {
     let _ = tokio::time::timeout(Duration::from_secs(30), stream.read_to_end(&mut answer)).await;
     let answer = String::from_utf8_lossy(&answer);
     assert!(answer.starts_with("HTTP/1.1 413"), "{answer}");
-    assert!(answer.contains("32 MiB"), "{answer}");
+    assert!(answer.contains("1048576 bytes"), "{answer}");
+    // Within the limit, the body reaches the instance whole.
+    let within = http
+        .post(&url)
+        .body(vec![b'z'; 1024 * 1024])
+        .send()
+        .await
+        .expect("an answer");
+    assert_eq!(within.status().as_u16(), 200);
+    let within: Value = within.json().await.expect("echo's JSON");
+    assert_eq!(within["body_bytes"], 1024 * 1024);
 
     let huge = http
         .get(&url)
-        .header("x-padding", "y".repeat(100 * 1024))
+        .header("x-padding", "y".repeat(20 * 1024))
         .send()
         .await
         .expect("an answer");
@@ -459,10 +484,15 @@ async fn oversized_and_slow_requests_are_refused() {
         .await
         .expect("write");
     let mut rest = Vec::new();
-    let read = tokio::time::timeout(Duration::from_secs(20), slow.read_to_end(&mut rest)).await;
+    let since = std::time::Instant::now();
+    let read = tokio::time::timeout(Duration::from_secs(8), slow.read_to_end(&mut rest)).await;
     assert!(
         read.is_ok(),
-        "a half-sent request head kept its connection for 20 s"
+        "a half-sent request head kept its connection for 8 s (the header timeout is 2 s)"
+    );
+    assert!(
+        since.elapsed() >= Duration::from_millis(1500),
+        "cut off before its timeout"
     );
 
     let fine = get(&http, &format!("{ingress}/p-bounded/"), None).await;

@@ -90,6 +90,10 @@ pub struct DispatcherSection {
     pub acme_renew_before: Option<Duration>,
     pub ingress_http_listen: Option<SocketAddr>,
     pub internal_networks: Option<Vec<String>>,
+    pub ingress_max_body: Option<String>,
+    pub ingress_max_head: Option<String>,
+    #[serde(default, with = "humantime_serde_opt")]
+    pub ingress_header_timeout: Option<Duration>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -174,6 +178,8 @@ pub struct ServerConfig {
     pub ingress_http_listen: Option<SocketAddr>,
     /// Where requests for `--ingress internal` services may come from.
     pub internal_networks: Vec<rouse_dispatcher::ingress::Network>,
+    /// What the ingress bounds.
+    pub ingress_limits: rouse_dispatcher::ingress::Limits,
     /// GitHub's REST API (commit statuses).
     pub github_api_url: String,
     /// The key sealing secrets, kept outside the store.
@@ -192,6 +198,44 @@ pub use rouse_server::Roles;
 /// ACME needs its names and the ingress role; the ACME-only settings need
 /// `--acme-directory`; with ACME the plain listener defaults to port 80 of
 /// the ingress's host (where the CA fetches its challenges).
+/// The ingress's limits: flags over the file over the defaults, checked.
+fn ingress_limits(
+    args: &ServerArgs,
+    file: &DispatcherSection,
+) -> Result<rouse_dispatcher::ingress::Limits, String> {
+    use rouse_dispatcher::ingress::{Limits, parse_size};
+    let defaults = Limits::default();
+    let size = |flag: Option<u64>, file: &Option<String>, name: &str| match (flag, file) {
+        (Some(n), _) => Ok(Some(n)),
+        (None, Some(text)) => parse_size(text)
+            .map(Some)
+            .map_err(|e| format!("[dispatcher] {name}: {e}")),
+        (None, None) => Ok(None),
+    };
+    let max_body = size(
+        args.ingress_max_body,
+        &file.ingress_max_body,
+        "ingress_max_body",
+    )?;
+    let max_head = size(
+        args.ingress_max_head,
+        &file.ingress_max_head,
+        "ingress_max_head",
+    )?;
+    let limits = Limits {
+        max_body_bytes: max_body.unwrap_or(defaults.max_body_bytes),
+        max_head_bytes: max_head.map_or(defaults.max_head_bytes, |n| {
+            usize::try_from(n).unwrap_or(usize::MAX)
+        }),
+        header_timeout: args
+            .ingress_header_timeout
+            .or(file.ingress_header_timeout)
+            .unwrap_or(defaults.header_timeout),
+    };
+    limits.check()?;
+    Ok(limits)
+}
+
 /// The ACME settings of the config file's `[dispatcher]`.
 struct AcmeFile {
     directory: Option<String>,
@@ -490,6 +534,7 @@ impl ServerConfig {
                 .parse()
                 .map_err(|e| format!("bad built-in address: {e}"))?,
         };
+        let ingress_limits = ingress_limits(args, &file.dispatcher)?;
         let tls_cert = args.tls_cert.clone().or(file.dispatcher.tls_cert);
         let tls_key = args.tls_key.clone().or(file.dispatcher.tls_key);
         let ingress_tls = match (tls_cert, tls_key) {
@@ -592,6 +637,7 @@ impl ServerConfig {
             ingress_acme,
             ingress_http_listen,
             internal_networks,
+            ingress_limits,
             github_api_url,
             secrets_key,
             roles,
@@ -636,6 +682,7 @@ impl ServerConfig {
             ingress_acme,
             ingress_http_listen,
             internal_networks,
+            ingress_limits,
             github_api_url,
             secrets_key,
             registry,
@@ -653,6 +700,7 @@ impl ServerConfig {
             ingress_acme,
             ingress_http_listen,
             internal_networks,
+            ingress_limits,
             pubsub,
             broker,
             network_topic,

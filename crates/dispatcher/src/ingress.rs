@@ -141,6 +141,7 @@ pub struct IngressOptions {
     pub tls: Option<Arc<rustls::ServerConfig>>,
     /// Where requests for `--ingress internal` services may come from.
     pub internal_networks: Vec<Network>,
+    pub limits: Limits,
 }
 
 #[derive(Clone)]
@@ -148,6 +149,7 @@ struct Ingress {
     shared: Arc<Shared>,
     /// Where requests for internal services may come from.
     internal: Arc<[Network]>,
+    limits: Limits,
     client: Client<HttpConnector, Body>,
     /// Grants to audit, written off the request's path (see [`write_audits`]).
     audits: tokio::sync::mpsc::Sender<AuditEntry>,
@@ -163,15 +165,88 @@ const OWNERSHIP_WAIT: Duration = Duration::from_secs(4);
 const LOOKUP_WAIT: Duration = Duration::from_secs(1);
 /// How long a client has to finish the TLS handshake.
 const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
-/// How long a client has to send a request's head (slowloris).
-const HEADER_TIMEOUT: Duration = Duration::from_secs(10);
-/// The largest request head read (headers and request line), as hyper
-/// buffers it: beyond it, 431.
-const MAX_HEAD_BYTES: usize = 64 * 1024;
-/// The largest request body passed on (Cloud Run's HTTP/1 limit): a
-/// larger declared length is answered 413 at once, a longer stream is cut
-/// off with 413.
-pub const MAX_BODY_BYTES: u64 = 32 * 1024 * 1024;
+
+/// What the ingress bounds, settable with `rouse server --ingress-*`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Limits {
+    /// The largest request body passed on (Cloud Run's HTTP/1 limit by
+    /// default, 32 MiB): a larger declared length is answered 413 at once,
+    /// a longer stream is cut off with 413.
+    pub max_body_bytes: u64,
+    /// The largest request head read (request line and headers), as hyper
+    /// buffers it: beyond it, 431. 64 KiB by default; at least 8 KiB.
+    pub max_head_bytes: usize,
+    /// How long a client has to send a request's head (slowloris), and how
+    /// long a kept-alive connection may wait for its next request. 10 s by
+    /// default.
+    pub header_timeout: Duration,
+}
+
+impl Limits {
+    /// The smallest head hyper reads.
+    pub const MIN_HEAD_BYTES: usize = 8 * 1024;
+
+    /// Checks the limits, naming the flag to change.
+    pub fn check(&self) -> Result<(), String> {
+        if self.max_body_bytes == 0 {
+            return Err(
+                "--ingress-max-body 0 would refuse every body; give a size such as 32MiB".into(),
+            );
+        }
+        if !(Self::MIN_HEAD_BYTES..=1024 * 1024).contains(&self.max_head_bytes) {
+            return Err(format!(
+                "--ingress-max-head {} bytes is out of range; use 8KiB..=1MiB",
+                self.max_head_bytes
+            ));
+        }
+        if self.header_timeout < Duration::from_secs(1)
+            || self.header_timeout > Duration::from_secs(300)
+        {
+            return Err(format!(
+                "--ingress-header-timeout {} is out of range; use 1s..=5m",
+                humantime::format_duration(self.header_timeout)
+            ));
+        }
+        Ok(())
+    }
+}
+
+impl Default for Limits {
+    fn default() -> Self {
+        Self {
+            max_body_bytes: 32 * 1024 * 1024,
+            max_head_bytes: 64 * 1024,
+            header_timeout: Duration::from_secs(10),
+        }
+    }
+}
+
+/// `32MiB`, `64KiB`, `1GB`, `1048576`: a size in bytes (binary units
+/// `KiB`/`MiB`/`GiB`, decimal `KB`/`MB`/`GB`, or none).
+pub fn parse_size(s: &str) -> Result<u64, String> {
+    let text = s.trim();
+    let split = text
+        .find(|c: char| !c.is_ascii_digit())
+        .unwrap_or(text.len());
+    let (digits, unit) = text.split_at(split);
+    let unit_of = |unit: &str| match unit.trim() {
+        "" | "B" => Some(1u64),
+        "KiB" | "k" | "K" => Some(1 << 10),
+        "MiB" | "M" => Some(1 << 20),
+        "GiB" | "G" => Some(1 << 30),
+        "KB" => Some(1_000),
+        "MB" => Some(1_000_000),
+        "GB" => Some(1_000_000_000),
+        _ => None,
+    };
+    let (Ok(n), Some(unit)) = (digits.parse::<u64>(), unit_of(unit)) else {
+        return Err(format!(
+            "`{s}` is not a size; write e.g. 32MiB, 64KiB, 1GB or a number of bytes"
+        ));
+    };
+    n.checked_mul(unit)
+        .ok_or_else(|| format!("`{s}` is too large a size"))
+}
 
 /// The ingress's TLS: a certificate chain and its private key, PEM files
 /// (`--tls-cert`, `--tls-key`). Errors name the file and what is wrong.
@@ -220,6 +295,7 @@ pub(crate) async fn serve(
     let IngressOptions {
         tls,
         internal_networks,
+        limits,
     } = options;
     let mut connector = HttpConnector::new();
     connector.set_nodelay(true);
@@ -235,11 +311,12 @@ pub(crate) async fn serve(
         .with_state(Ingress {
             shared,
             internal: internal_networks.into(),
+            limits,
             client,
             audits,
             scheme,
         });
-    let served = accept(listener, tls, router, shutdown).await;
+    let served = accept(listener, tls, limits, router, shutdown).await;
     // Every connection has ended with the shutdown, and with them every
     // sender: the last grants are written before the ingress is done.
     let _ = writer.await;
@@ -267,6 +344,7 @@ async fn write_audits(shared: Arc<Shared>, mut pending: tokio::sync::mpsc::Recei
 async fn accept(
     listener: tokio::net::TcpListener,
     tls: Option<Arc<rustls::ServerConfig>>,
+    limits: Limits,
     router: axum::Router,
     shutdown: CancellationToken,
 ) -> std::io::Result<()> {
@@ -302,8 +380,8 @@ async fn accept(
             builder
                 .http1()
                 .timer(hyper_util::rt::TokioTimer::new())
-                .header_read_timeout(HEADER_TIMEOUT)
-                .max_buf_size(MAX_HEAD_BYTES);
+                .header_read_timeout(limits.header_timeout)
+                .max_buf_size(limits.max_head_bytes);
             let served = match acceptor {
                 Some(acceptor) => {
                     let tls = match tokio::time::timeout(HANDSHAKE_TIMEOUT, acceptor.accept(stream))
@@ -486,8 +564,8 @@ async fn serve_service(
         .get(header::CONTENT_LENGTH)
         .and_then(|v| v.to_str().ok())
         .and_then(|v| v.parse::<u64>().ok());
-    if declared.is_some_and(|n| n > MAX_BODY_BYTES) {
-        return too_large(root);
+    if declared.is_some_and(|n| n > ingress.limits.max_body_bytes) {
+        return too_large(root, ingress.limits.max_body_bytes);
     }
     let split_key = uuid::Uuid::new_v4().to_string();
     let tx = match found.lane(tag, &split_key) {
@@ -668,7 +746,7 @@ async fn proxy(
     let (mut parts, body) = request.into_parts();
     let body = Body::new(http_body_util::Limited::new(
         body,
-        usize::try_from(MAX_BODY_BYTES).unwrap_or(usize::MAX),
+        usize::try_from(ingress.limits.max_body_bytes).unwrap_or(usize::MAX),
     ));
     let path_and_query = parts
         .uri
@@ -718,7 +796,7 @@ async fn proxy(
             });
             Response::from_parts(parts, body)
         }
-        Ok(Err(e)) if body_too_long(&e) => too_large(root),
+        Ok(Err(e)) if body_too_long(&e) => too_large(root, ingress.limits.max_body_bytes),
         Ok(Err(e)) => plain(
             StatusCode::BAD_GATEWAY,
             format!("the instance of `{root}` could not be reached: {e}"),
@@ -775,17 +853,16 @@ fn switched(
     Response::from_parts(parts, Body::empty())
 }
 
-fn too_large(root: &str) -> Response<Body> {
+fn too_large(root: &str, max: u64) -> Response<Body> {
     plain(
         StatusCode::PAYLOAD_TOO_LARGE,
         format!(
-            "the request body for `{root}` is larger than the ingress passes on ({} MiB)",
-            MAX_BODY_BYTES / (1024 * 1024)
+            "the request body for `{root}` is larger than the ingress passes on ({max} bytes; `rouse server --ingress-max-body`)"
         ),
     )
 }
 
-/// Whether sending failed because the body went past [`MAX_BODY_BYTES`].
+/// Whether sending failed because the body went past [`Limits::max_body_bytes`].
 fn body_too_long(e: &(dyn std::error::Error + 'static)) -> bool {
     let mut cause = Some(e);
     while let Some(c) = cause {
@@ -864,6 +941,28 @@ impl hyper::body::Body for Leased {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn sizes_and_limits_are_read_and_checked() {
+        assert_eq!(parse_size("32MiB"), Ok(32 << 20));
+        assert_eq!(parse_size("64KiB"), Ok(64 << 10));
+        assert_eq!(parse_size("1GB"), Ok(1_000_000_000));
+        assert_eq!(parse_size("1048576"), Ok(1 << 20));
+        for bad in ["", "MiB", "12 parsecs", "-1", "99999999999999999999GiB"] {
+            assert!(parse_size(bad).is_err(), "{bad}");
+        }
+        assert!(Limits::default().check().is_ok());
+        let small_head = Limits {
+            max_head_bytes: 4096,
+            ..Limits::default()
+        };
+        assert!(small_head.check().expect_err("small").contains("8KiB"));
+        let instant = Limits {
+            header_timeout: Duration::from_millis(10),
+            ..Limits::default()
+        };
+        assert!(instant.check().expect_err("short").contains("1s..=5m"));
+    }
 
     #[test]
     fn networks_hold_their_addresses() {

@@ -40,7 +40,7 @@ use tokio::net::TcpListener;
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 
-pub use rouse_dispatcher::ingress::Network;
+pub use rouse_dispatcher::ingress::{Limits as IngressLimits, Network};
 pub use secrets::ServiceSecrets;
 
 /// How long the roles get to stop (instances stopped, builds ended, calls
@@ -140,6 +140,8 @@ pub struct Config {
     pub ingress_http_listen: Option<SocketAddr>,
     /// Where requests for `--ingress internal` services may come from.
     pub internal_networks: Vec<rouse_dispatcher::ingress::Network>,
+    /// What the ingress bounds (body, head, header timeout).
+    pub ingress_limits: rouse_dispatcher::ingress::Limits,
     pub pubsub: PubSubConfig,
     /// Run Rouse's own Pub/Sub broker in this process (when it runs the api
     /// or the dispatcher) and use it instead of `pubsub.emulator_host`.
@@ -559,6 +561,7 @@ impl Platform {
                 let options = rouse_dispatcher::ingress::IngressOptions {
                     tls: ingress_tls,
                     internal_networks: config.internal_networks.clone(),
+                    limits: config.ingress_limits,
                 };
                 running.servers.push((
                     "the ingress",

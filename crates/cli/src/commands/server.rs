@@ -106,6 +106,18 @@ pub struct ServerArgs {
     /// 172.16.0.0/12, 192.168.0.0/16, 100.64.0.0/10, link-local, fc00::/7].
     #[arg(long, env = "ROUSE_INTERNAL_NETWORKS", value_delimiter = ',')]
     pub internal_networks: Vec<String>,
+    /// The largest request body the ingress passes on, e.g. 32MiB
+    /// [default: 32MiB]; a larger one is answered 413.
+    #[arg(long, env = "ROUSE_INGRESS_MAX_BODY", value_parser = rouse_dispatcher::ingress::parse_size)]
+    pub ingress_max_body: Option<u64>,
+    /// The largest request head (request line and headers) the ingress
+    /// reads [default: 64KiB]; a larger one is answered 431.
+    #[arg(long, env = "ROUSE_INGRESS_MAX_HEAD", value_parser = rouse_dispatcher::ingress::parse_size)]
+    pub ingress_max_head: Option<u64>,
+    /// How long a client has to send a request's head, and a kept-alive
+    /// connection to send its next request [default: 10s].
+    #[arg(long, env = "ROUSE_INGRESS_HEADER_TIMEOUT", value_parser = humantime::parse_duration)]
+    pub ingress_header_timeout: Option<Duration>,
     /// GitHub's REST API, for commit statuses [default: https://api.github.com].
     #[arg(long, env = "ROUSE_GITHUB_API_URL")]
     pub github_api_url: Option<String>,
