@@ -898,3 +898,82 @@ async fn internal_services_and_unauthenticated_callers_are_per_service_settings(
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
 }
+
+/// Tagged revisions behind the ingress: `/<root>:<tag>/…` and the
+/// `Rouse-Tag` header reach the revision under that tag (the path's tag
+/// winning over the header's), untagged requests the serving revision, an
+/// unknown tag gets 404 naming it; the path is passed on whole.
+#[tokio::test]
+async fn tags_in_the_path_or_a_header_reach_tagged_revisions() {
+    let emulator = Emulator::start();
+    let data = tempfile::tempdir().expect("tempdir");
+    let server = Server::start(&emulator, data.path(), &[]);
+    server.allow_anonymous_askers("p");
+    // Two revisions: the newer one serves.
+    echo_service(&server, "tagged", &[]);
+    let echo = rouse_tests::workspace_bin("echo");
+    server
+        .rouse(&[
+            "revisions",
+            "create",
+            "tagged",
+            "--project",
+            "p",
+            "--command",
+            echo.to_str().expect("utf-8"),
+            "--workdir",
+            "/tmp",
+        ])
+        .ok();
+    let serving = server.serving("tagged", "p");
+    let older = "tagged-00001";
+    assert_ne!(serving, older);
+    server
+        .rouse(&[
+            "services",
+            "deploy",
+            "tagged",
+            "--project",
+            "p",
+            "--revision",
+            older,
+            "--tag",
+            "old",
+        ])
+        .ok();
+    let http = reqwest::Client::new();
+    let ingress = server.ingress().to_owned();
+    let revision_of = |answer: &Answer| {
+        answer.json()["revision"]
+            .as_str()
+            .unwrap_or_default()
+            .to_owned()
+    };
+
+    let untagged = get(&http, &format!("{ingress}/p-tagged/x"), None).await;
+    assert_eq!(untagged.status, 200, "{}", untagged.text);
+    assert_eq!(revision_of(&untagged), serving);
+    let by_path = get(&http, &format!("{ingress}/p-tagged:old/x"), None).await;
+    assert_eq!(by_path.status, 200, "{}", by_path.text);
+    assert_eq!(revision_of(&by_path), older);
+    assert_eq!(by_path.json()["path"], "/p-tagged:old/x");
+    let by_header = http
+        .get(format!("{ingress}/p-tagged/x"))
+        .header("rouse-tag", "old")
+        .send()
+        .await
+        .expect("an answer");
+    assert_eq!(by_header.status().as_u16(), 200);
+    let by_header: Value = by_header.json().await.expect("JSON");
+    assert_eq!(by_header["revision"], older);
+    let unknown = get(&http, &format!("{ingress}/p-tagged:nope/x"), None).await;
+    assert_eq!(unknown.status, 404, "{}", unknown.text);
+    assert!(unknown.text.contains("nope"), "{}", unknown.text);
+    let unknown_header = http
+        .get(format!("{ingress}/p-tagged/x"))
+        .header("rouse-tag", "nope")
+        .send()
+        .await
+        .expect("an answer");
+    assert_eq!(unknown_header.status().as_u16(), 404);
+}

@@ -44,6 +44,10 @@ use crate::Shared;
 use crate::table::Key;
 use crate::worker::{HttpLease, LeaseError, WorkerMsg};
 
+/// A request header naming the tagged revision to reach, for clients
+/// that cannot change the path (as Knative's `Knative-Serving-Tag`); a tag
+/// in the path (`/<root>:<tag>/…`) wins.
+pub const TAG_HEADER: &str = "rouse-tag";
 /// Seconds a client is told to wait before retrying a 503.
 const RETRY_AFTER_SECS: &str = "1";
 /// Headers that belong to one connection, not to the request (RFC 9110 §7.6.1).
@@ -567,6 +571,15 @@ async fn serve_service(
     if declared.is_some_and(|n| n > ingress.limits.max_body_bytes) {
         return too_large(root, ingress.limits.max_body_bytes);
     }
+    // A tag in the path wins over one in the header.
+    let header_tag = request
+        .headers()
+        .get(TAG_HEADER)
+        .and_then(|v| v.to_str().ok())
+        .map(str::trim)
+        .filter(|t| !t.is_empty())
+        .map(str::to_owned);
+    let tag = tag.or(header_tag.as_deref());
     let split_key = uuid::Uuid::new_v4().to_string();
     let tx = match found.lane(tag, &split_key) {
         Ok(Some((_, lane))) => lane,

@@ -13,7 +13,7 @@
 //!   set by Rouse; the ingress routes by it) answers `200` with a JSON
 //!   description of what arrived: method, path, the `X-Forwarded-*`
 //!   headers, whether an `Authorization` header came, the body's length
-//!   and the instance's name. `?sleep_ms=N`
+//!   and the instance's and revision's names. `?sleep_ms=N`
 //!   answers after N ms. A request asking to upgrade (`Connection: upgrade`,
 //!   `Upgrade: P`) is answered `101` and every byte sent after it is sent
 //!   back, until the client closes.
@@ -362,6 +362,8 @@ fn described(request: &Request, instance: &str) -> Response {
             "authorization": request.authorization,
             "body_bytes": request.body.len(),
             "instance": instance,
+            // The revision it runs (Rouse sets it on every instance).
+            "revision": std::env::var("OCTUE_SERVICE_REVISION_TAG").unwrap_or_default(),
         })
         .to_string(),
     }
