@@ -977,3 +977,96 @@ async fn tags_in_the_path_or_a_header_reach_tagged_revisions() {
         .expect("an answer");
     assert_eq!(unknown_header.status().as_u16(), 404);
 }
+
+/// `revisions create --use-http2`: the instances of such a revision speak
+/// only h2c (the test's `h2echo`, as a gRPC server would); they are found
+/// ready by an HTTP/2 probe, requests through the ingress reach them over
+/// HTTP/2 (path and body passed on), and questions are delivered over
+/// HTTP/2 too. The same server without the flag is never taken for ready
+/// (an open port is not enough): its request is refused naming the wake
+/// failure. A probe path with the flag is refused at create.
+#[tokio::test]
+async fn h2c_revisions_get_requests_and_questions_over_http2() {
+    let emulator = Emulator::start();
+    let data = tempfile::tempdir().expect("tempdir");
+    let server = Server::start(&emulator, data.path(), &[]);
+    server.allow_anonymous_askers("p");
+    let h2echo = rouse_tests::workspace_bin("h2echo");
+    let h2echo = h2echo.to_str().expect("utf-8");
+    let revision = |service: &str, extra: &[&str]| {
+        let mut args = vec![
+            "revisions",
+            "create",
+            service,
+            "--project",
+            "p",
+            "--command",
+            h2echo,
+            "--workdir",
+            "/tmp",
+            "--format",
+            "json",
+        ];
+        args.extend_from_slice(extra);
+        server.rouse(&args)
+    };
+    server.create_service("p", "grpcish");
+    let created = revision("grpcish", &["--use-http2"]).json();
+    assert_eq!(created["protocol"], "h2c", "{created}");
+    let http = reqwest::Client::new();
+    let ingress = server.ingress().to_owned();
+
+    let answer = get(
+        &http,
+        &format!("{ingress}/p-grpcish/pkg.Service/Method"),
+        None,
+    )
+    .await;
+    assert_eq!(answer.status, 200, "{}", answer.text);
+    let json = answer.json();
+    assert_eq!(json["version"], "HTTP/2.0", "{json}");
+    assert_eq!(json["path"], "/p-grpcish/pkg.Service/Method");
+    let posted = http
+        .post(format!("{ingress}/p-grpcish/upload"))
+        .body(vec![b'x'; 70_000])
+        .send()
+        .await
+        .expect("an answer");
+    assert_eq!(posted.status().as_u16(), 200);
+    let posted: Value = posted.json().await.expect("JSON");
+    assert_eq!(posted["body_bytes"], 70_000);
+    assert_eq!(posted["method"], "POST");
+
+    let asked = server.rouse(&[
+        "ask",
+        "grpcish",
+        "--project",
+        "p",
+        "--input",
+        "{}",
+        "--wait",
+    ]);
+    assert_eq!(asked.code, 0, "{asked:?}\n{}", server.log());
+    assert!(asked.stdout.contains("HTTP/2.0"), "{asked:?}");
+
+    // Without the flag, the h2c-only server never passes the HTTP/1.1 probe.
+    server.create_service("p", "plain");
+    server
+        .rouse(&[
+            "services",
+            "update",
+            "plain",
+            "--project",
+            "p",
+            "--wake-timeout",
+            "2s",
+        ])
+        .ok();
+    revision("plain", &[]).ok();
+    let refused = get(&http, &format!("{ingress}/p-plain/x"), None).await;
+    assert_eq!(refused.status, 503, "{}", refused.text);
+
+    let both = revision("grpcish", &["--use-http2", "--probe-path", "/healthz"]);
+    assert_ne!(both.code, 0, "{both:?}");
+    assert!(both.stderr.contains("--probe-path"), "{both:?}");
+}

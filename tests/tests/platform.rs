@@ -54,6 +54,7 @@ async fn candidates_are_tried_by_the_dispatcher_through_the_store() {
         },
         mode: DeliveryMode::Server,
         probe_path: None,
+        http2: false,
     };
     let good = store
         .insert_candidate_revision(

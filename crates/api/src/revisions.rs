@@ -71,10 +71,21 @@ pub fn new_revision(req: &pb::CreateRevisionRequest) -> Result<NewRevision, ApiE
             )));
         }
     };
+    if req.use_http2 && probe_path.is_some() {
+        return Err(invalid(
+            "--probe-path is probed over HTTP/1.1, which a --use-http2 revision's instances need not speak; drop --probe-path (they are ready once they answer HTTP/2)".into(),
+        ));
+    }
+    if req.use_http2 && mode == DeliveryMode::Job {
+        return Err(invalid(
+            "--use-http2 is for instances that serve (--mode server); a job gets its question in its arguments".into(),
+        ));
+    }
     Ok(NewRevision {
         source,
         mode,
         probe_path,
+        http2: req.use_http2,
     })
 }
 
@@ -86,6 +97,7 @@ pub fn revision_to_pb(r: &Revision, project: &str, service: &str, serving: bool)
         source,
         mode,
         probe_path,
+        http2,
         created_at,
     } = r;
     let (image, command) = match source {
@@ -116,6 +128,7 @@ pub fn revision_to_pb(r: &Revision, project: &str, service: &str, serving: bool)
         probe_path: probe_path.clone().unwrap_or_default(),
         create_time: Some((*created_at).into()),
         serving,
+        use_http2: *http2,
     }
 }
 
@@ -200,6 +213,7 @@ mod tests {
             source,
             mode: mode.into(),
             probe_path: probe.into(),
+            use_http2: false,
         }
     }
 

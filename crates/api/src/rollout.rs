@@ -175,6 +175,7 @@ impl pb::rollouts_server::Rollouts for RolloutsApi {
             },
             mode: revision.mode.as_str().to_owned(),
             probe_path: revision.probe_path.clone().unwrap_or_default(),
+            use_http2: revision.http2,
             create_time: Some(revision.created_at.into()),
             serving: is_serving,
             state: state.as_str().to_owned(),

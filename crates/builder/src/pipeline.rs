@@ -266,10 +266,10 @@ impl Pipeline {
             .await
             .map_err(|e| e.to_string())?;
         // A built revision is delivered to like the one it replaces.
-        let (mode, probe_path) = serving
+        let (mode, probe_path, http2) = serving
             .as_ref()
-            .map(|r| (r.mode, r.probe_path.clone()))
-            .unwrap_or((DeliveryMode::Server, None));
+            .map(|r| (r.mode, r.probe_path.clone(), r.http2))
+            .unwrap_or((DeliveryMode::Server, None, false));
         let candidate = store
             .insert_candidate_revision(
                 &service,
@@ -277,6 +277,7 @@ impl Pipeline {
                     source: RevisionSource::Image(image.clone()),
                     mode,
                     probe_path,
+                    http2,
                 },
                 &origin,
                 SystemTime::now(),

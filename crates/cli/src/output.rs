@@ -324,6 +324,8 @@ pub struct RevisionView {
     pub mode: String,
     #[serde(skip_serializing_if = "String::is_empty")]
     pub probe_path: String,
+    /// `http/1.1`, or `h2c` for `--use-http2`.
+    pub protocol: &'static str,
     pub create_time: String,
 }
 
@@ -341,6 +343,7 @@ impl From<&pb::Revision> for RevisionView {
             workdir: command.workdir,
             mode: r.mode.clone(),
             probe_path: r.probe_path.clone(),
+            protocol: if r.use_http2 { "h2c" } else { "http/1.1" },
             create_time: timestamp(r.create_time.as_ref()),
         }
     }
@@ -387,11 +390,12 @@ impl View for RevisionView {
         rows.push((
             "readiness",
             if self.probe_path.is_empty() {
-                "TCP port".into()
+                "any HTTP answer to GET /".into()
             } else {
                 format!("HTTP GET {}", self.probe_path)
             },
         ));
+        rows.push(("protocol", self.protocol.into()));
         rows.push(("created", self.create_time.clone()));
         rows
     }

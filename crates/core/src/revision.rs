@@ -73,8 +73,12 @@ pub struct Revision {
     pub seq: u32,
     pub source: RevisionSource,
     pub mode: DeliveryMode,
-    /// HTTP readiness probe path; `None` probes the TCP port.
+    /// HTTP readiness probe path; `None`: ready once it answers HTTP.
     pub probe_path: Option<String>,
+    /// Its instances speak HTTP/2 without TLS (h2c, prior knowledge):
+    /// requests and questions reach them over HTTP/2 (Cloud Run's
+    /// `--use-http2`), e.g. gRPC servers.
+    pub http2: bool,
     pub created_at: SystemTime,
 }
 

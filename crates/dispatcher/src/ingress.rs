@@ -155,6 +155,8 @@ struct Ingress {
     internal: Arc<[Network]>,
     limits: Limits,
     client: Client<HttpConnector, Body>,
+    /// For instances that speak HTTP/2 without TLS (prior knowledge).
+    client_h2c: Client<HttpConnector, Body>,
     /// Grants to audit, written off the request's path (see [`write_audits`]).
     audits: tokio::sync::mpsc::Sender<AuditEntry>,
     /// `https` behind TLS, else `http` (for `X-Forwarded-Proto`).
@@ -305,6 +307,10 @@ pub(crate) async fn serve(
     connector.set_nodelay(true);
     let client = Client::builder(TokioExecutor::new())
         .pool_idle_timeout(Duration::from_secs(30))
+        .build(connector.clone());
+    let client_h2c = Client::builder(TokioExecutor::new())
+        .pool_idle_timeout(Duration::from_secs(30))
+        .http2_only(true)
         .build(connector);
     let scheme = if tls.is_some() { "https" } else { "http" };
     let (audits, pending) = tokio::sync::mpsc::channel(AUDIT_QUEUE);
@@ -317,6 +323,7 @@ pub(crate) async fn serve(
             internal: internal_networks.into(),
             limits,
             client,
+            client_h2c,
             audits,
             scheme,
         });
@@ -790,9 +797,20 @@ async fn proxy(
     }
     forwarded(&mut parts.headers, client, host, ingress.scheme);
     parts.uri = uri;
-    parts.version = axum::http::Version::HTTP_11;
+    // h2c to instances of a `--use-http2` revision (Host becomes
+    // :authority), HTTP/1.1 to the others.
+    let client = match lease.http2 {
+        true => {
+            parts.version = axum::http::Version::HTTP_2;
+            &ingress.client_h2c
+        }
+        false => {
+            parts.version = axum::http::Version::HTTP_11;
+            &ingress.client
+        }
+    };
     let upstream = Request::from_parts(parts, body);
-    let sent = tokio::time::timeout(timeout, ingress.client.request(upstream)).await;
+    let sent = tokio::time::timeout(timeout, client.request(upstream)).await;
     match sent {
         Ok(Ok(response)) => {
             if let (StatusCode::SWITCHING_PROTOCOLS, Some(client_side), Some(protocol)) =

@@ -112,3 +112,14 @@ pub(crate) fn instance_spec(
         node_selector: service.node_selector.clone(),
     }
 }
+
+/// How an instance of `revision` is found ready: its probe path answering
+/// below 500 (over HTTP/1.1); else any HTTP answer (over HTTP/2 for a
+/// revision whose instances speak h2c).
+pub(crate) fn probe_of(revision: &Revision) -> rouse_runtime::Probe {
+    match (&revision.probe_path, revision.http2) {
+        (Some(path), _) => rouse_runtime::Probe::Http(path.clone()),
+        (None, false) => rouse_runtime::Probe::Serving,
+        (None, true) => rouse_runtime::Probe::ServingHttp2,
+    }
+}

@@ -187,6 +187,11 @@ impl Dispatcher {
                 .pool_idle_timeout(Duration::from_secs(30))
                 .build()
                 .unwrap_or_default(),
+            h2c: reqwest::Client::builder()
+                .pool_idle_timeout(Duration::from_secs(30))
+                .http2_prior_knowledge()
+                .build()
+                .unwrap_or_default(),
             launcher: Launcher {
                 process,
                 docker,

@@ -98,10 +98,7 @@ pub(crate) async fn try_revision(
         true,
         Vec::new(),
     );
-    let probe = revision
-        .probe_path
-        .clone()
-        .map_or(rouse_runtime::Probe::Serving, rouse_runtime::Probe::Http);
+    let probe = crate::launch::probe_of(revision);
     let instance = ctx
         .launcher
         .start(service.uuid, &revision.source, spec)

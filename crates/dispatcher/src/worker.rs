@@ -15,7 +15,7 @@ use std::time::{Duration, SystemTime};
 use rouse_core::Service;
 use rouse_core::protocol::{Question, Reply};
 use rouse_core::revision::{DeliveryMode, Execution, ExecutionStatus, Revision};
-use rouse_runtime::{Instance, InstanceSpec, Probe};
+use rouse_runtime::{Instance, InstanceSpec};
 use rouse_store::StoreError;
 use tokio::sync::{mpsc, oneshot};
 use tokio::task::JoinHandle;
@@ -36,6 +36,8 @@ pub struct Context {
     pub store: Arc<dyn Ledger>,
     pub replier: Replier,
     pub http: reqwest::Client,
+    /// For instances that speak HTTP/2 without TLS (h2c, prior knowledge).
+    pub h2c: reqwest::Client,
     pub launcher: Launcher,
     /// What the dispatcher counts (served at the ingress's `/metrics`).
     pub metrics: Arc<crate::metrics::Metrics>,
@@ -65,6 +67,8 @@ pub enum WorkerMsg {
 /// instance's `concurrency` until dropped.
 pub struct HttpLease {
     pub instance: Arc<Instance>,
+    /// It speaks h2c (its revision's `--use-http2`).
+    pub http2: bool,
     _release: Release,
 }
 
@@ -607,10 +611,7 @@ impl Worker {
         }
         let spec = self.spec(revision, &instance_id, true, Vec::new());
         let source = revision.source.clone();
-        let probe = revision
-            .probe_path
-            .clone()
-            .map_or(Probe::Serving, Probe::Http);
+        let probe = crate::launch::probe_of(revision);
         let wake_timeout = self.service.scaling.wake_timeout;
         let tx = self.internal_tx.clone();
         tracing::info!(service = %self.service.qualified_name(), instance = %instance_id, revision = %revision.name, "waking an instance");
@@ -647,6 +648,7 @@ impl Worker {
     /// Lends ready instances with room to waiting HTTP requests, least
     /// loaded first, oldest request first.
     fn lend(&mut self, revision: &Revision) {
+        let http2 = revision.http2;
         while !self.http_waiting.is_empty() {
             let Some(slot_id) = self.least_loaded(revision) else {
                 return;
@@ -667,6 +669,7 @@ impl Worker {
             slot.idle_since = None;
             let lease = HttpLease {
                 instance,
+                http2,
                 _release: Release {
                     tx: self.internal_tx.clone(),
                     slot: slot_id,
@@ -701,7 +704,7 @@ impl Worker {
             execution.revision = Some(revision.name.clone());
             execution.instance = Some(instance.id().to_owned());
             execution.delivered_at = Some(SystemTime::now());
-            let task = self.spawn_delivery(execution.clone(), slot_id, instance);
+            let task = self.spawn_delivery(execution.clone(), slot_id, instance, revision.http2);
             self.running.insert(
                 key(&execution),
                 Running {
@@ -718,6 +721,7 @@ impl Worker {
         execution: Execution,
         slot: u64,
         instance: Arc<Instance>,
+        http2: bool,
     ) -> JoinHandle<()> {
         let ctx = self.ctx.clone();
         let tx = self.internal_tx.clone();
@@ -752,7 +756,8 @@ impl Worker {
                         &execution.question_uuid,
                         &subscription,
                     );
-                    let sent = deliver::post(&ctx.http, &url, token.as_deref(), &envelope, timeout);
+                    let client = if http2 { &ctx.h2c } else { &ctx.http };
+                    let sent = deliver::post(client, &url, token.as_deref(), &envelope, timeout);
                     match sent.await {
                         deliver::Outcome::NotDelivered { detail } => {
                             let _ = tx.send(Internal::Undelivered {

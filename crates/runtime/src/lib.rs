@@ -81,6 +81,10 @@ pub enum Probe {
     /// sent HTTP): a port that is open before the server loop runs does
     /// not count, so no request meets a half-started server.
     Serving,
+    /// It answers HTTP/2 without TLS (h2c): the client preface gets the
+    /// server's SETTINGS frame back. The default for revisions whose
+    /// instances speak h2c.
+    ServingHttp2,
     /// `GET <path>` (e.g. `"/healthz"`) gets an HTTP response with a status
     /// below 500: anything the server itself answers, even 404, shows it is
     /// serving; 5xx means it is up but says it is not ready.

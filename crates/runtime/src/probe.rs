@@ -23,12 +23,14 @@ pub(crate) struct Prober {
     http: Option<Vec<u8>>,
     /// The statuses that count as ready: below this.
     below: u16,
+    /// Probes HTTP/2 (h2c) rather than HTTP/1.1.
+    h2: bool,
 }
 
 impl Prober {
     pub(crate) fn new(probe: &Probe, addr: SocketAddr) -> Self {
         let (path, below) = match probe {
-            Probe::Tcp => (None, 0),
+            Probe::Tcp | Probe::ServingHttp2 => (None, 0),
             Probe::Serving => (Some("/"), 1000),
             Probe::Http(path) => (Some(path.as_str()), 500),
         };
@@ -48,7 +50,12 @@ impl Prober {
                 )
             }
         };
-        Self { addr, http, below }
+        Self {
+            addr,
+            http,
+            below,
+            h2: *probe == Probe::ServingHttp2,
+        }
     }
 
     /// One attempt, bounded by `deadline`.
@@ -61,6 +68,7 @@ impl Prober {
 
     async fn attempt(&self) -> bool {
         match &self.http {
+            None if self.h2 => answers_http2(self.addr).await,
             None => TcpStream::connect(self.addr).await.is_ok(),
             Some(request) => http_status_below(self.addr, request, self.below).await,
         }
@@ -84,6 +92,27 @@ async fn http_status_below(addr: SocketAddr, request: &[u8], below: u16) -> bool
         }
     }
     parse_status(&head).is_some_and(|status| status < below)
+}
+
+/// The HTTP/2 client connection preface (RFC 9113 §3.4) and an empty
+/// SETTINGS frame.
+const H2_PREFACE: &[u8] = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n\0\0\0\x04\0\0\0\0\0";
+
+/// Whether the server answers the HTTP/2 preface with its SETTINGS frame
+/// (the first frame a server sends).
+async fn answers_http2(addr: SocketAddr) -> bool {
+    let Ok(mut stream) = TcpStream::connect(addr).await else {
+        return false;
+    };
+    if stream.write_all(H2_PREFACE).await.is_err() {
+        return false;
+    }
+    // A frame header: length (3), type (1), flags (1), stream id (4).
+    let mut frame = [0u8; 9];
+    if stream.read_exact(&mut frame).await.is_err() {
+        return false;
+    }
+    frame[3] == 0x04 && frame[5..9] == [0, 0, 0, 0]
 }
 
 fn parse_status(head: &[u8; 12]) -> Option<u16> {
@@ -157,6 +186,38 @@ mod tests {
             request.starts_with("GET /healthz HTTP/1.1\r\n"),
             "{request}"
         );
+    }
+
+    /// The h2c probe passes a server that answers the preface with its
+    /// SETTINGS frame, not one that answers in HTTP/1.1.
+    #[tokio::test]
+    async fn serving_http2_means_answering_the_preface_with_settings() {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+            .await
+            .expect("bind");
+        let addr = listener.local_addr().expect("address");
+        let deadline = Instant::now() + Duration::from_secs(5);
+        let mut prober = Prober::new(&Probe::ServingHttp2, addr);
+        let answer = |bytes: &'static [u8]| {
+            let listener = &listener;
+            async move {
+                let (mut stream, _) = listener.accept().await.expect("accept");
+                let mut preface = vec![0u8; H2_PREFACE.len()];
+                stream.read_exact(&mut preface).await.expect("preface");
+                stream.write_all(bytes).await.expect("answer");
+                preface
+            }
+        };
+        // An empty SETTINGS frame on stream 0.
+        let settings = b"\0\0\0\x04\0\0\0\0\0";
+        let (ready, preface) = tokio::join!(prober.is_ready(deadline), answer(settings));
+        assert!(ready);
+        assert_eq!(preface, H2_PREFACE);
+        let (ready, _) = tokio::join!(
+            prober.is_ready(deadline),
+            answer(b"HTTP/1.1 400 Bad Request\r\n\r\n")
+        );
+        assert!(!ready, "an HTTP/1.1 answer is not HTTP/2");
     }
 
     #[test]

@@ -605,13 +605,13 @@ pub(crate) const INFO_COLUMNS: &str = "commit_sha, branch, trigger_id, build_id,
 fn read_info(row: &Row<'_>) -> rusqlite::Result<Result<RevisionInfo, StoreError>> {
     let revision = crate::dispatch::read_revision(row)?;
     let origin = BuildOrigin {
-        commit: row.get(11)?,
-        branch: row.get(12)?,
-        trigger_id: row.get(13)?,
-        build_id: row.get(14)?,
-        image_id: row.get(15)?,
+        commit: row.get(12)?,
+        branch: row.get(13)?,
+        trigger_id: row.get(14)?,
+        build_id: row.get(15)?,
+        image_id: row.get(16)?,
     };
-    let state: Option<String> = row.get(16)?;
+    let state: Option<String> = row.get(17)?;
     Ok((|| {
         Ok(RevisionInfo {
             revision: revision?,
@@ -732,8 +732,8 @@ impl RolloutStore for SqliteStore {
             let (image, program, args, workdir) = source_columns(&new.source);
             conn.execute(
                 "INSERT INTO revisions (name, service_uuid, seq, runtime, image, program, args, workdir, \
-                 mode, probe_path, created_at_us, commit_sha, branch, trigger_id, build_id, image_id, state) \
-                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15, ?16, 'candidate')",
+                 mode, probe_path, created_at_us, commit_sha, branch, trigger_id, build_id, image_id, state, http2) \
+                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15, ?16, 'candidate', ?17)",
                 params![
                     name,
                     uuid.to_string(),
@@ -751,6 +751,7 @@ impl RolloutStore for SqliteStore {
                     origin.trigger_id,
                     origin.build_id,
                     origin.image_id,
+                    new.http2,
                 ],
             )?;
             Ok(Revision {
@@ -760,6 +761,7 @@ impl RolloutStore for SqliteStore {
                 source: new.source,
                 mode: new.mode,
                 probe_path: new.probe_path,
+                http2: new.http2,
                 created_at: from_micros(micros(now)),
             })
         })

@@ -34,7 +34,7 @@ fn opt_micros(t: Option<SystemTime>) -> Option<i64> {
     t.map(micros)
 }
 
-pub(crate) const REVISION_COLUMNS: &str = "name, service_uuid, seq, runtime, image, program, args, workdir, mode, probe_path, created_at_us";
+pub(crate) const REVISION_COLUMNS: &str = "name, service_uuid, seq, runtime, image, program, args, workdir, mode, probe_path, created_at_us, http2";
 
 pub(crate) fn read_revision(row: &Row<'_>) -> rusqlite::Result<Result<Revision, StoreError>> {
     let name: String = row.get(0)?;
@@ -48,6 +48,7 @@ pub(crate) fn read_revision(row: &Row<'_>) -> rusqlite::Result<Result<Revision, 
     let mode: String = row.get(8)?;
     let probe_path: Option<String> = row.get(9)?;
     let created: i64 = row.get(10)?;
+    let http2: bool = row.get(11)?;
     Ok((|| {
         let source = match (runtime.as_str(), image, program) {
             ("docker", Some(image), _) => RevisionSource::Image(image),
@@ -67,6 +68,7 @@ pub(crate) fn read_revision(row: &Row<'_>) -> rusqlite::Result<Result<Revision, 
             source,
             mode: DeliveryMode::parse(&mode).ok_or_else(|| corrupt("revision mode", &mode))?,
             probe_path,
+            http2,
             created_at: from_micros(created),
         })
     })())
@@ -205,12 +207,13 @@ impl RevisionStore for SqliteStore {
                 source: new.source,
                 mode: new.mode,
                 probe_path: new.probe_path,
+                http2: new.http2,
                 // As stored: to the microsecond.
                 created_at: from_micros(micros(now)),
             };
             let (image, program, args, workdir) = crate::builds::source_columns(&revision.source);
             tx.run(
-                &format!("INSERT INTO revisions ({REVISION_COLUMNS}) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11)"),
+                &format!("INSERT INTO revisions ({REVISION_COLUMNS}) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12)"),
                 params![
                     revision.name,
                     uuid.to_string(),
@@ -223,6 +226,7 @@ impl RevisionStore for SqliteStore {
                     revision.mode.as_str(),
                     revision.probe_path,
                     micros(now),
+                    revision.http2,
                 ],
             )?;
             tx.run(

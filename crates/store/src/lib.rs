@@ -139,6 +139,8 @@ pub struct NewRevision {
     pub source: RevisionSource,
     pub mode: DeliveryMode,
     pub probe_path: Option<String>,
+    /// Its instances speak h2c (see [`Revision::http2`]).
+    pub http2: bool,
 }
 
 /// A service's revisions: registered, listed, and the one that serves.

@@ -304,6 +304,7 @@ ALTER TABLE services ADD COLUMN node_selector TEXT NOT NULL DEFAULT '{}';
     // Where a service's HTTP requests may come from: `all` or `internal`.
     r#"
 ALTER TABLE services ADD COLUMN ingress TEXT NOT NULL DEFAULT 'all';
+ALTER TABLE revisions ADD COLUMN http2 INTEGER NOT NULL DEFAULT 0;
 "#,
 ];
 

@@ -37,6 +37,8 @@ pub(crate) fn image(i: &str) -> NewRevision {
         source: RevisionSource::Image(i.into()),
         mode: DeliveryMode::Server,
         probe_path: None,
+        // A built revision that speaks h2c keeps saying so.
+        http2: true,
     }
 }
 

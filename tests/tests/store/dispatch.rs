@@ -70,6 +70,7 @@ fn command() -> NewRevision {
         },
         mode: DeliveryMode::Server,
         probe_path: Some("/healthz".into()),
+        http2: true,
     }
 }
 

@@ -53,6 +53,10 @@ pub struct CreateArgs {
     /// HTTP readiness probe path (e.g. /healthz): ready once it answers below 500; by default ready once `GET /` gets any HTTP answer (an open port alone is not enough).
     #[arg(long)]
     probe_path: Option<String>,
+    /// Its instances speak HTTP/2 without TLS (h2c, e.g. gRPC servers):
+    /// requests and questions reach them over HTTP/2 (Cloud Run's flag).
+    #[arg(long)]
+    use_http2: bool,
 }
 
 /// Splits a command line into words: whitespace separates, single and double
@@ -138,6 +142,7 @@ pub async fn run(ctx: &Context, cmd: RevisionsCommand) -> Result<(), CliError> {
                     source: Some(source),
                     mode: args.mode,
                     probe_path: args.probe_path.unwrap_or_default(),
+                    use_http2: args.use_http2,
                 }))
                 .await?;
             ctx.print_one(&RevisionView::from(&r))

@@ -392,6 +392,7 @@ impl Harness {
             source: fake_source(),
             mode,
             probe_path: None,
+            http2: false,
             created_at: SystemTime::now(),
         });
         let runtime = FakeRuntime::new(cold_start, hold);
@@ -412,6 +413,7 @@ impl Harness {
             replier: Replier::new(publisher.clone(), ledger, metrics.clone()),
             metrics,
             http: reqwest::Client::new(),
+            h2c: reqwest::Client::new(),
             launcher: Launcher {
                 process: runtime.clone(),
                 docker: None,
@@ -789,6 +791,7 @@ async fn a_worker_without_a_revision_reads_the_store_before_refusing() {
         source: fake_source(),
         mode: DeliveryMode::Server,
         probe_path: None,
+        http2: false,
     };
     off_clock(async move {
         store

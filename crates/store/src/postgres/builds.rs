@@ -80,15 +80,15 @@ fn read_build(row: &Row) -> Result<BuildRecord, StoreError> {
 
 /// A row of `REVISION_COLUMNS, INFO_COLUMNS`.
 fn read_info(row: &Row) -> Result<RevisionInfo, StoreError> {
-    let state: Option<String> = get(row, 16)?;
+    let state: Option<String> = get(row, 17)?;
     Ok(RevisionInfo {
         revision: read_revision(row)?,
         origin: BuildOrigin {
-            commit: get(row, 11)?,
-            branch: get(row, 12)?,
-            trigger_id: get(row, 13)?,
-            build_id: get(row, 14)?,
-            image_id: get(row, 15)?,
+            commit: get(row, 12)?,
+            branch: get(row, 13)?,
+            trigger_id: get(row, 14)?,
+            build_id: get(row, 15)?,
+            image_id: get(row, 16)?,
         },
         state: state_from_column(state.as_deref())?,
     })
@@ -456,8 +456,8 @@ impl RolloutStore for PgStore {
             let n = exec(
                 &tx,
                 "INSERT INTO revisions (name, service_uuid, seq, runtime, image, program, args, workdir, \
-                 mode, probe_path, created_at_us, commit_sha, branch, trigger_id, build_id, image_id, state) \
-                 VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16, 'candidate') \
+                 mode, probe_path, created_at_us, commit_sha, branch, trigger_id, build_id, image_id, state, http2) \
+                 VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16, 'candidate', $17) \
                  ON CONFLICT DO NOTHING",
                 &[
                     &name,
@@ -476,6 +476,7 @@ impl RolloutStore for PgStore {
                     &origin.trigger_id,
                     &origin.build_id,
                     &origin.image_id,
+                    &revision.http2,
                 ],
             )
             .await?;
@@ -492,6 +493,7 @@ impl RolloutStore for PgStore {
                 source: revision.source.clone(),
                 mode: revision.mode,
                 probe_path: revision.probe_path.clone(),
+                http2: revision.http2,
                 created_at: from_micros(micros(now)),
             })
         })

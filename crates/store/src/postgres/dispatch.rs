@@ -48,6 +48,7 @@ pub(crate) fn read_revision(row: &Row) -> Result<Revision, StoreError> {
         source,
         mode: DeliveryMode::parse(&mode).ok_or_else(|| corrupt("revision mode", &mode))?,
         probe_path: get(row, 9)?,
+        http2: get(row, 11)?,
         created_at: from_micros(get(row, 10)?),
     })
 }
@@ -164,6 +165,7 @@ impl RevisionStore for PgStore {
                 source: revision.source.clone(),
                 mode: revision.mode,
                 probe_path: revision.probe_path.clone(),
+                http2: revision.http2,
                 // As stored: to the microsecond.
                 created_at: from_micros(micros(now)),
             };
@@ -172,7 +174,7 @@ impl RevisionStore for PgStore {
                 &tx,
                 &format!(
                     "INSERT INTO revisions ({REVISION_COLUMNS}) \
-                     VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11)"
+                     VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12)"
                 ),
                 &[
                     &made.name,
@@ -186,6 +188,7 @@ impl RevisionStore for PgStore {
                     &made.mode.as_str(),
                     &made.probe_path,
                     &micros(now),
+                    &made.http2,
                 ],
             )
             .await?;
