@@ -835,6 +835,9 @@ async fn internal_services_and_unauthenticated_callers_are_per_service_settings(
     );
     let other = get(&http, &format!("{ingress}/p-outer/x"), None).await;
     assert_eq!(other.status, 200, "{}", other.text);
+    // The metrics are for the internal networks too.
+    let metrics = get(&http, &format!("{ingress}/metrics"), None).await;
+    assert_eq!(metrics.status, 403, "{}", metrics.text);
 
     server
         .rouse(&[

@@ -463,7 +463,21 @@ fn route_of(path: &str) -> Option<(&str, Option<&str>)> {
 
 /// `/metrics`: the dispatcher's metrics in the Prometheus text format (no
 /// context root can be `/metrics`: it has no `-`).
-async fn metrics(State(ingress): State<Ingress>) -> Response<Body> {
+async fn metrics(
+    State(ingress): State<Ingress>,
+    ConnectInfo(client): ConnectInfo<SocketAddr>,
+) -> Response<Body> {
+    // Service names and traffic are for the operator's scraper, not for
+    // the callers of the services.
+    if !ingress.internal.iter().any(|n| n.contains(client.ip())) {
+        return plain(
+            StatusCode::FORBIDDEN,
+            format!(
+                "/metrics is served to the internal networks only, and {} is not in them (`rouse server --internal-networks`)",
+                client.ip()
+            ),
+        );
+    }
     let mut response = Response::new(Body::from(ingress.shared.ctx.metrics.encode()));
     response.headers_mut().insert(
         header::CONTENT_TYPE,
