@@ -11,6 +11,7 @@ default:
 setup:
     .ci/setup
     .ci/octue-venv >/dev/null
+    .ci/schemathesis-venv >/dev/null
 
 # The echo example as a static binary, for `FROM scratch` test images.
 static-echo:

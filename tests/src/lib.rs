@@ -459,6 +459,13 @@ impl Server {
             args.extend_from_slice(settings);
             self.rouse(&args).ok();
         }
+        self.echo_revision(project, name, revision);
+        created
+    }
+
+    /// A new revision of `<project>/<name>` running the echo example with
+    /// the process runtime (plus the revision flags `flags`); it serves.
+    pub fn echo_revision(&self, project: &str, name: &str, flags: &[&str]) {
         let echo = workspace_bin("echo");
         let mut args = vec![
             "revisions",
@@ -471,9 +478,35 @@ impl Server {
             "--workdir",
             "/tmp",
         ];
-        args.extend_from_slice(revision);
+        args.extend_from_slice(flags);
         self.rouse(&args).ok();
-        created
+    }
+
+    /// `rouse executions get ID` as JSON.
+    pub fn execution(&self, id: &str) -> serde_json::Value {
+        self.rouse(&["executions", "get", id, "--format", "json"])
+            .json()
+    }
+
+    /// [`Self::execution`] once it ended (succeeded, failed or cancelled),
+    /// within 60 s.
+    pub fn finished_execution(&self, id: &str) -> serde_json::Value {
+        let deadline = std::time::Instant::now() + Duration::from_secs(60);
+        loop {
+            let execution = self.execution(id);
+            if matches!(
+                execution["status"].as_str(),
+                Some("succeeded" | "failed" | "cancelled")
+            ) {
+                return execution;
+            }
+            assert!(
+                std::time::Instant::now() < deadline,
+                "execution {id} did not end: {execution}\n{}",
+                self.log()
+            );
+            std::thread::sleep(Duration::from_millis(200));
+        }
     }
 
     /// Service `<project>/<name>` with a revision of `image` (and the
@@ -625,6 +658,17 @@ impl Server {
     /// Runs a client command as whoever `credentials` names (`None`: anonymous).
     pub fn rouse_as(&self, credentials: Option<&Path>, args: &[&str]) -> Output {
         rouse_as(&self.endpoint, credentials, args)
+    }
+
+    /// `rouse auth print-access-token` as the holder of `key` (`None`: the
+    /// owner): a bearer token for HTTP calls.
+    pub fn access_token(&self, key: Option<&Path>) -> String {
+        let out = match key {
+            Some(key) => self.rouse_as(Some(key), &["auth", "print-access-token"]),
+            None => self.rouse(&["auth", "print-access-token"]),
+        };
+        assert_eq!(out.code, 0, "{out:?}");
+        out.stdout.trim().to_owned()
     }
 
     /// The name of the revision serving `service` of `project` ("" if none).

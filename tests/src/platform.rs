@@ -33,6 +33,7 @@ impl InProcess {
             ingress_http_listen: None,
             internal_networks: rouse_server::Network::default_internal(),
             ingress_limits: rouse_server::IngressLimits::default(),
+            ingress_advertise: None,
             broker: None,
             pubsub: PubSubConfig {
                 project: "rouse-local".into(),

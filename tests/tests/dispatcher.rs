@@ -44,12 +44,6 @@ fn topic(service: &Value) -> String {
     service["topic"].as_str().expect("topic").to_owned()
 }
 
-fn execution(server: &Server, id: &str) -> Value {
-    server
-        .rouse(&["executions", "get", id, "--format", "json"])
-        .json()
-}
-
 /// The execution's status, or what went wrong reading it (it may not be
 /// recorded yet).
 fn execution_status(server: &Server, id: &str) -> Result<String, String> {
@@ -102,7 +96,7 @@ async fn cold_start_warm_path_and_scale_to_zero() {
         "{kinds:?}"
     );
 
-    let e1 = execution(&p.server, &q1);
+    let e1 = p.server.execution(&q1);
     assert_eq!(e1["status"], "succeeded");
     assert_eq!(e1["cold_start"], true);
     let first_instance = a1.data["output_values"]["instance"].clone();
@@ -111,7 +105,7 @@ async fn cold_start_warm_path_and_scale_to_zero() {
     let q2 = asker.ask(&topic(&svc), "p/echo", json!(2)).await;
     let a2 = asker.answer(&q2, ANSWER).await;
     assert_eq!(a2.data["output_values"]["instance"], first_instance);
-    assert_eq!(execution(&p.server, &q2)["cold_start"], false);
+    assert_eq!(p.server.execution(&q2)["cold_start"], false);
 
     // Idle for longer than idle_timeout: the instance is stopped, the next
     // question wakes a new one.
@@ -131,7 +125,100 @@ async fn cold_start_warm_path_and_scale_to_zero() {
     let q3 = asker.ask(&topic(&svc), "p/echo", json!(3)).await;
     let a3 = asker.answer(&q3, ANSWER).await;
     assert_ne!(a3.data["output_values"]["instance"], first_instance);
-    assert_eq!(execution(&p.server, &q3)["cold_start"], true);
+    assert_eq!(p.server.execution(&q3)["cold_start"], true);
+}
+
+/// The state (`/proc/<pid>/stat` field 3) and CPU ticks used (user +
+/// system) of the process the pid file of `instance` names.
+fn process_state(data: &std::path::Path, instance: &str) -> Result<(char, u64), String> {
+    let pid_file = data.join("instances").join(format!("{instance}.pid"));
+    let record =
+        std::fs::read_to_string(&pid_file).map_err(|e| format!("{}: {e}", pid_file.display()))?;
+    let pid = record.split_whitespace().next().unwrap_or_default();
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat"))
+        .map_err(|e| format!("/proc/{pid}/stat: {e}"))?;
+    // After the command name in parentheses: state, then 10 fields, then
+    // utime and stime.
+    let after = &stat[stat.rfind(')').ok_or("no command name")? + 2..];
+    let fields: Vec<&str> = after.split_whitespace().collect();
+    let state = fields[0].chars().next().ok_or("no state")?;
+    let ticks = |i: usize| fields[i].parse::<u64>().map_err(|e| e.to_string());
+    Ok((state, ticks(11)? + ticks(12)?))
+}
+
+/// `--freeze on`: an instance idle for its idle timeout is frozen (its
+/// process stopped, using no CPU) rather than stopped, and each question
+/// after that thaws it: 20 questions spaced beyond the idle timeout are all
+/// answered by the first instance, and only the first was a cold start.
+#[tokio::test]
+async fn idle_instances_freeze_and_thaw_without_a_cold_start() {
+    let p = platform(&[]);
+    let svc = echo_service(
+        &p.server,
+        "ice",
+        &["--idle-timeout", "1s", "--freeze", "on"],
+        &[],
+    );
+    assert_eq!(svc["scaling"]["freeze"], false, "off until updated: {svc}");
+    let described = p
+        .server
+        .rouse(&[
+            "services",
+            "describe",
+            "ice",
+            "--project",
+            "p",
+            "--format",
+            "json",
+        ])
+        .json();
+    assert_eq!(described["scaling"]["freeze"], true, "{described}");
+    assert_eq!(described["scaling"]["frozen_timeout"], "15m", "{described}");
+    let mut asker = Asker::new(p.emulator.host(), NETWORK).await;
+    let q = asker.ask(&topic(&svc), "p/ice", json!(0)).await;
+    let a = asker.answer(&q, ANSWER).await;
+    assert_eq!(p.server.execution(&q)["cold_start"], true);
+    let instance = a.data["output_values"]["instance"]
+        .as_str()
+        .expect("the instance's name")
+        .to_owned();
+    for i in 1..=20 {
+        wait_until(SETTLE, "the idle instance frozen", || match process_state(
+            p.data.path(),
+            &instance,
+        )? {
+            ('T', _) => Ok(()),
+            (state, _) => Err(format!("state {state}\n{}", tail(&p.server.log()))),
+        })
+        .await;
+        if i == 1 {
+            let (_, before) = process_state(p.data.path(), &instance).expect("frozen");
+            tokio::time::sleep(Duration::from_secs(1)).await;
+            let (state, after) = process_state(p.data.path(), &instance).expect("frozen");
+            assert_eq!((state, after), ('T', before), "no CPU used while frozen");
+        }
+        let q = asker.ask(&topic(&svc), "p/ice", json!(i)).await;
+        let a = asker.answer(&q, ANSWER).await;
+        assert_eq!(a.kind, "result", "{:?}", a.data);
+        assert_eq!(
+            a.data["output_values"]["instance"], instance,
+            "question {i} answered by the thawed instance"
+        );
+        assert_eq!(p.server.execution(&q)["cold_start"], false, "question {i}");
+    }
+    let log = p.server.log();
+    assert!(
+        log.matches("freezing idle instance").count() >= 20,
+        "{}",
+        tail(&log)
+    );
+    assert!(!log.contains("stopping idle instance"), "{}", tail(&log));
+    assert_eq!(
+        log.matches("waking an instance").count(),
+        1,
+        "{}",
+        tail(&log)
+    );
 }
 
 #[tokio::test]
@@ -165,7 +252,7 @@ async fn min_instances_keeps_one_warm() {
     let q = asker.ask(&topic(&svc), "p/warm", json!(1)).await;
     assert_eq!(asker.answer(&q, ANSWER).await.kind, "result");
     assert_eq!(
-        execution(&p.server, &q)["cold_start"],
+        p.server.execution(&q)["cold_start"],
         false,
         "min_instances=1 keeps one warm"
     );
@@ -237,7 +324,7 @@ async fn burst_respects_concurrency_and_max_instances() {
 
     let mut per_instance: HashMap<String, Vec<(String, String)>> = HashMap::new();
     for q in &questions {
-        let e = execution(&p.server, q);
+        let e = p.server.execution(q);
         per_instance
             .entry(e["instance"].as_str().unwrap_or_default().to_owned())
             .or_default()
@@ -387,7 +474,7 @@ async fn malformed_questions_get_exceptions_and_the_dispatcher_goes_on() {
         assert_eq!(a.kind, "exception", "{name}");
         let msg = a.data["exception_message"].as_str().unwrap_or_default();
         assert!(msg.contains(needle), "{name}: {msg}");
-        assert_eq!(execution(&p.server, &q)["status"], "failed", "{name}");
+        assert_eq!(p.server.execution(&q)["status"], "failed", "{name}");
     }
     // An unaddressable message (no sender) becomes a dead letter, silently.
     let mut attrs = question_attributes("x", "p/strict");
@@ -553,7 +640,7 @@ async fn heartbeats_flow_while_a_question_runs_and_cancel_stops_it() {
         "{:?}",
         a.data
     );
-    assert_eq!(execution(&p.server, &q)["status"], "cancelled");
+    assert_eq!(p.server.execution(&q)["status"], "cancelled");
     let again = p.server.rouse(&["executions", "cancel", &q]);
     assert_eq!(again.code, 1, "{again:?}");
     assert!(

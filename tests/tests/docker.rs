@@ -110,12 +110,6 @@ fn seconds_of_day(timestamp: &str) -> f64 {
         .fold(0.0, |total, part| total * 60.0 + part)
 }
 
-fn execution(server: &Server, id: &str) -> Value {
-    server
-        .rouse(&["executions", "get", id, "--format", "json"])
-        .json()
-}
-
 fn create_service(server: &Server, name: &str, image: &str) -> String {
     server.image_service("p", name, image, &[])
 }
@@ -142,7 +136,7 @@ async fn containers_answer_questions_through_the_platform() {
     let a1 = asker.answer(&q1, ANSWER).await;
     assert_eq!(a1.kind, "result", "{:?}\n{}", a1.data, server.log());
     assert_eq!(a1.data["output_values"]["echo"], json!({"n": 1}));
-    let e1 = execution(&server, &q1);
+    let e1 = server.execution(&q1);
     assert_eq!(e1["status"], "succeeded", "{e1}");
     assert_eq!(e1["cold_start"], true, "{e1}");
     let instance = e1["instance"].as_str().expect("an instance").to_owned();
@@ -187,7 +181,7 @@ async fn containers_answer_questions_through_the_platform() {
         a2.data["output_values"],
         json!({"echo": 2, "instance": instance})
     );
-    assert_eq!(execution(&server, &q2)["cold_start"], false);
+    assert_eq!(server.execution(&q2)["cold_start"], false);
 
     // A crash while answering.
     let q3 = asker.ask(&topic, "p/echo", json!({"crash": true})).await;
@@ -207,6 +201,47 @@ async fn containers_answer_questions_through_the_platform() {
     );
     assert!(message(&a4.data).contains(&missing), "{:?}", a4.data);
 
+    // Frozen at idle (`docker pause`) and thawed by the next question: the
+    // same container answers, with no cold start; a stop finds it frozen
+    // and still removes it.
+    server
+        .rouse(&[
+            "services",
+            "update",
+            "echo",
+            "--project",
+            "p",
+            "--freeze",
+            "on",
+            "--idle-timeout",
+            "1s",
+        ])
+        .ok();
+    let q5 = asker.ask(&topic, "p/echo", json!(5)).await;
+    let a5 = asker.answer(&q5, ANSWER).await;
+    assert_eq!(a5.kind, "result", "{:?}\n{}", a5.data, server.log());
+    let thawing = a5.data["output_values"]["instance"]
+        .as_str()
+        .expect("an instance")
+        .to_owned();
+    let frozen = format!("rouse-{thawing}");
+    let paused = |container: &str| {
+        let inspected: Value = serde_json::from_str(&docker(&["inspect", container]))
+            .unwrap_or_else(|e| panic!("docker inspect of {container} is not JSON: {e}"));
+        inspected[0]["State"]["Paused"] == true
+    };
+    wait_paused(&frozen, &paused, &server);
+    let q6 = asker.ask(&topic, "p/echo", json!(6)).await;
+    let a6 = asker.answer(&q6, ANSWER).await;
+    assert_eq!(
+        a6.data["output_values"],
+        json!({"echo": 6, "instance": thawing}),
+        "{}",
+        server.log()
+    );
+    assert_eq!(server.execution(&q6)["cold_start"], false);
+    wait_paused(&frozen, &paused, &server);
+
     // A graceful stop leaves no container behind.
     let log = server.log();
     let status = server.stop();
@@ -216,4 +251,17 @@ async fn containers_answer_questions_through_the_platform() {
     let filter = format!("label=rouse.instance={instance}");
     let left = docker(&["ps", "-aq", "--filter", &filter]);
     assert!(left.trim().is_empty(), "{container} left after the stop");
+}
+
+/// Waits (at most 30 s) until `container` is paused.
+fn wait_paused(container: &str, paused: &dyn Fn(&str) -> bool, server: &Server) {
+    let begun = Instant::now();
+    while !paused(container) {
+        assert!(
+            begun.elapsed() < Duration::from_secs(30),
+            "{container} was not frozen after its idle timeout:\n{}",
+            server.log()
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
 }

@@ -1498,6 +1498,67 @@ async fn administration_commands_and_bad_input() {
     );
 }
 
+/// A caller with only a bearer token (curl, the HTTP API) asks as itself:
+/// the dispatcher checks and records that principal, not an anonymous one.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_bearer_token_caller_asks_as_itself() {
+    let p = platform();
+    let server = &p.server;
+    echo_service(server, "p", "b");
+    let d = service_account(server, p.dir.path(), "p", "asker-d");
+    server
+        .rouse(&[
+            "services",
+            "add-iam-policy-binding",
+            "b",
+            "--project",
+            "p",
+            "--member=serviceAccount:asker-d@p.rouse",
+            "--role=roles/serviceUser",
+        ])
+        .ok();
+    let out = server.rouse_as(Some(&d), &["auth", "print-access-token"]);
+    assert_eq!(out.code, 0, "{out:?}");
+    let clients = Clients::new(server.endpoint(), Some(out.stdout.trim().to_owned())).await;
+    let mut executions = clients.executions.clone();
+    let asked = executions
+        .ask(clients.req(pb::AskRequest {
+            project: "p".into(),
+            service: "b".into(),
+            input_json: "{\"n\": 3}".into(),
+            ..Default::default()
+        }))
+        .await
+        .expect("ask")
+        .into_inner();
+    let deadline = std::time::Instant::now() + ANSWER;
+    let execution = loop {
+        // Until the dispatcher records it, the execution may not exist yet.
+        let got = executions
+            .get_execution(clients.req(pb::GetExecutionRequest {
+                id: asked.id.clone(),
+            }))
+            .await
+            .map(tonic::Response::into_inner);
+        if let Ok(execution) = &got
+            && ["succeeded", "failed", "cancelled"].contains(&execution.status.as_str())
+        {
+            break got.expect("checked");
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "no answer: {got:?}\n{}",
+            server.log()
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    };
+    assert_eq!(execution.status, "succeeded", "{execution:?}");
+    assert_eq!(
+        execution.asked_by, "serviceAccount:asker-d@p.rouse",
+        "asked as the token's principal: {execution:?}"
+    );
+}
+
 /// An asker may follow and read its own question without
 /// `executions.get`; another asker with the same role may not.
 #[tokio::test(flavor = "multi_thread")]

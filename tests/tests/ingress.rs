@@ -39,6 +39,19 @@ impl Answer {
     }
 }
 
+/// Every line of `needles` is in the metrics `text` (else the text and the
+/// server's log are shown), and Prometheus's own checker accepts the text.
+fn metrics_hold(text: &str, needles: &[&str], server: &Server) {
+    for needle in needles {
+        assert!(
+            text.contains(needle),
+            "{needle} in:\n{text}\n{}",
+            server.log()
+        );
+    }
+    promtool_accepts(text);
+}
+
 async fn get(http: &reqwest::Client, url: &str, bearer: Option<&str>) -> Answer {
     let mut request = http.get(url);
     if let Some(token) = bearer {
@@ -171,21 +184,18 @@ async fn services_behind_one_port_wake_on_their_first_request_for_allowed_caller
     // Metrics, in a format Prometheus's own checker accepts.
     let metrics = get(&http, &format!("{ingress}/metrics"), None).await;
     assert_eq!(metrics.status, 200, "{}", metrics.text);
-    for needle in [
-        "rouse_http_requests_total{service=\"p-web\",code=\"200\"} 3",
-        "rouse_http_requests_total{service=\"p-web\",code=\"401\"} 1",
-        "rouse_http_requests_total{service=\"p-web\",code=\"403\"} 1",
-        "rouse_cold_starts_total{service=\"p-web\"} 2",
-        "rouse_cold_start_seconds_count{service=\"p-web\"} 2",
-        "rouse_queue_depth{service=\"p-web\",revision=\"web-00001\"} 0",
-    ] {
-        assert!(
-            metrics.text.contains(needle),
-            "{needle} in:\n{}",
-            metrics.text
-        );
-    }
-    promtool_accepts(&metrics.text);
+    metrics_hold(
+        &metrics.text,
+        &[
+            "rouse_http_requests_total{service=\"p-web\",code=\"200\"} 3",
+            "rouse_http_requests_total{service=\"p-web\",code=\"401\"} 1",
+            "rouse_http_requests_total{service=\"p-web\",code=\"403\"} 1",
+            "rouse_cold_starts_total{service=\"p-web\"} 2",
+            "rouse_cold_start_seconds_count{service=\"p-web\"} 2",
+            "rouse_queue_depth{service=\"p-web\",revision=\"web-00001\"} 0",
+        ],
+        &server,
+    );
 
     // Audited: the anonymous refusal and the grants (grants are written
     // just after their requests).
@@ -211,6 +221,50 @@ async fn services_behind_one_port_wake_on_their_first_request_for_allowed_caller
         }
     })
     .await;
+}
+
+/// A service that freezes its idle instances: a request after the idle
+/// timeout is answered by the same instance, thawed (no second cold start),
+/// and the thaw is counted.
+#[tokio::test]
+async fn a_request_thaws_a_frozen_instance() {
+    let emulator = Emulator::start();
+    let data = tempfile::tempdir().expect("tempdir");
+    let server = Server::start(&emulator, data.path(), &[]);
+    server.allow_anonymous_askers("p");
+    echo_service(&server, "ice", &["--idle-timeout", "1s", "--freeze", "on"]);
+    let http = reqwest::Client::new();
+    let url = format!("{}/p-ice/", server.ingress());
+    let first = get(&http, &url, None).await;
+    assert_eq!(first.status, 200, "{}", first.text);
+    for round in 1..=3 {
+        wait_until(
+            Duration::from_secs(20),
+            "the idle instance frozen",
+            || match server.log().matches("freezing idle instance").count() >= round {
+                true => Ok(()),
+                false => Err("not yet".into()),
+            },
+        )
+        .await;
+        let thawed = get(&http, &url, None).await;
+        assert_eq!(thawed.status, 200, "{}", thawed.text);
+        assert_eq!(
+            thawed.json()["instance"],
+            first.json()["instance"],
+            "round {round}: the frozen instance answers"
+        );
+    }
+    let metrics = get(&http, &format!("{}/metrics", server.ingress()), None).await;
+    metrics_hold(
+        &metrics.text,
+        &[
+            "rouse_cold_starts_total{service=\"p-ice\"} 1",
+            "rouse_thaws_total{service=\"p-ice\"} 3",
+            "rouse_thaw_seconds_count{service=\"p-ice\"} 3",
+        ],
+        &server,
+    );
 }
 
 /// 200 requests at once to a service at zero with `max_instances 3,
@@ -914,20 +968,7 @@ async fn tags_in_the_path_or_a_header_reach_tagged_revisions() {
     server.allow_anonymous_askers("p");
     // Two revisions: the newer one serves.
     echo_service(&server, "tagged", &[]);
-    let echo = rouse_tests::workspace_bin("echo");
-    server
-        .rouse(&[
-            "revisions",
-            "create",
-            "tagged",
-            "--project",
-            "p",
-            "--command",
-            echo.to_str().expect("utf-8"),
-            "--workdir",
-            "/tmp",
-        ])
-        .ok();
+    server.echo_revision("p", "tagged", &[]);
     let serving = server.serving("tagged", "p");
     let older = "tagged-00001";
     assert_ne!(serving, older);
@@ -1072,4 +1113,132 @@ async fn h2c_revisions_get_requests_and_questions_over_http2() {
     let both = revision("grpcish", &["--use-http2", "--probe-path", "/healthz"]);
     assert_ne!(both.code, 0, "{both:?}");
     assert!(both.stderr.contains("--probe-path"), "{both:?}");
+}
+
+/// With two dispatchers (each with an ingress) sharing the services, either
+/// ingress serves every service: a request for one the other dispatcher
+/// runs is forwarded to that dispatcher's ingress, once, which checks the
+/// caller and serves it (the forwarded chain shows both hops). A caller
+/// without a token is refused through either door.
+#[tokio::test(flavor = "multi_thread")]
+async fn either_dispatchers_ingress_serves_every_service() {
+    const BATCH: usize = 4;
+    let emulator = Emulator::start();
+    let data = tempfile::tempdir().expect("tempdir");
+    let api = Server::start(&emulator, data.path(), &["--roles", "api"]);
+    let doors: Vec<Server> = (0..2)
+        .map(|_| Server::start(&emulator, data.path(), &["--roles", "dispatcher,ingress"]))
+        .collect();
+    // The caller first: the dispatchers see a new key within their next
+    // look at the store (250 ms), long before the services are shared out.
+    let caller = api.service_account(data.path(), "p", "caller");
+    api.rouse(&[
+        "projects",
+        "add-iam-policy-binding",
+        "p",
+        "--member=serviceAccount:caller@p.rouse",
+        "--role=roles/invoker",
+    ])
+    .ok();
+    let bearer = token(&api, &caller, None);
+    let runs = |door: &Server, uuid: &str| {
+        door.log().lines().any(|l| {
+            l.contains(uuid)
+                && (l.contains("runs the service now") || l.contains("took the service over"))
+        })
+    };
+    // Services go to dispatchers by a hash of the service and the
+    // dispatcher's process, so a batch may all land on one (1 in 2^(n-1)):
+    // services are added a batch at a time until each dispatcher runs some.
+    let mut names: Vec<String> = Vec::new();
+    let mut uuids: Vec<String> = Vec::new();
+    let mut owners: Vec<usize> = Vec::new();
+    while !(owners.contains(&0) && owners.contains(&1)) {
+        assert!(
+            names.len() < 4 * BATCH,
+            "{} services all run by dispatcher {owners:?}",
+            names.len()
+        );
+        for _ in 0..BATCH {
+            let name = format!("door-{}", names.len());
+            let created = api.echo_service("p", &name, &[], &[]);
+            uuids.push(created["uuid"].as_str().expect("uuid").to_owned());
+            names.push(name);
+        }
+        owners = wait_until(
+            Duration::from_secs(30),
+            "every service run by one dispatcher",
+            || {
+                let owners: Vec<Vec<usize>> = uuids
+                    .iter()
+                    .map(|u| (0..2).filter(|d| runs(&doors[*d], u)).collect())
+                    .collect();
+                if owners.iter().all(|o| o.len() == 1) {
+                    Ok(owners.iter().map(|o| o[0]).collect())
+                } else {
+                    Err(format!("{owners:?}"))
+                }
+            },
+        )
+        .await;
+    }
+
+    let http = reqwest::Client::new();
+    // Another process learns of a new key at its next look at the store
+    // (every 250 ms), which the steps above may outrun: wait until each
+    // dispatcher, where it runs a service, knows the caller.
+    for (d, door) in doors.iter().enumerate() {
+        let n = owners
+            .iter()
+            .position(|o| *o == d)
+            .expect("one of its services");
+        let url = format!("{}/p-{}/hello", door.ingress(), names[n]);
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+        loop {
+            let answer = get(&http, &url, Some(&bearer)).await;
+            if answer.status != 401 {
+                break;
+            }
+            assert!(
+                tokio::time::Instant::now() < deadline,
+                "door {d} does not know the caller's key: {}\n{}",
+                answer.text,
+                door.log()
+            );
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    }
+    for (n, name) in names.iter().enumerate() {
+        for (d, door) in doors.iter().enumerate() {
+            let url = format!("{}/p-{name}/hello", door.ingress());
+            let answer = get(&http, &url, Some(&bearer)).await;
+            assert_eq!(
+                answer.status,
+                200,
+                "{name} through door {d} (run by {}): {}\n{}",
+                owners[n],
+                answer.text,
+                door.log()
+            );
+            let chain = answer.json()["forwarded"]["x-forwarded-for"]
+                .as_str()
+                .unwrap_or_default()
+                .to_owned();
+            let hops = if owners[n] == d { 1 } else { 2 };
+            assert_eq!(
+                chain.split(", ").count(),
+                hops,
+                "{name} through door {d}, run by {}: {chain}",
+                owners[n]
+            );
+            // The caller is checked where the service runs: anonymous is
+            // refused through either door.
+            let anonymous = get(&http, &url, None).await;
+            assert_eq!(
+                anonymous.status, 401,
+                "{name} through door {d}: {}",
+                anonymous.text
+            );
+        }
+    }
 }

@@ -56,8 +56,14 @@ pub struct Backend {
     pub webhook_url: String,
     /// `<logs_dir>/<service uuid>/<instance>.log`
     pub logs_dir: PathBuf,
+    /// `<functions_dir>/<project>-<service>/<hash>/`: deployed functions'
+    /// files, read by the builder (same machine).
+    pub functions_dir: PathBuf,
     /// Who may do what; every method asks it first.
     pub authority: Arc<Authority>,
+    /// Signs the question tokens of callers known by a bearer token
+    /// ([`platform_asserter`], made once).
+    pub asserter: Arc<rouse_identity::Asserter>,
 }
 
 impl Backend {
@@ -101,4 +107,11 @@ impl Backend {
             .ok_or_else(not_found)?;
         Ok((record, service))
     }
+}
+
+/// The platform's question-assertion key, derived from the secrets key, so
+/// every process on the same key (an api here, a dispatcher elsewhere)
+/// agrees on it. The api signs with it; the authority trusts it.
+pub fn platform_asserter(key: &SecretsKey) -> rouse_identity::Asserter {
+    rouse_identity::Asserter::from_seed(&key.derive("rouse question assertions v1"))
 }

@@ -278,6 +278,99 @@ impl pb::builds_server::Builds for BuildsApi {
         Ok(Response::new(build_to_pb(&build, &service)))
     }
 
+    async fn deploy_function(
+        &self,
+        request: Request<pb::DeployFunctionRequest>,
+    ) -> Result<Response<pb::Build>, Status> {
+        use rouse_core::function::{CONTEXT_SECRET, MAX_FILE, check_main, parse_context};
+        let backend = self.backend();
+        let resource = service_resource(&request.get_ref().project, &request.get_ref().service)?;
+        let permit = backend.permit(&request, &resource).await?;
+        let req = request.into_inner();
+        let service = backend.find_service(&req.project, &req.service).await?;
+        let or = |name: &str, default: &str| {
+            if name.is_empty() {
+                default.to_owned()
+            } else {
+                name.to_owned()
+            }
+        };
+        let file = or(&req.file_name, "main.py");
+        let context_file = or(&req.context_file_name, "context");
+        check_main(&file, &req.code).map_err(ApiError::InvalidArgument)?;
+        if req.requirements.len() > MAX_FILE {
+            return Err(ApiError::InvalidArgument(format!(
+                "the requirements are {} bytes; at most {MAX_FILE} are accepted",
+                req.requirements.len()
+            ))
+            .into());
+        }
+        let context =
+            parse_context(&context_file, &req.context).map_err(ApiError::InvalidArgument)?;
+        let context =
+            serde_json::to_vec(&context).map_err(|e| ApiError::Internal(e.to_string()))?;
+        let dir = {
+            let (root, project, name) = (
+                backend.functions_dir.clone(),
+                service.project.to_string(),
+                service.name.to_string(),
+            );
+            let (code, requirements) = (req.code, req.requirements);
+            tokio::task::spawn_blocking(move || {
+                rouse_builder::function::write_source(&root, &project, &name, &code, &requirements)
+            })
+            .await
+            .map_err(|e| ApiError::Internal(e.to_string()))?
+            .map_err(|e| {
+                ApiError::Unavailable(format!(
+                    "cannot write the function into {}: {e}",
+                    backend.functions_dir.display()
+                ))
+            })?
+        };
+        // Each deploy sets the whole context, `{}` without one.
+        let sealed = backend
+            .key
+            .seal(
+                &rouse_secrets::sealed_name(service.uuid, CONTEXT_SECRET),
+                &context,
+            )
+            .map_err(|e| ApiError::InvalidArgument(e.to_string()))?;
+        backend
+            .store
+            .set_secret(
+                service.uuid,
+                CONTEXT_SECRET,
+                &sealed.to_text(),
+                std::time::SystemTime::now(),
+            )
+            .await
+            .map_err(ApiError::from)?;
+        let record = rouse_builder::builder::queued_record(&BuildJob {
+            service: service.clone(),
+            trigger: None,
+            source: BuildSource::Function { dir: dir.clone() },
+        });
+        backend
+            .store
+            .insert_build(&record)
+            .await
+            .map_err(ApiError::from)?;
+        backend.changes.builds_changed();
+        let id = record.id;
+        backend
+            .changed(
+                &permit,
+                &resource.to_string(),
+                serde_json::Value::Null,
+                // Where its files are; the context never reaches a log.
+                serde_json::json!({ "build": id, "function": dir.display().to_string() }),
+            )
+            .await;
+        let (build, service) = self.find(&id).await?;
+        Ok(Response::new(build_to_pb(&build, &service)))
+    }
+
     type StreamBuildLogsStream = LogStream;
 
     async fn stream_build_logs(

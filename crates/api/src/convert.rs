@@ -31,6 +31,9 @@ pub fn scaling_to_pb(s: &Scaling) -> pb::Scaling {
         idle_timeout,
         wake_timeout,
         request_timeout,
+        freeze,
+        frozen_timeout,
+        max_retries,
     } = *s;
     pb::Scaling {
         min_instances,
@@ -39,6 +42,9 @@ pub fn scaling_to_pb(s: &Scaling) -> pb::Scaling {
         idle_timeout: Some(duration_to_pb(idle_timeout)),
         wake_timeout: Some(duration_to_pb(wake_timeout)),
         request_timeout: Some(duration_to_pb(request_timeout)),
+        freeze,
+        frozen_timeout: Some(duration_to_pb(frozen_timeout)),
+        max_retries,
     }
 }
 
@@ -62,6 +68,7 @@ pub fn service_to_pb(s: &Service, serving: Option<&str>, routing: &Routing) -> p
         env,
         node_selector,
         ingress,
+        dead_letter_topic,
         generation,
         created_at,
         updated_at,
@@ -97,6 +104,7 @@ pub fn service_to_pb(s: &Service, serving: Option<&str>, routing: &Routing) -> p
             .map(|(k, v)| (k.clone(), v.clone()))
             .collect(),
         ingress: ingress.to_string(),
+        dead_letter_topic: dead_letter_topic.clone().unwrap_or_default(),
         status: status.to_string(),
         create_time: Some((*created_at).into()),
         update_time: Some((*updated_at).into()),

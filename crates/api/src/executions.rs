@@ -38,6 +38,14 @@ const WATCH_POLL: Duration = Duration::from_millis(20);
 /// How long a watch waits for a question just asked to be recorded by the
 /// dispatcher before answering NOT_FOUND.
 const WATCH_APPEAR: Duration = Duration::from_secs(10);
+/// How long an ask waits for the dispatcher to record its question, so
+/// that the id it answers with can be read at once. Past it (no dispatcher
+/// running, a backlog) the id is answered anyway; reading it is NOT_FOUND
+/// until the question is taken.
+const ASK_RECORDED_WAIT: Duration = Duration::from_secs(2);
+/// After this many polls without a new event, a watch looks at the
+/// execution's status (every 200 ms).
+const WATCH_STATUS_EVERY: u32 = 10;
 /// How often `logs --follow` looks for new lines.
 const FOLLOW_POLL: Duration = Duration::from_millis(250);
 /// Default and largest page of `ListExecutions`.
@@ -158,7 +166,22 @@ pub fn execution_to_pb(
         events: events.iter().map(event_to_pb).collect(),
         asker: attributes.get("sender").cloned().unwrap_or_default(),
         asked_by: asked_by.clone().unwrap_or_default(),
+        output_json: output_of(events),
     }
+}
+
+/// The output values of the last result among `events`, as JSON; empty
+/// when there is none.
+fn output_of(events: &[EventRecord]) -> String {
+    events
+        .iter()
+        .rev()
+        .filter(|e| e.kind == "result")
+        .find_map(|e| {
+            let data: serde_json::Value = serde_json::from_slice(&e.data).ok()?;
+            Some(data.get("output_values")?.to_string())
+        })
+        .unwrap_or_default()
 }
 
 /// The attributes of a question asked through the API (docs/protocol.md).
@@ -197,7 +220,7 @@ impl pb::executions_server::Executions for ExecutionsApi {
         request: Request<pb::AskRequest>,
     ) -> Result<Response<pb::AskResponse>, Status> {
         let resource = service_resource(&request.get_ref().project, &request.get_ref().service)?;
-        self.backend.permit(&request, &resource).await?;
+        let permit = self.backend.permit(&request, &resource).await?;
         let req = request.into_inner();
         let service = self
             .backend
@@ -229,8 +252,28 @@ impl pb::executions_server::Executions for ExecutionsApi {
         let data = serde_json::json!({ "kind": "question", "input_values": input });
         let mut attributes =
             question_attributes(&question_uuid, &recipient.to_string(), req.forward_logs);
-        if !req.authorization.is_empty() {
-            attributes.insert("authorization".into(), req.authorization);
+        // The asker's own question token if it sent one (`rouse ask` signs
+        // one with its key); else, for a caller the API identified (a bearer
+        // token: curl, the HTTP API), the platform's assertion that this
+        // caller asks: the dispatcher checks and records that principal.
+        let authorization = match (req.authorization.is_empty(), permit.caller.principal()) {
+            (false, _) => Some(req.authorization),
+            (true, Some(principal)) => Some(
+                self.backend
+                    .asserter
+                    .assert_question(
+                        &principal.to_string(),
+                        &rouse_identity::service_audience(&service.project, &service.name),
+                        &question_uuid,
+                        SystemTime::now(),
+                        rouse_identity::DEFAULT_LIFETIME,
+                    )
+                    .map_err(|e| ApiError::Internal(format!("cannot assert the asker: {e}")))?,
+            ),
+            (true, None) => None,
+        };
+        if let Some(token) = authorization {
+            attributes.insert("authorization".into(), token);
         }
         let message = Outgoing {
             data: serde_json::to_vec(&data).unwrap_or_default(),
@@ -242,6 +285,23 @@ impl pb::executions_server::Executions for ExecutionsApi {
             .publish(&service.topic_id(), message)
             .await
             .map_err(ApiError::from)?;
+        // The id is readable once answered (`executions get` right after an
+        // async ask, as FaaSpot's users run it): wait, briefly, for the
+        // dispatcher to record the question it takes within milliseconds.
+        let deadline = tokio::time::Instant::now() + ASK_RECORDED_WAIT;
+        let mut pause = Duration::from_millis(2);
+        while tokio::time::Instant::now() < deadline {
+            match self.backend.store.get_execution(&question_uuid).await {
+                Ok(Some(_)) => break,
+                Ok(None) => {}
+                Err(e) => {
+                    tracing::warn!(question = %question_uuid, error = %e, "cannot read a question just asked");
+                    break;
+                }
+            }
+            tokio::time::sleep(pause).await;
+            pause = (pause * 2).min(Duration::from_millis(50));
+        }
         Ok(Response::new(pb::AskResponse { id: question_uuid }))
     }
 
@@ -403,6 +463,9 @@ impl pb::executions_server::Executions for ExecutionsApi {
         let store = self.backend.store.clone();
         tokio::spawn(async move {
             let mut after = after_event_id;
+            let mut quiet_polls = 0u32;
+            // Set once the execution has finished: one more read, then the end.
+            let mut last_read = false;
             loop {
                 let events = match store.events_after(&id, after).await {
                     Ok(e) => e,
@@ -419,8 +482,27 @@ impl pb::executions_server::Executions for ExecutionsApi {
                         return;
                     }
                 }
-                if done {
+                if done || last_read {
                     return;
+                }
+                // A watcher that started past the last event (`after_event_id`
+                // beyond it) never sees the terminal one: the execution's
+                // own status ends the stream, after one more read for events
+                // recorded meanwhile.
+                quiet_polls = if events.is_empty() {
+                    quiet_polls + 1
+                } else {
+                    0
+                };
+                if quiet_polls >= WATCH_STATUS_EVERY {
+                    quiet_polls = 0;
+                    last_read = matches!(
+                        store.get_execution(&id).await,
+                        Ok(Some(e)) if e.status.is_terminal()
+                    );
+                    if last_read {
+                        continue;
+                    }
                 }
                 tokio::select! {
                     _ = tx.closed() => return,

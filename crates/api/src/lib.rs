@@ -9,6 +9,8 @@
 //! - [`methods`]: who may call what, one entry per RPC, enforced by one
 //!   layer around the whole API; [`auth`] makes the checks it asks for.
 //! - [`error`]: the one place where errors become gRPC statuses.
+//! - [`rest`]: the same calls as HTTP/JSON on the same port for `curl`
+//!   users, described by the OpenAPI document [`openapi`] makes.
 //!
 //! Protobuf stays here: domain types (`rouse_core`) never see prost; the
 //! conversions live in [`convert`].
@@ -25,7 +27,9 @@ pub mod iam;
 pub mod messaging;
 pub mod methods;
 pub mod nodes;
+pub mod openapi;
 pub mod reconcile;
+pub mod rest;
 pub mod retention;
 pub mod revisions;
 pub mod rollout;
@@ -54,6 +58,8 @@ pub async fn serve(
     shutdown: impl Future<Output = ()> + Send,
 ) -> Result<(), tonic::transport::Error> {
     tonic::transport::Server::builder()
+        .accept_http1(true)
+        .layer(rest::JsonLayer::new(backend.clone()))
         .layer(methods::MethodLayer)
         .add_service(pb::services_server::ServicesServer::new(ServicesApi::new(
             backend.clone(),

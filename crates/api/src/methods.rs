@@ -138,6 +138,7 @@ pub const METHODS: &[Method] = &[
     m("rouse.v1.Builds/CancelBuild", P::BuildsCancel, Record, Nobody),
     m("rouse.v1.Builds/SubmitBuild", P::BuildsCreate, Service, Nobody),
     m("rouse.v1.Builds/StreamBuildLogs", P::BuildsGet, Record, Nobody),
+    m("rouse.v1.Builds/DeployFunction", P::BuildsCreate, Service, Nobody),
     m("rouse.v1.Triggers/CreateTrigger", P::TriggersCreate, Service, Nobody),
     m("rouse.v1.Triggers/GetTrigger", P::TriggersGet, Record, Nobody),
     m("rouse.v1.Triggers/ListTriggers", P::TriggersList, Scope, EachItem),

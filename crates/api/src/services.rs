@@ -195,7 +195,25 @@ pub fn apply_update(service: &mut Service, req: &pb::UpdateServiceRequest) -> Re
     if let Some(d) = &req.request_timeout {
         s.request_timeout = duration_from_pb("request_timeout", d)?;
     }
-    s.validate().map_err(|e| invalid(&e))
+    if let Some(v) = req.freeze {
+        s.freeze = v;
+    }
+    if let Some(d) = &req.frozen_timeout {
+        s.frozen_timeout = duration_from_pb("frozen_timeout", d)?;
+    }
+    if let Some(v) = req.max_retries {
+        s.max_retries = v;
+    }
+    s.validate().map_err(|e| invalid(&e))?;
+    match req.dead_letter_topic.as_deref() {
+        None => {}
+        Some("") => service.dead_letter_topic = None,
+        Some(topic) => {
+            rouse_core::service::validate_topic_id(topic).map_err(ApiError::InvalidArgument)?;
+            service.dead_letter_topic = Some(topic.to_owned());
+        }
+    }
+    Ok(())
 }
 
 #[tonic::async_trait]
@@ -376,17 +394,18 @@ mod tests {
             tokio::runtime::Handle::current().block_on(rouse_authz::Authority::load(store.clone()))
         })
         .expect("authority");
+        let key = rouse_secrets::SecretsKey::load_or_create(&dir.path().join("secrets.key"))
+            .expect("key");
         let backend = Backend {
             store,
             messaging: broker,
             hooks: Arc::new(NoDispatcher),
             changes: rouse_store::Changes::new(),
-            key: Arc::new(
-                rouse_secrets::SecretsKey::load_or_create(&dir.path().join("secrets.key"))
-                    .expect("key"),
-            ),
+            asserter: Arc::new(crate::backend::platform_asserter(&key)),
+            key: Arc::new(key),
             webhook_url: "http://127.0.0.1:7071".into(),
             logs_dir: dir.path().join("logs"),
+            functions_dir: dir.path().join("functions"),
             authority,
         };
         (ServicesApi::new(backend), dir)

@@ -59,6 +59,8 @@ pub struct Snapshot {
     trusted: HashSet<String>,
     /// Principal (`user:…`) → the groups it is in.
     groups: HashMap<String, Vec<GroupName>>,
+    /// The platform's question-assertion key ([`rouse_identity::Asserter`]).
+    platform: Option<(String, KeyRecord)>,
 }
 
 impl Snapshot {
@@ -138,6 +140,7 @@ impl Snapshot {
             keys,
             trusted: data.trusted_projects.into_iter().collect(),
             groups,
+            platform: None,
         }
     }
 
@@ -176,6 +179,11 @@ impl Snapshot {
     }
 
     fn lookup(&self, kid: &str) -> Option<KeyRecord> {
+        if let Some((platform, record)) = &self.platform
+            && platform == kid
+        {
+            return Some(record.clone());
+        }
         self.keys.get(kid).cloned()
     }
 
@@ -302,6 +310,7 @@ impl<T: IamSnapshot + AuditStore> AuthorityStore for T {}
 pub struct Authority {
     store: Arc<dyn AuthorityStore>,
     current: RwLock<Arc<Snapshot>>,
+    platform: Option<(String, KeyRecord)>,
     /// One rebuild at a time.
     rebuild: tokio::sync::Mutex<()>,
 }
@@ -317,9 +326,20 @@ impl std::fmt::Debug for Authority {
 impl Authority {
     /// Loads the first snapshot.
     pub async fn load(store: Arc<dyn AuthorityStore>) -> Result<Arc<Self>, StoreError> {
-        let snapshot = Snapshot::build(store.load_iam().await?);
+        Self::load_with(store, None).await
+    }
+
+    /// Loads the first snapshot; question tokens signed by `platform` (the
+    /// platform's assertion key: its id and record) name their caller.
+    pub async fn load_with(
+        store: Arc<dyn AuthorityStore>,
+        platform: Option<(String, KeyRecord)>,
+    ) -> Result<Arc<Self>, StoreError> {
+        let mut snapshot = Snapshot::build(store.load_iam().await?);
+        snapshot.platform.clone_from(&platform);
         Ok(Arc::new(Self {
             store,
+            platform,
             current: RwLock::new(Arc::new(snapshot)),
             rebuild: tokio::sync::Mutex::new(()),
         }))
@@ -341,7 +361,9 @@ impl Authority {
         if version == self.snapshot().version {
             return Ok(false);
         }
-        let snapshot = Arc::new(Snapshot::build(self.store.load_iam().await?));
+        let mut snapshot = Snapshot::build(self.store.load_iam().await?);
+        snapshot.platform.clone_from(&self.platform);
+        let snapshot = Arc::new(snapshot);
         match self.current.write() {
             Ok(mut guard) => *guard = snapshot,
             Err(poisoned) => *poisoned.into_inner() = snapshot,

@@ -110,6 +110,7 @@ impl Builder {
             changes: changes.clone(),
             fetcher: GitFetcher::new(GitConfig::new(&config.state_dir)),
             registry: config.registry.clone(),
+            function_envs: config.state_dir.join("function-envs"),
         });
         let metrics = Arc::new(crate::metrics::BuildMetrics::default());
         let sink = Arc::new(Recorder {
@@ -251,6 +252,15 @@ impl Builder {
             .await
             .map_err(|e| e.to_string())?
             .ok_or("the service was deleted before the build started")?;
+        if let Some(dir) = build.source.strip_prefix("function:") {
+            return Ok(BuildJob {
+                service,
+                trigger: None,
+                source: BuildSource::Function {
+                    dir: PathBuf::from(dir),
+                },
+            });
+        }
         if let Some(path) = build.source.strip_prefix("dir:") {
             return Ok(BuildJob {
                 service,
@@ -310,6 +320,7 @@ pub fn queued_record(job: &BuildJob) -> BuildRecord {
             None,
             Some(dockerfile.display().to_string()),
         ),
+        BuildSource::Function { dir } => (format!("function:{}", dir.display()), None, None, None),
     };
     BuildRecord {
         id: Uuid::new_v4().simple().to_string()[..16].to_owned(),

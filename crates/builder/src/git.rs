@@ -589,7 +589,7 @@ fn redact_url(text: &str) -> String {
     text.to_owned()
 }
 
-fn kill_group(pid: Option<u32>) {
+pub(crate) fn kill_group(pid: Option<u32>) {
     let Some(pid) = pid
         .and_then(|p| i32::try_from(p).ok())
         .and_then(rustix::process::Pid::from_raw)

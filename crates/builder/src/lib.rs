@@ -10,6 +10,8 @@
 //!                       ─▶ Trigger::matches(push): Build, or Skip(reason)
 //!                       ─▶ record the build `queued`, answer 202 with its id
 //! SubmitBuild (api)     ─▶ record the build `queued` (any process)
+//! DeployFunction (api)  ─▶ function::write_source, record the build `queued`;
+//!                          its building step is function::prepare (no image)
 //! builder::Builder      ─▶ intake: queued records ─▶ queue::BuildQueue (cancel requests too)
 //! pipeline::Pipeline    ─▶ fetching:    git::GitFetcher::checkout (exactly the pushed commit)
 //!                       ─▶ building:    docker::ImageBuilder::build (rouse/<project>-<service>:<commit12>, :latest)
@@ -41,12 +43,16 @@
 //! - [`log`]: the build log writer; [`github`]: commit statuses through the
 //!   REST API (base URL configurable for tests and GitHub Enterprise).
 //! - [`glob`]: the file globs of triggers and `.dockerignore`.
+//! - [`function`]: function builds (`rouse functions deploy`): the source
+//!   written by hash, requirements installed once per hash into a virtual
+//!   environment, the runner beside the file, a command revision.
 //!
 //! Everything is bounded: body sizes, changed-file lists, log lines kept,
 //! stderr kept, context size, queue length, build time.
 
 pub mod builder;
 pub mod docker;
+pub mod function;
 pub mod git;
 pub mod github;
 pub mod glob;

@@ -418,7 +418,7 @@ fn optional_str<'a>(value: &'a Value, path: &str) -> Result<Option<&'a str>, Web
         Some(Value::String(text)) => Ok(Some(text)),
         Some(other) => Err(WebhookError::field(
             path,
-            format!("must be a string, got {}", kind(other)),
+            format!("must be a string, got {}", rouse_core::json_kind(other)),
         )),
     }
 }
@@ -434,17 +434,6 @@ fn commit_at(value: &Value, path: &str) -> Result<CommitId, WebhookError> {
             ),
         )
     })
-}
-
-fn kind(value: &Value) -> &'static str {
-    match value {
-        Value::Null => "null",
-        Value::Bool(_) => "a boolean",
-        Value::Number(_) => "a number",
-        Value::String(_) => "a string",
-        Value::Array(_) => "an array",
-        Value::Object(_) => "an object",
-    }
 }
 
 /// Quotes at most 100 characters of untrusted input in an error.

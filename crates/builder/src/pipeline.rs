@@ -53,6 +53,9 @@ pub enum BuildSource {
     },
     /// A directory on the builder's machine (`rouse builds submit`).
     Dir { path: PathBuf, dockerfile: PathBuf },
+    /// A function's source directory (`rouse functions deploy`), made by
+    /// [`crate::function::write_source`].
+    Function { dir: PathBuf },
 }
 
 /// One queued build.
@@ -69,6 +72,8 @@ pub(crate) struct Pipeline {
     pub changes: Changes,
     pub fetcher: GitFetcher,
     pub registry: Option<RegistryConfig>,
+    /// The functions' environments, one per distinct requirements.
+    pub function_envs: PathBuf,
 }
 
 #[async_trait::async_trait]
@@ -130,6 +135,9 @@ impl Pipeline {
             Some(_) => log.line("the trigger has no GitHub token: no commit status is reported"),
             None => {}
         }
+        if let BuildSource::Function { dir } = &job.source {
+            return self.function(ctx, service, dir, log).await;
+        }
         ctx.set_status(BuildStatus::Fetching).await;
         let cancel = ctx.cancellation();
         let (tree, root, dockerfile, commit, branch) = match &job.source {
@@ -169,6 +177,7 @@ impl Pipeline {
                 log.line(format!("building the directory {}", path.display()));
                 (None, path.clone(), dockerfile.clone(), None, None)
             }
+            BuildSource::Function { .. } => unreachable!("function builds return above"),
         };
 
         ctx.set_status(BuildStatus::Building).await;
@@ -240,7 +249,43 @@ impl Pipeline {
             build_id: Some(ctx.id().to_owned()),
             image_id: Some(built.id.clone()),
         };
-        self.roll_out(ctx, service, image, origin, log)
+        self.roll_out(
+            ctx,
+            service,
+            RevisionSource::Image(image),
+            None,
+            origin,
+            log,
+        )
+        .await
+        .map_err(|e| BuildFailure::new(format!("rolling-out failed: {e}")))
+    }
+
+    /// A function: its environment made (or found), then rolled out as a
+    /// command revision serving `main` over HTTP, ready once the file
+    /// imported.
+    async fn function(
+        &self,
+        ctx: &BuildContext,
+        service: &Service,
+        dir: &std::path::Path,
+        log: &BuildLog,
+    ) -> Result<(), BuildFailure> {
+        log.line(format!("function from {}", dir.display()));
+        ctx.set_status(BuildStatus::Building).await;
+        let source = crate::function::prepare(&self.function_envs, dir, log, ctx.cancellation())
+            .await
+            .map_err(|e| BuildFailure::new(format!("building failed: {e}")))?;
+        ctx.set_status(BuildStatus::RollingOut).await;
+        let origin = BuildOrigin {
+            commit: None,
+            branch: None,
+            trigger_id: None,
+            build_id: Some(ctx.id().to_owned()),
+            image_id: None,
+        };
+        let delivery = (DeliveryMode::Server, Some("/healthz".to_owned()), false);
+        self.roll_out(ctx, service, source, Some(delivery), origin, log)
             .await
             .map_err(|e| BuildFailure::new(format!("rolling-out failed: {e}")))
     }
@@ -251,7 +296,8 @@ impl Pipeline {
         &self,
         ctx: &BuildContext,
         service: &Service,
-        image: String,
+        source: RevisionSource,
+        delivery: Option<(DeliveryMode, Option<String>, bool)>,
         origin: BuildOrigin,
         log: &BuildLog,
     ) -> Result<(), String> {
@@ -265,16 +311,22 @@ impl Pipeline {
             .serving_revision(service.uuid)
             .await
             .map_err(|e| e.to_string())?;
-        // A built revision is delivered to like the one it replaces.
-        let (mode, probe_path, http2) = serving
-            .as_ref()
-            .map(|r| (r.mode, r.probe_path.clone(), r.http2))
-            .unwrap_or((DeliveryMode::Server, None, false));
+        // A built image is delivered to like the revision it replaces.
+        let (mode, probe_path, http2) = delivery.unwrap_or_else(|| {
+            serving
+                .as_ref()
+                .map(|r| (r.mode, r.probe_path.clone(), r.http2))
+                .unwrap_or((DeliveryMode::Server, None, false))
+        });
+        let image = match &source {
+            RevisionSource::Image(image) => Some(image.clone()),
+            RevisionSource::Command { .. } => None,
+        };
         let candidate = store
             .insert_candidate_revision(
                 &service,
                 &NewRevision {
-                    source: RevisionSource::Image(image.clone()),
+                    source,
                     mode,
                     probe_path,
                     http2,
@@ -286,7 +338,7 @@ impl Pipeline {
             .map_err(|e| e.to_string())?;
         if let Ok(Some(mut record)) = store.get_build(ctx.id()).await {
             record.revision = Some(candidate.name.clone());
-            record.image = Some(image);
+            record.image = image;
             let _ = store.update_build(&record).await;
         }
         self.changes.revisions_changed();

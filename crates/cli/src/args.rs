@@ -73,6 +73,10 @@ pub enum Command {
     /// Builds: list, describe, follow logs, cancel, submit from a directory.
     #[command(subcommand)]
     Builds(BuildsCommand),
+    /// Python functions (`main(args, context)`): deploy with requirements
+    /// and a context, run sync (--wait) or async.
+    #[command(subcommand)]
+    Functions(crate::commands::functions::FunctionsCommand),
     /// A service's secrets, injected into its instances as environment variables.
     #[command(subcommand)]
     Secrets(SecretsCommand),
@@ -82,6 +86,9 @@ pub enum Command {
     /// Tokens for HTTP clients (`curl -H "Authorization: Bearer …"`).
     #[command(subcommand)]
     Auth(AuthCommand),
+    /// The store itself, on the machine that holds it: backups.
+    #[command(subcommand)]
+    Admin(crate::commands::admin::AdminCommand),
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum, serde::Deserialize)]

@@ -94,6 +94,7 @@ pub struct DispatcherSection {
     pub ingress_max_head: Option<String>,
     #[serde(default, with = "humantime_serde_opt")]
     pub ingress_header_timeout: Option<Duration>,
+    pub ingress_advertise: Option<String>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -180,6 +181,8 @@ pub struct ServerConfig {
     pub internal_networks: Vec<rouse_dispatcher::ingress::Network>,
     /// What the ingress bounds.
     pub ingress_limits: rouse_dispatcher::ingress::Limits,
+    /// Where other ingresses forward this one's requests.
+    pub ingress_advertise: Option<String>,
     /// GitHub's REST API (commit statuses).
     pub github_api_url: String,
     /// The key sealing secrets, kept outside the store.
@@ -535,6 +538,14 @@ impl ServerConfig {
                 .map_err(|e| format!("bad built-in address: {e}"))?,
         };
         let ingress_limits = ingress_limits(args, &file.dispatcher)?;
+        let ingress_advertise = match args
+            .ingress_advertise
+            .clone()
+            .or(file.dispatcher.ingress_advertise.clone())
+        {
+            None => None,
+            Some(url) => Some(rouse_dispatcher::ingress::parse_advertise(&url)?),
+        };
         let tls_cert = args.tls_cert.clone().or(file.dispatcher.tls_cert);
         let tls_key = args.tls_key.clone().or(file.dispatcher.tls_key);
         let ingress_tls = match (tls_cert, tls_key) {
@@ -638,6 +649,7 @@ impl ServerConfig {
             ingress_http_listen,
             internal_networks,
             ingress_limits,
+            ingress_advertise,
             github_api_url,
             secrets_key,
             roles,
@@ -683,6 +695,7 @@ impl ServerConfig {
             ingress_http_listen,
             internal_networks,
             ingress_limits,
+            ingress_advertise,
             github_api_url,
             secrets_key,
             registry,
@@ -701,6 +714,7 @@ impl ServerConfig {
             ingress_http_listen,
             internal_networks,
             ingress_limits,
+            ingress_advertise,
             pubsub,
             broker,
             network_topic,

@@ -19,6 +19,9 @@ pub struct ScalingView {
     pub idle_timeout: String,
     pub wake_timeout: String,
     pub request_timeout: String,
+    pub freeze: bool,
+    pub frozen_timeout: String,
+    pub max_retries: u32,
 }
 
 #[derive(Debug, Serialize)]
@@ -45,6 +48,8 @@ pub struct ServiceView {
     pub node_selector: BTreeMap<String, String>,
     /// Where its HTTP requests may come from: `all` or `internal`.
     pub ingress: String,
+    /// Where questions go after their last attempt failed; `null`: nowhere.
+    pub dead_letter_topic: Option<String>,
     /// The revision serving untagged questions when no split applies;
     /// `null` while none can serve.
     pub serving_revision: Option<String>,
@@ -95,6 +100,9 @@ impl From<&pb::Service> for ServiceView {
                 idle_timeout: duration(scaling.idle_timeout.as_ref()),
                 wake_timeout: duration(scaling.wake_timeout.as_ref()),
                 request_timeout: duration(scaling.request_timeout.as_ref()),
+                freeze: scaling.freeze,
+                frozen_timeout: duration(scaling.frozen_timeout.as_ref()),
+                max_retries: scaling.max_retries,
             },
             env: s.env.iter().map(|(k, v)| (k.clone(), v.clone())).collect(),
             node_selector: s
@@ -107,6 +115,7 @@ impl From<&pb::Service> for ServiceView {
             } else {
                 s.ingress.clone()
             },
+            dead_letter_topic: Some(s.dead_letter_topic.clone()).filter(|t| !t.is_empty()),
             serving_revision: Some(s.serving_revision.clone()).filter(|r| !r.is_empty()),
             serving_sruid: Some(s.sruid.clone()).filter(|r| !r.is_empty()),
             tags: s.tags.iter().map(|(t, r)| (t.clone(), r.clone())).collect(),
@@ -289,6 +298,22 @@ impl View for ServiceView {
             ("idle timeout", s.scaling.idle_timeout.clone()),
             ("wake timeout", s.scaling.wake_timeout.clone()),
             ("request timeout", s.scaling.request_timeout.clone()),
+            (
+                "idle instances",
+                match s.scaling.freeze {
+                    true => format!("frozen, stopped after {}", s.scaling.frozen_timeout),
+                    false => "stopped".to_owned(),
+                },
+            ),
+            (
+                "failed by the platform",
+                match (s.scaling.max_retries, &s.dead_letter_topic) {
+                    (0, None) => "not retried".to_owned(),
+                    (0, Some(t)) => format!("not retried; then to topic {t}"),
+                    (n, None) => format!("retried up to {n} times"),
+                    (n, Some(t)) => format!("retried up to {n} times, then to topic {t}"),
+                },
+            ),
         ]);
         if s.env.is_empty() {
             rows.push(("env", "(none)".into()));
@@ -445,6 +470,9 @@ pub struct ExecutionView {
     pub finish_time: String,
     #[serde(skip_serializing_if = "Vec::is_empty")]
     pub events: Vec<EventView>,
+    /// The result's output values, once answered (`executions get` only).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub output: Option<serde_json::Value>,
 }
 
 impl From<&pb::Execution> for ExecutionView {
@@ -466,6 +494,9 @@ impl From<&pb::Execution> for ExecutionView {
             deliver_time: timestamp(e.deliver_time.as_ref()),
             finish_time: timestamp(e.finish_time.as_ref()),
             events: e.events.iter().map(EventView::from).collect(),
+            output: (!e.output_json.is_empty())
+                .then(|| serde_json::from_str(&e.output_json).ok())
+                .flatten(),
         }
     }
 }
@@ -521,6 +552,9 @@ impl View for ExecutionView {
         ];
         if !self.reason.is_empty() {
             rows.push(("reason", self.reason.clone()));
+        }
+        if let Some(output) = &self.output {
+            rows.push(("output", output.to_string()));
         }
         for e in &self.events {
             rows.push(("event", format!("{} {} from {}", e.time, e.kind, e.sender)));

@@ -74,6 +74,19 @@ pub struct Scaling {
     pub wake_timeout: Duration,
     /// How long one question may run. 300 s, Cloud Run's default request timeout.
     pub request_timeout: Duration,
+    /// An instance idle for `idle_timeout` is frozen (its processes paused,
+    /// costing no CPU; thawed by the next question in milliseconds) rather
+    /// than stopped. Off: scale to zero frees the memory too, as Cloud Run's.
+    pub freeze: bool,
+    /// How long a frozen instance is kept before it is stopped for real.
+    /// 15 min: long enough to bridge a lull, short enough not to hold memory
+    /// all day.
+    pub frozen_timeout: Duration,
+    /// How often a question that failed for the platform's reasons (its
+    /// instance did not wake, crashed, or could not be reached) is run
+    /// again, as attempt `retry_count + 1` after [`retry_backoff`]. 0: never,
+    /// as Octue askers retry themselves.
+    pub max_retries: u32,
 }
 
 impl Default for Scaling {
@@ -85,6 +98,9 @@ impl Default for Scaling {
             idle_timeout: Duration::from_secs(60),
             wake_timeout: Duration::from_secs(120),
             request_timeout: Duration::from_secs(300),
+            freeze: false,
+            frozen_timeout: Duration::from_secs(15 * 60),
+            max_retries: 0,
         }
     }
 }
@@ -93,6 +109,34 @@ impl Default for Scaling {
 pub const MAX_INSTANCES_LIMIT: u32 = 1000;
 pub const MAX_CONCURRENCY: u32 = 1000;
 pub const MAX_TIMEOUT: Duration = Duration::from_secs(24 * 3600);
+/// Pub/Sub's own ceiling on delivery attempts.
+pub const MAX_RETRIES: u32 = 100;
+
+/// How long attempt `retry_count + 1` waits after attempt `retry_count`
+/// failed: 1 s, doubling, at most 60 s (Pub/Sub's retry policy bounds).
+pub fn retry_backoff(retry_count: u32) -> Duration {
+    Duration::from_secs(1u64 << retry_count.min(6)).min(Duration::from_secs(60))
+}
+
+/// Checks a dead-letter topic id as Pub/Sub names topics: 3 to 255
+/// characters, a letter first, then letters, digits and `-_.~+%`, not
+/// starting with `goog`.
+pub fn validate_topic_id(topic: &str) -> Result<(), String> {
+    let fix = "give a topic id such as `rouse-dead-letters` (3-255 characters: a letter, then letters, digits, `-_.~+%`; not starting with `goog`)";
+    let ok = (3..=255).contains(&topic.len())
+        && topic.starts_with(|c: char| c.is_ascii_alphabetic())
+        && topic
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || "-_.~+%".contains(c))
+        && !topic.to_ascii_lowercase().starts_with("goog");
+    if ok {
+        Ok(())
+    } else {
+        Err(format!(
+            "dead-letter topic `{topic}` is not a Pub/Sub topic id; {fix}"
+        ))
+    }
+}
 
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum ScalingError {
@@ -117,6 +161,7 @@ impl Scaling {
             ("max_instances", self.max_instances, 1, MAX_INSTANCES_LIMIT),
             ("min_instances", self.min_instances, 0, MAX_INSTANCES_LIMIT),
             ("concurrency", self.concurrency, 1, MAX_CONCURRENCY),
+            ("max_retries", self.max_retries, 0, MAX_RETRIES),
         ];
         for (field, value, min, max) in ranges {
             if !(min..=max).contains(&value) {
@@ -138,6 +183,7 @@ impl Scaling {
             ("idle_timeout", self.idle_timeout),
             ("wake_timeout", self.wake_timeout),
             ("request_timeout", self.request_timeout),
+            ("frozen_timeout", self.frozen_timeout),
         ];
         for (field, value) in timeouts {
             if value < Duration::from_secs(1) || value > MAX_TIMEOUT {
@@ -286,6 +332,10 @@ pub struct Service {
     pub node_selector: BTreeMap<String, String>,
     /// Where its HTTP requests may come from.
     pub ingress: IngressPolicy,
+    /// Where a question goes, as received, once it failed for the
+    /// platform's reasons on its last attempt (a Pub/Sub topic id of the
+    /// platform's project); `None`: it only fails.
+    pub dead_letter_topic: Option<String>,
     /// Bumped by every change to the record; the store refuses a write based on
     /// a stale generation, so concurrent updates never lose each other's changes.
     pub generation: u64,
@@ -305,6 +355,7 @@ impl Service {
             env: EnvVars::default(),
             node_selector: BTreeMap::new(),
             ingress: IngressPolicy::All,
+            dead_letter_topic: None,
             generation: 1,
             created_at: now,
             updated_at: now,
@@ -370,6 +421,36 @@ mod tests {
         let p = ProjectName::parse("experiment_2").expect("valid");
         let n = ServiceName::parse(&p, "hpc-preprocessor").expect("valid");
         Service::new(p, n, Uuid::nil(), SystemTime::UNIX_EPOCH)
+    }
+
+    #[test]
+    fn retries_back_off_from_one_second_to_a_minute() {
+        let waits: Vec<u64> = (0..8).map(|n| retry_backoff(n).as_secs()).collect();
+        assert_eq!(waits, [1, 2, 4, 8, 16, 32, 60, 60]);
+        assert_eq!(retry_backoff(u32::MAX).as_secs(), 60);
+    }
+
+    #[test]
+    fn dead_letter_topics_are_pubsub_topic_ids() {
+        for good in ["dlq", "rouse-dead-letters", "a.b_c~d+e%f", &"t".repeat(255)] {
+            assert_eq!(validate_topic_id(good), Ok(()), "{good}");
+        }
+        for bad in [
+            "ab",
+            "1topic",
+            "google-x",
+            "a/b",
+            "projects/p/topics/t",
+            &"t".repeat(256),
+        ] {
+            let error = validate_topic_id(bad).expect_err("refused");
+            assert!(error.contains(&format!("`{bad}`")), "{error}");
+        }
+        let scaling = Scaling {
+            max_retries: MAX_RETRIES + 1,
+            ..Scaling::default()
+        };
+        assert!(scaling.validate().is_err());
     }
 
     #[test]

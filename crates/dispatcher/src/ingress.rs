@@ -17,6 +17,14 @@
 //! 3. is proxied to that instance, bodies streamed both ways, with the
 //!    `X-Forwarded-*` headers set, for at most its `request_timeout`.
 //!
+//! With several dispatchers, a request for a service another dispatcher
+//! runs is forwarded to that dispatcher's ingress (each registers its URL
+//! as a lease, [`crate::shards::INGRESS`], renewed with the others), which
+//! checks the caller and serves it; one hop only, marked with
+//! `Rouse-Forwarded-By`. A dispatcher whose ingress has no address others
+//! can use (TLS, or listening on every interface without
+//! `--ingress-advertise`) is answered 503 naming the other dispatcher.
+//!
 //! Errors are answered in plain text naming the cause: 404 for a path that
 //! names no service (with the route form), 401/403 for callers, 503 with
 //! `Retry-After` when the queue is full or no instance came, 503 naming the
@@ -143,6 +151,10 @@ impl std::fmt::Display for Network {
 pub struct IngressOptions {
     /// TLS, when it serves HTTPS.
     pub tls: Option<Arc<rustls::ServerConfig>>,
+    /// The URL other dispatchers' ingresses forward this one's requests to
+    /// (`http://host:port`); by default the listening address when it is
+    /// a specific one.
+    pub advertise: Option<String>,
     /// Where requests for `--ingress internal` services may come from.
     pub internal_networks: Vec<Network>,
     pub limits: Limits,
@@ -161,6 +173,30 @@ struct Ingress {
     audits: tokio::sync::mpsc::Sender<AuditEntry>,
     /// `https` behind TLS, else `http` (for `X-Forwarded-Proto`).
     scheme: &'static str,
+}
+
+/// Checks `--ingress-advertise`: an `http://host:port` URL with no path.
+pub fn parse_advertise(url: &str) -> Result<String, String> {
+    let bad = |why: &str| {
+        format!(
+            "--ingress-advertise `{url}` {why}; give the URL other dispatchers reach this ingress at, like http://10.0.0.5:8080"
+        )
+    };
+    let uri: Uri = url
+        .parse()
+        .map_err(|e| bad(&format!("is not a URL ({e})")))?;
+    if uri.scheme_str() != Some("http") {
+        return Err(bad(
+            "is not plain http:// (forwarding between ingresses speaks HTTP/1.1 without TLS)",
+        ));
+    }
+    if uri.authority().is_none() {
+        return Err(bad("has no host"));
+    }
+    if uri.path() != "/" && !uri.path().is_empty() || uri.query().is_some() {
+        return Err(bad("has a path"));
+    }
+    Ok(url.trim_end_matches('/').to_owned())
 }
 
 /// How long a request for a service this dispatcher does not run (yet)
@@ -300,9 +336,22 @@ pub(crate) async fn serve(
 ) -> std::io::Result<()> {
     let IngressOptions {
         tls,
+        advertise,
         internal_networks,
         limits,
     } = options;
+    // Plain HTTP only: forwarding speaks HTTP/1.1 without TLS.
+    let advertise = match (&tls, advertise) {
+        (Some(_), _) => None,
+        (None, Some(url)) => Some(url),
+        (None, None) => listener
+            .local_addr()
+            .ok()
+            .filter(|a| !a.ip().is_unspecified())
+            .map(|a| format!("http://{a}")),
+    };
+    let registration =
+        advertise.map(|url| tokio::spawn(register(shared.clone(), url, shutdown.clone())));
     let mut connector = HttpConnector::new();
     connector.set_nodelay(true);
     let client = Client::builder(TokioExecutor::new())
@@ -328,10 +377,137 @@ pub(crate) async fn serve(
             scheme,
         });
     let served = accept(listener, tls, limits, router, shutdown).await;
+    if let Some(registration) = registration {
+        let _ = registration.await;
+    }
     // Every connection has ended with the shutdown, and with them every
     // sender: the last grants are written before the ingress is done.
     let _ = writer.await;
     served
+}
+
+/// Takes the lease that says where this ingress takes requests (the
+/// dispatcher's renewal of all its leases keeps it), and gives it up at
+/// `shutdown`.
+async fn register(shared: Arc<Shared>, url: String, shutdown: CancellationToken) {
+    let name = format!("{}{url}", crate::shards::INGRESS);
+    let holder = shared.shards.holder.clone();
+    loop {
+        let taken = shared
+            .store
+            .acquire_lease(&name, &holder, crate::shards::LEASE_TTL, SystemTime::now())
+            .await;
+        match taken {
+            Ok(rouse_store::Lease::Held) => break,
+            Ok(rouse_store::Lease::Taken { holder: other, .. }) => {
+                tracing::warn!(%url, %other, "another dispatcher says its ingress is at this URL; requests are not forwarded here until its lease expires");
+            }
+            Err(e) => tracing::warn!(%url, error = %e, "cannot register the ingress's URL"),
+        }
+        tokio::select! {
+            () = shutdown.cancelled() => return,
+            () = tokio::time::sleep(crate::shards::RENEW_EVERY) => {}
+        }
+    }
+    shutdown.cancelled().await;
+    if let Err(e) = shared.store.release_lease(&name, &holder).await {
+        tracing::debug!(error = %e, "the ingress's lease was not given up; it expires");
+    }
+}
+
+/// The URL of the ingress of the dispatcher that runs `service`, when
+/// another live dispatcher does and its ingress registered one.
+async fn owner_ingress(shared: &Shared, service: uuid::Uuid) -> Option<String> {
+    let now = SystemTime::now();
+    let name = crate::shards::service_lease(service);
+    let holder = shared
+        .store
+        .leases(&name)
+        .await
+        .ok()?
+        .into_iter()
+        .find(|l| l.name == name && l.until > now)?
+        .holder;
+    if holder == shared.shards.holder {
+        return None;
+    }
+    shared
+        .store
+        .leases(crate::shards::INGRESS)
+        .await
+        .ok()?
+        .into_iter()
+        .find(|l| l.holder == holder && l.until > now)
+        .and_then(|l| {
+            l.name
+                .strip_prefix(crate::shards::INGRESS)
+                .map(str::to_owned)
+        })
+}
+
+/// The header that marks a request one ingress forwarded to another.
+const FORWARDED_BY: &str = "rouse-forwarded-by";
+
+/// Passes `request` for `root` on to the ingress at `to` (the one of the
+/// dispatcher that runs the service), which checks its caller and serves
+/// it; its answer comes back streamed.
+async fn forward(
+    ingress: &Ingress,
+    request: Request<Body>,
+    client: SocketAddr,
+    to: &str,
+    root: &str,
+    timeout: Duration,
+) -> Response<Body> {
+    let (mut parts, body) = request.into_parts();
+    let body = Body::new(http_body_util::Limited::new(
+        body,
+        usize::try_from(ingress.limits.max_body_bytes).unwrap_or(usize::MAX),
+    ));
+    let path_and_query = parts.uri.path_and_query().map_or("/", |p| p.as_str());
+    let uri = match format!("{to}{path_and_query}").parse::<Uri>() {
+        Ok(uri) => uri,
+        Err(e) => {
+            return plain(
+                StatusCode::BAD_GATEWAY,
+                format!("cannot address the ingress at {to} that serves `{root}`: {e}"),
+            );
+        }
+    };
+    let host = parts.headers.get(header::HOST).cloned();
+    strip_hop_by_hop(&mut parts.headers);
+    forwarded(&mut parts.headers, client, host, ingress.scheme);
+    if let Ok(holder) = HeaderValue::from_str(&ingress.shared.shards.holder) {
+        parts.headers.insert(FORWARDED_BY, holder);
+    }
+    parts.uri = uri;
+    parts.version = axum::http::Version::HTTP_11;
+    let sent = tokio::time::timeout(
+        timeout,
+        ingress.client.request(Request::from_parts(parts, body)),
+    )
+    .await;
+    match sent {
+        Ok(Ok(response)) => {
+            let (mut parts, body) = response.into_parts();
+            strip_hop_by_hop(&mut parts.headers);
+            Response::from_parts(parts, Body::new(body))
+        }
+        Ok(Err(e)) if body_too_long(&e) => too_large(root, ingress.limits.max_body_bytes),
+        Ok(Err(e)) => plain(
+            StatusCode::BAD_GATEWAY,
+            format!(
+                "`{root}` is run by the dispatcher whose ingress is at {to}, which could not be reached: {e}"
+            ),
+        ),
+        Err(_) => plain(
+            StatusCode::GATEWAY_TIMEOUT,
+            format!(
+                "`{root}` did not answer through the ingress at {to} within {}s",
+                timeout.as_secs()
+            ),
+        ),
+    }
 }
 
 /// Grants waiting to be written, at most; beyond it requests wait.
@@ -553,16 +729,15 @@ async fn serve_service(
             ),
         );
     }
-    let resource = Resource::Service(found.project.clone(), found.name.clone());
-    let mut request = request;
-    match authorize(ingress, request.headers(), &resource, &found).await {
-        Err(refused) => return refused,
-        // The caller's Rouse token is the ingress's to check, not the
-        // service's to keep: an API token could call the API as the caller.
-        Ok(Credential::Rouse) => {
-            request.headers_mut().remove(header::AUTHORIZATION);
-        }
-        Ok(Credential::None | Credential::Foreign) => {}
+    // A service another dispatcher runs is its ingress's to serve: the
+    // request goes there whole (its token too, checked there), once.
+    let forwarded_here = request.headers().contains_key(FORWARDED_BY);
+    if !found.owned
+        && !forwarded_here
+        && let Some(to) = owner_ingress(&ingress.shared, found.uuid).await
+    {
+        let timeout = found.scaling.wake_timeout + found.scaling.request_timeout;
+        return forward(ingress, request, client, &to, root, timeout).await;
     }
     // A service just created is in the table a moment before this
     // dispatcher takes its lease; one another dispatcher runs stays theirs.
@@ -577,13 +752,24 @@ async fn serve_service(
                     return plain(
                         StatusCode::SERVICE_UNAVAILABLE,
                         format!(
-                            "service `{root}` is run by another dispatcher; send its requests to that dispatcher's ingress"
+                            "service `{root}` is run by another dispatcher, whose ingress gave no address to forward to (it serves TLS, or listens on every interface without `--ingress-advertise`); send its requests to that dispatcher's ingress"
                         ),
                     );
                 }
             }
         }
     };
+    let resource = Resource::Service(found.project.clone(), found.name.clone());
+    let mut request = request;
+    match authorize(ingress, request.headers(), &resource, &found).await {
+        Err(refused) => return refused,
+        // The caller's Rouse token is the ingress's to check, not the
+        // service's to keep: an API token could call the API as the caller.
+        Ok(Credential::Rouse) => {
+            request.headers_mut().remove(header::AUTHORIZATION);
+        }
+        Ok(Credential::None | Credential::Foreign) => {}
+    }
     let declared = request
         .headers()
         .get(header::CONTENT_LENGTH)
@@ -837,7 +1023,7 @@ async fn proxy(
             // The lease (the instance's slot) is held until the body is sent.
             let body = Body::new(Leased {
                 body,
-                _lease: lease,
+                lease: Some(lease),
             });
             Response::from_parts(parts, body)
         }
@@ -957,10 +1143,14 @@ fn forwarded(
     headers.insert("x-forwarded-proto", HeaderValue::from_static(scheme));
 }
 
-/// A response body that holds the instance's slot until it has been sent.
+/// A response body that holds the instance's slot until the instance has
+/// sent all of it. The slot goes back as the last frame is handed on, before
+/// it is written to the client: a client that sends its next request as soon
+/// as it has read this answer finds the instance free, rather than waking
+/// another one for a slot not yet given back.
 struct Leased {
     body: hyper::body::Incoming,
-    _lease: HttpLease,
+    lease: Option<HttpLease>,
 }
 
 impl hyper::body::Body for Leased {
@@ -971,7 +1161,16 @@ impl hyper::body::Body for Leased {
         mut self: std::pin::Pin<&mut Self>,
         cx: &mut std::task::Context<'_>,
     ) -> std::task::Poll<Option<Result<hyper::body::Frame<Self::Data>, Self::Error>>> {
-        std::pin::Pin::new(&mut self.body).poll_frame(cx)
+        let polled = std::pin::Pin::new(&mut self.body).poll_frame(cx);
+        let over = match &polled {
+            std::task::Poll::Ready(Some(Ok(_))) => self.body.is_end_stream(),
+            std::task::Poll::Ready(_) => true,
+            std::task::Poll::Pending => false,
+        };
+        if over {
+            self.lease = None;
+        }
+        polled
     }
 
     fn is_end_stream(&self) -> bool {
@@ -1007,6 +1206,23 @@ mod tests {
             ..Limits::default()
         };
         assert!(instant.check().expect_err("short").contains("1s..=5m"));
+    }
+
+    #[test]
+    fn an_advertised_url_is_plain_http_without_a_path() {
+        assert_eq!(
+            parse_advertise("http://10.0.0.5:8080/").as_deref(),
+            Ok("http://10.0.0.5:8080")
+        );
+        for (bad, named) in [
+            ("https://a:1", "not plain http://"),
+            ("http://a:1/x", "has a path"),
+            ("10.0.0.5:8080", "not plain http://"),
+            ("not a url", "is not a URL"),
+        ] {
+            let e = parse_advertise(bad).expect_err(bad);
+            assert!(e.contains(bad) && e.contains(named), "{bad}: {e}");
+        }
     }
 
     #[test]

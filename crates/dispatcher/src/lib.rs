@@ -28,6 +28,7 @@
 
 pub mod acme;
 mod config;
+pub mod dead_letter;
 pub mod deliver;
 pub mod ingress;
 pub mod intake;
@@ -179,6 +180,7 @@ impl Dispatcher {
         let metrics = Arc::new(metrics::Metrics::default());
         let replier = Replier::new(publisher, ledger.clone(), metrics.clone());
         let ctx = Arc::new(Context {
+            dead_letters: Some(Arc::new(dead_letter::DeadLetters::new(pubsub.clone()))),
             metrics,
             config,
             store: ledger,

@@ -7,7 +7,10 @@
 //! | `rouse_questions_total` | counter | service, status (succeeded, failed, cancelled) |
 //! | `rouse_http_requests_total` | counter | service, code |
 //! | `rouse_cold_starts_total`, `rouse_cold_start_seconds` | counter, histogram (start asked → ready) | service |
+//! | `rouse_thaws_total`, `rouse_thaw_seconds` | counter, histogram (thaw asked → running) | service |
 //! | `rouse_wake_failures_total` | counter | service |
+//! | `rouse_question_retries_total` | counter (attempts run again after the platform failed one) | service |
+//! | `rouse_dead_letters_total` | counter (questions published to a dead-letter topic) | service |
 //! | `rouse_queue_depth` | gauge (questions and requests waiting) | service, revision |
 //! | `rouse_instances` | gauge (starting or running) | service, revision |
 //! | `rouse_node_instances` | gauge (ready) | node |
@@ -43,7 +46,11 @@ pub struct Metrics {
     http_requests: Family<Labels, Counter>,
     cold_starts: Family<Labels, Counter>,
     cold_start_seconds: Family<Labels, Histogram, Seconds>,
+    thaws: Family<Labels, Counter>,
+    thaw_seconds: Family<Labels, Histogram, Seconds>,
     wake_failures: Family<Labels, Counter>,
+    retries: Family<Labels, Counter>,
+    dead_letters: Family<Labels, Counter>,
     queue_depth: Family<Labels, Gauge>,
     instances: Family<Labels, Gauge>,
     node_instances: Family<Labels, Gauge>,
@@ -83,11 +90,35 @@ impl Default for Metrics {
             "Time from asking for an instance to its passing the readiness probe",
             cold_start_seconds.clone(),
         );
+        let thaws = Family::<Labels, Counter>::default();
+        registry.register(
+            "rouse_thaws",
+            "Frozen instances thawed for work, by service",
+            thaws.clone(),
+        );
+        let thaw_seconds = Family::new_with_constructor(Seconds);
+        registry.register(
+            "rouse_thaw_seconds",
+            "Time from asking for a frozen instance to its running again",
+            thaw_seconds.clone(),
+        );
         let wake_failures = Family::<Labels, Counter>::default();
         registry.register(
             "rouse_wake_failures",
             "Instances that could not be woken, by service",
             wake_failures.clone(),
+        );
+        let retries = Family::<Labels, Counter>::default();
+        registry.register(
+            "rouse_question_retries",
+            "Questions run again after the platform failed an attempt, by service",
+            retries.clone(),
+        );
+        let dead_letters = Family::<Labels, Counter>::default();
+        registry.register(
+            "rouse_dead_letters",
+            "Questions published to their service's dead-letter topic, by service",
+            dead_letters.clone(),
         );
         let queue_depth = Family::<Labels, Gauge>::default();
         registry.register(
@@ -119,7 +150,11 @@ impl Default for Metrics {
             http_requests,
             cold_starts,
             cold_start_seconds,
+            thaws,
+            thaw_seconds,
             wake_failures,
+            retries,
+            dead_letters,
             queue_depth,
             instances,
             node_instances,
@@ -167,8 +202,24 @@ impl Metrics {
             .observe(took.as_secs_f64());
     }
 
+    pub(crate) fn thawed(&self, name: &str, took: Duration) {
+        let labels = service(name);
+        self.thaws.get_or_create(&labels).inc();
+        self.thaw_seconds
+            .get_or_create(&labels)
+            .observe(took.as_secs_f64());
+    }
+
     pub(crate) fn wake_failed(&self, name: &str) {
         self.wake_failures.get_or_create(&service(name)).inc();
+    }
+
+    pub(crate) fn retried(&self, name: &str) {
+        self.retries.get_or_create(&service(name)).inc();
+    }
+
+    pub(crate) fn dead_lettered(&self, name: &str) {
+        self.dead_letters.get_or_create(&service(name)).inc();
     }
 
     /// A worker's queue and instances; each revision's worker (the serving

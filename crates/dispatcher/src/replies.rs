@@ -73,6 +73,8 @@ impl Publish for TopicPublisher {
 pub trait Ledger: Send + Sync + 'static {
     /// See [`rouse_store::RevisionStore::serving_revision`].
     async fn serving_revision(&self, service_uuid: Uuid) -> Result<Option<Revision>, StoreError>;
+    /// See [`rouse_store::ExecutionStore::insert_execution`].
+    async fn insert_execution(&self, execution: &Execution) -> Result<bool, StoreError>;
     /// See [`rouse_store::ExecutionStore::update_execution`].
     async fn update_execution(
         &self,
@@ -99,6 +101,9 @@ pub trait Ledger: Send + Sync + 'static {
 impl<S: DispatchStore + ?Sized> Ledger for Arc<S> {
     async fn serving_revision(&self, service_uuid: Uuid) -> Result<Option<Revision>, StoreError> {
         S::serving_revision(self, service_uuid).await
+    }
+    async fn insert_execution(&self, execution: &Execution) -> Result<bool, StoreError> {
+        S::insert_execution(self, execution).await
     }
     async fn update_execution(
         &self,

@@ -48,8 +48,11 @@ pub const CLAIM_EVERY: Duration = Duration::from_secs(1);
 
 const MEMBER: &str = "dispatcher:";
 const SERVICE: &str = "service:";
+/// `ingress:<url>`, held by a dispatcher whose ingress takes requests at
+/// `<url>`: where other ingresses forward requests for its services.
+pub(crate) const INGRESS: &str = "ingress:";
 
-fn service_lease(uuid: Uuid) -> String {
+pub(crate) fn service_lease(uuid: Uuid) -> String {
     format!("{SERVICE}{uuid}")
 }
 

@@ -41,6 +41,9 @@ pub struct Context {
     pub launcher: Launcher,
     /// What the dispatcher counts (served at the ingress's `/metrics`).
     pub metrics: Arc<crate::metrics::Metrics>,
+    /// Where questions go after their last attempt failed (`None` in unit
+    /// tests, which have no Pub/Sub).
+    pub dead_letters: Option<Arc<crate::dead_letter::DeadLetters>>,
     /// Every long-lived task (workers, intake, the outbox, the trials) and
     /// every instance stop a worker hands off: awaited at shutdown, so that
     /// the dispatcher ends only once its instances have.
@@ -107,6 +110,10 @@ enum Internal {
     },
     /// An HTTP request lent an instance is done with it.
     HttpDone(u64),
+    /// A frozen instance was thawed (or could not be).
+    Thawed(u64, Result<(), String>),
+    /// An idle instance could not be frozen.
+    FreezeFailed(u64, String),
     /// The instance could not be reached: the question goes back to the
     /// queue, and the instance is given up.
     Undelivered {
@@ -114,6 +121,40 @@ enum Internal {
         slot: u64,
         detail: String,
     },
+    /// A delivery or job the platform failed (a crash): the worker, which
+    /// knows the service's settings, runs it again, dead-letters or fails it.
+    Failed {
+        execution: Box<Execution>,
+        reply: Reply,
+        slot: u64,
+    },
+    /// A question's next attempt, to run from `at` (its backoff).
+    Retry {
+        at: Instant,
+        execution: Box<Execution>,
+    },
+}
+
+/// The exceptions the platform raises when it failed a question itself (its
+/// instance did not wake, crashed, or could not be reached), rather than the
+/// service answering one: worth another attempt (`--max-retries`), and
+/// dead-lettered after the last.
+const PLATFORM_FAILURES: &[&str] = &["ServiceWakeFailed", "ServiceCrashed"];
+
+/// `Type: message` of an exception reply.
+fn exception_text(reply: &Reply) -> String {
+    match reply {
+        Reply::Exception {
+            exception_type,
+            exception_message,
+            ..
+        } => format!("{exception_type}: {exception_message}"),
+        _ => String::new(),
+    }
+}
+
+fn platform_failure(reply: &Reply) -> bool {
+    matches!(reply, Reply::Exception { exception_type, .. } if PLATFORM_FAILURES.contains(&exception_type.as_str()))
 }
 
 /// How often a question that could not reach an instance goes back to the
@@ -135,8 +176,12 @@ struct Slot {
     revision: String,
     /// Executions waiting for this instance to wake (cold starts).
     waking: Vec<Key>,
-    /// When it was asked for.
+    /// When it was asked for (or, frozen, to thaw).
     asked_at: Instant,
+    /// When it was frozen, while it is.
+    frozen_since: Option<Instant>,
+    /// The freeze under way, which a thaw waits for.
+    freezing: Option<JoinHandle<()>>,
     /// Counts it on its node while it is ready (dropped with the slot).
     on_node: Option<crate::metrics::OnNode>,
 }
@@ -161,6 +206,9 @@ pub struct Worker {
     undelivered: HashMap<Key, u32>,
     /// HTTP requests waiting for an instance, oldest first.
     http_waiting: VecDeque<oneshot::Sender<Result<HttpLease, LeaseError>>>,
+    /// Next attempts of questions the platform failed, each with when its
+    /// backoff ends; queued then (they wait in the store too).
+    delayed: Vec<(Instant, Execution)>,
     /// Queue depth and instances as last reported to the metrics, and for
     /// which revision.
     gauges: (usize, usize),
@@ -189,6 +237,7 @@ impl Worker {
             running: HashMap::new(),
             undelivered: HashMap::new(),
             http_waiting: VecDeque::new(),
+            delayed: Vec::new(),
             // Reported at the first look, whatever it finds.
             gauges: (usize::MAX, usize::MAX),
             gauged: None,
@@ -219,20 +268,33 @@ impl Worker {
         heartbeat.tick().await;
         let capacity = self.ctx.config.queue_capacity;
         loop {
-            let wake_at = self.reconcile();
+            let now = Instant::now();
+            while let Some(due) = self.delayed.iter().position(|(at, _)| *at <= now) {
+                let (_, execution) = self.delayed.swap_remove(due);
+                self.on_message(WorkerMsg::Run(Box::new(execution))).await;
+            }
+            let backoff_ends = self.delayed.iter().map(|(at, _)| *at).min();
+            let wake_at = match (self.reconcile(), backoff_ends) {
+                (Some(a), Some(b)) => Some(a.min(b)),
+                (a, b) => a.or(b),
+            };
             let sleep = async {
                 match wake_at {
                     Some(at) => tokio::time::sleep_until(at).await,
                     None => std::future::pending().await,
                 }
             };
+            // Reports of the worker's own tasks first: a slot given back
+            // before a new request arrived is seen free by it, rather than
+            // raced by it into waking another instance.
             tokio::select! {
+                biased;
                 () = self.stop.cancelled() => break,
+                Some(report) = self.internal_rx.recv() => self.on_internal(report).await,
                 msg = rx.recv(), if self.queue.len() < capacity => match msg {
                     Some(msg) => self.on_message(msg).await,
                     None => break,
                 },
-                Some(report) = self.internal_rx.recv() => self.on_internal(report).await,
                 _ = heartbeat.tick() => self.heartbeats(),
                 _ = sleep => {}
             }
@@ -316,6 +378,16 @@ impl Worker {
 
     async fn cancel(&mut self, question_uuid: &str) -> bool {
         let reply = || Reply::exception("QuestionCancelled", "the question was cancelled");
+        if let Some(pos) = self
+            .delayed
+            .iter()
+            .position(|(_, e)| e.question_uuid == question_uuid)
+        {
+            let (_, execution) = self.delayed.swap_remove(pos);
+            self.finish_as(execution, reply(), ExecutionStatus::Cancelled)
+                .await;
+            return true;
+        }
         if let Some(pos) = self
             .queue
             .iter()
@@ -439,20 +511,52 @@ impl Worker {
                     self.queue.push_front(execution);
                 }
             }
+            Internal::Thawed(id, Ok(())) => {
+                let name = self.service.qualified_name();
+                if let Some(slot) = self.slots.get_mut(&id)
+                    && slot.frozen_since.is_none()
+                    && !slot.ready
+                    && let Some(instance) = &slot.instance
+                {
+                    self.ctx.metrics.thawed(&name, slot.asked_at.elapsed());
+                    slot.ready = true;
+                    slot.idle_since = Some(Instant::now());
+                    slot.on_node = Some(self.ctx.metrics.on_node(instance.node()));
+                }
+            }
+            Internal::Thawed(id, Err(why)) | Internal::FreezeFailed(id, why) => {
+                if let Some(slot) = self.slots.remove(&id) {
+                    let instance = slot.instance.as_ref().map(|i| i.id().to_owned());
+                    tracing::warn!(service = %self.service.qualified_name(), instance = instance.unwrap_or_default(), %why, "cannot freeze or thaw an instance; stopping it");
+                    self.stop_instance(slot);
+                }
+            }
             Internal::HttpDone(slot) => {
                 if self.mode() == DeliveryMode::Server {
                     self.release(slot);
                 }
             }
-            Internal::Finished { key, slot } => {
-                self.running.remove(&key);
-                self.undelivered.remove(&key);
-                if self.mode() == DeliveryMode::Job {
-                    self.slots.remove(&slot);
-                } else {
-                    self.release(slot);
-                }
+            Internal::Finished { key, slot } => self.done(&key, slot),
+            Internal::Failed {
+                execution,
+                reply,
+                slot,
+            } => {
+                self.done(&key(&execution), slot);
+                self.finish(*execution, reply).await;
             }
+            Internal::Retry { at, execution } => self.delayed.push((at, *execution)),
+        }
+    }
+
+    /// A question's run ended: its slot is free (a job's goes).
+    fn done(&mut self, key: &Key, slot: u64) {
+        self.running.remove(key);
+        self.undelivered.remove(key);
+        if self.mode() == DeliveryMode::Job {
+            self.slots.remove(&slot);
+        } else {
+            self.release(slot);
         }
     }
 
@@ -473,7 +577,10 @@ impl Worker {
         let stale: Vec<u64> = self
             .slots
             .iter()
-            .filter(|(_, s)| s.revision != revision.name && s.ready && s.in_flight == 0)
+            .filter(|(_, s)| {
+                s.revision != revision.name
+                    && ((s.ready && s.in_flight == 0) || s.frozen_since.is_some())
+            })
             .map(|(id, _)| *id)
             .collect();
         for id in stale {
@@ -490,6 +597,7 @@ impl Worker {
                 ready: s.ready,
                 in_flight: s.in_flight,
                 idle_since: s.idle_since,
+                frozen_since: s.frozen_since,
             })
             .collect();
         // A request whose client went away while it waited wants nothing.
@@ -518,6 +626,15 @@ impl Worker {
                 tracing::info!(service = %self.service.qualified_name(), instance = %slot.instance.as_ref().map(|i| i.id().to_owned()).unwrap_or_default(), "stopping idle instance");
                 self.stop_instance(slot);
             }
+        }
+        if decision.start > 0 {
+            tracing::debug!(service = %self.service.qualified_name(), queued = self.queue.len(), http_waiting = self.http_waiting.len(), instances = ?views, start = decision.start, "scaling up");
+        }
+        for id in decision.freeze {
+            self.freeze_instance(id);
+        }
+        for id in decision.thaw {
+            self.thaw_instance(id);
         }
         match revision.mode {
             DeliveryMode::Server => {
@@ -555,6 +672,8 @@ impl Worker {
                 revision: revision.name.clone(),
                 waking: Vec::new(),
                 asked_at: Instant::now(),
+                frozen_since: None,
+                freezing: None,
                 on_node: None,
             },
         );
@@ -601,8 +720,16 @@ impl Worker {
         for e in self.queue.iter().filter(|e| mine.contains(&key(e))) {
             let (store, e) = (self.ctx.store.clone(), e.clone());
             tokio::spawn(async move {
-                if let Err(err) = store.update_execution(&e, None).await {
-                    tracing::warn!(error = %err, "could not record an execution waking");
+                match store.update_execution(&e, None).await {
+                    Ok(_) => {}
+                    // Already delivered, finished or cancelled (this write
+                    // is not waited for), or taken over: nothing to record.
+                    Err(StoreError::Fenced { .. }) => {
+                        tracing::debug!(question = %e.question_uuid, "an execution went past waking before it was recorded waking");
+                    }
+                    Err(err) => {
+                        tracing::warn!(error = %err, "could not record an execution waking")
+                    }
                 }
             });
         }
@@ -785,9 +912,20 @@ impl Worker {
                 }
                 Err(why) => Outcome::Reply(Reply::exception("ServiceCrashed", why)),
             };
-            let k = key(&execution);
-            ctx.replier.complete(execution, outcome, &sender).await;
-            let _ = tx.send(Internal::Finished { key: k, slot });
+            match outcome {
+                Outcome::Reply(reply) if platform_failure(&reply) => {
+                    let _ = tx.send(Internal::Failed {
+                        execution: Box::new(execution),
+                        reply,
+                        slot,
+                    });
+                }
+                outcome => {
+                    let k = key(&execution);
+                    ctx.replier.complete(execution, outcome, &sender).await;
+                    let _ = tx.send(Internal::Finished { key: k, slot });
+                }
+            }
         })
     }
 
@@ -864,11 +1002,22 @@ impl Worker {
                     }
                 }
             };
-            ctx.replier.complete(execution, outcome, &sender).await;
-            let _ = tx.send(Internal::Finished {
-                key: k,
-                slot: slot_id,
-            });
+            match outcome {
+                Outcome::Reply(reply) if platform_failure(&reply) => {
+                    let _ = tx.send(Internal::Failed {
+                        execution: Box::new(execution),
+                        reply,
+                        slot: slot_id,
+                    });
+                }
+                outcome => {
+                    ctx.replier.complete(execution, outcome, &sender).await;
+                    let _ = tx.send(Internal::Finished {
+                        key: k,
+                        slot: slot_id,
+                    });
+                }
+            }
         });
         self.running.insert(
             key(&execution),
@@ -878,6 +1027,55 @@ impl Worker {
                 task,
             },
         );
+    }
+
+    /// Freezes an idle instance (stops it where it cannot be frozen).
+    fn freeze_instance(&mut self, id: u64) {
+        let Some(slot) = self.slots.get_mut(&id) else {
+            return;
+        };
+        let Some(instance) = slot.instance.clone() else {
+            return;
+        };
+        if !instance.can_freeze() {
+            if let Some(slot) = self.slots.remove(&id) {
+                tracing::info!(service = %self.service.qualified_name(), instance = %instance.id(), "stopping idle instance (it cannot be frozen)");
+                self.stop_instance(slot);
+            }
+            return;
+        }
+        tracing::info!(service = %self.service.qualified_name(), instance = %instance.id(), "freezing idle instance");
+        slot.ready = false;
+        slot.idle_since = None;
+        slot.frozen_since = Some(Instant::now());
+        slot.on_node = None;
+        let tx = self.internal_tx.clone();
+        slot.freezing = Some(tokio::spawn(async move {
+            if let Err(why) = instance.freeze().await {
+                let _ = tx.send(Internal::FreezeFailed(id, why));
+            }
+        }));
+    }
+
+    /// Thaws a frozen instance for work; it takes work once it runs again.
+    fn thaw_instance(&mut self, id: u64) {
+        let Some(slot) = self.slots.get_mut(&id) else {
+            return;
+        };
+        let Some(instance) = slot.instance.clone() else {
+            return;
+        };
+        tracing::debug!(service = %self.service.qualified_name(), instance = %instance.id(), "thawing a frozen instance");
+        slot.frozen_since = None;
+        slot.asked_at = Instant::now();
+        let freezing = slot.freezing.take();
+        let tx = self.internal_tx.clone();
+        tokio::spawn(async move {
+            if let Some(freezing) = freezing {
+                let _ = freezing.await;
+            }
+            let _ = tx.send(Internal::Thawed(id, instance.thaw().await));
+        });
     }
 
     fn stop_instance(&self, slot: Slot) {
@@ -913,7 +1111,99 @@ impl Worker {
         });
     }
 
+    /// Ends a question with `reply`; one the platform failed runs again
+    /// while its `retry_count` is below `--max-retries`, and after its last
+    /// attempt goes to the dead-letter topic, if any, as well.
     async fn finish(&self, execution: Execution, reply: Reply) {
+        if platform_failure(&reply) {
+            if execution.retry_count < self.service.scaling.max_retries {
+                match self.retry(execution, &reply).await {
+                    Ok(()) => return,
+                    Err(execution) => return self.fail(*execution, reply).await,
+                }
+            }
+            if let Some(topic) = &self.service.dead_letter_topic {
+                self.dead_letter(topic, &execution, &reply).await;
+            }
+        }
+        self.fail(execution, reply).await;
+    }
+
+    /// Records `failed` as ended and its next attempt (`retry_count + 1`,
+    /// queued, the question's `retry_count` attribute raised as Octue
+    /// raises it), then hands that to this worker after the backoff. No
+    /// exception is published for the failed attempt: an Octue asker stops
+    /// at the first one it gets. The next attempt is in the store first, so
+    /// a restart during the backoff runs it (at once). Gives the execution
+    /// back when the next attempt could not be recorded.
+    async fn retry(&self, mut failed: Execution, reply: &Reply) -> Result<(), Box<Execution>> {
+        let attempt = failed.retry_count + 1;
+        let wait = rouse_core::service::retry_backoff(failed.retry_count);
+        let now = SystemTime::now();
+        let mut next = failed.clone();
+        next.retry_count = attempt;
+        next.attributes
+            .insert("retry_count".into(), attempt.to_string());
+        next.status = ExecutionStatus::Queued;
+        next.revision = None;
+        next.instance = None;
+        next.cold_start = None;
+        next.reason = None;
+        next.received_at = now;
+        next.ready_at = None;
+        next.delivered_at = None;
+        next.finished_at = None;
+        match self.ctx.store.insert_execution(&next).await {
+            Ok(true) => {}
+            // An attempt with that count exists (the asker retried too).
+            Ok(false) => return Err(Box::new(failed)),
+            Err(e) => {
+                tracing::warn!(question = %failed.question_uuid, error = %e, "cannot record a question's next attempt; it fails instead");
+                return Err(Box::new(failed));
+            }
+        }
+        let why = exception_text(reply);
+        failed.status = ExecutionStatus::Failed;
+        failed.finished_at = Some(now);
+        failed.reason = Some(format!(
+            "{why}\nrun again as retry {attempt} after {}",
+            humantime::format_duration(wait)
+        ));
+        if let Err(e) = self.ctx.store.update_execution(&failed, None).await {
+            tracing::warn!(question = %failed.question_uuid, error = %e, "cannot record a failed attempt");
+        }
+        tracing::info!(service = %self.service.qualified_name(), question = %failed.question_uuid, attempt, ?wait, "running a question again after the platform failed it");
+        self.ctx.metrics.retried(&self.service.qualified_name());
+        // Held by this worker until then (a stop leaves it in the store,
+        // for the next start); a cancel finds it there.
+        let _ = self.internal_tx.send(Internal::Retry {
+            at: Instant::now() + wait,
+            execution: Box::new(next),
+        });
+        Ok(())
+    }
+
+    /// Publishes a question whose last attempt the platform failed to the
+    /// service's dead-letter topic; a failure to publish is logged (the
+    /// execution keeps the question and why it failed).
+    async fn dead_letter(&self, topic: &str, execution: &Execution, reply: &Reply) {
+        let Some(letters) = &self.ctx.dead_letters else {
+            return;
+        };
+        let failure = exception_text(reply);
+        let name = self.service.qualified_name();
+        match letters.publish(topic, &name, execution, &failure).await {
+            Ok(id) => {
+                tracing::info!(service = %name, question = %execution.question_uuid, topic, message = %id, "published a failed question to the dead-letter topic");
+                self.ctx.metrics.dead_lettered(&name);
+            }
+            Err(e) => {
+                tracing::error!(service = %name, question = %execution.question_uuid, topic, error = %e, "cannot publish a failed question to the dead-letter topic; the execution keeps it")
+            }
+        }
+    }
+
+    async fn fail(&self, execution: Execution, reply: Reply) {
         let status = match reply {
             Reply::Result { .. } => ExecutionStatus::Succeeded,
             _ => ExecutionStatus::Failed,

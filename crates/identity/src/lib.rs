@@ -94,7 +94,9 @@
 //! 5. The key's account is not disabled (checked after the signature, so only
 //!    the key's holder learns it).
 //! 6. The claims parse; `iss` = `sub` = the key's principal, so a key can only
-//!    speak for its own account.
+//!    speak for its own account. The one exception is the platform's
+//!    assertion key ([`Asserter`], principal [`PLATFORM_ISSUER`]): in a
+//!    question token only, it names the caller the API checked in `sub`.
 //! 7. `aud` is the expected audience.
 //! 8. `exp - iat` is positive and at most one hour; `iat` is at most
 //!    [`CLOCK_SKEW`] (60 s) in the future; `now < exp`. A stolen token is
@@ -114,6 +116,7 @@ pub use key::{
     KeyFileFormatError, PublicKey, PublicKeyEntry, PublicKeyError,
 };
 pub use token::{
-    ALGORITHM, API_AUDIENCE, CLOCK_SKEW, Claims, DEFAULT_LIFETIME, KeyRecord, MAX_LIFETIME,
-    MAX_TOKEN_LEN, SignError, TokenError, bench_verify, service_audience, sign, verify,
+    ALGORITHM, API_AUDIENCE, Asserter, CLOCK_SKEW, Claims, DEFAULT_LIFETIME, KeyRecord,
+    MAX_LIFETIME, MAX_TOKEN_LEN, PLATFORM_ISSUER, SignError, TokenError, bench_verify,
+    service_audience, sign, verify,
 };

@@ -192,6 +192,20 @@ fn unix_seconds(t: SystemTime) -> Option<u64> {
     t.duration_since(UNIX_EPOCH).ok().map(|d| d.as_secs())
 }
 
+/// Checks what every signed token needs; `now` in Unix seconds.
+fn issued_at(audience: &str, now: SystemTime, lifetime: Duration) -> Result<u64, SignError> {
+    if lifetime > MAX_LIFETIME {
+        return Err(SignError::LifetimeTooLong { lifetime });
+    }
+    if lifetime.as_secs() == 0 {
+        return Err(SignError::LifetimeTooShort);
+    }
+    if audience.is_empty() {
+        return Err(SignError::EmptyAudience);
+    }
+    unix_seconds(now).ok_or(SignError::ClockBeforeEpoch)
+}
+
 /// Signs a token for `audience` ([`API_AUDIENCE`] or [`service_audience`]),
 /// bound to `question_uuid` when it is for a question, issued at `now` and
 /// valid for `lifetime` (whole seconds, 1 s to 1 h).
@@ -202,16 +216,7 @@ pub fn sign(
     now: SystemTime,
     lifetime: Duration,
 ) -> Result<String, SignError> {
-    if lifetime > MAX_LIFETIME {
-        return Err(SignError::LifetimeTooLong { lifetime });
-    }
-    if lifetime.as_secs() == 0 {
-        return Err(SignError::LifetimeTooShort);
-    }
-    if audience.is_empty() {
-        return Err(SignError::EmptyAudience);
-    }
-    let iat = unix_seconds(now).ok_or(SignError::ClockBeforeEpoch)?;
+    let iat = issued_at(audience, now, lifetime)?;
     let principal = key.principal();
     let claims = Claims {
         iss: principal.clone(),
@@ -225,18 +230,90 @@ pub fn sign(
     Ok(sign_claims(key, &claims))
 }
 
+/// The `iss` of the platform's assertions, and the principal of its key.
+pub const PLATFORM_ISSUER: &str = "rouse-platform";
+
+/// The platform's question-assertion key: the API, having checked that its
+/// caller may ask a service, signs a question token naming that caller (`iss`
+/// [`PLATFORM_ISSUER`], `sub` the caller), so that a question asked with no
+/// more than a bearer token (curl, the HTTP API) reaches the dispatcher as
+/// that caller's, not as an anonymous one. Every process derives the same key
+/// from the secrets key; verifiers know it by [`Asserter::key_record`].
+pub struct Asserter {
+    key: ed25519_dalek::SigningKey,
+    kid: String,
+}
+
+impl fmt::Debug for Asserter {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Asserter").field("kid", &self.kid).finish()
+    }
+}
+
+impl Asserter {
+    /// The key whose Ed25519 seed is `seed`.
+    pub fn from_seed(seed: &[u8; 32]) -> Self {
+        let key = ed25519_dalek::SigningKey::from_bytes(seed);
+        let public = key.verifying_key().to_bytes();
+        let mut kid = String::from("rouse-platform-");
+        for b in &public[..8] {
+            kid.push_str(&format!("{b:02x}"));
+        }
+        Self { key, kid }
+    }
+
+    /// The key id and the record a verifier's lookup returns for it.
+    pub fn key_record(&self) -> (String, KeyRecord) {
+        (
+            self.kid.clone(),
+            KeyRecord {
+                principal: PLATFORM_ISSUER.to_owned(),
+                public_key: PublicKey(self.key.verifying_key()),
+                disabled: false,
+            },
+        )
+    }
+
+    /// A question token for `question_uuid` to `audience`, asserting that
+    /// `principal` asks it.
+    pub fn assert_question(
+        &self,
+        principal: &str,
+        audience: &str,
+        question_uuid: &str,
+        now: SystemTime,
+        lifetime: Duration,
+    ) -> Result<String, SignError> {
+        let iat = issued_at(audience, now, lifetime)?;
+        let claims = Claims {
+            iss: PLATFORM_ISSUER.to_owned(),
+            sub: principal.to_owned(),
+            aud: audience.to_owned(),
+            iat,
+            exp: iat + lifetime.as_secs(),
+            jti: uuid::Uuid::new_v4().to_string(),
+            question_uuid: Some(question_uuid.to_owned()),
+        };
+        Ok(sign_with(&self.key, &self.kid, &claims))
+    }
+}
+
 /// Signs any claims, unchecked: [`sign`] is the way to make valid tokens;
 /// tests use this to make invalid ones.
 pub(crate) fn sign_claims(key: &KeyFile, claims: &Claims) -> String {
+    sign_with(key.signing_key(), key.key_id(), claims)
+}
+
+fn sign_with(key: &ed25519_dalek::SigningKey, kid: &str, claims: &Claims) -> String {
     let header = HeaderOut {
         alg: ALGORITHM,
         typ: "JWT",
-        kid: key.key_id(),
+        kid,
     };
     let mut token = URL_SAFE_NO_PAD.encode(json(&header));
     token.push('.');
     URL_SAFE_NO_PAD.encode_string(json(claims), &mut token);
-    let signature = key.signing_key().sign(token.as_bytes());
+    let signature = key.sign(token.as_bytes());
     token.push('.');
     URL_SAFE_NO_PAD.encode_string(signature.to_bytes(), &mut token);
     token
@@ -333,13 +410,22 @@ pub fn verify(
 
     let claims: Claims = serde_json::from_slice(&payload)
         .map_err(|e| malformed(format!("the claims are not valid: {e}")))?;
-    if claims.iss != claims.sub {
+    // The platform's assertion key speaks for the callers the API checked,
+    // and only in questions: it never makes an API token.
+    let asserted = record.principal == PLATFORM_ISSUER
+        && claims.iss == PLATFORM_ISSUER
+        && expected_question_uuid.is_some();
+    if asserted {
+        if claims.sub == PLATFORM_ISSUER || claims.sub.is_empty() {
+            return Err(malformed("an assertion names no caller in `sub`"));
+        }
+    } else if claims.iss != claims.sub {
         return Err(TokenError::IssuerMismatch {
             iss: claims.iss,
             sub: claims.sub,
         });
     }
-    if claims.sub != record.principal {
+    if !asserted && claims.sub != record.principal {
         return Err(TokenError::WrongPrincipal {
             sub: claims.sub,
             kid,
@@ -497,6 +583,56 @@ mod tests {
 
     fn parts(token: &str) -> Vec<String> {
         token.split('.').map(str::to_owned).collect()
+    }
+
+    #[test]
+    fn the_platform_asserts_callers_in_questions_only() {
+        let asserter = Asserter::from_seed(&[7; 32]);
+        let (kid, record) = asserter.key_record();
+        let lookup = |k: &str| (k == kid).then(|| record.clone());
+        let token = asserter
+            .assert_question(
+                "user:ana@example.com",
+                AUD,
+                Q,
+                t0(),
+                Duration::from_secs(60),
+            )
+            .unwrap();
+        let claims = verify(&token, AUD, Some(Q), t0(), lookup).unwrap();
+        assert_eq!(claims.principal(), "user:ana@example.com");
+        // Not for another question, not as an API token.
+        assert!(matches!(
+            verify(&token, AUD, Some("other"), t0(), lookup),
+            Err(TokenError::QuestionMismatch { .. })
+        ));
+        let api = Claims {
+            aud: API_AUDIENCE.into(),
+            question_uuid: None,
+            ..claims
+        };
+        let api = sign_with(&asserter.key, &kid, &api);
+        assert!(matches!(
+            verify(&api, API_AUDIENCE, None, t0(), lookup),
+            Err(TokenError::IssuerMismatch { .. })
+        ));
+        // Another process deriving from the same seed has the same key.
+        assert_eq!(Asserter::from_seed(&[7; 32]).key_record().0, kid);
+    }
+
+    #[test]
+    fn an_ordinary_key_cannot_claim_to_be_the_platform() {
+        let f = Fixture::new();
+        let claims = Claims {
+            iss: PLATFORM_ISSUER.into(),
+            sub: "user:ana@example.com".into(),
+            ..f.claims()
+        };
+        let token = sign_claims(&f.key, &claims);
+        assert!(matches!(
+            f.verify_question(&token),
+            Err(TokenError::IssuerMismatch { .. })
+        ));
     }
 
     #[test]

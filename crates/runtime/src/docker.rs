@@ -773,6 +773,18 @@ pub(crate) struct Control {
 }
 
 impl Control {
+    /// `docker pause` (the cgroup freezer) or `docker unpause`.
+    pub(crate) async fn set_paused(&self, paused: bool) -> Result<(), String> {
+        let done = match paused {
+            true => self.docker.pause_container(&self.container).await,
+            false => self.docker.unpause_container(&self.container).await,
+        };
+        done.map_err(|e| {
+            let verb = if paused { "pause" } else { "unpause" };
+            format!("docker {verb} of container {} failed: {e}", self.container)
+        })
+    }
+
     pub(crate) async fn stop(&self, instance: &Instance, grace: Duration) {
         if instance.exit().is_none() {
             let seconds = grace.as_secs_f64().ceil().min(MAX_GRACE_SECS as f64) as i32;

@@ -43,6 +43,9 @@ pub(crate) struct Inner {
     /// Set once a stop has completed; the lock makes concurrent stops wait
     /// for the first.
     stopped: Mutex<bool>,
+    /// Whether it is frozen (its processes paused); the lock orders freezes,
+    /// thaws and the stop.
+    frozen: Mutex<bool>,
     /// Where it runs, once placed on a node or another platform.
     node: std::sync::OnceLock<String>,
 }
@@ -79,6 +82,7 @@ impl Instance {
                 exit,
                 control,
                 stopped: Mutex::new(false),
+                frozen: Mutex::new(false),
                 node: std::sync::OnceLock::new(),
             }),
         }
@@ -222,6 +226,16 @@ impl Instance {
         if *stopped {
             return;
         }
+        // A frozen instance is thawed first, so that it can hear the stop.
+        {
+            let mut frozen = self.inner.frozen.lock().await;
+            if *frozen {
+                if let Err(why) = self.set_paused(false).await {
+                    tracing::debug!(instance = self.id(), %why, "cannot thaw an instance before stopping it");
+                }
+                *frozen = false;
+            }
+        }
         match &self.inner.control {
             Control::Process(control) => control.stop(self, grace).await,
             Control::Docker(control) => control.stop(self, grace).await,
@@ -230,6 +244,46 @@ impl Instance {
             Control::Fake(control) => control.stop().await,
         }
         *stopped = true;
+    }
+
+    /// Whether [`Instance::freeze`] can work: instances on this machine's
+    /// processes and on Docker engines (not another platform's).
+    pub fn can_freeze(&self) -> bool {
+        !matches!(self.inner.control, Control::Remote(_))
+    }
+
+    /// Freezes the instance: SIGSTOP to its process group (process) or
+    /// `docker pause` (the cgroup freezer). It keeps its memory and its
+    /// port and uses no CPU until [`Instance::thaw`]. Idempotent.
+    pub async fn freeze(&self) -> Result<(), String> {
+        let mut frozen = self.inner.frozen.lock().await;
+        if *frozen || self.exit().is_some() {
+            return Ok(());
+        }
+        self.set_paused(true).await?;
+        *frozen = true;
+        Ok(())
+    }
+
+    /// Thaws a frozen instance (SIGCONT, `docker unpause`). Idempotent.
+    pub async fn thaw(&self) -> Result<(), String> {
+        let mut frozen = self.inner.frozen.lock().await;
+        if !*frozen {
+            return Ok(());
+        }
+        self.set_paused(false).await?;
+        *frozen = false;
+        Ok(())
+    }
+
+    async fn set_paused(&self, paused: bool) -> Result<(), String> {
+        match &self.inner.control {
+            Control::Process(control) => control.set_paused(paused),
+            Control::Docker(control) => control.set_paused(paused).await,
+            Control::Remote(_) => Err("an instance on another platform cannot be frozen".into()),
+            #[cfg(feature = "fake")]
+            Control::Fake(_) => Ok(()),
+        }
     }
 
     pub(crate) fn exited_error(&self, exit: ExitInfo) -> WakeError {

@@ -116,6 +116,9 @@ impl ProcessRuntime {
             // its pid cannot have been freed and handed out again since.
             match kill_process_group(record.pgid, Signal::TERM) {
                 Ok(()) => {
+                    // A group left frozen (SIGSTOP, `--freeze on`) would hold
+                    // its SIGTERM until the grace ran out: wake it to hear it.
+                    let _ = kill_process_group(record.pgid, Signal::CONT);
                     tracing::info!(
                         pid_file = %path.display(),
                         pgid = record.pgid.as_raw_pid(),
@@ -595,6 +598,17 @@ impl Control {
                 "process did not exit after SIGKILL"
             );
         }
+    }
+
+    /// SIGSTOP (or SIGCONT) to the whole process group.
+    pub(crate) fn set_paused(&self, paused: bool) -> Result<(), String> {
+        let signal = if paused { Signal::STOP } else { Signal::CONT };
+        kill_process_group(self.pgid, signal).map_err(|e| {
+            format!(
+                "cannot signal process group {}: {e}",
+                self.pgid.as_raw_pid()
+            )
+        })
     }
 
     /// The last handle was dropped without a stop.

@@ -915,23 +915,31 @@ async fn process_pid_files_live_as_long_as_their_instance() {
     assert_eq!(runtime.remove_stale().await.expect("nothing to do"), 0);
 }
 
-#[tokio::test]
-async fn process_remove_stale_kills_what_a_crashed_owner_left() {
-    let dir = tempfile::tempdir().expect("temp dir");
-    let state = dir.path().join("state");
-    let id = unique_id("orphan");
-    let instance = ProcessRuntime::with_state_dir(&state)
-        .start(spec(&id, echo_command(dir.path()), dir.path(), true))
+/// A ready echo instance (frozen with `freeze`) whose owner "crashes":
+/// nobody stops it, nor drops its handle (which would kill it). Its pid.
+async fn orphaned_echo(dir: &Path, state: &Path, name: &str, freeze: bool) -> u32 {
+    let id = unique_id(name);
+    let instance = ProcessRuntime::with_state_dir(state)
+        .start(spec(&id, echo_command(dir), dir, true))
         .await
         .expect("echo starts");
     instance
         .wait_ready(&Probe::Tcp, READY_TIMEOUT)
         .await
         .expect("echo becomes ready");
-    let (pid, _) = read_pid_file(&pid_file(&state, &id));
-    // The owner "crashes": nobody stops the instance, nor drops its handle
-    // (which would kill it).
+    if freeze {
+        instance.freeze().await.expect("frozen");
+    }
+    let (pid, _) = read_pid_file(&pid_file(state, &id));
     std::mem::forget(instance);
+    pid
+}
+
+#[tokio::test]
+async fn process_remove_stale_kills_what_a_crashed_owner_left() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let state = dir.path().join("state");
+    let pid = orphaned_echo(dir.path(), &state, "orphan", false).await;
     assert!(alive(pid));
 
     // The next run of the platform, on the same state directory.
@@ -947,6 +955,26 @@ async fn process_remove_stale_kills_what_a_crashed_owner_left() {
     );
     assert!(files_in(&state).is_empty(), "{:?}", files_in(&state));
     assert_eq!(restarted.remove_stale().await.expect("idempotent"), 0);
+}
+
+#[tokio::test]
+async fn process_remove_stale_ends_a_frozen_instance_on_sigterm() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let state = dir.path().join("state");
+    let pid = orphaned_echo(dir.path(), &state, "frozen-orphan", true).await;
+
+    let begun = Instant::now();
+    let removed = ProcessRuntime::with_state_dir(&state)
+        .remove_stale()
+        .await
+        .expect("stale instances go");
+    assert_eq!(removed, 1);
+    assert!(!alive(pid), "echo {pid} survived remove_stale");
+    assert!(
+        begun.elapsed() < Duration::from_secs(1),
+        "a frozen instance is woken to hear its SIGTERM, not killed after the grace: {:?}",
+        begun.elapsed()
+    );
 }
 
 #[tokio::test]

@@ -78,6 +78,8 @@ pub enum SecretsError {
 /// The key that seals and opens secret values.
 pub struct SecretsKey {
     key: LessSafeKey,
+    /// HMAC-SHA256 under the key's bytes: [`SecretsKey::derive`].
+    derivation: aws_lc_rs::hmac::Key,
     id: [u8; KEY_ID_LEN],
     path: Option<PathBuf>,
 }
@@ -178,6 +180,7 @@ impl SecretsKey {
         id.copy_from_slice(&digest.as_ref()[..KEY_ID_LEN]);
         Ok(Self {
             key: LessSafeKey::new(unbound),
+            derivation: aws_lc_rs::hmac::Key::new(aws_lc_rs::hmac::HMAC_SHA256, bytes),
             id,
             path: None,
         })
@@ -186,6 +189,17 @@ impl SecretsKey {
     /// A short, non-secret identifier of this key (hex).
     pub fn id(&self) -> String {
         hex(&self.id)
+    }
+
+    /// 32 bytes derived from the key for `purpose` (HMAC-SHA256 of the
+    /// purpose under the key): every process holding the key derives the
+    /// same bytes, and no purpose's bytes tell anything of another's or of
+    /// the key. The platform's question-assertion key is one.
+    pub fn derive(&self, purpose: &str) -> Zeroizing<[u8; 32]> {
+        let tag = aws_lc_rs::hmac::sign(&self.derivation, purpose.as_bytes());
+        let mut out = Zeroizing::new([0u8; 32]);
+        out.copy_from_slice(tag.as_ref());
+        out
     }
 
     /// Seals `value` as the secret `name`.

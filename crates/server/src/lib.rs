@@ -142,6 +142,9 @@ pub struct Config {
     pub internal_networks: Vec<rouse_dispatcher::ingress::Network>,
     /// What the ingress bounds (body, head, header timeout).
     pub ingress_limits: rouse_dispatcher::ingress::Limits,
+    /// Where other dispatchers' ingresses forward requests for this one's
+    /// services (default: the ingress's address when it is a specific one).
+    pub ingress_advertise: Option<String>,
     pub pubsub: PubSubConfig,
     /// Run Rouse's own Pub/Sub broker in this process (when it runs the api
     /// or the dispatcher) and use it instead of `pubsub.emulator_host`.
@@ -521,8 +524,11 @@ impl Platform {
             }
         }
 
+        // The platform's question-assertion key: the api signs with it, the
+        // authority trusts it.
+        let asserter = Arc::new(rouse_api::backend::platform_asserter(&key));
         let authority = if config.roles.api || config.roles.dispatcher {
-            let authority = Authority::load(store.clone())
+            let authority = Authority::load_with(store.clone(), Some(asserter.key_record()))
                 .await
                 .map_err(|e| StartError::Permissions(e.to_string()))?;
             running.upkeep.push(authority.keep_fresh(shutdown.clone()));
@@ -560,6 +566,7 @@ impl Platform {
                 let (ingress, token) = (dispatcher.clone(), shutdown.clone());
                 let options = rouse_dispatcher::ingress::IngressOptions {
                     tls: ingress_tls,
+                    advertise: config.ingress_advertise.clone(),
                     internal_networks: config.internal_networks.clone(),
                     limits: config.ingress_limits,
                 };
@@ -616,7 +623,9 @@ impl Platform {
                 key: key.clone(),
                 webhook_url,
                 logs_dir,
+                functions_dir: config.data_dir.join("functions"),
                 authority,
+                asserter,
             };
             let server = rouse_api::serve(listener, backend, shutdown.clone().cancelled_owned());
             running.servers.push((

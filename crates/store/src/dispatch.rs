@@ -335,7 +335,8 @@ impl ExecutionStore for SqliteStore {
             let n = tx.run(
                 "UPDATE executions SET status = ?3, revision = ?4, instance = ?5, cold_start = ?6, \
                  reason = ?7, ready_at_us = ?8, delivered_at_us = ?9, finished_at_us = ?10 \
-                 WHERE question_uuid = ?1 AND retry_count = ?2 AND dispatcher IS ?11",
+                 WHERE question_uuid = ?1 AND retry_count = ?2 AND dispatcher IS ?11 \
+                 AND NOT (?3 = 'waking' AND status NOT IN ('queued', 'waking'))",
                 params![
                     e.question_uuid,
                     e.retry_count,

@@ -13,9 +13,11 @@
 //! and conflicts are reported as typed errors rather than left to the caller
 //! to detect.
 
+mod backup;
 mod builds;
 pub mod changes;
 mod dispatch;
+mod export;
 mod iam;
 mod leases;
 mod nodes;
@@ -32,11 +34,13 @@ use rouse_core::revision::{
 use rouse_core::{ProjectName, Service, ServiceName};
 use uuid::Uuid;
 
+pub use backup::{Backup, backup_sqlite};
 pub use builds::{
     BuildOrigin, BuildRecord, BuildStore, DeliveryClaim, MAX_BUILD_LOG_LINES, RevisionInfo,
     RolloutStore, SecretStore, TrialStore, TriggerRecord, TriggerStore,
 };
 pub use changes::Changes;
+pub use export::{EXPORT_FORMAT, EXPORT_VERSION, Imported, export_sqlite, import_sqlite};
 pub use iam::{
     AccountStore, AuditDecision, AuditEntry, AuditFilter, AuditStore, GroupRecord, GroupStore,
     IamData, IamSnapshot, IamStore, ParseDecisionError, PolicyStore, PublicKeyRecord, RoleStore,
@@ -171,7 +175,10 @@ pub trait ExecutionStore: Send + Sync + 'static {
     /// records `event` (unpublished) in the same transaction. Returns the
     /// event's id, or `None` if there was no event or it was already recorded.
     /// Fenced: refused with [`StoreError::Fenced`] unless the stored
-    /// execution's `dispatcher` is still `execution.dispatcher`.
+    /// execution's `dispatcher` is still `execution.dispatcher`. A write of
+    /// `waking` (sent without waiting, as the instance starts) is refused the
+    /// same way once the execution went past it, so a late one never puts
+    /// a running or finished execution back.
     async fn update_execution(
         &self,
         execution: &Execution,

@@ -306,6 +306,17 @@ ALTER TABLE services ADD COLUMN node_selector TEXT NOT NULL DEFAULT '{}';
 ALTER TABLE services ADD COLUMN ingress TEXT NOT NULL DEFAULT 'all';
 ALTER TABLE revisions ADD COLUMN http2 INTEGER NOT NULL DEFAULT 0;
 "#,
+    // Idle instances frozen rather than stopped, and for how long.
+    r#"
+ALTER TABLE services ADD COLUMN freeze_idle INTEGER NOT NULL DEFAULT 0;
+ALTER TABLE services ADD COLUMN frozen_timeout_ms INTEGER NOT NULL DEFAULT 900000;
+"#,
+    // Questions run again after the platform failed them, and where they go
+    // after the last attempt.
+    r#"
+ALTER TABLE services ADD COLUMN max_retries INTEGER NOT NULL DEFAULT 0;
+ALTER TABLE services ADD COLUMN dead_letter_topic TEXT;
+"#,
 ];
 
 /// How long a statement waits for a lock held by another process (another
@@ -525,7 +536,7 @@ fn from_millis(ms: i64) -> Duration {
 
 const SERVICE_COLUMNS: &str = "uuid, project, name, status, min_instances, max_instances, concurrency, \
      idle_timeout_ms, wake_timeout_ms, request_timeout_ms, env, generation, created_at_us, updated_at_us, \
-     node_selector, ingress";
+     node_selector, ingress, freeze_idle, frozen_timeout_ms, max_retries, dead_letter_topic";
 
 /// The raw columns of a `services` row; turned into a [`Service`] outside the
 /// row callback so that validation errors stay typed.
@@ -541,6 +552,10 @@ struct ServiceRow {
     updated_at_us: i64,
     node_selector: String,
     ingress: String,
+    freeze: bool,
+    frozen_timeout_ms: i64,
+    max_retries: i64,
+    dead_letter_topic: Option<String>,
 }
 
 impl ServiceRow {
@@ -564,6 +579,10 @@ impl ServiceRow {
             updated_at_us: row.get(13)?,
             node_selector: row.get(14)?,
             ingress: row.get(15)?,
+            freeze: row.get(16)?,
+            frozen_timeout_ms: row.get(17)?,
+            max_retries: row.get(18)?,
+            dead_letter_topic: row.get(19)?,
         })
     }
 
@@ -585,6 +604,9 @@ impl ServiceRow {
             idle_timeout: from_millis(idle),
             wake_timeout: from_millis(wake),
             request_timeout: from_millis(request),
+            freeze: self.freeze,
+            frozen_timeout: from_millis(self.frozen_timeout_ms),
+            max_retries: count(self.max_retries)?,
         };
         let env = serde_json::from_str(&self.env).map_err(|e| corrupt("env", &e))?;
         let env = EnvVars::from_map(env).map_err(|e| corrupt("env", &e))?;
@@ -601,6 +623,7 @@ impl ServiceRow {
             env,
             node_selector,
             ingress,
+            dead_letter_topic: self.dead_letter_topic,
             generation: u64::try_from(self.generation).map_err(|e| corrupt("generation", &e))?,
             created_at: from_micros(self.created_at_us),
             updated_at: from_micros(self.updated_at_us),
@@ -661,7 +684,7 @@ impl Store for SqliteStore {
             tx.execute(
                 &format!(
                     "INSERT INTO services ({SERVICE_COLUMNS}) \
-                     VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15, ?16)"
+                     VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15, ?16, ?17, ?18, ?19, ?20)"
                 ),
                 params![
                     s.uuid.to_string(),
@@ -680,6 +703,10 @@ impl Store for SqliteStore {
                     micros(s.updated_at),
                     selector_json(&s),
                     s.ingress.as_str(),
+                    s.scaling.freeze,
+                    millis(s.scaling.frozen_timeout),
+                    s.scaling.max_retries,
+                    s.dead_letter_topic,
                 ],
             )?;
             Ok(())
@@ -749,7 +776,8 @@ impl Store for SqliteStore {
                 "UPDATE services SET status = ?3, min_instances = ?4, max_instances = ?5, \
                  concurrency = ?6, idle_timeout_ms = ?7, wake_timeout_ms = ?8, \
                  request_timeout_ms = ?9, env = ?10, generation = ?11, updated_at_us = ?12, \
-                 node_selector = ?13, ingress = ?14 WHERE uuid = ?1 AND generation = ?2",
+                 node_selector = ?13, ingress = ?14, freeze_idle = ?15, frozen_timeout_ms = ?16, \
+                 max_retries = ?17, dead_letter_topic = ?18 WHERE uuid = ?1 AND generation = ?2",
                 params![
                     s.uuid.to_string(),
                     i64::try_from(expected).unwrap_or(i64::MAX),
@@ -765,6 +793,10 @@ impl Store for SqliteStore {
                     micros(s.updated_at),
                     selector_json(&s),
                     s.ingress.as_str(),
+                    s.scaling.freeze,
+                    millis(s.scaling.frozen_timeout),
+                    s.scaling.max_retries,
+                    s.dead_letter_topic,
                 ],
             )?;
             if changed == 1 {

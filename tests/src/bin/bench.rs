@@ -950,7 +950,7 @@ fn fmt_ms(v: f64) -> String {
     format!("{v:.2} ms")
 }
 
-/// `ROUSE_BENCH=warm,cold,docker,builder,throughput,store,dispatchers,broker,ingress,memory,iam` runs only those parts.
+/// `ROUSE_BENCH=warm,cold,docker,freeze,builder,throughput,store,dispatchers,broker,ingress,memory,iam` runs only those parts.
 fn wanted(part: &str) -> bool {
     std::env::var("ROUSE_BENCH").map_or(true, |v| v.split(',').any(|p| p.trim() == part))
 }
@@ -998,17 +998,28 @@ async fn http_rate(url: &str, clients: usize, n: usize) -> Result<f64, String> {
     Ok((n / clients * clients) as f64 / start.elapsed().as_secs_f64())
 }
 
-/// The port a service's instance listens on, from the server's log of its start.
-fn instance_port(server: &Server, instance: &str) -> Result<u16, String> {
+/// A field of the server's log line for the start of process instance
+/// `instance`: what follows `label`, up to the first of `end`.
+fn start_field<T: std::str::FromStr>(
+    server: &Server,
+    instance: &str,
+    label: &str,
+    end: &[char],
+) -> Result<T, String> {
     server
         .log()
         .lines()
         .filter(|l| l.contains("process started") && l.contains(&format!("instance={instance}")))
         .find_map(|l| {
-            let at = l.find("port=Some(")? + "port=Some(".len();
-            l[at..].split(')').next()?.parse().ok()
+            let at = l.find(label)? + label.len();
+            l[at..].split(end).next()?.parse().ok()
         })
         .ok_or_else(|| format!("no start of instance {instance} in the server's log"))
+}
+
+/// The port a service's instance listens on, from the server's log of its start.
+fn instance_port(server: &Server, instance: &str) -> Result<u16, String> {
+    start_field(server, instance, "port=Some(", &[')'])
 }
 
 /// The ingress (issue 12): a warm proxied request next to the same request
@@ -1212,7 +1223,7 @@ async fn warm_part(b: &mut Bench, echo_cmd: &str, report: &mut Report) -> Result
     round_trips(&mut b.asker, &warm_topic, "bench/warm", 10).await?;
     // Interleave the two so that drift on the machine affects both alike.
     let (mut floor, mut warm) = (Vec::new(), Vec::new());
-    let rounds = if wanted("warm") || wanted("cold") || wanted("docker") {
+    let rounds = if wanted("warm") || wanted("cold") || wanted("docker") || wanted("freeze") {
         WARM_N / 10
     } else {
         1
@@ -1312,6 +1323,168 @@ async fn docker_part(b: &mut Bench, warm50: f64, report: &mut Report) -> Result<
     // Dropping the guard (here, or on an early return) removes the image
     // and its containers.
     drop(echo_image);
+    Ok(())
+}
+
+/// The process id of instance `instance` of the process runtime, from the
+/// server's log.
+fn instance_pid(server: &Server, instance: &str) -> Result<u32, String> {
+    start_field(server, instance, " pid=", &[' ', '\n'])
+}
+
+/// The main process of container `rouse-<instance>`.
+fn container_pid(instance: &str) -> Result<u32, String> {
+    let out = Command::new("docker")
+        .args(["inspect", "--format", "{{.State.Pid}}"])
+        .arg(format!("rouse-{instance}"))
+        .output()
+        .map_err(|e| format!("docker inspect: {e}"))?;
+    String::from_utf8_lossy(&out.stdout)
+        .trim()
+        .parse()
+        .map_err(|e| format!("docker inspect gave no pid for rouse-{instance}: {e}"))
+}
+
+/// Whether process `pid` is stopped (SIGSTOP) or in a frozen cgroup.
+fn is_frozen(pid: u32) -> bool {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
+    let state = stat.rsplit_once(") ").map(|(_, rest)| rest.chars().next());
+    let cgroup = std::fs::read_to_string(format!("/proc/{pid}/cgroup")).unwrap_or_default();
+    let frozen_cgroup = cgroup.lines().any(|l| {
+        let path = l.rsplit(':').next().unwrap_or_default();
+        std::fs::read_to_string(format!("/sys/fs/cgroup{path}/cgroup.freeze"))
+            .is_ok_and(|v| v.trim() == "1")
+            || std::fs::read_to_string(format!("/sys/fs/cgroup/freezer{path}/freezer.state"))
+                .is_ok_and(|v| v.trim() == "FROZEN")
+    });
+    state == Some(Some('T')) || frozen_cgroup
+}
+
+/// `n` questions, each to the service's one instance frozen at idle (after
+/// a warm-up that wakes it): their round trips, and the CPU the frozen
+/// instance used per second, measured over a second in the first three
+/// waits. `pid_of` finds the instance's process from its name.
+async fn frozen_round_trips(
+    b: &mut Bench,
+    topic: &str,
+    recipient: &str,
+    pid_of: fn(&Server, &str) -> Result<u32, String>,
+) -> Result<(Vec<f64>, f64), String> {
+    let q = b.asker.ask(topic, recipient, json!("warm-up")).await;
+    let first = result_of(&mut b.asker, &q).await?;
+    let instance = first.data["output_values"]["instance"]
+        .as_str()
+        .ok_or_else(|| format!("no instance in the answer: {}", first.data))?
+        .to_owned();
+    let pid = pid_of(&b.server, &instance)?;
+    let (mut round_trips, mut cpu) = (Vec::new(), 0.0_f64);
+    for i in 0..COLD_N {
+        let deadline = Instant::now() + Duration::from_secs(30);
+        while !is_frozen(pid) {
+            if Instant::now() > deadline {
+                return Err(format!("instance {instance} was not frozen within 30 s"));
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        if i < 3 {
+            let before = process_cpu_ms(pid);
+            tokio::time::sleep(Duration::from_secs(1)).await;
+            cpu = cpu.max(process_cpu_ms(pid) - before);
+        }
+        let start = Instant::now();
+        let q = b.asker.ask(topic, recipient, json!(i)).await;
+        let a = result_of(&mut b.asker, &q).await?;
+        if a.data["output_values"]["instance"] != instance.as_str() {
+            return Err(format!("a new instance answered question {i}: {}", a.data));
+        }
+        round_trips.push(ms(a.received.duration_since(start)));
+    }
+    Ok((round_trips, cpu))
+}
+
+/// Frozen instances (issue 13): a question to an instance frozen at idle,
+/// next to the warm round trip (its floor: the same question to a running
+/// instance) and to waking one (`docker run` to ready); the CPU a frozen
+/// instance uses.
+async fn freeze_part(
+    b: &mut Bench,
+    echo_cmd: &str,
+    warm50: f64,
+    report: &mut Report,
+) -> Result<(), String> {
+    let topic = create(
+        &b.server,
+        "frozen",
+        &["--idle-timeout", "1s", "--freeze", "on"],
+        &["--command", echo_cmd, "--workdir", "/tmp"],
+    )?;
+    let (process, process_cpu) =
+        frozen_round_trips(b, &topic, "bench/frozen", instance_pid).await?;
+    let p50 = percentile(&process, 50.0);
+    report.row(
+        "frozen → answer p50 (process)",
+        fmt_ms(p50),
+        fmt_ms(warm50),
+        format!("thaw {:+.2} ms", p50 - warm50),
+        "≤ 5 ms".into(),
+    );
+    report.row(
+        "CPU of a frozen instance (process)",
+        format!("{process_cpu:.0} ms/s"),
+        "0 ms/s".into(),
+        String::new(),
+        "0".into(),
+    );
+    let mut json = json!({"process": {"p50": p50, "samples": process, "floor_p50": warm50, "thaw_p50": p50 - warm50, "cpu_ms_per_s": process_cpu, "target_thaw_p50": 5.0}});
+    let docker = async {
+        let echo_image =
+            EchoImage::try_build(&format!("rouse-bench/echo:frozen-{}", std::process::id()))
+                .map_err(|e| format!("no echo image ({e})"))?;
+        let runs: Vec<f64> = (0..FLOOR_N)
+            .filter_map(|_| docker_run_to_ready(&echo_image.tag))
+            .collect();
+        let topic = create(
+            &b.server,
+            "frozen-docker",
+            &["--idle-timeout", "1s", "--freeze", "on"],
+            &["--image", &echo_image.tag],
+        )?;
+        let measured = frozen_round_trips(b, &topic, "bench/frozen-docker", |_, instance| {
+            container_pid(instance)
+        })
+        .await?;
+        drop(echo_image);
+        Ok::<_, String>((measured, runs))
+    };
+    match docker.await {
+        Ok(((docker, docker_cpu), runs)) => {
+            let d50 = percentile(&docker, 50.0);
+            let run50 = percentile(&runs, 50.0) + warm50;
+            report.row(
+                "frozen → answer p50 (docker)",
+                fmt_ms(d50),
+                fmt_ms(warm50),
+                format!("thaw {:+.2} ms; waking: {} ", d50 - warm50, fmt_ms(run50)),
+                "≤ 5 ms".into(),
+            );
+            report.row(
+                "CPU of a frozen instance (docker)",
+                format!("{docker_cpu:.0} ms/s"),
+                "0 ms/s".into(),
+                String::new(),
+                "0".into(),
+            );
+            json["docker"] = json!({"p50": d50, "samples": docker, "floor_p50": warm50, "thaw_p50": d50 - warm50, "docker_run_to_answer_p50": run50, "cpu_ms_per_s": docker_cpu, "target_thaw_p50": 5.0});
+        }
+        Err(why) => report.row(
+            "frozen → answer p50 (docker)",
+            format!("not measured: {why}"),
+            String::new(),
+            String::new(),
+            "≤ 5 ms".into(),
+        ),
+    }
+    report.json.insert("frozen_ms".into(), json);
     Ok(())
 }
 
@@ -2033,6 +2206,15 @@ async fn main() {
                     Err(e) => Err(e),
                 };
                 report.settle("cold start (docker)", "cold_start_docker_ms", outcome);
+            }
+            if wanted("freeze") {
+                let outcome = match (&warm_floor(&warm50), &echo_cmd) {
+                    (Ok(warm50), Ok(cmd)) => {
+                        guarded(freeze_part(&mut b, cmd, *warm50, &mut report)).await
+                    }
+                    (Err(e), _) | (_, Err(e)) => Err(e.clone()),
+                };
+                report.settle("frozen instances", "frozen_ms", outcome);
             }
             // The builder: a git push webhook → the new revision serving.
             if wanted("builder") {

@@ -20,6 +20,7 @@ contract!(
     events_are_deduplicated_by_uuid_and_followed_by_id,
     claiming_fences_the_previous_dispatcher_out,
     a_services_unpublished_answers_are_found_for_its_next_holder,
+    a_late_waking_write_never_puts_an_execution_back,
 );
 
 async fn with_service<F: Fixture>(f: &F) -> (F::S, Service) {
@@ -48,6 +49,52 @@ fn execution(service: Uuid, q: &str, retry: u32) -> Execution {
         asked_by: None,
         dispatcher: None,
     }
+}
+
+/// The dispatcher records `waking` without waiting for it; landing after
+/// the execution was delivered or finished, it must change nothing (on
+/// PostgreSQL such a write once left a finished execution `waking`).
+async fn a_late_waking_write_never_puts_an_execution_back(f: &impl Fixture) {
+    let (store, s) = with_service(f).await;
+    let mut e = execution(s.uuid, "qw", 0);
+    assert!(store.insert_execution(&e).await.expect("insert"));
+    let mut waking = e.clone();
+    waking.status = ExecutionStatus::Waking;
+    waking.cold_start = Some(true);
+    store
+        .update_execution(&waking, None)
+        .await
+        .expect("queued → waking");
+    store
+        .update_execution(&waking, None)
+        .await
+        .expect("waking again");
+    e.status = ExecutionStatus::Succeeded;
+    e.cold_start = Some(true);
+    e.finished_at = Some(SystemTime::now());
+    store
+        .update_execution(&e, Some(&event("ev-w", "qw", "result")))
+        .await
+        .expect("finished");
+    let late = store.update_execution(&waking, None).await;
+    assert!(
+        matches!(late, Err(rouse_store::StoreError::Fenced { .. })),
+        "{late:?}"
+    );
+    let read = store
+        .get_execution("qw")
+        .await
+        .expect("get")
+        .expect("present");
+    assert_eq!(read.status, ExecutionStatus::Succeeded);
+    // Put back in the queue (an undelivered question), it may wake again.
+    e.status = ExecutionStatus::Queued;
+    e.finished_at = None;
+    store.update_execution(&e, None).await.expect("requeued");
+    store
+        .update_execution(&waking, None)
+        .await
+        .expect("waking again");
 }
 
 fn event(uuid: &str, q: &str, kind: &str) -> NewEvent {

@@ -209,6 +209,10 @@ mod services {
         a.scaling.max_instances = 7;
         a.node_selector.insert("zone".into(), "b".into());
         a.ingress = rouse_core::IngressPolicy::Internal;
+        a.scaling.freeze = true;
+        a.scaling.frozen_timeout = std::time::Duration::from_secs(120);
+        a.scaling.max_retries = 3;
+        a.dead_letter_topic = Some("rouse-dlq".into());
         let stored = store.update_service(&a).await.expect("first update");
         assert_eq!(stored.generation, 2);
         let mut b = s.clone();
@@ -223,7 +227,8 @@ mod services {
             .await
             .expect("get")
             .expect("present");
-        assert_eq!(read.scaling.max_instances, 7);
+        assert_eq!(read.scaling, a.scaling, "freezing and retry settings too");
+        assert_eq!(read.dead_letter_topic.as_deref(), Some("rouse-dlq"));
         assert_eq!(read.node_selector, a.node_selector);
         assert_eq!(read.ingress, rouse_core::IngressPolicy::Internal);
         assert!(store.delete_service(s.uuid).await.expect("delete"));

@@ -37,16 +37,41 @@ pub async fn run(ctx: &Context, args: AskArgs) -> Result<(), CliError> {
             args.input
         )));
     }
+    ask(
+        ctx,
+        Question {
+            project: args.project.project,
+            service: args.service,
+            input: args.input,
+            wait: args.wait.then_some(args.timeout),
+            forward_logs: args.forward_logs,
+        },
+    )
+    .await
+}
+
+/// One question to ask: its input as JSON text; `wait`: follow it this long
+/// and print the answer (else print the execution id).
+pub(crate) struct Question {
+    pub project: String,
+    pub service: String,
+    pub input: String,
+    pub wait: Option<Duration>,
+    pub forward_logs: bool,
+}
+
+/// Asks, and with `wait` prints the answer (an exception is an error).
+pub(crate) async fn ask(ctx: &Context, args: Question) -> Result<(), CliError> {
     let mut api = ctx.client(ExecutionsClient::new).await?;
     let started = Instant::now();
     let question_uuid = uuid::Uuid::new_v4().to_string();
     let authorization = match ctx.credentials()? {
-        Some(key) => question_token(&key, &args.project.project, &args.service, &question_uuid)?,
+        Some(key) => question_token(&key, &args.project, &args.service, &question_uuid)?,
         None => String::new(),
     };
     let id = ctx
         .call(api.ask(pb::AskRequest {
-            project: args.project.project,
+            project: args.project,
             service: args.service,
             input_json: args.input,
             forward_logs: args.forward_logs,
@@ -55,10 +80,10 @@ pub async fn run(ctx: &Context, args: AskArgs) -> Result<(), CliError> {
         }))
         .await?
         .id;
-    if !args.wait {
+    let Some(timeout) = args.wait else {
         println!("{id}");
         return Ok(());
-    }
+    };
     let progress = Progress::start(format!("question {id}"), "asked");
     let watch = async {
         let mut stream = ctx
@@ -102,11 +127,11 @@ pub async fn run(ctx: &Context, args: AskArgs) -> Result<(), CliError> {
             "the event stream of execution {id} ended without an answer; see `rouse executions get {id}`"
         )))
     };
-    match tokio::time::timeout(args.timeout, watch).await {
+    match tokio::time::timeout(timeout, watch).await {
         Ok(result) => result,
         Err(_) => Err(CliError::internal(format!(
             "no answer within {}; the question goes on: `rouse executions get {id}`",
-            humantime::format_duration(args.timeout)
+            humantime::format_duration(timeout)
         ))),
     }
 }

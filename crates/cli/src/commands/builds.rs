@@ -202,7 +202,7 @@ pub async fn run(ctx: &Context, cmd: BuildsCommand) -> Result<(), CliError> {
 /// `rouse builds logs ID [--follow]`: log lines on stdout; with --follow,
 /// status changes as progress (a spinner on a terminal, plain lines on
 /// stderr otherwise). A build that ends other than `succeeded` fails.
-async fn logs(ctx: &Context, id: String, follow: bool) -> Result<(), CliError> {
+pub(crate) async fn logs(ctx: &Context, id: String, follow: bool) -> Result<(), CliError> {
     let mut api = ctx.client(BuildsClient::new).await?;
     let what = format!("build {id}");
     let mut stream = ctx

@@ -1,12 +1,14 @@
 //! One module per command group; each client command gets the [`Context`]
 //! that connects, calls and prints for it.
 
+pub mod admin;
 pub mod ask;
 pub mod audit;
 pub mod auth;
 pub mod broker;
 pub mod builds;
 pub mod executions;
+pub mod functions;
 pub mod iam;
 pub mod logs;
 pub mod nodes;
@@ -35,6 +37,7 @@ pub async fn run(cli: Cli) -> Result<(), CliError> {
     let command = match command {
         Command::Server(args) => return server::run(*args, log_format).await,
         Command::Broker(args) => return broker::run(args, log_format).await,
+        Command::Admin(cmd) => return admin::run(cmd),
         other => other,
     };
     init_tracing(log_format.unwrap_or(LogFormat::Human), "warn");
@@ -50,11 +53,12 @@ pub async fn run(cli: Cli) -> Result<(), CliError> {
         Command::Audit(cmd) => audit::run(&ctx, cmd).await,
         Command::Triggers(cmd) => triggers::run(&ctx, cmd).await,
         Command::Builds(cmd) => builds::run(&ctx, cmd).await,
+        Command::Functions(cmd) => functions::run(&ctx, cmd).await,
         Command::Secrets(cmd) => secrets::run(&ctx, cmd).await,
         Command::Nodes(cmd) => nodes::run(&ctx, cmd).await,
         Command::Auth(cmd) => auth::run(&ctx, cmd).await,
-        Command::Server(_) | Command::Broker(_) => {
-            unreachable!("`rouse server` and `rouse broker` returned above")
+        Command::Server(_) | Command::Broker(_) | Command::Admin(_) => {
+            unreachable!("`rouse server`, `rouse broker` and `rouse admin` returned above")
         }
     }
 }

@@ -118,6 +118,11 @@ pub struct ServerArgs {
     /// connection to send its next request [default: 10s].
     #[arg(long, env = "ROUSE_INGRESS_HEADER_TIMEOUT", value_parser = humantime::parse_duration)]
     pub ingress_header_timeout: Option<Duration>,
+    /// The URL other dispatchers' ingresses forward requests for this
+    /// one's services to (`http://host:port`) [default: the ingress's
+    /// address when it listens on a specific one].
+    #[arg(long, env = "ROUSE_INGRESS_ADVERTISE")]
+    pub ingress_advertise: Option<String>,
     /// GitHub's REST API, for commit statuses [default: https://api.github.com].
     #[arg(long, env = "ROUSE_GITHUB_API_URL")]
     pub github_api_url: Option<String>,

@@ -111,6 +111,26 @@ pub struct UpdateArgs {
     /// How long one question may run.
     #[arg(long, value_parser = humantime::parse_duration)]
     request_timeout: Option<Duration>,
+    /// `on`: an instance idle for the idle timeout is frozen (paused, no
+    /// CPU) and thawed by the next question in milliseconds, instead of
+    /// stopped; `off`: stopped (scale to zero) [default: off].
+    #[arg(long, value_parser = ["on", "off"])]
+    freeze: Option<String>,
+    /// How long a frozen instance is kept before it is stopped, e.g. 15m.
+    #[arg(long, value_parser = humantime::parse_duration)]
+    frozen_timeout: Option<Duration>,
+    /// Run a question again, up to N times, when the platform failed it
+    /// (its instance did not wake, crashed or could not be reached), after
+    /// 1 s, 2 s, 4 s … (at most 60 s) [default: 0].
+    #[arg(long, value_name = "N")]
+    max_retries: Option<u32>,
+    /// Publish a question, as received, to this Pub/Sub topic (an id in
+    /// the platform's project) once its last attempt failed that way.
+    #[arg(long, value_name = "TOPIC")]
+    dead_letter_topic: Option<String>,
+    /// Publish failed questions nowhere again.
+    #[arg(long, conflicts_with = "dead_letter_topic")]
+    clear_dead_letter_topic: bool,
     /// Set an environment variable (repeatable): KEY=VALUE.
     #[arg(long = "env", value_name = "KEY=VALUE", value_parser = parse_env)]
     env: Vec<(String, String)>,
@@ -250,6 +270,11 @@ async fn update(ctx: &Context, args: UpdateArgs) -> Result<(), CliError> {
         idle_timeout,
         wake_timeout,
         request_timeout,
+        freeze,
+        frozen_timeout,
+        max_retries,
+        dead_letter_topic,
+        clear_dead_letter_topic,
         env,
         remove_env,
         clear_env,
@@ -265,6 +290,11 @@ async fn update(ctx: &Context, args: UpdateArgs) -> Result<(), CliError> {
         && idle_timeout.is_none()
         && wake_timeout.is_none()
         && request_timeout.is_none()
+        && freeze.is_none()
+        && frozen_timeout.is_none()
+        && max_retries.is_none()
+        && dead_letter_topic.is_none()
+        && !clear_dead_letter_topic
         && env.is_empty()
         && remove_env.is_empty()
         && !clear_env
@@ -273,7 +303,7 @@ async fn update(ctx: &Context, args: UpdateArgs) -> Result<(), CliError> {
         && ingress.is_none();
     if nothing && !allow_unauthenticated && !no_allow_unauthenticated {
         return Err(CliError::usage(
-            "nothing to update: pass at least one of --min-instances, --max-instances, --concurrency, --idle-timeout, --wake-timeout, --request-timeout, --env, --remove-env, --clear-env, --node-selector, --clear-node-selector, --ingress, --allow-unauthenticated, --no-allow-unauthenticated",
+            "nothing to update: pass at least one of --min-instances, --max-instances, --concurrency, --idle-timeout, --wake-timeout, --request-timeout, --freeze, --frozen-timeout, --max-retries, --dead-letter-topic, --clear-dead-letter-topic, --env, --remove-env, --clear-env, --node-selector, --clear-node-selector, --ingress, --allow-unauthenticated, --no-allow-unauthenticated",
         ));
     }
     if allow_unauthenticated || no_allow_unauthenticated {
@@ -308,6 +338,13 @@ async fn update(ctx: &Context, args: UpdateArgs) -> Result<(), CliError> {
             idle_timeout: idle_timeout.map(rouse_proto::duration_to_pb),
             wake_timeout: wake_timeout.map(rouse_proto::duration_to_pb),
             request_timeout: request_timeout.map(rouse_proto::duration_to_pb),
+            freeze: freeze.map(|f| f == "on"),
+            frozen_timeout: frozen_timeout.map(rouse_proto::duration_to_pb),
+            max_retries,
+            dead_letter_topic: match clear_dead_letter_topic {
+                true => Some(String::new()),
+                false => dead_letter_topic,
+            },
             set_env: env.into_iter().collect(),
             remove_env,
             clear_env,

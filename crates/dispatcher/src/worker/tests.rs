@@ -69,6 +69,8 @@ struct FakeRuntime {
     seen: Arc<watch::Sender<Seen>>,
     /// Each serving instance's listener task, by instance id.
     servers: Arc<std::sync::Mutex<HashMap<String, tokio::task::AbortHandle>>>,
+    /// How many of the next starts fail (a wake failure).
+    fail_starts: Arc<std::sync::atomic::AtomicU32>,
 }
 
 impl FakeRuntime {
@@ -78,7 +80,14 @@ impl FakeRuntime {
             hold,
             seen: Arc::new(watch::channel(Seen::default()).0),
             servers: Arc::default(),
+            fail_starts: Arc::default(),
         })
+    }
+
+    /// Makes the next `n` starts fail.
+    fn fail_next_starts(&self, n: u32) {
+        self.fail_starts
+            .store(n, std::sync::atomic::Ordering::SeqCst);
     }
 
     /// Stops instance `id` answering (its listener closes) without any
@@ -180,11 +189,24 @@ impl Runtime for FakeRuntime {
     }
 
     async fn start(&self, spec: InstanceSpec) -> Result<Instance, RuntimeError> {
+        use std::sync::atomic::Ordering;
+        let failing = self
+            .fail_starts
+            .fetch_update(Ordering::SeqCst, Ordering::SeqCst, |n| n.checked_sub(1));
+        if failing.is_ok() {
+            return Err(RuntimeError::Platform {
+                platform: "the fake runtime",
+                action: "start",
+                target: spec.instance_id,
+                reason: "told to fail".into(),
+            });
+        }
         let this = Arc::new(Self {
             cold_start: self.cold_start,
             hold: self.hold,
             seen: self.seen.clone(),
             servers: self.servers.clone(),
+            fail_starts: self.fail_starts.clone(),
         });
         let id = spec.instance_id.clone();
         let mut server = None;
@@ -301,6 +323,10 @@ impl Ledger for OffClock {
         let store = self.0.clone();
         off_clock(async move { store.serving_revision(service_uuid).await }).await
     }
+    async fn insert_execution(&self, execution: &Execution) -> Result<bool, StoreError> {
+        let (store, execution) = (self.0.clone(), execution.clone());
+        off_clock(async move { store.insert_execution(&execution).await }).await
+    }
     async fn update_execution(
         &self,
         execution: &Execution,
@@ -367,6 +393,24 @@ impl Harness {
         Self::start_with(scaling, Some(mode), cold_start, hold).await
     }
 
+    /// A server-mode worker of one instance at most, with `max_retries`,
+    /// whose next `failures` instance starts fail.
+    async fn failing_wakes(max_retries: u32, failures: u32) -> Self {
+        let settings = Scaling {
+            max_retries,
+            ..scaling(0, 1, 1)
+        };
+        let h = Self::start(
+            settings,
+            DeliveryMode::Server,
+            Duration::from_secs(1),
+            Duration::ZERO,
+        )
+        .await;
+        h.runtime.fail_next_starts(failures);
+        h
+    }
+
     /// A worker that starts with a revision in `mode`, or with none.
     async fn start_with(
         scaling: Scaling,
@@ -411,6 +455,7 @@ impl Harness {
             },
             store: ledger.clone(),
             replier: Replier::new(publisher.clone(), ledger, metrics.clone()),
+            dead_letters: None,
             metrics,
             http: reqwest::Client::new(),
             h2c: reqwest::Client::new(),
@@ -468,6 +513,24 @@ impl Harness {
             .expect("worker running");
     }
 
+    /// Each attempt's retry count and status, first first.
+    async fn attempt_statuses(&self, question_uuid: &str) -> Vec<(u32, ExecutionStatus)> {
+        let attempts = self.attempts(question_uuid).await;
+        attempts.iter().map(|e| (e.retry_count, e.status)).collect()
+    }
+
+    /// Every attempt of a question, first first.
+    async fn attempts(&self, question_uuid: &str) -> Vec<Execution> {
+        let (store, service) = (self.store.clone(), self.service.uuid);
+        let mut all =
+            off_clock(async move { store.list_executions(Some(service), None, 100).await })
+                .await
+                .expect("read");
+        all.retain(|e| e.question_uuid == question_uuid);
+        all.sort_by_key(|e| e.retry_count);
+        all
+    }
+
     async fn execution(&self, question_uuid: &str) -> Execution {
         let (store, q) = (self.store.clone(), question_uuid.to_owned());
         off_clock(async move { store.get_execution(&q).await })
@@ -515,6 +578,7 @@ fn scaling(min: u32, max: u32, concurrency: u32) -> Scaling {
         idle_timeout: Duration::from_secs(60),
         wake_timeout: Duration::from_secs(120),
         request_timeout: Duration::from_secs(300),
+        ..Scaling::default()
     }
 }
 
@@ -636,6 +700,103 @@ async fn a_question_that_cannot_reach_its_instance_goes_to_another() {
         execution.instance.as_deref(),
         Some(seen.started[1].as_str())
     );
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_question_the_platform_failed_runs_again_after_a_backoff() {
+    let h = Harness::failing_wakes(2, 2).await;
+    let asked = Instant::now();
+    h.ask("q-retried").await;
+    let (data, at) = h.publisher.terminal("q-retried").await;
+    assert_eq!(data["kind"], "result", "the third attempt answers: {data}");
+    assert!(
+        at - asked >= Duration::from_secs(3),
+        "1 s, then 2 s of backoff: {:?}",
+        at - asked
+    );
+    let events = h.publisher.events.borrow().clone();
+    let mine: Vec<&Outgoing> = events
+        .iter()
+        .map(|(m, _)| m)
+        .filter(|m| m.attributes.get("question_uuid").map(String::as_str) == Some("q-retried"))
+        .collect();
+    assert!(
+        mine.iter()
+            .all(|m| !String::from_utf8_lossy(&m.data).contains("\"exception\"")),
+        "a failed attempt publishes no exception (an Octue asker stops at the first)"
+    );
+    assert_eq!(
+        h.attempt_statuses("q-retried").await,
+        [
+            (0, ExecutionStatus::Failed),
+            (1, ExecutionStatus::Failed),
+            (2, ExecutionStatus::Succeeded)
+        ]
+    );
+    let attempts = h.attempts("q-retried").await;
+    let reason = attempts[0].reason.as_deref().unwrap_or_default();
+    assert!(
+        reason.contains("ServiceWakeFailed") && reason.contains("run again as retry 1 after 1s"),
+        "{reason}"
+    );
+    assert_eq!(
+        attempts[2].attributes["retry_count"], "2",
+        "the question's retry_count is raised as Octue raises it"
+    );
+    assert_eq!(
+        h.execution("q-retried").await.retry_count,
+        2,
+        "the newest attempt"
+    );
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_question_waiting_out_its_backoff_can_be_cancelled() {
+    let h = Harness::failing_wakes(3, 1).await;
+    h.ask("q-backoff").await;
+    // Attempt 0 failed; attempt 1 waits out its second of backoff.
+    let deadline = Instant::now() + PATIENCE;
+    while h.attempt_statuses("q-backoff").await.len() < 2 {
+        assert!(Instant::now() < deadline, "no second attempt");
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    assert!(h.cancel("q-backoff").await, "the waiting attempt is found");
+    let (data, _) = h.publisher.terminal("q-backoff").await;
+    assert_eq!(data["exception_type"], "QuestionCancelled", "{data}");
+    assert_eq!(
+        h.attempt_statuses("q-backoff").await,
+        [
+            (0, ExecutionStatus::Failed),
+            (1, ExecutionStatus::Cancelled)
+        ]
+    );
+    tokio::time::sleep(Duration::from_secs(5)).await;
+    assert!(
+        h.runtime.seen().started.is_empty(),
+        "nothing woke for the cancelled question: {:?}",
+        h.runtime.seen()
+    );
+}
+
+#[tokio::test(start_paused = true)]
+async fn the_last_attempt_s_failure_is_the_answer() {
+    let h = Harness::failing_wakes(1, 5).await;
+    h.ask("q-failing").await;
+    let (data, _) = h.publisher.terminal("q-failing").await;
+    assert_eq!(data["kind"], "exception", "{data}");
+    assert_eq!(data["exception_type"], "ServiceWakeFailed", "{data}");
+    assert_eq!(
+        h.attempt_statuses("q-failing").await,
+        [(0, ExecutionStatus::Failed), (1, ExecutionStatus::Failed)]
+    );
+    let exceptions = h
+        .publisher
+        .events
+        .borrow()
+        .iter()
+        .filter(|(m, _)| String::from_utf8_lossy(&m.data).contains("\"exception\""))
+        .count();
+    assert_eq!(exceptions, 1, "one exception, the last attempt's");
 }
 
 #[tokio::test(start_paused = true)]

@@ -290,7 +290,8 @@ impl ExecutionStore for PgStore {
                 &tx,
                 "UPDATE executions SET status = $3, revision = $4, instance = $5, cold_start = $6, \
                  reason = $7, ready_at_us = $8, delivered_at_us = $9, finished_at_us = $10 \
-                 WHERE question_uuid = $1 AND retry_count = $2 AND dispatcher IS NOT DISTINCT FROM $11",
+                 WHERE question_uuid = $1 AND retry_count = $2 AND dispatcher IS NOT DISTINCT FROM $11 \
+                 AND NOT ($3 = 'waking' AND status NOT IN ('queued', 'waking'))",
                 &[
                     &e.question_uuid,
                     &int(e.retry_count),

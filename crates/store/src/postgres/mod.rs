@@ -44,6 +44,8 @@ const MIGRATIONS: &[&str] = &[
     include_str!("nodes.sql"),
     include_str!("selectors.sql"),
     include_str!("ingress.sql"),
+    include_str!("freeze.sql"),
+    include_str!("retries.sql"),
 ];
 
 /// The advisory lock taken while migrating (any fixed number; this one
@@ -348,7 +350,7 @@ fn from_millis(ms: i64) -> Duration {
 
 const SERVICE_COLUMNS: &str = "uuid, project, name, status, min_instances, max_instances, concurrency, \
      idle_timeout_ms, wake_timeout_ms, request_timeout_ms, env, generation, created_at_us, updated_at_us, \
-     node_selector, ingress";
+     node_selector, ingress, freeze_idle, frozen_timeout_ms, max_retries, dead_letter_topic";
 
 fn read_service(row: &Row) -> Result<Service, StoreError> {
     let uuid: String = get(row, 0)?;
@@ -371,6 +373,9 @@ fn read_service(row: &Row) -> Result<Service, StoreError> {
         idle_timeout: from_millis(get(row, 7)?),
         wake_timeout: from_millis(get(row, 8)?),
         request_timeout: from_millis(get(row, 9)?),
+        freeze: get(row, 16)?,
+        frozen_timeout: from_millis(get(row, 17)?),
+        max_retries: count(18)?,
     };
     let env: String = get(row, 10)?;
     let env = serde_json::from_str(&env).map_err(|e| corrupt("env", &e))?;
@@ -390,6 +395,7 @@ fn read_service(row: &Row) -> Result<Service, StoreError> {
         env,
         node_selector,
         ingress,
+        dead_letter_topic: get(row, 19)?,
         generation: u64::try_from(generation).map_err(|e| corrupt("generation", &e))?,
         created_at: from_micros(get(row, 12)?),
         updated_at: from_micros(get(row, 13)?),
@@ -449,7 +455,7 @@ impl Store for PgStore {
                 &tx,
                 &format!(
                     "INSERT INTO services ({SERVICE_COLUMNS}) \
-                     VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16)"
+                     VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16, $17, $18, $19, $20)"
                 ),
                 &[
                     &uuid,
@@ -468,6 +474,10 @@ impl Store for PgStore {
                     &micros(s.updated_at),
                     &selector,
                     &s.ingress.as_str(),
+                    &s.scaling.freeze,
+                    &millis(s.scaling.frozen_timeout),
+                    &int(s.scaling.max_retries),
+                    &s.dead_letter_topic,
                 ],
             )
             .await?;
@@ -529,7 +539,8 @@ impl Store for PgStore {
                 "UPDATE services SET status = $3, min_instances = $4, max_instances = $5, \
                  concurrency = $6, idle_timeout_ms = $7, wake_timeout_ms = $8, \
                  request_timeout_ms = $9, env = $10, generation = $11, updated_at_us = $12, \
-                 node_selector = $13, ingress = $14 WHERE uuid = $1 AND generation = $2",
+                 node_selector = $13, ingress = $14, freeze_idle = $15, frozen_timeout_ms = $16, \
+                 max_retries = $17, dead_letter_topic = $18 WHERE uuid = $1 AND generation = $2",
                 &[
                     &uuid,
                     &big(expected),
@@ -545,6 +556,10 @@ impl Store for PgStore {
                     &micros(s.updated_at),
                     &selector,
                     &s.ingress.as_str(),
+                    &s.scaling.freeze,
+                    &millis(s.scaling.frozen_timeout),
+                    &int(s.scaling.max_retries),
+                    &s.dead_letter_topic,
                 ],
             )
             .await?;
