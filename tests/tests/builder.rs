@@ -498,6 +498,15 @@ async fn a_push_builds_rolls_out_and_reports_back() {
         "v2"
     );
     assert_eq!(version(&mut asker, &topic, &server).await, "v1");
+    // A tag that names no revision is refused, not run by the serving one.
+    let q = asker.ask(&topic, "p/echo:blue", json!({"n": 1})).await;
+    let a = asker.answer(&q, ANSWER).await;
+    assert_eq!(a.kind, "exception", "{:?}", a.data);
+    let message = a.data["exception_message"].as_str().unwrap_or_default();
+    assert!(
+        message.contains("no revision tagged `blue`") && message.contains("green"),
+        "{message}"
+    );
     server
         .rouse(&[
             "services",

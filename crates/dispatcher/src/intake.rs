@@ -303,6 +303,25 @@ async fn accept(
             return;
         }
     };
+    // A tag or a traffic split may send it to another revision's worker;
+    // decided before the question is recorded, so a tag that names no
+    // revision is the asker's error rather than a run of the wrong code.
+    let lane = match lane_for(shared, target.uuid, &attrs, &question.question_uuid).await {
+        Ok(lane) => lane,
+        Err(reason) => {
+            reject(
+                shared,
+                Some(target.uuid),
+                &target.sender,
+                &attrs,
+                &msg.data,
+                &reason,
+            )
+            .await;
+            ack(handler);
+            return;
+        }
+    };
     let execution = Execution {
         asked_by,
         dispatcher: target.dispatcher.clone(),
@@ -346,26 +365,55 @@ async fn accept(
         .ctx
         .tasks
         .spawn(async move { replier.send_now(ack_event).await });
-    // A tag or a traffic split may send it to another revision's worker.
-    let tag = execution
-        .attributes
-        .get("recipient")
-        .and_then(|r| Sruid::parse(r).ok())
-        .and_then(|s| s.revision_tag);
-    let lane = shared
-        .table
-        .lookup(Key::Uuid(target.uuid))
-        .ok()
-        .and_then(|s| s.lane(tag.as_deref(), &execution.question_uuid).ok())
-        .flatten();
-    let tx = match &lane {
-        Some((_, lane_tx)) => lane_tx,
-        None => tx,
-    };
+    let tx = lane.as_ref().unwrap_or(tx);
     if tx.send(WorkerMsg::Run(Box::new(execution))).await.is_err() {
         tracing::warn!(
             "the service's worker stopped; the question stays recorded and resumes at the next start"
         );
+    }
+}
+
+/// The worker of another revision that a question goes to (`None`: the
+/// service's main worker), by its recipient's tag or the traffic split.
+///
+/// A tag the registry does not know may have been set a moment ago through
+/// an API (in this process or another), so the registry is re-read and the
+/// question waits for it, at most [`CATCH_UP`]; a tag still unknown then is
+/// refused, naming the tags the service has.
+async fn lane_for(
+    shared: &Shared,
+    uuid: Uuid,
+    attrs: &Attributes,
+    question_uuid: &str,
+) -> Result<Option<mpsc::Sender<WorkerMsg>>, String> {
+    let recipient = attrs.get("recipient").map(String::as_str).unwrap_or("");
+    let Ok(sruid) = Sruid::parse(recipient) else {
+        return Ok(None);
+    };
+    let tag = sruid.revision_tag;
+    let refused = |why: String| {
+        format!(
+            "no service `{recipient}`: `{}/{}` {why}",
+            sruid.namespace, sruid.name
+        )
+    };
+    let pick = |found: &Found| {
+        found
+            .lane(tag.as_deref(), question_uuid)
+            .map(|lane| lane.map(|(_, tx)| tx))
+    };
+    let Ok(found) = shared.table.lookup(Key::Uuid(uuid)) else {
+        return Ok(None);
+    };
+    match pick(&found) {
+        Ok(lane) => Ok(lane),
+        Err(why) => match shared
+            .await_entry(Key::Uuid(uuid), CATCH_UP, |f| pick(f).is_ok())
+            .await
+        {
+            Some(found) => pick(&found).map_err(refused),
+            None => Err(refused(why)),
+        },
     }
 }
 
