@@ -210,17 +210,33 @@ pub struct Registry {
 }
 
 impl Registry {
+    /// A registry without authentication, on a port of its own.
     pub fn start() -> Self {
+        Self::start_at(format!("127.0.0.1:{}", free_port()), None)
+    }
+
+    /// A registry at `addr` whose token server is Rouse: `realm` its
+    /// `/v2/token` URL, `cert` the certificate Rouse keeps for it.
+    pub fn start_with_token_auth(addr: String, realm: &str, cert: &Path) -> Self {
+        Self::start_at(addr, Some((realm, cert)))
+    }
+
+    fn start_at(addr: String, token_auth: Option<(&str, &Path)>) -> Self {
         let dir = tempfile::Builder::new()
             .prefix("rouse-registry-")
             .tempdir()
             .expect("registry dir");
-        let addr = format!("127.0.0.1:{}", free_port());
         let config = dir.path().join("config.yml");
+        let auth = token_auth.map_or_else(String::new, |(realm, cert)| {
+            format!(
+                "auth:\n  token:\n    realm: {realm}\n    service: rouse-registry\n    issuer: rouse\n    rootcertbundle: {}\n",
+                cert.display()
+            )
+        });
         std::fs::write(
             &config,
             format!(
-                "version: 0.1\nlog:\n  level: warn\nstorage:\n  filesystem:\n    rootdirectory: {}\nhttp:\n  addr: {addr}\n",
+                "version: 0.1\nlog:\n  level: warn\nstorage:\n  filesystem:\n    rootdirectory: {}\nhttp:\n  addr: {addr}\n{auth}",
                 dir.path().join("data").display()
             ),
         )

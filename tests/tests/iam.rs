@@ -583,6 +583,16 @@ async fn every_api_method_refuses_an_unauthorised_caller() {
                 .await,
         );
         refused(
+            "IssueDockerCredentials",
+            who,
+            c.services
+                .issue_docker_credentials(c.req(pb::IssueDockerCredentialsRequest {
+                    project: project.clone(),
+                    name: name.clone(),
+                }))
+                .await,
+        );
+        refused(
             "CreateRevision",
             who,
             c.revisions
@@ -1008,6 +1018,17 @@ async fn every_api_method_refuses_an_unauthorised_caller() {
                     service: sv.clone(),
                     source_dir: "/tmp".into(),
                     ..Default::default()
+                }))
+                .await,
+        );
+        refused(
+            "DeployImage",
+            who,
+            c.builds
+                .deploy_image(c.req(pb::DeployImageRequest {
+                    project: pj.clone(),
+                    service: sv.clone(),
+                    image: "v1".into(),
                 }))
                 .await,
         );

@@ -64,6 +64,9 @@ pub struct Backend {
     /// Signs the question tokens of callers known by a bearer token
     /// ([`platform_asserter`], made once).
     pub asserter: Arc<rouse_identity::Asserter>,
+    /// The image registry, when one is configured: its repositories and
+    /// the token issuer it trusts.
+    pub registry: Option<Arc<crate::registry::RegistryAuth>>,
 }
 
 impl Backend {

@@ -371,6 +371,48 @@ impl pb::builds_server::Builds for BuildsApi {
         Ok(Response::new(build_to_pb(&build, &service)))
     }
 
+    async fn deploy_image(
+        &self,
+        request: Request<pb::DeployImageRequest>,
+    ) -> Result<Response<pb::Build>, Status> {
+        let backend = self.backend();
+        let resource = service_resource(&request.get_ref().project, &request.get_ref().service)?;
+        let permit = backend.permit(&request, &resource).await?;
+        let req = request.into_inner();
+        let service = backend.find_service(&req.project, &req.service).await?;
+        let reference = crate::registry::image_reference(
+            backend.registry.as_deref(),
+            &service.project,
+            &service.name,
+            &req.image,
+        )
+        .map_err(ApiError::InvalidArgument)?;
+        let record = rouse_builder::builder::queued_record(&BuildJob {
+            service: service.clone(),
+            trigger: None,
+            source: BuildSource::Image {
+                reference: reference.clone(),
+            },
+        });
+        backend
+            .store
+            .insert_build(&record)
+            .await
+            .map_err(ApiError::from)?;
+        backend.changes.builds_changed();
+        let id = record.id;
+        backend
+            .changed(
+                &permit,
+                &resource.to_string(),
+                serde_json::Value::Null,
+                serde_json::json!({ "build": id, "image": reference }),
+            )
+            .await;
+        let (build, service) = self.find(&id).await?;
+        Ok(Response::new(build_to_pb(&build, &service)))
+    }
+
     type StreamBuildLogsStream = LogStream;
 
     async fn stream_build_logs(

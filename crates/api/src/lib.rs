@@ -29,6 +29,7 @@ pub mod methods;
 pub mod nodes;
 pub mod openapi;
 pub mod reconcile;
+pub mod registry;
 pub mod rest;
 pub mod retention;
 pub mod revisions;

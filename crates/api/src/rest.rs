@@ -28,6 +28,8 @@
 //!   from the same table and descriptors.
 //! - `/ui`: the web console ([`ui`]), HTML pages made from the same
 //!   handlers behind the same gates.
+//! - `GET /v2/token`: the image registry's token server
+//!   ([`crate::registry`]).
 
 use std::collections::BTreeMap;
 use std::sync::{Arc, OnceLock};
@@ -64,6 +66,7 @@ type HttpResponse = http::Response<tonic::body::Body>;
 
 /// The APIs the routes call.
 struct Apis {
+    backend: crate::Backend,
     services: crate::ServicesApi,
     revisions: crate::revisions::RevisionsApi,
     executions: crate::executions::ExecutionsApi,
@@ -743,7 +746,7 @@ fn error_json(status: &Status) -> Value {
     }})
 }
 
-fn json_response(status: StatusCode, body: &Value) -> HttpResponse {
+pub(crate) fn json_response(status: StatusCode, body: &Value) -> HttpResponse {
     let mut response = http::Response::new(tonic::body::Body::new(http_body_util::Full::new(
         Bytes::from(body.to_string()),
     )));
@@ -790,6 +793,9 @@ where
                 "cannot read the body: {e}"
             ))),
         };
+    }
+    if path == "/v2/token" {
+        return crate::registry::token(&apis.backend, &parts).await;
     }
     if path == "/openapi.json" {
         return match (parts.method.clone(), openapi_document()) {
@@ -914,6 +920,7 @@ impl JsonLayer {
     pub fn new(backend: crate::Backend) -> Self {
         Self {
             apis: Arc::new(Apis {
+                backend: backend.clone(),
                 services: crate::ServicesApi::new(backend.clone()),
                 revisions: crate::revisions::RevisionsApi::new(backend.clone()),
                 executions: crate::executions::ExecutionsApi::new(backend.clone()),

@@ -302,6 +302,40 @@ impl pb::services_server::Services for ServicesApi {
             uuid: service.uuid.to_string(),
         }))
     }
+
+    async fn issue_docker_credentials(
+        &self,
+        request: Request<pb::IssueDockerCredentialsRequest>,
+    ) -> Result<Response<pb::DockerCredentials>, Status> {
+        let resource = service_resource(&request.get_ref().project, &request.get_ref().name)?;
+        let permit = self.backend.permit(&request, &resource).await?;
+        let Some(registry) = self.backend.registry.clone() else {
+            return Err(ApiError::FailedPrecondition(
+                "no image registry is configured: start the server with --registry HOST[:PORT] (ROUSE_REGISTRY) and configure that registry's token authentication as the server's log says".into(),
+            )
+            .into());
+        };
+        let service = self
+            .backend
+            .find_service(&request.get_ref().project, &request.get_ref().name)
+            .await?;
+        let Some(principal) = permit.caller.principal().map(ToString::to_string) else {
+            return Err(ApiError::PermissionDenied(
+                "credentials are issued to a signed-in caller only: pass --credentials FILE or set ROUSE_CREDENTIALS".into(),
+            )
+            .into());
+        };
+        let (password, expires) =
+            crate::registry::credential(&self.backend, &principal, &service.project, &service.name)
+                .map_err(ApiError::Internal)?;
+        Ok(Response::new(pb::DockerCredentials {
+            registry: registry.host().to_owned(),
+            repository: registry.repository(&service.project, &service.name),
+            username: crate::registry::USERNAME.to_owned(),
+            password,
+            expire_time: Some(expires.into()),
+        }))
+    }
 }
 
 #[cfg(test)]
@@ -407,6 +441,7 @@ mod tests {
             logs_dir: dir.path().join("logs"),
             functions_dir: dir.path().join("functions"),
             authority,
+            registry: None,
         };
         (ServicesApi::new(backend), dir)
     }

@@ -187,6 +187,18 @@ impl Snapshot {
         self.keys.get(kid).cloned()
     }
 
+    /// The claims of a registry credential (the password of a `docker
+    /// login`) for `audience`, a repository's
+    /// ([`rouse_identity::registry_audience`]).
+    pub fn verify_registry_credential(
+        &self,
+        token: &str,
+        audience: &str,
+        now: SystemTime,
+    ) -> Result<rouse_identity::Claims, rouse_identity::TokenError> {
+        rouse_identity::verify(token, audience, None, now, |kid| self.lookup(kid))
+    }
+
     /// The groups `principal` is in.
     pub fn groups_of(&self, principal: &str) -> &[GroupName] {
         self.groups.get(principal).map_or(&[], Vec::as_slice)

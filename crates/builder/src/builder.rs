@@ -261,6 +261,15 @@ impl Builder {
                 },
             });
         }
+        if let Some(reference) = build.source.strip_prefix("image:") {
+            return Ok(BuildJob {
+                service,
+                trigger: None,
+                source: BuildSource::Image {
+                    reference: reference.to_owned(),
+                },
+            });
+        }
         if let Some(path) = build.source.strip_prefix("dir:") {
             return Ok(BuildJob {
                 service,
@@ -321,6 +330,7 @@ pub fn queued_record(job: &BuildJob) -> BuildRecord {
             Some(dockerfile.display().to_string()),
         ),
         BuildSource::Function { dir } => (format!("function:{}", dir.display()), None, None, None),
+        BuildSource::Image { reference } => (format!("image:{reference}"), None, None, None),
     };
     BuildRecord {
         id: Uuid::new_v4().simple().to_string()[..16].to_owned(),

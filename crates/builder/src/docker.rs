@@ -130,6 +130,8 @@ pub enum BuildError {
     },
     #[error("pushing `{reference}` failed: {message}")]
     Push { reference: String, message: String },
+    #[error("pulling `{reference}` failed: {message}")]
+    Pull { reference: String, message: String },
     #[error("image build was cancelled")]
     Cancelled,
     #[error("Docker engine error while trying to {action}: {source}")]
@@ -396,20 +398,85 @@ impl ImageBuilder {
                     }
                 }
                 Err(err) => {
-                    let message = match err {
-                        bollard::errors::Error::DockerResponseServerError { message, .. } => {
-                            message
-                        }
-                        bollard::errors::Error::DockerStreamError { error } => error,
-                        other => other.to_string(),
-                    };
                     return Err(BuildError::Push {
                         reference: reference.to_owned(),
-                        message: message.trim().to_owned(),
+                        message: engine_message(err),
                     });
                 }
             }
         }
+    }
+
+    /// Pulls `reference` (`host[:port]/path:tag` or `…@sha256:…`) into the
+    /// engine, passing progress lines to `on_line` (one per layer and
+    /// state), and returns the image's id. A registry that refuses, or an
+    /// image it lacks, ends it with [`BuildError::Pull`] naming both.
+    pub async fn pull(
+        &self,
+        reference: &str,
+        credentials: Option<&RegistryCredentials>,
+        on_line: &mut (dyn FnMut(&str) + Send),
+        cancel: &CancellationToken,
+    ) -> Result<String, BuildError> {
+        let (from, tag) = if reference.contains('@') {
+            (reference, None)
+        } else {
+            let (repo, tag) = split_tag(reference);
+            (repo, Some(tag))
+        };
+        let mut options =
+            bollard::query_parameters::CreateImageOptionsBuilder::default().from_image(from);
+        if let Some(tag) = tag {
+            options = options.tag(tag);
+        }
+        let credentials = credentials.map(|c| DockerCredentials {
+            username: Some(c.username.clone()),
+            password: Some(c.password.clone()),
+            serveraddress: Some(registry_host(from).to_owned()),
+            ..DockerCredentials::default()
+        });
+        let mut stream = self
+            .docker
+            .create_image(Some(options.build()), None, credentials);
+        let mut last = String::new();
+        loop {
+            let item = tokio::select! {
+                biased;
+                () = cancel.cancelled() => return Err(BuildError::Cancelled),
+                item = stream.next() => item,
+            };
+            let Some(item) = item else { break };
+            match item {
+                Ok(info) => {
+                    if let Some(status) = info.status
+                        && status != "Downloading"
+                        && status != "Extracting"
+                        && status != last
+                    {
+                        on_line(&status);
+                        last = status;
+                    }
+                }
+                Err(err) => {
+                    return Err(BuildError::Pull {
+                        reference: reference.to_owned(),
+                        message: engine_message(err),
+                    });
+                }
+            }
+        }
+        let image = self
+            .docker
+            .inspect_image(reference)
+            .await
+            .map_err(|source| BuildError::Engine {
+                action: format!("inspect the pulled {reference}"),
+                source,
+            })?;
+        image.id.ok_or_else(|| BuildError::Pull {
+            reference: reference.to_owned(),
+            message: "the engine reports no id for it".into(),
+        })
     }
 
     /// Removes an image by reference (a tag or an id), forcibly; a missing
@@ -431,6 +498,16 @@ impl ImageBuilder {
             }),
         }
     }
+}
+
+/// What the engine said, without bollard's wrapping.
+fn engine_message(err: bollard::errors::Error) -> String {
+    let message = match err {
+        bollard::errors::Error::DockerResponseServerError { message, .. } => message,
+        bollard::errors::Error::DockerStreamError { error } => error,
+        other => other.to_string(),
+    };
+    message.trim().to_owned()
 }
 
 /// The socket named by `$DOCKER_HOST` (if `unix://…`), else the default.

@@ -40,7 +40,44 @@ pub struct RegistryConfig {
     /// `host[:port][/path]`, checked by [`crate::docker::parse_registry`].
     pub prefix: String,
     pub credentials: Option<RegistryCredentials>,
+    /// Without static credentials: the platform's key, which signs the
+    /// builder's own credential for each service's repository (the
+    /// registry's token server, Rouse, grants it that repository only).
+    pub asserter: Option<Arc<rouse_identity::Asserter>>,
 }
+
+impl RegistryConfig {
+    /// What the engine logs in to `service`'s repository with: the static
+    /// credentials, else a credential the platform signs for it. A registry
+    /// without authentication never asks for either.
+    pub fn credentials_for(&self, service: &Service) -> Option<RegistryCredentials> {
+        if let Some(static_credentials) = &self.credentials {
+            return Some(static_credentials.clone());
+        }
+        let asserter = self.asserter.as_ref()?;
+        let audience = rouse_identity::registry_audience(&service.project, &service.name);
+        asserter
+            .assert_registry(
+                rouse_identity::BUILDER_PRINCIPAL,
+                &audience,
+                SystemTime::now(),
+                BUILDER_CREDENTIAL_LIFETIME,
+            )
+            .ok()
+            .map(|password| RegistryCredentials {
+                username: "rouse".to_owned(),
+                password,
+            })
+    }
+
+    /// A service's repository: `<prefix>/<project>-<service>`.
+    pub fn repository(&self, service: &Service) -> String {
+        format!("{}/{}-{}", self.prefix, service.project, service.name)
+    }
+}
+
+/// How long the builder's own registry credential lives: one push or pull.
+const BUILDER_CREDENTIAL_LIFETIME: Duration = Duration::from_secs(15 * 60);
 
 /// What one build works on.
 #[derive(Debug, Clone)]
@@ -56,6 +93,8 @@ pub enum BuildSource {
     /// A function's source directory (`rouse functions deploy`), made by
     /// [`crate::function::write_source`].
     Function { dir: PathBuf },
+    /// An image to pull and roll out (`rouse services update --image`).
+    Image { reference: String },
 }
 
 /// One queued build.
@@ -138,6 +177,9 @@ impl Pipeline {
         if let BuildSource::Function { dir } = &job.source {
             return self.function(ctx, service, dir, log).await;
         }
+        if let BuildSource::Image { reference } = &job.source {
+            return self.image(ctx, service, reference, log).await;
+        }
         ctx.set_status(BuildStatus::Fetching).await;
         let cancel = ctx.cancellation();
         let (tree, root, dockerfile, commit, branch) = match &job.source {
@@ -177,7 +219,9 @@ impl Pipeline {
                 log.line(format!("building the directory {}", path.display()));
                 (None, path.clone(), dockerfile.clone(), None, None)
             }
-            BuildSource::Function { .. } => unreachable!("function builds return above"),
+            BuildSource::Function { .. } | BuildSource::Image { .. } => {
+                unreachable!("function and image builds return above")
+            }
         };
 
         ctx.set_status(BuildStatus::Building).await;
@@ -217,18 +261,16 @@ impl Pipeline {
             Some(registry) => {
                 ctx.set_status(BuildStatus::Pushing).await;
                 let mut pushed = Vec::with_capacity(tags.len());
+                let credentials = registry.credentials_for(service);
                 for tag in &tags {
                     let (_, tag) = tag.rsplit_once(':').unwrap_or((tag, "latest"));
-                    let reference = format!(
-                        "{}/{}-{}:{tag}",
-                        registry.prefix, service.project, service.name
-                    );
+                    let reference = format!("{}:{tag}", registry.repository(service));
                     log.line(format!("pushing {reference}"));
                     images
                         .push(
                             &built.id,
                             &reference,
-                            registry.credentials.as_ref(),
+                            credentials.as_ref(),
                             &mut on_line,
                             cancel,
                         )
@@ -253,6 +295,60 @@ impl Pipeline {
             ctx,
             service,
             RevisionSource::Image(image),
+            None,
+            origin,
+            log,
+        )
+        .await
+        .map_err(|e| BuildFailure::new(format!("rolling-out failed: {e}")))
+    }
+
+    /// An image: pulled (from the service's repository with the builder's
+    /// credential; from elsewhere without one, unless the engine has it
+    /// already), then rolled out like a built one.
+    async fn image(
+        &self,
+        ctx: &BuildContext,
+        service: &Service,
+        reference: &str,
+        log: &BuildLog,
+    ) -> Result<(), BuildFailure> {
+        ctx.set_status(BuildStatus::Fetching).await;
+        let images = ImageBuilder::connect()
+            .await
+            .map_err(|e| BuildFailure::new(format!("fetching failed: {e}")))?;
+        let credentials = self
+            .registry
+            .as_ref()
+            .filter(|r| {
+                reference.starts_with(&format!("{}:", r.repository(service)))
+                    || reference.starts_with(&format!("{}@", r.repository(service)))
+            })
+            .and_then(|r| r.credentials_for(service));
+        log.line(format!("pulling {reference}"));
+        let mut on_line = |line: &str| log.line(line);
+        let id = images
+            .pull(
+                reference,
+                credentials.as_ref(),
+                &mut on_line,
+                ctx.cancellation(),
+            )
+            .await
+            .map_err(|e| BuildFailure::new(format!("fetching failed: {e}")))?;
+        log.line(format!("pulled {reference} ({id})"));
+        ctx.set_status(BuildStatus::RollingOut).await;
+        let origin = BuildOrigin {
+            commit: None,
+            branch: None,
+            trigger_id: None,
+            build_id: Some(ctx.id().to_owned()),
+            image_id: Some(id),
+        };
+        self.roll_out(
+            ctx,
+            service,
+            RevisionSource::Image(reference.to_owned()),
             None,
             origin,
             log,

@@ -116,7 +116,7 @@ pub use key::{
     KeyFileFormatError, PublicKey, PublicKeyEntry, PublicKeyError,
 };
 pub use token::{
-    ALGORITHM, API_AUDIENCE, Asserter, CLOCK_SKEW, Claims, DEFAULT_LIFETIME, KeyRecord,
-    MAX_LIFETIME, MAX_TOKEN_LEN, PLATFORM_ISSUER, SignError, TokenError, bench_verify,
-    service_audience, sign, verify,
+    ALGORITHM, API_AUDIENCE, Asserter, BUILDER_PRINCIPAL, CLOCK_SKEW, Claims, DEFAULT_LIFETIME,
+    KeyRecord, MAX_LIFETIME, MAX_TOKEN_LEN, PLATFORM_ISSUER, REGISTRY_AUDIENCE_PREFIX, SignError,
+    TokenError, bench_verify, registry_audience, service_audience, sign, verify,
 };

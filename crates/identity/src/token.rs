@@ -41,6 +41,23 @@ pub fn service_audience(project: &ProjectName, service: &ServiceName) -> String 
     format!("projects/{project}/services/{service}")
 }
 
+/// What the audience of a registry credential starts with: the platform's
+/// assertion key makes those too ([`Asserter::assert_registry`]).
+pub const REGISTRY_AUDIENCE_PREFIX: &str = "registry:";
+
+/// The audience of credentials for a service's image repository:
+/// `registry:projects/PROJECT/services/SERVICE`.
+pub fn registry_audience(project: &ProjectName, service: &ServiceName) -> String {
+    format!(
+        "{REGISTRY_AUDIENCE_PREFIX}{}",
+        service_audience(project, service)
+    )
+}
+
+/// The `sub` of the builder's own registry credentials (for its pushes and
+/// pulls); no principal can be named so, so no one else holds one.
+pub const BUILDER_PRINCIPAL: &str = "rouse-builder";
+
 /// A token's claims. `iss` and `sub` are both the signer's principal.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -93,6 +110,8 @@ pub enum SignError {
     LifetimeTooShort,
     #[error("token audience must not be empty; use `rouse-api` or a service's resource name")]
     EmptyAudience,
+    #[error("a registry credential's audience must start with `registry:`; use registry_audience")]
+    NotRegistryAudience,
     #[error("the clock reads a time before 1970; tokens cannot be dated")]
     ClockBeforeEpoch,
 }
@@ -274,6 +293,23 @@ impl Asserter {
         )
     }
 
+    /// A credential for one service's image repository (`audience` from
+    /// [`registry_audience`]), asserting that `principal` (whom the API
+    /// checked, or [`BUILDER_PRINCIPAL`]) may use it; the registry's token
+    /// server verifies it as the password of a `docker login`.
+    pub fn assert_registry(
+        &self,
+        principal: &str,
+        audience: &str,
+        now: SystemTime,
+        lifetime: Duration,
+    ) -> Result<String, SignError> {
+        if !audience.starts_with(REGISTRY_AUDIENCE_PREFIX) {
+            return Err(SignError::NotRegistryAudience);
+        }
+        self.assert(principal, audience, None, now, lifetime)
+    }
+
     /// A question token for `question_uuid` to `audience`, asserting that
     /// `principal` asks it.
     pub fn assert_question(
@@ -281,6 +317,17 @@ impl Asserter {
         principal: &str,
         audience: &str,
         question_uuid: &str,
+        now: SystemTime,
+        lifetime: Duration,
+    ) -> Result<String, SignError> {
+        self.assert(principal, audience, Some(question_uuid), now, lifetime)
+    }
+
+    fn assert(
+        &self,
+        principal: &str,
+        audience: &str,
+        question_uuid: Option<&str>,
         now: SystemTime,
         lifetime: Duration,
     ) -> Result<String, SignError> {
@@ -292,7 +339,7 @@ impl Asserter {
             iat,
             exp: iat + lifetime.as_secs(),
             jti: uuid::Uuid::new_v4().to_string(),
-            question_uuid: Some(question_uuid.to_owned()),
+            question_uuid: question_uuid.map(str::to_owned),
         };
         Ok(sign_with(&self.key, &self.kid, &claims))
     }
@@ -411,10 +458,12 @@ pub fn verify(
     let claims: Claims = serde_json::from_slice(&payload)
         .map_err(|e| malformed(format!("the claims are not valid: {e}")))?;
     // The platform's assertion key speaks for the callers the API checked,
-    // and only in questions: it never makes an API token.
+    // and only in questions and registry credentials: it never makes an
+    // API token (the audiences differ, and are compared below).
     let asserted = record.principal == PLATFORM_ISSUER
         && claims.iss == PLATFORM_ISSUER
-        && expected_question_uuid.is_some();
+        && (expected_question_uuid.is_some()
+            || expected_audience.starts_with(REGISTRY_AUDIENCE_PREFIX));
     if asserted {
         if claims.sub == PLATFORM_ISSUER || claims.sub.is_empty() {
             return Err(malformed("an assertion names no caller in `sub`"));
@@ -618,6 +667,49 @@ mod tests {
         ));
         // Another process deriving from the same seed has the same key.
         assert_eq!(Asserter::from_seed(&[7; 32]).key_record().0, kid);
+    }
+
+    #[test]
+    fn registry_credentials_are_for_one_repository_and_nothing_else() {
+        let asserter = Asserter::from_seed(&[7; 32]);
+        let (kid, record) = asserter.key_record();
+        let lookup = |k: &str| (k == kid).then(|| record.clone());
+        let p = ProjectName::parse("p").unwrap();
+        let echo = registry_audience(&p, &ServiceName::parse(&p, "echo").unwrap());
+        let other = registry_audience(&p, &ServiceName::parse(&p, "other").unwrap());
+        assert_eq!(echo, "registry:projects/p/services/echo");
+        let token = asserter
+            .assert_registry("user:ana@example.com", &echo, t0(), Duration::from_secs(60))
+            .unwrap();
+        let claims = verify(&token, &echo, None, t0(), lookup).unwrap();
+        assert_eq!(claims.principal(), "user:ana@example.com");
+        // Not for another repository, not as an API token, not in a question.
+        assert!(matches!(
+            verify(&token, &other, None, t0(), lookup),
+            Err(TokenError::WrongAudience { .. })
+        ));
+        assert!(verify(&token, API_AUDIENCE, None, t0(), lookup).is_err());
+        assert!(verify(&token, &echo, Some(Q), t0(), lookup).is_err());
+        // Expired an hour later; and only registry audiences are made.
+        assert!(matches!(
+            verify(
+                &token,
+                &echo,
+                None,
+                t0() + Duration::from_secs(3600),
+                lookup
+            ),
+            Err(TokenError::Expired { .. })
+        ));
+        assert_eq!(
+            asserter.assert_registry(
+                "user:ana@example.com",
+                API_AUDIENCE,
+                t0(),
+                Duration::from_secs(60)
+            ),
+            Err(SignError::NotRegistryAudience)
+        );
     }
 
     #[test]

@@ -527,6 +527,10 @@ impl Platform {
         // The platform's question-assertion key: the api signs with it, the
         // authority trusts it.
         let asserter = Arc::new(rouse_api::backend::platform_asserter(&key));
+        let registry = registry.map(|r| RegistryConfig {
+            asserter: Some(asserter.clone()),
+            ..r
+        });
         let authority = if config.roles.api || config.roles.dispatcher {
             let authority = Authority::load_with(store.clone(), Some(asserter.key_record()))
                 .await
@@ -615,6 +619,28 @@ impl Platform {
         }
 
         if let (Some(listener), Some(pubsub), Some(authority)) = (api_listener, pubsub, authority) {
+            let registry = match &config.registry {
+                None => None,
+                Some(prefix) => {
+                    let dir = config.data_dir.join(rouse_api::registry::DIR);
+                    let auth = rouse_api::registry::RegistryAuth::open(prefix.clone(), &dir, &key)
+                        .map_err(|e| {
+                            StartError::Config(format!(
+                                "the registry token issuer cannot be kept in {}: {e}",
+                                dir.display()
+                            ))
+                        })?;
+                    if let Some(api) = running.api {
+                        tracing::info!(
+                            "registry {prefix}: Rouse issues its tokens; configure it with auth.token realm http://{api}/v2/token, service {}, issuer {}, rootcertbundle {}",
+                            rouse_api::registry::SERVICE,
+                            rouse_api::registry::ISSUER,
+                            auth.cert_path().display()
+                        );
+                    }
+                    Some(Arc::new(auth))
+                }
+            };
             let backend = Backend {
                 store: store.clone(),
                 messaging: Arc::new(PubSubMessaging::new(pubsub)),
@@ -626,6 +652,7 @@ impl Platform {
                 functions_dir: config.data_dir.join("functions"),
                 authority,
                 asserter,
+                registry,
             };
             let server = rouse_api::serve(listener, backend, shutdown.clone().cancelled_owned());
             running.servers.push((
@@ -818,6 +845,7 @@ fn registry_config(config: &Config) -> Result<Option<RegistryConfig>, StartError
     Ok(Some(RegistryConfig {
         prefix: prefix.clone(),
         credentials,
+        asserter: None,
     }))
 }
 

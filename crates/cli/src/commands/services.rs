@@ -4,12 +4,13 @@
 use std::time::Duration;
 
 use rouse_proto as pb;
+use rouse_proto::builds_client::BuildsClient;
 use rouse_proto::services_client::ServicesClient;
 
 use super::policy::{self, BindingArgs, RemoveBindingArgs, SetPolicyArgs, Target};
 use crate::context::Context;
 use crate::exit::CliError;
-use crate::output::ServiceView;
+use crate::output::{ServiceView, View};
 
 #[derive(Debug, clap::Subcommand)]
 pub enum ServicesCommand {
@@ -41,6 +42,14 @@ pub enum ServicesCommand {
     },
     /// Change scaling settings and environment variables.
     Update(UpdateArgs),
+    /// Credentials for `docker login` to the service's image repository
+    /// (`<registry>/<project>-<service>`): good for that repository alone,
+    /// for an hour; needs `services.deploy` on the service.
+    DockerCredentials {
+        name: String,
+        #[command(flatten)]
+        project: ProjectArg,
+    },
     /// Delete a service with its topic and subscription.
     Delete {
         name: String,
@@ -158,6 +167,49 @@ pub struct UpdateArgs {
     /// grant of `roles/invoker`).
     #[arg(long)]
     no_allow_unauthenticated: bool,
+    /// Deploy this image: a tag of the service's repository (e.g. `v1`,
+    /// pushed with `docker-credentials`) or a whole reference. It is pulled
+    /// and rolled out like a build, serving once an instance passed its
+    /// trial; the build's log is followed to its end.
+    #[arg(long, value_name = "TAG")]
+    image: Option<String>,
+    /// With --image: print the build's id and return at once.
+    #[arg(long = "async", requires = "image")]
+    no_wait: bool,
+}
+
+/// `docker-credentials`' answer.
+#[derive(Debug, serde::Serialize)]
+struct DockerCredentialsView {
+    registry: String,
+    repository: String,
+    username: String,
+    password: String,
+    expires: String,
+}
+
+impl View for DockerCredentialsView {
+    const COLUMNS: &'static [&'static str] = &["REGISTRY", "REPOSITORY", "USERNAME", "EXPIRES"];
+    const NONE: &'static str = "no credentials";
+
+    fn row(&self) -> Vec<String> {
+        vec![
+            self.registry.clone(),
+            self.repository.clone(),
+            self.username.clone(),
+            self.expires.clone(),
+        ]
+    }
+
+    fn describe(&self) -> Vec<(&'static str, String)> {
+        vec![
+            ("registry", self.registry.clone()),
+            ("repository", self.repository.clone()),
+            ("username", self.username.clone()),
+            ("password", self.password.clone()),
+            ("expires", self.expires.clone()),
+        ]
+    }
 }
 
 fn parse_env(s: &str) -> Result<(String, String), String> {
@@ -223,6 +275,32 @@ pub async fn run(ctx: &Context, cmd: ServicesCommand) -> Result<(), CliError> {
             ctx.print_one(&ServiceView::from(&s))
         }
         ServicesCommand::Update(args) => update(ctx, args).await,
+        ServicesCommand::DockerCredentials { name, project } => {
+            let mut api = ctx.client(ServicesClient::new).await?;
+            let c = ctx
+                .call(
+                    api.issue_docker_credentials(pb::IssueDockerCredentialsRequest {
+                        project: project.project,
+                        name,
+                    }),
+                )
+                .await?;
+            ctx.note(format_args!(
+                "log in with: docker login {} --username {} --password-stdin",
+                c.registry, c.username
+            ));
+            ctx.print_one(&DockerCredentialsView {
+                registry: c.registry,
+                repository: c.repository,
+                username: c.username,
+                password: c.password,
+                expires: c
+                    .expire_time
+                    .and_then(|t| std::time::SystemTime::try_from(t).ok())
+                    .map(|t| humantime::format_rfc3339_seconds(t).to_string())
+                    .unwrap_or_default(),
+            })
+        }
         ServicesCommand::Rollout(cmd) => super::rollout::run(ctx, cmd).await,
         ServicesCommand::Delete { name, project } => {
             let mut api = ctx.client(ServicesClient::new).await?;
@@ -283,6 +361,8 @@ async fn update(ctx: &Context, args: UpdateArgs) -> Result<(), CliError> {
         ingress,
         allow_unauthenticated,
         no_allow_unauthenticated,
+        image,
+        no_wait,
     } = args;
     let nothing = min_instances.is_none()
         && max_instances.is_none()
@@ -301,9 +381,9 @@ async fn update(ctx: &Context, args: UpdateArgs) -> Result<(), CliError> {
         && node_selector.is_empty()
         && !clear_node_selector
         && ingress.is_none();
-    if nothing && !allow_unauthenticated && !no_allow_unauthenticated {
+    if nothing && !allow_unauthenticated && !no_allow_unauthenticated && image.is_none() {
         return Err(CliError::usage(
-            "nothing to update: pass at least one of --min-instances, --max-instances, --concurrency, --idle-timeout, --wake-timeout, --request-timeout, --freeze, --frozen-timeout, --max-retries, --dead-letter-topic, --clear-dead-letter-topic, --env, --remove-env, --clear-env, --node-selector, --clear-node-selector, --ingress, --allow-unauthenticated, --no-allow-unauthenticated",
+            "nothing to update: pass at least one of --image, --min-instances, --max-instances, --concurrency, --idle-timeout, --wake-timeout, --request-timeout, --freeze, --frozen-timeout, --max-retries, --dead-letter-topic, --clear-dead-letter-topic, --env, --remove-env, --clear-env, --node-selector, --clear-node-selector, --ingress, --allow-unauthenticated, --no-allow-unauthenticated",
         ));
     }
     if allow_unauthenticated || no_allow_unauthenticated {
@@ -318,6 +398,9 @@ async fn update(ctx: &Context, args: UpdateArgs) -> Result<(), CliError> {
         ctx.note(format_args!("{}: {what}", target.what));
     }
     let mut api = ctx.client(ServicesClient::new).await?;
+    if nothing && image.is_some() {
+        return deploy_image(ctx, project.project, name, image, no_wait).await;
+    }
     if nothing {
         let s = ctx
             .call(api.get_service(pb::GetServiceRequest {
@@ -329,8 +412,8 @@ async fn update(ctx: &Context, args: UpdateArgs) -> Result<(), CliError> {
     }
     let s = ctx
         .call(api.update_service(pb::UpdateServiceRequest {
-            project: project.project,
-            name,
+            project: project.project.clone(),
+            name: name.clone(),
             ingress: ingress.unwrap_or_default(),
             min_instances,
             max_instances,
@@ -352,5 +435,37 @@ async fn update(ctx: &Context, args: UpdateArgs) -> Result<(), CliError> {
             clear_node_selector,
         }))
         .await?;
+    if image.is_some() {
+        return deploy_image(ctx, project.project, name, image, no_wait).await;
+    }
     ctx.print_one(&ServiceView::from(&s))
+}
+
+/// `services update --image`: a build that pulls the image and rolls it
+/// out; its log followed unless `no_wait`.
+async fn deploy_image(
+    ctx: &Context,
+    project: String,
+    name: String,
+    image: Option<String>,
+    no_wait: bool,
+) -> Result<(), CliError> {
+    let mut builds = ctx.client(BuildsClient::new).await?;
+    let build = ctx
+        .call(builds.deploy_image(pb::DeployImageRequest {
+            project: project.clone(),
+            service: name.clone(),
+            image: image.unwrap_or_default(),
+        }))
+        .await?;
+    if no_wait {
+        println!("{}", build.id);
+        return Ok(());
+    }
+    super::builds::logs(ctx, build.id.clone(), true).await?;
+    ctx.note(format_args!(
+        "{project}/{name} serves the image (build {}); `rouse services describe {name} --project {project}` shows its revision",
+        build.id
+    ));
+    Ok(())
 }
