@@ -104,3 +104,54 @@ pub fn remove_containers(filter: &str, field: &str, pick: impl Fn(&str) -> bool)
             .output();
     }
 }
+
+/// A local Python base image (no registry can be reached here): the
+/// machine's Debian `python3` with its standard library, `pip`, the shared
+/// libraries they load and the CA certificates, imported as `tag`, with no
+/// shell. Removed on drop.
+pub struct PythonBaseImage {
+    pub tag: String,
+}
+
+impl PythonBaseImage {
+    pub fn build(tag: &str) -> Self {
+        const SCRIPT: &str = r#"set -euo pipefail
+py=$(readlink -f /usr/bin/python3)
+stdlib=/usr/lib/$(basename "$py")
+root=$(mktemp -d)
+trap 'rm -rf "$root"' EXIT
+mkdir -p "$root/usr/bin" "$root/usr/lib/python3/dist-packages" "$root/etc/ssl/certs" "$root/tmp"
+cp -a "$stdlib" "$root/usr/lib/"
+rm -f "$root$stdlib/EXTERNALLY-MANAGED"
+cp -a /usr/lib/python3/dist-packages/pip "$root/usr/lib/python3/dist-packages/"
+cp "$py" "$root$py"
+ln -s "$(basename "$py")" "$root/usr/bin/python3"
+{ ldd "$py"; for so in "$stdlib"/lib-dynload/*.so; do ldd "$so"; done; } \
+  | grep -o '/[^ ]*' | sort -u | while read -r lib; do
+    mkdir -p "$root$(dirname "$lib")"; cp -L "$lib" "$root$lib"; done
+cp -L /etc/ssl/certs/ca-certificates.crt "$root/etc/ssl/certs/"
+tar -C "$root" -c . | docker import - "$1" >/dev/null
+"#;
+        let output = Command::new("bash")
+            .args(["-c", SCRIPT, "python-base"])
+            .arg(tag)
+            .output()
+            .expect("bash");
+        assert!(
+            output.status.success(),
+            "cannot make the Python base image {tag} (Debian's python3 and python3-pip, which .ci/setup installs):\n{}",
+            String::from_utf8_lossy(&output.stderr)
+        );
+        Self {
+            tag: tag.to_owned(),
+        }
+    }
+}
+
+impl Drop for PythonBaseImage {
+    fn drop(&mut self) {
+        let _ = Command::new("docker")
+            .args(["rmi", "-f", &self.tag])
+            .output();
+    }
+}

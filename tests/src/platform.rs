@@ -49,6 +49,7 @@ impl InProcess {
             secrets_key: data_dir.join("secrets.key"),
             registry: None,
             registry_credentials: None,
+            function_base_image: None,
             owner_credentials: None,
             runtime: Default::default(),
         };

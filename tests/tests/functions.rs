@@ -11,9 +11,13 @@
 //! - An exception raised by `main` is the run's error.
 //! - The Python client (`examples/python-client`) deploys and runs over the
 //!   HTTP API, sync and async.
+//! - With `--function-base-image`, functions are Docker images on a local
+//!   base image (made by the test from the machine's Python), their
+//!   requirements in an image made once per base and requirements.
 
 use std::path::{Path, PathBuf};
 
+use rouse_tests::echo_image::PythonBaseImage;
 use rouse_tests::{Emulator, Server};
 use serde_json::Value;
 
@@ -340,4 +344,181 @@ except RouseError as error:
         stdout.contains("refused 400 bad.py:1: `main()` cannot be called"),
         "{stdout}"
     );
+}
+
+/// Removes the images a test made, by repository, on drop.
+struct Repositories(Vec<String>);
+
+impl Drop for Repositories {
+    fn drop(&mut self) {
+        for repository in &self.0 {
+            let listed = std::process::Command::new("docker")
+                .args(["images", "-q", repository])
+                .output();
+            if let Ok(out) = listed {
+                let ids = String::from_utf8_lossy(&out.stdout);
+                for id in ids.split_whitespace() {
+                    let _ = std::process::Command::new("docker")
+                        .args(["rmi", "-f", id])
+                        .output();
+                }
+            }
+        }
+    }
+}
+
+#[test]
+fn functions_are_images_on_a_configured_base_image() {
+    let base = PythonBaseImage::build("rouse-test/python:functions");
+    // The function's images go first: the requirements' image is their base.
+    let mut images = Repositories(vec!["rouse/fimg-hello".to_owned()]);
+    let emulator = Emulator::start();
+    let data = tempfile::tempdir().expect("tempdir");
+    let server = Server::start(
+        &emulator,
+        data.path(),
+        &["--function-base-image", &base.tag],
+    );
+    let hello = examples().join("functions/hello");
+    let deployed = server.rouse(&[
+        "functions",
+        "deploy",
+        "hello",
+        "--project",
+        "fimg",
+        "--file",
+        path(&hello.join("main.py")),
+        "--requirements-file",
+        path(&hello.join("requirements.txt")),
+        "--context-file",
+        path(&hello.join("context.env")),
+        "--wait",
+    ]);
+    assert_eq!(
+        deployed.code,
+        0,
+        "{}\n{}\n{}",
+        deployed.stdout,
+        deployed.stderr,
+        server.log()
+    );
+    let log = &deployed.stdout;
+    let env_image = log
+        .lines()
+        .find_map(|l| l.split("installing the requirements into image ").nth(1))
+        .unwrap_or_else(|| panic!("the requirements get an image: {log}"))
+        .trim()
+        .to_owned();
+    images.0.push(env_image.clone());
+    assert!(
+        log.contains("built image rouse/fimg-hello:function-"),
+        "{log}"
+    );
+    let serving = server.serving("hello", "fimg");
+    let revision = server
+        .rouse(&[
+            "revisions",
+            "describe",
+            &serving,
+            "--service",
+            "hello",
+            "--project",
+            "fimg",
+            "--format",
+            "json",
+        ])
+        .json();
+    let source = revision["source"].as_str().unwrap_or_default();
+    assert!(
+        source.starts_with("rouse/fimg-hello:function-"),
+        "{revision}"
+    );
+
+    let ran = server.rouse(&[
+        "functions",
+        "run",
+        "hello",
+        "--project",
+        "fimg",
+        "--parameters",
+        "name=user1",
+        "--wait",
+    ]);
+    let result: Value = serde_json::from_str(ran.ok()).expect("the result is JSON");
+    assert_eq!(result["greeting"], "Hello user1", "{result}");
+    assert_eq!(result["access_key_is"], "XYZ", "{result}");
+    assert_eq!(result["six"], "1.16.0", "{result}");
+    // It ran in a container of the function's image.
+    let ps = std::process::Command::new("docker")
+        .args(["ps", "--format", "{{.Image}}"])
+        .output()
+        .expect("docker ps");
+    assert!(
+        String::from_utf8_lossy(&ps.stdout).contains(source),
+        "{}",
+        String::from_utf8_lossy(&ps.stdout)
+    );
+
+    // New code, the same requirements: their image is reused.
+    let code = tempfile::tempdir().expect("tempdir");
+    let file = code.path().join("main.py");
+    std::fs::write(
+        &file,
+        "import six\n\ndef main(args, context):\n    return {'v': 2, 'six': six.__version__}\n",
+    )
+    .expect("write");
+    let redeployed = server.rouse(&[
+        "functions",
+        "deploy",
+        "hello",
+        "--project",
+        "fimg",
+        "--file",
+        path(&file),
+        "--requirements-file",
+        path(&hello.join("requirements.txt")),
+        "--wait",
+    ]);
+    assert_eq!(redeployed.code, 0, "{}", redeployed.stderr);
+    assert!(
+        redeployed.stdout.contains(&format!(
+            "the requirements are installed already: image {env_image}"
+        )),
+        "{}",
+        redeployed.stdout
+    );
+    let ran = server.rouse(&["functions", "run", "hello", "--project", "fimg", "--wait"]);
+    let result: Value = serde_json::from_str(ran.ok()).expect("the result is JSON");
+    assert_eq!(result["v"], 2, "{result}");
+    assert_eq!(result["six"], "1.16.0", "{result}");
+
+    // A base image the engine lacks: the function runs as a process, and
+    // the log says why.
+    let other = tempfile::tempdir().expect("tempdir");
+    let server = Server::start(
+        &emulator,
+        other.path(),
+        &["--function-base-image", "rouse-test/absent:1"],
+    );
+    std::fs::write(&file, "def main(args, context):\n    return 'process'\n").expect("write");
+    let deployed = server.rouse(&[
+        "functions",
+        "deploy",
+        "plain",
+        "--project",
+        "fimg",
+        "--file",
+        path(&file),
+        "--wait",
+    ]);
+    assert_eq!(deployed.code, 0, "{}\n{}", deployed.stdout, deployed.stderr);
+    assert!(
+        deployed
+            .stdout
+            .contains("the base image rouse-test/absent:1 is not in the engine"),
+        "{}",
+        deployed.stdout
+    );
+    let ran = server.rouse(&["functions", "run", "plain", "--project", "fimg", "--wait"]);
+    assert_eq!(ran.ok().trim(), "\"process\"");
 }

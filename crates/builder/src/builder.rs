@@ -65,6 +65,9 @@ pub struct BuilderConfig {
     pub queue: QueueConfig,
     /// Where built images are pushed; `None` keeps them in the local engine.
     pub registry: Option<RegistryConfig>,
+    /// A local image functions are built on (they run as processes
+    /// without one, or while it or the engine is missing).
+    pub function_base_image: Option<String>,
 }
 
 /// The builder: triggers' secrets, the queue and the pipeline.
@@ -111,6 +114,7 @@ impl Builder {
             fetcher: GitFetcher::new(GitConfig::new(&config.state_dir)),
             registry: config.registry.clone(),
             function_envs: config.state_dir.join("function-envs"),
+            function_base_image: config.function_base_image.clone(),
         });
         let metrics = Arc::new(crate::metrics::BuildMetrics::default());
         let sink = Arc::new(Recorder {

@@ -501,7 +501,7 @@ impl ImageBuilder {
 }
 
 /// What the engine said, without bollard's wrapping.
-fn engine_message(err: bollard::errors::Error) -> String {
+pub(crate) fn engine_message(err: bollard::errors::Error) -> String {
     let message = match err {
         bollard::errors::Error::DockerResponseServerError { message, .. } => message,
         bollard::errors::Error::DockerStreamError { error } => error,

@@ -131,6 +131,85 @@ pub(crate) async fn prepare(
     })
 }
 
+/// The Dockerfile of a function's requirements image, in [`ImageContext`].
+pub const ENV_DOCKERFILE: &str = "Dockerfile.env";
+/// The Dockerfile of a function's image, in [`ImageContext`].
+pub const FUNCTION_DOCKERFILE: &str = "Dockerfile.function";
+/// Where the requirements go in the image (on `PYTHONPATH`).
+const PACKAGES: &str = "/opt/rouse-function/packages";
+
+/// A build context for a function's images: its file, requirements and
+/// runner, and two generated Dockerfiles. Every instruction is in exec form,
+/// so the base image needs `python3` (and `pip` for requirements), no shell.
+pub struct ImageContext {
+    pub dir: tempfile::TempDir,
+    /// `rouse/function-env:<hash of the base image's id and the
+    /// requirements>`: made once, reused by every function with both.
+    pub env_tag: String,
+    /// The function's own hash (its source directory's name).
+    pub hash: String,
+}
+
+pub(crate) async fn image_context(
+    source: &Path,
+    base: &str,
+    base_id: &str,
+) -> Result<ImageContext, String> {
+    let main = source.join(MAIN_FILE);
+    let code = tokio::fs::read(&main).await.map_err(|e| {
+        format!(
+            "the function's file {} is gone ({e}); deploy the function again",
+            main.display()
+        )
+    })?;
+    let requirements = tokio::fs::read_to_string(source.join(REQUIREMENTS_FILE))
+        .await
+        .unwrap_or_default();
+    let env_tag = format!(
+        "rouse/function-env:{}",
+        hash(&[base_id.as_bytes(), requirements.as_bytes()])
+    );
+    let install = if requirements.trim().is_empty() {
+        String::new()
+    } else {
+        format!(
+            "COPY {REQUIREMENTS_FILE} /opt/rouse-function/{REQUIREMENTS_FILE}\n\
+             RUN [\"python3\", \"-m\", \"pip\", \"install\", \"--no-cache-dir\", \"--disable-pip-version-check\", \"--target\", \"{PACKAGES}\", \"-r\", \"/opt/rouse-function/{REQUIREMENTS_FILE}\"]\n"
+        )
+    };
+    let env_dockerfile = format!("FROM {base}\n{install}");
+    let function_dockerfile = format!(
+        "FROM {env_tag}\n\
+         ENV PYTHONPATH={PACKAGES} PYTHONUNBUFFERED=1\n\
+         WORKDIR /function\n\
+         COPY {MAIN_FILE} {RUNNER_FILE} /function/\n\
+         EXPOSE 8080\n\
+         ENTRYPOINT [\"python3\", \"-u\", \"{RUNNER_FILE}\"]\n"
+    );
+    let dir = tempfile::Builder::new()
+        .prefix("rouse-function-image-")
+        .tempdir()
+        .map_err(|e| format!("cannot make a build context: {e}"))?;
+    let files: [(&str, &[u8]); 5] = [
+        (MAIN_FILE, &code),
+        (REQUIREMENTS_FILE, requirements.as_bytes()),
+        (RUNNER_FILE, RUNNER.as_bytes()),
+        (ENV_DOCKERFILE, env_dockerfile.as_bytes()),
+        (FUNCTION_DOCKERFILE, function_dockerfile.as_bytes()),
+    ];
+    for (name, bytes) in files {
+        let path = dir.path().join(name);
+        tokio::fs::write(&path, bytes)
+            .await
+            .map_err(|e| format!("cannot write {}: {e}", path.display()))?;
+    }
+    let hash = source
+        .file_name()
+        .map(|n| n.to_string_lossy().into_owned())
+        .unwrap_or_default();
+    Ok(ImageContext { dir, env_tag, hash })
+}
+
 /// `python --version`, which also checks that the interpreter runs.
 async fn interpreter(python: &str) -> Result<String, String> {
     let out = tokio::process::Command::new(python)

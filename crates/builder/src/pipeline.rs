@@ -113,6 +113,9 @@ pub(crate) struct Pipeline {
     pub registry: Option<RegistryConfig>,
     /// The functions' environments, one per distinct requirements.
     pub function_envs: PathBuf,
+    /// Functions are built into images on it, where it and the engine are
+    /// there.
+    pub function_base_image: Option<String>,
 }
 
 #[async_trait::async_trait]
@@ -251,37 +254,9 @@ impl Pipeline {
             .map_err(|e| BuildFailure::new(format!("building failed: {e}")))?;
         drop(tree);
         log.line(format!("built image {} ({})", tags[0], built.id));
-        // With a registry, the revision runs the pushed reference (the local
-        // engine holds it too), as a Cloud Run revision names its image.
-        let image = match &self.registry {
-            None => {
-                log.line("no registry is configured: the image stays in the local engine");
-                tags[0].clone()
-            }
-            Some(registry) => {
-                ctx.set_status(BuildStatus::Pushing).await;
-                let mut pushed = Vec::with_capacity(tags.len());
-                let credentials = registry.credentials_for(service);
-                for tag in &tags {
-                    let (_, tag) = tag.rsplit_once(':').unwrap_or((tag, "latest"));
-                    let reference = format!("{}:{tag}", registry.repository(service));
-                    log.line(format!("pushing {reference}"));
-                    images
-                        .push(
-                            &built.id,
-                            &reference,
-                            credentials.as_ref(),
-                            &mut on_line,
-                            cancel,
-                        )
-                        .await
-                        .map_err(|e| BuildFailure::new(format!("pushing failed: {e}")))?;
-                    pushed.push(reference);
-                }
-                log.line(format!("pushed {}", pushed.join(" and ")));
-                pushed.swap_remove(0)
-            }
-        };
+        let image = self
+            .publish(ctx, service, &images, &built.id, &tags, log)
+            .await?;
 
         ctx.set_status(BuildStatus::RollingOut).await;
         let origin = BuildOrigin {
@@ -301,6 +276,47 @@ impl Pipeline {
         )
         .await
         .map_err(|e| BuildFailure::new(format!("rolling-out failed: {e}")))
+    }
+
+    /// Pushes a built image under each of `tags`' tags to the service's
+    /// repository, when a registry is configured, and returns what the
+    /// revision runs: the pushed reference (the local engine holds it too,
+    /// as a Cloud Run revision names its image), else the first tag.
+    async fn publish(
+        &self,
+        ctx: &BuildContext,
+        service: &Service,
+        images: &ImageBuilder,
+        id: &str,
+        tags: &[String],
+        log: &BuildLog,
+    ) -> Result<String, BuildFailure> {
+        let Some(registry) = &self.registry else {
+            log.line("no registry is configured: the image stays in the local engine");
+            return Ok(tags[0].clone());
+        };
+        ctx.set_status(BuildStatus::Pushing).await;
+        let mut pushed = Vec::with_capacity(tags.len());
+        let credentials = registry.credentials_for(service);
+        let mut on_line = |line: &str| log.line(line);
+        for tag in tags {
+            let (_, tag) = tag.rsplit_once(':').unwrap_or((tag, "latest"));
+            let reference = format!("{}:{tag}", registry.repository(service));
+            log.line(format!("pushing {reference}"));
+            images
+                .push(
+                    id,
+                    &reference,
+                    credentials.as_ref(),
+                    &mut on_line,
+                    ctx.cancellation(),
+                )
+                .await
+                .map_err(|e| BuildFailure::new(format!("pushing failed: {e}")))?;
+            pushed.push(reference);
+        }
+        log.line(format!("pushed {}", pushed.join(" and ")));
+        Ok(pushed.swap_remove(0))
     }
 
     /// An image: pulled (from the service's repository with the builder's
@@ -369,21 +385,100 @@ impl Pipeline {
     ) -> Result<(), BuildFailure> {
         log.line(format!("function from {}", dir.display()));
         ctx.set_status(BuildStatus::Building).await;
-        let source = crate::function::prepare(&self.function_envs, dir, log, ctx.cancellation())
-            .await
-            .map_err(|e| BuildFailure::new(format!("building failed: {e}")))?;
+        let mut image_id = None;
+        let source = match self.function_image(ctx, service, dir, log).await? {
+            Some((reference, id)) => {
+                image_id = Some(id);
+                RevisionSource::Image(reference)
+            }
+            None => crate::function::prepare(&self.function_envs, dir, log, ctx.cancellation())
+                .await
+                .map_err(|e| BuildFailure::new(format!("building failed: {e}")))?,
+        };
         ctx.set_status(BuildStatus::RollingOut).await;
         let origin = BuildOrigin {
             commit: None,
             branch: None,
             trigger_id: None,
             build_id: Some(ctx.id().to_owned()),
-            image_id: None,
+            image_id,
         };
         let delivery = (DeliveryMode::Server, Some("/healthz".to_owned()), false);
         self.roll_out(ctx, service, source, Some(delivery), origin, log)
             .await
             .map_err(|e| BuildFailure::new(format!("rolling-out failed: {e}")))
+    }
+
+    /// A function built into an image on the configured base image (its
+    /// requirements in an image of their own per base and requirements,
+    /// made once), pushed like a build; `None` (processes) without a base
+    /// image, or while the engine or the base image is missing, said in
+    /// the log.
+    async fn function_image(
+        &self,
+        ctx: &BuildContext,
+        service: &Service,
+        dir: &std::path::Path,
+        log: &BuildLog,
+    ) -> Result<Option<(String, String)>, BuildFailure> {
+        let Some(base) = &self.function_base_image else {
+            return Ok(None);
+        };
+        let images = match ImageBuilder::connect().await {
+            Ok(images) => images,
+            Err(e) => {
+                log.line(format!(
+                    "no Docker engine ({e}): the function runs as a process"
+                ));
+                return Ok(None);
+            }
+        };
+        let base_id = match images.docker().inspect_image(base).await {
+            Ok(image) => image.id.unwrap_or_default(),
+            Err(e) => {
+                log.line(format!(
+                    "the base image {base} is not in the engine ({}): the function runs as a process",
+                    crate::docker::engine_message(e)
+                ));
+                return Ok(None);
+            }
+        };
+        let failed = |e: String| BuildFailure::new(format!("building failed: {e}"));
+        let context = crate::function::image_context(dir, base, &base_id)
+            .await
+            .map_err(failed)?;
+        let mut on_line = |line: &str| log.line(line);
+        let env_tag = context.env_tag.clone();
+        if images.docker().inspect_image(&env_tag).await.is_ok() {
+            log.line(format!(
+                "the requirements are installed already: image {env_tag}"
+            ));
+        } else {
+            log.line(format!("installing the requirements into image {env_tag}"));
+            let mut spec = BuildSpec::new(context.dir.path(), vec![env_tag.clone()]);
+            spec.dockerfile = crate::function::ENV_DOCKERFILE.into();
+            images
+                .build(&spec, &mut on_line, ctx.cancellation())
+                .await
+                .map_err(|e| failed(e.to_string()))?;
+        }
+        let repository =
+            crate::trigger::image_repository(service.project.as_str(), service.name.as_str());
+        let tags = vec![
+            format!("{repository}:function-{}", context.hash),
+            format!("{repository}:latest"),
+        ];
+        let mut spec = BuildSpec::new(context.dir.path(), tags.clone());
+        spec.dockerfile = crate::function::FUNCTION_DOCKERFILE.into();
+        let built = images
+            .build(&spec, &mut on_line, ctx.cancellation())
+            .await
+            .map_err(|e| failed(e.to_string()))?;
+        log.line(format!("built image {} ({}) on {base}", tags[0], built.id));
+        let reference = self
+            .publish(ctx, service, &images, &built.id, &tags, log)
+            .await?;
+        Ok(Some((reference, built.id)))
     }
 
     /// Records the candidate, waits for a dispatcher's trial, and makes it

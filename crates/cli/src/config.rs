@@ -71,6 +71,7 @@ pub struct BuilderSection {
     pub secrets_key: Option<PathBuf>,
     pub registry: Option<String>,
     pub registry_credentials: Option<PathBuf>,
+    pub function_base_image: Option<String>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -191,6 +192,8 @@ pub struct ServerConfig {
     pub registry: Option<String>,
     /// A JSON file `{"username": …, "password": …}` for the registry.
     pub registry_credentials: Option<PathBuf>,
+    /// The local image functions are built on, if they are built into images.
+    pub function_base_image: Option<String>,
     /// What runs image revisions.
     pub runtime: rouse_server::ImageRuntime,
 }
@@ -637,11 +640,27 @@ impl ServerConfig {
                 path.display()
             ));
         }
+        let function_base_image = args
+            .function_base_image
+            .clone()
+            .or(file.builder.function_base_image)
+            .map(|image| {
+                let image = image.trim().to_owned();
+                if image.is_empty() || image.chars().any(char::is_whitespace) {
+                    Err(format!(
+                        "function base image `{image}` is not an image reference; give one the engine has, e.g. python:3.12-slim (--function-base-image, ROUSE_FUNCTION_BASE_IMAGE or [builder] function_base_image)"
+                    ))
+                } else {
+                    Ok(image)
+                }
+            })
+            .transpose()?;
         let runtime = image_runtime(args, file.runtime, &project)?;
         Ok(Self {
             runtime,
             registry,
             registry_credentials,
+            function_base_image,
             webhook_listen,
             ingress_listen,
             ingress_tls,
@@ -700,6 +719,7 @@ impl ServerConfig {
             secrets_key,
             registry,
             registry_credentials,
+            function_base_image,
             runtime,
         } = self.clone();
         rouse_server::Config {
@@ -725,6 +745,7 @@ impl ServerConfig {
             secrets_key,
             registry,
             registry_credentials,
+            function_base_image,
             owner_credentials,
             runtime,
         }

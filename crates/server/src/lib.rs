@@ -162,6 +162,8 @@ pub struct Config {
     pub registry: Option<String>,
     /// A JSON file `{"username": …, "password": …}` for the registry.
     pub registry_credentials: Option<PathBuf>,
+    /// Functions are built into images on this local base image, if set.
+    pub function_base_image: Option<String>,
     /// Where the first owner's key is copied for the CLI (unless a file is
     /// there); `None` leaves it in the data dir only.
     pub owner_credentials: Option<PathBuf>,
@@ -605,6 +607,7 @@ impl Platform {
                     webhook_url: webhook_url.clone(),
                     queue: rouse_builder::queue::QueueConfig::default(),
                     registry,
+                    function_base_image: config.function_base_image.clone(),
                 },
                 shutdown.clone(),
             )

@@ -136,6 +136,12 @@ pub struct ServerArgs {
     /// A JSON file `{"username": …, "password": …}` the registry accepts (as `docker login`).
     #[arg(long, env = "ROUSE_REGISTRY_CREDENTIALS")]
     pub registry_credentials: Option<PathBuf>,
+    /// Build functions into Docker images on this local base image (it
+    /// needs `python3`, and `pip` for requirements) instead of running them
+    /// as processes; deploys fall back to processes while the engine or the
+    /// image is missing [default: none, functions run as processes].
+    #[arg(long, env = "ROUSE_FUNCTION_BASE_IMAGE")]
+    pub function_base_image: Option<String>,
     /// What runs image revisions: `docker` (the local engine and the nodes)
     /// or `cloudrun` (a build with the `cloudrun` feature) [default: docker].
     #[arg(long, env = "ROUSE_RUNTIME", value_enum)]
