@@ -80,6 +80,8 @@ async fn docker_login_push_and_update_image_through_a_service_s_own_repository()
         format!("{echo_repo}:v1"),
         format!("{other_repo}:v1"),
         format!("{echo_repo}:v2"),
+        format!("{echo_repo}:v3"),
+        format!("{echo_repo}:v4"),
     ]);
 
     // 1. Create: each service has its repository.
@@ -95,6 +97,7 @@ async fn docker_login_push_and_update_image_through_a_service_s_own_repository()
         ])
         .json();
     let topic = service["topic"].as_str().expect("topic").to_owned();
+    assert_eq!(service["image_repository"], echo_repo.as_str(), "{service}");
     server
         .rouse(&["services", "create", "other", "--project", "p"])
         .ok();
@@ -119,6 +122,36 @@ async fn docker_login_push_and_update_image_through_a_service_s_own_repository()
     );
     let username = credentials["username"].as_str().expect("username");
     let password = credentials["password"].as_str().expect("password");
+
+    // Over HTTP/JSON too; the token endpoint wants Basic credentials.
+    let http = reqwest::Client::new();
+    let answer = http
+        .post(format!(
+            "{}/v1/projects/p/services/other:issueDockerCredentials",
+            server.endpoint()
+        ))
+        .header(
+            "authorization",
+            format!("Bearer {}", server.access_token(None)),
+        )
+        .send()
+        .await
+        .expect("the API answers");
+    assert_eq!(answer.status(), 200);
+    let body: serde_json::Value = answer.json().await.expect("JSON");
+    assert_eq!(body["repository"], other_repo.as_str(), "{body}");
+    let answer = http
+        .get(format!(
+            "{}/v2/token?service=rouse-registry&scope=repository:p-echo:push",
+            server.endpoint()
+        ))
+        .send()
+        .await
+        .expect("the token endpoint answers");
+    assert_eq!(answer.status(), 401);
+    assert!(answer.headers().contains_key("www-authenticate"));
+    let said = answer.text().await.expect("a body");
+    assert!(said.contains("docker-credentials"), "{said}");
 
     // 3. docker login: a wrong password is refused, the credential works.
     let config = tempfile::tempdir().expect("docker config");
@@ -218,9 +251,79 @@ async fn docker_login_push_and_update_image_through_a_service_s_own_repository()
         refused.stderr
     );
 
-    // 8. update --image: the engine loses its copy, so the builder pulls it
+    // 8. A deployer's credential works while the binding does: the token
+    // server checks services.deploy on every use, not only at issue.
+    let deployer = server.service_account(keys.path(), "p", "deployer");
+    let binding = |verb: &str| {
+        server
+            .rouse(&[
+                "services",
+                verb,
+                "echo",
+                "--project",
+                "p",
+                "--member=serviceAccount:deployer@p.rouse",
+                "--role=roles/deployer",
+            ])
+            .ok()
+            .to_owned()
+    };
+    binding("add-iam-policy-binding");
+    let issued = server.rouse_as(
+        Some(&deployer),
+        &[
+            "services",
+            "docker-credentials",
+            "echo",
+            "--project",
+            "p",
+            "--format",
+            "json",
+        ],
+    );
+    let issued: serde_json::Value = serde_json::from_str(issued.ok()).expect("JSON");
+    let deployer_config = tempfile::tempdir().expect("docker config");
+    let login = docker(
+        deployer_config.path(),
+        &["login", &host, "--username", "rouse", "--password-stdin"],
+        Some(issued["password"].as_str().expect("password")),
+    );
+    assert!(login.status.success(), "{}", text(&login));
+    let v3 = format!("{echo_repo}:v3");
+    assert!(
+        docker(deployer_config.path(), &["tag", &v1, &v3], None)
+            .status
+            .success()
+    );
+    let pushed = docker(deployer_config.path(), &["push", &v3], None);
+    assert!(pushed.status.success(), "{}", text(&pushed));
+    binding("remove-iam-policy-binding");
+    // The API process sees the policy change at its next look (250 ms).
+    std::thread::sleep(Duration::from_millis(600));
+    let v4 = format!("{echo_repo}:v4");
+    assert!(
+        docker(deployer_config.path(), &["tag", &v1, &v4], None)
+            .status
+            .success()
+    );
+    let denied = docker(deployer_config.path(), &["push", &v4], None);
+    assert!(!denied.status.success(), "{}", text(&denied));
+    let audit = server
+        .rouse(&["audit", "list", "--format", "json"])
+        .ok()
+        .to_owned();
+    assert!(
+        audit.contains("registry.token") && audit.contains("deployer@p.rouse"),
+        "token requests are audited"
+    );
+
+    // 9. update --image: the engine loses its copy, so the builder pulls it
     // with its own credential; the question is answered by the pushed image.
-    let removed = docker(config.path(), &["rmi", "-f", &v1, &other_v1, &v2], None);
+    let removed = docker(
+        config.path(),
+        &["rmi", "-f", &v1, &other_v1, &v2, &v3, &v4],
+        None,
+    );
     assert!(removed.status.success(), "{}", text(&removed));
     let update = server.rouse(&[
         "services",
@@ -276,7 +379,7 @@ async fn docker_login_push_and_update_image_through_a_service_s_own_repository()
     assert_eq!(a.kind, "result", "{:?}\n{}", a.data, server.log());
     assert_eq!(a.data["output_values"]["version"], "pushed", "{:?}", a.data);
 
-    // 9. Bad images: another service's repository is refused naming the
+    // 10. Bad images: another service's repository is refused naming the
     // service's own; a tag never pushed fails its build and v1 keeps serving.
     let refused = server.rouse(&[
         "services",

@@ -105,6 +105,8 @@ pub fn service_to_pb(s: &Service, serving: Option<&str>, routing: &Routing) -> p
             .collect(),
         ingress: ingress.to_string(),
         dead_letter_topic: dead_letter_topic.clone().unwrap_or_default(),
+        // Set by the API, which knows the registry.
+        image_repository: String::new(),
         status: status.to_string(),
         create_time: Some((*created_at).into()),
         update_time: Some((*updated_at).into()),

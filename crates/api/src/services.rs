@@ -51,7 +51,11 @@ impl ServicesApi {
             store.serving_revision(service.uuid)
         )?;
         let serving = serving.map(|r| r.name);
-        Ok(service_to_pb(service, serving.as_deref(), &routing))
+        let mut pb = service_to_pb(service, serving.as_deref(), &routing);
+        if let Some(registry) = &self.backend.registry {
+            pb.image_repository = registry.repository(&service.project, &service.name);
+        }
+        Ok(pb)
     }
 
     pub async fn create(&self, project: &str, name: &str) -> Result<Service, ApiError> {

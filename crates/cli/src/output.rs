@@ -50,6 +50,8 @@ pub struct ServiceView {
     pub ingress: String,
     /// Where questions go after their last attempt failed; `null`: nowhere.
     pub dead_letter_topic: Option<String>,
+    /// Where its images are pushed; `null` without a registry.
+    pub image_repository: Option<String>,
     /// The revision serving untagged questions when no split applies;
     /// `null` while none can serve.
     pub serving_revision: Option<String>,
@@ -116,6 +118,7 @@ impl From<&pb::Service> for ServiceView {
                 s.ingress.clone()
             },
             dead_letter_topic: Some(s.dead_letter_topic.clone()).filter(|t| !t.is_empty()),
+            image_repository: Some(s.image_repository.clone()).filter(|r| !r.is_empty()),
             serving_revision: Some(s.serving_revision.clone()).filter(|r| !r.is_empty()),
             serving_sruid: Some(s.sruid.clone()).filter(|r| !r.is_empty()),
             tags: s.tags.iter().map(|(t, r)| (t.clone(), r.clone())).collect(),
@@ -325,6 +328,9 @@ impl View for ServiceView {
             rows.push(("node selector", format!("{k}={v}")));
         }
         rows.push(("ingress", s.ingress.clone()));
+        if let Some(repository) = &s.image_repository {
+            rows.push(("image repository", repository.clone()));
+        }
         rows.push(("created", s.create_time.clone()));
         rows.push(("updated", s.update_time.clone()));
         rows.push(("generation", s.generation.to_string()));
