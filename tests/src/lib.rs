@@ -877,3 +877,31 @@ pub mod octue;
 pub mod platform;
 pub mod postgres;
 pub mod pushes;
+
+/// The main process of container `rouse-<instance>`.
+pub fn container_pid(instance: &str) -> Result<u32, String> {
+    let out = Command::new("docker")
+        .args(["inspect", "--format", "{{.State.Pid}}"])
+        .arg(format!("rouse-{instance}"))
+        .output()
+        .map_err(|e| format!("docker inspect: {e}"))?;
+    String::from_utf8_lossy(&out.stdout)
+        .trim()
+        .parse()
+        .map_err(|e| format!("docker inspect gave no pid for rouse-{instance}: {e}"))
+}
+
+/// Whether process `pid` is stopped (SIGSTOP) or in a frozen cgroup.
+pub fn is_frozen(pid: u32) -> bool {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
+    let state = stat.rsplit_once(") ").map(|(_, rest)| rest.chars().next());
+    let cgroup = std::fs::read_to_string(format!("/proc/{pid}/cgroup")).unwrap_or_default();
+    let frozen_cgroup = cgroup.lines().any(|l| {
+        let path = l.rsplit(':').next().unwrap_or_default();
+        std::fs::read_to_string(format!("/sys/fs/cgroup{path}/cgroup.freeze"))
+            .is_ok_and(|v| v.trim() == "1")
+            || std::fs::read_to_string(format!("/sys/fs/cgroup/freezer{path}/freezer.state"))
+                .is_ok_and(|v| v.trim() == "FROZEN")
+    });
+    state == Some(Some('T')) || frozen_cgroup
+}

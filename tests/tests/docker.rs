@@ -201,7 +201,7 @@ async fn containers_answer_questions_through_the_platform() {
     );
     assert!(message(&a4.data).contains(&missing), "{:?}", a4.data);
 
-    // Frozen at idle (`docker pause`) and thawed by the next question: the
+    // Frozen at idle (the container's cgroup freezer) and thawed by the next question: the
     // same container answers, with no cold start; a stop finds it frozen
     // and still removes it.
     server
@@ -225,10 +225,11 @@ async fn containers_answer_questions_through_the_platform() {
         .expect("an instance")
         .to_owned();
     let frozen = format!("rouse-{thawing}");
+    // Frozen through its cgroup (Docker is not told, so its `Paused` stays
+    // false): every task of the container's cgroup frozen.
     let paused = |container: &str| {
-        let inspected: Value = serde_json::from_str(&docker(&["inspect", container]))
-            .unwrap_or_else(|e| panic!("docker inspect of {container} is not JSON: {e}"));
-        inspected[0]["State"]["Paused"] == true
+        let instance = container.trim_start_matches("rouse-");
+        rouse_tests::container_pid(instance).is_ok_and(rouse_tests::is_frozen)
     };
     wait_paused(&frozen, &paused, &server);
     let q6 = asker.ask(&topic, "p/echo", json!(6)).await;

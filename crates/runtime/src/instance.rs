@@ -252,8 +252,9 @@ impl Instance {
         !matches!(self.inner.control, Control::Remote(_))
     }
 
-    /// Freezes the instance: SIGSTOP to its process group (process) or
-    /// `docker pause` (the cgroup freezer). It keeps its memory and its
+    /// Freezes the instance: SIGSTOP to its process group (process), or
+    /// the container's cgroup freezer (written directly when the container
+    /// is on this machine, else `docker pause`). It keeps its memory and its
     /// port and uses no CPU until [`Instance::thaw`]. Idempotent.
     pub async fn freeze(&self) -> Result<(), String> {
         let mut frozen = self.inner.frozen.lock().await;
@@ -265,7 +266,8 @@ impl Instance {
         Ok(())
     }
 
-    /// Thaws a frozen instance (SIGCONT, `docker unpause`). Idempotent.
+    /// Thaws a frozen instance (SIGCONT, the cgroup freezer or `docker
+    /// unpause`). Idempotent.
     pub async fn thaw(&self) -> Result<(), String> {
         let mut frozen = self.inner.frozen.lock().await;
         if !*frozen {

@@ -748,11 +748,34 @@ async fn docker_runtime_runs_the_echo_image() {
         .await
         .expect("the container starts");
     let leaked_name = DockerRuntime::container_name(leaked.id());
+    // Left frozen through its cgroup, which Docker does not know of (it
+    // says not paused): remove_stale still removes it at once (runc thaws
+    // a frozen cgroup to kill it).
+    leaked
+        .wait_ready(&Probe::Tcp, Duration::from_secs(10))
+        .await
+        .expect("ready");
+    leaked.freeze().await.expect("frozen");
+    let paused = std::process::Command::new("docker")
+        .args(["inspect", "--format", "{{.State.Paused}}", &leaked_name])
+        .output()
+        .expect("docker inspect");
+    assert_eq!(
+        String::from_utf8_lossy(&paused.stdout).trim(),
+        "false",
+        "frozen by its cgroup freezer directly, not by docker pause"
+    );
     std::mem::forget(leaked);
     assert!(container_exists(&leaked_name).await);
+    let removing = Instant::now();
     let removed = runtime.remove_stale().await.expect("stale containers go");
+    println!(
+        "docker: remove_stale of a frozen container took {:?}",
+        removing.elapsed()
+    );
     assert_eq!(removed, 1);
     assert!(!container_exists(&leaked_name).await);
+    assert!(removing.elapsed() < Duration::from_secs(5));
 }
 
 #[tokio::test]

@@ -40,6 +40,7 @@ use rouse_tests::asker::{ASKER, Asker, pubsub_config, question_attributes};
 use rouse_tests::echo_image::{EchoImage, STATIC_BUILD, static_echo_binary};
 use rouse_tests::pushes::{Repo, ZERO_COMMIT, echo_dockerfile, github_headers, post};
 use rouse_tests::{Emulator, Server, free_port, workspace_bin};
+use rouse_tests::{container_pid, is_frozen};
 use serde_json::{Value, json};
 
 const NETWORK: &str = "octue.services";
@@ -1330,34 +1331,6 @@ async fn docker_part(b: &mut Bench, warm50: f64, report: &mut Report) -> Result<
 /// server's log.
 fn instance_pid(server: &Server, instance: &str) -> Result<u32, String> {
     start_field(server, instance, " pid=", &[' ', '\n'])
-}
-
-/// The main process of container `rouse-<instance>`.
-fn container_pid(instance: &str) -> Result<u32, String> {
-    let out = Command::new("docker")
-        .args(["inspect", "--format", "{{.State.Pid}}"])
-        .arg(format!("rouse-{instance}"))
-        .output()
-        .map_err(|e| format!("docker inspect: {e}"))?;
-    String::from_utf8_lossy(&out.stdout)
-        .trim()
-        .parse()
-        .map_err(|e| format!("docker inspect gave no pid for rouse-{instance}: {e}"))
-}
-
-/// Whether process `pid` is stopped (SIGSTOP) or in a frozen cgroup.
-fn is_frozen(pid: u32) -> bool {
-    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
-    let state = stat.rsplit_once(") ").map(|(_, rest)| rest.chars().next());
-    let cgroup = std::fs::read_to_string(format!("/proc/{pid}/cgroup")).unwrap_or_default();
-    let frozen_cgroup = cgroup.lines().any(|l| {
-        let path = l.rsplit(':').next().unwrap_or_default();
-        std::fs::read_to_string(format!("/sys/fs/cgroup{path}/cgroup.freeze"))
-            .is_ok_and(|v| v.trim() == "1")
-            || std::fs::read_to_string(format!("/sys/fs/cgroup/freezer{path}/freezer.state"))
-                .is_ok_and(|v| v.trim() == "FROZEN")
-    });
-    state == Some(Some('T')) || frozen_cgroup
 }
 
 /// `n` questions, each to the service's one instance frozen at idle (after
