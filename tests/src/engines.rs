@@ -17,6 +17,8 @@ pub struct DockerNode {
     child: Option<Child>,
     dir: tempfile::TempDir,
     tcp: Option<String>,
+    /// Its own bridge interface, deleted on drop.
+    bridge: String,
 }
 
 impl DockerNode {
@@ -49,9 +51,22 @@ impl DockerNode {
             .unwrap_or("rouse-node")
             .to_owned();
         let config = dir.path().join("daemon.json");
+        // A bridge of its own: with `"bridge": "none"` dockerd deletes the
+        // machine's `docker0`, the main engine's default network.
+        let bridge = format!("rn{}", &name[name.len().saturating_sub(12)..])
+            .chars()
+            .filter(char::is_ascii_alphanumeric)
+            .collect::<String>();
+        let made = Command::new("ip")
+            .args(["link", "add", &bridge, "type", "bridge"])
+            .status()
+            .expect("ip (iproute2)");
+        assert!(made.success(), "cannot make the node's bridge {bridge}");
         std::fs::write(
             &config,
-            r#"{"bridge": "none", "iptables": false, "ip-masq": false, "ip-forward": false}"#,
+            format!(
+                r#"{{"bridge": "{bridge}", "iptables": false, "ip-masq": false, "ip-forward": false}}"#
+            ),
         )
         .expect("daemon.json");
         let log = std::fs::File::create(dir.path().join("dockerd.log")).expect("dockerd.log");
@@ -88,6 +103,7 @@ impl DockerNode {
             child: Some(child),
             dir,
             tcp,
+            bridge,
         };
         let deadline = Instant::now() + READY;
         while !node.answers() {
@@ -181,6 +197,9 @@ impl Drop for DockerNode {
             }
         }
         self.stop();
+        let _ = Command::new("ip")
+            .args(["link", "delete", &self.bridge])
+            .status();
     }
 }
 

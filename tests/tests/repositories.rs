@@ -405,4 +405,35 @@ async fn docker_login_push_and_update_image_through_a_service_s_own_repository()
     let said = format!("{}{}", missing.stdout, missing.stderr);
     assert!(said.contains("pulling") && said.contains(":v9"), "{said}");
     assert_eq!(server.serving("echo", "p"), serving);
+
+    // An image only the engine has (no registry in its name) is deployed
+    // as it is, not looked for on Docker Hub.
+    let local = "rouse-test/repositories-echo:local";
+    let _local = Tags(vec![local.to_owned()]);
+    assert!(
+        docker(config.path(), &["pull", "-q", &v1], None)
+            .status
+            .success()
+    );
+    assert!(
+        docker(config.path(), &["tag", &v1, local], None)
+            .status
+            .success()
+    );
+    let update = server.rouse(&[
+        "services",
+        "update",
+        "echo",
+        "--project",
+        "p",
+        "--image",
+        local,
+    ]);
+    assert_eq!(update.code, 0, "{}\n{}", update.stdout, update.stderr);
+    assert!(
+        update.stdout.contains("nothing to pull"),
+        "{}",
+        update.stdout
+    );
+    assert_ne!(server.serving("echo", "p"), serving);
 }

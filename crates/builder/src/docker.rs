@@ -71,6 +71,9 @@ pub struct BuildSpec {
     pub tags: Vec<String>,
     pub labels: BTreeMap<String, String>,
     pub max_context_bytes: u64,
+    /// The network `RUN` steps use (`host`); `None`: the engine's default
+    /// bridge.
+    pub network: Option<String>,
 }
 
 impl BuildSpec {
@@ -81,6 +84,7 @@ impl BuildSpec {
             tags,
             labels: BTreeMap::new(),
             max_context_bytes: DEFAULT_MAX_CONTEXT_BYTES,
+            network: None,
         }
     }
 }
@@ -222,6 +226,7 @@ impl ImageBuilder {
             t: Some(first_tag.clone()),
             rm: true,
             forcerm: true,
+            networkmode: spec.network.clone(),
             labels: (!spec.labels.is_empty()).then(|| {
                 spec.labels
                     .iter()

@@ -341,18 +341,38 @@ impl Pipeline {
                     || reference.starts_with(&format!("{}@", r.repository(service)))
             })
             .and_then(|r| r.credentials_for(service));
-        log.line(format!("pulling {reference}"));
-        let mut on_line = |line: &str| log.line(line);
-        let id = images
-            .pull(
-                reference,
-                credentials.as_ref(),
-                &mut on_line,
-                ctx.cancellation(),
-            )
-            .await
-            .map_err(|e| BuildFailure::new(format!("fetching failed: {e}")))?;
-        log.line(format!("pulled {reference} ({id})"));
+        // A name without a registry host is the engine's own image: Docker
+        // would look for it on Docker Hub.
+        let from_registry = reference.split_once('/').is_some_and(|(host, _)| {
+            host.contains('.') || host.contains(':') || host == "localhost"
+        });
+        let id = if from_registry {
+            log.line(format!("pulling {reference}"));
+            let mut on_line = |line: &str| log.line(line);
+            let id = images
+                .pull(
+                    reference,
+                    credentials.as_ref(),
+                    &mut on_line,
+                    ctx.cancellation(),
+                )
+                .await
+                .map_err(|e| BuildFailure::new(format!("fetching failed: {e}")))?;
+            log.line(format!("pulled {reference} ({id})"));
+            id
+        } else {
+            let found = images.docker().inspect_image(reference).await.map_err(|e| {
+                BuildFailure::new(format!(
+                    "fetching failed: {reference} names no registry and the engine has no such image ({}); push it to the service's repository and give its tag",
+                    crate::docker::engine_message(e)
+                ))
+            })?;
+            let id = found.id.unwrap_or_default();
+            log.line(format!(
+                "the engine has {reference} ({id}): nothing to pull"
+            ));
+            id
+        };
         ctx.set_status(BuildStatus::RollingOut).await;
         let origin = BuildOrigin {
             commit: None,
@@ -457,6 +477,9 @@ impl Pipeline {
             log.line(format!("installing the requirements into image {env_tag}"));
             let mut spec = BuildSpec::new(context.dir.path(), vec![env_tag.clone()]);
             spec.dockerfile = crate::function::ENV_DOCKERFILE.into();
+            // pip reaches the index over the host's network, as the
+            // instances do: no bridge is needed (or may exist).
+            spec.network = Some("host".to_owned());
             images
                 .build(&spec, &mut on_line, ctx.cancellation())
                 .await
