@@ -453,9 +453,13 @@ pub async fn token(
     }
 }
 
-/// The password of a Basic `Authorization` header.
+/// The password of a Basic `Authorization` header. A header longer than
+/// any credential is not decoded (it comes before any check).
 fn basic_password(parts: &http::request::Parts) -> Option<String> {
     let value = parts.headers.get(header::AUTHORIZATION)?.to_str().ok()?;
+    if value.len() > 2 * rouse_identity::MAX_TOKEN_LEN {
+        return None;
+    }
     let encoded = value
         .strip_prefix("Basic ")
         .or_else(|| value.strip_prefix("basic "))?;
