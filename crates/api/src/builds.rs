@@ -43,6 +43,43 @@ impl BuildsApi {
     }
 
     /// The build and its service, or NOT_FOUND.
+    /// Records a `queued` build of `source` for `service` (the builder takes
+    /// it from the store), audits it with `detail` beside its id, and
+    /// answers it.
+    async fn queue(
+        &self,
+        permit: &crate::auth::Permit,
+        service: Service,
+        source: BuildSource,
+        detail: (&str, serde_json::Value),
+    ) -> Result<Response<pb::Build>, Status> {
+        let backend = self.backend();
+        let record = rouse_builder::builder::queued_record(&BuildJob {
+            service,
+            trigger: None,
+            source,
+        });
+        backend
+            .store
+            .insert_build(&record)
+            .await
+            .map_err(ApiError::from)?;
+        backend.changes.builds_changed();
+        let id = record.id;
+        let mut audited = serde_json::json!({ "build": id });
+        audited[detail.0] = detail.1;
+        backend
+            .changed(
+                permit,
+                &permit.resource.to_string(),
+                serde_json::Value::Null,
+                audited,
+            )
+            .await;
+        let (build, service) = self.find(&id).await?;
+        Ok(Response::new(build_to_pb(&build, &service)))
+    }
+
     async fn find(&self, id: &str) -> Result<(BuildRecord, Service), ApiError> {
         let build = self.backend().store.get_build(id).await?;
         self.backend()
@@ -254,28 +291,13 @@ impl pb::builds_server::Builds for BuildsApi {
         } else {
             &req.dockerfile
         });
-        let record = rouse_builder::builder::queued_record(&BuildJob {
-            service: service.clone(),
-            trigger: None,
-            source: BuildSource::Dir { path, dockerfile },
-        });
-        self.backend()
-            .store
-            .insert_build(&record)
-            .await
-            .map_err(ApiError::from)?;
-        self.backend().changes.builds_changed();
-        let id = record.id;
-        self.backend()
-            .changed(
-                &permit,
-                &resource.to_string(),
-                serde_json::Value::Null,
-                serde_json::json!({ "build": id, "source": req.source_dir }),
-            )
-            .await;
-        let (build, service) = self.find(&id).await?;
-        Ok(Response::new(build_to_pb(&build, &service)))
+        self.queue(
+            &permit,
+            service,
+            BuildSource::Dir { path, dockerfile },
+            ("source", req.source_dir.into()),
+        )
+        .await
     }
 
     async fn deploy_function(
@@ -346,29 +368,15 @@ impl pb::builds_server::Builds for BuildsApi {
             )
             .await
             .map_err(ApiError::from)?;
-        let record = rouse_builder::builder::queued_record(&BuildJob {
-            service: service.clone(),
-            trigger: None,
-            source: BuildSource::Function { dir: dir.clone() },
-        });
-        backend
-            .store
-            .insert_build(&record)
-            .await
-            .map_err(ApiError::from)?;
-        backend.changes.builds_changed();
-        let id = record.id;
-        backend
-            .changed(
-                &permit,
-                &resource.to_string(),
-                serde_json::Value::Null,
-                // Where its files are; the context never reaches a log.
-                serde_json::json!({ "build": id, "function": dir.display().to_string() }),
-            )
-            .await;
-        let (build, service) = self.find(&id).await?;
-        Ok(Response::new(build_to_pb(&build, &service)))
+        // Where its files are; the context never reaches a log.
+        let function = dir.display().to_string();
+        self.queue(
+            &permit,
+            service,
+            BuildSource::Function { dir },
+            ("function", function.into()),
+        )
+        .await
     }
 
     async fn deploy_image(
@@ -387,30 +395,15 @@ impl pb::builds_server::Builds for BuildsApi {
             &req.image,
         )
         .map_err(ApiError::InvalidArgument)?;
-        let record = rouse_builder::builder::queued_record(&BuildJob {
-            service: service.clone(),
-            trigger: None,
-            source: BuildSource::Image {
+        self.queue(
+            &permit,
+            service,
+            BuildSource::Image {
                 reference: reference.clone(),
             },
-        });
-        backend
-            .store
-            .insert_build(&record)
-            .await
-            .map_err(ApiError::from)?;
-        backend.changes.builds_changed();
-        let id = record.id;
-        backend
-            .changed(
-                &permit,
-                &resource.to_string(),
-                serde_json::Value::Null,
-                serde_json::json!({ "build": id, "image": reference }),
-            )
-            .await;
-        let (build, service) = self.find(&id).await?;
-        Ok(Response::new(build_to_pb(&build, &service)))
+            ("image", reference.into()),
+        )
+        .await
     }
 
     type StreamBuildLogsStream = LogStream;
